@@ -1,0 +1,10 @@
+//! Shared vocabulary of every ymera crate: error classes, durations, byte sizes and the
+//! declared field types of pipeline schemas.
+
+pub mod error;
+pub mod schema;
+pub mod units;
+
+pub use error::{ErrorClass, Retry};
+pub use schema::FieldType;
+pub use units::{ByteSize, parse_byte_size, parse_duration};

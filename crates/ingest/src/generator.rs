@@ -1,0 +1,1 @@
+//! Deterministic generator of the domain events (projects, tasks, metrics, users).

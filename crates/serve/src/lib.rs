@@ -1,0 +1,1 @@
+//! HTTP routes: health probes and Prometheus metrics (predictions come in later issues).

@@ -1,0 +1,1 @@
+//! DataFusion SQL stages over micro-batches and the UDF registry.
