@@ -180,7 +180,10 @@ impl JsonDecoder {
             .map_err(|e| {
                 // Our own rejections travel through serde as a placeholder error; the real one
                 // is stashed in the scratch space.
-                self.scratch.error.take().unwrap_or_else(|| invalid_json(&e))
+                self.scratch
+                    .error
+                    .take()
+                    .unwrap_or_else(|| invalid_json(&e))
             })
     }
 
@@ -414,14 +417,18 @@ impl Column {
             self.state = State::Null;
             return Ok(());
         }
-        let Column {
-            name, ty, kind, ..
-        } = self;
+        let Column { name, ty, kind, .. } = self;
         let mismatch = || {
-            DecodeError::field(name, format!("field `{name}`: expected {ty}, found {found}"))
+            DecodeError::field(
+                name,
+                format!("field `{name}`: expected {ty}, found {found}"),
+            )
         };
         let out_of_range = |v: u64| {
-            DecodeError::field(name, format!("field `{name}`: integer {v} out of {ty} range"))
+            DecodeError::field(
+                name,
+                format!("field `{name}`: integer {v} out of {ty} range"),
+            )
         };
         match (kind, found) {
             (Kind::Utf8 { staged, .. }, Found::Str(s)) => {
@@ -443,7 +450,10 @@ impl Column {
                 *staged = parse_timestamp_us(s).map_err(|why| {
                     DecodeError::field(
                         name,
-                        format!("field `{name}`: invalid RFC 3339 timestamp {}: {why}", Excerpt(s)),
+                        format!(
+                            "field `{name}`: invalid RFC 3339 timestamp {}: {why}",
+                            Excerpt(s)
+                        ),
                     )
                 })?;
             }
@@ -893,7 +903,10 @@ mod tests {
         assert_eq!(column::<StringArray>(&batch, "task_id").value(0), "a\"bé");
         assert_eq!(column::<Float64Array>(&batch, "hours").value(0), -2.0);
         assert!(!column::<BooleanArray>(&batch, "done").value(0));
-        assert_eq!(column::<TimestampMicrosecondArray>(&batch, "at").value(0), 0);
+        assert_eq!(
+            column::<TimestampMicrosecondArray>(&batch, "at").value(0),
+            0
+        );
     }
 
     #[test]
@@ -927,18 +940,30 @@ mod tests {
     #[test]
     fn numbers_as_strings_are_rejected() {
         let err = reject_one(&with("hours", "\"3.5\""));
-        assert_eq!(err.message, "field `hours`: expected float64, found string \"3.5\"");
+        assert_eq!(
+            err.message,
+            "field `hours`: expected float64, found string \"3.5\""
+        );
         assert_eq!(err.field.as_deref(), Some("hours"));
         let err = reject_one(&with("count", "\"7\""));
-        assert_eq!(err.message, "field `count`: expected int64, found string \"7\"");
+        assert_eq!(
+            err.message,
+            "field `count`: expected int64, found string \"7\""
+        );
     }
 
     #[test]
     fn floats_are_not_int64() {
         let err = reject_one(&with("count", "1.0"));
-        assert_eq!(err.message, "field `count`: expected int64, found float 1.0");
+        assert_eq!(
+            err.message,
+            "field `count`: expected int64, found float 1.0"
+        );
         let err = reject_one(&with("count", "1e3"));
-        assert_eq!(err.message, "field `count`: expected int64, found float 1000.0");
+        assert_eq!(
+            err.message,
+            "field `count`: expected int64, found float 1000.0"
+        );
         let err = reject_one(&with("count", "9223372036854775808"));
         assert_eq!(
             err.message,
@@ -949,9 +974,11 @@ mod tests {
     #[test]
     fn int64_range_and_float64_from_integers() {
         let mut d = decoder(UnknownFields::Dlq);
-        d.push(with("count", "-9223372036854775808").as_bytes()).unwrap();
+        d.push(with("count", "-9223372036854775808").as_bytes())
+            .unwrap();
         d.push(with("hours", "1e3").as_bytes()).unwrap();
-        d.push(with("hours", "18446744073709551615").as_bytes()).unwrap();
+        d.push(with("hours", "18446744073709551615").as_bytes())
+            .unwrap();
         let batch = d.finish();
         assert_eq!(column::<Int64Array>(&batch, "count").value(0), i64::MIN);
         assert_eq!(column::<Float64Array>(&batch, "hours").value(1), 1000.0);
@@ -968,17 +995,29 @@ mod tests {
         let err = reject_one(&with("done", "0"));
         assert_eq!(err.message, "field `done`: expected bool, found integer 0");
         let err = reject_one(&with("done", "\"true\""));
-        assert_eq!(err.message, "field `done`: expected bool, found string \"true\"");
+        assert_eq!(
+            err.message,
+            "field `done`: expected bool, found string \"true\""
+        );
     }
 
     #[test]
     fn utf8_only_from_strings() {
         let err = reject_one(&with("task_id", "42"));
-        assert_eq!(err.message, "field `task_id`: expected utf8, found integer 42");
+        assert_eq!(
+            err.message,
+            "field `task_id`: expected utf8, found integer 42"
+        );
         let err = reject_one(&with("task_id", "[1,2]"));
-        assert_eq!(err.message, "field `task_id`: expected utf8, found an array");
+        assert_eq!(
+            err.message,
+            "field `task_id`: expected utf8, found an array"
+        );
         let err = reject_one(&with("task_id", "{\"a\":1}"));
-        assert_eq!(err.message, "field `task_id`: expected utf8, found an object");
+        assert_eq!(
+            err.message,
+            "field `task_id`: expected utf8, found an object"
+        );
     }
 
     #[test]
@@ -997,7 +1036,10 @@ mod tests {
         let noon_utc = 1_795_600_800_000_000 + 2 * 3_600_000_000;
         assert_eq!(ts("2026-11-25T12:00:00Z"), noon_utc);
         assert_eq!(ts("2026-11-25T14:00:00+02:00"), noon_utc);
-        assert_eq!(ts("2026-11-25T12:00:00+02:00"), noon_utc - 2 * 3_600_000_000);
+        assert_eq!(
+            ts("2026-11-25T12:00:00+02:00"),
+            noon_utc - 2 * 3_600_000_000
+        );
         assert_eq!(ts("2026-11-25T06:30:00-05:30"), noon_utc);
         assert_eq!(ts("2026-11-25T10:00:00.123456Z"), 1_795_600_800_123_456);
         assert_eq!(ts("2026-11-25T10:00:00.5Z"), 1_795_600_800_500_000);
@@ -1017,7 +1059,8 @@ mod tests {
         assert_eq!(at.value(1), -5);
         let err = reject_one(&with("at", "1.5"));
         assert!(
-            err.message.starts_with("field `at`: expected timestamp_us, found float 1.5"),
+            err.message
+                .starts_with("field `at`: expected timestamp_us, found float 1.5"),
             "{err}"
         );
     }
@@ -1033,13 +1076,17 @@ mod tests {
         ] {
             let err = reject_one(&with("at", &format!("\"{bad}\"")));
             assert!(
-                err.message
-                    .starts_with(&format!("field `at`: invalid RFC 3339 timestamp \"{bad}\": ")),
+                err.message.starts_with(&format!(
+                    "field `at`: invalid RFC 3339 timestamp \"{bad}\": "
+                )),
                 "{err}"
             );
             assert_eq!(err.field.as_deref(), Some("at"));
         }
-        for precise in ["2026-11-25T10:00:00.1234567Z", "2026-11-25T10:00:00.1234560001Z"] {
+        for precise in [
+            "2026-11-25T10:00:00.1234567Z",
+            "2026-11-25T10:00:00.1234560001Z",
+        ] {
             let err = reject_one(&with("at", &format!("\"{precise}\"")));
             assert_eq!(
                 err.message,
@@ -1059,7 +1106,13 @@ mod tests {
         let batch = d.finish();
         let day = column::<Date32Array>(&batch, "day");
         assert_eq!((day.value(0), day.value(1), day.value(2)), (0, -1, 19_782));
-        for bad in ["2026-02-30", "2026-1-05", "2026-11-25T00:00:00Z", "+026-11-25", ""] {
+        for bad in [
+            "2026-02-30",
+            "2026-1-05",
+            "2026-11-25T00:00:00Z",
+            "+026-11-25",
+            "",
+        ] {
             let err = reject_one(&with("day", &format!("\"{bad}\"")));
             assert_eq!(
                 err.message,
@@ -1067,12 +1120,18 @@ mod tests {
             );
         }
         let err = reject_one(&with("day", "20417"));
-        assert_eq!(err.message, "field `day`: expected date32, found integer 20417");
+        assert_eq!(
+            err.message,
+            "field `day`: expected date32, found integer 20417"
+        );
     }
 
     #[test]
     fn unknown_fields_ignored_or_rejected() {
-        let text = with("extra", "{\"deep\":[1,{\"x\":[null,\"y\"]},2.5],\"more\":{}}");
+        let text = with(
+            "extra",
+            "{\"deep\":[1,{\"x\":[null,\"y\"]},2.5],\"more\":{}}",
+        );
         let mut d = decoder(UnknownFields::Ignore);
         d.push(text.as_bytes()).unwrap();
         d.push(GOOD.as_bytes()).unwrap();
@@ -1092,7 +1151,10 @@ mod tests {
     #[test]
     fn unknown_value_must_still_be_valid_json() {
         let err = reject_one(&with("extra", "[1,}"));
-        assert!(err.message.starts_with("invalid JSON at line 1 column "), "{err}");
+        assert!(
+            err.message.starts_with("invalid JSON at line 1 column "),
+            "{err}"
+        );
         assert_eq!(err.field, None);
     }
 
@@ -1103,7 +1165,9 @@ mod tests {
         assert_eq!(err.message, "duplicate field `hours`");
         assert_eq!(err.field.as_deref(), Some("hours"));
         // A duplicate null is still a duplicate.
-        let text = GOOD.replacen('{', "{\"count\":null,", 1).replace("\"count\":7", "\"count\":null");
+        let text = GOOD
+            .replacen('{', "{\"count\":null,", 1)
+            .replace("\"count\":7", "\"count\":null");
         assert_eq!(reject_one(&text).message, "duplicate field `count`");
         // Duplicate unknown keys too, even when ignored.
         let text = GOOD.replacen('{', "{\"x\":1,\"x\":2,", 1);
@@ -1115,26 +1179,59 @@ mod tests {
         let err = reject_one("[1,2,3]");
         assert_eq!(err.message, "expected a JSON object, found an array");
         assert_eq!(err.field, None);
-        assert_eq!(reject_one(" \"s\"").message, "expected a JSON object, found a string");
-        assert_eq!(reject_one("12").message, "expected a JSON object, found a number");
-        assert_eq!(reject_one("null").message, "expected a JSON object, found null");
-        assert_eq!(reject_one("true").message, "expected a JSON object, found a boolean");
+        assert_eq!(
+            reject_one(" \"s\"").message,
+            "expected a JSON object, found a string"
+        );
+        assert_eq!(
+            reject_one("12").message,
+            "expected a JSON object, found a number"
+        );
+        assert_eq!(
+            reject_one("null").message,
+            "expected a JSON object, found null"
+        );
+        assert_eq!(
+            reject_one("true").message,
+            "expected a JSON object, found a boolean"
+        );
         // Not an object and not JSON either.
         let err = reject_one("[1,");
-        assert!(err.message.starts_with("invalid JSON at line 1 column"), "{err}");
+        assert!(
+            err.message.starts_with("invalid JSON at line 1 column"),
+            "{err}"
+        );
     }
 
     #[test]
     fn invalid_json_reports_position() {
-        let err = reject_one(r#"{"task_id": "t-1", "#);
-        assert_eq!(err.message, "invalid JSON at line 1 column 19: EOF while parsing an object");
+        let err = reject_one(r#"{"task_id": "t-1""#);
+        assert_eq!(
+            err.message,
+            "invalid JSON at line 1 column 17: EOF while parsing an object"
+        );
+        let err = reject_one("{\"task_id\":\n \"t-1\",");
+        assert_eq!(
+            err.message,
+            "invalid JSON at line 2 column 7: EOF while parsing a value"
+        );
         assert_eq!(err.field, None);
         let err = reject_one(r#"{"task_id": 't-1'}"#);
-        assert_eq!(err.message, "invalid JSON at line 1 column 13: expected value");
+        assert_eq!(
+            err.message,
+            "invalid JSON at line 1 column 13: expected value"
+        );
         let err = reject_one("");
-        assert_eq!(err.message, "invalid JSON at line 1 column 0: EOF while parsing a value");
+        assert_eq!(
+            err.message,
+            "invalid JSON at line 1 column 0: EOF while parsing a value"
+        );
         let err = reject_one("{\"hours\": NaN}");
-        assert!(err.message.starts_with("invalid JSON at line 1 column 11: "), "{err}");
+        assert!(
+            err.message
+                .starts_with("invalid JSON at line 1 column 11: "),
+            "{err}"
+        );
     }
 
     #[test]
@@ -1154,11 +1251,19 @@ mod tests {
     #[test]
     fn trailing_garbage_is_rejected() {
         let err = reject_one(&format!("{GOOD} x"));
-        assert_eq!(err.message, format!("invalid JSON at line 1 column {}: trailing characters", GOOD.len() + 2));
+        assert_eq!(
+            err.message,
+            format!(
+                "invalid JSON at line 1 column {}: trailing characters",
+                GOOD.len() + 2
+            )
+        );
         let err = reject_one(&format!("{GOOD}{GOOD}"));
         assert!(err.message.ends_with(": trailing characters"), "{err}");
         // Trailing whitespace is fine.
-        decoder(UnknownFields::Dlq).push(format!("{GOOD} \n").as_bytes()).unwrap();
+        decoder(UnknownFields::Dlq)
+            .push(format!("{GOOD} \n").as_bytes())
+            .unwrap();
     }
 
     #[test]
@@ -1206,14 +1311,13 @@ mod tests {
 
     #[test]
     fn wide_schemas_use_the_hash_lookup() {
-        let fields: Vec<DeclaredField> = (0..40).map(|i| field(&format!("f{i}"), "int64")).collect();
+        let fields: Vec<DeclaredField> =
+            (0..40).map(|i| field(&format!("f{i}"), "int64")).collect();
         let mut d = JsonDecoder::new(&fields, UnknownFields::Dlq);
         let body: Vec<String> = (0..40).rev().map(|i| format!("\"f{i}\":{i}")).collect();
-        d.push(format!("{{{}}}", body.join(",")).as_bytes()).unwrap();
-        assert_eq!(
-            reject(&mut d, "{\"f99\":1}").message,
-            "unknown field `f99`"
-        );
+        d.push(format!("{{{}}}", body.join(",")).as_bytes())
+            .unwrap();
+        assert_eq!(reject(&mut d, "{\"f99\":1}").message, "unknown field `f99`");
         let batch = d.finish();
         assert_eq!(column::<Int64Array>(&batch, "f39").value(0), 39);
         assert_eq!(column::<Int64Array>(&batch, "f0").value(0), 0);
@@ -1226,5 +1330,34 @@ mod tests {
         d.push(b"{\"a\":1}").unwrap();
         assert_eq!(d.unknown_fields_ignored(), 1);
         assert_eq!(d.finish().num_rows(), 2);
+    }
+}
+
+#[cfg(test)]
+mod perf_tmp {
+    use super::*;
+    #[test]
+    #[ignore]
+    fn throughput() {
+        let fields: Vec<DeclaredField> = [
+            ("event_id", "utf8"), ("task_id", "utf8"), ("project", "utf8"), ("assignee", "utf8?"),
+            ("status", "utf8"), ("hours", "float64"), ("points", "int64"), ("blocked", "bool"),
+            ("at", "timestamp_us"), ("due", "date32?"),
+        ].iter().map(|(n, t)| { let (ty, nullable) = FieldType::parse_declared(t).unwrap(); DeclaredField { name: n.to_string(), ty, nullable } }).collect();
+        let recs: Vec<String> = (0..100_000).map(|i| format!(
+            r#"{{"event_id":"ev-{i:012}","task_id":"task-{:06}","project":"proj-{}","assignee":"user-{}@example.com","status":"in_progress","hours":{}.25,"points":{},"blocked":false,"at":"2026-11-25T10:{:02}:{:02}.{:06}Z","due":"2026-12-{:02}"}}"#,
+            i % 5000, i % 17, i % 300, i % 9, i % 13, i % 60, (i / 60) % 60, i % 1_000_000, 1 + i % 28)).collect();
+        let bytes: usize = recs.iter().map(|r| r.len()).sum();
+        let mut d = JsonDecoder::new(&fields, UnknownFields::Dlq);
+        for _ in 0..3 {
+            let t = std::time::Instant::now();
+            for (i, r) in recs.iter().enumerate() {
+                d.push(r.as_bytes()).unwrap();
+                if i % 8192 == 8191 { std::hint::black_box(d.finish()); }
+            }
+            std::hint::black_box(d.finish());
+            let s = t.elapsed().as_secs_f64();
+            println!("avg {} B/rec, {:.0} MB/s, {:.0} krec/s", bytes / recs.len(), bytes as f64 / s / 1e6, recs.len() as f64 / s / 1e3);
+        }
     }
 }

@@ -1,0 +1,469 @@
+//! The Kafka source: a consumer group polled on a dedicated thread, cut into per-partition
+//! micro-batches ([`Chunk`]s), with offsets chosen by the sinks and a fence that stops a
+//! revoked partition's late publication.
+//!
+//! Execution model:
+//! - one OS thread owns the librdkafka poll loop (librdkafka calls are blocking; the async
+//!   runtime never waits on them). Rebalance callbacks run on that thread.
+//! - on assignment, [`Resolver::resolve`] is asked where each partition resumes (the sinks'
+//!   durable position); the partition is assigned at that offset, so the group offset is
+//!   only a fallback.
+//! - on revocation, the [`Fence`] is taken for writing: the callback waits for an
+//!   in-flight publication of that partition to finish, then marks it revoked, so no
+//!   publication of the old assignment can happen after the group moves the partition.
+//! - the pipeline commits an offset only after every sink made everything below it
+//!   durable ([`KafkaSource::commit`]).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use rdkafka::client::ClientContext;
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Headers, Message};
+use rdkafka::statistics::Statistics;
+use rdkafka::{Offset, TopicPartitionList};
+use tokio::sync::{RwLock, RwLockReadGuard, mpsc};
+use tracing::{debug, error, info, warn};
+
+/// A Kafka topic and partition.
+pub type TopicPartition = (String, i32);
+
+/// One consumed record, owned.
+#[derive(Debug, Clone)]
+pub struct Record {
+    pub key: Option<Vec<u8>>,
+    pub value: Option<Vec<u8>>,
+    pub offset: i64,
+    /// Broker or producer timestamp, ms since the epoch.
+    pub timestamp_ms: Option<i64>,
+    pub headers: Vec<(String, Vec<u8>)>,
+}
+
+/// Consecutive records of one partition.
+#[derive(Debug, Clone)]
+pub struct Chunk {
+    pub topic: String,
+    pub partition: i32,
+    /// The assignment epoch the records were read under (see [`Fence`]).
+    pub epoch: u64,
+    pub records: Vec<Record>,
+    pub bytes: usize,
+}
+
+/// What the source tells the pipeline.
+#[derive(Debug)]
+pub enum SourceEvent {
+    Chunk(Chunk),
+    /// These partitions were taken away: drop their unpublished work.
+    Revoked(Vec<TopicPartition>),
+    /// Every assigned partition is caught up and has been idle for the requested time.
+    Idle,
+}
+
+/// Where a partition starts when the sinks hold nothing of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartFrom {
+    Earliest,
+    Latest,
+    Committed,
+}
+
+/// Tells the source where each newly assigned partition resumes. Called on the consumer
+/// thread, which may block.
+pub trait Resolver: Send + Sync + 'static {
+    /// The next offset each partition should read (None: nothing durable yet).
+    fn resolve(&self, partitions: &[TopicPartition]) -> Result<HashMap<TopicPartition, Option<i64>>, String>;
+}
+
+/// Which partitions this process owns, and under which epoch. Publication holds a read
+/// guard; revocation takes the write lock, so it waits for a publication in flight and
+/// every later one sees the partition gone.
+#[derive(Debug, Default)]
+pub struct Fence {
+    owned: RwLock<HashMap<TopicPartition, u64>>,
+    next_epoch: AtomicU64,
+}
+
+impl Fence {
+    fn assign_blocking(&self, tps: &[TopicPartition]) -> u64 {
+        let epoch = self.next_epoch.fetch_add(1, Ordering::SeqCst) + 1;
+        let mut owned = self.owned.blocking_write();
+        for tp in tps {
+            owned.insert(tp.clone(), epoch);
+        }
+        epoch
+    }
+
+    fn revoke_blocking(&self, tps: &[TopicPartition]) {
+        let mut owned = self.owned.blocking_write();
+        for tp in tps {
+            owned.remove(tp);
+        }
+    }
+
+    /// A guard that keeps `tp` owned under `epoch` while held, or None when it is not.
+    pub async fn hold(&self, tp: &TopicPartition, epoch: u64) -> Option<RwLockReadGuard<'_, HashMap<TopicPartition, u64>>> {
+        let guard = self.owned.read().await;
+        (guard.get(tp) == Some(&epoch)).then_some(guard)
+    }
+
+    /// Partitions owned now.
+    pub async fn owned(&self) -> Vec<TopicPartition> {
+        self.owned.read().await.keys().cloned().collect()
+    }
+}
+
+/// Settings of a Kafka source.
+#[derive(Debug, Clone)]
+pub struct SourceSettings {
+    pub pipeline: String,
+    pub brokers: String,
+    pub topics: Vec<String>,
+    pub group_id: String,
+    pub start: StartFrom,
+    /// librdkafka passthrough.
+    pub client: BTreeMap<String, String>,
+    pub max_records: usize,
+    pub max_bytes: usize,
+    pub max_wait: Duration,
+    /// Report [`SourceEvent::Idle`] after this long with nothing new.
+    pub stop_when_idle: Option<Duration>,
+}
+
+/// An assignment change seen in a callback: partitions with their start offset when assigned.
+enum Change {
+    Assigned(Vec<(TopicPartition, Option<i64>)>, u64),
+    Revoked(Vec<TopicPartition>),
+}
+
+struct Ctx {
+    pipeline: String,
+    fence: Arc<Fence>,
+    resolver: Arc<dyn Resolver>,
+    start: StartFrom,
+    /// Assignment changes seen in callbacks, handled by the poll loop after `poll` returns.
+    changes: std::sync::Mutex<Vec<Change>>,
+    assigned: AtomicBool,
+}
+
+impl ClientContext for Ctx {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        match level {
+            RDKafkaLogLevel::Emerg | RDKafkaLogLevel::Alert | RDKafkaLogLevel::Critical | RDKafkaLogLevel::Error => {
+                error!(pipeline = self.pipeline, facility = fac, "librdkafka: {message}")
+            }
+            RDKafkaLogLevel::Warning => warn!(pipeline = self.pipeline, facility = fac, "librdkafka: {message}"),
+            _ => debug!(pipeline = self.pipeline, facility = fac, "librdkafka: {message}"),
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        // librdkafka retries connections itself, with backoff; say so and keep going.
+        warn!(pipeline = self.pipeline, %error, reason, "kafka client error (librdkafka retries with backoff)");
+    }
+
+    fn stats(&self, stats: Statistics) {
+        for (topic, t) in &stats.topics {
+            for (p, part) in &t.partitions {
+                if *p >= 0 && part.consumer_lag >= 0 {
+                    metrics::gauge!("ymera_kafka_consumer_lag", "topic" => topic.clone(), "partition" => p.to_string())
+                        .set(part.consumer_lag as f64);
+                }
+            }
+        }
+    }
+}
+
+fn tps_of(tpl: &TopicPartitionList) -> Vec<TopicPartition> {
+    tpl.elements().iter().map(|e| (e.topic().to_string(), e.partition())).collect()
+}
+
+impl ConsumerContext for Ctx {
+    fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(tpl) => {
+                let tps = tps_of(tpl);
+                let resolved = match self.resolver.resolve(&tps) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        // Without a durable position we must not read: assign nothing useful.
+                        error!(pipeline = self.pipeline, error = %e, "cannot resolve resume positions; partitions will start from the group offset");
+                        HashMap::new()
+                    }
+                };
+                let mut starts = Vec::with_capacity(tps.len());
+                for mut elem in tpl.elements() {
+                    let tp = (elem.topic().to_string(), elem.partition());
+                    let next = resolved.get(&tp).copied().flatten();
+                    starts.push((tp.clone(), next));
+                    let offset = match next {
+                        Some(next) => Offset::Offset(next),
+                        None => match self.start {
+                            StartFrom::Earliest => Offset::Beginning,
+                            StartFrom::Latest => Offset::End,
+                            StartFrom::Committed => Offset::Stored,
+                        },
+                    };
+                    if let Err(e) = elem.set_offset(offset) {
+                        error!(topic = tp.0, partition = tp.1, error = %e, "cannot set start offset");
+                    }
+                    info!(pipeline = self.pipeline, topic = tp.0, partition = tp.1, ?offset, "partition assigned");
+                }
+                let epoch = self.fence.assign_blocking(&tps);
+                self.assigned.store(true, Ordering::SeqCst);
+                if let Ok(mut c) = self.changes.lock() {
+                    c.push(Change::Assigned(starts, epoch));
+                }
+            }
+            Rebalance::Revoke(tpl) => {
+                let tps = tps_of(tpl);
+                self.fence.revoke_blocking(&tps);
+                info!(pipeline = self.pipeline, partitions = tps.len(), "partitions revoked");
+                if let Ok(mut c) = self.changes.lock() {
+                    c.push(Change::Revoked(tps));
+                }
+            }
+            Rebalance::Error(e) => warn!(pipeline = self.pipeline, error = %e, "rebalance error"),
+        }
+    }
+}
+
+/// A running Kafka source.
+pub struct KafkaSource {
+    consumer: Arc<BaseConsumer<Ctx>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    fence: Arc<Fence>,
+    pipeline: String,
+}
+
+impl std::fmt::Debug for KafkaSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaSource").field("pipeline", &self.pipeline).finish()
+    }
+}
+
+/// The librdkafka configuration of a source (exposed for `validate`'s broker check).
+pub fn client_config(brokers: &str, group_id: &str, extra: &BTreeMap<String, String>) -> ClientConfig {
+    let mut cfg = ClientConfig::new();
+    cfg.set("bootstrap.servers", brokers)
+        .set("group.id", group_id)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("statistics.interval.ms", "5000")
+        .set("session.timeout.ms", "10000")
+        .set("heartbeat.interval.ms", "1000")
+        .set("allow.auto.create.topics", "false");
+    for (k, v) in extra {
+        cfg.set(k, v);
+    }
+    cfg
+}
+
+impl KafkaSource {
+    /// Subscribes and starts the poll thread; events arrive on the returned receiver.
+    pub fn start(
+        settings: SourceSettings,
+        resolver: Arc<dyn Resolver>,
+    ) -> Result<(KafkaSource, mpsc::Receiver<SourceEvent>), KafkaError> {
+        let fence = Arc::new(Fence::default());
+        let ctx = Ctx {
+            pipeline: settings.pipeline.clone(),
+            fence: fence.clone(),
+            resolver,
+            start: settings.start,
+            changes: std::sync::Mutex::new(Vec::new()),
+            assigned: AtomicBool::new(false),
+        };
+        let consumer: BaseConsumer<Ctx> =
+            client_config(&settings.brokers, &settings.group_id, &settings.client).create_with_context(ctx)?;
+        let topics: Vec<&str> = settings.topics.iter().map(String::as_str).collect();
+        consumer.subscribe(&topics)?;
+        let consumer = Arc::new(consumer);
+        let (tx, rx) = mpsc::channel(4);
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let consumer = consumer.clone();
+            let stop = stop.clone();
+            std::thread::Builder::new()
+                .name(format!("kafka-{}", settings.pipeline))
+                .spawn(move || poll_loop(&consumer, &settings, &stop, &tx))
+                .map_err(|e| KafkaError::ClientCreation(format!("cannot start the poll thread: {e}")))?
+        };
+        Ok((KafkaSource { consumer, stop, thread: Some(thread), fence, pipeline: String::new() }, rx))
+    }
+
+    /// The ownership fence publication must hold.
+    pub fn fence(&self) -> Arc<Fence> {
+        self.fence.clone()
+    }
+
+    /// Commits `next_offset` (the first offset not yet durable) for a partition.
+    /// `sync` waits for the broker's answer (call it from a blocking context then).
+    pub fn commit(&self, offsets: &[(TopicPartition, i64)], sync: bool) -> Result<(), KafkaError> {
+        let mut tpl = TopicPartitionList::new();
+        for ((t, p), next) in offsets {
+            tpl.add_partition_offset(t, *p, Offset::Offset(*next))?;
+        }
+        self.consumer.commit(&tpl, if sync { CommitMode::Sync } else { CommitMode::Async })
+    }
+
+    /// True once the group gave this consumer an assignment.
+    pub fn has_assignment(&self) -> bool {
+        self.consumer.context().assigned.load(Ordering::SeqCst)
+    }
+
+    /// Stops polling; buffered records are flushed as chunks first. The event channel
+    /// closes when the thread is done.
+    pub fn request_stop(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+
+    /// Waits for the poll thread, then leaves the group (blocking: call from a blocking
+    /// context).
+    pub fn close(mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        self.consumer.unsubscribe();
+    }
+}
+
+struct Buffer {
+    epoch: u64,
+    records: Vec<Record>,
+    bytes: usize,
+    since: Instant,
+}
+
+fn poll_loop(consumer: &BaseConsumer<Ctx>, s: &SourceSettings, stop: &AtomicBool, tx: &mpsc::Sender<SourceEvent>) {
+    let mut buffers: HashMap<TopicPartition, Buffer> = HashMap::new();
+    let mut epochs: HashMap<TopicPartition, u64> = HashMap::new();
+    // next offset to read per partition, as far as this loop knows
+    let mut positions: HashMap<TopicPartition, i64> = HashMap::new();
+    let mut last_record = Instant::now();
+    let mut last_idle_check = Instant::now();
+    let send = |ev: SourceEvent| tx.blocking_send(ev).is_ok();
+    loop {
+        if stop.load(Ordering::SeqCst) {
+            for (tp, b) in buffers.drain() {
+                send(SourceEvent::Chunk(chunk(tp, b)));
+            }
+            return;
+        }
+        let polled = consumer.poll(Duration::from_millis(100));
+        // assignment changes made by callbacks during that poll
+        let changes = consumer.context().changes.lock().map(|mut c| std::mem::take(&mut *c)).unwrap_or_default();
+        for change in changes {
+            match change {
+                Change::Assigned(starts, epoch) => {
+                    for (tp, next) in starts {
+                        buffers.remove(&tp);
+                        epochs.insert(tp.clone(), epoch);
+                        match next {
+                            Some(n) => positions.insert(tp, n),
+                            None => positions.remove(&tp),
+                        };
+                    }
+                }
+                Change::Revoked(tps) => {
+                    for tp in &tps {
+                        buffers.remove(tp);
+                        epochs.remove(tp);
+                        positions.remove(tp);
+                    }
+                    if !send(SourceEvent::Revoked(tps)) {
+                        return;
+                    }
+                }
+            }
+            last_record = Instant::now();
+        }
+        match polled {
+            None => {}
+            Some(Err(e)) => warn!(pipeline = s.pipeline, error = %e, "kafka poll error"),
+            Some(Ok(msg)) => {
+                last_record = Instant::now();
+                let tp = (msg.topic().to_string(), msg.partition());
+                let Some(&epoch) = epochs.get(&tp) else { continue };
+                positions.insert(tp.clone(), msg.offset() + 1);
+                let record = Record {
+                    key: msg.key().map(<[u8]>::to_vec),
+                    value: msg.payload().map(<[u8]>::to_vec),
+                    offset: msg.offset(),
+                    timestamp_ms: msg.timestamp().to_millis(),
+                    headers: msg
+                        .headers()
+                        .map(|h| h.iter().map(|x| (x.key.to_string(), x.value.map(<[u8]>::to_vec).unwrap_or_default())).collect())
+                        .unwrap_or_default(),
+                };
+                let size = record.value.as_ref().map_or(0, Vec::len) + record.key.as_ref().map_or(0, Vec::len);
+                let buf = buffers.entry(tp.clone()).or_insert_with(|| Buffer {
+                    epoch,
+                    records: Vec::new(),
+                    bytes: 0,
+                    since: Instant::now(),
+                });
+                buf.records.push(record);
+                buf.bytes += size;
+                if buf.records.len() >= s.max_records || buf.bytes >= s.max_bytes {
+                    if let Some(b) = buffers.remove(&tp) {
+                        if !send(SourceEvent::Chunk(chunk(tp, b))) {
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+        // time-bounded batches
+        let due: Vec<TopicPartition> =
+            buffers.iter().filter(|(_, b)| b.since.elapsed() >= s.max_wait).map(|(tp, _)| tp.clone()).collect();
+        for tp in due {
+            if let Some(b) = buffers.remove(&tp) {
+                if !send(SourceEvent::Chunk(chunk(tp, b))) {
+                    return;
+                }
+            }
+        }
+        if let Some(idle) = s.stop_when_idle {
+            if buffers.is_empty()
+                && last_record.elapsed() >= idle
+                && last_idle_check.elapsed() >= Duration::from_secs(1)
+            {
+                last_idle_check = Instant::now();
+                if !epochs.is_empty() && caught_up(consumer, &epochs, &positions) {
+                    info!(pipeline = s.pipeline, "all assigned partitions caught up and idle");
+                    send(SourceEvent::Idle);
+                    return;
+                }
+            }
+        }
+    }
+}
+
+fn chunk(tp: TopicPartition, b: Buffer) -> Chunk {
+    Chunk { topic: tp.0, partition: tp.1, epoch: b.epoch, records: b.records, bytes: b.bytes }
+}
+
+/// True when every assigned partition has been read up to its high watermark.
+fn caught_up(
+    consumer: &BaseConsumer<Ctx>,
+    epochs: &HashMap<TopicPartition, u64>,
+    positions: &HashMap<TopicPartition, i64>,
+) -> bool {
+    for tp in epochs.keys() {
+        let Ok((low, high)) = consumer.fetch_watermarks(&tp.0, tp.1, Duration::from_secs(5)) else { return false };
+        // nothing read and no durable position: caught up only if the partition is empty
+        let pos = positions.get(tp).copied().unwrap_or(low);
+        if pos < high {
+            return false;
+        }
+    }
+    true
+}

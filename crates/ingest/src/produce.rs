@@ -1,0 +1,85 @@
+//! Producing to Kafka: dead-letter records with their context headers, topic creation, and
+//! bulk loading of generated events.
+
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+
+/// An idempotent, acks=all producer.
+pub fn producer(brokers: &str, extra: &std::collections::BTreeMap<String, String>) -> Result<FutureProducer, KafkaError> {
+    let mut cfg = ClientConfig::new();
+    cfg.set("bootstrap.servers", brokers)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .set("compression.type", "zstd")
+        .set("message.timeout.ms", "60000");
+    for (k, v) in extra {
+        // only the connection settings of a consumer's passthrough apply to a producer
+        if k.starts_with("security.") || k.starts_with("sasl.") || k.starts_with("ssl.") {
+            cfg.set(k, v);
+        }
+    }
+    cfg.create()
+}
+
+/// Sends one record with headers and waits until the broker has it.
+pub async fn send(
+    producer: &FutureProducer,
+    topic: &str,
+    key: Option<&[u8]>,
+    value: Option<&[u8]>,
+    headers: &[(&str, &[u8])],
+) -> Result<(i32, i64), KafkaError> {
+    let mut h = OwnedHeaders::new_with_capacity(headers.len());
+    for (k, v) in headers {
+        h = h.insert(Header { key: k, value: Some(*v) });
+    }
+    let mut rec: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic).headers(h);
+    if let Some(k) = key {
+        rec = rec.key(k);
+    }
+    if let Some(v) = value {
+        rec = rec.payload(v);
+    }
+    let delivery = producer.send(rec, Duration::from_secs(60)).await.map_err(|(e, _)| e)?;
+    Ok((delivery.partition, delivery.offset))
+}
+
+/// Creates topics (an existing topic is fine).
+pub async fn create_topics(brokers: &str, topics: &[&str], partitions: i32) -> Result<(), KafkaError> {
+    let admin: AdminClient<DefaultClientContext> =
+        ClientConfig::new().set("bootstrap.servers", brokers).create()?;
+    let new: Vec<NewTopic<'_>> =
+        topics.iter().map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(1))).collect();
+    let results = admin.create_topics(&new, &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)))).await?;
+    for r in results {
+        match r {
+            Ok(_) => {}
+            Err((_, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, code)) => return Err(KafkaError::AdminOp(code)).map_err(|e| {
+                tracing::error!(topic, "cannot create topic");
+                e
+            }),
+        }
+    }
+    Ok(())
+}
+
+/// Checks that the brokers answer a metadata request (for `validate`'s environment stage).
+pub fn check_brokers(brokers: &str, extra: &std::collections::BTreeMap<String, String>, timeout: Duration) -> Result<usize, KafkaError> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let mut cfg = ClientConfig::new();
+    cfg.set("bootstrap.servers", brokers);
+    for (k, v) in extra {
+        cfg.set(k, v);
+    }
+    let c: BaseConsumer = cfg.create()?;
+    let md = c.fetch_metadata(None, timeout)?;
+    Ok(md.brokers().len())
+}

@@ -1,0 +1,11 @@
+//! Pipelines: the YAML spec, its validation (`ymera validate`), offline tests
+//! (`ymera test`) and the runtime that drives Kafka -> decode -> SQL -> lake with
+//! exactly-once commits (`ymera run`).
+
+pub mod dlq;
+pub mod load;
+pub mod spec;
+pub mod validate;
+
+pub use load::{Diagnostic, Loaded, load_file};
+pub use validate::{Pipeline, check};

@@ -1,0 +1,373 @@
+//! Reading pipeline files: YAML with positions, `${VAR}` interpolation, typed decoding that
+//! reports every section's problem at once, each with file:line:col.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::de::DeserializeOwned;
+use serde_norway::Value;
+use yaml_rust2::parser::{Event, MarkedEventReceiver, Parser};
+use yaml_rust2::scanner::Marker;
+
+use crate::spec::{BatchSpec, DlqSpec, PipelineSpec, SinkSpec, SourceSpec, TestSpec, TransformSpec};
+
+/// A problem found in a pipeline file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Diagnostic {
+    pub file: PathBuf,
+    pub line: usize,
+    pub col: usize,
+    /// The YAML path concerned, e.g. `transforms[1].sql`.
+    pub path: String,
+    pub message: String,
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}: error: {}", self.file.display(), self.line, self.col, self.message)?;
+        if !self.path.is_empty() {
+            write!(f, " (at `{}`)", self.path)?;
+        }
+        Ok(())
+    }
+}
+
+/// Line and column (1-based) of every node of a YAML document, by path. Keys are recorded
+/// twice: `a.b` is the value's position, `a.b#key` the key's.
+#[derive(Debug, Default, Clone)]
+pub struct Positions {
+    map: HashMap<String, (usize, usize)>,
+}
+
+impl Positions {
+    /// Builds the position map of `text` (empty when the YAML does not parse).
+    pub fn of(text: &str) -> Positions {
+        let mut rx = Recorder::default();
+        let mut parser = Parser::new_from_str(text);
+        let _ = parser.load(&mut rx, false);
+        Positions { map: rx.map }
+    }
+
+    /// The position of `path`, or of its nearest recorded ancestor.
+    pub fn locate(&self, path: &str) -> (usize, usize) {
+        let mut p = path.to_string();
+        loop {
+            if let Some(pos) = self.map.get(&p) {
+                return *pos;
+            }
+            match p.rfind(['.', '[', '#']) {
+                Some(i) => p.truncate(i),
+                None => return self.map.get("").copied().unwrap_or((1, 1)),
+            }
+        }
+    }
+
+    /// The position of the key `key` inside the map at `path`.
+    pub fn locate_key(&self, path: &str, key: &str) -> (usize, usize) {
+        let full = join(path, key);
+        self.map.get(&format!("{full}#key")).copied().unwrap_or_else(|| self.locate(&full))
+    }
+}
+
+fn join(path: &str, key: &str) -> String {
+    if path.is_empty() { key.to_string() } else { format!("{path}.{key}") }
+}
+
+enum Frame {
+    Map { path: String, key: Option<String> },
+    Seq { path: String, index: usize },
+}
+
+#[derive(Default)]
+struct Recorder {
+    stack: Vec<Frame>,
+    map: HashMap<String, (usize, usize)>,
+}
+
+impl Recorder {
+    /// The path of the value about to be read, or None when a map key is expected.
+    fn value_path(&self) -> Option<String> {
+        match self.stack.last() {
+            None => Some(String::new()),
+            Some(Frame::Map { path, key: Some(k) }) => Some(join(path, k)),
+            Some(Frame::Map { key: None, .. }) => None,
+            Some(Frame::Seq { path, index }) => Some(format!("{path}[{index}]")),
+        }
+    }
+
+    fn value_done(&mut self) {
+        match self.stack.last_mut() {
+            Some(Frame::Map { key, .. }) => *key = None,
+            Some(Frame::Seq { index, .. }) => *index += 1,
+            None => {}
+        }
+    }
+}
+
+impl MarkedEventReceiver for Recorder {
+    fn on_event(&mut self, ev: Event, mark: Marker) {
+        let pos = (mark.line(), mark.col() + 1);
+        match ev {
+            Event::Scalar(text, ..) => match self.value_path() {
+                Some(path) => {
+                    self.map.entry(path).or_insert(pos);
+                    self.value_done();
+                }
+                None => {
+                    if let Some(Frame::Map { path, key }) = self.stack.last_mut() {
+                        self.map.entry(format!("{}#key", join(path, &text))).or_insert(pos);
+                        *key = Some(text);
+                    }
+                }
+            },
+            Event::Alias(_) => self.value_done(),
+            Event::MappingStart(..) | Event::SequenceStart(..) => {
+                let path = self.value_path().unwrap_or_default();
+                self.map.entry(path.clone()).or_insert(pos);
+                self.stack.push(if matches!(ev, Event::MappingStart(..)) {
+                    Frame::Map { path, key: None }
+                } else {
+                    Frame::Seq { path, index: 0 }
+                });
+            }
+            Event::MappingEnd | Event::SequenceEnd => {
+                self.stack.pop();
+                self.value_done();
+            }
+            _ => {}
+        }
+    }
+}
+
+/// A parsed pipeline file: the spec when it decoded, the positions, the problems.
+#[derive(Debug)]
+pub struct Loaded {
+    pub file: PathBuf,
+    pub spec: Option<PipelineSpec>,
+    pub positions: Positions,
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+impl Loaded {
+    /// Adds a problem at a YAML path.
+    pub fn error_at(&mut self, path: &str, message: impl Into<String>) {
+        let (line, col) = self.positions.locate(path);
+        self.diagnostics.push(Diagnostic {
+            file: self.file.clone(),
+            line,
+            col,
+            path: path.to_string(),
+            message: message.into(),
+        });
+    }
+}
+
+const TOP_KEYS: &[&str] = &["name", "source", "transforms", "sinks", "dlq", "batch", "tests"];
+
+/// Reads one pipeline file. `env` resolves `${VAR}`; when `None`, variables are left as
+/// written and not checked (`validate --no-environment`).
+pub fn load_file(file: &Path, env: Option<&dyn Fn(&str) -> Option<String>>) -> Loaded {
+    let mut loaded = Loaded {
+        file: file.to_path_buf(),
+        spec: None,
+        positions: Positions::default(),
+        diagnostics: Vec::new(),
+    };
+    let text = match std::fs::read_to_string(file) {
+        Ok(t) => t,
+        Err(e) => {
+            loaded.error_at("", format!("cannot read file: {e}"));
+            return loaded;
+        }
+    };
+    load_str(&mut loaded, &text, env);
+    loaded
+}
+
+/// Like [`load_file`] over text already read (used by tests).
+pub fn load_str(loaded: &mut Loaded, text: &str, env: Option<&dyn Fn(&str) -> Option<String>>) {
+    loaded.positions = Positions::of(text);
+    let mut root: Value = match serde_norway::from_str(text) {
+        Ok(v) => v,
+        Err(e) => {
+            let (line, col) = e.location().map(|l| (l.line(), l.column())).unwrap_or((1, 1));
+            let message = e.to_string();
+            let message = message.split(" at line ").next().unwrap_or(&message).to_string();
+            loaded.diagnostics.push(Diagnostic {
+                file: loaded.file.clone(),
+                line,
+                col,
+                path: String::new(),
+                message: format!("invalid YAML: {message}"),
+            });
+            return;
+        }
+    };
+    if let Some(env) = env {
+        let mut unset = Vec::new();
+        interpolate(&mut root, String::new(), env, &mut unset);
+        for (path, var) in unset {
+            loaded.error_at(&path, format!("environment variable `{var}` is not set"));
+        }
+    }
+    let Value::Mapping(map) = root else {
+        loaded.error_at("", "a pipeline file must be a YAML mapping with `name`, `source` and `sinks`");
+        return;
+    };
+    for key in map.keys() {
+        let k = key.as_str().unwrap_or("?");
+        if !TOP_KEYS.contains(&k) {
+            let (line, col) = loaded.positions.locate_key("", k);
+            loaded.diagnostics.push(Diagnostic {
+                file: loaded.file.clone(),
+                line,
+                col,
+                path: k.to_string(),
+                message: format!("unknown field `{k}`, expected one of {}", quoted(TOP_KEYS)),
+            });
+        }
+    }
+    let name: Option<String> = field(loaded, &map, "name", true);
+    let source: Option<SourceSpec> = field(loaded, &map, "source", true);
+    let transforms: Option<Vec<TransformSpec>> = list(loaded, &map, "transforms");
+    let sinks: Option<Vec<SinkSpec>> = list(loaded, &map, "sinks");
+    let dlq: Option<DlqSpec> = field(loaded, &map, "dlq", false);
+    let batch: Option<BatchSpec> = field(loaded, &map, "batch", false);
+    let tests: Option<Vec<TestSpec>> = list(loaded, &map, "tests");
+    if !map.contains_key("sinks") {
+        loaded.error_at("", "missing field `sinks`");
+    }
+    if let (Some(name), Some(source), Some(transforms), Some(sinks), Some(tests)) =
+        (name, source, transforms, sinks, tests)
+    {
+        if loaded.diagnostics.is_empty() {
+            loaded.spec = Some(PipelineSpec {
+                name,
+                source,
+                transforms,
+                sinks,
+                dlq,
+                batch: batch.unwrap_or_default(),
+                tests,
+            });
+        }
+    }
+}
+
+fn quoted(keys: &[&str]) -> String {
+    keys.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ")
+}
+
+/// Decodes one top-level field; records the error with its exact position.
+fn field<T: DeserializeOwned>(
+    loaded: &mut Loaded,
+    map: &serde_norway::Mapping,
+    key: &str,
+    required: bool,
+) -> Option<T> {
+    match map.get(key) {
+        None if required => {
+            loaded.error_at("", format!("missing field `{key}`"));
+            None
+        }
+        None => None,
+        Some(v) => decode(loaded, v.clone(), key.to_string()),
+    }
+}
+
+/// Decodes a top-level list element by element, so each bad element is reported.
+fn list<T: DeserializeOwned>(loaded: &mut Loaded, map: &serde_norway::Mapping, key: &str) -> Option<Vec<T>> {
+    match map.get(key) {
+        None | Some(Value::Null) => Some(Vec::new()),
+        Some(Value::Sequence(items)) => {
+            let mut out = Vec::with_capacity(items.len());
+            let mut ok = true;
+            for (i, item) in items.iter().enumerate() {
+                match decode(loaded, item.clone(), format!("{key}[{i}]")) {
+                    Some(v) => out.push(v),
+                    None => ok = false,
+                }
+            }
+            ok.then_some(out)
+        }
+        Some(_) => {
+            loaded.error_at(key, format!("`{key}` must be a list"));
+            None
+        }
+    }
+}
+
+fn decode<T: DeserializeOwned>(loaded: &mut Loaded, value: Value, base: String) -> Option<T> {
+    match serde_path_to_error::deserialize::<_, T>(value) {
+        Ok(v) => Some(v),
+        Err(e) => {
+            let inner = e.path().to_string();
+            let mut path = if inner == "." { base.clone() } else { format!("{base}.{inner}") };
+            path = path.replace(".[", "[");
+            let message = e.inner().to_string();
+            // point at the offending key itself for unknown fields
+            let (line, col) = match message.strip_prefix("unknown field `").and_then(|r| r.split('`').next()) {
+                Some(k) => {
+                    path = join(&path, k);
+                    loaded.positions.locate_key(path.rsplit_once('.').map_or("", |p| p.0), k)
+                }
+                None => loaded.positions.locate(&path),
+            };
+            loaded.diagnostics.push(Diagnostic { file: loaded.file.clone(), line, col, path, message });
+            None
+        }
+    }
+}
+
+/// Replaces `${VAR}` in every string; `$${` stays a literal `${`.
+fn interpolate(
+    v: &mut Value,
+    path: String,
+    env: &dyn Fn(&str) -> Option<String>,
+    unset: &mut Vec<(String, String)>,
+) {
+    match v {
+        Value::String(s) if s.contains("${") => {
+            let mut out = String::with_capacity(s.len());
+            let mut rest = s.as_str();
+            while let Some(i) = rest.find("${") {
+                if i > 0 && rest.as_bytes()[i - 1] == b'$' {
+                    out.push_str(&rest[..i - 1]);
+                    out.push_str("${");
+                    rest = &rest[i + 2..];
+                    continue;
+                }
+                out.push_str(&rest[..i]);
+                match rest[i + 2..].find('}') {
+                    Some(end) => {
+                        let var = &rest[i + 2..i + 2 + end];
+                        match env(var) {
+                            Some(val) => out.push_str(&val),
+                            None => unset.push((path.clone(), var.to_string())),
+                        }
+                        rest = &rest[i + 3 + end..];
+                    }
+                    None => {
+                        out.push_str(&rest[i..]);
+                        rest = "";
+                    }
+                }
+            }
+            out.push_str(rest);
+            *s = out;
+        }
+        Value::Sequence(items) => {
+            for (i, item) in items.iter_mut().enumerate() {
+                interpolate(item, format!("{path}[{i}]"), env, unset);
+            }
+        }
+        Value::Mapping(m) => {
+            for (k, item) in m.iter_mut() {
+                let key = k.as_str().unwrap_or("?").to_string();
+                interpolate(item, join(&path, &key), env, unset);
+            }
+        }
+        _ => {}
+    }
+}

@@ -1,0 +1,252 @@
+//! Semantic checks of a decoded pipeline: schema types, names, SQL that plans against the
+//! declared schema, sinks whose inputs and partition columns exist. The result is a
+//! [`Pipeline`]: everything the runtime needs, checked before anything starts.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use arrow::datatypes::{DataType, SchemaRef, TimeUnit};
+use ymera_common::FieldType;
+use ymera_common::schema::{DeclaredField, arrow_schema};
+use ymera_lake::TableSpec;
+use ymera_transform::{INPUT, Stage, Transform};
+
+use crate::load::Loaded;
+use crate::spec::{OnBadRecord, PipelineSpec, SinkSpec};
+
+/// A sink, resolved: what it reads and what it writes.
+#[derive(Debug, Clone)]
+pub struct Sink {
+    /// The stage (or `input`) it reads.
+    pub input: String,
+    pub table: TableSpec,
+    pub rolling: crate::spec::RollingSpec,
+}
+
+/// A checked pipeline.
+#[derive(Debug, Clone)]
+pub struct Pipeline {
+    pub spec: PipelineSpec,
+    pub fields: Vec<DeclaredField>,
+    pub input_schema: SchemaRef,
+    pub stages: Vec<Stage>,
+    pub sinks: Vec<Sink>,
+    /// The dead-letter table when `dlq.path` is set.
+    pub dlq_table: Option<TableSpec>,
+}
+
+impl Pipeline {
+    /// A fresh transform chain for this pipeline.
+    pub fn transform(&self) -> Transform {
+        Transform::new(self.stages.clone(), self.input_schema.clone())
+    }
+
+    /// Every lake table this pipeline writes (the DLQ table included).
+    pub fn tables(&self) -> Vec<String> {
+        let mut t: Vec<String> = self.sinks.iter().map(|s| s.table.table.clone()).collect();
+        t.extend(self.dlq_table.iter().map(|d| d.table.clone()));
+        t
+    }
+}
+
+fn is_ident(s: &str) -> bool {
+    !s.is_empty()
+        && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        && !s.starts_with(|c: char| c.is_ascii_digit())
+}
+
+fn parse_zstd(text: &str) -> Option<i32> {
+    let t = text.trim();
+    if t == "zstd" {
+        return Some(3);
+    }
+    let level: i32 = t.strip_prefix("zstd(")?.strip_suffix(')')?.trim().parse().ok()?;
+    (1..=22).contains(&level).then_some(level)
+}
+
+/// Checks a loaded spec; adds every problem to `loaded.diagnostics`; returns the pipeline
+/// when there were none.
+pub async fn check(loaded: &mut Loaded) -> Option<Pipeline> {
+    let spec = loaded.spec.clone()?;
+    if !is_ident(&spec.name) {
+        loaded.error_at("name", format!("pipeline name `{}` must match [a-z0-9_]+", spec.name));
+    }
+    let src = &spec.source;
+    if src.kafka.topics.is_empty() {
+        loaded.error_at("source.kafka.topics", "at least one topic is required");
+    }
+    if src.kafka.brokers.trim().is_empty() {
+        loaded.error_at("source.kafka.brokers", "brokers must not be empty (or `embedded`)");
+    }
+    if src.kafka.group_id.trim().is_empty() {
+        loaded.error_at("source.kafka.group_id", "group_id must not be empty");
+    }
+
+    // the declared schema
+    let mut fields = Vec::new();
+    if src.schema.is_empty() {
+        loaded.error_at("source.schema", "the schema declares no fields");
+    }
+    for (name, ty) in &src.schema {
+        match FieldType::parse_declared(ty) {
+            Ok((ty, nullable)) => fields.push(DeclaredField { name: name.clone(), ty, nullable }),
+            Err(e) => loaded.error_at(&format!("source.schema.{name}"), format!("field `{name}`: {e}")),
+        }
+    }
+    if let Some(et) = &src.event_time {
+        match fields.iter().find(|f| &f.name == et) {
+            None => loaded.error_at("source.event_time", format!("event_time `{et}` is not a declared field")),
+            Some(f) if f.ty != FieldType::TimestampUs => loaded.error_at(
+                "source.event_time",
+                format!("event_time `{et}` must be timestamp_us, it is declared {}", f.ty),
+            ),
+            Some(_) => {}
+        }
+    }
+    let input_schema = arrow_schema(&fields);
+
+    // stages
+    let mut names: HashSet<String> = HashSet::from([INPUT.to_string()]);
+    let mut stages = Vec::new();
+    for (i, t) in spec.transforms.iter().enumerate() {
+        if !is_ident(&t.name) {
+            loaded.error_at(&format!("transforms[{i}].name"), format!("stage name `{}` must match [a-z0-9_]+", t.name));
+        } else if !names.insert(t.name.clone()) {
+            loaded.error_at(&format!("transforms[{i}].name"), format!("stage name `{}` is used twice (or is `input`)", t.name));
+        }
+        stages.push(Stage { name: t.name.clone(), sql: t.sql.clone() });
+    }
+    let transform = Transform::new(stages.clone(), input_schema.clone());
+    let mut schemas: Vec<(String, SchemaRef)> = vec![(INPUT.to_string(), input_schema.clone())];
+    for (i, (name, planned)) in transform.plan().await.into_iter().enumerate() {
+        match planned {
+            Ok(schema) => schemas.push((name, schema)),
+            Err(e) => loaded.error_at(&format!("transforms[{i}].sql"), e.to_string()),
+        }
+    }
+    let schema_of = |name: &str| schemas.iter().find(|(n, _)| n == name).map(|(_, s)| s.clone());
+    let default_input = spec.transforms.last().map_or(INPUT.to_string(), |t| t.name.clone());
+
+    // sinks
+    if spec.sinks.is_empty() {
+        loaded.error_at("sinks", "a pipeline needs at least one sink");
+    }
+    let mut sinks = Vec::new();
+    let mut tables = HashSet::new();
+    for (i, sink) in spec.sinks.iter().enumerate() {
+        let SinkSpec::Lake(l) = sink;
+        let at = format!("sinks[{i}].lake");
+        let input = sink.input().map(str::to_string).unwrap_or_else(|| default_input.clone());
+        if !is_ident(&l.table) {
+            loaded.error_at(&format!("{at}.table"), format!("table name `{}` must match [a-z0-9_]+", l.table));
+        } else if !tables.insert(l.table.clone()) {
+            loaded.error_at(&format!("{at}.table"), format!("table `{}` is written by two sinks", l.table));
+        }
+        let level = parse_zstd(&l.compression);
+        if level.is_none() {
+            loaded.error_at(
+                &format!("{at}.compression"),
+                format!("compression `{}` is not supported (use `zstd` or `zstd(1..22)`)", l.compression),
+            );
+        }
+        if l.rolling.max_rows == 0 {
+            loaded.error_at(&format!("{at}.rolling.max_rows"), "max_rows must be at least 1");
+        }
+        match (names.contains(&input), schema_of(&input)) {
+            (false, _) => loaded.error_at(
+                &format!("{at}.input"),
+                format!("sink input `{input}` is not a stage (stages: {})", stage_list(&spec)),
+            ),
+            (true, None) => {} // the stage itself failed to plan; already reported
+            (true, Some(schema)) => {
+                for col in &l.partition_by {
+                    if col == "dt" {
+                        let Some(et) = &src.event_time else {
+                            loaded.error_at(&format!("{at}.partition_by"), "partition `dt` needs `source.event_time`");
+                            continue;
+                        };
+                        match schema.field_with_name(et) {
+                            Ok(f) if matches!(f.data_type(), DataType::Timestamp(TimeUnit::Microsecond, _)) => {}
+                            Ok(f) => loaded.error_at(
+                                &format!("{at}.partition_by"),
+                                format!("partition `dt` needs event_time column `{et}` as a µs timestamp, stage `{input}` makes it {}", f.data_type()),
+                            ),
+                            Err(_) => loaded.error_at(
+                                &format!("{at}.partition_by"),
+                                format!("partition `dt` needs the event_time column `{et}`, which stage `{input}` drops"),
+                            ),
+                        }
+                    } else if schema.field_with_name(col).is_err() {
+                        loaded.error_at(
+                            &format!("{at}.partition_by"),
+                            format!("partition column `{col}` is not an output column of stage `{input}`"),
+                        );
+                    }
+                }
+            }
+        }
+        sinks.push(Sink {
+            input,
+            table: TableSpec {
+                table: l.table.clone(),
+                partition_by: l.partition_by.clone(),
+                event_time: src.event_time.clone(),
+                zstd_level: level.unwrap_or(3),
+            },
+            rolling: l.rolling.clone(),
+        });
+    }
+
+    // dead letters
+    let mut dlq_table = None;
+    match &spec.dlq {
+        None if src.on_bad_record == OnBadRecord::Dlq => loaded.error_at(
+            "source.on_bad_record",
+            "on_bad_record is `dlq` (the default) but the pipeline has no `dlq` target: add `dlq: { path: _dlq/<name> }` or `{ topic: ... }`",
+        ),
+        None => {}
+        Some(d) => match (&d.topic, &d.path) {
+            (Some(_), Some(_)) | (None, None) => loaded.error_at("dlq", "dlq takes exactly one of `topic` or `path`"),
+            (Some(t), None) if t.trim().is_empty() => loaded.error_at("dlq.topic", "dlq topic must not be empty"),
+            (Some(_), None) => {}
+            (None, Some(p)) => {
+                let p = p.trim_matches('/');
+                let ok = p.strip_prefix("_dlq/").is_some_and(is_ident);
+                if !ok {
+                    loaded.error_at("dlq.path", format!("dlq path `{p}` must be `_dlq/<name>` under the lake"));
+                } else {
+                    dlq_table = Some(TableSpec {
+                        table: p.to_string(),
+                        partition_by: vec!["dt".into()],
+                        event_time: Some(crate::dlq::FAILED_AT.into()),
+                        zstd_level: 3,
+                    });
+                }
+            }
+        },
+    }
+
+    // tests
+    for (i, t) in spec.tests.iter().enumerate() {
+        for stage in t.expect.keys() {
+            if !names.contains(stage) {
+                loaded.error_at(
+                    &format!("tests[{i}].expect.{stage}"),
+                    format!("test `{}` expects rows of `{stage}`, which is not a stage (stages: {})", t.name, stage_list(&spec)),
+                );
+            }
+        }
+    }
+    if spec.batch.max_records == 0 {
+        loaded.error_at("batch.max_records", "max_records must be at least 1");
+    }
+
+    if !loaded.diagnostics.is_empty() {
+        return None;
+    }
+    Some(Pipeline { spec, fields, input_schema: Arc::clone(&input_schema), stages, sinks, dlq_table })
+}
+
+fn stage_list(spec: &PipelineSpec) -> String {
+    std::iter::once(INPUT).chain(spec.transforms.iter().map(|t| t.name.as_str())).collect::<Vec<_>>().join(", ")
+}
