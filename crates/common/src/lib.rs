@@ -2,6 +2,7 @@
 //! declared field types of pipeline schemas.
 
 pub mod error;
+pub mod health;
 pub mod schema;
 pub mod units;
 

@@ -1332,32 +1332,3 @@ mod tests {
         assert_eq!(d.finish().num_rows(), 2);
     }
 }
-
-#[cfg(test)]
-mod perf_tmp {
-    use super::*;
-    #[test]
-    #[ignore]
-    fn throughput() {
-        let fields: Vec<DeclaredField> = [
-            ("event_id", "utf8"), ("task_id", "utf8"), ("project", "utf8"), ("assignee", "utf8?"),
-            ("status", "utf8"), ("hours", "float64"), ("points", "int64"), ("blocked", "bool"),
-            ("at", "timestamp_us"), ("due", "date32?"),
-        ].iter().map(|(n, t)| { let (ty, nullable) = FieldType::parse_declared(t).unwrap(); DeclaredField { name: n.to_string(), ty, nullable } }).collect();
-        let recs: Vec<String> = (0..100_000).map(|i| format!(
-            r#"{{"event_id":"ev-{i:012}","task_id":"task-{:06}","project":"proj-{}","assignee":"user-{}@example.com","status":"in_progress","hours":{}.25,"points":{},"blocked":false,"at":"2026-11-25T10:{:02}:{:02}.{:06}Z","due":"2026-12-{:02}"}}"#,
-            i % 5000, i % 17, i % 300, i % 9, i % 13, i % 60, (i / 60) % 60, i % 1_000_000, 1 + i % 28)).collect();
-        let bytes: usize = recs.iter().map(|r| r.len()).sum();
-        let mut d = JsonDecoder::new(&fields, UnknownFields::Dlq);
-        for _ in 0..3 {
-            let t = std::time::Instant::now();
-            for (i, r) in recs.iter().enumerate() {
-                d.push(r.as_bytes()).unwrap();
-                if i % 8192 == 8191 { std::hint::black_box(d.finish()); }
-            }
-            std::hint::black_box(d.finish());
-            let s = t.elapsed().as_secs_f64();
-            println!("avg {} B/rec, {:.0} MB/s, {:.0} krec/s", bytes / recs.len(), bytes as f64 / s / 1e6, recs.len() as f64 / s / 1e3);
-        }
-    }
-}

@@ -14,8 +14,9 @@ pub fn bootstrap_servers() -> Result<String, String> {
     EMBEDDED
         .get_or_init(|| {
             let (tx, rx) = mpsc::channel();
-            let spawned = std::thread::Builder::new().name("embedded-kafka".into()).spawn(move || {
-                match MockCluster::new(1) {
+            let spawned = std::thread::Builder::new()
+                .name("embedded-kafka".into())
+                .spawn(move || match MockCluster::new(1) {
                     Ok(cluster) => {
                         let _ = tx.send(Ok(cluster.bootstrap_servers()));
                         loop {
@@ -25,10 +26,11 @@ pub fn bootstrap_servers() -> Result<String, String> {
                     Err(e) => {
                         let _ = tx.send(Err(format!("cannot start the embedded broker: {e}")));
                     }
-                }
-            });
+                });
             match spawned {
-                Ok(_) => rx.recv().unwrap_or_else(|_| Err("embedded broker thread died".into())),
+                Ok(_) => rx
+                    .recv()
+                    .unwrap_or_else(|_| Err("embedded broker thread died".into())),
                 Err(e) => Err(format!("cannot start the embedded broker thread: {e}")),
             }
         })
@@ -37,5 +39,9 @@ pub fn bootstrap_servers() -> Result<String, String> {
 
 /// Resolves a `brokers` setting: `embedded` starts (or reuses) the in-process broker.
 pub fn resolve_brokers(brokers: &str) -> Result<String, String> {
-    if brokers.trim() == "embedded" { bootstrap_servers() } else { Ok(brokers.to_string()) }
+    if brokers.trim() == "embedded" {
+        bootstrap_servers()
+    } else {
+        Ok(brokers.to_string())
+    }
 }

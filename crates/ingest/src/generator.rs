@@ -729,188 +729,252 @@ fn project_world(seed: u64, index: usize, win: &Window, out: &mut Vec<Event>) {
     let mut rng = stream(seed, STREAM_PROJECT + index as u64);
     let plan = ProjectPlan::draw(&mut rng, win);
     let n = index + 1;
-    let project_id = format!("prj-{n:04}");
-    let team_id = format!("team-{n:04}");
     let names = [
         "Atlas", "Beacon", "Cobalt", "Delta", "Ember", "Falcon", "Granite", "Harbor",
     ];
-    let project_name = format!("{} {n}", names[rng.random_range(0..names.len())]);
-    let abs = |rel: f64| (plan.start + rel).floor() as i64;
+    let ids = ProjectIds {
+        n,
+        project_id: format!("prj-{n:04}"),
+        team_id: format!("team-{n:04}"),
+        project_name: format!("{} {n}", names[rng.random_range(0..names.len())]),
+    };
+    let team = Team::draw(&mut rng, &plan, n);
+    team.emit(win, &ids, out);
+    project_lifecycle(&mut rng, win, &plan, &ids, &team, out);
+    let tasks = plan.team_size * rng.random_range(3..=5u32);
+    for ti in 0..tasks {
+        let task_id = format!("tsk-{n:04}-{:03}", ti + 1);
+        project_task(
+            &mut rng,
+            win,
+            &plan,
+            &ids.project_id,
+            &task_id,
+            &team.members,
+            out,
+        );
+    }
+}
 
-    // The team: initial members join shortly before the project starts.
-    let mut members: Vec<Member> = (0..plan.team_size)
-        .map(|m| {
-            let joined = (plan.start - rng.random_range(60.0..7_200.0))
-                .max(0.0)
-                .floor();
-            Member::draw(&mut rng, format!("usr-{n:04}-{:02}", m + 1), joined)
-        })
-        .collect();
-    let mut user_events: Vec<(f64, usize, &'static str, Option<Role>, Option<&'static str>)> = (0
-        ..members.len())
-        .map(|i| (members[i].joined, i, "join", None, None))
-        .collect();
-    // Churn: a random active member leaves; 60% are replaced a little later.
-    let mut replacements = Vec::new();
-    for &t in &plan.churn_times {
-        let at = plan.start + t;
-        let active: Vec<usize> = (0..members.len())
-            .filter(|&i| members[i].active_at(at))
+struct ProjectIds {
+    n: usize,
+    project_id: String,
+    team_id: String,
+    project_name: String,
+}
+
+/// A change of a team member, in time order once sorted.
+#[derive(Debug, Clone, Copy)]
+struct UserChange {
+    /// Window seconds.
+    at: f64,
+    member: usize,
+    kind: &'static str,
+    promotion: Option<Role>,
+    reason: Option<&'static str>,
+}
+
+/// A project's team over its life.
+#[derive(Debug, Clone)]
+struct Team {
+    members: Vec<Member>,
+    changes: Vec<UserChange>,
+    /// When replacements joined, relative to the project start.
+    replacements: Vec<f64>,
+}
+
+impl Team {
+    /// Initial members join shortly before the project starts; at each churn time a random
+    /// active member leaves and 60% are replaced a little later; some members are promoted.
+    fn draw(rng: &mut ChaCha8Rng, plan: &ProjectPlan, n: usize) -> Team {
+        let mut members: Vec<Member> = (0..plan.team_size)
+            .map(|m| {
+                let joined = (plan.start - rng.random_range(60.0..7_200.0))
+                    .max(0.0)
+                    .floor();
+                Member::draw(rng, format!("usr-{n:04}-{:02}", m + 1), joined)
+            })
             .collect();
-        if let Some(&who) = active.get(rng.random_range(0..active.len().max(1))) {
-            members[who].left = Some(at.floor());
-            let reason = if rng.random_bool(0.6) {
-                "resigned"
-            } else {
-                "reassigned"
-            };
-            user_events.push((at.floor(), who, "leave", None, Some(reason)));
-        }
-        if rng.random_bool(0.6) {
-            let back = t + plan.planned * rng.random_range(0.03..0.10);
-            if back < plan.end {
-                replacements.push(back);
-                let id = format!("usr-{n:04}-{:02}", members.len() + 1);
-                let joined = (plan.start + back).floor();
-                members.push(Member::draw(&mut rng, id, joined));
-                user_events.push((joined, members.len() - 1, "join", None, None));
-            }
-        }
-    }
-    // Promotions.
-    for i in 0..plan.team_size as usize {
-        if rng.random_bool(0.05)
-            && let Some(next) = members[i].role.promotion()
-        {
-            let at = (plan.start + plan.end * rng.random_range(0.1..0.9)).floor();
-            if members[i].active_at(at) {
-                user_events.push((at, i, "role_change", Some(next), None));
-            }
-        }
-    }
-    user_events.sort_by(|a, b| a.0.total_cmp(&b.0));
-    let mut seq = 0;
-    // Roles evolve through role changes; replay them in time order.
-    let mut roles: Vec<Role> = members.iter().map(|m| m.role).collect();
-    let mut rates: Vec<f64> = members.iter().map(|m| m.rate).collect();
-    for &(t, i, kind, next, reason) in &user_events {
-        let member = &members[i];
-        let prev = roles[i];
-        if let Some(next) = next {
-            roles[i] = next;
-            rates[i] = round(rates[i] * 1.12, 2);
-        }
-        seq += 1;
-        let rec = UserRecord {
-            event_id: format!("usr-{n:04}-e{seq:04}"),
-            ts: win.ts(t as i64),
-            user_id: &member.id,
-            event_type: kind,
-            team_id: &team_id,
-            role: roles[i].as_str(),
-            prev_role: next.map(|_| prev.as_str()),
-            experience_years: member.experience,
-            hourly_rate: rates[i],
-            reason,
+        let change = |at: f64, member: usize, kind: &'static str| UserChange {
+            at,
+            member,
+            kind,
+            promotion: None,
+            reason: None,
         };
-        out.push(event(USER_EVENTS, &member.id, win.micros(t as i64), &rec));
+        let mut changes: Vec<UserChange> = members
+            .iter()
+            .enumerate()
+            .map(|(i, m)| change(m.joined, i, "join"))
+            .collect();
+        let mut replacements = Vec::new();
+        for &t in &plan.churn_times {
+            let at = (plan.start + t).floor();
+            let active: Vec<usize> = (0..members.len())
+                .filter(|&i| members[i].active_at(at))
+                .collect();
+            if let Some(&who) = active.get(rng.random_range(0..active.len().max(1))) {
+                members[who].left = Some(at);
+                let reason = if rng.random_bool(0.6) {
+                    "resigned"
+                } else {
+                    "reassigned"
+                };
+                changes.push(UserChange {
+                    reason: Some(reason),
+                    ..change(at, who, "leave")
+                });
+            }
+            if rng.random_bool(0.6) {
+                let back = t + plan.planned * rng.random_range(0.03..0.10);
+                if back < plan.end {
+                    replacements.push(back);
+                    let id = format!("usr-{n:04}-{:02}", members.len() + 1);
+                    let joined = (plan.start + back).floor();
+                    members.push(Member::draw(rng, id, joined));
+                    changes.push(change(joined, members.len() - 1, "join"));
+                }
+            }
+        }
+        for (i, member) in members.iter().enumerate().take(plan.team_size as usize) {
+            if rng.random_bool(0.05)
+                && let Some(next) = member.role.promotion()
+            {
+                let at = (plan.start + plan.end * rng.random_range(0.1..0.9)).floor();
+                if member.active_at(at) {
+                    changes.push(UserChange {
+                        promotion: Some(next),
+                        ..change(at, i, "role_change")
+                    });
+                }
+            }
+        }
+        changes.sort_by(|a, b| a.at.total_cmp(&b.at));
+        Team {
+            members,
+            changes,
+            replacements,
+        }
     }
 
-    // Project lifecycle.
-    let mut timeline: Vec<(f64, ProjectEventKind)> = vec![(0.0, ProjectEventKind::Created)];
+    fn size_at(&self, at: f64) -> usize {
+        self.members.iter().filter(|m| m.active_at(at)).count()
+    }
+
+    /// The user events, replaying role changes (a promotion raises the rate by 12%).
+    fn emit(&self, win: &Window, ids: &ProjectIds, out: &mut Vec<Event>) {
+        let mut roles: Vec<Role> = self.members.iter().map(|m| m.role).collect();
+        let mut rates: Vec<f64> = self.members.iter().map(|m| m.rate).collect();
+        for (seq, c) in self.changes.iter().enumerate() {
+            let member = &self.members[c.member];
+            let prev = roles[c.member];
+            if let Some(next) = c.promotion {
+                roles[c.member] = next;
+                rates[c.member] = round(rates[c.member] * 1.12, 2);
+            }
+            let t = c.at as i64;
+            let rec = UserRecord {
+                event_id: format!("usr-{:04}-e{:04}", ids.n, seq + 1),
+                ts: win.ts(t),
+                user_id: &member.id,
+                event_type: c.kind,
+                team_id: &ids.team_id,
+                role: roles[c.member].as_str(),
+                prev_role: c.promotion.map(|_| prev.as_str()),
+                experience_years: member.experience,
+                hourly_rate: rates[c.member],
+                reason: c.reason,
+            };
+            out.push(event(USER_EVENTS, &member.id, win.micros(t), &rec));
+        }
+    }
+}
+
+/// The project events: a snapshot of the project's state at each point of its timeline.
+fn project_lifecycle(
+    rng: &mut ChaCha8Rng,
+    win: &Window,
+    plan: &ProjectPlan,
+    ids: &ProjectIds,
+    team: &Team,
+    out: &mut Vec<Event>,
+) {
+    use ProjectEventKind as K;
+    let mut timeline: Vec<(f64, K)> = vec![(0.0, K::Created)];
     let mut k = 1.0;
     while k * plan.planned / 8.0 < plan.end - 60.0 {
-        timeline.push((k * plan.planned / 8.0, ProjectEventKind::BudgetUpdate));
+        timeline.push((k * plan.planned / 8.0, K::BudgetUpdate));
         k += 1.0;
     }
-    timeline.extend(
-        plan.scope_times
-            .iter()
-            .map(|&t| (t, ProjectEventKind::ScopeChange)),
-    );
-    timeline.extend(
-        plan.churn_times
-            .iter()
-            .map(|&t| (t, ProjectEventKind::TeamChange)),
-    );
-    timeline.extend(
-        replacements
-            .iter()
-            .map(|&t| (t, ProjectEventKind::TeamChange)),
-    );
+    timeline.extend(plan.scope_times.iter().map(|&t| (t, K::ScopeChange)));
+    timeline.extend(plan.churn_times.iter().map(|&t| (t, K::TeamChange)));
+    timeline.extend(team.replacements.iter().map(|&t| (t, K::TeamChange)));
     for m in [0.25, 0.5, 0.75] {
         if plan.actual() * m < plan.end - 60.0 {
-            timeline.push((plan.actual() * m, ProjectEventKind::Milestone));
+            timeline.push((plan.actual() * m, K::Milestone));
         }
     }
-    let last = if plan.cancelled {
-        ProjectEventKind::Cancelled
-    } else {
-        ProjectEventKind::Completed
-    };
-    timeline.push((plan.end, last));
+    timeline.push((
+        plan.end,
+        if plan.cancelled {
+            K::Cancelled
+        } else {
+            K::Completed
+        },
+    ));
     timeline.sort_by(|a, b| a.0.total_cmp(&b.0));
 
+    let abs = |rel: f64| (plan.start + rel).floor() as i64;
     let start_date = win.date(abs(0.0));
     let deadline = win.ts(abs(plan.planned));
     let mut status = "active";
     let mut seq = 0;
-    let mut emitted = Vec::new();
     for &(rel, kind) in &timeline {
-        let mut push_kind = vec![kind];
-        let final_event = matches!(
-            kind,
-            ProjectEventKind::Completed | ProjectEventKind::Cancelled
-        );
+        let final_event = matches!(kind, K::Completed | K::Cancelled);
         let planned_progress = (rel / plan.planned).min(1.0);
-        let true_progress = (rel / plan.actual()).min(1.0);
-        let noise = if final_event || kind == ProjectEventKind::Created {
+        let noise = if final_event || kind == K::Created {
             0.0
         } else {
-            0.02 * normal(&mut rng)
+            0.02 * normal(rng)
         };
-        let actual_progress = round((true_progress + noise).clamp(0.0, 1.0), 3);
+        let actual_progress = if final_event && !plan.cancelled {
+            1.0
+        } else {
+            round(((rel / plan.actual()).min(1.0) + noise).clamp(0.0, 1.0), 3)
+        };
         let spent = plan.spent(rel);
-        if kind == ProjectEventKind::BudgetUpdate && status == "active" {
+        let mut kinds = vec![kind];
+        if kind == K::BudgetUpdate && status == "active" {
             let slip = planned_progress - actual_progress;
-            let burn_rate = if planned_progress > 0.0 {
-                spent / plan.budget / planned_progress
-            } else {
-                0.0
-            };
+            let burn_rate = spent / plan.budget / planned_progress.max(f64::EPSILON);
             if slip > 0.08 || burn_rate > 1.1 {
-                push_kind.push(ProjectEventKind::StatusChange);
+                kinds.push(K::StatusChange);
             }
         }
-        for (j, kind) in push_kind.into_iter().enumerate() {
+        for (j, kind) in kinds.into_iter().enumerate() {
             let t = abs(rel) + 60 * j as i64;
             status = match kind {
-                ProjectEventKind::StatusChange => "at_risk",
-                ProjectEventKind::Completed => "completed",
-                ProjectEventKind::Cancelled => "cancelled",
+                K::StatusChange => "at_risk",
+                K::Completed => "completed",
+                K::Cancelled => "cancelled",
                 _ => status,
             };
-            let team_now = members.iter().filter(|m| m.active_at(t as f64)).count();
             seq += 1;
             let rec = ProjectRecord {
-                event_id: format!("prj-{n:04}-e{seq:04}"),
+                event_id: format!("prj-{:04}-e{seq:04}", ids.n),
                 ts: win.ts(t),
-                project_id: &project_id,
+                project_id: &ids.project_id,
                 event_type: kind.as_str(),
                 status,
-                project_name: &project_name,
-                team_id: &team_id,
-                team_size: team_now as i64,
+                project_name: &ids.project_name,
+                team_id: &ids.team_id,
+                team_size: team.size_at(t as f64) as i64,
                 start_date: &start_date,
                 deadline: &deadline,
                 budget: plan.budget,
                 spent: round(spent, 2),
                 planned_progress: round(planned_progress, 3),
-                actual_progress: if final_event && !plan.cancelled {
-                    1.0
-                } else {
-                    actual_progress
-                },
+                actual_progress,
                 scope_changes: plan.scope_before(rel) as i64,
                 churn: plan.churn_before(rel) as i64,
                 missed_deadline: final_event.then(|| plan.missed_deadline()),
@@ -918,16 +982,8 @@ fn project_world(seed: u64, index: usize, win: &Window, out: &mut Vec<Event>) {
                 delay_days: (final_event && !plan.cancelled)
                     .then(|| round((plan.end - plan.planned) / DAY, 3)),
             };
-            emitted.push(event(PROJECT_EVENTS, &project_id, win.micros(t), &rec));
+            out.push(event(PROJECT_EVENTS, &ids.project_id, win.micros(t), &rec));
         }
-    }
-    out.append(&mut emitted);
-
-    // Tasks.
-    let tasks = plan.team_size * rng.random_range(3..=5u32);
-    for ti in 0..tasks {
-        let task_id = format!("tsk-{n:04}-{:03}", ti + 1);
-        project_task(&mut rng, win, &plan, &project_id, &task_id, &members, out);
     }
 }
 
@@ -1716,31 +1772,6 @@ mod tests {
         ] {
             assert!(statuses.contains(s), "no task ever {s}");
         }
-    }
-
-    #[test]
-    fn zz_stats() {
-        let events = generate(&GenConfig::default());
-        let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
-        for e in &events { *counts.entry(e.topic).or_default() += 1; }
-        eprintln!("default counts {counts:?} total {}", events.len());
-        for i in incidents(&GenConfig::default()) { eprintln!("{} {} {} {} {}", i.service, i.kind.as_str(), rfc3339(i.start_micros), (i.end_micros - i.start_micros)/60_000_000, i.magnitude); }
-        for w in [generate(&GenConfig::default()), big_world()] {
-        let outs: Vec<_> = of_topic(&w, PROJECT_EVENTS).into_iter().filter(|m| matches!(str_of(m, "event_type"), "completed" | "cancelled")).collect();
-        let n = outs.len() as f64;
-        let missed = outs.iter().filter(|m| m["missed_deadline"] == Value::Bool(true)).count() as f64 / n;
-        let over = outs.iter().filter(|m| m["over_budget"] == Value::Bool(true)).count() as f64 / n;
-        let canc = outs.iter().filter(|m| str_of(m, "event_type") == "cancelled").count() as f64 / n;
-        eprintln!("n {n} missed {missed:.3} over {over:.3} cancelled {canc:.3}");
-        }
-        let p: Vec<_> = of_topic(&events, PROJECT_EVENTS).into_iter().filter(|m| str_of(m, "project_id") == "prj-0003").collect();
-        for m in p { eprintln!("{}", serde_json::to_string(&m).unwrap()); }
-        let t: Vec<_> = of_topic(&events, TASK_EVENTS).into_iter().filter(|m| str_of(m, "task_id") == "tsk-0003-004").collect();
-        for m in t { eprintln!("{}", serde_json::to_string(&m).unwrap()); }
-        let u: Vec<_> = events.iter().filter(|e| e.topic == USER_EVENTS).take(3).map(parse).collect();
-        for m in u { eprintln!("{}", serde_json::to_string(&m).unwrap()); }
-        for e in events.iter().filter(|e| e.topic == USER_EVENTS).map(parse).filter(|m| str_of(m, "event_type") != "join").take(4) { eprintln!("{}", serde_json::to_string(&e).unwrap()); }
-        for e in events.iter().filter(|e| e.topic == METRIC_EVENTS).skip(2000).take(4) { eprintln!("{}", String::from_utf8_lossy(&e.value)); }
     }
 
     #[test]

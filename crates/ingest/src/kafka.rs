@@ -76,7 +76,10 @@ pub enum StartFrom {
 /// thread, which may block.
 pub trait Resolver: Send + Sync + 'static {
     /// The next offset each partition should read (None: nothing durable yet).
-    fn resolve(&self, partitions: &[TopicPartition]) -> Result<HashMap<TopicPartition, Option<i64>>, String>;
+    fn resolve(
+        &self,
+        partitions: &[TopicPartition],
+    ) -> Result<HashMap<TopicPartition, Option<i64>>, String>;
 }
 
 /// Which partitions this process owns, and under which epoch. Publication holds a read
@@ -106,7 +109,11 @@ impl Fence {
     }
 
     /// A guard that keeps `tp` owned under `epoch` while held, or None when it is not.
-    pub async fn hold(&self, tp: &TopicPartition, epoch: u64) -> Option<RwLockReadGuard<'_, HashMap<TopicPartition, u64>>> {
+    pub async fn hold(
+        &self,
+        tp: &TopicPartition,
+        epoch: u64,
+    ) -> Option<RwLockReadGuard<'_, HashMap<TopicPartition, u64>>> {
         let guard = self.owned.read().await;
         (guard.get(tp) == Some(&epoch)).then_some(guard)
     }
@@ -153,11 +160,26 @@ struct Ctx {
 impl ClientContext for Ctx {
     fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
         match level {
-            RDKafkaLogLevel::Emerg | RDKafkaLogLevel::Alert | RDKafkaLogLevel::Critical | RDKafkaLogLevel::Error => {
-                error!(pipeline = self.pipeline, facility = fac, "librdkafka: {message}")
+            RDKafkaLogLevel::Emerg
+            | RDKafkaLogLevel::Alert
+            | RDKafkaLogLevel::Critical
+            | RDKafkaLogLevel::Error => {
+                error!(
+                    pipeline = self.pipeline,
+                    facility = fac,
+                    "librdkafka: {message}"
+                )
             }
-            RDKafkaLogLevel::Warning => warn!(pipeline = self.pipeline, facility = fac, "librdkafka: {message}"),
-            _ => debug!(pipeline = self.pipeline, facility = fac, "librdkafka: {message}"),
+            RDKafkaLogLevel::Warning => warn!(
+                pipeline = self.pipeline,
+                facility = fac,
+                "librdkafka: {message}"
+            ),
+            _ => debug!(
+                pipeline = self.pipeline,
+                facility = fac,
+                "librdkafka: {message}"
+            ),
         }
     }
 
@@ -179,7 +201,10 @@ impl ClientContext for Ctx {
 }
 
 fn tps_of(tpl: &TopicPartitionList) -> Vec<TopicPartition> {
-    tpl.elements().iter().map(|e| (e.topic().to_string(), e.partition())).collect()
+    tpl.elements()
+        .iter()
+        .map(|e| (e.topic().to_string(), e.partition()))
+        .collect()
 }
 
 impl ConsumerContext for Ctx {
@@ -211,7 +236,13 @@ impl ConsumerContext for Ctx {
                     if let Err(e) = elem.set_offset(offset) {
                         error!(topic = tp.0, partition = tp.1, error = %e, "cannot set start offset");
                     }
-                    info!(pipeline = self.pipeline, topic = tp.0, partition = tp.1, ?offset, "partition assigned");
+                    info!(
+                        pipeline = self.pipeline,
+                        topic = tp.0,
+                        partition = tp.1,
+                        ?offset,
+                        "partition assigned"
+                    );
                 }
                 let epoch = self.fence.assign_blocking(&tps);
                 self.assigned.store(true, Ordering::SeqCst);
@@ -222,7 +253,11 @@ impl ConsumerContext for Ctx {
             Rebalance::Revoke(tpl) => {
                 let tps = tps_of(tpl);
                 self.fence.revoke_blocking(&tps);
-                info!(pipeline = self.pipeline, partitions = tps.len(), "partitions revoked");
+                info!(
+                    pipeline = self.pipeline,
+                    partitions = tps.len(),
+                    "partitions revoked"
+                );
                 if let Ok(mut c) = self.changes.lock() {
                     c.push(Change::Revoked(tps));
                 }
@@ -243,12 +278,18 @@ pub struct KafkaSource {
 
 impl std::fmt::Debug for KafkaSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KafkaSource").field("pipeline", &self.pipeline).finish()
+        f.debug_struct("KafkaSource")
+            .field("pipeline", &self.pipeline)
+            .finish()
     }
 }
 
 /// The librdkafka configuration of a source (exposed for `validate`'s broker check).
-pub fn client_config(brokers: &str, group_id: &str, extra: &BTreeMap<String, String>) -> ClientConfig {
+pub fn client_config(
+    brokers: &str,
+    group_id: &str,
+    extra: &BTreeMap<String, String>,
+) -> ClientConfig {
     let mut cfg = ClientConfig::new();
     cfg.set("bootstrap.servers", brokers)
         .set("group.id", group_id)
@@ -281,7 +322,8 @@ impl KafkaSource {
             assigned: AtomicBool::new(false),
         };
         let consumer: BaseConsumer<Ctx> =
-            client_config(&settings.brokers, &settings.group_id, &settings.client).create_with_context(ctx)?;
+            client_config(&settings.brokers, &settings.group_id, &settings.client)
+                .create_with_context(ctx)?;
         let topics: Vec<&str> = settings.topics.iter().map(String::as_str).collect();
         consumer.subscribe(&topics)?;
         let consumer = Arc::new(consumer);
@@ -293,9 +335,20 @@ impl KafkaSource {
             std::thread::Builder::new()
                 .name(format!("kafka-{}", settings.pipeline))
                 .spawn(move || poll_loop(&consumer, &settings, &stop, &tx))
-                .map_err(|e| KafkaError::ClientCreation(format!("cannot start the poll thread: {e}")))?
+                .map_err(|e| {
+                    KafkaError::ClientCreation(format!("cannot start the poll thread: {e}"))
+                })?
         };
-        Ok((KafkaSource { consumer, stop, thread: Some(thread), fence, pipeline: String::new() }, rx))
+        Ok((
+            KafkaSource {
+                consumer,
+                stop,
+                thread: Some(thread),
+                fence,
+                pipeline: String::new(),
+            },
+            rx,
+        ))
     }
 
     /// The ownership fence publication must hold.
@@ -310,7 +363,14 @@ impl KafkaSource {
         for ((t, p), next) in offsets {
             tpl.add_partition_offset(t, *p, Offset::Offset(*next))?;
         }
-        self.consumer.commit(&tpl, if sync { CommitMode::Sync } else { CommitMode::Async })
+        self.consumer.commit(
+            &tpl,
+            if sync {
+                CommitMode::Sync
+            } else {
+                CommitMode::Async
+            },
+        )
     }
 
     /// True once the group gave this consumer an assignment.
@@ -342,7 +402,12 @@ struct Buffer {
     since: Instant,
 }
 
-fn poll_loop(consumer: &BaseConsumer<Ctx>, s: &SourceSettings, stop: &AtomicBool, tx: &mpsc::Sender<SourceEvent>) {
+fn poll_loop(
+    consumer: &BaseConsumer<Ctx>,
+    s: &SourceSettings,
+    stop: &AtomicBool,
+    tx: &mpsc::Sender<SourceEvent>,
+) {
     let mut buffers: HashMap<TopicPartition, Buffer> = HashMap::new();
     let mut epochs: HashMap<TopicPartition, u64> = HashMap::new();
     // next offset to read per partition, as far as this loop knows
@@ -359,7 +424,12 @@ fn poll_loop(consumer: &BaseConsumer<Ctx>, s: &SourceSettings, stop: &AtomicBool
         }
         let polled = consumer.poll(Duration::from_millis(100));
         // assignment changes made by callbacks during that poll
-        let changes = consumer.context().changes.lock().map(|mut c| std::mem::take(&mut *c)).unwrap_or_default();
+        let changes = consumer
+            .context()
+            .changes
+            .lock()
+            .map(|mut c| std::mem::take(&mut *c))
+            .unwrap_or_default();
         for change in changes {
             match change {
                 Change::Assigned(starts, epoch) => {
@@ -391,7 +461,9 @@ fn poll_loop(consumer: &BaseConsumer<Ctx>, s: &SourceSettings, stop: &AtomicBool
             Some(Ok(msg)) => {
                 last_record = Instant::now();
                 let tp = (msg.topic().to_string(), msg.partition());
-                let Some(&epoch) = epochs.get(&tp) else { continue };
+                let Some(&epoch) = epochs.get(&tp) else {
+                    continue;
+                };
                 positions.insert(tp.clone(), msg.offset() + 1);
                 let record = Record {
                     key: msg.key().map(<[u8]>::to_vec),
@@ -400,10 +472,20 @@ fn poll_loop(consumer: &BaseConsumer<Ctx>, s: &SourceSettings, stop: &AtomicBool
                     timestamp_ms: msg.timestamp().to_millis(),
                     headers: msg
                         .headers()
-                        .map(|h| h.iter().map(|x| (x.key.to_string(), x.value.map(<[u8]>::to_vec).unwrap_or_default())).collect())
+                        .map(|h| {
+                            h.iter()
+                                .map(|x| {
+                                    (
+                                        x.key.to_string(),
+                                        x.value.map(<[u8]>::to_vec).unwrap_or_default(),
+                                    )
+                                })
+                                .collect()
+                        })
                         .unwrap_or_default(),
                 };
-                let size = record.value.as_ref().map_or(0, Vec::len) + record.key.as_ref().map_or(0, Vec::len);
+                let size = record.value.as_ref().map_or(0, Vec::len)
+                    + record.key.as_ref().map_or(0, Vec::len);
                 let buf = buffers.entry(tp.clone()).or_insert_with(|| Buffer {
                     epoch,
                     records: Vec::new(),
@@ -422,8 +504,11 @@ fn poll_loop(consumer: &BaseConsumer<Ctx>, s: &SourceSettings, stop: &AtomicBool
             }
         }
         // time-bounded batches
-        let due: Vec<TopicPartition> =
-            buffers.iter().filter(|(_, b)| b.since.elapsed() >= s.max_wait).map(|(tp, _)| tp.clone()).collect();
+        let due: Vec<TopicPartition> = buffers
+            .iter()
+            .filter(|(_, b)| b.since.elapsed() >= s.max_wait)
+            .map(|(tp, _)| tp.clone())
+            .collect();
         for tp in due {
             if let Some(b) = buffers.remove(&tp) {
                 if !send(SourceEvent::Chunk(chunk(tp, b))) {
@@ -438,7 +523,10 @@ fn poll_loop(consumer: &BaseConsumer<Ctx>, s: &SourceSettings, stop: &AtomicBool
             {
                 last_idle_check = Instant::now();
                 if !epochs.is_empty() && caught_up(consumer, &epochs, &positions) {
-                    info!(pipeline = s.pipeline, "all assigned partitions caught up and idle");
+                    info!(
+                        pipeline = s.pipeline,
+                        "all assigned partitions caught up and idle"
+                    );
                     send(SourceEvent::Idle);
                     return;
                 }
@@ -448,7 +536,13 @@ fn poll_loop(consumer: &BaseConsumer<Ctx>, s: &SourceSettings, stop: &AtomicBool
 }
 
 fn chunk(tp: TopicPartition, b: Buffer) -> Chunk {
-    Chunk { topic: tp.0, partition: tp.1, epoch: b.epoch, records: b.records, bytes: b.bytes }
+    Chunk {
+        topic: tp.0,
+        partition: tp.1,
+        epoch: b.epoch,
+        records: b.records,
+        bytes: b.bytes,
+    }
 }
 
 /// True when every assigned partition has been read up to its high watermark.
@@ -458,7 +552,9 @@ fn caught_up(
     positions: &HashMap<TopicPartition, i64>,
 ) -> bool {
     for tp in epochs.keys() {
-        let Ok((low, high)) = consumer.fetch_watermarks(&tp.0, tp.1, Duration::from_secs(5)) else { return false };
+        let Ok((low, high)) = consumer.fetch_watermarks(&tp.0, tp.1, Duration::from_secs(5)) else {
+            return false;
+        };
         // nothing read and no durable position: caught up only if the partition is empty
         let pos = positions.get(tp).copied().unwrap_or(low);
         if pos < high {

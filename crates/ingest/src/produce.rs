@@ -11,7 +11,39 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
 /// An idempotent, acks=all producer.
-pub fn producer(brokers: &str, extra: &std::collections::BTreeMap<String, String>) -> Result<FutureProducer, KafkaError> {
+#[derive(Clone)]
+pub struct Producer(FutureProducer);
+
+impl std::fmt::Debug for Producer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Producer")
+    }
+}
+
+impl Producer {
+    /// Sends one record with headers and waits until the broker has it.
+    pub async fn send(
+        &self,
+        topic: &str,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        headers: &[(&str, &[u8])],
+    ) -> Result<(i32, i64), KafkaError> {
+        send(&self.0, topic, key, value, headers).await
+    }
+
+    /// Waits until everything sent is acknowledged (blocking: call from a blocking context).
+    pub fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
+        use rdkafka::producer::Producer as _;
+        self.0.flush(timeout)
+    }
+}
+
+/// Creates a [`Producer`]; the security settings of `extra` (a consumer's passthrough) apply.
+pub fn producer(
+    brokers: &str,
+    extra: &std::collections::BTreeMap<String, String>,
+) -> Result<Producer, KafkaError> {
     let mut cfg = ClientConfig::new();
     cfg.set("bootstrap.servers", brokers)
         .set("enable.idempotence", "true")
@@ -25,11 +57,11 @@ pub fn producer(brokers: &str, extra: &std::collections::BTreeMap<String, String
             cfg.set(k, v);
         }
     }
-    cfg.create()
+    Ok(Producer(cfg.create()?))
 }
 
 /// Sends one record with headers and waits until the broker has it.
-pub async fn send(
+async fn send(
     producer: &FutureProducer,
     topic: &str,
     key: Option<&[u8]>,
@@ -38,7 +70,10 @@ pub async fn send(
 ) -> Result<(i32, i64), KafkaError> {
     let mut h = OwnedHeaders::new_with_capacity(headers.len());
     for (k, v) in headers {
-        h = h.insert(Header { key: k, value: Some(*v) });
+        h = h.insert(Header {
+            key: k,
+            value: Some(*v),
+        });
     }
     let mut rec: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic).headers(h);
     if let Some(k) = key {
@@ -47,32 +82,53 @@ pub async fn send(
     if let Some(v) = value {
         rec = rec.payload(v);
     }
-    let delivery = producer.send(rec, Duration::from_secs(60)).await.map_err(|(e, _)| e)?;
+    let delivery = producer
+        .send(rec, Duration::from_secs(60))
+        .await
+        .map_err(|(e, _)| e)?;
     Ok((delivery.partition, delivery.offset))
 }
 
 /// Creates topics (an existing topic is fine).
-pub async fn create_topics(brokers: &str, topics: &[&str], partitions: i32) -> Result<(), KafkaError> {
-    let admin: AdminClient<DefaultClientContext> =
-        ClientConfig::new().set("bootstrap.servers", brokers).create()?;
-    let new: Vec<NewTopic<'_>> =
-        topics.iter().map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(1))).collect();
-    let results = admin.create_topics(&new, &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)))).await?;
+pub async fn create_topics(
+    brokers: &str,
+    topics: &[&str],
+    partitions: i32,
+) -> Result<(), KafkaError> {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()?;
+    let new: Vec<NewTopic<'_>> = topics
+        .iter()
+        .map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(1)))
+        .collect();
+    let results = admin
+        .create_topics(
+            &new,
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
+        )
+        .await?;
     for r in results {
         match r {
             Ok(_) => {}
             Err((_, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) => {}
-            Err((topic, code)) => return Err(KafkaError::AdminOp(code)).map_err(|e| {
-                tracing::error!(topic, "cannot create topic");
-                e
-            }),
+            Err((topic, code)) => {
+                return Err(KafkaError::AdminOp(code)).map_err(|e| {
+                    tracing::error!(topic, "cannot create topic");
+                    e
+                });
+            }
         }
     }
     Ok(())
 }
 
 /// Checks that the brokers answer a metadata request (for `validate`'s environment stage).
-pub fn check_brokers(brokers: &str, extra: &std::collections::BTreeMap<String, String>, timeout: Duration) -> Result<usize, KafkaError> {
+pub fn check_brokers(
+    brokers: &str,
+    extra: &std::collections::BTreeMap<String, String>,
+    timeout: Duration,
+) -> Result<usize, KafkaError> {
     use rdkafka::consumer::{BaseConsumer, Consumer};
     let mut cfg = ClientConfig::new();
     cfg.set("bootstrap.servers", brokers);

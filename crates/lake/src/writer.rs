@@ -60,6 +60,11 @@ impl TableWriter {
         Ok(TableWriter { spec, props, writers: BTreeMap::new(), file_schema: None, rows: 0 })
     }
 
+    /// The table written.
+    pub fn table(&self) -> &str {
+        &self.spec.table
+    }
+
     /// Rows written so far.
     pub fn rows(&self) -> u64 {
         self.rows

@@ -4,7 +4,9 @@
 
 pub mod dlq;
 pub mod load;
+pub mod run;
 pub mod spec;
+pub mod testing;
 pub mod validate;
 
 pub use load::{Diagnostic, Loaded, load_file};
