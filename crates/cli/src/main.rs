@@ -1,1 +1,155 @@
-fn main() {}
+//! The `ymera` binary: argument parsing, settings, logging, exit codes. The work itself is
+//! done by the library crates; this is the only place that reads the environment and exits.
+
+// A binary exports nothing: `pub` inside it only means "used by sibling modules".
+#![allow(unreachable_pub)]
+
+mod bench;
+mod commands;
+mod settings;
+mod sqlcmd;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Exit codes (sysexits, as Vector uses them).
+pub const EXIT_OK: u8 = 0;
+pub const EXIT_FAILURE: u8 = 1;
+pub const EXIT_USAGE: u8 = 2;
+pub const EXIT_CONFIG: u8 = 78;
+
+#[derive(Parser, Debug)]
+#[command(name = "ymera", version, about = "Streaming data and ML pipelines: Kafka -> SQL -> Parquet lake")]
+struct Cli {
+    /// Settings file (default: ./ymera.yaml when present).
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Check pipeline files: YAML, keys and types, SQL against the declared schema, sinks,
+    /// and (unless --no-environment) that the brokers answer.
+    Validate {
+        /// Skip checks that need the environment (broker reachability, `${VAR}` values).
+        #[arg(long)]
+        no_environment: bool,
+        /// Treat warnings as errors.
+        #[arg(long)]
+        deny_warnings: bool,
+        /// Pipeline files or directories (every *.yaml inside).
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
+    /// Run each pipeline's `tests:` offline and print a diff on failure.
+    Test {
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
+    /// Run pipelines until SIGINT/SIGTERM (or until idle with --stop-when-idle).
+    Run {
+        /// Exit 0 once every assigned partition is caught up and idle this long (e.g. 10s).
+        #[arg(long, value_parser = parse_duration)]
+        stop_when_idle: Option<std::time::Duration>,
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
+    /// Start an in-process broker, fill it with generated events, run pipelines/ into
+    /// ./lake, and show a summary and a query.
+    Demo {
+        /// Days of generated history.
+        #[arg(long, default_value_t = 3)]
+        days: u32,
+        /// Directory of the pipelines to run.
+        #[arg(long, default_value = "pipelines")]
+        pipelines: PathBuf,
+    },
+    /// Run one SQL query over every lake table.
+    Sql {
+        /// The query (read from stdin when absent).
+        query: Option<String>,
+        /// Output format: table, csv or json.
+        #[arg(long, default_value = "table")]
+        format: String,
+    },
+    /// Produce generated domain events to Kafka, or write them as JSON lines.
+    Gen {
+        /// Bootstrap servers (or `embedded`); required unless --output.
+        #[arg(long)]
+        brokers: Option<String>,
+        /// Write `<topic>.jsonl` files into this directory instead of producing.
+        #[arg(long)]
+        output: Option<PathBuf>,
+        #[arg(long, default_value_t = 7)]
+        days: u32,
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        #[arg(long, default_value_t = 40)]
+        projects: usize,
+        /// Partitions of topics created by gen.
+        #[arg(long, default_value_t = 4)]
+        partitions: i32,
+        /// First day of the generated history (YYYY-MM-DD).
+        #[arg(long, default_value = "2026-11-01")]
+        start: String,
+    },
+    /// Measure decode -> SQL -> Parquet, and end-to-end through a broker.
+    Bench {
+        /// Events to process.
+        #[arg(long, default_value_t = 1_000_000)]
+        events: usize,
+        /// Also measure end to end through this broker (`embedded` or host:port).
+        #[arg(long)]
+        brokers: Option<String>,
+    },
+}
+
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    ymera_common::parse_duration(s)
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { EXIT_USAGE } else { EXIT_OK });
+        }
+    };
+    let settings = match settings::load(cli.config.as_deref()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    commands::init_logging(&settings);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("cannot start the async runtime: {e}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    let code = runtime.block_on(async move {
+        match cli.command {
+            Command::Validate { no_environment, deny_warnings, paths } => {
+                commands::validate(&paths, no_environment, deny_warnings).await
+            }
+            Command::Test { paths } => commands::test(&paths).await,
+            Command::Run { stop_when_idle, paths } => commands::run(&settings, &paths, stop_when_idle).await,
+            Command::Demo { days, pipelines } => commands::demo(&settings, days, &pipelines).await,
+            Command::Sql { query, format } => sqlcmd::sql(&settings, query, &format).await,
+            Command::Gen { brokers, output, days, seed, projects, partitions, start } => {
+                commands::gen_events(brokers, output, days, seed, projects, partitions, &start).await
+            }
+            Command::Bench { events, brokers } => bench::bench(&settings, events, brokers).await,
+        }
+    });
+    runtime.shutdown_timeout(std::time::Duration::from_secs(5));
+    ExitCode::from(code)
+}

@@ -139,3 +139,60 @@ pub fn check_brokers(
     let md = c.fetch_metadata(None, timeout)?;
     Ok(md.brokers().len())
 }
+
+/// One record to produce in bulk.
+#[derive(Debug, Clone)]
+pub struct OutRecord<'a> {
+    pub topic: &'a str,
+    pub key: Option<&'a [u8]>,
+    pub value: &'a [u8],
+    pub timestamp_ms: Option<i64>,
+}
+
+impl Producer {
+    /// Enqueues every record in order (per partition order is kept) and waits until the
+    /// broker acknowledged all of them. Returns how many were written.
+    pub async fn send_all<'a>(&self, records: impl IntoIterator<Item = OutRecord<'a>>) -> Result<u64, KafkaError> {
+        let mut pending = std::collections::VecDeque::new();
+        let mut sent = 0u64;
+        for r in records {
+            let mut rec: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(r.topic).payload(r.value);
+            if let Some(k) = r.key {
+                rec = rec.key(k);
+            }
+            if let Some(ts) = r.timestamp_ms {
+                rec = rec.timestamp(ts);
+            }
+            loop {
+                match self.0.send_result(rec) {
+                    Ok(fut) => {
+                        pending.push_back(fut);
+                        break;
+                    }
+                    Err((KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull), back)) => {
+                        rec = back;
+                        // let deliveries drain before enqueueing more
+                        if let Some(f) = pending.pop_front() {
+                            f.await.map_err(|_| KafkaError::Canceled)?.map_err(|(e, _)| e)?;
+                            sent += 1;
+                        } else {
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                        }
+                    }
+                    Err((e, _)) => return Err(e),
+                }
+            }
+            while pending.len() > 50_000 {
+                if let Some(f) = pending.pop_front() {
+                    f.await.map_err(|_| KafkaError::Canceled)?.map_err(|(e, _)| e)?;
+                    sent += 1;
+                }
+            }
+        }
+        for f in pending {
+            f.await.map_err(|_| KafkaError::Canceled)?.map_err(|(e, _)| e)?;
+            sent += 1;
+        }
+        Ok(sent)
+    }
+}

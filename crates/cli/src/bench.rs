@@ -1,0 +1,187 @@
+//! `ymera bench`: decode -> SQL -> Parquet on the reference events (the same JSON the Python
+//! peers in shared/bench process), per core, and end to end through a broker.
+
+use std::time::{Duration, Instant};
+
+use arrow::array::RecordBatch;
+use ymera_ingest::decode::{JsonDecoder, UnknownFields};
+use ymera_lake::{TableSpec, TableWriter};
+use ymera_pipeline::load::{Loaded, Positions};
+
+use crate::settings::Settings;
+use crate::{EXIT_FAILURE, EXIT_OK};
+
+/// The reference pipeline of the benchmark (mirrors shared/bench/peer_python_process.py).
+pub const BENCH_PIPELINE: &str = r#"
+name: bench
+source:
+  kafka: { brokers: "${YMERA_BENCH_BROKERS}", topics: [bench-events], group_id: ymera-bench }
+  schema:
+    event_id: utf8
+    service: utf8
+    project_id: utf8
+    status: utf8
+    latency_ms: float64
+    bytes: int64
+    ts: timestamp_us
+  event_time: ts
+  on_bad_record: drop
+batch: { max_records: 50000 }
+transforms:
+  - name: out
+    sql: "SELECT *, latency_ms > 250.0 AS slow FROM input WHERE status <> 'deleted'"
+sinks:
+  - lake: { table: bench_events, partition_by: [dt], rolling: { max_rows: 1000000 } }
+"#;
+
+/// The reference events: same shape and distribution as shared/bench/gen_events_file.py.
+pub fn reference_events(n: usize) -> Vec<Vec<u8>> {
+    use rand::{Rng, SeedableRng};
+    let statuses = ["ok"; 17].iter().chain(["error", "deleted", "retry"].iter()).copied().collect::<Vec<_>>();
+    let t0 = 1_764_064_800i64;
+    let mut r = rand::rngs::StdRng::seed_from_u64(1);
+    (0..n)
+        .map(|i| {
+            let secs = t0 + (i as i64) / 50;
+            let ts = chrono::DateTime::from_timestamp(secs, 0).unwrap_or_default().format("%Y-%m-%dT%H:%M:%S");
+            let v = serde_json::json!({
+                "event_id": format!("evt-{i:012}"),
+                "service": format!("svc-{:02}", r.random_range(0..24)),
+                "project_id": format!("prj-{:05}", r.random_range(0..5000)),
+                "status": statuses[r.random_range(0..statuses.len())],
+                "latency_ms": (r.random::<f64>() * 500.0 * 1000.0).round() / 1000.0,
+                "bytes": r.random_range(100..2_000_000),
+                "ts": format!("{ts}.{:06}Z", (i % 50) * 20000),
+                "region": "eu-west-1",
+                "host": format!("host-{:04}", r.random_range(0..2000)),
+            });
+            serde_json::to_vec(&v).unwrap_or_default()
+        })
+        .collect()
+}
+
+fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+pub async fn bench(_settings: &Settings, n: usize, brokers: Option<String>) -> u8 {
+    match run(n, brokers).await {
+        Ok(()) => EXIT_OK,
+        Err(e) => {
+            eprintln!("error: {e}");
+            EXIT_FAILURE
+        }
+    }
+}
+
+async fn pipeline(brokers: &str) -> Result<ymera_pipeline::Pipeline, String> {
+    let mut loaded = Loaded {
+        file: "bench.yaml".into(),
+        spec: None,
+        positions: Positions::default(),
+        diagnostics: Vec::new(),
+    };
+    let b = brokers.to_string();
+    let env = move |v: &str| (v == "YMERA_BENCH_BROKERS").then(|| b.clone());
+    ymera_pipeline::load::load_str(&mut loaded, BENCH_PIPELINE, Some(&env));
+    let p = ymera_pipeline::check(&mut loaded).await;
+    p.ok_or_else(|| loaded.diagnostics.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("\n"))
+}
+
+async fn run(n: usize, brokers: Option<String>) -> Result<(), String> {
+    let events = tokio::task::spawn_blocking(move || reference_events(n)).await.map_err(|e| e.to_string())?;
+    let bytes: usize = events.iter().map(Vec::len).sum();
+    println!("{n} reference events, {:.0} bytes each on average", bytes as f64 / n as f64);
+    let p = pipeline("embedded").await?;
+    let transform = p.transform();
+    let spec: TableSpec = p.sinks[0].table.clone();
+    let (mut t_decode, mut t_sql, mut t_parquet) = (Duration::ZERO, Duration::ZERO, Duration::ZERO);
+    let mut decoder = JsonDecoder::new(&p.fields, UnknownFields::Ignore);
+    let started = Instant::now();
+    let mut out_rows = 0usize;
+    let mut out_bytes = 0usize;
+    for chunk in events.chunks(50_000) {
+        let t = Instant::now();
+        for e in chunk {
+            decoder.push(e).map_err(|e| e.to_string())?;
+        }
+        let batch: RecordBatch = decoder.finish();
+        t_decode += t.elapsed();
+        let t = Instant::now();
+        let out = transform.run(batch).await.map_err(|e| e.to_string())?;
+        let result = out.get("out").cloned().ok_or("no output")?;
+        t_sql += t.elapsed();
+        let t = Instant::now();
+        let mut w = TableWriter::new(spec.clone(), vec![]).map_err(|e| e.to_string())?;
+        w.write(&result).map_err(|e| e.to_string())?;
+        for (_, b, rows) in w.finish("x.parquet").map_err(|e| e.to_string())? {
+            out_bytes += b.len();
+            out_rows += rows as usize;
+        }
+        t_parquet += t.elapsed();
+    }
+    let total = started.elapsed().as_secs_f64();
+    println!(
+        "processing (one core, decode -> SQL -> Parquet zstd): {:.0} events/s, {:.1} MB/s of JSON; {out_rows} rows, {:.1} MB Parquet",
+        n as f64 / total,
+        bytes as f64 / total / 1e6,
+        out_bytes as f64 / 1e6
+    );
+    println!(
+        "  decode {:.2}s ({:.0} MB/s), SQL {:.2}s, Parquet {:.2}s; peak RSS {:.0} MiB",
+        t_decode.as_secs_f64(),
+        bytes as f64 / t_decode.as_secs_f64() / 1e6,
+        t_sql.as_secs_f64(),
+        t_parquet.as_secs_f64(),
+        peak_rss_mib().unwrap_or(f64::NAN)
+    );
+    if let Some(b) = brokers {
+        end_to_end(&b, &events).await?;
+    }
+    Ok(())
+}
+
+async fn end_to_end(brokers: &str, events: &[Vec<u8>]) -> Result<(), String> {
+    use ymera_ingest::{embedded, produce};
+    let resolved = embedded::resolve_brokers(brokers)?;
+    let topic = format!("bench-events-{}", std::process::id());
+    produce::create_topics(&resolved, &[topic.as_str()], 4).await.map_err(|e| e.to_string())?;
+    let producer = produce::producer(&resolved, &Default::default()).map_err(|e| e.to_string())?;
+    let t = Instant::now();
+    producer
+        .send_all(events.iter().map(|v| produce::OutRecord { topic: &topic, key: None, value: v, timestamp_ms: None }))
+        .await
+        .map_err(|e| e.to_string())?;
+    println!("produce: {:.0} events/s", events.len() as f64 / t.elapsed().as_secs_f64());
+    let mut p = pipeline(&resolved).await?;
+    p.spec.source.kafka.topics = vec![topic.clone()];
+    p.spec.source.kafka.group_id = format!("ymera-bench-{}", std::process::id());
+    let lake_dir = tempdir()?;
+    let lake = ymera_lake::Lake::open(&lake_dir).map_err(|e| e.to_string())?;
+    let opts = ymera_pipeline::run::RunOptions {
+        lake,
+        stop_when_idle: Some(Duration::from_secs(2)),
+        shutdown: tokio_util::sync::CancellationToken::new(),
+        health: Default::default(),
+    };
+    let t = Instant::now();
+    let stats = ymera_pipeline::run::run(std::sync::Arc::new(p), resolved, opts).await.map_err(|e| e.to_string())?;
+    let secs = t.elapsed().as_secs_f64() - 2.0; // minus the idle wait
+    println!(
+        "end to end through `{brokers}` (consume -> decode -> SQL -> publish -> commit): {} events in {secs:.2}s = {:.0} events/s, {} files",
+        stats.records_in,
+        stats.records_in as f64 / secs,
+        stats.files_written
+    );
+    let _ = std::fs::remove_dir_all(&lake_dir);
+    Ok(())
+}
+
+fn tempdir() -> Result<String, String> {
+    let dir = std::env::temp_dir().join(format!("ymera-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    Ok(dir.display().to_string())
+}

@@ -1,0 +1,470 @@
+//! The subcommands that drive pipelines: validate, test, run, demo, gen.
+
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+use ymera_common::health::Health;
+use ymera_ingest::generator::{self, GenConfig};
+use ymera_ingest::{embedded, produce};
+use ymera_lake::Lake;
+use ymera_pipeline::run::{RunOptions, RunStats};
+use ymera_pipeline::{Diagnostic, Pipeline, check, load_file};
+
+use crate::settings::Settings;
+use crate::{EXIT_CONFIG, EXIT_FAILURE, EXIT_OK};
+
+/// JSON logs when stderr is not a terminal (or `log.format: json`), text otherwise.
+pub fn init_logging(settings: &Settings) {
+    use tracing_subscriber::EnvFilter;
+    let level = settings.log.level.clone().unwrap_or_else(|| "info".into());
+    let filter = EnvFilter::try_new(&level).unwrap_or_else(|_| EnvFilter::new("info"));
+    let json = match settings.log.format.as_deref() {
+        Some("json") => true,
+        Some(_) => false,
+        None => !std::io::stderr().is_terminal(),
+    };
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if json {
+        let _ = builder.json().flatten_event(true).try_init();
+    } else {
+        let _ = builder.compact().try_init();
+    }
+}
+
+/// Every pipeline file named by `paths`: files as given, directories' `*.yaml`/`*.yml`.
+fn pipeline_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, String> {
+    let mut files = Vec::new();
+    for p in paths {
+        if p.is_dir() {
+            let entries = std::fs::read_dir(p).map_err(|e| format!("{}: {e}", p.display()))?;
+            let mut found: Vec<PathBuf> = entries
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|f| f.extension().is_some_and(|x| x == "yaml" || x == "yml"))
+                .collect();
+            found.sort();
+            files.extend(found);
+        } else if p.exists() {
+            files.push(p.clone());
+        } else {
+            return Err(format!("{}: no such file or directory", p.display()));
+        }
+    }
+    if files.is_empty() {
+        return Err("no pipeline files (*.yaml) found".into());
+    }
+    Ok(files)
+}
+
+fn env_lookup(var: &str) -> Option<String> {
+    std::env::var(var).ok()
+}
+
+/// Loads and checks every pipeline; returns them with all diagnostics.
+pub async fn load_pipelines(paths: &[PathBuf], environment: bool) -> Result<(Vec<Pipeline>, Vec<Diagnostic>), String> {
+    let files = pipeline_files(paths)?;
+    let mut pipelines = Vec::new();
+    let mut diags = Vec::new();
+    let mut names: BTreeMap<String, PathBuf> = BTreeMap::new();
+    for f in files {
+        let env: Option<&dyn Fn(&str) -> Option<String>> = if environment { Some(&env_lookup) } else { None };
+        let mut loaded = load_file(&f, env);
+        let checked = check(&mut loaded).await;
+        if let Some(p) = checked {
+            if let Some(other) = names.insert(p.spec.name.clone(), f.clone()) {
+                loaded.error_at("name", format!("pipeline name `{}` is also used by {}", p.spec.name, other.display()));
+            } else {
+                pipelines.push(p);
+            }
+        }
+        diags.extend(loaded.diagnostics);
+    }
+    Ok((pipelines, diags))
+}
+
+pub async fn validate(paths: &[PathBuf], no_environment: bool, _deny_warnings: bool) -> u8 {
+    let (pipelines, mut diags) = match load_pipelines(paths, !no_environment).await {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return EXIT_CONFIG;
+        }
+    };
+    if !no_environment && diags.is_empty() {
+        for p in &pipelines {
+            let brokers = p.spec.source.kafka.brokers.clone();
+            if brokers.trim() == "embedded" {
+                continue;
+            }
+            let client = p.spec.source.kafka.client.clone();
+            let b = brokers.clone();
+            let reached = tokio::task::spawn_blocking(move || {
+                produce::check_brokers(&b, &client, Duration::from_secs(10))
+            })
+            .await;
+            match reached {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => diags.push(Diagnostic {
+                    file: PathBuf::from(format!("pipeline `{}`", p.spec.name)),
+                    line: 0,
+                    col: 0,
+                    path: "source.kafka.brokers".into(),
+                    message: format!("brokers `{brokers}` unreachable: {e}"),
+                }),
+                Err(e) => diags.push(Diagnostic {
+                    file: PathBuf::new(),
+                    line: 0,
+                    col: 0,
+                    path: String::new(),
+                    message: format!("internal: broker check failed: {e}"),
+                }),
+            }
+        }
+    }
+    if diags.is_empty() {
+        println!("{} pipeline(s) valid", pipelines.len());
+        EXIT_OK
+    } else {
+        for d in &diags {
+            eprintln!("{d}");
+        }
+        eprintln!("{} problem(s) found", diags.len());
+        EXIT_CONFIG
+    }
+}
+
+pub async fn test(paths: &[PathBuf]) -> u8 {
+    let (pipelines, diags) = match load_pipelines(paths, false).await {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return EXIT_CONFIG;
+        }
+    };
+    if !diags.is_empty() {
+        for d in &diags {
+            eprintln!("{d}");
+        }
+        return EXIT_CONFIG;
+    }
+    let (mut passed, mut failed) = (0, 0);
+    for p in &pipelines {
+        for outcome in ymera_pipeline::testing::run_tests(p).await {
+            if outcome.failures.is_empty() {
+                passed += 1;
+                println!("ok    {} :: {}", p.spec.name, outcome.name);
+            } else {
+                failed += 1;
+                println!("FAIL  {} :: {}", p.spec.name, outcome.name);
+                for f in outcome.failures {
+                    for line in f.lines() {
+                        println!("      {line}");
+                    }
+                }
+            }
+        }
+    }
+    println!("{passed} passed, {failed} failed");
+    if failed == 0 { EXIT_OK } else { EXIT_FAILURE }
+}
+
+/// Cancels `token` on SIGINT or SIGTERM.
+fn on_signals(token: CancellationToken) {
+    tokio::spawn(async move {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        {
+            let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    warn!(error = %e, "cannot listen for SIGTERM");
+                    let _ = ctrl_c.await;
+                    token.cancel();
+                    return;
+                }
+            };
+            tokio::select! {
+                _ = ctrl_c => {}
+                _ = term.recv() => {}
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = ctrl_c.await;
+        info!("signal received");
+        token.cancel();
+    });
+}
+
+fn metrics_recorder() -> Option<metrics_exporter_prometheus::PrometheusHandle> {
+    use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+    let buckets = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+    PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Full("ymera_batch_commit_seconds".into()), &buckets)
+        .ok()?
+        .install_recorder()
+        .map_err(|e| warn!(error = %e, "metrics disabled"))
+        .ok()
+}
+
+/// Runs pipelines with the health/metrics server; returns per-pipeline stats.
+pub async fn run_pipelines(
+    settings: &Settings,
+    pipelines: Vec<Pipeline>,
+    stop_when_idle: Option<Duration>,
+    serve_health: bool,
+) -> Result<Vec<(String, RunStats)>, String> {
+    let lake = Lake::open(&settings.lake.url).map_err(|e| e.to_string())?;
+    let health = Arc::new(Health::default());
+    let shutdown = CancellationToken::new();
+    on_signals(shutdown.clone());
+    if serve_health {
+        let router = ymera_serve::health_router(health.clone(), metrics_recorder());
+        let listener = tokio::net::TcpListener::bind(&settings.run.listen)
+            .await
+            .map_err(|e| format!("cannot listen on run.listen={}: {e}", settings.run.listen))?;
+        info!(listen = settings.run.listen, "health and metrics on /health, /health/ready, /health/startup, /metrics");
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, router).with_graceful_shutdown(async move { stop.cancelled().await }).await;
+        });
+    }
+    let mut tasks = Vec::new();
+    for p in pipelines {
+        let brokers = embedded::resolve_brokers(&p.spec.source.kafka.brokers)?;
+        let opts = RunOptions { lake: lake.clone(), stop_when_idle, shutdown: shutdown.clone(), health: health.clone() };
+        let name = p.spec.name.clone();
+        let p = Arc::new(p);
+        tasks.push((name, tokio::spawn(ymera_pipeline::run::run(p, brokers, opts))));
+    }
+    health.set_started();
+    let mut results = Vec::new();
+    let mut failures = Vec::new();
+    for (name, t) in tasks {
+        match t.await {
+            Ok(Ok(stats)) => results.push((name, stats)),
+            Ok(Err(e)) => {
+                error!(pipeline = name, error = %e, "pipeline failed");
+                failures.push(e.to_string());
+                // one failed pipeline stops the process: the others flush and commit
+                shutdown.cancel();
+            }
+            Err(e) => failures.push(format!("pipeline `{name}` panicked: {e}")),
+        }
+    }
+    shutdown.cancel();
+    if failures.is_empty() { Ok(results) } else { Err(failures.join("\n")) }
+}
+
+pub async fn run(settings: &Settings, paths: &[PathBuf], stop_when_idle: Option<Duration>) -> u8 {
+    let (pipelines, diags) = match load_pipelines(paths, true).await {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return EXIT_CONFIG;
+        }
+    };
+    if !diags.is_empty() {
+        for d in &diags {
+            eprintln!("{d}");
+        }
+        return EXIT_CONFIG;
+    }
+    match run_pipelines(settings, pipelines, stop_when_idle, true).await {
+        Ok(results) => {
+            for (name, s) in results {
+                info!(pipeline = name, records_in = s.records_in, files = s.files_written, dead_lettered = s.dead_lettered, "pipeline stopped");
+            }
+            EXIT_OK
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            EXIT_FAILURE
+        }
+    }
+}
+
+fn gen_config(days: u32, seed: u64, projects: usize, start: &str) -> Result<GenConfig, String> {
+    let date = chrono::NaiveDate::parse_from_str(start, "%Y-%m-%d").map_err(|e| format!("--start `{start}`: {e}"))?;
+    let start = date.and_hms_opt(0, 0, 0).map(|t| t.and_utc()).ok_or("--start: invalid date")?;
+    Ok(GenConfig { seed, start, days, projects, ..GenConfig::default() })
+}
+
+/// Creates the topics and produces the events; returns events per topic.
+async fn produce_events(brokers: &str, events: &[generator::Event], partitions: i32) -> Result<BTreeMap<&'static str, u64>, String> {
+    produce::create_topics(brokers, &generator::TOPICS, partitions).await.map_err(|e| format!("cannot create topics: {e}"))?;
+    let producer = produce::producer(brokers, &BTreeMap::new()).map_err(|e| e.to_string())?;
+    let records = events.iter().map(|e| produce::OutRecord {
+        topic: e.topic,
+        key: Some(e.key.as_bytes()),
+        value: &e.value,
+        timestamp_ms: Some(e.ts_micros / 1000),
+    });
+    producer.send_all(records).await.map_err(|e| format!("cannot produce: {e}"))?;
+    let mut per_topic = BTreeMap::new();
+    for e in events {
+        *per_topic.entry(e.topic).or_insert(0) += 1;
+    }
+    Ok(per_topic)
+}
+
+pub async fn gen_events(
+    brokers: Option<String>,
+    output: Option<PathBuf>,
+    days: u32,
+    seed: u64,
+    projects: usize,
+    partitions: i32,
+    start: &str,
+) -> u8 {
+    let cfg = match gen_config(days, seed, projects, start) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return crate::EXIT_USAGE;
+        }
+    };
+    let events = match tokio::task::spawn_blocking(move || generator::generate(&cfg)).await {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("error: generator failed: {e}");
+            return EXIT_FAILURE;
+        }
+    };
+    match (output, brokers) {
+        (Some(dir), _) => match write_jsonl(&dir, &events) {
+            Ok(()) => {
+                println!("wrote {} events to {}", events.len(), dir.display());
+                EXIT_OK
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                EXIT_FAILURE
+            }
+        },
+        (None, Some(brokers)) => {
+            let brokers = match embedded::resolve_brokers(&brokers) {
+                Ok(b) => b,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return EXIT_FAILURE;
+                }
+            };
+            match produce_events(&brokers, &events, partitions).await {
+                Ok(per_topic) => {
+                    for (t, n) in per_topic {
+                        println!("{t}: {n} events");
+                    }
+                    EXIT_OK
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    EXIT_FAILURE
+                }
+            }
+        }
+        (None, None) => {
+            eprintln!("error: give --brokers or --output");
+            crate::EXIT_USAGE
+        }
+    }
+}
+
+fn write_jsonl(dir: &Path, events: &[generator::Event]) -> Result<(), String> {
+    use std::io::Write;
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let mut files = BTreeMap::new();
+    for e in events {
+        if !files.contains_key(e.topic) {
+            let path = dir.join(format!("{}.jsonl", e.topic));
+            let f = std::fs::File::create(&path).map_err(|err| format!("{}: {err}", path.display()))?;
+            files.insert(e.topic, std::io::BufWriter::new(f));
+        }
+        if let Some(w) = files.get_mut(e.topic) {
+            w.write_all(&e.value).and_then(|()| w.write_all(b"\n")).map_err(|err| err.to_string())?;
+        }
+    }
+    for (_, mut w) in files {
+        w.flush().map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+pub async fn demo(settings: &Settings, days: u32, pipelines_dir: &Path) -> u8 {
+    // SAFETY of intent: the demo process points every pipeline at its own embedded broker.
+    let brokers = match embedded::bootstrap_servers() {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return EXIT_FAILURE;
+        }
+    };
+    let lookup = |var: &str| if var == "YMERA_BROKERS" { Some("embedded".to_string()) } else { env_lookup(var) };
+    let files = match pipeline_files(&[pipelines_dir.to_path_buf()]) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return EXIT_CONFIG;
+        }
+    };
+    let mut pipelines = Vec::new();
+    for f in files {
+        let mut loaded = load_file(&f, Some(&lookup));
+        match check(&mut loaded).await {
+            Some(p) => pipelines.push(p),
+            None => {
+                for d in loaded.diagnostics {
+                    eprintln!("{d}");
+                }
+                return EXIT_CONFIG;
+            }
+        }
+    }
+    let cfg = match gen_config(days, 42, 40, "2026-11-01") {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return EXIT_FAILURE;
+        }
+    };
+    println!("== generating {days} days of events (seed 42) into the embedded broker");
+    let events = match tokio::task::spawn_blocking(move || generator::generate(&cfg)).await {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("error: generator failed: {e}");
+            return EXIT_FAILURE;
+        }
+    };
+    match produce_events(&brokers, &events, 4).await {
+        Ok(per_topic) => {
+            for (t, n) in per_topic {
+                println!("   {t:<16} {n:>7} events");
+            }
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            return EXIT_FAILURE;
+        }
+    }
+    println!("== running {} pipelines into {}", pipelines.len(), settings.lake.url);
+    let results = match run_pipelines(settings, pipelines, Some(Duration::from_secs(3)), false).await {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return EXIT_FAILURE;
+        }
+    };
+    println!("{:<16} {:>10} {:>8} {:>10} {:>8}", "pipeline", "records", "files", "rows", "dlq");
+    for (name, s) in &results {
+        let rows: u64 = s.rows_written.iter().filter(|(t, _)| !t.starts_with("_dlq")).map(|(_, r)| r).sum();
+        println!("{:<16} {:>10} {:>8} {:>10} {:>8}", name, s.records_in, s.files_written, rows, s.dead_lettered);
+    }
+    let query = "SELECT service, count(*) AS points, round(avg(requests_per_s), 1) AS avg_rps, \
+                 round(max(latency_p95_ms), 1) AS max_p95_ms, sum(CAST(latency_skewed AS INT)) AS skewed_minutes \
+                 FROM metric_events GROUP BY service ORDER BY service";
+    println!("== ymera sql \"{query}\"");
+    crate::sqlcmd::sql(settings, Some(query.to_string()), "table").await
+}

@@ -1,0 +1,114 @@
+//! Engine settings: built-in defaults < `ymera.yaml` (or `--config FILE`) <
+//! `YMERA__SECTION__KEY` environment variables. The only place that reads them.
+
+use std::path::Path;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Yaml};
+use serde::Deserialize;
+
+/// All engine settings (reference: docs/settings.md).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    /// The Parquet lake.
+    pub lake: LakeSettings,
+    /// The SQL warehouse (used by later features; accepted and validated now).
+    pub warehouse: WarehouseSettings,
+    /// `ymera serve`.
+    pub serve: ListenSettings,
+    /// Health and metrics of `ymera run`.
+    pub run: RunSettings,
+    /// Model registry location.
+    pub registry: RegistrySettings,
+    /// Logging.
+    pub log: LogSettings,
+}
+
+/// `lake.*`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LakeSettings {
+    /// A path, `file://` or `s3://bucket/prefix` URL (default `./lake`).
+    pub url: String,
+}
+
+impl Default for LakeSettings {
+    fn default() -> Self {
+        LakeSettings { url: "./lake".into() }
+    }
+}
+
+/// `warehouse.*`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WarehouseSettings {
+    /// `sqlite://./warehouse.db` (default) or `postgres://...`.
+    pub url: String,
+}
+
+impl Default for WarehouseSettings {
+    fn default() -> Self {
+        WarehouseSettings { url: "sqlite://./warehouse.db".into() }
+    }
+}
+
+/// `serve.*`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ListenSettings {
+    /// Address of the HTTP API (default 127.0.0.1:8080).
+    pub listen: String,
+}
+
+impl Default for ListenSettings {
+    fn default() -> Self {
+        ListenSettings { listen: "127.0.0.1:8080".into() }
+    }
+}
+
+/// `run.*`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RunSettings {
+    /// Address of the health and metrics routes of `ymera run` (default 127.0.0.1:9464).
+    pub listen: String,
+}
+
+impl Default for RunSettings {
+    fn default() -> Self {
+        RunSettings { listen: "127.0.0.1:9464".into() }
+    }
+}
+
+/// `registry.*`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RegistrySettings {
+    /// Where model versions live (default: the lake's `_models/`).
+    pub url: Option<String>,
+}
+
+/// `log.*`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSettings {
+    /// `json`, `text`, or unset: JSON when stderr is not a terminal.
+    pub format: Option<String>,
+    /// An `EnvFilter` directive such as `info` or `ymera=debug` (default `info`).
+    pub level: Option<String>,
+}
+
+/// Loads the settings. A missing default `ymera.yaml` is fine; a missing `--config` is not.
+pub fn load(explicit: Option<&Path>) -> Result<Settings, String> {
+    let mut fig = Figment::new();
+    match explicit {
+        Some(p) if !p.exists() => return Err(format!("{}: settings file not found", p.display())),
+        Some(p) => fig = fig.merge(Yaml::file(p)),
+        None => fig = fig.merge(Yaml::file("ymera.yaml")),
+    }
+    fig = fig.merge(Env::prefixed("YMERA__").split("__").lowercase(true));
+    fig.extract::<Settings>().map_err(|e| {
+        e.into_iter().map(|e| format!("settings: {e}")).collect::<Vec<_>>().join("\n")
+    })
+}
