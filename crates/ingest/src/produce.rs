@@ -95,6 +95,12 @@ pub async fn create_topics(
     topics: &[&str],
     partitions: i32,
 ) -> Result<(), KafkaError> {
+    if crate::embedded::is_embedded(brokers) {
+        for t in topics {
+            crate::embedded::create_topic(t, partitions).map_err(KafkaError::ClientCreation)?;
+        }
+        return Ok(());
+    }
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .create()?;

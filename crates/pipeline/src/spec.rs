@@ -120,20 +120,19 @@ pub struct TransformSpec {
     pub sql: String,
 }
 
-/// A sink, written as a one-key map: `- lake: {...}`.
+/// A sink, written as a one-key map: `- lake: {...}` (more kinds come with later features).
 #[derive(Debug, Clone, Deserialize)]
-#[serde(rename_all = "snake_case", deny_unknown_fields)]
-pub enum SinkSpec {
+#[serde(deny_unknown_fields)]
+pub struct SinkSpec {
     /// A Parquet table in the lake.
-    Lake(LakeSinkSpec),
+    #[serde(default)]
+    pub lake: Option<LakeSinkSpec>,
 }
 
 impl SinkSpec {
     /// The stage the sink reads, if named.
     pub fn input(&self) -> Option<&str> {
-        match self {
-            SinkSpec::Lake(l) => l.input.as_deref(),
-        }
+        self.lake.as_ref().and_then(|l| l.input.as_deref())
     }
 }
 

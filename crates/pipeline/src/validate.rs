@@ -12,7 +12,7 @@ use ymera_lake::TableSpec;
 use ymera_transform::{INPUT, Stage, Transform};
 
 use crate::load::Loaded;
-use crate::spec::{OnBadRecord, PipelineSpec, SinkSpec};
+use crate::spec::{OnBadRecord, PipelineSpec};
 
 /// A sink, resolved: what it reads and what it writes.
 #[derive(Debug, Clone)]
@@ -134,7 +134,10 @@ pub async fn check(loaded: &mut Loaded) -> Option<Pipeline> {
     let mut sinks = Vec::new();
     let mut tables = HashSet::new();
     for (i, sink) in spec.sinks.iter().enumerate() {
-        let SinkSpec::Lake(l) = sink;
+        let Some(l) = &sink.lake else {
+            loaded.error_at(&format!("sinks[{i}]"), "a sink needs one of: `lake`");
+            continue;
+        };
         let at = format!("sinks[{i}].lake");
         let input = sink.input().map(str::to_string).unwrap_or_else(|| default_input.clone());
         if !is_ident(&l.table) {
