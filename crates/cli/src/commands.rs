@@ -70,14 +70,25 @@ pub async fn load_pipelines(paths: &[PathBuf], environment: bool) -> Result<(Vec
     let mut pipelines = Vec::new();
     let mut diags = Vec::new();
     let mut names: BTreeMap<String, PathBuf> = BTreeMap::new();
+    let mut tables: BTreeMap<String, PathBuf> = BTreeMap::new();
     for f in files {
         let env: Option<&dyn Fn(&str) -> Option<String>> = if environment { Some(&env_lookup) } else { None };
         let mut loaded = load_file(&f, env);
         let checked = check(&mut loaded).await;
         if let Some(p) = checked {
+            let mut clash = false;
             if let Some(other) = names.insert(p.spec.name.clone(), f.clone()) {
                 loaded.error_at("name", format!("pipeline name `{}` is also used by {}", p.spec.name, other.display()));
-            } else {
+                clash = true;
+            }
+            for (i, table) in p.tables().iter().enumerate() {
+                if let Some(other) = tables.insert(table.clone(), f.clone()) {
+                    let at = if i < p.sinks.len() { format!("sinks[{i}].lake.table") } else { "dlq.path".into() };
+                    loaded.error_at(&at, format!("table `{table}` is also written by {}: one table, one pipeline", other.display()));
+                    clash = true;
+                }
+            }
+            if !clash {
                 pipelines.push(p);
             }
         }
@@ -467,4 +478,32 @@ pub async fn demo(settings: &Settings, days: u32, pipelines_dir: &Path) -> u8 {
                  FROM metric_events GROUP BY service ORDER BY service";
     println!("== ymera sql \"{query}\"");
     crate::sqlcmd::sql(settings, Some(query.to_string()), "table").await
+}
+
+pub async fn broker(topics: &[String]) -> u8 {
+    let bootstrap = match embedded::bootstrap_servers() {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return EXIT_FAILURE;
+        }
+    };
+    for t in topics {
+        let (name, partitions) = match t.rsplit_once(':').map(|(n, p)| (n, p.parse::<i32>())) {
+            Some((n, Ok(p))) if p > 0 => (n, p),
+            _ => {
+                eprintln!("error: --topic `{t}`: expected NAME:PARTITIONS");
+                return crate::EXIT_USAGE;
+            }
+        };
+        if let Err(e) = embedded::create_topic(name, partitions) {
+            eprintln!("error: {e}");
+            return EXIT_FAILURE;
+        }
+    }
+    println!("{bootstrap}");
+    let token = CancellationToken::new();
+    on_signals(token.clone());
+    token.cancelled().await;
+    EXIT_OK
 }

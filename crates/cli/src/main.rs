@@ -97,6 +97,14 @@ enum Command {
         #[arg(long, default_value = "2026-11-01")]
         start: String,
     },
+    /// Serve the embedded Kafka-protocol broker (librdkafka's mock cluster) in this
+    /// process until SIGINT/SIGTERM; prints its bootstrap address on the first line.
+    /// For local development and tests that must kill consumers without losing the broker.
+    Broker {
+        /// Topics to create, as NAME:PARTITIONS (repeatable).
+        #[arg(long = "topic")]
+        topics: Vec<String>,
+    },
     /// Measure decode -> SQL -> Parquet, and end-to-end through a broker.
     Bench {
         /// Events to process.
@@ -147,6 +155,7 @@ fn main() -> ExitCode {
             Command::Gen { brokers, output, days, seed, projects, partitions, start } => {
                 commands::gen_events(brokers, output, days, seed, projects, partitions, &start).await
             }
+            Command::Broker { topics } => commands::broker(&topics).await,
             Command::Bench { events, brokers } => bench::bench(&settings, events, brokers).await,
         }
     });

@@ -155,6 +155,7 @@ struct Ctx {
     /// Assignment changes seen in callbacks, handled by the poll loop after `poll` returns.
     changes: std::sync::Mutex<Vec<Change>>,
     assigned: AtomicBool,
+    stop: Arc<AtomicBool>,
 }
 
 impl ClientContext for Ctx {
@@ -192,7 +193,7 @@ impl ClientContext for Ctx {
         for (topic, t) in &stats.topics {
             for (p, part) in &t.partitions {
                 if *p >= 0 && part.consumer_lag >= 0 {
-                    metrics::gauge!("ymera_kafka_consumer_lag", "topic" => topic.clone(), "partition" => p.to_string())
+                    metrics::gauge!("ymera_kafka_consumer_lag", "pipeline" => self.pipeline.clone(), "topic" => topic.clone(), "partition" => p.to_string())
                         .set(part.consumer_lag as f64);
                 }
             }
@@ -212,12 +213,21 @@ impl ConsumerContext for Ctx {
         match rebalance {
             Rebalance::Assign(tpl) => {
                 let tps = tps_of(tpl);
-                let resolved = match self.resolver.resolve(&tps) {
-                    Ok(r) => r,
-                    Err(e) => {
-                        // Without a durable position we must not read: assign nothing useful.
-                        error!(pipeline = self.pipeline, error = %e, "cannot resolve resume positions; partitions will start from the group offset");
-                        HashMap::new()
+                // Without the sinks' durable position nothing may be read: retry until the
+                // lake answers (the group moves the partitions elsewhere if this takes longer
+                // than max.poll.interval.ms).
+                let mut backoff = Duration::from_millis(200);
+                let resolved = loop {
+                    match self.resolver.resolve(&tps) {
+                        Ok(r) => break r,
+                        Err(e) => {
+                            error!(pipeline = self.pipeline, error = %e, retry_in = ?backoff, "cannot read where the partitions resume; retrying");
+                            if self.stop.load(Ordering::SeqCst) {
+                                return;
+                            }
+                            std::thread::sleep(backoff);
+                            backoff = (backoff * 2).min(Duration::from_secs(30));
+                        }
                     }
                 };
                 let mut starts = Vec::with_capacity(tps.len());
@@ -313,7 +323,9 @@ impl KafkaSource {
         resolver: Arc<dyn Resolver>,
     ) -> Result<(KafkaSource, mpsc::Receiver<SourceEvent>), KafkaError> {
         let fence = Arc::new(Fence::default());
+        let stop = Arc::new(AtomicBool::new(false));
         let ctx = Ctx {
+            stop: stop.clone(),
             pipeline: settings.pipeline.clone(),
             fence: fence.clone(),
             resolver,
@@ -328,7 +340,6 @@ impl KafkaSource {
         consumer.subscribe(&topics)?;
         let consumer = Arc::new(consumer);
         let (tx, rx) = mpsc::channel(4);
-        let stop = Arc::new(AtomicBool::new(false));
         let thread = {
             let consumer = consumer.clone();
             let stop = stop.clone();

@@ -96,10 +96,13 @@ pub async fn create_topics(
     partitions: i32,
 ) -> Result<(), KafkaError> {
     if crate::embedded::is_embedded(brokers) {
-        for t in topics {
-            crate::embedded::create_topic(t, partitions).map_err(KafkaError::ClientCreation)?;
-        }
-        return Ok(());
+        let topics: Vec<String> = topics.iter().map(|t| t.to_string()).collect();
+        return tokio::task::spawn_blocking(move || {
+            topics.iter().try_for_each(|t| crate::embedded::create_topic(t, partitions))
+        })
+        .await
+        .map_err(|e| KafkaError::ClientCreation(e.to_string()))?
+        .map_err(KafkaError::ClientCreation);
     }
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", brokers)

@@ -7,7 +7,7 @@ use arrow::array::{ArrayRef, BinaryArray, Int32Array, Int64Array, RecordBatch, S
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 
 /// The event-time column of the DLQ table (its `dt` partition).
-pub const FAILED_AT: &str = "failed_at";
+pub const FAILED_AT: &str = "ymera_failed_at";
 
 /// Where the record failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -63,6 +63,11 @@ impl Positions {
         }
     }
 
+    /// True when `path` was written in the file.
+    pub fn has(&self, path: &str) -> bool {
+        self.map.contains_key(path)
+    }
+
     /// The position of the key `key` inside the map at `path`.
     pub fn locate_key(&self, path: &str, key: &str) -> (usize, usize) {
         let full = join(path, key);
@@ -117,6 +122,13 @@ impl MarkedEventReceiver for Recorder {
                 None => {
                     if let Some(Frame::Map { path, key }) = self.stack.last_mut() {
                         self.map.entry(format!("{}#key", join(path, &text))).or_insert(pos);
+                        // a block map's start mark is the colon after its first key:
+                        // the map is where that key is
+                        if let Some(start) = self.map.get_mut(path.as_str()) {
+                            if pos < *start {
+                                *start = pos;
+                            }
+                        }
                         *key = Some(text);
                     }
                 }
@@ -163,6 +175,20 @@ impl Loaded {
     }
 }
 
+impl Loaded {
+    /// Adds a problem located at the key `key` of the map at `parent`.
+    pub fn error_at_key(&mut self, parent: &str, key: &str, message: impl Into<String>) {
+        let (line, col) = self.positions.locate_key(parent, key);
+        self.diagnostics.push(Diagnostic {
+            file: self.file.clone(),
+            line,
+            col,
+            path: join(parent, key),
+            message: message.into(),
+        });
+    }
+}
+
 const TOP_KEYS: &[&str] = &["name", "source", "transforms", "sinks", "dlq", "batch", "tests"];
 
 /// Reads one pipeline file. `env` resolves `${VAR}`; when `None`, variables are left as
@@ -191,9 +217,12 @@ pub fn load_str(loaded: &mut Loaded, text: &str, env: Option<&dyn Fn(&str) -> Op
     let mut root: Value = match serde_norway::from_str(text) {
         Ok(v) => v,
         Err(e) => {
-            let (line, col) = e.location().map(|l| (l.line(), l.column())).unwrap_or((1, 1));
             let message = e.to_string();
-            let message = message.split(" at line ").next().unwrap_or(&message).to_string();
+            // libyaml's context ("while scanning a quoted scalar at line 7 column 14") names
+            // where the construct began; the error's own location is often the end of input
+            let (line, col) = first_position(&message)
+                .or_else(|| e.location().map(|l| (l.line(), l.column())))
+                .unwrap_or((1, 1));
             loaded.diagnostics.push(Diagnostic {
                 file: loaded.file.clone(),
                 line,
@@ -255,6 +284,17 @@ pub fn load_str(loaded: &mut Loaded, text: &str, env: Option<&dyn Fn(&str) -> Op
     }
 }
 
+/// The first `line L column C` in a message.
+fn first_position(message: &str) -> Option<(usize, usize)> {
+    // at the end of input the error's own position says nothing: use the context's
+    let from = if message.contains("end of stream") { message.find("while ").unwrap_or(0) } else { 0 };
+    let rest = &message[from..];
+    let rest = &rest[rest.find("line ")? + 5..];
+    let (line, rest) = rest.split_once(" column ")?;
+    let col: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    Some((line.trim().parse().ok()?, col.parse().ok()?))
+}
+
 fn quoted(keys: &[&str]) -> String {
     keys.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ")
 }
@@ -309,8 +349,12 @@ fn decode<T: DeserializeOwned>(loaded: &mut Loaded, value: Value, base: String) 
             // point at the offending key itself for unknown fields
             let (line, col) = match message.strip_prefix("unknown field `").and_then(|r| r.split('`').next()) {
                 Some(k) => {
-                    path = join(&path, k);
-                    loaded.positions.locate_key(path.rsplit_once('.').map_or("", |p| p.0), k)
+                    // serde_path_to_error's path may already end with the unknown key
+                    let ends_with_key = path == k || path.ends_with(&format!(".{k}"));
+                    if !ends_with_key {
+                        path = join(&path, k);
+                    }
+                    loaded.positions.locate_key(path.strip_suffix(k).map_or("", |p| p.trim_end_matches('.')), k)
                 }
                 None => loaded.positions.locate(&path),
             };

@@ -274,14 +274,30 @@ impl Runner {
             Some(s) => Some(s.last + 1),
             None => self.next.get(&tp).copied(),
         };
-        let records: Vec<_> = chunk.records.into_iter().filter(|r| expected.is_none_or(|e| r.offset >= e)).collect();
+        // Keep only records past what is held: a broker may hand a record out twice (after
+        // a seek or a reconnect); a gap (compaction, transaction markers) is allowed.
+        let mut next_ok = expected;
+        let mut records = Vec::with_capacity(chunk.records.len());
+        for r in chunk.records {
+            if next_ok.is_some_and(|e| r.offset < e) {
+                self.stats.skipped_duplicates += 1;
+                continue;
+            }
+            if let Some(e) = next_ok.filter(|e| r.offset > *e) {
+                warn!(pipeline = name, topic = tp.0, partition = tp.1, expected = e, got = r.offset, "offset gap in the source partition");
+            }
+            next_ok = Some(r.offset + 1);
+            records.push(r);
+        }
         let received = records.len() as u64;
         if records.is_empty() {
             return Ok(());
         }
         metrics::counter!("ymera_component_received_events_total", "pipeline" => name.clone(), "component" => "source").increment(received);
         self.stats.records_in += received;
-        let first = records[0].offset;
+        // A segment starts where the previous one ended (or at the first record of a fresh
+        // partition), so commit records stay contiguous across offsets the broker skips.
+        let first = expected.unwrap_or(records[0].offset);
         let last = records[records.len() - 1].offset;
         if !self.segments.contains_key(&tp) {
             let seg = self.new_segment(chunk.epoch, first, &format!("{}+{}+{first}", tp.0, tp.1))?;
@@ -447,11 +463,11 @@ impl Runner {
         let id = SegmentId { topic: tp.0.clone(), partition: tp.1, first: seg.first, last: seg.last };
         let file_name = id.file_name();
         let mut files = Vec::new();
-        let mut rows_by_table: Vec<(String, u64)> = Vec::new();
+        let mut rows_by_table: Vec<(String, u64, u64)> = Vec::new();
         for w in seg.writers.into_iter().chain(seg.dlq) {
             let table = w_table(&w);
             let done = w.finish(&file_name).map_err(|e| RunError::Lake { pipeline: name.clone(), source: e })?;
-            rows_by_table.push((table, done.iter().map(|f| f.2).sum()));
+            rows_by_table.push((table, done.iter().map(|f| f.2).sum(), done.len() as u64));
             files.extend(done);
         }
         let fence = self.source.fence();
@@ -467,14 +483,10 @@ impl Runner {
                     let n_files = record.files.len() as u64;
                     self.stats.files_written += n_files;
                     self.stats.segments += 1;
-                    for (table, rows) in rows_by_table {
+                    for (table, rows, n) in rows_by_table {
                         metrics::counter!("ymera_component_sent_events_total", "pipeline" => name.clone(), "component" => table.clone()).increment(rows);
-                        metrics::counter!("ymera_lake_files_written_total", "pipeline" => name.clone(), "table" => table.clone()).increment(0);
+                        metrics::counter!("ymera_lake_files_written_total", "pipeline" => name.clone(), "table" => table.clone()).increment(n);
                         *self.stats.rows_written.entry(table).or_insert(0) += rows;
-                    }
-                    for f in &record.files {
-                        let table = f.path.split("/dt=").next().unwrap_or(&f.path).to_string();
-                        metrics::counter!("ymera_lake_files_written_total", "pipeline" => name.clone(), "table" => table).increment(1);
                     }
                     self.next.insert(tp.clone(), id.last + 1);
                     if let Err(e) = self.source.commit(&[(tp.clone(), id.last + 1)], false) {

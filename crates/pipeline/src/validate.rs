@@ -93,6 +93,7 @@ pub async fn check(loaded: &mut Loaded) -> Option<Pipeline> {
             Err(e) => loaded.error_at(&format!("source.schema.{name}"), format!("field `{name}`: {e}")),
         }
     }
+    let diags_before_event_time = loaded.diagnostics.len();
     if let Some(et) = &src.event_time {
         match fields.iter().find(|f| &f.name == et) {
             None => loaded.error_at("source.event_time", format!("event_time `{et}` is not a declared field")),
@@ -103,6 +104,7 @@ pub async fn check(loaded: &mut Loaded) -> Option<Pipeline> {
             Some(_) => {}
         }
     }
+    let event_time_ok = loaded.diagnostics.len() == diags_before_event_time;
     let input_schema = arrow_schema(&fields);
 
     // stages
@@ -163,6 +165,9 @@ pub async fn check(loaded: &mut Loaded) -> Option<Pipeline> {
             (true, None) => {} // the stage itself failed to plan; already reported
             (true, Some(schema)) => {
                 for col in &l.partition_by {
+                    if col == "dt" && !event_time_ok {
+                        continue; // already reported at source.event_time
+                    }
                     if col == "dt" {
                         let Some(et) = &src.event_time else {
                             loaded.error_at(&format!("{at}.partition_by"), "partition `dt` needs `source.event_time`");
@@ -203,10 +208,17 @@ pub async fn check(loaded: &mut Loaded) -> Option<Pipeline> {
     // dead letters
     let mut dlq_table = None;
     match &spec.dlq {
-        None if src.on_bad_record == OnBadRecord::Dlq => loaded.error_at(
-            "source.on_bad_record",
-            "on_bad_record is `dlq` (the default) but the pipeline has no `dlq` target: add `dlq: { path: _dlq/<name> }` or `{ topic: ... }`",
-        ),
+        None if src.on_bad_record == OnBadRecord::Dlq => {
+            // at the setting when written, else at `source` (the default applies)
+            let written = loaded.positions.has("source.on_bad_record");
+            let (parent, key) = if written { ("source", "on_bad_record") } else { ("", "source") };
+            let message = "on_bad_record is `dlq` (the default) but the pipeline has no `dlq` target: add `dlq: { path: _dlq/<name> }` or `{ topic: ... }`";
+            if written {
+                loaded.error_at("source.on_bad_record", message);
+            } else {
+                loaded.error_at_key(parent, key, message);
+            }
+        }
         None => {}
         Some(d) => match (&d.topic, &d.path) {
             (Some(_), Some(_)) | (None, None) => loaded.error_at("dlq", "dlq takes exactly one of `topic` or `path`"),
@@ -214,9 +226,9 @@ pub async fn check(loaded: &mut Loaded) -> Option<Pipeline> {
             (Some(_), None) => {}
             (None, Some(p)) => {
                 let p = p.trim_matches('/');
-                let ok = p.strip_prefix("_dlq/").is_some_and(is_ident);
+                let ok = p.strip_prefix("_dlq/") == Some(spec.name.as_str());
                 if !ok {
-                    loaded.error_at("dlq.path", format!("dlq path `{p}` must be `_dlq/<name>` under the lake"));
+                    loaded.error_at("dlq.path", format!("dlq path `{p}` must be `_dlq/{}` (the pipeline's name) under the lake", spec.name));
                 } else {
                     dlq_table = Some(TableSpec {
                         table: p.to_string(),
@@ -233,8 +245,9 @@ pub async fn check(loaded: &mut Loaded) -> Option<Pipeline> {
     for (i, t) in spec.tests.iter().enumerate() {
         for stage in t.expect.keys() {
             if !names.contains(stage) {
-                loaded.error_at(
-                    &format!("tests[{i}].expect.{stage}"),
+                loaded.error_at_key(
+                    &format!("tests[{i}].expect"),
+                    stage,
                     format!("test `{}` expects rows of `{stage}`, which is not a stage (stages: {})", t.name, stage_list(&spec)),
                 );
             }

@@ -1,0 +1,71 @@
+//! Reading a whole topic outside any consumer group (assign + read to the high
+//! watermark): for `ymera dlq inspect` and for tests.
+
+use std::time::{Duration, Instant};
+
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Headers, Message};
+use rdkafka::{Offset, TopicPartitionList};
+
+use crate::kafka::Record;
+
+/// Every record of `topic` as (partition, record), read from the beginning up to the high
+/// watermark seen at the start. Blocking: call from a blocking context.
+pub fn read_topic(brokers: &str, topic: &str, timeout: Duration) -> Result<Vec<(i32, Record)>, KafkaError> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", "ymera-reader")
+        .set("enable.auto.commit", "false")
+        .create()?;
+    let md = consumer.fetch_metadata(Some(topic), timeout)?;
+    let partitions: Vec<i32> =
+        md.topics().iter().flat_map(|t| t.partitions().iter().map(|p| p.id())).collect();
+    let mut tpl = TopicPartitionList::new();
+    let mut remaining = 0i64;
+    let mut highs = std::collections::HashMap::new();
+    for p in &partitions {
+        let (low, high) = consumer.fetch_watermarks(topic, *p, timeout)?;
+        if high > low {
+            tpl.add_partition_offset(topic, *p, Offset::Offset(low))?;
+            remaining += high - low;
+            highs.insert(*p, high);
+        }
+    }
+    let mut out = Vec::with_capacity(remaining.max(0) as usize);
+    if remaining == 0 {
+        return Ok(out);
+    }
+    consumer.assign(&tpl)?;
+    let deadline = Instant::now() + timeout;
+    while remaining > 0 && Instant::now() < deadline {
+        match consumer.poll(Duration::from_millis(200)) {
+            None => {}
+            Some(Err(e)) => return Err(e),
+            Some(Ok(m)) => {
+                if highs.get(&m.partition()).is_some_and(|h| m.offset() < *h) {
+                    remaining -= 1;
+                    out.push((
+                        m.partition(),
+                        Record {
+                            key: m.key().map(<[u8]>::to_vec),
+                            value: m.payload().map(<[u8]>::to_vec),
+                            offset: m.offset(),
+                            timestamp_ms: m.timestamp().to_millis(),
+                            headers: m
+                                .headers()
+                                .map(|h| {
+                                    h.iter()
+                                        .map(|x| (x.key.to_string(), x.value.map(<[u8]>::to_vec).unwrap_or_default()))
+                                        .collect()
+                                })
+                                .unwrap_or_default(),
+                        },
+                    ));
+                }
+            }
+        }
+    }
+    Ok(out)
+}

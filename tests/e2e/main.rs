@@ -1,0 +1,11 @@
+//! End-to-end tests: the `ymera` binary against a real Kafka-protocol broker in its own
+//! process (tansu, started by `scripts/test`, address in `YMERA_TEST_BROKERS`), real files,
+//! and the lake read back with the parquet crate, not through ymera's own code.
+
+// Test helpers are `pub` for sibling modules only.
+#![allow(unreachable_pub)]
+
+mod cli;
+mod exactly_once;
+mod poison;
+mod support;

@@ -1,0 +1,237 @@
+//! Helpers shared by the end-to-end tests.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use arrow::array::{Array, Int64Array, RecordBatch};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use ymera_ingest::produce::{self, OutRecord};
+
+/// The broker under test; `scripts/test` starts it.
+pub fn brokers() -> String {
+    std::env::var("YMERA_TEST_BROKERS").expect(
+        "YMERA_TEST_BROKERS is not set: run the suite with scripts/test, which starts a tansu broker",
+    )
+}
+
+/// A topic name no other test (or earlier run) uses.
+pub fn unique(prefix: &str) -> String {
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    format!("{prefix}-{}-{}", std::process::id(), nanos % 1_000_000_000)
+}
+
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime")
+}
+
+/// Creates a topic with `partitions` partitions on the tansu broker.
+pub fn create_topic(rt: &tokio::runtime::Runtime, topic: &str, partitions: i32) {
+    rt.block_on(produce::create_topics(&brokers(), &[topic], partitions)).expect("create topic");
+}
+
+/// `ymera broker`: librdkafka's mock cluster in a process of its own, so consumers can be
+/// killed without losing the broker. Killed on drop.
+pub struct DevBroker {
+    child: Child,
+    pub bootstrap: String,
+}
+
+impl DevBroker {
+    pub fn start(topics: &[(&str, i32)]) -> DevBroker {
+        use std::io::BufRead;
+        let mut cmd = ymera();
+        cmd.arg("broker");
+        for (t, p) in topics {
+            cmd.arg("--topic").arg(format!("{t}:{p}"));
+        }
+        let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::null()).spawn().expect("spawn ymera broker");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        std::io::BufReader::new(stdout).read_line(&mut line).expect("read bootstrap address");
+        DevBroker { child, bootstrap: line.trim().to_string() }
+    }
+}
+
+impl Drop for DevBroker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Produces (key, value) records to `brokers`; returns when all are acknowledged.
+pub fn produce_to(rt: &tokio::runtime::Runtime, brokers: &str, topic: &str, records: &[(Vec<u8>, Vec<u8>)]) {
+    let producer = produce::producer(brokers, &BTreeMap::new()).expect("producer");
+    let out = records.iter().map(|(k, v)| OutRecord { topic, key: Some(k), value: v, timestamp_ms: None });
+    rt.block_on(producer.send_all(out)).expect("produce");
+}
+
+/// Produces (key, value) records to the tansu broker.
+pub fn produce(rt: &tokio::runtime::Runtime, topic: &str, records: &[(Vec<u8>, Vec<u8>)]) {
+    let producer = produce::producer(&brokers(), &BTreeMap::new()).expect("producer");
+    let out = records.iter().map(|(k, v)| OutRecord { topic, key: Some(k), value: v, timestamp_ms: None });
+    rt.block_on(producer.send_all(out)).expect("produce");
+}
+
+/// A valid sequence-numbered record.
+pub fn seq_record(seq: i64) -> (Vec<u8>, Vec<u8>) {
+    let ts = 1_764_064_800_000_000i64 + seq * 1_000_000; // one event per second from 2025-11-25
+    let value = format!(r#"{{"seq":{seq},"ts":{ts},"service":"svc-{:02}","latency_ms":{}.5}}"#, seq % 7, seq % 300);
+    (format!("k{seq}").into_bytes(), value.into_bytes())
+}
+
+/// The pipeline used by these tests: seq records -> `SELECT *` -> lake table `seq`.
+pub fn pipeline_yaml(name: &str, topic: &str, group: &str, dlq: &str, extra: &str) -> String {
+    format!(
+        r#"name: {name}
+source:
+  kafka:
+    brokers: "${{YMERA_TEST_BROKERS}}"
+    topics: [{topic}]
+    group_id: {group}
+    start: earliest
+  schema:
+    seq: int64
+    ts: timestamp_us
+    service: utf8
+    latency_ms: float64
+  event_time: ts
+  on_bad_record: dlq
+transforms:
+  - name: out
+    sql: "SELECT seq, ts, service, latency_ms, latency_ms > 250 AS slow FROM input"
+sinks:
+  - lake: {{ table: {name}, partition_by: [dt], rolling: {{ max_rows: 700, max_interval: 1s }} }}
+dlq: {dlq}
+{extra}"#
+    )
+}
+
+/// A directory with one pipeline file in it.
+pub fn pipeline_dir(yaml: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("pipeline.yaml"), yaml).expect("write pipeline");
+    dir
+}
+
+pub fn ymera() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_ymera"))
+}
+
+/// Starts `ymera run` on `dir` writing into `lake`, against the tansu broker.
+pub fn spawn_run(dir: &Path, lake: &Path, extra: &[&str]) -> Child {
+    spawn_run_on(&brokers(), dir, lake, extra)
+}
+
+/// Starts `ymera run` on `dir` writing into `lake`, against `brokers`.
+pub fn spawn_run_on(brokers: &str, dir: &Path, lake: &Path, extra: &[&str]) -> Child {
+    let mut cmd = ymera();
+    cmd.arg("run")
+        .env("YMERA_TEST_BROKERS", brokers)
+        .args(extra)
+        .arg(dir)
+        .env("YMERA__LAKE__URL", lake)
+        .env("YMERA__RUN__LISTEN", "127.0.0.1:0")
+        .env("YMERA__LOG__LEVEL", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
+    cmd.spawn().expect("spawn ymera run")
+}
+
+/// Runs `ymera run --stop-when-idle` to completion and asserts it exits 0.
+pub fn run_until_idle(dir: &Path, lake: &Path) {
+    run_until_idle_on(&brokers(), dir, lake)
+}
+
+/// Like [`run_until_idle`] against `brokers`.
+pub fn run_until_idle_on(brokers: &str, dir: &Path, lake: &Path) {
+    let mut child = spawn_run_on(brokers, dir, lake, &["--stop-when-idle", "4s"]);
+    let status = wait_timeout(&mut child, Duration::from_secs(180)).expect("ymera run did not finish in 180s");
+    assert!(status.success(), "ymera run exited with {status}");
+}
+
+pub fn wait_timeout(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
+    let start = std::time::Instant::now();
+    while start.elapsed() < limit {
+        if let Ok(Some(s)) = child.try_wait() {
+            return Some(s);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    None
+}
+
+/// `<topic>+<partition>+<first>-<last>.parquet` parsed by the test itself.
+pub fn parse_name(name: &str) -> Option<(String, i32, i64, i64)> {
+    let stem = name.strip_suffix(".parquet")?;
+    let (rest, range) = stem.rsplit_once('+')?;
+    let (topic, partition) = rest.rsplit_once('+')?;
+    let (a, b) = range.split_once('-')?;
+    Some((topic.to_string(), partition.parse().ok()?, a.parse().ok()?, b.parse().ok()?))
+}
+
+/// Every Parquet file under `dir`, recursively.
+pub fn parquet_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else { continue };
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.extension().is_some_and(|x| x == "parquet") {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Reads every batch of a Parquet file with the parquet crate.
+pub fn read_parquet(path: &Path) -> Vec<RecordBatch> {
+    let file = std::fs::File::open(path).expect("open parquet");
+    let reader = ParquetRecordBatchReaderBuilder::try_new(file).expect("parquet footer").build().expect("reader");
+    reader.collect::<Result<Vec<_>, _>>().expect("read parquet")
+}
+
+/// The `seq` values of a table, per (partition) from file names.
+pub fn seqs_by_partition(table_dir: &Path) -> HashMap<i32, Vec<i64>> {
+    let mut out: HashMap<i32, Vec<i64>> = HashMap::new();
+    for f in parquet_files(table_dir) {
+        let name = f.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        let (_, partition, _, _) = parse_name(name).unwrap_or_else(|| panic!("unexpected file {}", f.display()));
+        for b in read_parquet(&f) {
+            let col = b.column_by_name("seq").expect("seq column");
+            let seq = col.as_any().downcast_ref::<Int64Array>().expect("int64 seq");
+            out.entry(partition).or_default().extend((0..seq.len()).map(|i| seq.value(i)));
+        }
+    }
+    out
+}
+
+/// Asserts that each partition's files cover contiguous, non-overlapping offset ranges
+/// starting at 0 (files of one segment in several `dt=` directories share a name).
+pub fn assert_contiguous(table_dir: &Path) -> HashMap<i32, i64> {
+    let mut ranges: HashMap<i32, Vec<(i64, i64)>> = HashMap::new();
+    for f in parquet_files(table_dir) {
+        let name = f.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        let (_, p, a, b) = parse_name(name).expect("file name");
+        ranges.entry(p).or_default().push((a, b));
+    }
+    let mut ends = HashMap::new();
+    for (p, mut r) in ranges {
+        r.sort();
+        r.dedup();
+        assert_eq!(r[0].0, 0, "partition {p} does not start at offset 0: {r:?}");
+        for w in r.windows(2) {
+            assert_eq!(w[1].0, w[0].1 + 1, "partition {p}: ranges {:?} and {:?} are not contiguous", w[0], w[1]);
+        }
+        ends.insert(p, r[r.len() - 1].1);
+    }
+    ends
+}
