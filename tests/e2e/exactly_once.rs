@@ -34,11 +34,18 @@ fn assert_exactly_once(table_dir: &std::path::Path, expected: i64) {
     assert_eq!(missing, 0, "missing records in the lake");
     assert_eq!(seen.len() as i64, expected);
     for (p, seqs) in &by_partition {
-        assert!(seqs.len() >= 1000, "partition {p} processed only {} records", seqs.len());
+        assert!(
+            seqs.len() >= 1000,
+            "partition {p} processed only {} records",
+            seqs.len()
+        );
     }
     let ends = assert_contiguous(table_dir);
     let total: i64 = ends.values().map(|last| last + 1).sum();
-    assert_eq!(total, expected, "offset ranges do not cover every record exactly once");
+    assert_eq!(
+        total, expected,
+        "offset ranges do not cover every record exactly once"
+    );
 }
 
 #[test]
@@ -48,7 +55,13 @@ fn kill_9_at_random_moments_loses_and_duplicates_nothing() {
     let broker = DevBroker::start(&[(&topic, PARTITIONS)]);
     let bootstrap = broker.bootstrap.clone();
     let name = "crash_seq";
-    let dir = pipeline_dir(&pipeline_yaml(name, &topic, &unique("g"), "{ path: _dlq/crash_seq }", "batch: { max_records: 300, max_wait: 200ms }"));
+    let dir = pipeline_dir(&pipeline_yaml(
+        name,
+        &topic,
+        &unique("g"),
+        "{ path: _dlq/crash_seq }",
+        "batch: { max_records: 300, max_wait: 200ms }",
+    ));
     let lake = tempfile::tempdir().unwrap();
 
     // the producer runs while the consumer is being killed, so kills land mid-work
@@ -73,7 +86,10 @@ fn kill_9_at_random_moments_loses_and_duplicates_nothing() {
             kills += 1;
         }
         let _ = child.wait();
-        assert!(started.elapsed() < Duration::from_secs(300), "crash loop took too long");
+        assert!(
+            started.elapsed() < Duration::from_secs(300),
+            "crash loop took too long"
+        );
     }
     producer.join().unwrap();
     assert!(kills >= 5, "only {kills} kills landed on a running process");
@@ -81,7 +97,9 @@ fn kill_9_at_random_moments_loses_and_duplicates_nothing() {
     drop(rt);
     assert_exactly_once(&lake.path().join(name), RECORDS);
     // no staging leftovers after a clean run
-    let staging: Vec<_> = std::fs::read_dir(lake.path().join("_staging")).map(|d| d.flatten().collect()).unwrap_or_default();
+    let staging: Vec<_> = std::fs::read_dir(lake.path().join("_staging"))
+        .map(|d| d.flatten().collect())
+        .unwrap_or_default();
     assert!(staging.is_empty(), "staging files left: {staging:?}");
 }
 
@@ -92,7 +110,13 @@ fn two_replicas_rebalance_without_loss_or_duplicates() {
     let bootstrap = broker.bootstrap.clone();
     let name = "rebal_seq";
     let group = unique("g");
-    let dir = pipeline_dir(&pipeline_yaml(name, &topic, &group, "{ path: _dlq/rebal_seq }", "batch: { max_records: 300, max_wait: 200ms }"));
+    let dir = pipeline_dir(&pipeline_yaml(
+        name,
+        &topic,
+        &group,
+        "{ path: _dlq/rebal_seq }",
+        "batch: { max_records: 300, max_wait: 200ms }",
+    ));
     let lake = tempfile::tempdir().unwrap();
     let n = 8_000;
     let producer_topic = topic.clone();
@@ -117,10 +141,17 @@ fn two_replicas_rebalance_without_loss_or_duplicates() {
     std::thread::sleep(Duration::from_secs(2));
     // graceful stop of the second (SIGTERM): flush, publish, commit, exit 0
     let pid = b.id().to_string();
-    let term = std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    let term = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
     assert!(term.success());
-    let status = wait_timeout(&mut b, Duration::from_secs(60)).expect("SIGTERM did not stop ymera run");
-    assert!(status.success(), "ymera run exited with {status} after SIGTERM");
+    let status =
+        wait_timeout(&mut b, Duration::from_secs(60)).expect("SIGTERM did not stop ymera run");
+    assert!(
+        status.success(),
+        "ymera run exited with {status} after SIGTERM"
+    );
     run_until_idle_on(&bootstrap, dir.path(), lake.path());
     assert_exactly_once(&lake.path().join(name), n);
 }
@@ -134,12 +165,20 @@ fn two_runs_into_empty_lakes_write_the_same_rows() {
     produce(&rt, &topic, &records);
     let mut rows = Vec::new();
     for _ in 0..2 {
-        let dir = pipeline_dir(&pipeline_yaml("determ", &topic, &unique("g"), "{ path: _dlq/determ }", ""));
+        let dir = pipeline_dir(&pipeline_yaml(
+            "determ",
+            &topic,
+            &unique("g"),
+            "{ path: _dlq/determ }",
+            "",
+        ));
         let lake = tempfile::tempdir().unwrap();
         run_until_idle(dir.path(), lake.path());
         let mut per_partition: Vec<(i32, Vec<String>)> = Vec::new();
         let mut files: Vec<_> = parquet_files(&lake.path().join("determ"));
-        files.sort_by_key(|f| parse_name(f.file_name().unwrap().to_str().unwrap()).map(|(_, p, a, _)| (p, a)));
+        files.sort_by_key(|f| {
+            parse_name(f.file_name().unwrap().to_str().unwrap()).map(|(_, p, a, _)| (p, a))
+        });
         for f in files {
             let (_, p, _, _) = parse_name(f.file_name().unwrap().to_str().unwrap()).unwrap();
             let mut text = Vec::new();
@@ -148,18 +187,69 @@ fn two_runs_into_empty_lakes_write_the_same_rows() {
                 w.write(&b).unwrap();
                 w.finish().unwrap();
             }
-            let lines: Vec<String> = String::from_utf8(text).unwrap().lines().map(str::to_string).collect();
+            let lines: Vec<String> = String::from_utf8(text)
+                .unwrap()
+                .lines()
+                .map(str::to_string)
+                .collect();
             match per_partition.iter_mut().find(|(q, _)| *q == p) {
                 Some((_, v)) => v.extend(lines),
                 None => per_partition.push((p, lines)),
             }
         }
         for (_, v) in per_partition.iter_mut() {
-            v.sort_by_key(|l| serde_json::from_str::<serde_json::Value>(l).ok().and_then(|j| j["seq"].as_i64()));
+            v.sort_by_key(|l| {
+                serde_json::from_str::<serde_json::Value>(l)
+                    .ok()
+                    .and_then(|j| j["seq"].as_i64())
+            });
         }
         per_partition.sort_by_key(|(p, _)| *p);
-        assert_eq!(per_partition.iter().map(|(_, v)| v.len()).sum::<usize>(), 3000);
+        assert_eq!(
+            per_partition.iter().map(|(_, v)| v.len()).sum::<usize>(),
+            3000
+        );
         rows.push(per_partition);
     }
-    assert_eq!(rows[0], rows[1], "two runs over the same topic wrote different rows");
+    assert_eq!(
+        rows[0], rows[1],
+        "two runs over the same topic wrote different rows"
+    );
+}
+
+#[test]
+fn group_commits_land_on_tansu() {
+    let rt = runtime();
+    let topic = unique("commits");
+    create_topic(&rt, &topic, PARTITIONS);
+    let records: Vec<_> = (0..2000).map(seq_record).collect();
+    produce(&rt, &topic, &records);
+    let group = unique("g");
+    let dir = pipeline_dir(&pipeline_yaml(
+        "commits",
+        &topic,
+        &group,
+        "{ path: _dlq/commits }",
+        "",
+    ));
+    let lake = tempfile::tempdir().unwrap();
+    run_until_idle(dir.path(), lake.path());
+    // the group offset of each partition is the next offset after the lake's last file
+    let ends = assert_contiguous(&lake.path().join("commits"));
+    assert_eq!(ends.values().map(|l| l + 1).sum::<i64>(), 2000);
+    let committed = ymera_ingest::consume::committed_offsets(
+        &brokers(),
+        &group,
+        &topic,
+        Duration::from_secs(10),
+    )
+    .unwrap();
+    assert_eq!(committed.len(), PARTITIONS as usize);
+    for (p, offset) in committed {
+        assert_eq!(
+            offset,
+            ends.get(&p).map(|l| l + 1),
+            "partition {p}: committed offset differs from the lake"
+        );
+    }
 }

@@ -18,17 +18,24 @@ pub fn brokers() -> String {
 
 /// A topic name no other test (or earlier run) uses.
 pub fn unique(prefix: &str) -> String {
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
     format!("{prefix}-{}-{}", std::process::id(), nanos % 1_000_000_000)
 }
 
 pub fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime")
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
 }
 
 /// Creates a topic with `partitions` partitions on the tansu broker.
 pub fn create_topic(rt: &tokio::runtime::Runtime, topic: &str, partitions: i32) {
-    rt.block_on(produce::create_topics(&brokers(), &[topic], partitions)).expect("create topic");
+    rt.block_on(produce::create_topics(&brokers(), &[topic], partitions))
+        .expect("create topic");
 }
 
 /// `ymera broker`: librdkafka's mock cluster in a process of its own, so consumers can be
@@ -46,11 +53,20 @@ impl DevBroker {
         for (t, p) in topics {
             cmd.arg("--topic").arg(format!("{t}:{p}"));
         }
-        let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::null()).spawn().expect("spawn ymera broker");
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn ymera broker");
         let stdout = child.stdout.take().expect("stdout");
         let mut line = String::new();
-        std::io::BufReader::new(stdout).read_line(&mut line).expect("read bootstrap address");
-        DevBroker { child, bootstrap: line.trim().to_string() }
+        std::io::BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("read bootstrap address");
+        DevBroker {
+            child,
+            bootstrap: line.trim().to_string(),
+        }
     }
 }
 
@@ -62,23 +78,42 @@ impl Drop for DevBroker {
 }
 
 /// Produces (key, value) records to `brokers`; returns when all are acknowledged.
-pub fn produce_to(rt: &tokio::runtime::Runtime, brokers: &str, topic: &str, records: &[(Vec<u8>, Vec<u8>)]) {
+pub fn produce_to(
+    rt: &tokio::runtime::Runtime,
+    brokers: &str,
+    topic: &str,
+    records: &[(Vec<u8>, Vec<u8>)],
+) {
     let producer = produce::producer(brokers, &BTreeMap::new()).expect("producer");
-    let out = records.iter().map(|(k, v)| OutRecord { topic, key: Some(k), value: v, timestamp_ms: None });
+    let out = records.iter().map(|(k, v)| OutRecord {
+        topic,
+        key: Some(k),
+        value: v,
+        timestamp_ms: None,
+    });
     rt.block_on(producer.send_all(out)).expect("produce");
 }
 
 /// Produces (key, value) records to the tansu broker.
 pub fn produce(rt: &tokio::runtime::Runtime, topic: &str, records: &[(Vec<u8>, Vec<u8>)]) {
     let producer = produce::producer(&brokers(), &BTreeMap::new()).expect("producer");
-    let out = records.iter().map(|(k, v)| OutRecord { topic, key: Some(k), value: v, timestamp_ms: None });
+    let out = records.iter().map(|(k, v)| OutRecord {
+        topic,
+        key: Some(k),
+        value: v,
+        timestamp_ms: None,
+    });
     rt.block_on(producer.send_all(out)).expect("produce");
 }
 
 /// A valid sequence-numbered record.
 pub fn seq_record(seq: i64) -> (Vec<u8>, Vec<u8>) {
     let ts = 1_764_064_800_000_000i64 + seq * 1_000_000; // one event per second from 2025-11-25
-    let value = format!(r#"{{"seq":{seq},"ts":{ts},"service":"svc-{:02}","latency_ms":{}.5}}"#, seq % 7, seq % 300);
+    let value = format!(
+        r#"{{"seq":{seq},"ts":{ts},"service":"svc-{:02}","latency_ms":{}.5}}"#,
+        seq % 7,
+        seq % 300
+    );
     (format!("k{seq}").into_bytes(), value.into_bytes())
 }
 
@@ -120,11 +155,6 @@ pub fn ymera() -> Command {
     Command::new(env!("CARGO_BIN_EXE_ymera"))
 }
 
-/// Starts `ymera run` on `dir` writing into `lake`, against the tansu broker.
-pub fn spawn_run(dir: &Path, lake: &Path, extra: &[&str]) -> Child {
-    spawn_run_on(&brokers(), dir, lake, extra)
-}
-
 /// Starts `ymera run` on `dir` writing into `lake`, against `brokers`.
 pub fn spawn_run_on(brokers: &str, dir: &Path, lake: &Path, extra: &[&str]) -> Child {
     let mut cmd = ymera();
@@ -148,7 +178,8 @@ pub fn run_until_idle(dir: &Path, lake: &Path) {
 /// Like [`run_until_idle`] against `brokers`.
 pub fn run_until_idle_on(brokers: &str, dir: &Path, lake: &Path) {
     let mut child = spawn_run_on(brokers, dir, lake, &["--stop-when-idle", "4s"]);
-    let status = wait_timeout(&mut child, Duration::from_secs(180)).expect("ymera run did not finish in 180s");
+    let status = wait_timeout(&mut child, Duration::from_secs(180))
+        .expect("ymera run did not finish in 180s");
     assert!(status.success(), "ymera run exited with {status}");
 }
 
@@ -170,7 +201,12 @@ pub fn parse_name(name: &str) -> Option<(String, i32, i64, i64)> {
     let (rest, range) = stem.rsplit_once('+')?;
     let (topic, partition) = rest.rsplit_once('+')?;
     let (a, b) = range.split_once('-')?;
-    Some((topic.to_string(), partition.parse().ok()?, a.parse().ok()?, b.parse().ok()?))
+    Some((
+        topic.to_string(),
+        partition.parse().ok()?,
+        a.parse().ok()?,
+        b.parse().ok()?,
+    ))
 }
 
 /// Every Parquet file under `dir`, recursively.
@@ -178,7 +214,9 @@ pub fn parquet_files(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else { continue };
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
         for e in entries.flatten() {
             let p = e.path();
             if p.is_dir() {
@@ -195,7 +233,10 @@ pub fn parquet_files(dir: &Path) -> Vec<PathBuf> {
 /// Reads every batch of a Parquet file with the parquet crate.
 pub fn read_parquet(path: &Path) -> Vec<RecordBatch> {
     let file = std::fs::File::open(path).expect("open parquet");
-    let reader = ParquetRecordBatchReaderBuilder::try_new(file).expect("parquet footer").build().expect("reader");
+    let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+        .expect("parquet footer")
+        .build()
+        .expect("reader");
     reader.collect::<Result<Vec<_>, _>>().expect("read parquet")
 }
 
@@ -204,11 +245,17 @@ pub fn seqs_by_partition(table_dir: &Path) -> HashMap<i32, Vec<i64>> {
     let mut out: HashMap<i32, Vec<i64>> = HashMap::new();
     for f in parquet_files(table_dir) {
         let name = f.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-        let (_, partition, _, _) = parse_name(name).unwrap_or_else(|| panic!("unexpected file {}", f.display()));
+        let (_, partition, _, _) =
+            parse_name(name).unwrap_or_else(|| panic!("unexpected file {}", f.display()));
         for b in read_parquet(&f) {
             let col = b.column_by_name("seq").expect("seq column");
-            let seq = col.as_any().downcast_ref::<Int64Array>().expect("int64 seq");
-            out.entry(partition).or_default().extend((0..seq.len()).map(|i| seq.value(i)));
+            let seq = col
+                .as_any()
+                .downcast_ref::<Int64Array>()
+                .expect("int64 seq");
+            out.entry(partition)
+                .or_default()
+                .extend((0..seq.len()).map(|i| seq.value(i)));
         }
     }
     out
@@ -229,7 +276,13 @@ pub fn assert_contiguous(table_dir: &Path) -> HashMap<i32, i64> {
         r.dedup();
         assert_eq!(r[0].0, 0, "partition {p} does not start at offset 0: {r:?}");
         for w in r.windows(2) {
-            assert_eq!(w[1].0, w[0].1 + 1, "partition {p}: ranges {:?} and {:?} are not contiguous", w[0], w[1]);
+            assert_eq!(
+                w[1].0,
+                w[0].1 + 1,
+                "partition {p}: ranges {:?} and {:?} are not contiguous",
+                w[0],
+                w[1]
+            );
         }
         ends.insert(p, r[r.len() - 1].1);
     }

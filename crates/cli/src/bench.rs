@@ -37,13 +37,19 @@ sinks:
 /// The reference events: same shape and distribution as shared/bench/gen_events_file.py.
 pub fn reference_events(n: usize) -> Vec<Vec<u8>> {
     use rand::{Rng, SeedableRng};
-    let statuses = ["ok"; 17].iter().chain(["error", "deleted", "retry"].iter()).copied().collect::<Vec<_>>();
+    let statuses = ["ok"; 17]
+        .iter()
+        .chain(["error", "deleted", "retry"].iter())
+        .copied()
+        .collect::<Vec<_>>();
     let t0 = 1_764_064_800i64;
     let mut r = rand::rngs::StdRng::seed_from_u64(1);
     (0..n)
         .map(|i| {
             let secs = t0 + (i as i64) / 50;
-            let ts = chrono::DateTime::from_timestamp(secs, 0).unwrap_or_default().format("%Y-%m-%dT%H:%M:%S");
+            let ts = chrono::DateTime::from_timestamp(secs, 0)
+                .unwrap_or_default()
+                .format("%Y-%m-%dT%H:%M:%S");
             let v = serde_json::json!({
                 "event_id": format!("evt-{i:012}"),
                 "service": format!("svc-{:02}", r.random_range(0..24)),
@@ -88,13 +94,25 @@ async fn pipeline(brokers: &str) -> Result<ymera_pipeline::Pipeline, String> {
     let env = move |v: &str| (v == "YMERA_BENCH_BROKERS").then(|| b.clone());
     ymera_pipeline::load::load_str(&mut loaded, BENCH_PIPELINE, Some(&env));
     let p = ymera_pipeline::check(&mut loaded).await;
-    p.ok_or_else(|| loaded.diagnostics.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("\n"))
+    p.ok_or_else(|| {
+        loaded
+            .diagnostics
+            .iter()
+            .map(|d| d.to_string())
+            .collect::<Vec<_>>()
+            .join("\n")
+    })
 }
 
 async fn run(n: usize, brokers: Option<String>) -> Result<(), String> {
-    let events = tokio::task::spawn_blocking(move || reference_events(n)).await.map_err(|e| e.to_string())?;
+    let events = tokio::task::spawn_blocking(move || reference_events(n))
+        .await
+        .map_err(|e| e.to_string())?;
     let bytes: usize = events.iter().map(Vec::len).sum();
-    println!("{n} reference events, {:.0} bytes each on average", bytes as f64 / n as f64);
+    println!(
+        "{n} reference events, {:.0} bytes each on average",
+        bytes as f64 / n as f64
+    );
     let p = pipeline("embedded").await?;
     let transform = p.transform();
     let spec: TableSpec = p.sinks[0].table.clone();
@@ -148,14 +166,24 @@ async fn end_to_end(brokers: &str, events: &[Vec<u8>]) -> Result<(), String> {
     use ymera_ingest::{embedded, produce};
     let resolved = embedded::resolve_brokers(brokers)?;
     let topic = format!("bench-events-{}", std::process::id());
-    produce::create_topics(&resolved, &[topic.as_str()], 4).await.map_err(|e| e.to_string())?;
+    produce::create_topics(&resolved, &[topic.as_str()], 4)
+        .await
+        .map_err(|e| e.to_string())?;
     let producer = produce::producer(&resolved, &Default::default()).map_err(|e| e.to_string())?;
     let t = Instant::now();
     producer
-        .send_all(events.iter().map(|v| produce::OutRecord { topic: &topic, key: None, value: v, timestamp_ms: None }))
+        .send_all(events.iter().map(|v| produce::OutRecord {
+            topic: &topic,
+            key: None,
+            value: v,
+            timestamp_ms: None,
+        }))
         .await
         .map_err(|e| e.to_string())?;
-    println!("produce: {:.0} events/s", events.len() as f64 / t.elapsed().as_secs_f64());
+    println!(
+        "produce: {:.0} events/s",
+        events.len() as f64 / t.elapsed().as_secs_f64()
+    );
     let mut p = pipeline(&resolved).await?;
     p.spec.source.kafka.topics = vec![topic.clone()];
     p.spec.source.kafka.group_id = format!("ymera-bench-{}", std::process::id());
@@ -168,7 +196,9 @@ async fn end_to_end(brokers: &str, events: &[Vec<u8>]) -> Result<(), String> {
         health: Default::default(),
     };
     let t = Instant::now();
-    let stats = ymera_pipeline::run::run(std::sync::Arc::new(p), resolved, opts).await.map_err(|e| e.to_string())?;
+    let stats = ymera_pipeline::run::run(std::sync::Arc::new(p), resolved, opts)
+        .await
+        .map_err(|e| e.to_string())?;
     let secs = t.elapsed().as_secs_f64() - 2.0; // minus the idle wait
     println!(
         "end to end through `{brokers}` (consume -> decode -> SQL -> publish -> commit): {} events in {secs:.2}s = {:.0} events/s, {} files",

@@ -28,7 +28,9 @@ pub fn init_logging(settings: &Settings) {
         Some(_) => false,
         None => !std::io::stderr().is_terminal(),
     };
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if json {
         let _ = builder.json().flatten_event(true).try_init();
     } else {
@@ -60,31 +62,84 @@ fn pipeline_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, String> {
     Ok(files)
 }
 
+/// Opens `lake.url`, with S3 credentials from the standard `AWS_*` environment variables.
+pub fn open_lake(settings: &Settings) -> Result<Lake, String> {
+    const AWS: &[&str] = &[
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
+        "AWS_REGION",
+        "AWS_DEFAULT_REGION",
+        "AWS_ENDPOINT",
+        "AWS_ENDPOINT_URL",
+        "AWS_ALLOW_HTTP",
+        "AWS_VIRTUAL_HOSTED_STYLE_REQUEST",
+    ];
+    let s3: Vec<(String, String)> = AWS
+        .iter()
+        .filter_map(|k| std::env::var(k).ok().map(|v| (k.to_ascii_lowercase(), v)))
+        .map(|(k, v)| {
+            (
+                if k == "aws_endpoint_url" {
+                    "aws_endpoint".to_string()
+                } else if k == "aws_default_region" {
+                    "aws_region".to_string()
+                } else {
+                    k
+                },
+                v,
+            )
+        })
+        .collect();
+    Lake::open_with(&settings.lake.url, &s3).map_err(|e| e.to_string())
+}
+
 fn env_lookup(var: &str) -> Option<String> {
     std::env::var(var).ok()
 }
 
 /// Loads and checks every pipeline; returns them with all diagnostics.
-pub async fn load_pipelines(paths: &[PathBuf], environment: bool) -> Result<(Vec<Pipeline>, Vec<Diagnostic>), String> {
+pub async fn load_pipelines(
+    paths: &[PathBuf],
+    environment: bool,
+) -> Result<(Vec<Pipeline>, Vec<Diagnostic>), String> {
     let files = pipeline_files(paths)?;
     let mut pipelines = Vec::new();
     let mut diags = Vec::new();
     let mut names: BTreeMap<String, PathBuf> = BTreeMap::new();
     let mut tables: BTreeMap<String, PathBuf> = BTreeMap::new();
     for f in files {
-        let env: Option<&dyn Fn(&str) -> Option<String>> = if environment { Some(&env_lookup) } else { None };
+        let env: Option<&dyn Fn(&str) -> Option<String>> =
+            if environment { Some(&env_lookup) } else { None };
         let mut loaded = load_file(&f, env);
         let checked = check(&mut loaded).await;
         if let Some(p) = checked {
             let mut clash = false;
             if let Some(other) = names.insert(p.spec.name.clone(), f.clone()) {
-                loaded.error_at("name", format!("pipeline name `{}` is also used by {}", p.spec.name, other.display()));
+                loaded.error_at(
+                    "name",
+                    format!(
+                        "pipeline name `{}` is also used by {}",
+                        p.spec.name,
+                        other.display()
+                    ),
+                );
                 clash = true;
             }
             for (i, table) in p.tables().iter().enumerate() {
                 if let Some(other) = tables.insert(table.clone(), f.clone()) {
-                    let at = if i < p.sinks.len() { format!("sinks[{i}].lake.table") } else { "dlq.path".into() };
-                    loaded.error_at(&at, format!("table `{table}` is also written by {}: one table, one pipeline", other.display()));
+                    let at = if i < p.sinks.len() {
+                        format!("sinks[{i}].lake.table")
+                    } else {
+                        "dlq.path".into()
+                    };
+                    loaded.error_at(
+                        &at,
+                        format!(
+                            "table `{table}` is also written by {}: one table, one pipeline",
+                            other.display()
+                        ),
+                    );
                     clash = true;
                 }
             }
@@ -189,15 +244,16 @@ fn on_signals(token: CancellationToken) {
         let ctrl_c = tokio::signal::ctrl_c();
         #[cfg(unix)]
         {
-            let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(e) => {
-                    warn!(error = %e, "cannot listen for SIGTERM");
-                    let _ = ctrl_c.await;
-                    token.cancel();
-                    return;
-                }
-            };
+            let mut term =
+                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        warn!(error = %e, "cannot listen for SIGTERM");
+                        let _ = ctrl_c.await;
+                        token.cancel();
+                        return;
+                    }
+                };
             tokio::select! {
                 _ = ctrl_c => {}
                 _ = term.recv() => {}
@@ -212,7 +268,9 @@ fn on_signals(token: CancellationToken) {
 
 fn metrics_recorder() -> Option<metrics_exporter_prometheus::PrometheusHandle> {
     use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
-    let buckets = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+    let buckets = [
+        0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    ];
     PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Full("ymera_batch_commit_seconds".into()), &buckets)
         .ok()?
@@ -228,7 +286,7 @@ pub async fn run_pipelines(
     stop_when_idle: Option<Duration>,
     serve_health: bool,
 ) -> Result<Vec<(String, RunStats)>, String> {
-    let lake = Lake::open(&settings.lake.url).map_err(|e| e.to_string())?;
+    let lake = open_lake(settings)?;
     let health = Arc::new(Health::default());
     let shutdown = CancellationToken::new();
     on_signals(shutdown.clone());
@@ -237,19 +295,32 @@ pub async fn run_pipelines(
         let listener = tokio::net::TcpListener::bind(&settings.run.listen)
             .await
             .map_err(|e| format!("cannot listen on run.listen={}: {e}", settings.run.listen))?;
-        info!(listen = settings.run.listen, "health and metrics on /health, /health/ready, /health/startup, /metrics");
+        info!(
+            listen = settings.run.listen,
+            "health and metrics on /health, /health/ready, /health/startup, /metrics"
+        );
         let stop = shutdown.clone();
         tokio::spawn(async move {
-            let _ = axum::serve(listener, router).with_graceful_shutdown(async move { stop.cancelled().await }).await;
+            let _ = axum::serve(listener, router)
+                .with_graceful_shutdown(async move { stop.cancelled().await })
+                .await;
         });
     }
     let mut tasks = Vec::new();
     for p in pipelines {
         let brokers = embedded::resolve_brokers(&p.spec.source.kafka.brokers)?;
-        let opts = RunOptions { lake: lake.clone(), stop_when_idle, shutdown: shutdown.clone(), health: health.clone() };
+        let opts = RunOptions {
+            lake: lake.clone(),
+            stop_when_idle,
+            shutdown: shutdown.clone(),
+            health: health.clone(),
+        };
         let name = p.spec.name.clone();
         let p = Arc::new(p);
-        tasks.push((name, tokio::spawn(ymera_pipeline::run::run(p, brokers, opts))));
+        tasks.push((
+            name,
+            tokio::spawn(ymera_pipeline::run::run(p, brokers, opts)),
+        ));
     }
     health.set_started();
     let mut results = Vec::new();
@@ -267,7 +338,11 @@ pub async fn run_pipelines(
         }
     }
     shutdown.cancel();
-    if failures.is_empty() { Ok(results) } else { Err(failures.join("\n")) }
+    if failures.is_empty() {
+        Ok(results)
+    } else {
+        Err(failures.join("\n"))
+    }
 }
 
 pub async fn run(settings: &Settings, paths: &[PathBuf], stop_when_idle: Option<Duration>) -> u8 {
@@ -287,7 +362,13 @@ pub async fn run(settings: &Settings, paths: &[PathBuf], stop_when_idle: Option<
     match run_pipelines(settings, pipelines, stop_when_idle, true).await {
         Ok(results) => {
             for (name, s) in results {
-                info!(pipeline = name, records_in = s.records_in, files = s.files_written, dead_lettered = s.dead_lettered, "pipeline stopped");
+                info!(
+                    pipeline = name,
+                    records_in = s.records_in,
+                    files = s.files_written,
+                    dead_lettered = s.dead_lettered,
+                    "pipeline stopped"
+                );
             }
             EXIT_OK
         }
@@ -299,14 +380,30 @@ pub async fn run(settings: &Settings, paths: &[PathBuf], stop_when_idle: Option<
 }
 
 fn gen_config(days: u32, seed: u64, projects: usize, start: &str) -> Result<GenConfig, String> {
-    let date = chrono::NaiveDate::parse_from_str(start, "%Y-%m-%d").map_err(|e| format!("--start `{start}`: {e}"))?;
-    let start = date.and_hms_opt(0, 0, 0).map(|t| t.and_utc()).ok_or("--start: invalid date")?;
-    Ok(GenConfig { seed, start, days, projects, ..GenConfig::default() })
+    let date = chrono::NaiveDate::parse_from_str(start, "%Y-%m-%d")
+        .map_err(|e| format!("--start `{start}`: {e}"))?;
+    let start = date
+        .and_hms_opt(0, 0, 0)
+        .map(|t| t.and_utc())
+        .ok_or("--start: invalid date")?;
+    Ok(GenConfig {
+        seed,
+        start,
+        days,
+        projects,
+        ..GenConfig::default()
+    })
 }
 
 /// Creates the topics and produces the events; returns events per topic.
-async fn produce_events(brokers: &str, events: &[generator::Event], partitions: i32) -> Result<BTreeMap<&'static str, u64>, String> {
-    produce::create_topics(brokers, &generator::TOPICS, partitions).await.map_err(|e| format!("cannot create topics: {e}"))?;
+async fn produce_events(
+    brokers: &str,
+    events: &[generator::Event],
+    partitions: i32,
+) -> Result<BTreeMap<&'static str, u64>, String> {
+    produce::create_topics(brokers, &generator::TOPICS, partitions)
+        .await
+        .map_err(|e| format!("cannot create topics: {e}"))?;
     let producer = produce::producer(brokers, &BTreeMap::new()).map_err(|e| e.to_string())?;
     let records = events.iter().map(|e| produce::OutRecord {
         topic: e.topic,
@@ -314,7 +411,10 @@ async fn produce_events(brokers: &str, events: &[generator::Event], partitions: 
         value: &e.value,
         timestamp_ms: Some(e.ts_micros / 1000),
     });
-    producer.send_all(records).await.map_err(|e| format!("cannot produce: {e}"))?;
+    producer
+        .send_all(records)
+        .await
+        .map_err(|e| format!("cannot produce: {e}"))?;
     let mut per_topic = BTreeMap::new();
     for e in events {
         *per_topic.entry(e.topic).or_insert(0) += 1;
@@ -391,11 +491,14 @@ fn write_jsonl(dir: &Path, events: &[generator::Event]) -> Result<(), String> {
     for e in events {
         if !files.contains_key(e.topic) {
             let path = dir.join(format!("{}.jsonl", e.topic));
-            let f = std::fs::File::create(&path).map_err(|err| format!("{}: {err}", path.display()))?;
+            let f =
+                std::fs::File::create(&path).map_err(|err| format!("{}: {err}", path.display()))?;
             files.insert(e.topic, std::io::BufWriter::new(f));
         }
         if let Some(w) = files.get_mut(e.topic) {
-            w.write_all(&e.value).and_then(|()| w.write_all(b"\n")).map_err(|err| err.to_string())?;
+            w.write_all(&e.value)
+                .and_then(|()| w.write_all(b"\n"))
+                .map_err(|err| err.to_string())?;
         }
     }
     for (_, mut w) in files {
@@ -413,7 +516,13 @@ pub async fn demo(settings: &Settings, days: u32, pipelines_dir: &Path) -> u8 {
             return EXIT_FAILURE;
         }
     };
-    let lookup = |var: &str| if var == "YMERA_BROKERS" { Some("embedded".to_string()) } else { env_lookup(var) };
+    let lookup = |var: &str| {
+        if var == "YMERA_BROKERS" {
+            Some("embedded".to_string())
+        } else {
+            env_lookup(var)
+        }
+    };
     let files = match pipeline_files(&[pipelines_dir.to_path_buf()]) {
         Ok(f) => f,
         Err(e) => {
@@ -460,18 +569,34 @@ pub async fn demo(settings: &Settings, days: u32, pipelines_dir: &Path) -> u8 {
             return EXIT_FAILURE;
         }
     }
-    println!("== running {} pipelines into {}", pipelines.len(), settings.lake.url);
-    let results = match run_pipelines(settings, pipelines, Some(Duration::from_secs(3)), false).await {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return EXIT_FAILURE;
-        }
-    };
-    println!("{:<16} {:>10} {:>8} {:>10} {:>8}", "pipeline", "records", "files", "rows", "dlq");
+    println!(
+        "== running {} pipelines into {}",
+        pipelines.len(),
+        settings.lake.url
+    );
+    let results =
+        match run_pipelines(settings, pipelines, Some(Duration::from_secs(3)), false).await {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return EXIT_FAILURE;
+            }
+        };
+    println!(
+        "{:<16} {:>10} {:>8} {:>10} {:>8}",
+        "pipeline", "records", "files", "rows", "dlq"
+    );
     for (name, s) in &results {
-        let rows: u64 = s.rows_written.iter().filter(|(t, _)| !t.starts_with("_dlq")).map(|(_, r)| r).sum();
-        println!("{:<16} {:>10} {:>8} {:>10} {:>8}", name, s.records_in, s.files_written, rows, s.dead_lettered);
+        let rows: u64 = s
+            .rows_written
+            .iter()
+            .filter(|(t, _)| !t.starts_with("_dlq"))
+            .map(|(_, r)| r)
+            .sum();
+        println!(
+            "{:<16} {:>10} {:>8} {:>10} {:>8}",
+            name, s.records_in, s.files_written, rows, s.dead_lettered
+        );
     }
     let query = "SELECT service, count(*) AS points, round(avg(requests_per_s), 1) AS avg_rps, \
                  round(max(latency_p95_ms), 1) AS max_p95_ms, sum(CAST(latency_skewed AS INT)) AS skewed_minutes \

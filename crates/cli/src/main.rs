@@ -21,7 +21,11 @@ pub const EXIT_USAGE: u8 = 2;
 pub const EXIT_CONFIG: u8 = 78;
 
 #[derive(Parser, Debug)]
-#[command(name = "ymera", version, about = "Streaming data and ML pipelines: Kafka -> SQL -> Parquet lake")]
+#[command(
+    name = "ymera",
+    version,
+    about = "Streaming data and ML pipelines: Kafka -> SQL -> Parquet lake"
+)]
 struct Cli {
     /// Settings file (default: ./ymera.yaml when present).
     #[arg(long, global = true)]
@@ -136,7 +140,10 @@ fn main() -> ExitCode {
         }
     };
     commands::init_logging(&settings);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("cannot start the async runtime: {e}");
@@ -145,15 +152,29 @@ fn main() -> ExitCode {
     };
     let code = runtime.block_on(async move {
         match cli.command {
-            Command::Validate { no_environment, deny_warnings, paths } => {
-                commands::validate(&paths, no_environment, deny_warnings).await
-            }
+            Command::Validate {
+                no_environment,
+                deny_warnings,
+                paths,
+            } => commands::validate(&paths, no_environment, deny_warnings).await,
             Command::Test { paths } => commands::test(&paths).await,
-            Command::Run { stop_when_idle, paths } => commands::run(&settings, &paths, stop_when_idle).await,
+            Command::Run {
+                stop_when_idle,
+                paths,
+            } => commands::run(&settings, &paths, stop_when_idle).await,
             Command::Demo { days, pipelines } => commands::demo(&settings, days, &pipelines).await,
             Command::Sql { query, format } => sqlcmd::sql(&settings, query, &format).await,
-            Command::Gen { brokers, output, days, seed, projects, partitions, start } => {
-                commands::gen_events(brokers, output, days, seed, projects, partitions, &start).await
+            Command::Gen {
+                brokers,
+                output,
+                days,
+                seed,
+                projects,
+                partitions,
+                start,
+            } => {
+                commands::gen_events(brokers, output, days, seed, projects, partitions, &start)
+                    .await
             }
             Command::Broker { topics } => commands::broker(&topics).await,
             Command::Bench { events, brokers } => bench::bench(&settings, events, brokers).await,

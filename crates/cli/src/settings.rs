@@ -35,7 +35,9 @@ pub struct LakeSettings {
 
 impl Default for LakeSettings {
     fn default() -> Self {
-        LakeSettings { url: "./lake".into() }
+        LakeSettings {
+            url: "./lake".into(),
+        }
     }
 }
 
@@ -49,7 +51,9 @@ pub struct WarehouseSettings {
 
 impl Default for WarehouseSettings {
     fn default() -> Self {
-        WarehouseSettings { url: "sqlite://./warehouse.db".into() }
+        WarehouseSettings {
+            url: "sqlite://./warehouse.db".into(),
+        }
     }
 }
 
@@ -63,7 +67,9 @@ pub struct ListenSettings {
 
 impl Default for ListenSettings {
     fn default() -> Self {
-        ListenSettings { listen: "127.0.0.1:8080".into() }
+        ListenSettings {
+            listen: "127.0.0.1:8080".into(),
+        }
     }
 }
 
@@ -77,7 +83,9 @@ pub struct RunSettings {
 
 impl Default for RunSettings {
     fn default() -> Self {
-        RunSettings { listen: "127.0.0.1:9464".into() }
+        RunSettings {
+            listen: "127.0.0.1:9464".into(),
+        }
     }
 }
 
@@ -109,6 +117,9 @@ pub fn load(explicit: Option<&Path>) -> Result<Settings, String> {
     }
     fig = fig.merge(Env::prefixed("YMERA__").split("__").lowercase(true));
     fig.extract::<Settings>().map_err(|e| {
-        e.into_iter().map(|e| format!("settings: {e}")).collect::<Vec<_>>().join("\n")
+        e.into_iter()
+            .map(|e| format!("settings: {e}"))
+            .collect::<Vec<_>>()
+            .join("\n")
     })
 }

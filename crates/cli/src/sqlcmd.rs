@@ -3,7 +3,7 @@
 use std::io::Read;
 
 use datafusion::execution::context::SQLOptions;
-use ymera_lake::{Lake, catalog};
+use ymera_lake::catalog;
 
 use crate::settings::Settings;
 use crate::{EXIT_FAILURE, EXIT_OK, EXIT_USAGE};
@@ -37,16 +37,26 @@ pub async fn sql(settings: &Settings, query: Option<String>, format: &str) -> u8
 }
 
 async fn run(settings: &Settings, query: &str, format: &str) -> Result<String, String> {
-    let lake = Lake::open(&settings.lake.url).map_err(|e| e.to_string())?;
+    let lake = crate::commands::open_lake(settings)?;
     let ctx = ymera_transform::session();
-    catalog::register_lake_tables(&ctx, &lake).await.map_err(|e| e.to_string())?;
-    let opts = SQLOptions::new().with_allow_ddl(false).with_allow_dml(false).with_allow_statements(false);
-    let df = ctx.sql_with_options(query, opts).await.map_err(|e| e.to_string())?;
+    catalog::register_lake_tables(&ctx, &lake)
+        .await
+        .map_err(|e| e.to_string())?;
+    let opts = SQLOptions::new()
+        .with_allow_ddl(false)
+        .with_allow_dml(false)
+        .with_allow_statements(false);
+    let df = ctx
+        .sql_with_options(query, opts)
+        .await
+        .map_err(|e| e.to_string())?;
     let batches = df.collect().await.map_err(|e| e.to_string())?;
     let mut buf = Vec::new();
     match format {
         "csv" => {
-            let mut w = arrow::csv::WriterBuilder::new().with_header(true).build(&mut buf);
+            let mut w = arrow::csv::WriterBuilder::new()
+                .with_header(true)
+                .build(&mut buf);
             for b in &batches {
                 w.write(b).map_err(|e| e.to_string())?;
             }
@@ -59,7 +69,8 @@ async fn run(settings: &Settings, query: &str, format: &str) -> Result<String, S
             w.finish().map_err(|e| e.to_string())?;
         }
         _ => {
-            let table = arrow::util::pretty::pretty_format_batches(&batches).map_err(|e| e.to_string())?;
+            let table =
+                arrow::util::pretty::pretty_format_batches(&batches).map_err(|e| e.to_string())?;
             buf = format!("{table}\n").into_bytes();
         }
     }

@@ -32,7 +32,10 @@ impl Health {
 
     /// Every component's state.
     pub fn components(&self) -> BTreeMap<String, Option<String>> {
-        self.components.lock().map(|c| c.clone()).unwrap_or_default()
+        self.components
+            .lock()
+            .map(|c| c.clone())
+            .unwrap_or_default()
     }
 
     /// Ready when started and every component is usable.

@@ -101,8 +101,14 @@ mod tests {
 
     #[test]
     fn declared_types() {
-        assert_eq!(FieldType::parse_declared("float64?").unwrap(), (FieldType::Float64, true));
-        assert_eq!(FieldType::parse_declared("timestamp_us").unwrap(), (FieldType::TimestampUs, false));
+        assert_eq!(
+            FieldType::parse_declared("float64?").unwrap(),
+            (FieldType::Float64, true)
+        );
+        assert_eq!(
+            FieldType::parse_declared("timestamp_us").unwrap(),
+            (FieldType::TimestampUs, false)
+        );
         let err = FieldType::parse_declared("float").unwrap_err();
         assert!(err.contains("unknown type `float`"), "{err}");
     }

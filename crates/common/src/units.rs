@@ -31,7 +31,9 @@ fn parse_human(s: &str) -> Option<Duration> {
         }
         let value: f64 = rest[..num_end].parse().ok()?;
         rest = &rest[num_end..];
-        let unit_end = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let unit_end = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
         let seconds = match rest[..unit_end].trim() {
             "ms" => 0.001,
             "s" | "sec" | "secs" => 1.0,
@@ -86,7 +88,9 @@ fn parse_iso8601(s: &str) -> Option<Duration> {
 /// Parses `4096`, `64KB`, `64KiB`, `128MiB`, `1GB` (decimal and binary units).
 pub fn parse_byte_size(text: &str) -> Result<u64, String> {
     let s = text.trim();
-    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
     let value: f64 = s[..split]
         .parse()
         .map_err(|_| format!("invalid byte size `{text}` (expected e.g. 4096, 64KB or 128MiB)"))?;
@@ -98,7 +102,11 @@ pub fn parse_byte_size(text: &str) -> Result<u64, String> {
         "kib" => 1024.0,
         "mib" => 1024.0 * 1024.0,
         "gib" => 1024.0 * 1024.0 * 1024.0,
-        _ => return Err(format!("invalid byte size unit in `{text}` (use B, KB, MB, GB, KiB, MiB or GiB)")),
+        _ => {
+            return Err(format!(
+                "invalid byte size unit in `{text}` (use B, KB, MB, GB, KiB, MiB or GiB)"
+            ));
+        }
     };
     Ok((value * factor) as u64)
 }
@@ -117,7 +125,9 @@ impl<'de> Deserialize<'de> for ByteSize {
         }
         match Raw::deserialize(d)? {
             Raw::Num(n) => Ok(ByteSize(n)),
-            Raw::Text(t) => parse_byte_size(&t).map(ByteSize).map_err(serde::de::Error::custom),
+            Raw::Text(t) => parse_byte_size(&t)
+                .map(ByteSize)
+                .map_err(serde::de::Error::custom),
         }
     }
 }

@@ -13,15 +13,22 @@ use crate::kafka::Record;
 
 /// Every record of `topic` as (partition, record), read from the beginning up to the high
 /// watermark seen at the start. Blocking: call from a blocking context.
-pub fn read_topic(brokers: &str, topic: &str, timeout: Duration) -> Result<Vec<(i32, Record)>, KafkaError> {
+pub fn read_topic(
+    brokers: &str,
+    topic: &str,
+    timeout: Duration,
+) -> Result<Vec<(i32, Record)>, KafkaError> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", "ymera-reader")
         .set("enable.auto.commit", "false")
         .create()?;
     let md = consumer.fetch_metadata(Some(topic), timeout)?;
-    let partitions: Vec<i32> =
-        md.topics().iter().flat_map(|t| t.partitions().iter().map(|p| p.id())).collect();
+    let partitions: Vec<i32> = md
+        .topics()
+        .iter()
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect();
     let mut tpl = TopicPartitionList::new();
     let mut remaining = 0i64;
     let mut highs = std::collections::HashMap::new();
@@ -57,7 +64,12 @@ pub fn read_topic(brokers: &str, topic: &str, timeout: Duration) -> Result<Vec<(
                                 .headers()
                                 .map(|h| {
                                     h.iter()
-                                        .map(|x| (x.key.to_string(), x.value.map(<[u8]>::to_vec).unwrap_or_default()))
+                                        .map(|x| {
+                                            (
+                                                x.key.to_string(),
+                                                x.value.map(<[u8]>::to_vec).unwrap_or_default(),
+                                            )
+                                        })
                                         .collect()
                                 })
                                 .unwrap_or_default(),
@@ -68,4 +80,40 @@ pub fn read_topic(brokers: &str, topic: &str, timeout: Duration) -> Result<Vec<(
         }
     }
     Ok(out)
+}
+
+/// The offsets a consumer group has committed for each partition of `topic` (None: no
+/// commit). Blocking: call from a blocking context.
+pub fn committed_offsets(
+    brokers: &str,
+    group: &str,
+    topic: &str,
+    timeout: Duration,
+) -> Result<Vec<(i32, Option<i64>)>, KafkaError> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .create()?;
+    let md = consumer.fetch_metadata(Some(topic), timeout)?;
+    let mut tpl = TopicPartitionList::new();
+    for t in md.topics() {
+        for p in t.partitions() {
+            tpl.add_partition(topic, p.id());
+        }
+    }
+    let committed = consumer.committed_offsets(tpl, timeout)?;
+    Ok(committed
+        .elements()
+        .iter()
+        .map(|e| {
+            (
+                e.partition(),
+                match e.offset() {
+                    Offset::Offset(o) => Some(o),
+                    _ => None,
+                },
+            )
+        })
+        .collect())
 }

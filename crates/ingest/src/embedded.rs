@@ -31,7 +31,12 @@ fn start() -> Result<Embedded, String> {
                 while let Ok(req) = req_rx.recv() {
                     let r = cluster
                         .create_topic(&req.topic, req.partitions, 1)
-                        .map_err(|e| format!("cannot create topic `{}` on the embedded broker: {e}", req.topic));
+                        .map_err(|e| {
+                            format!(
+                                "cannot create topic `{}` on the embedded broker: {e}",
+                                req.topic
+                            )
+                        });
                     let _ = req.reply.send(r);
                 }
                 loop {
@@ -43,8 +48,13 @@ fn start() -> Result<Embedded, String> {
             }
         })
         .map_err(|e| format!("cannot start the embedded broker thread: {e}"))?;
-    let bootstrap = rx.recv().unwrap_or_else(|_| Err("embedded broker thread died".into()))?;
-    Ok(Embedded { bootstrap, requests: Mutex::new(req_tx) })
+    let bootstrap = rx
+        .recv()
+        .unwrap_or_else(|_| Err("embedded broker thread died".into()))?;
+    Ok(Embedded {
+        bootstrap,
+        requests: Mutex::new(req_tx),
+    })
 }
 
 /// Starts the process's embedded broker on first use and returns its bootstrap servers.
@@ -58,7 +68,11 @@ pub fn bootstrap_servers() -> Result<String, String> {
 
 /// Resolves a `brokers` setting: `embedded` starts (or reuses) the in-process broker.
 pub fn resolve_brokers(brokers: &str) -> Result<String, String> {
-    if brokers.trim() == "embedded" { bootstrap_servers() } else { Ok(brokers.to_string()) }
+    if brokers.trim() == "embedded" {
+        bootstrap_servers()
+    } else {
+        Ok(brokers.to_string())
+    }
 }
 
 /// True when `bootstrap` is this process's embedded broker.
@@ -68,13 +82,21 @@ pub fn is_embedded(bootstrap: &str) -> bool {
 
 /// Creates a topic on the embedded broker (blocking; the mock cluster has no admin API).
 pub fn create_topic(topic: &str, partitions: i32) -> Result<(), String> {
-    let Some(Ok(e)) = EMBEDDED.get() else { return Err("the embedded broker is not running".into()) };
+    let Some(Ok(e)) = EMBEDDED.get() else {
+        return Err("the embedded broker is not running".into());
+    };
     let (reply, answer) = mpsc::channel();
-    let req = CreateTopic { topic: topic.to_string(), partitions, reply };
+    let req = CreateTopic {
+        topic: topic.to_string(),
+        partitions,
+        reply,
+    };
     e.requests
         .lock()
         .map_err(|_| "embedded broker lock poisoned".to_string())?
         .send(req)
         .map_err(|_| "embedded broker thread is gone".to_string())?;
-    answer.recv().map_err(|_| "embedded broker thread is gone".to_string())?
+    answer
+        .recv()
+        .map_err(|_| "embedded broker thread is gone".to_string())?
 }

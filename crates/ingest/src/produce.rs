@@ -98,7 +98,9 @@ pub async fn create_topics(
     if crate::embedded::is_embedded(brokers) {
         let topics: Vec<String> = topics.iter().map(|t| t.to_string()).collect();
         return tokio::task::spawn_blocking(move || {
-            topics.iter().try_for_each(|t| crate::embedded::create_topic(t, partitions))
+            topics
+                .iter()
+                .try_for_each(|t| crate::embedded::create_topic(t, partitions))
         })
         .await
         .map_err(|e| KafkaError::ClientCreation(e.to_string()))?
@@ -161,7 +163,10 @@ pub struct OutRecord<'a> {
 impl Producer {
     /// Enqueues every record in order (per partition order is kept) and waits until the
     /// broker acknowledged all of them. Returns how many were written.
-    pub async fn send_all<'a>(&self, records: impl IntoIterator<Item = OutRecord<'a>>) -> Result<u64, KafkaError> {
+    pub async fn send_all<'a>(
+        &self,
+        records: impl IntoIterator<Item = OutRecord<'a>>,
+    ) -> Result<u64, KafkaError> {
         let mut pending = std::collections::VecDeque::new();
         let mut sent = 0u64;
         for r in records {
@@ -178,11 +183,16 @@ impl Producer {
                         pending.push_back(fut);
                         break;
                     }
-                    Err((KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull), back)) => {
+                    Err((
+                        KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull),
+                        back,
+                    )) => {
                         rec = back;
                         // let deliveries drain before enqueueing more
                         if let Some(f) = pending.pop_front() {
-                            f.await.map_err(|_| KafkaError::Canceled)?.map_err(|(e, _)| e)?;
+                            f.await
+                                .map_err(|_| KafkaError::Canceled)?
+                                .map_err(|(e, _)| e)?;
                             sent += 1;
                         } else {
                             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -193,13 +203,17 @@ impl Producer {
             }
             while pending.len() > 50_000 {
                 if let Some(f) = pending.pop_front() {
-                    f.await.map_err(|_| KafkaError::Canceled)?.map_err(|(e, _)| e)?;
+                    f.await
+                        .map_err(|_| KafkaError::Canceled)?
+                        .map_err(|(e, _)| e)?;
                     sent += 1;
                 }
             }
         }
         for f in pending {
-            f.await.map_err(|_| KafkaError::Canceled)?.map_err(|(e, _)| e)?;
+            f.await
+                .map_err(|_| KafkaError::Canceled)?
+                .map_err(|(e, _)| e)?;
             sent += 1;
         }
         Ok(sent)

@@ -37,13 +37,19 @@ pub async fn discover(lake: &Lake) -> Result<Vec<LakeTable>> {
     let mut tables = Vec::new();
     for (name, dir) in dirs {
         let files = lake.list(&dir).await?;
-        let Some(sample) = files.iter().find(|p| p.ends_with(".parquet")) else { continue };
+        let Some(sample) = files.iter().find(|p| p.ends_with(".parquet")) else {
+            continue;
+        };
         let rel = sample.strip_prefix(&format!("{dir}/")).unwrap_or(sample);
         let partition_cols = rel
             .split('/')
             .filter_map(|seg| seg.split_once('=').map(|(k, _)| k.to_string()))
             .collect();
-        tables.push(LakeTable { name, dir, partition_cols });
+        tables.push(LakeTable {
+            name,
+            dir,
+            partition_cols,
+        });
     }
     tables.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(tables)
@@ -53,11 +59,18 @@ pub async fn discover(lake: &Lake) -> Result<Vec<LakeTable>> {
 pub async fn register_lake_tables(ctx: &SessionContext, lake: &Lake) -> Result<Vec<LakeTable>> {
     let url = lake.url().clone();
     if url.scheme() != "file" {
-        let base = Url::parse(&format!("{}://{}", url.scheme(), url.host_str().unwrap_or_default()))
-            .map_err(|e| LakeError::Url { url: url.to_string(), message: e.to_string() })?;
+        let base = Url::parse(&format!(
+            "{}://{}",
+            url.scheme(),
+            url.host_str().unwrap_or_default()
+        ))
+        .map_err(|e| LakeError::Url {
+            url: url.to_string(),
+            message: e.to_string(),
+        })?;
         // The lake's store is rooted at the prefix; DataFusion resolves full URLs against the
         // bucket root, so register an unprefixed store for the bucket.
-        let bucket_store = Lake::open(&base.to_string())?.store();
+        let bucket_store = Lake::open_with(base.as_str(), lake.s3_settings())?.store();
         ctx.register_object_store(&base, bucket_store);
     }
     let tables = discover(lake).await?;
@@ -65,10 +78,20 @@ pub async fn register_lake_tables(ctx: &SessionContext, lake: &Lake) -> Result<V
         let cols: Vec<(String, DataType)> = t
             .partition_cols
             .iter()
-            .map(|c| (c.clone(), if c == "dt" { DataType::Date32 } else { DataType::Utf8 }))
+            .map(|c| {
+                (
+                    c.clone(),
+                    if c == "dt" {
+                        DataType::Date32
+                    } else {
+                        DataType::Utf8
+                    },
+                )
+            })
             .collect();
         let opts = ParquetReadOptions::default().table_partition_cols(cols);
-        ctx.register_parquet(t.name.as_str(), lake.dir_url(&t.dir), opts).await?;
+        ctx.register_parquet(t.name.as_str(), lake.dir_url(&t.dir), opts)
+            .await?;
     }
     Ok(tables)
 }

@@ -56,10 +56,16 @@ impl LakeError {
     }
 
     pub(crate) fn store(path: impl ToString, source: object_store::Error) -> Self {
-        LakeError::Store { path: path.to_string(), source }
+        LakeError::Store {
+            path: path.to_string(),
+            source,
+        }
     }
 
     pub(crate) fn io(path: impl AsRef<std::path::Path>, source: std::io::Error) -> Self {
-        LakeError::Io { path: path.as_ref().display().to_string(), source }
+        LakeError::Io {
+            path: path.as_ref().display().to_string(),
+            source,
+        }
     }
 }

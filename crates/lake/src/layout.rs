@@ -56,7 +56,11 @@ impl SegmentId {
 
 impl fmt::Display for SegmentId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}@{}..={}", self.topic, self.partition, self.first, self.last)
+        write!(
+            f,
+            "{}/{}@{}..={}",
+            self.topic, self.partition, self.first, self.last
+        )
     }
 }
 
@@ -70,8 +74,20 @@ pub fn escape_partition_value(value: &str) -> String {
         let needs = c.is_control()
             || matches!(
                 c,
-                '"' | '#' | '%' | '\'' | '*' | '/' | ':' | '=' | '?' | '\\' | '\x7F' | '{' | '['
-                    | ']' | '^'
+                '"' | '#'
+                    | '%'
+                    | '\''
+                    | '*'
+                    | '/'
+                    | ':'
+                    | '='
+                    | '?'
+                    | '\\'
+                    | '\x7F'
+                    | '{'
+                    | '['
+                    | ']'
+                    | '^'
             );
         if needs {
             let mut buf = [0u8; 4];
@@ -82,7 +98,11 @@ pub fn escape_partition_value(value: &str) -> String {
             out.push(c);
         }
     }
-    if out.is_empty() { HIVE_NULL.to_string() } else { out }
+    if out.is_empty() {
+        HIVE_NULL.to_string()
+    } else {
+        out
+    }
 }
 
 /// True for lake paths that are not table data (commit log, staging, models).
@@ -96,11 +116,24 @@ mod tests {
 
     #[test]
     fn segment_names_round_trip() {
-        let s = SegmentId { topic: "task-events".into(), partition: 3, first: 7, last: 1234 };
-        assert_eq!(s.file_name(), "task-events+3+00000000000000000007-00000000000000001234.parquet");
+        let s = SegmentId {
+            topic: "task-events".into(),
+            partition: 3,
+            first: 7,
+            last: 1234,
+        };
+        assert_eq!(
+            s.file_name(),
+            "task-events+3+00000000000000000007-00000000000000001234.parquet"
+        );
         assert_eq!(SegmentId::parse(&s.file_name()), Some(s.clone()));
         assert_eq!(SegmentId::parse(&format!("{}.json", s.name())), Some(s));
-        for bad in ["x.parquet", "t+1+5-4.parquet", "t+a+1-2.parquet", "+1+1-2.parquet"] {
+        for bad in [
+            "x.parquet",
+            "t+1+5-4.parquet",
+            "t+a+1-2.parquet",
+            "+1+1-2.parquet",
+        ] {
             assert_eq!(SegmentId::parse(bad), None, "{bad}");
         }
     }

@@ -54,7 +54,10 @@ pub async fn read_positions(lake: &Lake, pipeline: &str) -> Result<Positions> {
     for path in lake.list(&log_dir(pipeline)).await? {
         let name = path.rsplit('/').next().unwrap_or(&path);
         match SegmentId::parse(name) {
-            Some(seg) => segments.entry((seg.topic.clone(), seg.partition)).or_default().push(seg),
+            Some(seg) => segments
+                .entry((seg.topic.clone(), seg.partition))
+                .or_default()
+                .push(seg),
             None => warn!(path, "ignoring an unrecognised object in the commit log"),
         }
     }
@@ -125,7 +128,9 @@ pub async fn remove_uncommitted(
     for table in tables {
         for path in lake.list(table).await? {
             let name = path.rsplit('/').next().unwrap_or(&path);
-            let Some(seg) = SegmentId::parse(name) else { continue };
+            let Some(seg) = SegmentId::parse(name) else {
+                continue;
+            };
             let tp = (seg.topic.clone(), seg.partition);
             if !owned(&tp) {
                 continue;
@@ -189,24 +194,49 @@ mod tests {
     use super::*;
 
     fn seg(first: i64, last: i64) -> SegmentId {
-        SegmentId { topic: "t".into(), partition: 0, first, last }
+        SegmentId {
+            topic: "t".into(),
+            partition: 0,
+            first,
+            last,
+        }
     }
 
     #[tokio::test]
     async fn positions_follow_commit_records_and_uncommitted_files_go() {
         let tmp = tempfile::tempdir().unwrap();
         let lake = Lake::open(tmp.path().to_str().unwrap()).unwrap();
-        let f = |s: &SegmentId, dt: &str| (format!("tbl/dt={dt}/{}", s.file_name()), Bytes::from_static(b"x"), 1);
-        publish_segment(&lake, "p", &seg(0, 9), vec![f(&seg(0, 9), "2026-01-01")]).await.unwrap();
-        publish_segment(&lake, "p", &seg(10, 19), vec![f(&seg(10, 19), "2026-01-01"), f(&seg(10, 19), "2026-01-02")])
+        let f = |s: &SegmentId, dt: &str| {
+            (
+                format!("tbl/dt={dt}/{}", s.file_name()),
+                Bytes::from_static(b"x"),
+                1,
+            )
+        };
+        publish_segment(&lake, "p", &seg(0, 9), vec![f(&seg(0, 9), "2026-01-01")])
             .await
             .unwrap();
+        publish_segment(
+            &lake,
+            "p",
+            &seg(10, 19),
+            vec![f(&seg(10, 19), "2026-01-01"), f(&seg(10, 19), "2026-01-02")],
+        )
+        .await
+        .unwrap();
         // a crash after the first file of the next segment, before its record
-        lake.publish(&f(&seg(20, 29), "2026-01-02").0, Bytes::from_static(b"x")).await.unwrap();
+        lake.publish(&f(&seg(20, 29), "2026-01-02").0, Bytes::from_static(b"x"))
+            .await
+            .unwrap();
         let pos = read_positions(&lake, "p").await.unwrap();
         assert_eq!(pos.get(&("t".to_string(), 0)), Some(&20));
-        let removed = remove_uncommitted(&lake, "p", &["tbl".into()], &pos, &|_| true).await.unwrap();
-        assert_eq!(removed, vec![format!("tbl/dt=2026-01-02/{}", seg(20, 29).file_name())]);
+        let removed = remove_uncommitted(&lake, "p", &["tbl".into()], &pos, &|_| true)
+            .await
+            .unwrap();
+        assert_eq!(
+            removed,
+            vec![format!("tbl/dt=2026-01-02/{}", seg(20, 29).file_name())]
+        );
         assert_eq!(lake.list("tbl").await.unwrap().len(), 3);
         assert_eq!(read_records(&lake, "p").await.unwrap().len(), 2);
     }
@@ -216,7 +246,9 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let lake = Lake::open(tmp.path().to_str().unwrap()).unwrap();
         for s in [seg(0, 9), seg(10, 19)] {
-            lake.publish(&format!("tbl/{}", s.file_name()), Bytes::from_static(b"x")).await.unwrap();
+            lake.publish(&format!("tbl/{}", s.file_name()), Bytes::from_static(b"x"))
+                .await
+                .unwrap();
         }
         let err = remove_uncommitted(&lake, "p", &["tbl".into()], &Positions::new(), &|_| true)
             .await

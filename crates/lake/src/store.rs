@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use futures::TryStreamExt;
-use object_store::aws::{AmazonS3Builder, S3ConditionalPut};
+use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey, S3ConditionalPut};
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
@@ -38,26 +38,50 @@ pub struct Lake {
     store: Arc<dyn ObjectStore>,
     /// Set for a local lake: the directory on disk.
     local_root: Option<PathBuf>,
+    /// S3 settings the lake was opened with (reused for the SQL catalog).
+    s3: Vec<(String, String)>,
 }
 
 impl std::fmt::Debug for Lake {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Lake").field("url", &self.url.as_str()).finish()
+        f.debug_struct("Lake")
+            .field("url", &self.url.as_str())
+            .finish()
     }
 }
 
 static STAGING_SEQ: AtomicU64 = AtomicU64::new(0);
 
 impl Lake {
-    /// Opens the lake at `location`: a path, a `file://` URL or `s3://bucket/prefix`
-    /// (credentials and region from the standard `AWS_*` environment variables). A local
-    /// directory is created when missing.
+    /// Opens the lake at `location`: a path or `file://` URL (the directory is created when
+    /// missing). For `s3://` use [`Lake::open_with`] to pass credentials.
     pub fn open(location: &str) -> Result<Lake> {
-        let url_err = |message: String| LakeError::Url { url: location.to_string(), message };
+        Lake::open_with(location, &[])
+    }
+
+    /// Opens the lake at `location` (a path, `file://` or `s3://bucket/prefix`); `s3` holds
+    /// object_store S3 settings as `(key, value)`, e.g. `("aws_access_key_id", ...)`,
+    /// `("aws_region", ...)`, `("aws_endpoint", ...)`. The caller gathers them (the binary
+    /// reads them from the standard `AWS_*` environment variables); this crate reads no
+    /// environment.
+    pub fn open_with(location: &str, s3: &[(String, String)]) -> Result<Lake> {
+        let url_err = |message: String| LakeError::Url {
+            url: location.to_string(),
+            message,
+        };
         if location.starts_with("s3://") || location.starts_with("s3a://") {
             let url = Url::parse(location).map_err(|e| url_err(e.to_string()))?;
-            let bucket = url.host_str().ok_or_else(|| url_err("missing bucket".into()))?;
-            let store = AmazonS3Builder::from_env()
+            let bucket = url
+                .host_str()
+                .ok_or_else(|| url_err("missing bucket".into()))?;
+            let mut builder = AmazonS3Builder::new();
+            for (k, v) in s3 {
+                let key: AmazonS3ConfigKey = k
+                    .parse()
+                    .map_err(|e| url_err(format!("S3 setting `{k}`: {e}")))?;
+                builder = builder.with_config(key, v);
+            }
+            let store = builder
                 .with_bucket_name(bucket)
                 .with_conditional_put(S3ConditionalPut::ETagMatch)
                 .build()
@@ -68,27 +92,43 @@ impl Lake {
             } else {
                 Arc::new(object_store::prefix::PrefixStore::new(store, prefix))
             };
-            return Ok(Lake { url, store, local_root: None });
+            return Ok(Lake {
+                url,
+                store,
+                local_root: None,
+                s3: s3.to_vec(),
+            });
         }
         let path = match location.strip_prefix("file://") {
             Some(p) => PathBuf::from(p),
             None if location.contains("://") => {
-                return Err(url_err("unsupported scheme (use a path, file:// or s3://)".into()));
+                return Err(url_err(
+                    "unsupported scheme (use a path, file:// or s3://)".into(),
+                ));
             }
             None => PathBuf::from(location),
         };
         std::fs::create_dir_all(&path).map_err(|e| LakeError::io(&path, e))?;
         let root = path.canonicalize().map_err(|e| LakeError::io(&path, e))?;
-        let store = LocalFileSystem::new_with_prefix(&root)
-            .map_err(|e| url_err(e.to_string()))?;
+        let store = LocalFileSystem::new_with_prefix(&root).map_err(|e| url_err(e.to_string()))?;
         let url = Url::from_directory_path(&root)
             .map_err(|_| url_err("not an absolute directory".into()))?;
-        Ok(Lake { url, store: Arc::new(store), local_root: Some(root) })
+        Ok(Lake {
+            url,
+            store: Arc::new(store),
+            local_root: Some(root),
+            s3: Vec::new(),
+        })
     }
 
     /// The lake's URL (`file:///abs/path/` or `s3://bucket/prefix`).
     pub fn url(&self) -> &Url {
         &self.url
+    }
+
+    /// The S3 settings the lake was opened with.
+    pub fn s3_settings(&self) -> &[(String, String)] {
+        &self.s3
     }
 
     /// The object store, rooted at the lake.
@@ -120,8 +160,15 @@ impl Lake {
             }
             None => {
                 let path = Path::from(rel);
-                let opts = PutOptions { mode: PutMode::Create, ..Default::default() };
-                match self.store.put_opts(&path, PutPayload::from(bytes), opts).await {
+                let opts = PutOptions {
+                    mode: PutMode::Create,
+                    ..Default::default()
+                };
+                match self
+                    .store
+                    .put_opts(&path, PutPayload::from(bytes), opts)
+                    .await
+                {
                     Ok(_) => Ok(Published::Created),
                     Err(object_store::Error::AlreadyExists { .. }) => Ok(Published::AlreadyExisted),
                     Err(e) => Err(LakeError::store(rel, e)),
@@ -149,7 +196,11 @@ impl Lake {
             .list_with_delimiter(None)
             .await
             .map_err(|e| LakeError::store(self.url.as_str(), e))?;
-        Ok(listing.common_prefixes.into_iter().map(|p| p.to_string()).collect())
+        Ok(listing
+            .common_prefixes
+            .into_iter()
+            .map(|p| p.to_string())
+            .collect())
     }
 
     /// The direct subdirectories of `rel`.
@@ -160,13 +211,21 @@ impl Lake {
             .list_with_delimiter(Some(&p))
             .await
             .map_err(|e| LakeError::store(rel, e))?;
-        Ok(listing.common_prefixes.into_iter().map(|p| p.to_string()).collect())
+        Ok(listing
+            .common_prefixes
+            .into_iter()
+            .map(|p| p.to_string())
+            .collect())
     }
 
     /// Reads a whole object.
     pub async fn get(&self, rel: &str) -> Result<Bytes> {
         let path = Path::from(rel);
-        let got = self.store.get(&path).await.map_err(|e| LakeError::store(rel, e))?;
+        let got = self
+            .store
+            .get(&path)
+            .await
+            .map_err(|e| LakeError::store(rel, e))?;
         got.bytes().await.map_err(|e| LakeError::store(rel, e))
     }
 
@@ -182,7 +241,9 @@ impl Lake {
     /// S3 publication has no staging). Files younger than `min_age` may belong to a live
     /// replica and are kept. Returns how many were removed.
     pub async fn clean_staging(&self, min_age: Duration) -> Result<usize> {
-        let Some(root) = self.local_root.clone() else { return Ok(0) };
+        let Some(root) = self.local_root.clone() else {
+            return Ok(0);
+        };
         tokio::task::spawn_blocking(move || {
             let dir = root.join("_staging");
             let entries = match std::fs::read_dir(&dir) {
@@ -262,14 +323,28 @@ mod tests {
     async fn local_publish_never_replaces() {
         let tmp = tempfile::tempdir().unwrap();
         let lake = Lake::open(tmp.path().to_str().unwrap()).unwrap();
-        let first = lake.publish("t/dt=2026-01-01/a.parquet", Bytes::from_static(b"one")).await;
+        let first = lake
+            .publish("t/dt=2026-01-01/a.parquet", Bytes::from_static(b"one"))
+            .await;
         assert_eq!(first.unwrap(), Published::Created);
-        let again = lake.publish("t/dt=2026-01-01/a.parquet", Bytes::from_static(b"two")).await;
+        let again = lake
+            .publish("t/dt=2026-01-01/a.parquet", Bytes::from_static(b"two"))
+            .await;
         assert_eq!(again.unwrap(), Published::AlreadyExisted);
-        assert_eq!(lake.get("t/dt=2026-01-01/a.parquet").await.unwrap().as_ref(), b"one");
+        assert_eq!(
+            lake.get("t/dt=2026-01-01/a.parquet")
+                .await
+                .unwrap()
+                .as_ref(),
+            b"one"
+        );
         // no staging leftovers, no `#N` temporaries beside the target
         let all = lake.list("").await.unwrap();
-        assert_eq!(all, vec!["t/dt=2026-01-01/a.parquet".to_string()], "{all:?}");
+        assert_eq!(
+            all,
+            vec!["t/dt=2026-01-01/a.parquet".to_string()],
+            "{all:?}"
+        );
     }
 
     #[tokio::test]
@@ -278,7 +353,10 @@ mod tests {
         let lake = Lake::open(tmp.path().to_str().unwrap()).unwrap();
         std::fs::create_dir_all(tmp.path().join("_staging")).unwrap();
         std::fs::write(tmp.path().join("_staging/123-0-t__x.parquet"), b"partial").unwrap();
-        assert_eq!(lake.clean_staging(Duration::from_secs(3600)).await.unwrap(), 0);
+        assert_eq!(
+            lake.clean_staging(Duration::from_secs(3600)).await.unwrap(),
+            0
+        );
         assert_eq!(lake.clean_staging(Duration::ZERO).await.unwrap(), 1);
     }
 }

@@ -4,7 +4,9 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, RecordBatch, StringArray, TimestampMicrosecondArray, UInt32Array};
+use arrow::array::{
+    Array, ArrayRef, RecordBatch, StringArray, TimestampMicrosecondArray, UInt32Array,
+};
 use arrow::compute::take_record_batch;
 use arrow::datatypes::{DataType, Schema, SchemaRef, TimeUnit};
 use arrow::util::display::{ArrayFormatter, FormatOptions};
@@ -42,22 +44,36 @@ pub struct TableWriter {
 
 impl std::fmt::Debug for TableWriter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TableWriter").field("table", &self.spec.table).field("rows", &self.rows).finish()
+        f.debug_struct("TableWriter")
+            .field("table", &self.spec.table)
+            .field("rows", &self.rows)
+            .finish()
     }
 }
 
 impl TableWriter {
     /// A writer for one segment; `metadata` goes into every file's key-value metadata.
     pub fn new(spec: TableSpec, metadata: Vec<(String, String)>) -> Result<Self> {
-        let level = ZstdLevel::try_new(spec.zstd_level)
-            .map_err(|e| LakeError::Parquet { table: spec.table.clone(), source: e })?;
-        let kv = metadata.into_iter().map(|(k, v)| KeyValue::new(k, v)).collect();
+        let level = ZstdLevel::try_new(spec.zstd_level).map_err(|e| LakeError::Parquet {
+            table: spec.table.clone(),
+            source: e,
+        })?;
+        let kv = metadata
+            .into_iter()
+            .map(|(k, v)| KeyValue::new(k, v))
+            .collect();
         let props = WriterProperties::builder()
             .set_compression(Compression::ZSTD(level))
             .set_key_value_metadata(Some(kv))
             .set_created_by(format!("ymera {}", env!("CARGO_PKG_VERSION")))
             .build();
-        Ok(TableWriter { spec, props, writers: BTreeMap::new(), file_schema: None, rows: 0 })
+        Ok(TableWriter {
+            spec,
+            props,
+            writers: BTreeMap::new(),
+            file_schema: None,
+            rows: 0,
+        })
     }
 
     /// The table written.
@@ -72,7 +88,10 @@ impl TableWriter {
 
     /// Encoded bytes so far, including what is buffered in open row groups.
     pub fn bytes(&self) -> u64 {
-        self.writers.values().map(|w| (w.bytes_written() + w.in_progress_size()) as u64).sum()
+        self.writers
+            .values()
+            .map(|w| (w.bytes_written() + w.in_progress_size()) as u64)
+            .sum()
     }
 
     /// Adds a batch, splitting it by partition directory.
@@ -82,7 +101,12 @@ impl TableWriter {
         }
         let dirs = self.partition_dirs(batch)?;
         let keep: Vec<usize> = (0..batch.num_columns())
-            .filter(|&i| !self.spec.partition_by.contains(batch.schema().field(i).name()))
+            .filter(|&i| {
+                !self
+                    .spec
+                    .partition_by
+                    .contains(batch.schema().field(i).name())
+            })
             .collect();
         let data = batch.project(&keep).map_err(|e| self.arrow_err(e))?;
         let schema = data.schema();
@@ -110,12 +134,16 @@ impl TableWriter {
             let writer = match self.writers.get_mut(&dir) {
                 Some(w) => w,
                 None => {
-                    let w = ArrowWriter::try_new(Vec::new(), schema.clone(), Some(self.props.clone()))
-                        .map_err(|e| self.parquet_err(e))?;
+                    let w =
+                        ArrowWriter::try_new(Vec::new(), schema.clone(), Some(self.props.clone()))
+                            .map_err(|e| self.parquet_err(e))?;
                     self.writers.entry(dir).or_insert(w)
                 }
             };
-            writer.write(&part).map_err(|e| LakeError::Parquet { table: self.spec.table.clone(), source: e })?;
+            writer.write(&part).map_err(|e| LakeError::Parquet {
+                table: self.spec.table.clone(),
+                source: e,
+            })?;
         }
         self.rows += batch.num_rows() as u64;
         Ok(())
@@ -126,11 +154,16 @@ impl TableWriter {
     pub fn finish(self, file_name: &str) -> Result<Vec<(String, Bytes, u64)>> {
         let mut out = Vec::with_capacity(self.writers.len());
         for (dir, writer) in self.writers {
-            let rows = writer.flushed_row_groups().iter().map(|g| g.num_rows() as u64).sum::<u64>();
+            let rows = writer
+                .flushed_row_groups()
+                .iter()
+                .map(|g| g.num_rows() as u64)
+                .sum::<u64>();
             let buffered = writer.in_progress_rows() as u64;
-            let bytes = writer
-                .into_inner()
-                .map_err(|e| LakeError::Parquet { table: self.spec.table.clone(), source: e })?;
+            let bytes = writer.into_inner().map_err(|e| LakeError::Parquet {
+                table: self.spec.table.clone(),
+                source: e,
+            })?;
             let path = if dir.is_empty() {
                 format!("{}/{file_name}", self.spec.table)
             } else {
@@ -148,7 +181,10 @@ impl TableWriter {
         for col in &self.spec.partition_by {
             let values: Vec<String> = if col == "dt" {
                 let et = self.spec.event_time.as_deref().ok_or_else(|| {
-                    LakeError::Invalid(format!("table `{}`: partition `dt` needs an event_time column", self.spec.table))
+                    LakeError::Invalid(format!(
+                        "table `{}`: partition `dt` needs an event_time column",
+                        self.spec.table
+                    ))
                 })?;
                 let array = column(batch, et, &self.spec.table)?;
                 dates(array, et, &self.spec.table)?
@@ -179,17 +215,25 @@ impl TableWriter {
     }
 
     fn arrow_err(&self, e: arrow::error::ArrowError) -> LakeError {
-        LakeError::Arrow { table: self.spec.table.clone(), source: e }
+        LakeError::Arrow {
+            table: self.spec.table.clone(),
+            source: e,
+        }
     }
 
     fn parquet_err(&self, e: parquet::errors::ParquetError) -> LakeError {
-        LakeError::Parquet { table: self.spec.table.clone(), source: e }
+        LakeError::Parquet {
+            table: self.spec.table.clone(),
+            source: e,
+        }
     }
 }
 
 fn column<'a>(batch: &'a RecordBatch, name: &str, table: &str) -> Result<&'a ArrayRef> {
     batch.column_by_name(name).ok_or_else(|| {
-        LakeError::Invalid(format!("table `{table}`: partition column `{name}` is not in the sink's input"))
+        LakeError::Invalid(format!(
+            "table `{table}`: partition column `{name}` is not in the sink's input"
+        ))
     })
 }
 
@@ -204,7 +248,9 @@ fn dates(array: &ArrayRef, name: &str, table: &str) -> Result<Vec<String>> {
     let ts = array
         .as_any()
         .downcast_ref::<TimestampMicrosecondArray>()
-        .ok_or_else(|| LakeError::Internal(format!("column `{name}` is not a µs timestamp array")))?;
+        .ok_or_else(|| {
+            LakeError::Internal(format!("column `{name}` is not a µs timestamp array"))
+        })?;
     Ok(ts
         .iter()
         .map(|v| match v.and_then(DateTime::from_timestamp_micros) {
@@ -241,7 +287,11 @@ mod tests {
     #[test]
     fn splits_by_date_and_column_and_drops_partition_columns() {
         let schema = Arc::new(Schema::new(vec![
-            Field::new("ts", DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())), false),
+            Field::new(
+                "ts",
+                DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+                false,
+            ),
             Field::new("service", DataType::Utf8, true),
             Field::new("n", DataType::Int64, false),
         ]));
@@ -249,7 +299,9 @@ mod tests {
         let batch = RecordBatch::try_new(
             schema,
             vec![
-                Arc::new(TimestampMicrosecondArray::from(vec![0, day + 5, 10]).with_timezone("UTC")),
+                Arc::new(
+                    TimestampMicrosecondArray::from(vec![0, day + 5, 10]).with_timezone("UTC"),
+                ),
                 utf8(vec![Some("a/b".into()), Some("x".into()), None]),
                 Arc::new(Int64Array::from(vec![1, 2, 3])),
             ],
@@ -268,16 +320,29 @@ mod tests {
         assert_eq!(
             paths,
             vec![
-                ("t/dt=1970-01-01/service=__HIVE_DEFAULT_PARTITION__/f.parquet", 1),
+                (
+                    "t/dt=1970-01-01/service=__HIVE_DEFAULT_PARTITION__/f.parquet",
+                    1
+                ),
                 ("t/dt=1970-01-01/service=a%2Fb/f.parquet", 1),
                 ("t/dt=1970-01-02/service=x/f.parquet", 1),
             ]
         );
         let reader = ParquetRecordBatchReaderBuilder::try_new(files[2].1.clone()).unwrap();
-        let kv = reader.metadata().file_metadata().key_value_metadata().unwrap().clone();
+        let kv = reader
+            .metadata()
+            .file_metadata()
+            .key_value_metadata()
+            .unwrap()
+            .clone();
         assert!(kv.iter().any(|k| k.key == "ymera.segment"));
         let batches: Vec<_> = reader.build().unwrap().collect::<Result<_, _>>().unwrap();
-        let cols: Vec<_> = batches[0].schema().fields().iter().map(|f| f.name().clone()).collect();
+        let cols: Vec<_> = batches[0]
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect();
         assert_eq!(cols, vec!["ts", "n"]);
     }
 }

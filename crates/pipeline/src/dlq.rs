@@ -3,7 +3,10 @@
 
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, BinaryArray, Int32Array, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray};
+use arrow::array::{
+    ArrayRef, BinaryArray, Int32Array, Int64Array, RecordBatch, StringArray,
+    TimestampMicrosecondArray,
+};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 
 /// The event-time column of the DLQ table (its `dt` partition).
@@ -52,7 +55,10 @@ impl DeadLetter {
             ("ymera.error.stage", self.stage.as_str().as_bytes().to_vec()),
             ("ymera.error.message", self.message.as_bytes().to_vec()),
             ("ymera.source.topic", self.topic.as_bytes().to_vec()),
-            ("ymera.source.partition", self.partition.to_string().into_bytes()),
+            (
+                "ymera.source.partition",
+                self.partition.to_string().into_bytes(),
+            ),
             ("ymera.source.offset", self.offset.to_string().into_bytes()),
             ("ymera.pipeline", self.pipeline.as_bytes().to_vec()),
             ("ymera.failed_at", failed_at.into_bytes()),
@@ -71,22 +77,45 @@ pub fn schema() -> SchemaRef {
         Field::new("ymera_source_partition", DataType::Int32, false),
         Field::new("ymera_source_offset", DataType::Int64, false),
         Field::new("ymera_pipeline", DataType::Utf8, false),
-        Field::new(FAILED_AT, DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())), false),
+        Field::new(
+            FAILED_AT,
+            DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+            false,
+        ),
     ]))
 }
 
 /// The DLQ rows as a batch.
 pub fn to_batch(letters: &[DeadLetter]) -> Result<RecordBatch, arrow::error::ArrowError> {
     let cols: Vec<ArrayRef> = vec![
-        Arc::new(BinaryArray::from_iter(letters.iter().map(|d| d.key.as_deref()))),
-        Arc::new(BinaryArray::from_iter(letters.iter().map(|d| d.value.as_deref()))),
-        Arc::new(StringArray::from_iter_values(letters.iter().map(|d| d.stage.as_str()))),
-        Arc::new(StringArray::from_iter_values(letters.iter().map(|d| d.message.as_str()))),
-        Arc::new(StringArray::from_iter_values(letters.iter().map(|d| d.topic.as_str()))),
-        Arc::new(Int32Array::from_iter_values(letters.iter().map(|d| d.partition))),
-        Arc::new(Int64Array::from_iter_values(letters.iter().map(|d| d.offset))),
-        Arc::new(StringArray::from_iter_values(letters.iter().map(|d| d.pipeline.as_str()))),
-        Arc::new(TimestampMicrosecondArray::from_iter_values(letters.iter().map(|d| d.failed_at)).with_timezone("UTC")),
+        Arc::new(BinaryArray::from_iter(
+            letters.iter().map(|d| d.key.as_deref()),
+        )),
+        Arc::new(BinaryArray::from_iter(
+            letters.iter().map(|d| d.value.as_deref()),
+        )),
+        Arc::new(StringArray::from_iter_values(
+            letters.iter().map(|d| d.stage.as_str()),
+        )),
+        Arc::new(StringArray::from_iter_values(
+            letters.iter().map(|d| d.message.as_str()),
+        )),
+        Arc::new(StringArray::from_iter_values(
+            letters.iter().map(|d| d.topic.as_str()),
+        )),
+        Arc::new(Int32Array::from_iter_values(
+            letters.iter().map(|d| d.partition),
+        )),
+        Arc::new(Int64Array::from_iter_values(
+            letters.iter().map(|d| d.offset),
+        )),
+        Arc::new(StringArray::from_iter_values(
+            letters.iter().map(|d| d.pipeline.as_str()),
+        )),
+        Arc::new(
+            TimestampMicrosecondArray::from_iter_values(letters.iter().map(|d| d.failed_at))
+                .with_timezone("UTC"),
+        ),
     ];
     RecordBatch::try_new(schema(), cols)
 }

@@ -10,7 +10,9 @@ use serde_norway::Value;
 use yaml_rust2::parser::{Event, MarkedEventReceiver, Parser};
 use yaml_rust2::scanner::Marker;
 
-use crate::spec::{BatchSpec, DlqSpec, PipelineSpec, SinkSpec, SourceSpec, TestSpec, TransformSpec};
+use crate::spec::{
+    BatchSpec, DlqSpec, PipelineSpec, SinkSpec, SourceSpec, TestSpec, TransformSpec,
+};
 
 /// A problem found in a pipeline file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,7 +27,14 @@ pub struct Diagnostic {
 
 impl fmt::Display for Diagnostic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}:{}: error: {}", self.file.display(), self.line, self.col, self.message)?;
+        write!(
+            f,
+            "{}:{}:{}: error: {}",
+            self.file.display(),
+            self.line,
+            self.col,
+            self.message
+        )?;
         if !self.path.is_empty() {
             write!(f, " (at `{}`)", self.path)?;
         }
@@ -71,12 +80,19 @@ impl Positions {
     /// The position of the key `key` inside the map at `path`.
     pub fn locate_key(&self, path: &str, key: &str) -> (usize, usize) {
         let full = join(path, key);
-        self.map.get(&format!("{full}#key")).copied().unwrap_or_else(|| self.locate(&full))
+        self.map
+            .get(&format!("{full}#key"))
+            .copied()
+            .unwrap_or_else(|| self.locate(&full))
     }
 }
 
 fn join(path: &str, key: &str) -> String {
-    if path.is_empty() { key.to_string() } else { format!("{path}.{key}") }
+    if path.is_empty() {
+        key.to_string()
+    } else {
+        format!("{path}.{key}")
+    }
 }
 
 enum Frame {
@@ -121,7 +137,9 @@ impl MarkedEventReceiver for Recorder {
                 }
                 None => {
                     if let Some(Frame::Map { path, key }) = self.stack.last_mut() {
-                        self.map.entry(format!("{}#key", join(path, &text))).or_insert(pos);
+                        self.map
+                            .entry(format!("{}#key", join(path, &text)))
+                            .or_insert(pos);
                         // a block map's start mark is the colon after its first key:
                         // the map is where that key is
                         if let Some(start) = self.map.get_mut(path.as_str()) {
@@ -189,7 +207,15 @@ impl Loaded {
     }
 }
 
-const TOP_KEYS: &[&str] = &["name", "source", "transforms", "sinks", "dlq", "batch", "tests"];
+const TOP_KEYS: &[&str] = &[
+    "name",
+    "source",
+    "transforms",
+    "sinks",
+    "dlq",
+    "batch",
+    "tests",
+];
 
 /// Reads one pipeline file. `env` resolves `${VAR}`; when `None`, variables are left as
 /// written and not checked (`validate --no-environment`).
@@ -241,7 +267,10 @@ pub fn load_str(loaded: &mut Loaded, text: &str, env: Option<&dyn Fn(&str) -> Op
         }
     }
     let Value::Mapping(map) = root else {
-        loaded.error_at("", "a pipeline file must be a YAML mapping with `name`, `source` and `sinks`");
+        loaded.error_at(
+            "",
+            "a pipeline file must be a YAML mapping with `name`, `source` and `sinks`",
+        );
         return;
     };
     for key in map.keys() {
@@ -287,7 +316,11 @@ pub fn load_str(loaded: &mut Loaded, text: &str, env: Option<&dyn Fn(&str) -> Op
 /// The first `line L column C` in a message.
 fn first_position(message: &str) -> Option<(usize, usize)> {
     // at the end of input the error's own position says nothing: use the context's
-    let from = if message.contains("end of stream") { message.find("while ").unwrap_or(0) } else { 0 };
+    let from = if message.contains("end of stream") {
+        message.find("while ").unwrap_or(0)
+    } else {
+        0
+    };
     let rest = &message[from..];
     let rest = &rest[rest.find("line ")? + 5..];
     let (line, rest) = rest.split_once(" column ")?;
@@ -296,7 +329,10 @@ fn first_position(message: &str) -> Option<(usize, usize)> {
 }
 
 fn quoted(keys: &[&str]) -> String {
-    keys.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ")
+    keys.iter()
+        .map(|k| format!("`{k}`"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Decodes one top-level field; records the error with its exact position.
@@ -317,7 +353,11 @@ fn field<T: DeserializeOwned>(
 }
 
 /// Decodes a top-level list element by element, so each bad element is reported.
-fn list<T: DeserializeOwned>(loaded: &mut Loaded, map: &serde_norway::Mapping, key: &str) -> Option<Vec<T>> {
+fn list<T: DeserializeOwned>(
+    loaded: &mut Loaded,
+    map: &serde_norway::Mapping,
+    key: &str,
+) -> Option<Vec<T>> {
     match map.get(key) {
         None | Some(Value::Null) => Some(Vec::new()),
         Some(Value::Sequence(items)) => {
@@ -343,22 +383,38 @@ fn decode<T: DeserializeOwned>(loaded: &mut Loaded, value: Value, base: String) 
         Ok(v) => Some(v),
         Err(e) => {
             let inner = e.path().to_string();
-            let mut path = if inner == "." { base.clone() } else { format!("{base}.{inner}") };
+            let mut path = if inner == "." {
+                base.clone()
+            } else {
+                format!("{base}.{inner}")
+            };
             path = path.replace(".[", "[");
             let message = e.inner().to_string();
             // point at the offending key itself for unknown fields
-            let (line, col) = match message.strip_prefix("unknown field `").and_then(|r| r.split('`').next()) {
+            let (line, col) = match message
+                .strip_prefix("unknown field `")
+                .and_then(|r| r.split('`').next())
+            {
                 Some(k) => {
                     // serde_path_to_error's path may already end with the unknown key
                     let ends_with_key = path == k || path.ends_with(&format!(".{k}"));
                     if !ends_with_key {
                         path = join(&path, k);
                     }
-                    loaded.positions.locate_key(path.strip_suffix(k).map_or("", |p| p.trim_end_matches('.')), k)
+                    loaded.positions.locate_key(
+                        path.strip_suffix(k).map_or("", |p| p.trim_end_matches('.')),
+                        k,
+                    )
                 }
                 None => loaded.positions.locate(&path),
             };
-            loaded.diagnostics.push(Diagnostic { file: loaded.file.clone(), line, col, path, message });
+            loaded.diagnostics.push(Diagnostic {
+                file: loaded.file.clone(),
+                line,
+                col,
+                path,
+                message,
+            });
             None
         }
     }

@@ -16,8 +16,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 use ymera_common::health::Health;
 use ymera_ingest::decode::{JsonDecoder, UnknownFields};
+use ymera_ingest::kafka::{
+    Chunk, KafkaSource, Resolver, SourceEvent, SourceSettings, StartFrom, TopicPartition,
+};
 use ymera_ingest::produce::Producer;
-use ymera_ingest::kafka::{Chunk, KafkaSource, Resolver, SourceEvent, SourceSettings, StartFrom, TopicPartition};
 use ymera_lake::{Lake, SegmentId, TableWriter, ledger};
 use ymera_transform::Transform;
 
@@ -30,12 +32,24 @@ use crate::validate::Pipeline;
 pub enum RunError {
     #[error("pipeline `{pipeline}`: {message}")]
     Source { pipeline: String, message: String },
-    #[error("pipeline `{pipeline}`: bad record at {topic}/{partition}/{offset} ({stage}): {message} (on_bad_record: fail)")]
-    BadRecord { pipeline: String, topic: String, partition: i32, offset: i64, stage: &'static str, message: String },
+    #[error(
+        "pipeline `{pipeline}`: bad record at {topic}/{partition}/{offset} ({stage}): {message} (on_bad_record: fail)"
+    )]
+    BadRecord {
+        pipeline: String,
+        topic: String,
+        partition: i32,
+        offset: i64,
+        stage: &'static str,
+        message: String,
+    },
     #[error("pipeline `{pipeline}`: {0}", pipeline = .1)]
     Transform(ymera_transform::TransformError, String),
     #[error("pipeline `{pipeline}`: lake: {source}")]
-    Lake { pipeline: String, source: ymera_lake::LakeError },
+    Lake {
+        pipeline: String,
+        source: ymera_lake::LakeError,
+    },
 }
 
 /// What a run did.
@@ -77,25 +91,47 @@ struct LakeResolver {
 }
 
 impl Resolver for LakeResolver {
-    fn resolve(&self, partitions: &[TopicPartition]) -> Result<HashMap<TopicPartition, Option<i64>>, String> {
+    fn resolve(
+        &self,
+        partitions: &[TopicPartition],
+    ) -> Result<HashMap<TopicPartition, Option<i64>>, String> {
         self.handle.block_on(async {
-            let positions = ledger::read_positions(&self.lake, &self.pipeline).await.map_err(|e| e.to_string())?;
-            let owned = |tp: &TopicPartition| partitions.contains(tp);
-            ledger::remove_uncommitted(&self.lake, &self.pipeline, &self.tables, &positions, &owned)
+            let positions = ledger::read_positions(&self.lake, &self.pipeline)
                 .await
                 .map_err(|e| e.to_string())?;
-            Ok(partitions.iter().map(|tp| (tp.clone(), positions.get(tp).copied())).collect())
+            let owned = |tp: &TopicPartition| partitions.contains(tp);
+            ledger::remove_uncommitted(
+                &self.lake,
+                &self.pipeline,
+                &self.tables,
+                &positions,
+                &owned,
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+            Ok(partitions
+                .iter()
+                .map(|tp| (tp.clone(), positions.get(tp).copied()))
+                .collect())
         })
     }
 }
 
 /// Runs a pipeline until shutdown, idleness (`stop_when_idle`) or an error.
-pub async fn run(p: Arc<Pipeline>, brokers: String, opts: RunOptions) -> Result<RunStats, RunError> {
+pub async fn run(
+    p: Arc<Pipeline>,
+    brokers: String,
+    opts: RunOptions,
+) -> Result<RunStats, RunError> {
     let name = p.spec.name.clone();
     let component = format!("pipeline:{name}");
     opts.health.set(&component, Some("starting".into()));
     match opts.lake.clean_staging(Duration::from_secs(15 * 60)).await {
-        Ok(n) if n > 0 => info!(pipeline = name, removed = n, "removed orphaned staging files"),
+        Ok(n) if n > 0 => info!(
+            pipeline = name,
+            removed = n,
+            "removed orphaned staging files"
+        ),
         Ok(_) => {}
         Err(e) => warn!(pipeline = name, error = %e, "cannot clean the staging directory"),
     }
@@ -125,13 +161,20 @@ pub async fn run(p: Arc<Pipeline>, brokers: String, opts: RunOptions) -> Result<
     let dlq_producer = match p.spec.dlq.as_ref().and_then(|d| d.topic.clone()) {
         Some(topic) => Some((
             topic,
-            ymera_ingest::produce::producer(&brokers, &src.kafka.client)
-                .map_err(|e| RunError::Source { pipeline: name.clone(), message: format!("cannot create the DLQ producer: {e}") })?,
+            ymera_ingest::produce::producer(&brokers, &src.kafka.client).map_err(|e| {
+                RunError::Source {
+                    pipeline: name.clone(),
+                    message: format!("cannot create the DLQ producer: {e}"),
+                }
+            })?,
         )),
         None => None,
     };
-    let (source, mut events) = KafkaSource::start(settings, resolver)
-        .map_err(|e| RunError::Source { pipeline: name.clone(), message: format!("cannot start the Kafka consumer: {e}") })?;
+    let (source, mut events) =
+        KafkaSource::start(settings, resolver).map_err(|e| RunError::Source {
+            pipeline: name.clone(),
+            message: format!("cannot start the Kafka consumer: {e}"),
+        })?;
     let source = Arc::new(source);
     let mut runner = Runner {
         p: p.clone(),
@@ -157,7 +200,8 @@ pub async fn run(p: Arc<Pipeline>, brokers: String, opts: RunOptions) -> Result<
         opts.health.set(&component, Some(e.to_string()));
     }
     // final commit (synchronous), then leave the group
-    let commits: Vec<(TopicPartition, i64)> = runner.next.iter().map(|(tp, n)| (tp.clone(), *n)).collect();
+    let commits: Vec<(TopicPartition, i64)> =
+        runner.next.iter().map(|(tp, n)| (tp.clone(), *n)).collect();
     let stats = std::mem::take(&mut runner.stats);
     drop(runner);
     drop(events);
@@ -247,7 +291,10 @@ impl Runner {
             ("ymera.pipeline".to_string(), self.name().to_string()),
             ("ymera.segment".to_string(), seg_name.to_string()),
         ];
-        let lake_err = |e| RunError::Lake { pipeline: self.name().to_string(), source: e };
+        let lake_err = |e| RunError::Lake {
+            pipeline: self.name().to_string(),
+            source: e,
+        };
         let writers = self
             .p
             .sinks
@@ -259,14 +306,25 @@ impl Runner {
             Some(t) => Some(TableWriter::new(t.clone(), meta).map_err(lake_err)?),
             None => None,
         };
-        Ok(Segment { epoch, first, last: first - 1, opened: Instant::now(), writers, dlq })
+        Ok(Segment {
+            epoch,
+            first,
+            last: first - 1,
+            opened: Instant::now(),
+            writers,
+            dlq,
+        })
     }
 
     async fn on_chunk(&mut self, chunk: Chunk) -> Result<(), RunError> {
         let tp: TopicPartition = (chunk.topic.clone(), chunk.partition);
         let name = self.name().to_string();
         // a chunk of a newer assignment replaces whatever the old one left open
-        if self.segments.get(&tp).is_some_and(|s| s.epoch != chunk.epoch) {
+        if self
+            .segments
+            .get(&tp)
+            .is_some_and(|s| s.epoch != chunk.epoch)
+        {
             self.segments.remove(&tp);
             self.next.remove(&tp);
         }
@@ -284,7 +342,14 @@ impl Runner {
                 continue;
             }
             if let Some(e) = next_ok.filter(|e| r.offset > *e) {
-                warn!(pipeline = name, topic = tp.0, partition = tp.1, expected = e, got = r.offset, "offset gap in the source partition");
+                warn!(
+                    pipeline = name,
+                    topic = tp.0,
+                    partition = tp.1,
+                    expected = e,
+                    got = r.offset,
+                    "offset gap in the source partition"
+                );
             }
             next_ok = Some(r.offset + 1);
             records.push(r);
@@ -300,7 +365,8 @@ impl Runner {
         let first = expected.unwrap_or(records[0].offset);
         let last = records[records.len() - 1].offset;
         if !self.segments.contains_key(&tp) {
-            let seg = self.new_segment(chunk.epoch, first, &format!("{}+{}+{first}", tp.0, tp.1))?;
+            let seg =
+                self.new_segment(chunk.epoch, first, &format!("{}+{}+{first}", tp.0, tp.1))?;
             self.segments.insert(tp.clone(), seg);
         }
 
@@ -320,7 +386,8 @@ impl Runner {
         let ignored = self.decoder.unknown_fields_ignored();
         let batch = self.decoder.finish();
         if ignored > 0 {
-            metrics::gauge!("ymera_unknown_fields_ignored_records", "pipeline" => name.clone()).set(ignored as f64);
+            metrics::gauge!("ymera_unknown_fields_ignored_records", "pipeline" => name.clone())
+                .set(ignored as f64);
         }
         let (outputs, failed) = self
             .transform
@@ -328,7 +395,11 @@ impl Runner {
             .await
             .map_err(|e| RunError::Transform(e, name.clone()))?;
         for f in failed {
-            letters.push((rows_to_record[f.row], ErrorStage::Transform, f.error.to_string()));
+            letters.push((
+                rows_to_record[f.row],
+                ErrorStage::Transform,
+                f.error.to_string(),
+            ));
         }
         letters.sort_by_key(|l| l.0);
 
@@ -349,7 +420,14 @@ impl Runner {
                     });
                 }
                 OnBadRecord::Drop => {
-                    warn!(pipeline = name, topic = tp.0, partition = tp.1, offset = r.offset, error = message, "dropping a bad record");
+                    warn!(
+                        pipeline = name,
+                        topic = tp.0,
+                        partition = tp.1,
+                        offset = r.offset,
+                        error = message,
+                        "dropping a bad record"
+                    );
                     self.stats.dropped += 1;
                 }
                 OnBadRecord::Dlq => dead.push(DeadLetter {
@@ -370,11 +448,14 @@ impl Runner {
         }
 
         // into the open segment
-        let lake_err = |e| RunError::Lake { pipeline: name.clone(), source: e };
-        let seg = self
-            .segments
-            .get_mut(&tp)
-            .ok_or_else(|| RunError::Source { pipeline: name.clone(), message: "internal: segment vanished".into() })?;
+        let lake_err = |e| RunError::Lake {
+            pipeline: name.clone(),
+            source: e,
+        };
+        let seg = self.segments.get_mut(&tp).ok_or_else(|| RunError::Source {
+            pipeline: name.clone(),
+            message: "internal: segment vanished".into(),
+        })?;
         for (sink, writer) in self.p.sinks.iter().zip(seg.writers.iter_mut()) {
             if let Some(batch) = outputs.get(&sink.input) {
                 writer.write(batch).map_err(lake_err)?;
@@ -394,26 +475,51 @@ impl Runner {
         Ok(())
     }
 
-    async fn dead_letter(&mut self, dead: &[DeadLetter], tp: &TopicPartition) -> Result<(), RunError> {
+    async fn dead_letter(
+        &mut self,
+        dead: &[DeadLetter],
+        tp: &TopicPartition,
+    ) -> Result<(), RunError> {
         let name = self.name().to_string();
         self.stats.dead_lettered += dead.len() as u64;
-        metrics::counter!("ymera_dlq_events_total", "pipeline" => name.clone()).increment(dead.len() as u64);
+        metrics::counter!("ymera_dlq_events_total", "pipeline" => name.clone())
+            .increment(dead.len() as u64);
         for d in dead {
-            warn!(pipeline = name, topic = tp.0, partition = tp.1, offset = d.offset, stage = d.stage.as_str(), error = d.message, "record dead-lettered");
+            warn!(
+                pipeline = name,
+                topic = tp.0,
+                partition = tp.1,
+                offset = d.offset,
+                stage = d.stage.as_str(),
+                error = d.message,
+                "record dead-lettered"
+            );
         }
-        let Some((topic, producer)) = &self.dlq_producer else { return Ok(()) };
+        let Some((topic, producer)) = &self.dlq_producer else {
+            return Ok(());
+        };
         for d in dead {
             let headers = d.headers();
-            let hdrs: Vec<(&str, &[u8])> = headers.iter().map(|(k, v)| (*k, v.as_slice())).collect();
+            let hdrs: Vec<(&str, &[u8])> =
+                headers.iter().map(|(k, v)| (*k, v.as_slice())).collect();
             let mut backoff = Duration::from_millis(200);
             loop {
-                match producer.send(topic, d.key.as_deref(), d.value.as_deref(), &hdrs).await {
+                match producer
+                    .send(topic, d.key.as_deref(), d.value.as_deref(), &hdrs)
+                    .await
+                {
                     Ok(_) => break,
                     Err(e) => {
                         warn!(pipeline = name, dlq_topic = topic, error = %e, "cannot write to the DLQ topic; retrying");
-                        self.opts.health.set(&self.component, Some(format!("DLQ topic `{topic}` unwritable: {e}")));
+                        self.opts.health.set(
+                            &self.component,
+                            Some(format!("DLQ topic `{topic}` unwritable: {e}")),
+                        );
                         if self.opts.shutdown.is_cancelled() && backoff > Duration::from_secs(10) {
-                            return Err(RunError::Source { pipeline: name, message: format!("DLQ topic `{topic}` unwritable: {e}") });
+                            return Err(RunError::Source {
+                                pipeline: name,
+                                message: format!("DLQ topic `{topic}` unwritable: {e}"),
+                            });
                         }
                         tokio::time::sleep(backoff).await;
                         backoff = (backoff * 2).min(Duration::from_secs(30));
@@ -425,18 +531,33 @@ impl Runner {
     }
 
     fn is_full(&self, tp: &TopicPartition) -> bool {
-        let Some(seg) = self.segments.get(tp) else { return false };
-        self.p.sinks.iter().zip(&seg.writers).any(|(s, w)| {
-            w.rows() >= s.rolling.max_rows || w.bytes() >= s.rolling.max_bytes.0
-        }) || seg.opened.elapsed() >= self.max_interval()
+        let Some(seg) = self.segments.get(tp) else {
+            return false;
+        };
+        self.p
+            .sinks
+            .iter()
+            .zip(&seg.writers)
+            .any(|(s, w)| w.rows() >= s.rolling.max_rows || w.bytes() >= s.rolling.max_bytes.0)
+            || seg.opened.elapsed() >= self.max_interval()
     }
 
     fn max_interval(&self) -> Duration {
-        self.p.sinks.iter().map(|s| s.rolling.max_interval).min().unwrap_or(Duration::from_secs(60))
+        self.p
+            .sinks
+            .iter()
+            .map(|s| s.rolling.max_interval)
+            .min()
+            .unwrap_or(Duration::from_secs(60))
     }
 
     async fn publish_due(&mut self) -> Result<(), RunError> {
-        let due: Vec<TopicPartition> = self.segments.keys().filter(|tp| self.is_full(tp)).cloned().collect();
+        let due: Vec<TopicPartition> = self
+            .segments
+            .keys()
+            .filter(|tp| self.is_full(tp))
+            .cloned()
+            .collect();
         for tp in due {
             self.publish(&tp).await?;
         }
@@ -454,19 +575,29 @@ impl Runner {
     /// Publishes a partition's open segment (files, then commit record) and commits the
     /// Kafka offset after it. Transient lake errors are retried with backoff.
     async fn publish(&mut self, tp: &TopicPartition) -> Result<(), RunError> {
-        let Some(seg) = self.segments.remove(tp) else { return Ok(()) };
+        let Some(seg) = self.segments.remove(tp) else {
+            return Ok(());
+        };
         if seg.last < seg.first {
             return Ok(());
         }
         let name = self.name().to_string();
         let started = Instant::now();
-        let id = SegmentId { topic: tp.0.clone(), partition: tp.1, first: seg.first, last: seg.last };
+        let id = SegmentId {
+            topic: tp.0.clone(),
+            partition: tp.1,
+            first: seg.first,
+            last: seg.last,
+        };
         let file_name = id.file_name();
         let mut files = Vec::new();
         let mut rows_by_table: Vec<(String, u64, u64)> = Vec::new();
         for w in seg.writers.into_iter().chain(seg.dlq) {
             let table = w_table(&w);
-            let done = w.finish(&file_name).map_err(|e| RunError::Lake { pipeline: name.clone(), source: e })?;
+            let done = w.finish(&file_name).map_err(|e| RunError::Lake {
+                pipeline: name.clone(),
+                source: e,
+            })?;
             rows_by_table.push((table, done.iter().map(|f| f.2).sum(), done.len() as u64));
             files.extend(done);
         }
@@ -492,7 +623,8 @@ impl Runner {
                     if let Err(e) = self.source.commit(&[(tp.clone(), id.last + 1)], false) {
                         warn!(pipeline = name, topic = tp.0, partition = tp.1, error = %e, "offset commit failed (the lake holds the position)");
                     }
-                    metrics::histogram!("ymera_batch_commit_seconds", "pipeline" => name.clone()).record(started.elapsed().as_secs_f64());
+                    metrics::histogram!("ymera_batch_commit_seconds", "pipeline" => name.clone())
+                        .record(started.elapsed().as_secs_f64());
                     self.opts.health.set(&self.component, None);
                     return Ok(());
                 }
@@ -500,7 +632,9 @@ impl Runner {
                     drop(guard);
                     metrics::counter!("ymera_component_errors_total", "pipeline" => name.clone(), "stage" => "sink", "error_type" => "lake_write").increment(1);
                     warn!(pipeline = name, segment = %id, error = %e, retry_in = ?backoff, "cannot publish to the lake; consumption paused, offsets not committed");
-                    self.opts.health.set(&self.component, Some(format!("lake unwritable: {e}")));
+                    self.opts
+                        .health
+                        .set(&self.component, Some(format!("lake unwritable: {e}")));
                     tokio::select! {
                         _ = tokio::time::sleep(backoff) => {}
                         _ = self.opts.shutdown.cancelled(), if backoff >= Duration::from_secs(5) => {
@@ -509,7 +643,12 @@ impl Runner {
                     }
                     backoff = (backoff * 2).min(Duration::from_secs(30));
                 }
-                Err(e) => return Err(RunError::Lake { pipeline: name, source: e }),
+                Err(e) => {
+                    return Err(RunError::Lake {
+                        pipeline: name,
+                        source: e,
+                    });
+                }
             }
         }
     }

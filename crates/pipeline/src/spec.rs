@@ -172,7 +172,10 @@ pub struct RollingSpec {
     #[serde(default = "default_max_bytes")]
     pub max_bytes: ByteSize,
     /// Longest time a record waits before publication (default 1m): bounds latency.
-    #[serde(default = "default_max_interval", with = "ymera_common::units::duration")]
+    #[serde(
+        default = "default_max_interval",
+        with = "ymera_common::units::duration"
+    )]
     pub max_interval: Duration,
 }
 

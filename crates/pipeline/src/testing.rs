@@ -22,7 +22,10 @@ pub struct TestOutcome {
 pub async fn run_tests(p: &Pipeline) -> Vec<TestOutcome> {
     let mut out = Vec::with_capacity(p.spec.tests.len());
     for t in &p.spec.tests {
-        out.push(TestOutcome { name: t.name.clone(), failures: run_one(p, t).await });
+        out.push(TestOutcome {
+            name: t.name.clone(),
+            failures: run_one(p, t).await,
+        });
     }
     out
 }
@@ -38,7 +41,9 @@ async fn run_one(p: &Pipeline, t: &TestSpec) -> Vec<String> {
     for (i, record) in t.input.iter().enumerate() {
         let bytes = serde_json::to_vec(record).unwrap_or_default();
         if let Err(e) = decoder.push(&bytes) {
-            rejected.push(format!("input[{i}] is a bad record (it would go to the DLQ): {e}"));
+            rejected.push(format!(
+                "input[{i}] is a bad record (it would go to the DLQ): {e}"
+            ));
         }
     }
     let outputs = match p.transform().run(decoder.finish()).await {
@@ -68,7 +73,11 @@ async fn run_one(p: &Pipeline, t: &TestSpec) -> Vec<String> {
             }
             let _ = writeln!(report, "  actual ({}):", actual.len());
             for r in &actual {
-                let marker = if expected.iter().any(|e| same_row(e, r)) { " " } else { "+" };
+                let marker = if expected.iter().any(|e| same_row(e, r)) {
+                    " "
+                } else {
+                    "+"
+                };
                 let _ = writeln!(report, "  {marker} {}", r);
             }
             for r in expected {
@@ -111,7 +120,11 @@ fn same_rows(expected: &[Value], actual: &[Value]) -> bool {
     }
     let mut used = vec![false; actual.len()];
     for e in expected {
-        match actual.iter().enumerate().find(|(i, a)| !used[*i] && same_row(e, a)) {
+        match actual
+            .iter()
+            .enumerate()
+            .find(|(i, a)| !used[*i] && same_row(e, a))
+        {
             Some((i, _)) => used[i] = true,
             None => return false,
         }
@@ -124,7 +137,9 @@ fn same_rows(expected: &[Value], actual: &[Value]) -> bool {
 fn same_row(expected: &Value, actual: &Value) -> bool {
     match (expected, actual) {
         (Value::Object(e), Value::Object(a)) => {
-            e.len() == a.len() && e.iter().all(|(k, v)| a.get(k).is_some_and(|av| same_value(v, av)))
+            e.len() == a.len()
+                && e.iter()
+                    .all(|(k, v)| a.get(k).is_some_and(|av| same_value(v, av)))
         }
         _ => false,
     }

@@ -51,7 +51,8 @@ impl Pipeline {
 
 fn is_ident(s: &str) -> bool {
     !s.is_empty()
-        && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
         && !s.starts_with(|c: char| c.is_ascii_digit())
 }
 
@@ -60,7 +61,12 @@ fn parse_zstd(text: &str) -> Option<i32> {
     if t == "zstd" {
         return Some(3);
     }
-    let level: i32 = t.strip_prefix("zstd(")?.strip_suffix(')')?.trim().parse().ok()?;
+    let level: i32 = t
+        .strip_prefix("zstd(")?
+        .strip_suffix(')')?
+        .trim()
+        .parse()
+        .ok()?;
     (1..=22).contains(&level).then_some(level)
 }
 
@@ -69,14 +75,20 @@ fn parse_zstd(text: &str) -> Option<i32> {
 pub async fn check(loaded: &mut Loaded) -> Option<Pipeline> {
     let spec = loaded.spec.clone()?;
     if !is_ident(&spec.name) {
-        loaded.error_at("name", format!("pipeline name `{}` must match [a-z0-9_]+", spec.name));
+        loaded.error_at(
+            "name",
+            format!("pipeline name `{}` must match [a-z0-9_]+", spec.name),
+        );
     }
     let src = &spec.source;
     if src.kafka.topics.is_empty() {
         loaded.error_at("source.kafka.topics", "at least one topic is required");
     }
     if src.kafka.brokers.trim().is_empty() {
-        loaded.error_at("source.kafka.brokers", "brokers must not be empty (or `embedded`)");
+        loaded.error_at(
+            "source.kafka.brokers",
+            "brokers must not be empty (or `embedded`)",
+        );
     }
     if src.kafka.group_id.trim().is_empty() {
         loaded.error_at("source.kafka.group_id", "group_id must not be empty");
@@ -89,17 +101,30 @@ pub async fn check(loaded: &mut Loaded) -> Option<Pipeline> {
     }
     for (name, ty) in &src.schema {
         match FieldType::parse_declared(ty) {
-            Ok((ty, nullable)) => fields.push(DeclaredField { name: name.clone(), ty, nullable }),
-            Err(e) => loaded.error_at(&format!("source.schema.{name}"), format!("field `{name}`: {e}")),
+            Ok((ty, nullable)) => fields.push(DeclaredField {
+                name: name.clone(),
+                ty,
+                nullable,
+            }),
+            Err(e) => loaded.error_at(
+                &format!("source.schema.{name}"),
+                format!("field `{name}`: {e}"),
+            ),
         }
     }
     let diags_before_event_time = loaded.diagnostics.len();
     if let Some(et) = &src.event_time {
         match fields.iter().find(|f| &f.name == et) {
-            None => loaded.error_at("source.event_time", format!("event_time `{et}` is not a declared field")),
+            None => loaded.error_at(
+                "source.event_time",
+                format!("event_time `{et}` is not a declared field"),
+            ),
             Some(f) if f.ty != FieldType::TimestampUs => loaded.error_at(
                 "source.event_time",
-                format!("event_time `{et}` must be timestamp_us, it is declared {}", f.ty),
+                format!(
+                    "event_time `{et}` must be timestamp_us, it is declared {}",
+                    f.ty
+                ),
             ),
             Some(_) => {}
         }
@@ -112,11 +137,20 @@ pub async fn check(loaded: &mut Loaded) -> Option<Pipeline> {
     let mut stages = Vec::new();
     for (i, t) in spec.transforms.iter().enumerate() {
         if !is_ident(&t.name) {
-            loaded.error_at(&format!("transforms[{i}].name"), format!("stage name `{}` must match [a-z0-9_]+", t.name));
+            loaded.error_at(
+                &format!("transforms[{i}].name"),
+                format!("stage name `{}` must match [a-z0-9_]+", t.name),
+            );
         } else if !names.insert(t.name.clone()) {
-            loaded.error_at(&format!("transforms[{i}].name"), format!("stage name `{}` is used twice (or is `input`)", t.name));
+            loaded.error_at(
+                &format!("transforms[{i}].name"),
+                format!("stage name `{}` is used twice (or is `input`)", t.name),
+            );
         }
-        stages.push(Stage { name: t.name.clone(), sql: t.sql.clone() });
+        stages.push(Stage {
+            name: t.name.clone(),
+            sql: t.sql.clone(),
+        });
     }
     let transform = Transform::new(stages.clone(), input_schema.clone());
     let mut schemas: Vec<(String, SchemaRef)> = vec![(INPUT.to_string(), input_schema.clone())];
@@ -126,8 +160,16 @@ pub async fn check(loaded: &mut Loaded) -> Option<Pipeline> {
             Err(e) => loaded.error_at(&format!("transforms[{i}].sql"), e.to_string()),
         }
     }
-    let schema_of = |name: &str| schemas.iter().find(|(n, _)| n == name).map(|(_, s)| s.clone());
-    let default_input = spec.transforms.last().map_or(INPUT.to_string(), |t| t.name.clone());
+    let schema_of = |name: &str| {
+        schemas
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, s)| s.clone())
+    };
+    let default_input = spec
+        .transforms
+        .last()
+        .map_or(INPUT.to_string(), |t| t.name.clone());
 
     // sinks
     if spec.sinks.is_empty() {
@@ -141,26 +183,44 @@ pub async fn check(loaded: &mut Loaded) -> Option<Pipeline> {
             continue;
         };
         let at = format!("sinks[{i}].lake");
-        let input = sink.input().map(str::to_string).unwrap_or_else(|| default_input.clone());
+        let input = sink
+            .input()
+            .map(str::to_string)
+            .unwrap_or_else(|| default_input.clone());
         if !is_ident(&l.table) {
-            loaded.error_at(&format!("{at}.table"), format!("table name `{}` must match [a-z0-9_]+", l.table));
+            loaded.error_at(
+                &format!("{at}.table"),
+                format!("table name `{}` must match [a-z0-9_]+", l.table),
+            );
         } else if !tables.insert(l.table.clone()) {
-            loaded.error_at(&format!("{at}.table"), format!("table `{}` is written by two sinks", l.table));
+            loaded.error_at(
+                &format!("{at}.table"),
+                format!("table `{}` is written by two sinks", l.table),
+            );
         }
         let level = parse_zstd(&l.compression);
         if level.is_none() {
             loaded.error_at(
                 &format!("{at}.compression"),
-                format!("compression `{}` is not supported (use `zstd` or `zstd(1..22)`)", l.compression),
+                format!(
+                    "compression `{}` is not supported (use `zstd` or `zstd(1..22)`)",
+                    l.compression
+                ),
             );
         }
         if l.rolling.max_rows == 0 {
-            loaded.error_at(&format!("{at}.rolling.max_rows"), "max_rows must be at least 1");
+            loaded.error_at(
+                &format!("{at}.rolling.max_rows"),
+                "max_rows must be at least 1",
+            );
         }
         match (names.contains(&input), schema_of(&input)) {
             (false, _) => loaded.error_at(
                 &format!("{at}.input"),
-                format!("sink input `{input}` is not a stage (stages: {})", stage_list(&spec)),
+                format!(
+                    "sink input `{input}` is not a stage (stages: {})",
+                    stage_list(&spec)
+                ),
             ),
             (true, None) => {} // the stage itself failed to plan; already reported
             (true, Some(schema)) => {
@@ -170,7 +230,10 @@ pub async fn check(loaded: &mut Loaded) -> Option<Pipeline> {
                     }
                     if col == "dt" {
                         let Some(et) = &src.event_time else {
-                            loaded.error_at(&format!("{at}.partition_by"), "partition `dt` needs `source.event_time`");
+                            loaded.error_at(
+                                &format!("{at}.partition_by"),
+                                "partition `dt` needs `source.event_time`",
+                            );
                             continue;
                         };
                         match schema.field_with_name(et) {
@@ -211,7 +274,11 @@ pub async fn check(loaded: &mut Loaded) -> Option<Pipeline> {
         None if src.on_bad_record == OnBadRecord::Dlq => {
             // at the setting when written, else at `source` (the default applies)
             let written = loaded.positions.has("source.on_bad_record");
-            let (parent, key) = if written { ("source", "on_bad_record") } else { ("", "source") };
+            let (parent, key) = if written {
+                ("source", "on_bad_record")
+            } else {
+                ("", "source")
+            };
             let message = "on_bad_record is `dlq` (the default) but the pipeline has no `dlq` target: add `dlq: { path: _dlq/<name> }` or `{ topic: ... }`";
             if written {
                 loaded.error_at("source.on_bad_record", message);
@@ -220,25 +287,31 @@ pub async fn check(loaded: &mut Loaded) -> Option<Pipeline> {
             }
         }
         None => {}
-        Some(d) => match (&d.topic, &d.path) {
-            (Some(_), Some(_)) | (None, None) => loaded.error_at("dlq", "dlq takes exactly one of `topic` or `path`"),
-            (Some(t), None) if t.trim().is_empty() => loaded.error_at("dlq.topic", "dlq topic must not be empty"),
-            (Some(_), None) => {}
-            (None, Some(p)) => {
-                let p = p.trim_matches('/');
-                let ok = p.strip_prefix("_dlq/") == Some(spec.name.as_str());
-                if !ok {
-                    loaded.error_at("dlq.path", format!("dlq path `{p}` must be `_dlq/{}` (the pipeline's name) under the lake", spec.name));
-                } else {
-                    dlq_table = Some(TableSpec {
-                        table: p.to_string(),
-                        partition_by: vec!["dt".into()],
-                        event_time: Some(crate::dlq::FAILED_AT.into()),
-                        zstd_level: 3,
-                    });
+        Some(d) => {
+            match (&d.topic, &d.path) {
+                (Some(_), Some(_)) | (None, None) => {
+                    loaded.error_at("dlq", "dlq takes exactly one of `topic` or `path`")
+                }
+                (Some(t), None) if t.trim().is_empty() => {
+                    loaded.error_at("dlq.topic", "dlq topic must not be empty")
+                }
+                (Some(_), None) => {}
+                (None, Some(p)) => {
+                    let p = p.trim_matches('/');
+                    let ok = p.strip_prefix("_dlq/") == Some(spec.name.as_str());
+                    if !ok {
+                        loaded.error_at("dlq.path", format!("dlq path `{p}` must be `_dlq/{}` (the pipeline's name) under the lake", spec.name));
+                    } else {
+                        dlq_table = Some(TableSpec {
+                            table: p.to_string(),
+                            partition_by: vec!["dt".into()],
+                            event_time: Some(crate::dlq::FAILED_AT.into()),
+                            zstd_level: 3,
+                        });
+                    }
                 }
             }
-        },
+        }
     }
 
     // tests
@@ -248,7 +321,11 @@ pub async fn check(loaded: &mut Loaded) -> Option<Pipeline> {
                 loaded.error_at_key(
                     &format!("tests[{i}].expect"),
                     stage,
-                    format!("test `{}` expects rows of `{stage}`, which is not a stage (stages: {})", t.name, stage_list(&spec)),
+                    format!(
+                        "test `{}` expects rows of `{stage}`, which is not a stage (stages: {})",
+                        t.name,
+                        stage_list(&spec)
+                    ),
                 );
             }
         }
@@ -260,9 +337,19 @@ pub async fn check(loaded: &mut Loaded) -> Option<Pipeline> {
     if !loaded.diagnostics.is_empty() {
         return None;
     }
-    Some(Pipeline { spec, fields, input_schema: Arc::clone(&input_schema), stages, sinks, dlq_table })
+    Some(Pipeline {
+        spec,
+        fields,
+        input_schema: Arc::clone(&input_schema),
+        stages,
+        sinks,
+        dlq_table,
+    })
 }
 
 fn stage_list(spec: &PipelineSpec) -> String {
-    std::iter::once(INPUT).chain(spec.transforms.iter().map(|t| t.name.as_str())).collect::<Vec<_>>().join(", ")
+    std::iter::once(INPUT)
+        .chain(spec.transforms.iter().map(|t| t.name.as_str()))
+        .collect::<Vec<_>>()
+        .join(", ")
 }

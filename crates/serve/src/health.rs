@@ -36,7 +36,11 @@ async fn startup(State(s): State<HealthState>) -> Response {
     if s.health.started() {
         (StatusCode::OK, axum::Json(json!({"status": "started"}))).into_response()
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, axum::Json(json!({"status": "starting"}))).into_response()
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(json!({"status": "starting"})),
+        )
+            .into_response()
     }
 }
 
@@ -47,22 +51,41 @@ async fn ready(State(s): State<HealthState>) -> Response {
         .filter_map(|(k, v)| v.as_ref().map(|why| (k.clone(), json!(why))))
         .collect();
     if !s.health.started() {
-        return (StatusCode::SERVICE_UNAVAILABLE, axum::Json(json!({"status": "starting", "not_ready": not_ready})))
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(json!({"status": "starting", "not_ready": not_ready})),
+        )
             .into_response();
     }
     if not_ready.is_empty() {
-        (StatusCode::OK, axum::Json(json!({"status": "ready", "components": components.keys().collect::<Vec<_>>()})))
+        (
+            StatusCode::OK,
+            axum::Json(
+                json!({"status": "ready", "components": components.keys().collect::<Vec<_>>()}),
+            ),
+        )
             .into_response()
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, axum::Json(json!({"status": "not ready", "not_ready": not_ready})))
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(json!({"status": "not ready", "not_ready": not_ready})),
+        )
             .into_response()
     }
 }
 
 async fn render_metrics(State(s): State<HealthState>) -> Response {
     match &s.metrics {
-        Some(h) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], h.render()).into_response(),
-        None => (StatusCode::NOT_FOUND, axum::Json(json!({"error": "metrics are not enabled"}))).into_response(),
+        Some(h) => (
+            [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+            h.render(),
+        )
+            .into_response(),
+        None => (
+            StatusCode::NOT_FOUND,
+            axum::Json(json!({"error": "metrics are not enabled"})),
+        )
+            .into_response(),
     }
 }
 
@@ -75,10 +98,17 @@ mod tests {
     use tower::ServiceExt;
 
     async fn get(router: &Router, path: &str) -> (StatusCode, serde_json::Value) {
-        let resp = router.clone().oneshot(Request::get(path).body(Body::empty()).unwrap()).await.unwrap();
+        let resp = router
+            .clone()
+            .oneshot(Request::get(path).body(Body::empty()).unwrap())
+            .await
+            .unwrap();
         let status = resp.status();
         let body = resp.into_body().collect().await.unwrap().to_bytes();
-        (status, serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null))
+        (
+            status,
+            serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null),
+        )
     }
 
     #[tokio::test]
@@ -86,13 +116,22 @@ mod tests {
         let health = Arc::new(Health::default());
         let router = health_router(health.clone(), None);
         assert_eq!(get(&router, "/health").await.0, StatusCode::OK);
-        assert_eq!(get(&router, "/health/startup").await.0, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            get(&router, "/health/startup").await.0,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
         health.set_started();
-        health.set("pipeline:tasks", Some("waiting for a partition assignment".into()));
+        health.set(
+            "pipeline:tasks",
+            Some("waiting for a partition assignment".into()),
+        );
         assert_eq!(get(&router, "/health/startup").await.0, StatusCode::OK);
         let (status, body) = get(&router, "/health/ready").await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
-        assert_eq!(body["not_ready"]["pipeline:tasks"], "waiting for a partition assignment");
+        assert_eq!(
+            body["not_ready"]["pipeline:tasks"],
+            "waiting for a partition assignment"
+        );
         health.set("pipeline:tasks", None);
         assert_eq!(get(&router, "/health/ready").await.0, StatusCode::OK);
     }

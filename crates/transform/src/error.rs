@@ -20,11 +20,17 @@ pub enum TransformError {
 
 impl TransformError {
     pub(crate) fn plan(stage: &str, e: datafusion::error::DataFusionError) -> Self {
-        TransformError::Plan { stage: stage.to_string(), message: clean(e) }
+        TransformError::Plan {
+            stage: stage.to_string(),
+            message: clean(e),
+        }
     }
 
     pub(crate) fn execute(stage: &str, e: datafusion::error::DataFusionError) -> Self {
-        TransformError::Execute { stage: stage.to_string(), message: clean(e) }
+        TransformError::Execute {
+            stage: stage.to_string(),
+            message: clean(e),
+        }
     }
 
     /// Who must act on this error.
@@ -38,7 +44,9 @@ impl TransformError {
     /// The stage concerned, if any.
     pub fn stage(&self) -> Option<&str> {
         match self {
-            TransformError::Plan { stage, .. } | TransformError::Execute { stage, .. } => Some(stage),
+            TransformError::Plan { stage, .. } | TransformError::Execute { stage, .. } => {
+                Some(stage)
+            }
             TransformError::Internal(_) => None,
         }
     }

@@ -60,12 +60,17 @@ pub struct Transform {
 
 impl std::fmt::Debug for Transform {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Transform").field("stages", &self.stages).finish()
+        f.debug_struct("Transform")
+            .field("stages", &self.stages)
+            .finish()
     }
 }
 
 fn sql_options() -> SQLOptions {
-    SQLOptions::new().with_allow_ddl(false).with_allow_dml(false).with_allow_statements(false)
+    SQLOptions::new()
+        .with_allow_ddl(false)
+        .with_allow_dml(false)
+        .with_allow_statements(false)
 }
 
 /// A DataFusion session configured the ymera way: UTC, one partition per batch, UDFs.
@@ -82,7 +87,11 @@ pub fn session() -> SessionContext {
 impl Transform {
     /// Stages over records of `input_schema`.
     pub fn new(stages: Vec<Stage>, input_schema: SchemaRef) -> Self {
-        Transform { ctx: session(), stages, input_schema }
+        Transform {
+            ctx: session(),
+            stages,
+            input_schema,
+        }
     }
 
     /// The stages, in order.
@@ -104,7 +113,8 @@ impl Transform {
             let planned = match ctx.sql_with_options(&stage.sql, sql_options()).await {
                 Ok(df) => {
                     let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
-                    register(&ctx, &stage.name, RecordBatch::new_empty(schema.clone())).map(|()| schema)
+                    register(&ctx, &stage.name, RecordBatch::new_empty(schema.clone()))
+                        .map(|()| schema)
                 }
                 Err(e) => Err(TransformError::plan(&stage.name, e)),
             };
@@ -115,7 +125,9 @@ impl Transform {
 
     /// Runs every stage over one batch.
     pub async fn run(&self, input: RecordBatch) -> Result<Outputs> {
-        let mut outputs = Outputs { tables: Vec::with_capacity(self.stages.len() + 1) };
+        let mut outputs = Outputs {
+            tables: Vec::with_capacity(self.stages.len() + 1),
+        };
         register(&self.ctx, INPUT, input.clone())?;
         outputs.tables.push((INPUT.to_string(), input));
         let result = async {
@@ -126,7 +138,10 @@ impl Transform {
                     .await
                     .map_err(|e| TransformError::plan(&stage.name, e))?;
                 let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
-                let batches = df.collect().await.map_err(|e| TransformError::execute(&stage.name, e))?;
+                let batches = df
+                    .collect()
+                    .await
+                    .map_err(|e| TransformError::execute(&stage.name, e))?;
                 let batch = concat_batches(&schema, &batches)
                     .map_err(|e| TransformError::execute(&stage.name, e.into()))?;
                 register(&self.ctx, &stage.name, batch.clone())?;
@@ -153,7 +168,10 @@ impl Transform {
             match self.run(batch.clone()).await {
                 Ok(out) => parts.push(out),
                 Err(e @ TransformError::Execute { .. }) if batch.num_rows() <= 1 => {
-                    failed.push(FailedRow { row: offset, error: e })
+                    failed.push(FailedRow {
+                        row: offset,
+                        error: e,
+                    })
                 }
                 Err(TransformError::Execute { .. }) => {
                     let half = batch.num_rows() / 2;
@@ -179,15 +197,21 @@ fn register(ctx: &SessionContext, name: &str, batch: RecordBatch) -> Result<()> 
 }
 
 fn merge(parts: Vec<Outputs>) -> Result<Outputs> {
-    let Some(first) = parts.first() else { return Ok(Outputs::default()) };
+    let Some(first) = parts.first() else {
+        return Ok(Outputs::default());
+    };
     if parts.len() == 1 {
         return Ok(parts.into_iter().next().unwrap_or_default());
     }
     let mut merged = Outputs::default();
     for (i, (name, batch)) in first.tables.iter().enumerate() {
-        let all: Vec<RecordBatch> = parts.iter().filter_map(|p| p.tables.get(i).map(|t| t.1.clone())).collect();
-        let batch = concat_batches(&batch.schema(), &all)
-            .map_err(|e| TransformError::Internal(format!("cannot merge outputs of `{name}`: {e}")))?;
+        let all: Vec<RecordBatch> = parts
+            .iter()
+            .filter_map(|p| p.tables.get(i).map(|t| t.1.clone()))
+            .collect();
+        let batch = concat_batches(&batch.schema(), &all).map_err(|e| {
+            TransformError::Internal(format!("cannot merge outputs of `{name}`: {e}"))
+        })?;
         merged.tables.push((name.clone(), batch));
     }
     Ok(merged)
