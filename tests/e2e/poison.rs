@@ -9,9 +9,11 @@ use arrow::array::{Array, BinaryArray, Int32Array, Int64Array, StringArray};
 
 use crate::support::*;
 
+type KeyValue = (Vec<u8>, Vec<u8>);
+
 /// 10,000 records, every 100th one bad in one of several ways. Returns records and the
 /// indices of the bad ones.
-fn poisoned(n: i64) -> (Vec<(Vec<u8>, Vec<u8>)>, HashSet<i64>) {
+fn poisoned(n: i64) -> (Vec<KeyValue>, HashSet<i64>) {
     let mut records = Vec::new();
     let mut bad = HashSet::new();
     let mut seq = 0;

@@ -109,8 +109,7 @@ pub async fn load_pipelines(
     let mut names: BTreeMap<String, PathBuf> = BTreeMap::new();
     let mut tables: BTreeMap<String, PathBuf> = BTreeMap::new();
     for f in files {
-        let env: Option<&dyn Fn(&str) -> Option<String>> =
-            if environment { Some(&env_lookup) } else { None };
+        let env: ymera_pipeline::load::Env<'_> = if environment { Some(&env_lookup) } else { None };
         let mut loaded = load_file(&f, env);
         let checked = check(&mut loaded).await;
         if let Some(p) = checked {

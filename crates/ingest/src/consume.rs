@@ -50,33 +50,32 @@ pub fn read_topic(
         match consumer.poll(Duration::from_millis(200)) {
             None => {}
             Some(Err(e)) => return Err(e),
-            Some(Ok(m)) => {
-                if highs.get(&m.partition()).is_some_and(|h| m.offset() < *h) {
-                    remaining -= 1;
-                    out.push((
-                        m.partition(),
-                        Record {
-                            key: m.key().map(<[u8]>::to_vec),
-                            value: m.payload().map(<[u8]>::to_vec),
-                            offset: m.offset(),
-                            timestamp_ms: m.timestamp().to_millis(),
-                            headers: m
-                                .headers()
-                                .map(|h| {
-                                    h.iter()
-                                        .map(|x| {
-                                            (
-                                                x.key.to_string(),
-                                                x.value.map(<[u8]>::to_vec).unwrap_or_default(),
-                                            )
-                                        })
-                                        .collect()
-                                })
-                                .unwrap_or_default(),
-                        },
-                    ));
-                }
+            Some(Ok(m)) if highs.get(&m.partition()).is_some_and(|h| m.offset() < *h) => {
+                remaining -= 1;
+                out.push((
+                    m.partition(),
+                    Record {
+                        key: m.key().map(<[u8]>::to_vec),
+                        value: m.payload().map(<[u8]>::to_vec),
+                        offset: m.offset(),
+                        timestamp_ms: m.timestamp().to_millis(),
+                        headers: m
+                            .headers()
+                            .map(|h| {
+                                h.iter()
+                                    .map(|x| {
+                                        (
+                                            x.key.to_string(),
+                                            x.value.map(<[u8]>::to_vec).unwrap_or_default(),
+                                        )
+                                    })
+                                    .collect()
+                            })
+                            .unwrap_or_default(),
+                    },
+                ));
             }
+            Some(Ok(_)) => {}
         }
     }
     Ok(out)

@@ -505,12 +505,11 @@ fn poll_loop(
                 });
                 buf.records.push(record);
                 buf.bytes += size;
-                if buf.records.len() >= s.max_records || buf.bytes >= s.max_bytes {
-                    if let Some(b) = buffers.remove(&tp) {
-                        if !send(SourceEvent::Chunk(chunk(tp, b))) {
-                            return;
-                        }
-                    }
+                if (buf.records.len() >= s.max_records || buf.bytes >= s.max_bytes)
+                    && let Some(b) = buffers.remove(&tp)
+                    && !send(SourceEvent::Chunk(chunk(tp, b)))
+                {
+                    return;
                 }
             }
         }
@@ -521,26 +520,25 @@ fn poll_loop(
             .map(|(tp, _)| tp.clone())
             .collect();
         for tp in due {
-            if let Some(b) = buffers.remove(&tp) {
-                if !send(SourceEvent::Chunk(chunk(tp, b))) {
-                    return;
-                }
+            if let Some(b) = buffers.remove(&tp)
+                && !send(SourceEvent::Chunk(chunk(tp, b)))
+            {
+                return;
             }
         }
-        if let Some(idle) = s.stop_when_idle {
-            if buffers.is_empty()
-                && last_record.elapsed() >= idle
-                && last_idle_check.elapsed() >= Duration::from_secs(1)
-            {
-                last_idle_check = Instant::now();
-                if !epochs.is_empty() && caught_up(consumer, &epochs, &positions) {
-                    info!(
-                        pipeline = s.pipeline,
-                        "all assigned partitions caught up and idle"
-                    );
-                    send(SourceEvent::Idle);
-                    return;
-                }
+        if let Some(idle) = s.stop_when_idle
+            && buffers.is_empty()
+            && last_record.elapsed() >= idle
+            && last_idle_check.elapsed() >= Duration::from_secs(1)
+        {
+            last_idle_check = Instant::now();
+            if !epochs.is_empty() && caught_up(consumer, &epochs, &positions) {
+                info!(
+                    pipeline = s.pipeline,
+                    "all assigned partitions caught up and idle"
+                );
+                send(SourceEvent::Idle);
+                return;
             }
         }
     }

@@ -124,10 +124,8 @@ pub async fn create_topics(
             Ok(_) => {}
             Err((_, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) => {}
             Err((topic, code)) => {
-                return Err(KafkaError::AdminOp(code)).map_err(|e| {
-                    tracing::error!(topic, "cannot create topic");
-                    e
-                });
+                tracing::error!(topic, "cannot create topic");
+                return Err(KafkaError::AdminOp(code));
             }
         }
     }

@@ -142,10 +142,10 @@ impl MarkedEventReceiver for Recorder {
                             .or_insert(pos);
                         // a block map's start mark is the colon after its first key:
                         // the map is where that key is
-                        if let Some(start) = self.map.get_mut(path.as_str()) {
-                            if pos < *start {
-                                *start = pos;
-                            }
+                        if let Some(start) = self.map.get_mut(path.as_str())
+                            && pos < *start
+                        {
+                            *start = pos;
                         }
                         *key = Some(text);
                     }
@@ -169,6 +169,9 @@ impl MarkedEventReceiver for Recorder {
         }
     }
 }
+
+/// Resolves `${VAR}`; `None` leaves variables as written (`validate --no-environment`).
+pub type Env<'a> = Option<&'a dyn Fn(&str) -> Option<String>>;
 
 /// A parsed pipeline file: the spec when it decoded, the positions, the problems.
 #[derive(Debug)]
@@ -219,7 +222,7 @@ const TOP_KEYS: &[&str] = &[
 
 /// Reads one pipeline file. `env` resolves `${VAR}`; when `None`, variables are left as
 /// written and not checked (`validate --no-environment`).
-pub fn load_file(file: &Path, env: Option<&dyn Fn(&str) -> Option<String>>) -> Loaded {
+pub fn load_file(file: &Path, env: Env<'_>) -> Loaded {
     let mut loaded = Loaded {
         file: file.to_path_buf(),
         spec: None,
@@ -238,7 +241,7 @@ pub fn load_file(file: &Path, env: Option<&dyn Fn(&str) -> Option<String>>) -> L
 }
 
 /// Like [`load_file`] over text already read (used by tests).
-pub fn load_str(loaded: &mut Loaded, text: &str, env: Option<&dyn Fn(&str) -> Option<String>>) {
+pub fn load_str(loaded: &mut Loaded, text: &str, env: Env<'_>) {
     loaded.positions = Positions::of(text);
     let mut root: Value = match serde_norway::from_str(text) {
         Ok(v) => v,
@@ -298,18 +301,17 @@ pub fn load_str(loaded: &mut Loaded, text: &str, env: Option<&dyn Fn(&str) -> Op
     }
     if let (Some(name), Some(source), Some(transforms), Some(sinks), Some(tests)) =
         (name, source, transforms, sinks, tests)
+        && loaded.diagnostics.is_empty()
     {
-        if loaded.diagnostics.is_empty() {
-            loaded.spec = Some(PipelineSpec {
-                name,
-                source,
-                transforms,
-                sinks,
-                dlq,
-                batch: batch.unwrap_or_default(),
-                tests,
-            });
-        }
+        loaded.spec = Some(PipelineSpec {
+            name,
+            source,
+            transforms,
+            sinks,
+            dlq,
+            batch: batch.unwrap_or_default(),
+            tests,
+        });
     }
 }
 

@@ -207,11 +207,10 @@ pub async fn run(
     drop(events);
     let closing = source;
     let _ = tokio::task::spawn_blocking(move || {
-        if !commits.is_empty() {
-            if let Err(e) = closing.commit(&commits, true) {
+        if !commits.is_empty()
+            && let Err(e) = closing.commit(&commits, true) {
                 warn!(error = %e, "final offset commit failed (the lake's commit log still holds the position)");
             }
-        }
         match Arc::try_unwrap(closing) {
             Ok(source) => source.close(),
             Err(_) => warn!("the Kafka source is still shared at shutdown; not closing it"),
