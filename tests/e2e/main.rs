@@ -7,5 +7,6 @@
 
 mod cli;
 mod exactly_once;
+mod operability;
 mod poison;
 mod support;

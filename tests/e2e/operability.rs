@@ -1,0 +1,147 @@
+//! Operating `ymera run`: health probes and Prometheus metrics on `run.listen`, and an
+//! unwritable lake that pauses consumption without committing, then recovers.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use crate::support::*;
+
+/// A free local port.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `GET path` over plain HTTP/1.0: (status, body).
+fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let status = text.split_whitespace().nth(1)?.parse().ok()?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Some((status, body))
+}
+
+fn wait_for(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    false
+}
+
+#[test]
+fn unwritable_lake_pauses_without_committing_then_recovers_with_probes_and_metrics() {
+    let rt = runtime();
+    let topic = unique("ops");
+    create_topic(&rt, &topic, 2);
+    produce(&rt, &topic, &(0..1000).map(seq_record).collect::<Vec<_>>());
+    let group = unique("g");
+    let name = "ops_seq";
+    let dir = pipeline_dir(&pipeline_yaml(
+        name,
+        &topic,
+        &group,
+        "{ path: _dlq/ops_seq }",
+        "",
+    ));
+    let lake = tempfile::tempdir().unwrap();
+    // a regular file where the table directory must go: every publication fails
+    std::fs::write(lake.path().join(name), b"in the way").unwrap();
+    let port = free_port();
+    let mut child = {
+        let mut cmd = ymera();
+        cmd.args(["run", "--stop-when-idle", "3s"])
+            .arg(dir.path())
+            .env("YMERA_TEST_BROKERS", brokers())
+            .env("YMERA__LAKE__URL", lake.path())
+            .env("YMERA__RUN__LISTEN", format!("127.0.0.1:{port}"))
+            .env("YMERA__LOG__LEVEL", "warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        cmd.spawn().unwrap()
+    };
+    assert!(wait_for(Duration::from_secs(30), || http_get(
+        port, "/health"
+    )
+    .is_some_and(|(s, _)| s == 200)));
+    // not ready, and the body says why
+    let said = wait_for(Duration::from_secs(30), || {
+        http_get(port, "/health/ready")
+            .is_some_and(|(s, b)| s == 503 && b.contains("lake unwritable"))
+    });
+    assert!(
+        said,
+        "readiness did not report the unwritable lake: {:?}",
+        http_get(port, "/health/ready")
+    );
+    assert_eq!(http_get(port, "/health/startup").map(|r| r.0), Some(200));
+    let (status, metrics) = http_get(port, "/metrics").unwrap();
+    assert_eq!(status, 200);
+    for name in [
+        "ymera_component_received_events_total",
+        "ymera_component_errors_total",
+    ] {
+        assert!(metrics.contains(name), "metric {name} missing:\n{metrics}");
+    }
+    // nothing committed while the lake refuses writes
+    let committed = ymera_ingest::consume::committed_offsets(
+        &brokers(),
+        &group,
+        &topic,
+        Duration::from_secs(10),
+    )
+    .unwrap();
+    assert!(
+        committed.iter().all(|(_, o)| o.is_none()),
+        "offsets committed before the lake had the data: {committed:?}"
+    );
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "ymera run crashed instead of retrying"
+    );
+
+    // the operator fixes the lake: publication resumes, everything lands once, exit 0
+    std::fs::remove_file(lake.path().join(name)).unwrap();
+    assert!(wait_for(Duration::from_secs(60), || http_get(
+        port,
+        "/health/ready"
+    )
+    .is_some_and(|(s, _)| s == 200)));
+    let (_, metrics) = http_get(port, "/metrics").unwrap();
+    for name in [
+        "ymera_component_sent_events_total",
+        "ymera_lake_files_written_total",
+        "ymera_batch_commit_seconds",
+    ] {
+        assert!(metrics.contains(name), "metric {name} missing:\n{metrics}");
+    }
+    let status = wait_timeout(&mut child, Duration::from_secs(90))
+        .expect("ymera run did not stop when idle");
+    assert!(status.success());
+    let seqs: Vec<i64> = seqs_by_partition(&lake.path().join(name))
+        .into_values()
+        .flatten()
+        .collect();
+    assert_eq!(seqs.len(), 1000);
+    let committed = ymera_ingest::consume::committed_offsets(
+        &brokers(),
+        &group,
+        &topic,
+        Duration::from_secs(10),
+    )
+    .unwrap();
+    assert!(committed.iter().all(|(_, o)| o.is_some()), "{committed:?}");
+}
