@@ -7,6 +7,7 @@
 
 mod cli;
 mod exactly_once;
+mod interop;
 mod operability;
 mod poison;
 mod support;

@@ -73,8 +73,13 @@ fn peak_rss_mib() -> Option<f64> {
     Some(kb / 1024.0)
 }
 
-pub async fn bench(_settings: &Settings, n: usize, brokers: Option<String>) -> u8 {
-    match run(n, brokers).await {
+pub async fn bench(
+    _settings: &Settings,
+    n: usize,
+    brokers: Option<String>,
+    input: Option<std::path::PathBuf>,
+) -> u8 {
+    match run(n, brokers, input).await {
         Ok(()) => EXIT_OK,
         Err(e) => {
             eprintln!("error: {e}");
@@ -89,6 +94,7 @@ async fn pipeline(brokers: &str) -> Result<ymera_pipeline::Pipeline, String> {
         spec: None,
         positions: Positions::default(),
         diagnostics: Vec::new(),
+        warnings: Vec::new(),
     };
     let b = brokers.to_string();
     let env = move |v: &str| (v == "YMERA_BENCH_BROKERS").then(|| b.clone());
@@ -104,10 +110,29 @@ async fn pipeline(brokers: &str) -> Result<ymera_pipeline::Pipeline, String> {
     })
 }
 
-async fn run(n: usize, brokers: Option<String>) -> Result<(), String> {
-    let events = tokio::task::spawn_blocking(move || reference_events(n))
+async fn run(
+    n: usize,
+    brokers: Option<String>,
+    input: Option<std::path::PathBuf>,
+) -> Result<(), String> {
+    let events = match input {
+        Some(path) => tokio::task::spawn_blocking(move || {
+            std::fs::read(&path)
+                .map(|b| {
+                    b.split(|c| *c == b'\n')
+                        .filter(|l| !l.is_empty())
+                        .map(<[u8]>::to_vec)
+                        .collect::<Vec<_>>()
+                })
+                .map_err(|e| format!("{}: {e}", path.display()))
+        })
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| e.to_string())??,
+        None => tokio::task::spawn_blocking(move || reference_events(n))
+            .await
+            .map_err(|e| e.to_string())?,
+    };
+    let n = events.len();
     let bytes: usize = events.iter().map(Vec::len).sum();
     println!(
         "{n} reference events, {:.0} bytes each on average",

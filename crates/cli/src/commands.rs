@@ -103,9 +103,20 @@ pub async fn load_pipelines(
     paths: &[PathBuf],
     environment: bool,
 ) -> Result<(Vec<Pipeline>, Vec<Diagnostic>), String> {
+    load_pipelines_with_warnings(paths, environment)
+        .await
+        .map(|(p, d, _)| (p, d))
+}
+
+/// Like [`load_pipelines`], also returning the warnings.
+pub async fn load_pipelines_with_warnings(
+    paths: &[PathBuf],
+    environment: bool,
+) -> Result<(Vec<Pipeline>, Vec<Diagnostic>, Vec<Diagnostic>), String> {
     let files = pipeline_files(paths)?;
     let mut pipelines = Vec::new();
     let mut diags = Vec::new();
+    let mut warnings = Vec::new();
     let mut names: BTreeMap<String, PathBuf> = BTreeMap::new();
     let mut tables: BTreeMap<String, PathBuf> = BTreeMap::new();
     for f in files {
@@ -147,18 +158,20 @@ pub async fn load_pipelines(
             }
         }
         diags.extend(loaded.diagnostics);
+        warnings.extend(loaded.warnings);
     }
-    Ok((pipelines, diags))
+    Ok((pipelines, diags, warnings))
 }
 
-pub async fn validate(paths: &[PathBuf], no_environment: bool, _deny_warnings: bool) -> u8 {
-    let (pipelines, mut diags) = match load_pipelines(paths, !no_environment).await {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return EXIT_CONFIG;
-        }
-    };
+pub async fn validate(paths: &[PathBuf], no_environment: bool, deny_warnings: bool) -> u8 {
+    let (pipelines, mut diags, warnings) =
+        match load_pipelines_with_warnings(paths, !no_environment).await {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return EXIT_CONFIG;
+            }
+        };
     if !no_environment && diags.is_empty() {
         for p in &pipelines {
             let brokers = p.spec.source.kafka.brokers.clone();
@@ -174,9 +187,9 @@ pub async fn validate(paths: &[PathBuf], no_environment: bool, _deny_warnings: b
             match reached {
                 Ok(Ok(_)) => {}
                 Ok(Err(e)) => diags.push(Diagnostic {
-                    file: PathBuf::from(format!("pipeline `{}`", p.spec.name)),
-                    line: 0,
-                    col: 0,
+                    file: p.file.clone(),
+                    line: p.brokers_at.0,
+                    col: p.brokers_at.1,
                     path: "source.kafka.brokers".into(),
                     message: format!("brokers `{brokers}` unreachable: {e}"),
                 }),
@@ -189,6 +202,13 @@ pub async fn validate(paths: &[PathBuf], no_environment: bool, _deny_warnings: b
                 }),
             }
         }
+    }
+    for w in &warnings {
+        eprintln!("{}", w.as_warning());
+    }
+    if deny_warnings && !warnings.is_empty() && diags.is_empty() {
+        eprintln!("{} warning(s) denied", warnings.len());
+        return EXIT_CONFIG;
     }
     if diags.is_empty() {
         println!("{} pipeline(s) valid", pipelines.len());

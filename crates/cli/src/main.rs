@@ -117,6 +117,10 @@ enum Command {
         /// Also measure end to end through this broker (`embedded` or host:port).
         #[arg(long)]
         brokers: Option<String>,
+        /// Read the events from this JSON-lines file (e.g. made by
+        /// shared/bench/gen_events_file.py) instead of generating them.
+        #[arg(long)]
+        input: Option<PathBuf>,
     },
 }
 
@@ -177,7 +181,11 @@ fn main() -> ExitCode {
                     .await
             }
             Command::Broker { topics } => commands::broker(&topics).await,
-            Command::Bench { events, brokers } => bench::bench(&settings, events, brokers).await,
+            Command::Bench {
+                events,
+                brokers,
+                input,
+            } => bench::bench(&settings, events, brokers, input).await,
         }
     });
     runtime.shutdown_timeout(std::time::Duration::from_secs(5));

@@ -572,3 +572,21 @@ fn caught_up(
     }
     true
 }
+
+#[cfg(test)]
+mod tests {
+    /// librdkafka is built with what SASL_SSL clusters and compressed topics need.
+    #[test]
+    fn librdkafka_has_tls_sasl_and_zstd() {
+        let native = rdkafka::config::ClientConfig::new()
+            .create_native_config()
+            .unwrap();
+        let features = native.get("builtin.features").unwrap();
+        for f in ["ssl", "sasl_plain", "sasl_scram", "zstd", "gzip"] {
+            assert!(
+                features.split(',').any(|x| x == f),
+                "librdkafka lacks `{f}`: {features}"
+            );
+        }
+    }
+}

@@ -25,6 +25,13 @@ pub struct Diagnostic {
     pub message: String,
 }
 
+impl Diagnostic {
+    /// The same problem, rendered as a warning.
+    pub fn as_warning(&self) -> String {
+        self.to_string().replacen(": error: ", ": warning: ", 1)
+    }
+}
+
 impl fmt::Display for Diagnostic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
@@ -180,9 +187,23 @@ pub struct Loaded {
     pub spec: Option<PipelineSpec>,
     pub positions: Positions,
     pub diagnostics: Vec<Diagnostic>,
+    /// Things that work but are probably not meant (`validate --deny-warnings` refuses them).
+    pub warnings: Vec<Diagnostic>,
 }
 
 impl Loaded {
+    /// Adds a warning at a YAML path.
+    pub fn warn_at(&mut self, path: &str, message: impl Into<String>) {
+        let (line, col) = self.positions.locate(path);
+        self.warnings.push(Diagnostic {
+            file: self.file.clone(),
+            line,
+            col,
+            path: path.to_string(),
+            message: message.into(),
+        });
+    }
+
     /// Adds a problem at a YAML path.
     pub fn error_at(&mut self, path: &str, message: impl Into<String>) {
         let (line, col) = self.positions.locate(path);
@@ -228,6 +249,7 @@ pub fn load_file(file: &Path, env: Env<'_>) -> Loaded {
         spec: None,
         positions: Positions::default(),
         diagnostics: Vec::new(),
+        warnings: Vec::new(),
     };
     let text = match std::fs::read_to_string(file) {
         Ok(t) => t,

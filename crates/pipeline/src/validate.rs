@@ -33,6 +33,10 @@ pub struct Pipeline {
     pub sinks: Vec<Sink>,
     /// The dead-letter table when `dlq.path` is set.
     pub dlq_table: Option<TableSpec>,
+    /// The file it came from and where `source.kafka.brokers` is in it (for the
+    /// environment checks of `validate`).
+    pub file: std::path::PathBuf,
+    pub brokers_at: (usize, usize),
 }
 
 impl Pipeline {
@@ -330,6 +334,15 @@ pub async fn check(loaded: &mut Loaded) -> Option<Pipeline> {
             }
         }
     }
+    if spec.tests.is_empty() {
+        loaded.warn_at(
+            "name",
+            format!(
+                "pipeline `{}` has no `tests:`: `ymera test` cannot check its stages",
+                spec.name
+            ),
+        );
+    }
     if spec.batch.max_records == 0 {
         loaded.error_at("batch.max_records", "max_records must be at least 1");
     }
@@ -344,6 +357,8 @@ pub async fn check(loaded: &mut Loaded) -> Option<Pipeline> {
         stages,
         sinks,
         dlq_table,
+        file: loaded.file.clone(),
+        brokers_at: loaded.positions.locate("source.kafka.brokers"),
     })
 }
 
