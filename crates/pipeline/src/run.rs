@@ -592,7 +592,7 @@ impl Runner {
         let mut files = Vec::new();
         let mut rows_by_table: Vec<(String, u64, u64)> = Vec::new();
         for w in seg.writers.into_iter().chain(seg.dlq) {
-            let table = w_table(&w);
+            let table = w.table().to_string();
             let done = w.finish(&file_name).map_err(|e| RunError::Lake {
                 pipeline: name.clone(),
                 source: e,
@@ -651,8 +651,4 @@ impl Runner {
             }
         }
     }
-}
-
-fn w_table(w: &TableWriter) -> String {
-    w.table().to_string()
 }
