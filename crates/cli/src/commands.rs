@@ -325,7 +325,7 @@ pub async fn run_pipelines(
                 .await;
         });
     }
-    let mut tasks = Vec::new();
+    let mut tasks = tokio::task::JoinSet::new();
     for p in pipelines {
         let brokers = embedded::resolve_brokers(&p.spec.source.kafka.brokers)?;
         let opts = RunOptions {
@@ -336,26 +336,27 @@ pub async fn run_pipelines(
         };
         let name = p.spec.name.clone();
         let p = Arc::new(p);
-        tasks.push((
-            name,
-            tokio::spawn(ymera_pipeline::run::run(p, brokers, opts)),
-        ));
+        tasks.spawn(async move { (name, ymera_pipeline::run::run(p, brokers, opts).await) });
     }
     health.set_started();
     let mut results = Vec::new();
     let mut failures = Vec::new();
-    for (name, t) in tasks {
-        match t.await {
-            Ok(Ok(stats)) => results.push((name, stats)),
-            Ok(Err(e)) => {
+    // the first pipeline to fail (or panic) stops the process: the others flush and commit
+    while let Some(joined) = tasks.join_next().await {
+        match joined {
+            Ok((name, Ok(stats))) => results.push((name, stats)),
+            Ok((name, Err(e))) => {
                 error!(pipeline = name, error = %e, "pipeline failed");
                 failures.push(e.to_string());
-                // one failed pipeline stops the process: the others flush and commit
                 shutdown.cancel();
             }
-            Err(e) => failures.push(format!("pipeline `{name}` panicked: {e}")),
+            Err(e) => {
+                failures.push(format!("a pipeline task panicked: {e}"));
+                shutdown.cancel();
+            }
         }
     }
+    results.sort_by(|a, b| a.0.cmp(&b.0));
     shutdown.cancel();
     if failures.is_empty() {
         Ok(results)

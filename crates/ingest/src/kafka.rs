@@ -14,7 +14,7 @@
 //! - the pipeline commits an offset only after every sink made everything below it
 //!   durable ([`KafkaSource::commit`]).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -25,6 +25,7 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Reb
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Headers, Message};
 use rdkafka::statistics::Statistics;
+use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::{RwLock, RwLockReadGuard, mpsc};
 use tracing::{debug, error, info, warn};
@@ -60,8 +61,15 @@ pub enum SourceEvent {
     Chunk(Chunk),
     /// These partitions were taken away: drop their unpublished work.
     Revoked(Vec<TopicPartition>),
+    /// These partitions were assigned and resume at these offsets (None: nothing durable
+    /// yet, the `start` policy applies).
+    Assigned(Vec<(TopicPartition, Option<i64>)>),
     /// Every assigned partition is caught up and has been idle for the requested time.
     Idle,
+    /// A stop was requested: every record read before it was sent.
+    Stopped,
+    /// The source cannot go on without losing or repeating records.
+    Fatal(String),
 }
 
 /// Where a partition starts when the sinks hold nothing of it.
@@ -272,7 +280,16 @@ impl ConsumerContext for Ctx {
                     c.push(Change::Revoked(tps));
                 }
             }
-            Rebalance::Error(e) => warn!(pipeline = self.pipeline, error = %e, "rebalance error"),
+            Rebalance::Error(e) => {
+                // rdkafka unassigns everything after an error: so must the fence
+                warn!(pipeline = self.pipeline, error = %e, "rebalance error: every partition is given up");
+                let owned: Vec<TopicPartition> =
+                    self.fence.owned.blocking_read().keys().cloned().collect();
+                self.fence.revoke_blocking(&owned);
+                if let Ok(mut c) = self.changes.lock() {
+                    c.push(Change::Revoked(owned));
+                }
+            }
         }
     }
 }
@@ -281,6 +298,7 @@ impl ConsumerContext for Ctx {
 pub struct KafkaSource {
     consumer: Arc<BaseConsumer<Ctx>>,
     stop: Arc<AtomicBool>,
+    closing: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
     fence: Arc<Fence>,
     pipeline: String,
@@ -305,7 +323,7 @@ pub fn client_config(
         .set("group.id", group_id)
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", "earliest")
+        .set("auto.offset.reset", "error")
         .set("statistics.interval.ms", "5000")
         .set("session.timeout.ms", "10000")
         .set("heartbeat.interval.ms", "1000")
@@ -333,19 +351,26 @@ impl KafkaSource {
             changes: std::sync::Mutex::new(Vec::new()),
             assigned: AtomicBool::new(false),
         };
-        let consumer: BaseConsumer<Ctx> =
-            client_config(&settings.brokers, &settings.group_id, &settings.client)
-                .create_with_context(ctx)?;
+        let mut cfg = client_config(&settings.brokers, &settings.group_id, &settings.client);
+        if settings.start == StartFrom::Committed
+            && !settings.client.contains_key("auto.offset.reset")
+        {
+            // `committed`: the group's offset, else the earliest record
+            cfg.set("auto.offset.reset", "earliest");
+        }
+        let consumer: BaseConsumer<Ctx> = cfg.create_with_context(ctx)?;
         let topics: Vec<&str> = settings.topics.iter().map(String::as_str).collect();
         consumer.subscribe(&topics)?;
         let consumer = Arc::new(consumer);
         let (tx, rx) = mpsc::channel(4);
+        let closing = Arc::new(AtomicBool::new(false));
         let thread = {
             let consumer = consumer.clone();
             let stop = stop.clone();
+            let closing = closing.clone();
             std::thread::Builder::new()
                 .name(format!("kafka-{}", settings.pipeline))
-                .spawn(move || poll_loop(&consumer, &settings, &stop, &tx))
+                .spawn(move || poll_loop(&consumer, &settings, &stop, &closing, &tx))
                 .map_err(|e| {
                     KafkaError::ClientCreation(format!("cannot start the poll thread: {e}"))
                 })?
@@ -354,6 +379,7 @@ impl KafkaSource {
             KafkaSource {
                 consumer,
                 stop,
+                closing,
                 thread: Some(thread),
                 fence,
                 pipeline: String::new(),
@@ -399,8 +425,11 @@ impl KafkaSource {
     /// context).
     pub fn close(mut self) {
         self.stop.store(true, Ordering::SeqCst);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
+        self.closing.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take()
+            && t.join().is_err()
+        {
+            error!("the Kafka poll thread panicked");
         }
         self.consumer.unsubscribe();
     }
@@ -413,25 +442,62 @@ struct Buffer {
     since: Instant,
 }
 
+/// The poll loop. It never blocks on the pipeline: events wait in `pending` while the
+/// channel is full, and fetching is paused meanwhile, so `poll()` keeps being called and
+/// rebalance callbacks keep running (a consumer that stops polling is thrown out of the
+/// group without a Revoke, and its fence would not know).
 fn poll_loop(
     consumer: &BaseConsumer<Ctx>,
     s: &SourceSettings,
     stop: &AtomicBool,
+    closing: &AtomicBool,
     tx: &mpsc::Sender<SourceEvent>,
 ) {
     let mut buffers: HashMap<TopicPartition, Buffer> = HashMap::new();
     let mut epochs: HashMap<TopicPartition, u64> = HashMap::new();
     // next offset to read per partition, as far as this loop knows
     let mut positions: HashMap<TopicPartition, i64> = HashMap::new();
+    let mut pending: VecDeque<SourceEvent> = VecDeque::new();
+    let mut paused = false;
+    // after Stopped/Idle/Fatal: nothing more is read; polling goes on until close()
+    let mut draining = false;
     let mut last_record = Instant::now();
     let mut last_idle_check = Instant::now();
-    let send = |ev: SourceEvent| tx.blocking_send(ev).is_ok();
     loop {
-        if stop.load(Ordering::SeqCst) {
-            for (tp, b) in buffers.drain() {
-                send(SourceEvent::Chunk(chunk(tp, b)));
+        while let Some(ev) = pending.pop_front() {
+            match tx.try_send(ev) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(ev)) => {
+                    pending.push_front(ev);
+                    break;
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => return,
             }
+        }
+        if closing.load(Ordering::SeqCst) {
             return;
+        }
+        let want_pause = draining || !pending.is_empty();
+        if want_pause != paused {
+            if let Ok(assignment) = consumer.assignment() {
+                let done = if want_pause {
+                    consumer.pause(&assignment)
+                } else {
+                    consumer.resume(&assignment)
+                };
+                if let Err(e) = done {
+                    warn!(pipeline = s.pipeline, error = %e, "cannot pause/resume fetching");
+                }
+            }
+            paused = want_pause;
+        }
+        if !draining && stop.load(Ordering::SeqCst) {
+            for (tp, b) in buffers.drain() {
+                pending.push_back(SourceEvent::Chunk(chunk(tp, b)));
+            }
+            pending.push_back(SourceEvent::Stopped);
+            draining = true;
+            continue;
         }
         let polled = consumer.poll(Duration::from_millis(100));
         // assignment changes made by callbacks during that poll
@@ -444,14 +510,16 @@ fn poll_loop(
         for change in changes {
             match change {
                 Change::Assigned(starts, epoch) => {
-                    for (tp, next) in starts {
-                        buffers.remove(&tp);
+                    for (tp, next) in &starts {
+                        buffers.remove(tp);
                         epochs.insert(tp.clone(), epoch);
                         match next {
-                            Some(n) => positions.insert(tp, n),
-                            None => positions.remove(&tp),
+                            Some(n) => positions.insert(tp.clone(), *n),
+                            None => positions.remove(tp),
                         };
                     }
+                    pending.push_back(SourceEvent::Assigned(starts));
+                    paused = false; // new partitions fetch until paused again
                 }
                 Change::Revoked(tps) => {
                     for tp in &tps {
@@ -459,16 +527,32 @@ fn poll_loop(
                         epochs.remove(tp);
                         positions.remove(tp);
                     }
-                    if !send(SourceEvent::Revoked(tps)) {
-                        return;
-                    }
+                    pending.push_back(SourceEvent::Revoked(tps));
                 }
             }
             last_record = Instant::now();
         }
         match polled {
             None => {}
-            Some(Err(e)) => warn!(pipeline = s.pipeline, error = %e, "kafka poll error"),
+            Some(Err(e)) => {
+                let code = e.rdkafka_error_code();
+                if matches!(
+                    code,
+                    Some(RDKafkaErrorCode::OffsetOutOfRange)
+                        | Some(RDKafkaErrorCode::AutoOffsetReset)
+                ) && !draining
+                {
+                    // the resume position is not in the log (topic recreated, log truncated):
+                    // reading from anywhere else would lose or repeat records
+                    pending.push_back(SourceEvent::Fatal(format!(
+                        "the resume position is not in the topic any more ({e}); nothing was read from elsewhere"
+                    )));
+                    draining = true;
+                } else {
+                    warn!(pipeline = s.pipeline, error = %e, "kafka poll error");
+                }
+            }
+            Some(Ok(_)) if draining => {}
             Some(Ok(msg)) => {
                 last_record = Instant::now();
                 let tp = (msg.topic().to_string(), msg.partition());
@@ -507,9 +591,8 @@ fn poll_loop(
                 buf.bytes += size;
                 if (buf.records.len() >= s.max_records || buf.bytes >= s.max_bytes)
                     && let Some(b) = buffers.remove(&tp)
-                    && !send(SourceEvent::Chunk(chunk(tp, b)))
                 {
-                    return;
+                    pending.push_back(SourceEvent::Chunk(chunk(tp, b)));
                 }
             }
         }
@@ -520,14 +603,14 @@ fn poll_loop(
             .map(|(tp, _)| tp.clone())
             .collect();
         for tp in due {
-            if let Some(b) = buffers.remove(&tp)
-                && !send(SourceEvent::Chunk(chunk(tp, b)))
-            {
-                return;
+            if let Some(b) = buffers.remove(&tp) {
+                pending.push_back(SourceEvent::Chunk(chunk(tp, b)));
             }
         }
         if let Some(idle) = s.stop_when_idle
+            && !draining
             && buffers.is_empty()
+            && pending.is_empty()
             && last_record.elapsed() >= idle
             && last_idle_check.elapsed() >= Duration::from_secs(1)
         {
@@ -537,8 +620,8 @@ fn poll_loop(
                     pipeline = s.pipeline,
                     "all assigned partitions caught up and idle"
                 );
-                send(SourceEvent::Idle);
-                return;
+                pending.push_back(SourceEvent::Idle);
+                draining = true;
             }
         }
     }
@@ -564,8 +647,23 @@ fn caught_up(
         let Ok((low, high)) = consumer.fetch_watermarks(&tp.0, tp.1, Duration::from_secs(5)) else {
             return false;
         };
-        // nothing read and no durable position: caught up only if the partition is empty
-        let pos = positions.get(tp).copied().unwrap_or(low);
+        // nothing read and no durable position: where the consumer stands (latest/committed
+        // starts), else the log start
+        let pos = match positions.get(tp) {
+            Some(p) => *p,
+            None => consumer
+                .position()
+                .ok()
+                .and_then(|l| l.find_partition(&tp.0, tp.1).map(|e| e.offset()))
+                .and_then(|o| {
+                    if let Offset::Offset(o) = o {
+                        Some(o)
+                    } else {
+                        None
+                    }
+                })
+                .unwrap_or(low),
+        };
         if pos < high {
             return false;
         }

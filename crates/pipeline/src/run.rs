@@ -203,10 +203,13 @@ pub async fn run(
     let commits: Vec<(TopicPartition, i64)> =
         runner.next.iter().map(|(tp, n)| (tp.clone(), *n)).collect();
     let stats = std::mem::take(&mut runner.stats);
+    // dropping a producer flushes it: not on a runtime thread
+    let dlq_producer = runner.dlq_producer.take();
     drop(runner);
     drop(events);
     let closing = source;
     let _ = tokio::task::spawn_blocking(move || {
+        drop(dlq_producer);
         if !commits.is_empty()
             && let Err(e) = closing.commit(&commits, true) {
                 warn!(error = %e, "final offset commit failed (the lake's commit log still holds the position)");
@@ -263,9 +266,31 @@ impl Runner {
                             self.next.remove(&tp);
                         }
                     }
-                    Some(SourceEvent::Idle) | None => {
+                    Some(SourceEvent::Assigned(starts)) => {
+                        // the runner continues each partition from where the lake says
+                        for (tp, start) in starts {
+                            self.segments.remove(&tp);
+                            match start {
+                                Some(n) => self.next.insert(tp, n),
+                                None => self.next.remove(&tp),
+                            };
+                        }
+                    }
+                    Some(SourceEvent::Idle) | Some(SourceEvent::Stopped) => {
                         self.publish_all().await?;
                         return Ok(());
+                    }
+                    Some(SourceEvent::Fatal(message)) => {
+                        // publish what was read correctly, then stop
+                        self.publish_all().await?;
+                        return Err(RunError::Source { pipeline: self.name().to_string(), message });
+                    }
+                    None => {
+                        self.publish_all().await?;
+                        return Err(RunError::Source {
+                            pipeline: self.name().to_string(),
+                            message: "the Kafka poll thread stopped unexpectedly".into(),
+                        });
                     }
                 },
                 _ = tick.tick() => {
@@ -455,11 +480,17 @@ impl Runner {
             pipeline: name.clone(),
             message: "internal: segment vanished".into(),
         })?;
-        for (sink, writer) in self.p.sinks.iter().zip(seg.writers.iter_mut()) {
-            if let Some(batch) = outputs.get(&sink.input) {
-                writer.write(batch).map_err(lake_err)?;
+        // encoding may run here when a row group fills: CPU work, let the runtime move
+        // other tasks off this thread meanwhile
+        tokio::task::block_in_place(|| {
+            for (sink, writer) in self.p.sinks.iter().zip(seg.writers.iter_mut()) {
+                if let Some(batch) = outputs.get(&sink.input) {
+                    writer.write(batch)?;
+                }
             }
-        }
+            Ok(())
+        })
+        .map_err(lake_err)?;
         if let (Some(w), false) = (seg.dlq.as_mut(), dead.is_empty()) {
             let batch = crate::dlq::to_batch(&dead).map_err(|e| RunError::Source {
                 pipeline: name.clone(),
@@ -591,12 +622,27 @@ impl Runner {
         let file_name = id.file_name();
         let mut files = Vec::new();
         let mut rows_by_table: Vec<(String, u64, u64)> = Vec::new();
-        for w in seg.writers.into_iter().chain(seg.dlq) {
-            let table = w.table().to_string();
-            let done = w.finish(&file_name).map_err(|e| RunError::Lake {
-                pipeline: name.clone(),
-                source: e,
-            })?;
+        // Parquet encoding and compression are CPU work: off the runtime threads
+        let writers: Vec<TableWriter> = seg.writers.into_iter().chain(seg.dlq).collect();
+        let finished = tokio::task::spawn_blocking(move || {
+            writers
+                .into_iter()
+                .map(|w| {
+                    let table = w.table().to_string();
+                    w.finish(&file_name).map(|done| (table, done))
+                })
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .await
+        .map_err(|e| RunError::Source {
+            pipeline: name.clone(),
+            message: format!("internal: encoding task failed: {e}"),
+        })?
+        .map_err(|e| RunError::Lake {
+            pipeline: name.clone(),
+            source: e,
+        })?;
+        for (table, done) in finished {
             rows_by_table.push((table, done.iter().map(|f| f.2).sum(), done.len() as u64));
             files.extend(done);
         }
