@@ -589,6 +589,19 @@ pub async fn demo(settings: &Settings, days: u32, pipelines_dir: &Path) -> u8 {
             return EXIT_FAILURE;
         }
     }
+    // The embedded broker lives and dies with this process, so a previous demo's output
+    // (and its commit log, which would point past the new broker's logs) is replaced.
+    match clear_previous_demo(settings, &pipelines).await {
+        Ok(0) => {}
+        Ok(n) => println!(
+            "   replaced the previous demo output ({n} files) in {}",
+            settings.lake.url
+        ),
+        Err(e) => {
+            eprintln!("error: cannot clear the previous demo output: {e}");
+            return EXIT_FAILURE;
+        }
+    }
     println!(
         "== running {} pipelines into {}",
         pipelines.len(),
@@ -651,4 +664,22 @@ pub async fn broker(topics: &[String]) -> u8 {
     on_signals(token.clone());
     token.cancelled().await;
     EXIT_OK
+}
+
+/// Deletes what the demo pipelines wrote in an earlier demo: their tables, DLQ tables and
+/// commit logs. Returns how many objects were removed.
+async fn clear_previous_demo(settings: &Settings, pipelines: &[Pipeline]) -> Result<usize, String> {
+    let lake = open_lake(settings)?;
+    let mut removed = 0;
+    for p in pipelines {
+        let mut prefixes = p.tables();
+        prefixes.push(format!("_ymera/commits/{}", p.spec.name));
+        for prefix in prefixes {
+            for path in lake.list(&prefix).await.map_err(|e| e.to_string())? {
+                lake.delete(&path).await.map_err(|e| e.to_string())?;
+                removed += 1;
+            }
+        }
+    }
+    Ok(removed)
 }
