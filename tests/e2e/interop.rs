@@ -1,5 +1,6 @@
 //! The lake is readable by other engines with nothing but `hive_partitioning`: DuckDB and
-//! pyarrow (installed by scripts/test from PyPI), run as separate processes.
+//! pyarrow (installed by scripts/test from PyPI), run as separate processes; and by
+//! `ymera sql`, with the Hive partitions as columns.
 
 use std::process::Command;
 
@@ -44,4 +45,52 @@ print(rows[0], rows[1], rows[2], rows[3], rows[4], t.num_rows, t.schema.field("t
         "1000 1000 2025-11-25 DATE TIMESTAMP WITH TIME ZONE 1000 timestamp[us, tz=UTC]",
         "DuckDB/pyarrow saw the lake differently"
     );
+}
+
+#[test]
+fn ymera_sql_sees_partitions_as_columns_and_refuses_writes() {
+    let rt = runtime();
+    let topic = unique("sqlq");
+    create_topic(&rt, &topic, 2);
+    produce(&rt, &topic, &(0..500).map(seq_record).collect::<Vec<_>>());
+    let dir = pipeline_dir(&pipeline_yaml(
+        "sqlq",
+        &topic,
+        &unique("g"),
+        "{ path: _dlq/sqlq }",
+        "",
+    ));
+    let lake = tempfile::tempdir().unwrap();
+    run_until_idle(dir.path(), lake.path());
+    let sql = |q: &str| {
+        ymera()
+            .args(["sql", "--format", "csv", q])
+            .env("YMERA__LAKE__URL", lake.path())
+            .env("YMERA__LOG__LEVEL", "warn")
+            .output()
+            .unwrap()
+    };
+    let out = sql(
+        "SELECT dt, count(*) AS n, sum(CAST(slow AS INT)) AS slow FROM sqlq WHERE dt = DATE '2025-11-25' GROUP BY dt",
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // latency_ms = seq % 300 + 0.5 is slow (> 250) for seq % 300 in 250..=299
+    let expected_slow = (0..500).filter(|s| s % 300 >= 250).count();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("dt,n,slow\n2025-11-25,500,{expected_slow}")
+    );
+    for q in [
+        "DROP TABLE sqlq",
+        "INSERT INTO sqlq SELECT * FROM sqlq",
+        "COPY sqlq TO '/tmp/x.csv'",
+    ] {
+        let out = sql(q);
+        assert_eq!(out.status.code(), Some(1), "`{q}` was not refused");
+    }
+    assert!(lake.path().join("sqlq").is_dir());
 }
