@@ -145,3 +145,63 @@ fn unwritable_lake_pauses_without_committing_then_recovers_with_probes_and_metri
     .unwrap();
     assert!(committed.iter().all(|(_, o)| o.is_some()), "{committed:?}");
 }
+
+#[test]
+fn unreachable_broker_is_retried_reported_and_never_crash_loops() {
+    let dir = pipeline_dir(&pipeline_yaml(
+        "nobroker",
+        "t",
+        &unique("g"),
+        "{ path: _dlq/nobroker }",
+        "",
+    ));
+    let lake = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut child = {
+        let mut cmd = ymera();
+        cmd.arg("run")
+            .arg(dir.path())
+            .env("YMERA_TEST_BROKERS", "127.0.0.1:1") // nothing listens there
+            .env("YMERA__LAKE__URL", lake.path())
+            .env("YMERA__RUN__LISTEN", format!("127.0.0.1:{port}"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped());
+        cmd.spawn().unwrap()
+    };
+    let said = wait_for(Duration::from_secs(30), || {
+        http_get(port, "/health/ready")
+            .is_some_and(|(s, b)| s == 503 && b.contains("broker reachable"))
+    });
+    assert!(
+        said,
+        "readiness did not say the broker is unreachable: {:?}",
+        http_get(port, "/health/ready")
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "ymera run exited instead of retrying"
+    );
+    let pid = child.id().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status =
+        wait_timeout(&mut child, Duration::from_secs(30)).expect("SIGTERM did not stop ymera run");
+    assert!(status.success(), "exit status {status}");
+    let mut log = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut log)
+        .unwrap();
+    assert!(
+        log.contains("retries with backoff"),
+        "the log does not say the broker is retried:\n{log}"
+    );
+}
