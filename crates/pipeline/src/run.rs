@@ -62,6 +62,8 @@ pub struct RunStats {
     pub dead_lettered: u64,
     pub dropped: u64,
     pub skipped_duplicates: u64,
+    /// When the last segment was committed (for throughput figures without idle time).
+    pub last_commit_at: Option<Instant>,
 }
 
 /// How to run.
@@ -658,6 +660,7 @@ impl Runner {
                     drop(guard);
                     let n_files = record.files.len() as u64;
                     self.stats.files_written += n_files;
+                    self.stats.last_commit_at = Some(Instant::now());
                     self.stats.segments += 1;
                     for (table, rows, n) in rows_by_table {
                         metrics::counter!("ymera_component_sent_events_total", "pipeline" => name.clone(), "component" => table.clone()).increment(rows);
