@@ -303,7 +303,16 @@ fn publish_local(root: &FsPath, rel: &str, bytes: &[u8]) -> Result<Published> {
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Published::AlreadyExisted,
             Err(e) => return Err(LakeError::io(&target, e)),
         };
-        sync_dir(dir)?;
+        // the new name, and any directory created for it (a new `dt=`), must survive a
+        // power loss too: fsync every directory from the file's up to the lake root
+        let mut d = Some(dir);
+        while let Some(cur) = d {
+            sync_dir(cur)?;
+            if cur == root {
+                break;
+            }
+            d = cur.parent();
+        }
         Ok(published)
     })();
     let _ = std::fs::remove_file(&staging);

@@ -54,8 +54,8 @@ pub struct SourceSpec {
     pub on_bad_record: OnBadRecord,
 }
 
-/// Kafka consumer settings.
-#[derive(Debug, Clone, Deserialize)]
+/// Kafka consumer settings. Its `Debug` form hides secret values of `client`.
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KafkaSpec {
     /// Bootstrap servers (`host:port,...`), or `embedded` for the in-process broker.
@@ -71,6 +71,28 @@ pub struct KafkaSpec {
     /// librdkafka settings passed through unchanged (TLS, SASL, fetch sizes...).
     #[serde(default, deserialize_with = "string_map")]
     pub client: BTreeMap<String, String>,
+}
+
+impl std::fmt::Debug for KafkaSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let client: BTreeMap<&str, &str> = self
+            .client
+            .iter()
+            .map(|(k, v)| {
+                let secret = ["password", "secret", "token", "key"]
+                    .iter()
+                    .any(|w| k.contains(w));
+                (k.as_str(), if secret { "***" } else { v.as_str() })
+            })
+            .collect();
+        f.debug_struct("KafkaSpec")
+            .field("brokers", &self.brokers)
+            .field("topics", &self.topics)
+            .field("group_id", &self.group_id)
+            .field("start", &self.start)
+            .field("client", &client)
+            .finish()
+    }
 }
 
 /// `source.format`.
@@ -281,4 +303,30 @@ fn string_map<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, String
             (k, v)
         })
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_hides_client_secrets() {
+        let k = KafkaSpec {
+            brokers: "b:9092".into(),
+            topics: vec!["t".into()],
+            group_id: "g".into(),
+            start: Start::Earliest,
+            client: BTreeMap::from([
+                ("sasl.password".to_string(), "hunter2".to_string()),
+                ("ssl.key.password".to_string(), "s3cret".to_string()),
+                ("security.protocol".to_string(), "SASL_SSL".to_string()),
+            ]),
+        };
+        let shown = format!("{k:?}");
+        assert!(
+            !shown.contains("hunter2") && !shown.contains("s3cret"),
+            "{shown}"
+        );
+        assert!(shown.contains("SASL_SSL"), "{shown}");
+    }
 }
