@@ -18,7 +18,7 @@ fn validate_reports_every_problem_with_position_and_exits_78() {
         "{err}"
     );
     let ok = ymera()
-        .args(["validate", "--no-environment", "../../pipelines"])
+        .args(["validate", "--no-environment", "../pipelines"])
         .output()
         .unwrap();
     assert_eq!(
@@ -31,7 +31,7 @@ fn validate_reports_every_problem_with_position_and_exits_78() {
 
 #[test]
 fn ymera_test_passes_the_shipped_pipelines_and_prints_a_diff_on_failure() {
-    let out = ymera().args(["test", "../../pipelines"]).output().unwrap();
+    let out = ymera().args(["test", "../pipelines"]).output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{stdout}");
     assert!(stdout.contains(" 0 failed"), "{stdout}");

@@ -1,5 +1,6 @@
 //! End-to-end tests: the `ymera` binary against a real Kafka-protocol broker in its own
-//! process (tansu, started by `scripts/test`, address in `YMERA_TEST_BROKERS`), real files,
+//! process (tansu, started by `scripts/test`, address in `YMERA_TEST_BROKERS`; or
+//! `ymera broker`), an S3-compatible server (moto, `YMERA_TEST_S3_ENDPOINT`), real files,
 //! and the lake read back with the parquet crate, not through ymera's own code.
 
 // Test helpers are `pub` for sibling modules only.
@@ -10,4 +11,5 @@ mod exactly_once;
 mod interop;
 mod operability;
 mod poison;
+mod s3;
 mod support;

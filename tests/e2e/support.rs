@@ -151,8 +151,25 @@ pub fn pipeline_dir(yaml: &str) -> tempfile::TempDir {
     dir
 }
 
+/// The `ymera` binary: `YMERA_BIN`, else the one cargo built beside this test binary
+/// (`target/<profile>/ymera`; `cargo test --workspace` builds it).
 pub fn ymera() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_ymera"))
+    let bin = std::env::var_os("YMERA_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let exe = std::env::current_exe().expect("test binary path");
+            let profile_dir = exe
+                .parent()
+                .and_then(Path::parent)
+                .expect("target/<profile>/deps");
+            profile_dir.join("ymera")
+        });
+    assert!(
+        bin.exists(),
+        "{} is missing: build it with `cargo build -p ymera-cli` (scripts/test does)",
+        bin.display()
+    );
+    Command::new(bin)
 }
 
 /// Starts `ymera run` on `dir` writing into `lake`, against `brokers`.
