@@ -195,6 +195,7 @@ pub async fn run(
         stats: RunStats::default(),
         dlq_producer,
         component: component.clone(),
+        unknown_counted: 0,
     };
     let result = runner.drive(&mut events, &source).await;
     if let Err(e) = &result {
@@ -237,6 +238,8 @@ struct Runner {
     stats: RunStats,
     dlq_producer: Option<(String, Producer)>,
     component: String,
+    /// Records with ignored unknown fields already counted in the metric.
+    unknown_counted: u64,
 }
 
 fn now_micros() -> i64 {
@@ -409,11 +412,13 @@ impl Runner {
                 Err(message) => letters.push((i, ErrorStage::Decode, message)),
             }
         }
+        // the decoder counts since it was made; the metric counts what is new
         let ignored = self.decoder.unknown_fields_ignored();
         let batch = self.decoder.finish();
-        if ignored > 0 {
-            metrics::gauge!("ymera_unknown_fields_ignored_records", "pipeline" => name.clone())
-                .set(ignored as f64);
+        if ignored > self.unknown_counted {
+            metrics::counter!("ymera_unknown_fields_ignored_total", "pipeline" => name.clone())
+                .increment(ignored - self.unknown_counted);
+            self.unknown_counted = ignored;
         }
         let (outputs, failed) = self
             .transform
