@@ -219,6 +219,7 @@ async fn end_to_end(brokers: &str, events: &[Vec<u8>]) -> Result<(), String> {
         stop_when_idle: Some(Duration::from_secs(2)),
         shutdown: tokio_util::sync::CancellationToken::new(),
         health: Default::default(),
+        progress: Default::default(),
     };
     let t = Instant::now();
     let stats = ymera_pipeline::run::run(std::sync::Arc::new(p), resolved, opts)

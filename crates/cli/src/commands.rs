@@ -257,6 +257,30 @@ pub async fn test(paths: &[PathBuf]) -> u8 {
     if failed == 0 { EXIT_OK } else { EXIT_FAILURE }
 }
 
+/// On a terminal: one line, rewritten every second, with the running totals (log lines
+/// go to stderr as usual; without a terminal there is no progress line, only logs).
+fn show_progress(progress: Arc<ymera_pipeline::run::Progress>, stop: CancellationToken) {
+    use std::sync::atomic::Ordering::Relaxed;
+    tokio::spawn(async move {
+        let started = std::time::Instant::now();
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.cancelled() => break,
+            }
+            let n = progress.records_in.load(Relaxed);
+            eprint!(
+                "\r\x1b[2K{n} records in ({:.0}/s), {} files published, {} dead-lettered",
+                n as f64 / started.elapsed().as_secs_f64().max(1e-3),
+                progress.files_written.load(Relaxed),
+                progress.dead_lettered.load(Relaxed)
+            );
+        }
+        eprintln!();
+    });
+}
+
 /// Cancels `token` on SIGINT or SIGTERM.
 fn on_signals(token: CancellationToken) {
     tokio::spawn(async move {
@@ -325,6 +349,10 @@ pub async fn run_pipelines(
                 .await;
         });
     }
+    let progress = Arc::new(ymera_pipeline::run::Progress::default());
+    if std::io::stderr().is_terminal() {
+        show_progress(progress.clone(), shutdown.clone());
+    }
     let mut tasks = tokio::task::JoinSet::new();
     for p in pipelines {
         let brokers = embedded::resolve_brokers(&p.spec.source.kafka.brokers)?;
@@ -333,6 +361,7 @@ pub async fn run_pipelines(
             stop_when_idle,
             shutdown: shutdown.clone(),
             health: health.clone(),
+            progress: progress.clone(),
         };
         let name = p.spec.name.clone();
         let p = Arc::new(p);

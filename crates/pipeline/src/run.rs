@@ -73,6 +73,22 @@ pub struct RunOptions {
     pub stop_when_idle: Option<Duration>,
     pub shutdown: CancellationToken,
     pub health: Arc<Health>,
+    /// Live totals over every pipeline of the process (for progress displays).
+    pub progress: Arc<Progress>,
+}
+
+/// Running totals, readable while pipelines run.
+#[derive(Debug, Default)]
+pub struct Progress {
+    pub records_in: std::sync::atomic::AtomicU64,
+    pub files_written: std::sync::atomic::AtomicU64,
+    pub dead_lettered: std::sync::atomic::AtomicU64,
+}
+
+impl Progress {
+    fn add(counter: &std::sync::atomic::AtomicU64, n: u64) {
+        counter.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// One partition's open segment: the rows read since the last publication.
@@ -389,6 +405,7 @@ impl Runner {
         }
         metrics::counter!("ymera_component_received_events_total", "pipeline" => name.clone(), "component" => "source").increment(received);
         self.stats.records_in += received;
+        Progress::add(&self.opts.progress.records_in, received);
         // A segment starts where the previous one ended (or at the first record of a fresh
         // partition), so commit records stay contiguous across offsets the broker skips.
         let first = expected.unwrap_or(records[0].offset);
@@ -519,6 +536,7 @@ impl Runner {
     ) -> Result<(), RunError> {
         let name = self.name().to_string();
         self.stats.dead_lettered += dead.len() as u64;
+        Progress::add(&self.opts.progress.dead_lettered, dead.len() as u64);
         metrics::counter!("ymera_dlq_events_total", "pipeline" => name.clone())
             .increment(dead.len() as u64);
         for d in dead {
@@ -665,6 +683,7 @@ impl Runner {
                     drop(guard);
                     let n_files = record.files.len() as u64;
                     self.stats.files_written += n_files;
+                    Progress::add(&self.opts.progress.files_written, n_files);
                     self.stats.last_commit_at = Some(Instant::now());
                     self.stats.segments += 1;
                     for (table, rows, n) in rows_by_table {
