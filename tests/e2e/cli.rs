@@ -52,3 +52,31 @@ fn ymera_test_passes_the_shipped_pipelines_and_prints_a_diff_on_failure() {
         "{stdout}"
     );
 }
+
+#[test]
+fn deny_warnings_refuses_a_pipeline_without_tests() {
+    let yaml = pipeline_yaml("untested", "t", "g", "{ path: _dlq/untested }", "")
+        .replace("${YMERA_TEST_BROKERS}", "localhost:9092");
+    let dir = pipeline_dir(&yaml);
+    let lenient = ymera()
+        .args(["validate", "--no-environment"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(lenient.status.code(), Some(0));
+    assert!(
+        String::from_utf8_lossy(&lenient.stderr)
+            .contains("warning: pipeline `untested` has no `tests:`")
+    );
+    let strict = ymera()
+        .args(["validate", "--no-environment", "--deny-warnings"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(
+        strict.status.code(),
+        Some(78),
+        "{}",
+        String::from_utf8_lossy(&strict.stderr)
+    );
+}
