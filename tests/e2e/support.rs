@@ -96,14 +96,7 @@ pub fn produce_to(
 
 /// Produces (key, value) records to the tansu broker.
 pub fn produce(rt: &tokio::runtime::Runtime, topic: &str, records: &[(Vec<u8>, Vec<u8>)]) {
-    let producer = produce::producer(&brokers(), &BTreeMap::new()).expect("producer");
-    let out = records.iter().map(|(k, v)| OutRecord {
-        topic,
-        key: Some(k),
-        value: v,
-        timestamp_ms: None,
-    });
-    rt.block_on(producer.send_all(out)).expect("produce");
+    produce_to(rt, &brokers(), topic, records)
 }
 
 /// A valid sequence-numbered record.

@@ -222,20 +222,26 @@ pub async fn validate(paths: &[PathBuf], no_environment: bool, deny_warnings: bo
     }
 }
 
-pub async fn test(paths: &[PathBuf]) -> u8 {
-    let (pipelines, diags) = match load_pipelines(paths, false).await {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return EXIT_CONFIG;
-        }
-    };
+/// Loads and checks pipelines; on any problem prints it and gives the exit code (78).
+async fn checked_pipelines(paths: &[PathBuf], environment: bool) -> Result<Vec<Pipeline>, u8> {
+    let (pipelines, diags) = load_pipelines(paths, environment).await.map_err(|e| {
+        eprintln!("error: {e}");
+        EXIT_CONFIG
+    })?;
     if !diags.is_empty() {
         for d in &diags {
             eprintln!("{d}");
         }
-        return EXIT_CONFIG;
+        return Err(EXIT_CONFIG);
     }
+    Ok(pipelines)
+}
+
+pub async fn test(paths: &[PathBuf]) -> u8 {
+    let pipelines = match checked_pipelines(paths, false).await {
+        Ok(p) => p,
+        Err(code) => return code,
+    };
     let (mut passed, mut failed) = (0, 0);
     for p in &pipelines {
         for outcome in ymera_pipeline::testing::run_tests(p).await {
@@ -395,19 +401,10 @@ pub async fn run_pipelines(
 }
 
 pub async fn run(settings: &Settings, paths: &[PathBuf], stop_when_idle: Option<Duration>) -> u8 {
-    let (pipelines, diags) = match load_pipelines(paths, true).await {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return EXIT_CONFIG;
-        }
+    let pipelines = match checked_pipelines(paths, true).await {
+        Ok(p) => p,
+        Err(code) => return code,
     };
-    if !diags.is_empty() {
-        for d in &diags {
-            eprintln!("{d}");
-        }
-        return EXIT_CONFIG;
-    }
     match run_pipelines(settings, pipelines, stop_when_idle, true).await {
         Ok(results) => {
             for (name, s) in results {

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
-use rdkafka::message::{Headers, Message};
+use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::kafka::Record;
@@ -52,28 +52,7 @@ pub fn read_topic(
             Some(Err(e)) => return Err(e),
             Some(Ok(m)) if highs.get(&m.partition()).is_some_and(|h| m.offset() < *h) => {
                 remaining -= 1;
-                out.push((
-                    m.partition(),
-                    Record {
-                        key: m.key().map(<[u8]>::to_vec),
-                        value: m.payload().map(<[u8]>::to_vec),
-                        offset: m.offset(),
-                        timestamp_ms: m.timestamp().to_millis(),
-                        headers: m
-                            .headers()
-                            .map(|h| {
-                                h.iter()
-                                    .map(|x| {
-                                        (
-                                            x.key.to_string(),
-                                            x.value.map(<[u8]>::to_vec).unwrap_or_default(),
-                                        )
-                                    })
-                                    .collect()
-                            })
-                            .unwrap_or_default(),
-                    },
-                ));
+                out.push((m.partition(), Record::from_message(&m)));
             }
             Some(Ok(_)) => {}
         }

@@ -44,6 +44,31 @@ pub struct Record {
     pub headers: Vec<(String, Vec<u8>)>,
 }
 
+impl Record {
+    /// Copies a consumed message (key, value, offset, timestamp, headers).
+    pub fn from_message<M: Message>(msg: &M) -> Record {
+        Record {
+            key: msg.key().map(<[u8]>::to_vec),
+            value: msg.payload().map(<[u8]>::to_vec),
+            offset: msg.offset(),
+            timestamp_ms: msg.timestamp().to_millis(),
+            headers: msg
+                .headers()
+                .map(|h| {
+                    h.iter()
+                        .map(|x| {
+                            (
+                                x.key.to_string(),
+                                x.value.map(<[u8]>::to_vec).unwrap_or_default(),
+                            )
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
+        }
+    }
+}
+
 /// Consecutive records of one partition.
 #[derive(Debug, Clone)]
 pub struct Chunk {
@@ -560,25 +585,7 @@ fn poll_loop(
                     continue;
                 };
                 positions.insert(tp.clone(), msg.offset() + 1);
-                let record = Record {
-                    key: msg.key().map(<[u8]>::to_vec),
-                    value: msg.payload().map(<[u8]>::to_vec),
-                    offset: msg.offset(),
-                    timestamp_ms: msg.timestamp().to_millis(),
-                    headers: msg
-                        .headers()
-                        .map(|h| {
-                            h.iter()
-                                .map(|x| {
-                                    (
-                                        x.key.to_string(),
-                                        x.value.map(<[u8]>::to_vec).unwrap_or_default(),
-                                    )
-                                })
-                                .collect()
-                        })
-                        .unwrap_or_default(),
-                };
+                let record = Record::from_message(&msg);
                 let size = record.value.as_ref().map_or(0, Vec::len)
                     + record.key.as_ref().map_or(0, Vec::len);
                 let buf = buffers.entry(tp.clone()).or_insert_with(|| Buffer {
