@@ -402,45 +402,104 @@ fn list<T: DeserializeOwned>(
     }
 }
 
-fn decode<T: DeserializeOwned>(loaded: &mut Loaded, value: Value, base: String) -> Option<T> {
-    match serde_path_to_error::deserialize::<_, T>(value) {
-        Ok(v) => Some(v),
-        Err(e) => {
-            let inner = e.path().to_string();
-            let mut path = if inner == "." {
-                base.clone()
-            } else {
-                format!("{base}.{inner}")
-            };
-            path = path.replace(".[", "[");
-            let message = e.inner().to_string();
-            // point at the offending key itself for unknown fields
-            let (line, col) = match message
-                .strip_prefix("unknown field `")
-                .and_then(|r| r.split('`').next())
-            {
-                Some(k) => {
-                    // serde_path_to_error's path may already end with the unknown key
-                    let ends_with_key = path == k || path.ends_with(&format!(".{k}"));
-                    if !ends_with_key {
-                        path = join(&path, k);
-                    }
-                    loaded.positions.locate_key(
-                        path.strip_suffix(k).map_or("", |p| p.trim_end_matches('.')),
-                        k,
-                    )
+/// Decodes one section. An unknown key is reported, removed and the decoding retried, so
+/// every unknown key of the section is reported at once; any other error ends the section.
+fn decode<T: DeserializeOwned>(loaded: &mut Loaded, mut value: Value, base: String) -> Option<T> {
+    let mut reported = false;
+    for _ in 0..32 {
+        let e = match serde_path_to_error::deserialize::<_, T>(value.clone()) {
+            Ok(v) => return (!reported).then_some(v),
+            Err(e) => e,
+        };
+        reported = true;
+        let inner = e.path().to_string();
+        let mut path = if inner == "." {
+            base.clone()
+        } else {
+            format!("{base}.{inner}")
+        };
+        path = path.replace(".[", "[");
+        let message = e.inner().to_string();
+        let unknown = message
+            .strip_prefix("unknown field `")
+            .and_then(|r| r.split('`').next())
+            .map(str::to_string);
+        // point at the offending key itself for unknown fields
+        let (line, col) = match &unknown {
+            Some(k) => {
+                // serde_path_to_error's path may already end with the unknown key
+                let ends_with_key = path == *k || path.ends_with(&format!(".{k}"));
+                if !ends_with_key {
+                    path = join(&path, k);
                 }
-                None => loaded.positions.locate(&path),
-            };
-            loaded.diagnostics.push(Diagnostic {
-                file: loaded.file.clone(),
-                line,
-                col,
-                path,
-                message,
-            });
-            None
+                loaded.positions.locate_key(
+                    path.strip_suffix(k.as_str())
+                        .map_or("", |p| p.trim_end_matches('.')),
+                    k,
+                )
+            }
+            None => loaded.positions.locate(&path),
+        };
+        loaded.diagnostics.push(Diagnostic {
+            file: loaded.file.clone(),
+            line,
+            col,
+            path: path.clone(),
+            message,
+        });
+        // drop the unknown key and look for more problems in the same section
+        let relative = path
+            .strip_prefix(&base)
+            .unwrap_or(&path)
+            .trim_start_matches('.')
+            .to_string();
+        match unknown {
+            Some(_) if remove_at(&mut value, &relative) => continue,
+            _ => return None,
         }
+    }
+    None
+}
+
+/// Removes the map entry at `path` (`a.b[2].c`, relative to `value`); false when absent.
+fn remove_at(value: &mut Value, path: &str) -> bool {
+    let mut segments: Vec<String> = Vec::new();
+    for part in path.split('.') {
+        let mut rest = part;
+        if let Some(i) = rest.find('[') {
+            segments.push(rest[..i].to_string());
+            rest = &rest[i..];
+            while let Some(end) = rest.find(']') {
+                segments.push(rest[..=end].to_string());
+                rest = &rest[end + 1..];
+            }
+        } else {
+            segments.push(rest.to_string());
+        }
+    }
+    segments.retain(|s| !s.is_empty());
+    let Some(last) = segments.pop() else {
+        return false;
+    };
+    let mut cur = value;
+    for seg in &segments {
+        cur = match (seg.strip_prefix('[').and_then(|s| s.strip_suffix(']')), cur) {
+            (Some(idx), Value::Sequence(items)) => {
+                match idx.parse::<usize>().ok().and_then(|i| items.get_mut(i)) {
+                    Some(v) => v,
+                    None => return false,
+                }
+            }
+            (None, Value::Mapping(m)) => match m.get_mut(seg.as_str()) {
+                Some(v) => v,
+                None => return false,
+            },
+            _ => return false,
+        };
+    }
+    match cur {
+        Value::Mapping(m) => m.remove(last.as_str()).is_some(),
+        _ => false,
     }
 }
 
