@@ -413,6 +413,7 @@ pub async fn run(settings: &Settings, paths: &[PathBuf], stop_when_idle: Option<
                     records_in = s.records_in,
                     files = s.files_written,
                     dead_lettered = s.dead_lettered,
+                    duplicates_skipped = s.skipped_duplicates,
                     "pipeline stopped"
                 );
             }

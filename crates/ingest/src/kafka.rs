@@ -150,11 +150,6 @@ impl Fence {
         let guard = self.owned.read().await;
         (guard.get(tp) == Some(&epoch)).then_some(guard)
     }
-
-    /// Partitions owned now.
-    pub async fn owned(&self) -> Vec<TopicPartition> {
-        self.owned.read().await.keys().cloned().collect()
-    }
 }
 
 /// Settings of a Kafka source.
@@ -389,6 +384,7 @@ impl KafkaSource {
         let consumer = Arc::new(consumer);
         let (tx, rx) = mpsc::channel(4);
         let closing = Arc::new(AtomicBool::new(false));
+        let pipeline = settings.pipeline.clone();
         let thread = {
             let consumer = consumer.clone();
             let stop = stop.clone();
@@ -407,7 +403,7 @@ impl KafkaSource {
                 closing,
                 thread: Some(thread),
                 fence,
-                pipeline: String::new(),
+                pipeline,
             },
             rx,
         ))

@@ -180,15 +180,6 @@ pub async fn read_records(lake: &Lake, pipeline: &str) -> Result<Vec<CommitRecor
     Ok(out)
 }
 
-/// Groups positions by topic (for logs).
-pub fn summarize(positions: &Positions) -> HashMap<String, usize> {
-    let mut m = HashMap::new();
-    for (t, _) in positions.keys() {
-        *m.entry(t.clone()).or_insert(0) += 1;
-    }
-    m
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -2,13 +2,10 @@
 //! partition directory (`dt=YYYY-MM-DD/<col>=<value>/...`).
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
-use arrow::array::{
-    Array, ArrayRef, RecordBatch, StringArray, TimestampMicrosecondArray, UInt32Array,
-};
+use arrow::array::{Array, ArrayRef, RecordBatch, TimestampMicrosecondArray, UInt32Array};
 use arrow::compute::take_record_batch;
-use arrow::datatypes::{DataType, Schema, SchemaRef, TimeUnit};
+use arrow::datatypes::{DataType, SchemaRef, TimeUnit};
 use arrow::util::display::{ArrayFormatter, FormatOptions};
 use bytes::Bytes;
 use chrono::DateTime;
@@ -260,29 +257,18 @@ fn dates(array: &ArrayRef, name: &str, table: &str) -> Result<Vec<String>> {
         .collect())
 }
 
-/// The Arrow schema of a table's files: the input schema without its partition columns.
-pub fn file_schema(input: &Schema, partition_by: &[String]) -> SchemaRef {
-    Arc::new(Schema::new(
-        input
-            .fields()
-            .iter()
-            .filter(|f| !partition_by.contains(f.name()))
-            .cloned()
-            .collect::<Vec<_>>(),
-    ))
-}
-
-/// Builds a one-column Utf8 array (test and DLQ helper).
-pub fn utf8(values: Vec<Option<String>>) -> ArrayRef {
-    Arc::new(StringArray::from(values))
-}
-
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
-    use arrow::array::Int64Array;
-    use arrow::datatypes::Field;
+    use arrow::array::{Int64Array, StringArray};
+    use arrow::datatypes::{Field, Schema};
     use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+    fn utf8(values: Vec<Option<String>>) -> ArrayRef {
+        Arc::new(StringArray::from(values))
+    }
 
     #[test]
     fn splits_by_date_and_column_and_drops_partition_columns() {

@@ -58,7 +58,6 @@ pub struct RunStats {
     pub records_in: u64,
     pub rows_written: HashMap<String, u64>,
     pub files_written: u64,
-    pub segments: u64,
     pub dead_lettered: u64,
     pub dropped: u64,
     pub skipped_duplicates: u64,
@@ -685,7 +684,6 @@ impl Runner {
                     self.stats.files_written += n_files;
                     Progress::add(&self.opts.progress.files_written, n_files);
                     self.stats.last_commit_at = Some(Instant::now());
-                    self.stats.segments += 1;
                     for (table, rows, n) in rows_by_table {
                         metrics::counter!("ymera_component_sent_events_total", "pipeline" => name.clone(), "component" => table.clone()).increment(rows);
                         metrics::counter!("ymera_lake_files_written_total", "pipeline" => name.clone(), "table" => table.clone()).increment(n);
@@ -700,7 +698,7 @@ impl Runner {
                     self.opts.health.set(&self.component, None);
                     return Ok(());
                 }
-                Err(e) if e.class() == ymera_common::ErrorClass::External => {
+                Err(e) if e.class().retry() == ymera_common::Retry::Yes => {
                     drop(guard);
                     metrics::counter!("ymera_component_errors_total", "pipeline" => name.clone(), "stage" => "sink", "error_type" => "lake_write").increment(1);
                     warn!(pipeline = name, segment = %id, error = %e, retry_in = ?backoff, "cannot publish to the lake; consumption paused, offsets not committed");

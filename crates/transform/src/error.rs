@@ -40,16 +40,6 @@ impl TransformError {
             TransformError::Internal(_) => ErrorClass::Internal,
         }
     }
-
-    /// The stage concerned, if any.
-    pub fn stage(&self) -> Option<&str> {
-        match self {
-            TransformError::Plan { stage, .. } | TransformError::Execute { stage, .. } => {
-                Some(stage)
-            }
-            TransformError::Internal(_) => None,
-        }
-    }
 }
 
 /// DataFusion's messages, without the backtrace noise and with one line.

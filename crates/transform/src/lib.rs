@@ -94,11 +94,6 @@ impl Transform {
         }
     }
 
-    /// The stages, in order.
-    pub fn stages(&self) -> &[Stage] {
-        &self.stages
-    }
-
     /// Plans every stage against the declared input schema without running anything.
     /// Returns each stage's output schema, or the error of each stage that does not plan
     /// (a stage after a broken one is planned against the tables that do exist).
