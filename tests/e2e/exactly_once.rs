@@ -239,6 +239,7 @@ fn group_commits_land_on_tansu() {
     assert_eq!(ends.values().map(|l| l + 1).sum::<i64>(), 2000);
     let committed = ymera_ingest::consume::committed_offsets(
         &brokers(),
+        &Default::default(),
         &group,
         &topic,
         Duration::from_secs(10),

@@ -99,6 +99,7 @@ fn unwritable_lake_pauses_without_committing_then_recovers_with_probes_and_metri
     // nothing committed while the lake refuses writes
     let committed = ymera_ingest::consume::committed_offsets(
         &brokers(),
+        &Default::default(),
         &group,
         &topic,
         Duration::from_secs(10),
@@ -138,6 +139,7 @@ fn unwritable_lake_pauses_without_committing_then_recovers_with_probes_and_metri
     assert_eq!(seqs.len(), 1000);
     let committed = ymera_ingest::consume::committed_offsets(
         &brokers(),
+        &Default::default(),
         &group,
         &topic,
         Duration::from_secs(10),

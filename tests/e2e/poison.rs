@@ -158,8 +158,13 @@ fn bad_records_go_to_the_dlq_topic_with_headers() {
     ));
     let lake = tempfile::tempdir().unwrap();
     run_until_idle(dir.path(), lake.path());
-    let dead =
-        ymera_ingest::consume::read_topic(&brokers(), &dlq_topic, Duration::from_secs(30)).unwrap();
+    let dead = ymera_ingest::consume::read_topic(
+        &brokers(),
+        &Default::default(),
+        &dlq_topic,
+        Duration::from_secs(30),
+    )
+    .unwrap();
     assert_eq!(dead.len(), bad.len());
     let sent: HashMap<Vec<u8>, Vec<u8>> = records.iter().cloned().collect();
     for (_, r) in &dead {

@@ -3,7 +3,9 @@
 
 use std::time::{Duration, Instant};
 
-use rdkafka::config::ClientConfig;
+use std::collections::BTreeMap;
+
+use crate::produce::connection_config;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
@@ -15,11 +17,11 @@ use crate::kafka::Record;
 /// watermark seen at the start. Blocking: call from a blocking context.
 pub fn read_topic(
     brokers: &str,
+    client: &BTreeMap<String, String>,
     topic: &str,
     timeout: Duration,
 ) -> Result<Vec<(i32, Record)>, KafkaError> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
+    let consumer: BaseConsumer = connection_config(brokers, client)
         .set("group.id", "ymera-reader")
         .set("enable.auto.commit", "false")
         .create()?;
@@ -64,12 +66,12 @@ pub fn read_topic(
 /// commit). Blocking: call from a blocking context.
 pub fn committed_offsets(
     brokers: &str,
+    client: &BTreeMap<String, String>,
     group: &str,
     topic: &str,
     timeout: Duration,
 ) -> Result<Vec<(i32, Option<i64>)>, KafkaError> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
+    let consumer: BaseConsumer = connection_config(brokers, client)
         .set("group.id", group)
         .set("enable.auto.commit", "false")
         .create()?;

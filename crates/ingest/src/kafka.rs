@@ -338,9 +338,9 @@ pub fn client_config(
     group_id: &str,
     extra: &BTreeMap<String, String>,
 ) -> ClientConfig {
-    let mut cfg = ClientConfig::new();
-    cfg.set("bootstrap.servers", brokers)
-        .set("group.id", group_id)
+    // every passthrough key applies to the pipeline's own consumer
+    let mut cfg = crate::produce::connection_config(brokers, &BTreeMap::new());
+    cfg.set("group.id", group_id)
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "error")

@@ -10,6 +10,23 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
+/// How to reach the brokers: `bootstrap.servers` plus the connection settings
+/// (`security.*`, `sasl.*`, `ssl.*`) of a pipeline's librdkafka passthrough — the part of
+/// it that applies to every client, not only to the pipeline's consumer.
+pub fn connection_config(
+    brokers: &str,
+    extra: &std::collections::BTreeMap<String, String>,
+) -> ClientConfig {
+    let mut cfg = ClientConfig::new();
+    cfg.set("bootstrap.servers", brokers);
+    for (k, v) in extra {
+        if k.starts_with("security.") || k.starts_with("sasl.") || k.starts_with("ssl.") {
+            cfg.set(k, v);
+        }
+    }
+    cfg
+}
+
 /// An idempotent, acks=all producer.
 #[derive(Clone)]
 pub struct Producer(FutureProducer);
@@ -44,19 +61,12 @@ pub fn producer(
     brokers: &str,
     extra: &std::collections::BTreeMap<String, String>,
 ) -> Result<Producer, KafkaError> {
-    let mut cfg = ClientConfig::new();
-    cfg.set("bootstrap.servers", brokers)
-        .set("enable.idempotence", "true")
+    let mut cfg = connection_config(brokers, extra);
+    cfg.set("enable.idempotence", "true")
         .set("acks", "all")
         .set("linger.ms", "5")
         .set("compression.type", "zstd")
         .set("message.timeout.ms", "60000");
-    for (k, v) in extra {
-        // only the connection settings of a consumer's passthrough apply to a producer
-        if k.starts_with("security.") || k.starts_with("sasl.") || k.starts_with("ssl.") {
-            cfg.set(k, v);
-        }
-    }
     Ok(Producer(cfg.create()?))
 }
 
@@ -139,12 +149,7 @@ pub fn check_brokers(
     timeout: Duration,
 ) -> Result<usize, KafkaError> {
     use rdkafka::consumer::{BaseConsumer, Consumer};
-    let mut cfg = ClientConfig::new();
-    cfg.set("bootstrap.servers", brokers);
-    for (k, v) in extra {
-        cfg.set(k, v);
-    }
-    let c: BaseConsumer = cfg.create()?;
+    let c: BaseConsumer = connection_config(brokers, extra).create()?;
     let md = c.fetch_metadata(None, timeout)?;
     Ok(md.brokers().len())
 }
