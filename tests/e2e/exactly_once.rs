@@ -219,34 +219,13 @@ fn two_runs_into_empty_lakes_write_the_same_rows() {
 
 #[test]
 fn group_commits_land_on_tansu() {
-    let rt = runtime();
-    let topic = unique("commits");
-    create_topic(&rt, &topic, PARTITIONS);
-    let records: Vec<_> = (0..2000).map(seq_record).collect();
-    produce(&rt, &topic, &records);
-    let group = unique("g");
-    let dir = pipeline_dir(&pipeline_yaml(
-        "commits",
-        &topic,
-        &group,
-        "{ path: _dlq/commits }",
-        "",
-    ));
-    let lake = tempfile::tempdir().unwrap();
-    run_until_idle(dir.path(), lake.path());
+    let SeqLake { lake, topic, group } = seq_lake("commits", 2000, PARTITIONS);
     // the group offset of each partition is the next offset after the lake's last file
     let ends = assert_contiguous(&lake.path().join("commits"));
     assert_eq!(ends.values().map(|l| l + 1).sum::<i64>(), 2000);
-    let committed = ymera_ingest::consume::committed_offsets(
-        &brokers(),
-        &Default::default(),
-        &group,
-        &topic,
-        Duration::from_secs(10),
-    )
-    .unwrap();
-    assert_eq!(committed.len(), PARTITIONS as usize);
-    for (p, offset) in committed {
+    let offsets = committed(&group, &topic);
+    assert_eq!(offsets.len(), PARTITIONS as usize);
+    for (p, offset) in offsets {
         assert_eq!(
             offset,
             ends.get(&p).map(|l| l + 1),

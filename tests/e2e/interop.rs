@@ -8,19 +8,7 @@ use crate::support::*;
 
 #[test]
 fn duckdb_and_pyarrow_read_the_lake() {
-    let rt = runtime();
-    let topic = unique("interop");
-    create_topic(&rt, &topic, 2);
-    produce(&rt, &topic, &(0..1000).map(seq_record).collect::<Vec<_>>());
-    let dir = pipeline_dir(&pipeline_yaml(
-        "interop",
-        &topic,
-        &unique("g"),
-        "{ path: _dlq/interop }",
-        "",
-    ));
-    let lake = tempfile::tempdir().unwrap();
-    run_until_idle(dir.path(), lake.path());
+    let lake = seq_lake("interop", 1000, 2).lake;
     let script = r#"
 import sys, duckdb, pyarrow.dataset as ds
 lake = sys.argv[1]
@@ -49,19 +37,7 @@ print(rows[0], rows[1], rows[2], rows[3], rows[4], t.num_rows, t.schema.field("t
 
 #[test]
 fn ymera_sql_sees_partitions_as_columns_and_refuses_writes() {
-    let rt = runtime();
-    let topic = unique("sqlq");
-    create_topic(&rt, &topic, 2);
-    produce(&rt, &topic, &(0..500).map(seq_record).collect::<Vec<_>>());
-    let dir = pipeline_dir(&pipeline_yaml(
-        "sqlq",
-        &topic,
-        &unique("g"),
-        "{ path: _dlq/sqlq }",
-        "",
-    ));
-    let lake = tempfile::tempdir().unwrap();
-    run_until_idle(dir.path(), lake.path());
+    let lake = seq_lake("sqlq", 500, 2).lake;
     let sql = |q: &str| {
         ymera()
             .args(["sql", "--format", "csv", q])

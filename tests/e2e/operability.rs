@@ -61,18 +61,17 @@ fn unwritable_lake_pauses_without_committing_then_recovers_with_probes_and_metri
     // a regular file where the table directory must go: every publication fails
     std::fs::write(lake.path().join(name), b"in the way").unwrap();
     let port = free_port();
-    let mut child = {
-        let mut cmd = ymera();
-        cmd.args(["run", "--stop-when-idle", "3s"])
-            .arg(dir.path())
-            .env("YMERA_TEST_BROKERS", brokers())
-            .env("YMERA__LAKE__URL", lake.path())
-            .env("YMERA__RUN__LISTEN", format!("127.0.0.1:{port}"))
-            .env("YMERA__LOG__LEVEL", "warn")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null());
-        cmd.spawn().unwrap()
-    };
+    let listen = format!("127.0.0.1:{port}");
+    let mut child = run_command(
+        &brokers(),
+        dir.path(),
+        lake.path(),
+        &listen,
+        &["--stop-when-idle", "3s"],
+    )
+    .stderr(std::process::Stdio::null())
+    .spawn()
+    .unwrap();
     assert!(wait_for(Duration::from_secs(30), || http_get(
         port, "/health"
     )
@@ -97,17 +96,10 @@ fn unwritable_lake_pauses_without_committing_then_recovers_with_probes_and_metri
         assert!(metrics.contains(name), "metric {name} missing:\n{metrics}");
     }
     // nothing committed while the lake refuses writes
-    let committed = ymera_ingest::consume::committed_offsets(
-        &brokers(),
-        &Default::default(),
-        &group,
-        &topic,
-        Duration::from_secs(10),
-    )
-    .unwrap();
+    let offsets = committed(&group, &topic);
     assert!(
-        committed.iter().all(|(_, o)| o.is_none()),
-        "offsets committed before the lake had the data: {committed:?}"
+        offsets.iter().all(|(_, o)| o.is_none()),
+        "offsets committed before the lake had the data: {offsets:?}"
     );
     assert!(
         child.try_wait().unwrap().is_none(),
@@ -137,15 +129,8 @@ fn unwritable_lake_pauses_without_committing_then_recovers_with_probes_and_metri
         .flatten()
         .collect();
     assert_eq!(seqs.len(), 1000);
-    let committed = ymera_ingest::consume::committed_offsets(
-        &brokers(),
-        &Default::default(),
-        &group,
-        &topic,
-        Duration::from_secs(10),
-    )
-    .unwrap();
-    assert!(committed.iter().all(|(_, o)| o.is_some()), "{committed:?}");
+    let offsets = committed(&group, &topic);
+    assert!(offsets.iter().all(|(_, o)| o.is_some()), "{offsets:?}");
 }
 
 #[test]
@@ -159,17 +144,13 @@ fn unreachable_broker_is_retried_reported_and_never_crash_loops() {
     ));
     let lake = tempfile::tempdir().unwrap();
     let port = free_port();
-    let mut child = {
-        let mut cmd = ymera();
-        cmd.arg("run")
-            .arg(dir.path())
-            .env("YMERA_TEST_BROKERS", "127.0.0.1:1") // nothing listens there
-            .env("YMERA__LAKE__URL", lake.path())
-            .env("YMERA__RUN__LISTEN", format!("127.0.0.1:{port}"))
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped());
-        cmd.spawn().unwrap()
-    };
+    let listen = format!("127.0.0.1:{port}");
+    // nothing listens on 127.0.0.1:1; info logs, so the retry message shows
+    let mut child = run_command("127.0.0.1:1", dir.path(), lake.path(), &listen, &[])
+        .env("YMERA__LOG__LEVEL", "info")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
     let said = wait_for(Duration::from_secs(30), || {
         http_get(port, "/health/ready")
             .is_some_and(|(s, b)| s == 503 && b.contains("broker reachable"))

@@ -92,14 +92,14 @@ fn pipeline_runs_into_an_s3_lake_and_resumes_from_it() {
             "{ path: _dlq/s3seq }",
             "",
         ));
-        let mut cmd = ymera();
-        cmd.args(["run", "--stop-when-idle", "3s"])
-            .arg(dir.path())
-            .env("YMERA_TEST_BROKERS", brokers())
-            .env("YMERA__LAKE__URL", &url)
-            .env("YMERA__RUN__LISTEN", "127.0.0.1:0")
-            .env("YMERA__LOG__LEVEL", "warn")
-            .env("AWS_ENDPOINT", endpoint());
+        let mut cmd = run_command(
+            &brokers(),
+            dir.path(),
+            &url,
+            "127.0.0.1:0",
+            &["--stop-when-idle", "3s"],
+        );
+        cmd.env("AWS_ENDPOINT", endpoint());
         for (k, v) in CREDS {
             cmd.env(k, v);
         }

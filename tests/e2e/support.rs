@@ -165,19 +165,71 @@ pub fn ymera() -> Command {
     Command::new(bin)
 }
 
-/// Starts `ymera run` on `dir` writing into `lake`, against `brokers`.
-pub fn spawn_run_on(brokers: &str, dir: &Path, lake: &Path, extra: &[&str]) -> Child {
+/// `ymera run ARGS DIR` against `brokers`, writing into `lake` (a path or URL), health on
+/// `listen`, warnings-only logs on inherited stderr.
+pub fn run_command(
+    brokers: &str,
+    dir: &Path,
+    lake: impl AsRef<std::ffi::OsStr>,
+    listen: &str,
+    args: &[&str],
+) -> Command {
     let mut cmd = ymera();
     cmd.arg("run")
-        .env("YMERA_TEST_BROKERS", brokers)
-        .args(extra)
+        .args(args)
         .arg(dir)
+        .env("YMERA_TEST_BROKERS", brokers)
         .env("YMERA__LAKE__URL", lake)
-        .env("YMERA__RUN__LISTEN", "127.0.0.1:0")
+        .env("YMERA__RUN__LISTEN", listen)
         .env("YMERA__LOG__LEVEL", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::inherit());
-    cmd.spawn().expect("spawn ymera run")
+    cmd
+}
+
+/// Starts `ymera run` on `dir` writing into `lake`, against `brokers`.
+pub fn spawn_run_on(brokers: &str, dir: &Path, lake: &Path, extra: &[&str]) -> Child {
+    run_command(brokers, dir, lake, "127.0.0.1:0", extra)
+        .spawn()
+        .expect("spawn ymera run")
+}
+
+/// The offsets group `group` committed for `topic` on the tansu broker.
+pub fn committed(group: &str, topic: &str) -> Vec<(i32, Option<i64>)> {
+    ymera_ingest::consume::committed_offsets(
+        &brokers(),
+        &BTreeMap::new(),
+        group,
+        topic,
+        Duration::from_secs(10),
+    )
+    .expect("read committed offsets")
+}
+
+/// A lake written by pipeline `name` (table `name`) from `n` seq records produced to a new
+/// tansu topic with `partitions` partitions.
+pub struct SeqLake {
+    pub lake: tempfile::TempDir,
+    pub topic: String,
+    pub group: String,
+}
+
+pub fn seq_lake(name: &str, n: i64, partitions: i32) -> SeqLake {
+    let rt = runtime();
+    let topic = unique(name);
+    create_topic(&rt, &topic, partitions);
+    produce(&rt, &topic, &(0..n).map(seq_record).collect::<Vec<_>>());
+    let group = unique("g");
+    let dir = pipeline_dir(&pipeline_yaml(
+        name,
+        &topic,
+        &group,
+        &format!("{{ path: _dlq/{name} }}"),
+        "",
+    ));
+    let lake = tempfile::tempdir().expect("tempdir");
+    run_until_idle(dir.path(), lake.path());
+    SeqLake { lake, topic, group }
 }
 
 /// Runs `ymera run --stop-when-idle` to completion and asserts it exits 0.
