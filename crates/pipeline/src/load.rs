@@ -192,42 +192,45 @@ pub struct Loaded {
 }
 
 impl Loaded {
-    /// Adds a warning at a YAML path.
-    pub fn warn_at(&mut self, path: &str, message: impl Into<String>) {
-        let (line, col) = self.positions.locate(path);
-        self.warnings.push(Diagnostic {
+    /// A diagnostic of this file at `(line, col)`.
+    fn at(&self, (line, col): (usize, usize), path: String, message: String) -> Diagnostic {
+        Diagnostic {
             file: self.file.clone(),
             line,
             col,
-            path: path.to_string(),
-            message: message.into(),
-        });
+            path,
+            message,
+        }
+    }
+
+    /// Adds a warning at a YAML path.
+    pub fn warn_at(&mut self, path: &str, message: impl Into<String>) {
+        let d = self.at(
+            self.positions.locate(path),
+            path.to_string(),
+            message.into(),
+        );
+        self.warnings.push(d);
     }
 
     /// Adds a problem at a YAML path.
     pub fn error_at(&mut self, path: &str, message: impl Into<String>) {
-        let (line, col) = self.positions.locate(path);
-        self.diagnostics.push(Diagnostic {
-            file: self.file.clone(),
-            line,
-            col,
-            path: path.to_string(),
-            message: message.into(),
-        });
+        let d = self.at(
+            self.positions.locate(path),
+            path.to_string(),
+            message.into(),
+        );
+        self.diagnostics.push(d);
     }
-}
 
-impl Loaded {
     /// Adds a problem located at the key `key` of the map at `parent`.
     pub fn error_at_key(&mut self, parent: &str, key: &str, message: impl Into<String>) {
-        let (line, col) = self.positions.locate_key(parent, key);
-        self.diagnostics.push(Diagnostic {
-            file: self.file.clone(),
-            line,
-            col,
-            path: join(parent, key),
-            message: message.into(),
-        });
+        let d = self.at(
+            self.positions.locate_key(parent, key),
+            join(parent, key),
+            message.into(),
+        );
+        self.diagnostics.push(d);
     }
 }
 
@@ -274,13 +277,12 @@ pub fn load_str(loaded: &mut Loaded, text: &str, env: Env<'_>) {
             let (line, col) = first_position(&message)
                 .or_else(|| e.location().map(|l| (l.line(), l.column())))
                 .unwrap_or((1, 1));
-            loaded.diagnostics.push(Diagnostic {
-                file: loaded.file.clone(),
-                line,
-                col,
-                path: String::new(),
-                message: format!("invalid YAML: {message}"),
-            });
+            let d = loaded.at(
+                (line, col),
+                String::new(),
+                format!("invalid YAML: {message}"),
+            );
+            loaded.diagnostics.push(d);
             return;
         }
     };
@@ -301,14 +303,11 @@ pub fn load_str(loaded: &mut Loaded, text: &str, env: Env<'_>) {
     for key in map.keys() {
         let k = key.as_str().unwrap_or("?");
         if !TOP_KEYS.contains(&k) {
-            let (line, col) = loaded.positions.locate_key("", k);
-            loaded.diagnostics.push(Diagnostic {
-                file: loaded.file.clone(),
-                line,
-                col,
-                path: k.to_string(),
-                message: format!("unknown field `{k}`, expected one of {}", quoted(TOP_KEYS)),
-            });
+            loaded.error_at_key(
+                "",
+                k,
+                format!("unknown field `{k}`, expected one of {}", quoted(TOP_KEYS)),
+            );
         }
     }
     let name: Option<String> = field(loaded, &map, "name", true);
@@ -440,13 +439,8 @@ fn decode<T: DeserializeOwned>(loaded: &mut Loaded, mut value: Value, base: Stri
             }
             None => loaded.positions.locate(&path),
         };
-        loaded.diagnostics.push(Diagnostic {
-            file: loaded.file.clone(),
-            line,
-            col,
-            path: path.clone(),
-            message,
-        });
+        let d = loaded.at((line, col), path.clone(), message);
+        loaded.diagnostics.push(d);
         // drop the unknown key and look for more problems in the same section
         let relative = path
             .strip_prefix(&base)
