@@ -173,33 +173,36 @@ pub async fn validate(paths: &[PathBuf], no_environment: bool, deny_warnings: bo
             }
         };
     if !no_environment && diags.is_empty() {
+        // one check per distinct cluster (brokers + connection settings), reported at
+        // every pipeline that uses it
+        let mut checked: BTreeMap<(String, String), Result<(), String>> = BTreeMap::new();
         for p in &pipelines {
-            let brokers = p.spec.source.kafka.brokers.clone();
-            if brokers.trim() == "embedded" {
+            let kafka = &p.spec.source.kafka;
+            if kafka.brokers.trim() == "embedded" {
                 continue;
             }
-            let client = p.spec.source.kafka.client.clone();
-            let b = brokers.clone();
-            let reached = tokio::task::spawn_blocking(move || {
-                produce::check_brokers(&b, &client, Duration::from_secs(10))
-            })
-            .await;
-            match reached {
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => diags.push(Diagnostic {
+            let key = (kafka.brokers.clone(), format!("{:?}", kafka.client));
+            if !checked.contains_key(&key) {
+                let (brokers, client) = (kafka.brokers.clone(), kafka.client.clone());
+                let reached = tokio::task::spawn_blocking(move || {
+                    produce::check_brokers(&brokers, &client, Duration::from_secs(10))
+                })
+                .await;
+                let outcome = match reached {
+                    Ok(Ok(_)) => Ok(()),
+                    Ok(Err(e)) => Err(format!("brokers `{}` unreachable: {e}", kafka.brokers)),
+                    Err(e) => Err(format!("internal: broker check failed: {e}")),
+                };
+                checked.insert(key.clone(), outcome);
+            }
+            if let Some(Err(message)) = checked.get(&key) {
+                diags.push(Diagnostic {
                     file: p.file.clone(),
                     line: p.brokers_at.0,
                     col: p.brokers_at.1,
                     path: "source.kafka.brokers".into(),
-                    message: format!("brokers `{brokers}` unreachable: {e}"),
-                }),
-                Err(e) => diags.push(Diagnostic {
-                    file: PathBuf::new(),
-                    line: 0,
-                    col: 0,
-                    path: String::new(),
-                    message: format!("internal: broker check failed: {e}"),
-                }),
+                    message: message.clone(),
+                });
             }
         }
     }
