@@ -138,10 +138,9 @@ pub async fn load_pipelines_with_warnings(
             }
             for (i, table) in p.tables().iter().enumerate() {
                 if let Some(other) = tables.insert(table.clone(), f.clone()) {
-                    let at = if i < p.sinks.len() {
-                        format!("sinks[{i}].lake.table")
-                    } else {
-                        "dlq.path".into()
+                    let at = match p.sinks.get(i) {
+                        Some(s) => s.path.clone(),
+                        None => "dlq.path".into(),
                     };
                     loaded.error_at(
                         &at,

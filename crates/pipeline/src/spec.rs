@@ -142,20 +142,58 @@ pub struct TransformSpec {
     pub sql: String,
 }
 
-/// A sink, written as a one-key map: `- lake: {...}` (more kinds come with later features).
+/// A sink, written as a one-key map: `- lake: {...}` or `- warehouse: {...}`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SinkSpec {
     /// A Parquet table in the lake.
     #[serde(default)]
     pub lake: Option<LakeSinkSpec>,
+    /// A table in the SQL warehouse (`warehouse.url`).
+    #[serde(default)]
+    pub warehouse: Option<WarehouseSinkSpec>,
 }
 
 impl SinkSpec {
     /// The stage the sink reads, if named.
     pub fn input(&self) -> Option<&str> {
-        self.lake.as_ref().and_then(|l| l.input.as_deref())
+        match (&self.lake, &self.warehouse) {
+            (Some(l), _) => l.input.as_deref(),
+            (None, Some(w)) => w.input.as_deref(),
+            (None, None) => None,
+        }
     }
+}
+
+/// A warehouse table sink. The table is declared in `sql/migrations/`; rows and the
+/// source offsets are written in one transaction (exactly once).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WarehouseSinkSpec {
+    /// Table name in the warehouse (`[A-Za-z_][A-Za-z0-9_]*`).
+    pub table: String,
+    /// Stage to read (default: the last stage, or `input` with no stages).
+    #[serde(default)]
+    pub input: Option<String>,
+    /// `append` (default: every row is inserted; a duplicate key goes to the DLQ) or
+    /// `upsert` (insert or update on `key`; the last row of a key in a segment wins).
+    #[serde(default)]
+    pub mode: WarehouseMode,
+    /// The upsert key: the table's primary key or a unique constraint (`mode: upsert`).
+    #[serde(default)]
+    pub key: Vec<String>,
+    /// When rows are written (a pipeline rolls all its sinks together).
+    #[serde(default)]
+    pub rolling: RollingSpec,
+}
+
+/// `sinks[].warehouse.mode`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WarehouseMode {
+    #[default]
+    Append,
+    Upsert,
 }
 
 /// A lake table sink.

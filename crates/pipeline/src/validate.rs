@@ -11,8 +11,8 @@ use ymera_common::schema::{DeclaredField, arrow_schema};
 use ymera_lake::TableSpec;
 use ymera_transform::{INPUT, Stage, Transform};
 
-use crate::load::Loaded;
-use crate::spec::{OnBadRecord, PipelineSpec};
+use crate::load::{Diagnostic, Loaded};
+use crate::spec::{OnBadRecord, PipelineSpec, WarehouseMode};
 
 /// A sink, resolved: what it reads and what it writes.
 #[derive(Debug, Clone)]
@@ -21,6 +21,22 @@ pub struct Sink {
     pub input: String,
     pub table: TableSpec,
     pub rolling: crate::spec::RollingSpec,
+    /// The YAML path of its table (for messages).
+    pub path: String,
+}
+
+/// A warehouse sink, resolved.
+#[derive(Debug, Clone)]
+pub struct WarehouseSink {
+    /// The stage (or `input`) it reads.
+    pub input: String,
+    pub table: String,
+    pub mode: ymera_warehouse::Mode,
+    pub rolling: crate::spec::RollingSpec,
+    /// The schema of its input (checked against the table by [`check_warehouse`]).
+    pub schema: SchemaRef,
+    /// Line and column of `table` in the file.
+    pub at: (usize, usize),
 }
 
 /// A checked pipeline.
@@ -31,6 +47,8 @@ pub struct Pipeline {
     pub input_schema: SchemaRef,
     pub stages: Vec<Stage>,
     pub sinks: Vec<Sink>,
+    /// Warehouse sinks.
+    pub warehouse_sinks: Vec<WarehouseSink>,
     /// The dead-letter table when `dlq.path` is set.
     pub dlq_table: Option<TableSpec>,
     /// The file it came from and where `source.kafka.brokers` is in it (for the
@@ -180,17 +198,97 @@ pub async fn check(loaded: &mut Loaded) -> Option<Pipeline> {
         loaded.error_at("sinks", "a pipeline needs at least one sink");
     }
     let mut sinks = Vec::new();
+    let mut warehouse_sinks = Vec::new();
     let mut tables = HashSet::new();
+    let mut wh_tables = HashSet::new();
     for (i, sink) in spec.sinks.iter().enumerate() {
-        let Some(l) = &sink.lake else {
-            loaded.error_at(&format!("sinks[{i}]"), "a sink needs one of: `lake`");
-            continue;
-        };
-        let at = format!("sinks[{i}].lake");
         let input = sink
             .input()
             .map(str::to_string)
             .unwrap_or_else(|| default_input.clone());
+        let (at, rolling) = match (&sink.lake, &sink.warehouse) {
+            (Some(_), Some(_)) | (None, None) => {
+                loaded.error_at(
+                    &format!("sinks[{i}]"),
+                    "a sink is exactly one of: `lake`, `warehouse`",
+                );
+                continue;
+            }
+            (Some(l), None) => (format!("sinks[{i}].lake"), &l.rolling),
+            (None, Some(w)) => (format!("sinks[{i}].warehouse"), &w.rolling),
+        };
+        if rolling.max_rows == 0 {
+            loaded.error_at(
+                &format!("{at}.rolling.max_rows"),
+                "max_rows must be at least 1",
+            );
+        }
+        let schema = match (names.contains(&input), schema_of(&input)) {
+            (false, _) => {
+                loaded.error_at(
+                    &format!("{at}.input"),
+                    format!(
+                        "sink input `{input}` is not a stage (stages: {})",
+                        stage_list(&spec)
+                    ),
+                );
+                None
+            }
+            (true, schema) => schema, // None: the stage failed to plan; already reported
+        };
+        if let Some(w) = &sink.warehouse {
+            if ymera_warehouse::ident(&w.table).is_err() {
+                loaded.error_at(
+                    &format!("{at}.table"),
+                    format!("table name `{}` must match [A-Za-z_][A-Za-z0-9_]*", w.table),
+                );
+            } else if !wh_tables.insert(w.table.clone()) {
+                loaded.error_at(
+                    &format!("{at}.table"),
+                    format!("warehouse table `{}` is written by two sinks", w.table),
+                );
+            }
+            let mode = match (w.mode, w.key.is_empty()) {
+                (WarehouseMode::Append, true) => Some(ymera_warehouse::Mode::Append),
+                (WarehouseMode::Append, false) => {
+                    loaded.error_at(&format!("{at}.key"), "`key` is used by `mode: upsert` only (append inserts every row)");
+                    None
+                }
+                (WarehouseMode::Upsert, true) => {
+                    loaded.error_at_key(&at, "mode", "`mode: upsert` needs `key` (the table's primary key or a unique constraint)");
+                    None
+                }
+                (WarehouseMode::Upsert, false) => {
+                    if let Some(schema) = &schema {
+                        for k in &w.key {
+                            if schema.field_with_name(k).is_err() {
+                                loaded.error_at(&format!("{at}.key"), format!("key column `{k}` is not an output column of stage `{input}`"));
+                            }
+                        }
+                    }
+                    Some(ymera_warehouse::Mode::Upsert(w.key.clone()))
+                }
+            };
+            if let Some(schema) = &schema {
+                for f in schema.fields() {
+                    if ymera_warehouse::ident(f.name()).is_err() {
+                        loaded.error_at(&format!("{at}.input"), format!("column `{}` of stage `{input}` is not a valid warehouse column name: alias it in SQL", f.name()));
+                    }
+                }
+            }
+            if let (Some(mode), Some(schema)) = (mode, schema) {
+                warehouse_sinks.push(WarehouseSink {
+                    input,
+                    table: w.table.clone(),
+                    mode,
+                    rolling: w.rolling.clone(),
+                    schema,
+                    at: loaded.positions.locate(&format!("{at}.table")),
+                });
+            }
+            continue;
+        }
+        let Some(l) = &sink.lake else { continue };
         if !is_ident(&l.table) {
             loaded.error_at(
                 &format!("{at}.table"),
@@ -212,51 +310,35 @@ pub async fn check(loaded: &mut Loaded) -> Option<Pipeline> {
                 ),
             );
         }
-        if l.rolling.max_rows == 0 {
-            loaded.error_at(
-                &format!("{at}.rolling.max_rows"),
-                "max_rows must be at least 1",
-            );
-        }
-        match (names.contains(&input), schema_of(&input)) {
-            (false, _) => loaded.error_at(
-                &format!("{at}.input"),
-                format!(
-                    "sink input `{input}` is not a stage (stages: {})",
-                    stage_list(&spec)
-                ),
-            ),
-            (true, None) => {} // the stage itself failed to plan; already reported
-            (true, Some(schema)) => {
-                for col in &l.partition_by {
-                    if col == "dt" && !event_time_ok {
-                        continue; // already reported at source.event_time
-                    }
-                    if col == "dt" {
-                        let Some(et) = &src.event_time else {
-                            loaded.error_at(
-                                &format!("{at}.partition_by"),
-                                "partition `dt` needs `source.event_time`",
-                            );
-                            continue;
-                        };
-                        match schema.field_with_name(et) {
-                            Ok(f) if matches!(f.data_type(), DataType::Timestamp(TimeUnit::Microsecond, _)) => {}
-                            Ok(f) => loaded.error_at(
-                                &format!("{at}.partition_by"),
-                                format!("partition `dt` needs event_time column `{et}` as a µs timestamp, stage `{input}` makes it {}", f.data_type()),
-                            ),
-                            Err(_) => loaded.error_at(
-                                &format!("{at}.partition_by"),
-                                format!("partition `dt` needs the event_time column `{et}`, which stage `{input}` drops"),
-                            ),
-                        }
-                    } else if schema.field_with_name(col).is_err() {
+        if let Some(schema) = schema {
+            for col in &l.partition_by {
+                if col == "dt" && !event_time_ok {
+                    continue; // already reported at source.event_time
+                }
+                if col == "dt" {
+                    let Some(et) = &src.event_time else {
                         loaded.error_at(
                             &format!("{at}.partition_by"),
-                            format!("partition column `{col}` is not an output column of stage `{input}`"),
+                            "partition `dt` needs `source.event_time`",
                         );
+                        continue;
+                    };
+                    match schema.field_with_name(et) {
+                        Ok(f) if matches!(f.data_type(), DataType::Timestamp(TimeUnit::Microsecond, _)) => {}
+                        Ok(f) => loaded.error_at(
+                            &format!("{at}.partition_by"),
+                            format!("partition `dt` needs event_time column `{et}` as a µs timestamp, stage `{input}` makes it {}", f.data_type()),
+                        ),
+                        Err(_) => loaded.error_at(
+                            &format!("{at}.partition_by"),
+                            format!("partition `dt` needs the event_time column `{et}`, which stage `{input}` drops"),
+                        ),
                     }
+                } else if schema.field_with_name(col).is_err() {
+                    loaded.error_at(
+                        &format!("{at}.partition_by"),
+                        format!("partition column `{col}` is not an output column of stage `{input}`"),
+                    );
                 }
             }
         }
@@ -269,6 +351,7 @@ pub async fn check(loaded: &mut Loaded) -> Option<Pipeline> {
                 zstd_level: level.unwrap_or(3),
             },
             rolling: l.rolling.clone(),
+            path: format!("{at}.table"),
         });
     }
 
@@ -356,10 +439,42 @@ pub async fn check(loaded: &mut Loaded) -> Option<Pipeline> {
         input_schema: Arc::clone(&input_schema),
         stages,
         sinks,
+        warehouse_sinks,
         dlq_table,
         file: loaded.file.clone(),
         brokers_at: loaded.positions.locate("source.kafka.brokers"),
     })
+}
+
+/// Checks each warehouse sink's input against its table in `wh` (columns, types, NOT
+/// NULL columns, the upsert key). Returns (errors, warnings) located at the sink's table.
+pub async fn check_warehouse(
+    p: &Pipeline,
+    wh: &ymera_warehouse::Warehouse,
+) -> (Vec<Diagnostic>, Vec<Diagnostic>) {
+    let mut errors = Vec::new();
+    let mut warnings = Vec::new();
+    for s in &p.warehouse_sinks {
+        let at = |message: String| Diagnostic {
+            file: p.file.clone(),
+            line: s.at.0,
+            col: s.at.1,
+            path: format!("sinks[].warehouse.table ({})", s.table),
+            message,
+        };
+        let key = match &s.mode {
+            ymera_warehouse::Mode::Upsert(k) => Some(k.as_slice()),
+            ymera_warehouse::Mode::Append => None,
+        };
+        match wh.require(&s.table).await {
+            Err(e) => errors.push(at(e.to_string())),
+            Ok(table) => match ymera_warehouse::fit(&table, &s.schema, key) {
+                Ok(w) => warnings.extend(w.into_iter().map(&at)),
+                Err(e) => errors.extend(e.into_iter().map(&at)),
+            },
+        }
+    }
+    (errors, warnings)
 }
 
 fn stage_list(spec: &PipelineSpec) -> String {

@@ -1,0 +1,256 @@
+//! The relational warehouse: SQLite (default, embedded) or PostgreSQL, through sqlx.
+//!
+//! - [`Warehouse::connect`] opens a pool (SQLite in WAL mode with a busy timeout, so
+//!   `run`, `serve` and the CLI can share one file) and creates ymera's own ledger table;
+//! - [`Warehouse::migrate`] applies the versioned migrations of `sql/migrations/`;
+//! - [`Warehouse::describe`] reads a table's columns and unique keys (for `validate`, the
+//!   sink and SQL);
+//! - [`Warehouse::commit`] writes one segment of rows and the per-partition next offset in
+//!   one transaction (exactly-once), via COPY on PostgreSQL and prepared statements on
+//!   SQLite;
+//! - [`provider::WarehouseTable`] is a DataFusion `TableProvider` that streams a table.
+//!
+//! No SQL text is built from values: identifiers are validated ([`ident`]) and quoted,
+//! values are bound (or, for COPY, encoded as COPY text data).
+
+mod error;
+pub mod provider;
+mod schema;
+mod write;
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+
+pub use error::{Result, WarehouseError};
+pub use schema::{Column, SqlKind, TableInfo, closest, fit};
+pub use write::{Commit, Committed, Mode, Rejected, TableWrite, WriteMethod};
+
+/// The ledger table: next offset per (pipeline, topic, partition), written in the same
+/// transaction as the rows.
+pub const OFFSETS_TABLE: &str = "_ymera_offsets";
+
+/// Which database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    Sqlite,
+    Postgres,
+}
+
+impl Dialect {
+    /// Bind placeholder number `i` (1-based).
+    fn ph(self, i: usize) -> String {
+        match self {
+            Dialect::Sqlite => format!("?{i}"),
+            Dialect::Postgres => format!("${i}"),
+        }
+    }
+}
+
+#[derive(Clone)]
+enum Pool {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+/// A connection pool to the warehouse.
+#[derive(Clone)]
+pub struct Warehouse {
+    pool: Pool,
+    /// The URL with any password removed (for messages).
+    shown: String,
+}
+
+impl std::fmt::Debug for Warehouse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Warehouse").field("url", &self.shown).finish()
+    }
+}
+
+/// A URL without its password, for messages and logs.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let cred = &url[s + 3..at];
+            match cred.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+/// Checks a table or column name: `[A-Za-z_][A-Za-z0-9_]*`, at most 63 bytes. Names are
+/// also double-quoted in statements; this check keeps quoting trivially safe.
+pub fn ident(name: &str) -> Result<&str> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && !name.starts_with(|c: char| c.is_ascii_digit());
+    if ok {
+        Ok(name)
+    } else {
+        Err(WarehouseError::User(format!(
+            "`{name}` is not a valid table or column name (letters, digits, `_`; not starting with a digit)"
+        )))
+    }
+}
+
+fn quote(name: &str) -> String {
+    format!("\"{name}\"")
+}
+
+impl Warehouse {
+    /// Connects (`sqlite://path`, `sqlite::memory:`, `postgres://...`) and makes sure the
+    /// ledger table exists. A SQLite file is created when missing.
+    pub async fn connect(url: &str) -> Result<Warehouse> {
+        let shown = redact(url);
+        let unreachable = |e: sqlx::Error| {
+            WarehouseError::External(format!("cannot connect to the warehouse {shown}: {e}"))
+        };
+        let pool = if url.starts_with("sqlite:") {
+            let opts = SqliteConnectOptions::from_str(url)
+                .map_err(|e| WarehouseError::User(format!("warehouse.url `{shown}`: {e}")))?
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                .synchronous(SqliteSynchronous::Normal)
+                .busy_timeout(Duration::from_secs(10))
+                .foreign_keys(true);
+            // an in-memory database exists once per connection: keep exactly one
+            let max = if url.contains(":memory:") { 1 } else { 4 };
+            Pool::Sqlite(
+                SqlitePoolOptions::new()
+                    .max_connections(max)
+                    .acquire_timeout(Duration::from_secs(10))
+                    .connect_with(opts)
+                    .await
+                    .map_err(unreachable)?,
+            )
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Pool::Postgres(
+                PgPoolOptions::new()
+                    .max_connections(4)
+                    .acquire_timeout(Duration::from_secs(10))
+                    .connect(url)
+                    .await
+                    .map_err(unreachable)?,
+            )
+        } else {
+            return Err(WarehouseError::User(format!(
+                "warehouse.url `{shown}` must start with sqlite:// or postgres://"
+            )));
+        };
+        let wh = Warehouse { pool, shown };
+        wh.ensure_ledger().await?;
+        Ok(wh)
+    }
+
+    pub fn dialect(&self) -> Dialect {
+        match self.pool {
+            Pool::Sqlite(_) => Dialect::Sqlite,
+            Pool::Postgres(_) => Dialect::Postgres,
+        }
+    }
+
+    /// The URL without its password.
+    pub fn url(&self) -> &str {
+        &self.shown
+    }
+
+    async fn execute(&self, sql: &str) -> Result<()> {
+        match &self.pool {
+            Pool::Sqlite(p) => sqlx::raw_sql(sql).execute(p).await.map(|_| ()),
+            Pool::Postgres(p) => sqlx::raw_sql(sql).execute(p).await.map(|_| ()),
+        }
+        .map_err(|e| WarehouseError::from_sqlx(e, &self.shown))
+    }
+
+    async fn ensure_ledger(&self) -> Result<()> {
+        let ts = match self.dialect() {
+            Dialect::Sqlite => "TEXT",
+            Dialect::Postgres => "TIMESTAMPTZ",
+        };
+        self.execute(&format!(
+            "CREATE TABLE IF NOT EXISTS {OFFSETS_TABLE} (
+                pipeline TEXT NOT NULL,
+                topic TEXT NOT NULL,
+                kafka_partition INTEGER NOT NULL,
+                next_offset BIGINT NOT NULL,
+                updated_at {ts} NOT NULL,
+                PRIMARY KEY (pipeline, topic, kafka_partition))"
+        ))
+        .await
+    }
+
+    /// Applies every migration of `dir` not applied yet (sqlx's `<version>_<name>.sql`
+    /// files, checksummed in `_sqlx_migrations`: an applied file that changed is refused).
+    /// Returns the versions and names applied now.
+    pub async fn migrate(&self, dir: &Path) -> Result<Vec<(i64, String)>> {
+        let migrator = sqlx::migrate::Migrator::new(dir).await.map_err(|e| {
+            WarehouseError::User(format!("migrations in {}: {e}", dir.display()))
+        })?;
+        let before = self.applied_migrations().await?;
+        let res = match &self.pool {
+            Pool::Sqlite(p) => migrator.run(p).await,
+            Pool::Postgres(p) => migrator.run(p).await,
+        };
+        res.map_err(|e| match e {
+            sqlx::migrate::MigrateError::Execute(e) => WarehouseError::from_sqlx(e, &self.shown),
+            other => WarehouseError::User(format!("migrations in {}: {other}", dir.display())),
+        })?;
+        Ok(migrator
+            .iter()
+            .filter(|m| !before.contains(&m.version))
+            .map(|m| (m.version, m.description.to_string()))
+            .collect())
+    }
+
+    async fn applied_migrations(&self) -> Result<Vec<i64>> {
+        let exists = self.describe("_sqlx_migrations").await?.is_some();
+        if !exists {
+            return Ok(Vec::new());
+        }
+        let sql = "SELECT version FROM _sqlx_migrations WHERE success";
+        match &self.pool {
+            Pool::Sqlite(p) => sqlx::query_scalar(sql).fetch_all(p).await,
+            Pool::Postgres(p) => sqlx::query_scalar(sql).fetch_all(p).await,
+        }
+        .map_err(|e| WarehouseError::from_sqlx(e, &self.shown))
+    }
+
+    /// The next offset per (topic, partition) recorded for `pipeline`.
+    pub async fn read_positions(
+        &self,
+        pipeline: &str,
+    ) -> Result<std::collections::HashMap<(String, i32), i64>> {
+        let sql = format!(
+            "SELECT topic, kafka_partition, next_offset FROM {OFFSETS_TABLE} WHERE pipeline = {}",
+            self.dialect().ph(1)
+        );
+        let rows: Vec<(String, i32, i64)> = match &self.pool {
+            Pool::Sqlite(p) => sqlx::query_as(&sql).bind(pipeline).fetch_all(p).await,
+            Pool::Postgres(p) => sqlx::query_as(&sql).bind(pipeline).fetch_all(p).await,
+        }
+        .map_err(|e| WarehouseError::from_sqlx(e, &self.shown))?;
+        Ok(rows.into_iter().map(|(t, p, n)| ((t, p), n)).collect())
+    }
+
+    /// Closes the pool (waits for connections to return).
+    pub async fn close(&self) {
+        match &self.pool {
+            Pool::Sqlite(p) => p.close().await,
+            Pool::Postgres(p) => p.close().await,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
