@@ -29,11 +29,15 @@ use sqlx::sqlite::{
 
 pub use error::{Result, WarehouseError};
 pub use schema::{Column, SqlKind, TableInfo, closest, fit};
-pub use write::{Commit, Committed, Mode, Rejected, TableWrite, WriteMethod};
+pub use write::{Commit, Committed, Mode, OnReject, Origin, Rejected, TableWrite, WriteMethod};
 
 /// The ledger table: next offset per (pipeline, topic, partition), written in the same
 /// transaction as the rows.
 pub const OFFSETS_TABLE: &str = "_ymera_offsets";
+
+/// Rows a warehouse sink's constraints refused, with the DLQ columns of interfaces.md plus
+/// the table, written in the same transaction as the accepted rows.
+pub const DEAD_LETTERS_TABLE: &str = "_ymera_dead_letters";
 
 /// Which database.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -185,7 +189,17 @@ impl Warehouse {
                 kafka_partition INTEGER NOT NULL,
                 next_offset BIGINT NOT NULL,
                 updated_at {ts} NOT NULL,
-                PRIMARY KEY (pipeline, topic, kafka_partition))"
+                PRIMARY KEY (pipeline, topic, kafka_partition));
+             CREATE TABLE IF NOT EXISTS {DEAD_LETTERS_TABLE} (
+                ymera_pipeline TEXT NOT NULL,
+                ymera_table TEXT NOT NULL,
+                ymera_error_stage TEXT NOT NULL,
+                ymera_error_message TEXT NOT NULL,
+                ymera_source_topic TEXT NOT NULL,
+                ymera_source_partition INTEGER NOT NULL,
+                ymera_source_offset BIGINT NOT NULL,
+                ymera_failed_at {ts} NOT NULL,
+                value TEXT)"
         ))
         .await
     }

@@ -111,7 +111,9 @@ fn commit(first: i64, next: i64, mode: Mode, batches: Vec<RecordBatch>) -> Commi
             table: "tasks".into(),
             mode,
             batches,
+            origins: vec![],
         }],
+        on_reject: OnReject::DeadLetter,
     }
 }
 
@@ -137,7 +139,7 @@ async fn migrations_apply_once_and_refuse_edits(db: Db) {
     assert_eq!(t.column("ts").unwrap().kind, SqlKind::Timestamp { tz: true });
     let e = db.wh.describe("events").await.unwrap().unwrap();
     assert_eq!(e.unique_keys, vec![vec!["event_id".to_string()]]);
-    assert_eq!(db.wh.tables().await.unwrap(), vec!["events", "tasks"]);
+    assert_eq!(db.wh.tables().await.unwrap(), vec!["_ymera_dead_letters", "events", "tasks"]);
     // an applied migration that changed is refused
     std::fs::write(dir.join("0001_tables.sql"), format!("{MIGRATION}\n-- edited")).unwrap();
     let err = db.wh.migrate(&dir).await.unwrap_err().to_string();
@@ -162,11 +164,21 @@ async fn append_commits_rows_and_offsets_together(db: Db, method: WriteMethod) {
     assert_eq!((done.rejected[0].batch, done.rejected[0].row), (0, 0));
     let m = &done.rejected[0].message;
     assert!(m.contains("tasks") && (m.contains("tasks_pkey") || m.contains("UNIQUE")), "{m}");
+    // ... and is kept, exactly once, in the dead-letter table with the row as JSON
+    let dl = query(&db.wh, "SELECT ymera_table, ymera_source_offset, ymera_error_stage, value FROM _ymera_dead_letters").await;
+    assert!(dl[3].contains("| tasks       | 4                   | sink              | {\"task_id\":\"a\",\"project_id\":\"p9\""), "{dl:#?}");
+    // with on_bad_record: fail the whole segment is refused and nothing moves
+    let mut strict = commit(5, 6, Mode::Append, vec![tasks(&[("b", "p1", None, 5)])]);
+    strict.on_reject = OnReject::Abort;
+    let e = db.wh.commit_with(&strict, method).await.unwrap_err().to_string();
+    assert!(e.contains("t/0/5 refused") && e.contains("on_bad_record: fail"), "{e}");
+    assert_eq!(db.wh.read_positions("p").await.unwrap()[&("t".to_string(), 0)], 5);
     // a writer that does not continue from the stored offset is fenced, and writes nothing
     let stale = commit(3, 6, Mode::Append, vec![tasks(&[("z", "p1", None, 5)])]);
     let e = db.wh.commit_with(&stale, method).await.unwrap_err();
     assert!(matches!(e, WarehouseError::Fenced(_)), "{e}");
     let rows = query(&db.wh, "SELECT task_id, project_id, hours, n, done, ts FROM tasks ORDER BY n").await;
+    assert_eq!(rows.len(), 8, "{rows:#?}");
     assert_eq!(
         rows[3..7],
         [
@@ -212,7 +224,7 @@ async fn lake_and_warehouse_tables_join(db: Db) {
         vec![Arc::new(StringArray::from(vec!["p1", "p2"])), Arc::new(StringArray::from(vec!["red", "blue"]))],
     ).unwrap()).unwrap();
     let (tables, _) = provider::register_tables(&ctx, &db.wh).await.unwrap();
-    assert_eq!(tables.len(), 2);
+    assert_eq!(tables.len(), 3); // tasks, events, _ymera_dead_letters
     let b = ctx
         .sql("SELECT p.team, sum(t.hours) AS h, count(*) AS n FROM tasks t JOIN projects p USING (project_id) GROUP BY p.team ORDER BY p.team")
         .await

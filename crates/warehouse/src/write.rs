@@ -21,7 +21,7 @@ use chrono::{DateTime, NaiveDate, Utc};
 use sqlx::{Postgres, Sqlite, Transaction};
 
 use crate::schema::SqlKind;
-use crate::{Dialect, OFFSETS_TABLE, Pool, Result, Warehouse, WarehouseError, ident, quote};
+use crate::{DEAD_LETTERS_TABLE, Dialect, OFFSETS_TABLE, Pool, Result, Warehouse, WarehouseError, ident, quote};
 
 /// How rows meet existing rows.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,6 +49,31 @@ pub struct TableWrite {
     pub table: String,
     pub mode: Mode,
     pub batches: Vec<RecordBatch>,
+    /// Where each batch came from (same length as `batches`, or empty when unknown).
+    pub origins: Vec<Origin>,
+}
+
+/// The source records a batch was computed from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    /// First and last source offset of the micro-batch.
+    pub first: i64,
+    pub last: i64,
+    /// The source offset of each row, when rows map one to one to records (the sink reads
+    /// the decoded `input`).
+    pub rows: Option<Vec<i64>>,
+}
+
+/// What to do with a row a constraint refuses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnReject {
+    /// Store it in `_ymera_dead_letters`, in the same transaction (exactly once).
+    #[default]
+    DeadLetter,
+    /// Leave it out (it is returned in `Committed::rejected`, for the log).
+    Skip,
+    /// Roll back the whole segment and fail.
+    Abort,
 }
 
 /// One segment of one partition.
@@ -62,6 +87,7 @@ pub struct Commit {
     /// The next offset after this segment.
     pub next: i64,
     pub writes: Vec<TableWrite>,
+    pub on_reject: OnReject,
 }
 
 /// A row refused by a constraint.
@@ -95,6 +121,7 @@ enum Canon {
 enum Cell<'a> {
     Null(SqlKind),
     Text(&'a str),
+    Owned(String),
     Int(i64),
     Float(f64),
     Bool(bool),
@@ -287,6 +314,7 @@ fn bind_sqlite<'q>(
     match c {
         Cell::Null(_) => q.bind(None::<String>),
         Cell::Text(s) => q.bind(s),
+        Cell::Owned(s) => q.bind(s),
         Cell::Int(v) => q.bind(v),
         Cell::Float(v) => q.bind(v),
         Cell::Bool(v) => q.bind(v),
@@ -309,6 +337,7 @@ fn bind_pg<'q>(
             SqlKind::Text | SqlKind::Other => q.bind(None::<String>),
         },
         Cell::Text(s) => q.bind(s),
+        Cell::Owned(s) => q.bind(s),
         Cell::Int(v) => q.bind(v),
         Cell::Float(v) => q.bind(v),
         Cell::Bool(v) => q.bind(v),
@@ -321,6 +350,7 @@ fn bind_pg<'q>(
 fn copy_text(out: &mut Vec<u8>, c: &Cell<'_>) {
     match c {
         Cell::Null(_) => out.extend_from_slice(b"\\N"),
+        Cell::Owned(s) => copy_text(out, &Cell::Text(s)),
         Cell::Text(s) => {
             for &b in s.as_bytes() {
                 match b {
@@ -422,6 +452,14 @@ impl Warehouse {
                         }
                     }
                 }
+                self.reject(c, &done)?;
+                for (sql, args) in dead_letter_rows(Dialect::Sqlite, c, &done) {
+                    let mut q = sqlx::query(&sql);
+                    for a in args {
+                        q = bind_sqlite(q, a);
+                    }
+                    q.execute(&mut *tx).await.map_err(err)?;
+                }
                 self.advance_sqlite(&mut tx, c).await?;
                 tx.commit().await.map_err(err)?;
                 Ok(done)
@@ -452,6 +490,14 @@ impl Warehouse {
                     }
                     Err(e) => return Err(err(e)),
                 };
+                self.reject(c, &done)?;
+                for (sql, args) in dead_letter_rows(Dialect::Postgres, c, &done) {
+                    let mut q = sqlx::query(&sql);
+                    for a in args {
+                        q = bind_pg(q, a);
+                    }
+                    q.execute(&mut *tx).await.map_err(err)?;
+                }
                 let n = bind_offset(sqlx::query(&offset_sql(Dialect::Postgres)), c)
                     .execute(&mut *tx)
                     .await
@@ -463,6 +509,21 @@ impl Warehouse {
                 tx.commit().await.map_err(err)?;
                 Ok(done)
             }
+        }
+    }
+
+    /// With `OnReject::Abort`, any rejected row fails the segment (the transaction is
+    /// dropped, so rolled back).
+    fn reject(&self, c: &Commit, done: &Committed) -> Result<()> {
+        match (c.on_reject, done.rejected.first()) {
+            (OnReject::Abort, Some(r)) => {
+                let (_, offset) = origin_of(c, r);
+                Err(WarehouseError::Database(format!(
+                    "pipeline `{}`: row from {}/{}/{offset} refused: {} (on_bad_record: fail)",
+                    c.pipeline, c.topic, c.partition, r.message
+                )))
+            }
+            _ => Ok(()),
         }
     }
 
@@ -485,6 +546,57 @@ impl Warehouse {
         }
         Ok(())
     }
+}
+
+/// The source offset of a rejected row, and a note when it is only the batch's range.
+fn origin_of(c: &Commit, r: &Rejected) -> (String, i64) {
+    match c.writes[r.write].origins.get(r.batch) {
+        Some(Origin { rows: Some(rows), .. }) => (String::new(), rows[r.row]),
+        Some(o) => (
+            format!(" (row computed from source offsets {}..={})", o.first, o.last),
+            o.last,
+        ),
+        None => (String::new(), c.next - 1),
+    }
+}
+
+/// The row as one JSON object (its value in the dead-letter table).
+fn row_json(batch: &RecordBatch, row: usize) -> String {
+    let mut w = arrow::json::LineDelimitedWriter::new(Vec::new());
+    let _ = w.write(&batch.slice(row, 1));
+    let _ = w.finish();
+    String::from_utf8_lossy(&w.into_inner()).trim_end().to_string()
+}
+
+/// INSERTs into the dead-letter table for every rejected row (with `OnReject::DeadLetter`).
+fn dead_letter_rows<'c>(d: Dialect, c: &'c Commit, done: &Committed) -> Vec<(String, Vec<Cell<'c>>)> {
+    if c.on_reject != OnReject::DeadLetter {
+        return Vec::new();
+    }
+    let sql = format!(
+        "INSERT INTO {DEAD_LETTERS_TABLE} (ymera_pipeline, ymera_table, ymera_error_stage, ymera_error_message, ymera_source_topic, ymera_source_partition, ymera_source_offset, ymera_failed_at, value) VALUES ({})",
+        (1..=9).map(|i| d.ph(i)).collect::<Vec<_>>().join(", ")
+    );
+    let now = Utc::now();
+    done.rejected
+        .iter()
+        .map(|r| {
+            let (note, offset) = origin_of(c, r);
+            let w = &c.writes[r.write];
+            let cells = vec![
+                Cell::Text(&c.pipeline),
+                Cell::Text(&w.table),
+                Cell::Text("sink"),
+                Cell::Owned(format!("{}{note}", r.message)),
+                Cell::Text(&c.topic),
+                Cell::Int(c.partition as i64),
+                Cell::Int(offset),
+                Cell::Ts(now),
+                Cell::Owned(row_json(&w.batches[r.batch], r.row)),
+            ];
+            (sql.clone(), cells)
+        })
+        .collect()
 }
 
 fn bind_offset<'q>(
