@@ -215,6 +215,7 @@ async fn end_to_end(brokers: &str, events: &[Vec<u8>]) -> Result<(), String> {
     let lake_dir = tempdir()?;
     let lake = ymera_lake::Lake::open(&lake_dir).map_err(|e| e.to_string())?;
     let opts = ymera_pipeline::run::RunOptions {
+        warehouse: None,
         lake,
         stop_when_idle: Some(Duration::from_secs(2)),
         shutdown: tokio_util::sync::CancellationToken::new(),

@@ -13,7 +13,8 @@ use ymera_ingest::generator::{self, GenConfig};
 use ymera_ingest::{embedded, produce};
 use ymera_lake::Lake;
 use ymera_pipeline::run::{RunOptions, RunStats};
-use ymera_pipeline::{Diagnostic, Pipeline, check, load_file};
+use ymera_pipeline::{Diagnostic, Pipeline, check, check_warehouse, load_file};
+use ymera_warehouse::Warehouse;
 
 use crate::settings::Settings;
 use crate::{EXIT_CONFIG, EXIT_FAILURE, EXIT_OK};
@@ -94,6 +95,131 @@ pub fn open_lake(settings: &Settings) -> Result<Lake, String> {
     Lake::open_with(&settings.lake.url, &s3).map_err(|e| e.to_string())
 }
 
+/// Connects to `warehouse.url`, retrying external failures with backoff (readiness names
+/// the warehouse meanwhile) until it answers or `shutdown`.
+pub async fn connect_warehouse(
+    settings: &Settings,
+    health: &Health,
+    shutdown: &CancellationToken,
+) -> Result<Warehouse, String> {
+    let mut backoff = Duration::from_millis(500);
+    loop {
+        match Warehouse::connect(&settings.warehouse.url).await {
+            Ok(wh) => {
+                health.set("warehouse", None);
+                return Ok(wh);
+            }
+            Err(e) if e.class().retry() == ymera_common::Retry::Yes => {
+                warn!(error = %e, retry_in = ?backoff, "warehouse unreachable; retrying");
+                health.set("warehouse", Some(e.to_string()));
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = shutdown.cancelled() => return Err(e.to_string()),
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+}
+
+/// Applies pending migrations and prints what it applied.
+pub async fn migrate(wh: &Warehouse, settings: &Settings) -> Result<(), String> {
+    let dir = &settings.warehouse.migrations;
+    if !dir.is_dir() {
+        return Err(format!(
+            "warehouse.migrations: {} is not a directory",
+            dir.display()
+        ));
+    }
+    let applied = wh.migrate(dir).await.map_err(|e| e.to_string())?;
+    for (version, name) in &applied {
+        println!("applied migration {version} {name} to {}", wh.url());
+    }
+    if applied.is_empty() {
+        info!(warehouse = wh.url(), "migrations up to date");
+    }
+    Ok(())
+}
+
+/// `ymera warehouse migrate`
+pub async fn warehouse_migrate(settings: &Settings) -> u8 {
+    let result = async {
+        let wh = Warehouse::connect(&settings.warehouse.url)
+            .await
+            .map_err(|e| e.to_string())?;
+        migrate(&wh, settings).await?;
+        println!("warehouse {} is up to date", wh.url());
+        wh.close().await;
+        Ok::<(), String>(())
+    }
+    .await;
+    match result {
+        Ok(()) => EXIT_OK,
+        Err(e) => {
+            eprintln!("error: {e}");
+            EXIT_FAILURE
+        }
+    }
+}
+
+/// Checks every warehouse sink against its table; the database is the configured one, or
+/// with `offline` an in-memory SQLite with the migrations applied.
+async fn warehouse_diagnostics(
+    settings: &Settings,
+    pipelines: &[Pipeline],
+    offline: bool,
+) -> (Vec<Diagnostic>, Vec<Diagnostic>) {
+    let users: Vec<&Pipeline> = pipelines
+        .iter()
+        .filter(|p| !p.warehouse_sinks.is_empty())
+        .collect();
+    if users.is_empty() {
+        return (Vec::new(), Vec::new());
+    }
+    let opened = async {
+        if offline {
+            let wh = Warehouse::connect("sqlite::memory:")
+                .await
+                .map_err(|e| e.to_string())?;
+            wh.migrate(&settings.warehouse.migrations)
+                .await
+                .map_err(|e| format!("{e} (validate --no-environment checks warehouse sinks against the migrations)"))?;
+            Ok::<Warehouse, String>(wh)
+        } else {
+            Warehouse::connect(&settings.warehouse.url)
+                .await
+                .map_err(|e| e.to_string())
+        }
+    }
+    .await;
+    let mut errors = Vec::new();
+    let mut warnings = Vec::new();
+    match opened {
+        Ok(wh) => {
+            for p in users {
+                let (e, w) = check_warehouse(p, &wh).await;
+                errors.extend(e);
+                warnings.extend(w);
+            }
+            wh.close().await;
+        }
+        Err(message) => {
+            for p in users {
+                let s = &p.warehouse_sinks[0];
+                errors.push(Diagnostic {
+                    file: p.file.clone(),
+                    line: s.at.0,
+                    col: s.at.1,
+                    path: "sinks[].warehouse".into(),
+                    message: message.clone(),
+                });
+            }
+        }
+    }
+    (errors, warnings)
+}
+
 fn env_lookup(var: &str) -> Option<String> {
     std::env::var(var).ok()
 }
@@ -162,8 +288,13 @@ pub async fn load_pipelines_with_warnings(
     Ok((pipelines, diags, warnings))
 }
 
-pub async fn validate(paths: &[PathBuf], no_environment: bool, deny_warnings: bool) -> u8 {
-    let (pipelines, mut diags, warnings) =
+pub async fn validate(
+    settings: &Settings,
+    paths: &[PathBuf],
+    no_environment: bool,
+    deny_warnings: bool,
+) -> u8 {
+    let (pipelines, mut diags, mut warnings) =
         match load_pipelines_with_warnings(paths, !no_environment).await {
             Ok(r) => r,
             Err(e) => {
@@ -204,6 +335,11 @@ pub async fn validate(paths: &[PathBuf], no_environment: bool, deny_warnings: bo
                 });
             }
         }
+    }
+    if diags.is_empty() {
+        let (e, w) = warehouse_diagnostics(settings, &pipelines, no_environment).await;
+        diags.extend(e);
+        warnings.extend(w);
     }
     for w in &warnings {
         eprintln!("{}", w.as_warning());
@@ -336,6 +472,7 @@ pub async fn run_pipelines(
     pipelines: Vec<Pipeline>,
     stop_when_idle: Option<Duration>,
     serve_health: bool,
+    migrate_first: bool,
 ) -> Result<Vec<(String, RunStats)>, String> {
     let lake = open_lake(settings)?;
     let health = Arc::new(Health::default());
@@ -357,6 +494,26 @@ pub async fn run_pipelines(
                 .await;
         });
     }
+    let warehouse = if pipelines.iter().any(|p| !p.warehouse_sinks.is_empty()) || migrate_first {
+        let wh = connect_warehouse(settings, &health, &shutdown).await?;
+        if migrate_first || settings.warehouse.migrate_on_start {
+            migrate(&wh, settings).await?;
+        }
+        let mut problems = Vec::new();
+        for p in &pipelines {
+            let (errors, warnings) = check_warehouse(p, &wh).await;
+            for w in warnings {
+                warn!("{}", w.as_warning());
+            }
+            problems.extend(errors.iter().map(|d| d.to_string()));
+        }
+        if !problems.is_empty() {
+            return Err(problems.join("\n"));
+        }
+        Some(wh)
+    } else {
+        None
+    };
     let progress = Arc::new(ymera_pipeline::run::Progress::default());
     if std::io::stderr().is_terminal() {
         show_progress(progress.clone(), shutdown.clone());
@@ -366,6 +523,7 @@ pub async fn run_pipelines(
         let brokers = embedded::resolve_brokers(&p.spec.source.kafka.brokers)?;
         let opts = RunOptions {
             lake: lake.clone(),
+            warehouse: warehouse.clone(),
             stop_when_idle,
             shutdown: shutdown.clone(),
             health: health.clone(),
@@ -407,7 +565,7 @@ pub async fn run(settings: &Settings, paths: &[PathBuf], stop_when_idle: Option<
         Ok(p) => p,
         Err(code) => return code,
     };
-    match run_pipelines(settings, pipelines, stop_when_idle, true).await {
+    match run_pipelines(settings, pipelines, stop_when_idle, true, false).await {
         Ok(results) => {
             for (name, s) in results {
                 info!(
@@ -637,7 +795,7 @@ pub async fn demo(settings: &Settings, days: u32, pipelines_dir: &Path) -> u8 {
         settings.lake.url
     );
     let results =
-        match run_pipelines(settings, pipelines, Some(Duration::from_secs(3)), false).await {
+        match run_pipelines(settings, pipelines, Some(Duration::from_secs(3)), false, true).await {
             Ok(r) => r,
             Err(e) => {
                 eprintln!("error: {e}");
@@ -709,6 +867,16 @@ async fn clear_previous_demo(settings: &Settings, pipelines: &[Pipeline]) -> Res
                 removed += 1;
             }
         }
+    }
+    if pipelines.iter().any(|p| !p.warehouse_sinks.is_empty()) {
+        let wh = Warehouse::connect(&settings.warehouse.url)
+            .await
+            .map_err(|e| e.to_string())?;
+        for p in pipelines {
+            let tables: Vec<String> = p.warehouse_sinks.iter().map(|s| s.table.clone()).collect();
+            wh.reset(&p.spec.name, &tables).await.map_err(|e| e.to_string())?;
+        }
+        wh.close().await;
     }
     Ok(removed)
 }

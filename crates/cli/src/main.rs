@@ -104,6 +104,11 @@ enum Command {
     /// Serve the embedded Kafka-protocol broker (librdkafka's mock cluster) in this
     /// process until SIGINT/SIGTERM; prints its bootstrap address on the first line.
     /// For local development and tests that must kill consumers without losing the broker.
+    /// The SQL warehouse: `ymera warehouse migrate` applies `warehouse.migrations`.
+    Warehouse {
+        #[command(subcommand)]
+        action: WarehouseAction,
+    },
     Broker {
         /// Topics to create, as NAME:PARTITIONS (repeatable).
         #[arg(long = "topic")]
@@ -122,6 +127,13 @@ enum Command {
         #[arg(long)]
         input: Option<PathBuf>,
     },
+}
+
+#[derive(Subcommand, Debug)]
+enum WarehouseAction {
+    /// Apply the pending versioned migrations (`warehouse.migrations`, default
+    /// `sql/migrations/`) to `warehouse.url`.
+    Migrate,
 }
 
 fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
@@ -160,7 +172,7 @@ fn main() -> ExitCode {
                 no_environment,
                 deny_warnings,
                 paths,
-            } => commands::validate(&paths, no_environment, deny_warnings).await,
+            } => commands::validate(&settings, &paths, no_environment, deny_warnings).await,
             Command::Test { paths } => commands::test(&paths).await,
             Command::Run {
                 stop_when_idle,
@@ -180,6 +192,9 @@ fn main() -> ExitCode {
                 commands::gen_events(brokers, output, days, seed, projects, partitions, &start)
                     .await
             }
+            Command::Warehouse {
+                action: WarehouseAction::Migrate,
+            } => commands::warehouse_migrate(&settings).await,
             Command::Broker { topics } => commands::broker(&topics).await,
             Command::Bench {
                 events,

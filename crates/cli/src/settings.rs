@@ -13,7 +13,7 @@ use serde::Deserialize;
 pub struct Settings {
     /// The Parquet lake.
     pub lake: LakeSettings,
-    /// The SQL warehouse (used by later features; accepted and validated now).
+    /// The SQL warehouse.
     pub warehouse: WarehouseSettings,
     /// `ymera serve`.
     pub serve: ListenSettings,
@@ -45,14 +45,21 @@ impl Default for LakeSettings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct WarehouseSettings {
-    /// `sqlite://./warehouse.db` (default) or `postgres://...`.
+    /// `sqlite://./warehouse.db` (default) or `postgres://user:password@host/db`.
     pub url: String,
+    /// Directory of the versioned migrations (default `sql/migrations`).
+    pub migrations: std::path::PathBuf,
+    /// Apply pending migrations when `ymera run` starts (default false: run
+    /// `ymera warehouse migrate`; `ymera demo` always migrates).
+    pub migrate_on_start: bool,
 }
 
 impl Default for WarehouseSettings {
     fn default() -> Self {
         WarehouseSettings {
             url: "sqlite://./warehouse.db".into(),
+            migrations: "sql/migrations".into(),
+            migrate_on_start: false,
         }
     }
 }

@@ -10,4 +10,4 @@ pub mod testing;
 pub mod validate;
 
 pub use load::{Diagnostic, Loaded, load_file};
-pub use validate::{Pipeline, check};
+pub use validate::{Pipeline, check, check_warehouse};

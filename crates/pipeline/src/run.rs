@@ -9,6 +9,8 @@
 //! - a failed publication is retried with backoff and consumption waits meanwhile.
 
 use std::collections::HashMap;
+
+use arrow::record_batch::RecordBatch;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,11 +19,12 @@ use tracing::{error, info, warn};
 use ymera_common::health::Health;
 use ymera_ingest::decode::{JsonDecoder, UnknownFields};
 use ymera_ingest::kafka::{
-    Chunk, KafkaSource, Resolver, SourceEvent, SourceSettings, StartFrom, TopicPartition,
+    Chunk, KafkaSource, Record, Resolver, SourceEvent, SourceSettings, StartFrom, TopicPartition,
 };
 use ymera_ingest::produce::Producer;
 use ymera_lake::{Lake, SegmentId, TableWriter, ledger};
-use ymera_transform::Transform;
+use ymera_transform::{INPUT, Transform};
+use ymera_warehouse::Warehouse;
 
 use crate::dlq::{DeadLetter, ErrorStage};
 use crate::spec::{OnBadRecord, Start, UnknownFieldsSpec};
@@ -50,6 +53,11 @@ pub enum RunError {
         pipeline: String,
         source: ymera_lake::LakeError,
     },
+    #[error("pipeline `{pipeline}`: {source}")]
+    Warehouse {
+        pipeline: String,
+        source: ymera_warehouse::WarehouseError,
+    },
 }
 
 /// What a run did.
@@ -69,6 +77,8 @@ pub struct RunStats {
 #[derive(Clone)]
 pub struct RunOptions {
     pub lake: Lake,
+    /// The warehouse, required when the pipeline has warehouse sinks.
+    pub warehouse: Option<Warehouse>,
     pub stop_when_idle: Option<Duration>,
     pub shutdown: CancellationToken,
     pub health: Arc<Health>,
@@ -90,45 +100,105 @@ impl Progress {
     }
 }
 
-/// One partition's open segment: the rows read since the last publication.
+/// One partition's open segment: the rows read since the last publication. Each group of
+/// sinks that records its own position (the lake's commit log; the warehouse's offsets
+/// table) has its own part, starting where that group's position is: after a crash
+/// between the two, one part starts later than the other until they meet.
 struct Segment {
     epoch: u64,
-    first: i64,
     last: i64,
     opened: Instant,
+    lake: Option<LakePart>,
+    warehouse: Option<WarehousePart>,
+}
+
+struct LakePart {
+    first: i64,
     writers: Vec<TableWriter>,
     dlq: Option<TableWriter>,
 }
 
-struct LakeResolver {
+struct WarehousePart {
+    first: i64,
+    /// Per warehouse sink: its batches and where each came from.
+    batches: Vec<Vec<RecordBatch>>,
+    origins: Vec<Vec<ymera_warehouse::Origin>>,
+    rows: u64,
+    bytes: u64,
+}
+
+/// The next offset each group of sinks has durably recorded for a partition (`None`: the
+/// group has nothing of it; the group is absent when the pipeline has no such sinks).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Held {
+    lake: Option<i64>,
+    warehouse: Option<i64>,
+}
+
+type HeldMap = Arc<std::sync::Mutex<HashMap<TopicPartition, Held>>>;
+
+/// Resolves where each assigned partition resumes: each sink group's recorded position,
+/// and the source starts at the lowest (interfaces.md).
+struct SinkResolver {
     lake: Lake,
+    warehouse: Option<Warehouse>,
     pipeline: String,
+    /// Lake tables of the pipeline (DLQ included); empty when it writes none.
     tables: Vec<String>,
+    held: HeldMap,
     handle: tokio::runtime::Handle,
 }
 
-impl Resolver for LakeResolver {
+impl Resolver for SinkResolver {
     fn resolve(
         &self,
         partitions: &[TopicPartition],
     ) -> Result<HashMap<TopicPartition, Option<i64>>, String> {
         self.handle.block_on(async {
-            let positions = ledger::read_positions(&self.lake, &self.pipeline)
+            let lake_positions = if self.tables.is_empty() {
+                HashMap::new()
+            } else {
+                let positions = ledger::read_positions(&self.lake, &self.pipeline)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let owned = |tp: &TopicPartition| partitions.contains(tp);
+                ledger::remove_uncommitted(
+                    &self.lake,
+                    &self.pipeline,
+                    &self.tables,
+                    &positions,
+                    &owned,
+                )
                 .await
                 .map_err(|e| e.to_string())?;
-            let owned = |tp: &TopicPartition| partitions.contains(tp);
-            ledger::remove_uncommitted(
-                &self.lake,
-                &self.pipeline,
-                &self.tables,
-                &positions,
-                &owned,
-            )
-            .await
-            .map_err(|e| e.to_string())?;
+                positions
+            };
+            let wh_positions = match &self.warehouse {
+                Some(wh) => wh
+                    .read_positions(&self.pipeline)
+                    .await
+                    .map_err(|e| e.to_string())?,
+                None => HashMap::new(),
+            };
+            let mut held = self.held.lock().map_err(|_| "internal: poisoned lock".to_string())?;
             Ok(partitions
                 .iter()
-                .map(|tp| (tp.clone(), positions.get(tp).copied()))
+                .map(|tp| {
+                    let h = Held {
+                        lake: lake_positions.get(tp).copied(),
+                        warehouse: wh_positions.get(tp).copied(),
+                    };
+                    held.insert(tp.clone(), h);
+                    // a group with nothing of the partition needs it from `start`
+                    let mut start = Some(i64::MAX);
+                    if !self.tables.is_empty() {
+                        start = start.zip(h.lake).map(|(a, b)| a.min(b));
+                    }
+                    if self.warehouse.is_some() {
+                        start = start.zip(h.warehouse).map(|(a, b)| a.min(b));
+                    }
+                    (tp.clone(), start.filter(|s| *s != i64::MAX))
+                })
                 .collect())
         })
     }
@@ -169,10 +239,21 @@ pub async fn run(
         max_wait: p.spec.batch.max_wait,
         stop_when_idle: opts.stop_when_idle,
     };
-    let resolver = Arc::new(LakeResolver {
+    let warehouse = if p.warehouse_sinks.is_empty() {
+        None
+    } else {
+        Some(opts.warehouse.clone().ok_or_else(|| RunError::Source {
+            pipeline: name.clone(),
+            message: "the pipeline has warehouse sinks but no warehouse is configured".into(),
+        })?)
+    };
+    let held: HeldMap = Arc::default();
+    let resolver = Arc::new(SinkResolver {
         lake: opts.lake.clone(),
+        warehouse: warehouse.clone(),
         pipeline: name.clone(),
         tables: p.tables(),
+        held: held.clone(),
         handle: tokio::runtime::Handle::current(),
     });
     let dlq_producer = match p.spec.dlq.as_ref().and_then(|d| d.topic.clone()) {
@@ -207,6 +288,9 @@ pub async fn run(
         source: source.clone(),
         segments: HashMap::new(),
         next: HashMap::new(),
+        held_shared: held,
+        held: HashMap::new(),
+        warehouse,
         stats: RunStats::default(),
         dlq_producer,
         component: component.clone(),
@@ -248,8 +332,13 @@ struct Runner {
     decoder: JsonDecoder,
     source: Arc<KafkaSource>,
     segments: HashMap<TopicPartition, Segment>,
-    /// Next offset per partition after what is durable (committed to the lake).
+    /// Next offset per partition after what every sink holds (the Kafka commit).
     next: HashMap<TopicPartition, i64>,
+    /// What the resolver found at assignment, per partition.
+    held_shared: HeldMap,
+    /// Per partition, what each sink group holds (durably).
+    held: HashMap<TopicPartition, Held>,
+    warehouse: Option<Warehouse>,
     stats: RunStats,
     dlq_producer: Option<(String, Producer)>,
     component: String,
@@ -284,12 +373,15 @@ impl Runner {
                                 info!(pipeline = self.name(), topic = tp.0, partition = tp.1, "dropped the unpublished segment of a revoked partition");
                             }
                             self.next.remove(&tp);
+                            self.held.remove(&tp);
                         }
                     }
                     Some(SourceEvent::Assigned(starts)) => {
-                        // the runner continues each partition from where the lake says
+                        // the runner continues each partition from where its sinks say
+                        let shared = self.held_shared.lock().map(|h| h.clone()).unwrap_or_default();
                         for (tp, start) in starts {
                             self.segments.remove(&tp);
+                            self.held.insert(tp.clone(), shared.get(&tp).copied().unwrap_or_default());
                             match start {
                                 Some(n) => self.next.insert(tp, n),
                                 None => self.next.remove(&tp),
@@ -330,7 +422,11 @@ impl Runner {
         }
     }
 
-    fn new_segment(&self, epoch: u64, first: i64, seg_name: &str) -> Result<Segment, RunError> {
+    fn has_lake(&self) -> bool {
+        !self.p.sinks.is_empty() || self.p.dlq_table.is_some()
+    }
+
+    fn lake_part(&self, first: i64, seg_name: &str) -> Result<LakePart, RunError> {
         let meta = vec![
             ("ymera.pipeline".to_string(), self.name().to_string()),
             ("ymera.segment".to_string(), seg_name.to_string()),
@@ -350,14 +446,22 @@ impl Runner {
             Some(t) => Some(TableWriter::new(t.clone(), meta).map_err(lake_err)?),
             None => None,
         };
-        Ok(Segment {
-            epoch,
+        Ok(LakePart {
             first,
-            last: first - 1,
-            opened: Instant::now(),
             writers,
             dlq,
         })
+    }
+
+    fn warehouse_part(&self, first: i64) -> WarehousePart {
+        let n = self.p.warehouse_sinks.len();
+        WarehousePart {
+            first,
+            batches: vec![Vec::new(); n],
+            origins: vec![Vec::new(); n],
+            rows: 0,
+            bytes: 0,
+        }
     }
 
     async fn on_chunk(&mut self, chunk: Chunk) -> Result<(), RunError> {
@@ -405,14 +509,91 @@ impl Runner {
         metrics::counter!("ymera_component_received_events_total", "pipeline" => name.clone(), "component" => "source").increment(received);
         self.stats.records_in += received;
         Progress::add(&self.opts.progress.records_in, received);
-        // A segment starts where the previous one ended (or at the first record of a fresh
-        // partition), so commit records stay contiguous across offsets the broker skips.
-        let first = expected.unwrap_or(records[0].offset);
-        let last = records[records.len() - 1].offset;
         if !self.segments.contains_key(&tp) {
-            let seg =
-                self.new_segment(chunk.epoch, first, &format!("{}+{}+{first}", tp.0, tp.1))?;
-            self.segments.insert(tp.clone(), seg);
+            self.segments.insert(
+                tp.clone(),
+                Segment {
+                    epoch: chunk.epoch,
+                    last: expected.unwrap_or(records[0].offset) - 1,
+                    opened: Instant::now(),
+                    lake: None,
+                    warehouse: None,
+                },
+            );
+        }
+        // Which sink groups need which records: a group whose part is open needs all of
+        // them; otherwise those at or after its recorded position (all, with none).
+        let held = self.held.get(&tp).copied().unwrap_or_default();
+        let (lake_open, wh_open) = {
+            let seg = &self.segments[&tp];
+            (seg.lake.is_some(), seg.warehouse.is_some())
+        };
+        let threshold = |present: bool, open: bool, pos: Option<i64>| match (present, open) {
+            (false, _) => i64::MAX,
+            (true, true) => i64::MIN,
+            (true, false) => pos.unwrap_or(i64::MIN),
+        };
+        let lake_from = threshold(self.has_lake(), lake_open, held.lake);
+        let wh_from = threshold(!self.p.warehouse_sinks.is_empty(), wh_open, held.warehouse);
+        // at most three runs, cut where a group starts needing records
+        let mut runs: Vec<(bool, bool, Vec<Record>)> = Vec::new();
+        for r in records {
+            let need = (r.offset >= lake_from, r.offset >= wh_from);
+            match runs.last_mut() {
+                Some((l, w, rs)) if (*l, *w) == need => rs.push(r),
+                _ => runs.push((need.0, need.1, vec![r])),
+            }
+        }
+        for (to_lake, to_wh, rs) in runs {
+            let last = rs[rs.len() - 1].offset;
+            if to_lake || to_wh {
+                self.process(&tp, rs, to_lake, to_wh, held).await?;
+            }
+            if let Some(seg) = self.segments.get_mut(&tp) {
+                seg.last = last;
+            }
+        }
+        if self.is_full(&tp) {
+            self.publish(&tp).await?;
+        }
+        Ok(())
+    }
+
+    /// Decodes and transforms a run of records and adds the results to the parts of the
+    /// sink groups that need them.
+    async fn process(
+        &mut self,
+        tp: &TopicPartition,
+        records: Vec<Record>,
+        to_lake: bool,
+        to_wh: bool,
+        held: Held,
+    ) -> Result<(), RunError> {
+        let name = self.name().to_string();
+        let (run_first, run_last) = (records[0].offset, records[records.len() - 1].offset);
+        // open the parts this run starts (contiguous with what the group holds)
+        let (need_lake_part, need_wh_part) = match self.segments.get(tp) {
+            Some(seg) => (to_lake && seg.lake.is_none(), to_wh && seg.warehouse.is_none()),
+            None => {
+                return Err(RunError::Source {
+                    pipeline: name,
+                    message: "internal: segment vanished".into(),
+                });
+            }
+        };
+        if need_lake_part {
+            let first = held.lake.unwrap_or(run_first).min(run_first);
+            let part = self.lake_part(first, &format!("{}+{}+{first}", tp.0, tp.1))?;
+            if let Some(seg) = self.segments.get_mut(tp) {
+                seg.lake = Some(part);
+            }
+        }
+        if need_wh_part {
+            let first = held.warehouse.unwrap_or(run_first).min(run_first);
+            let part = self.warehouse_part(first);
+            if let Some(seg) = self.segments.get_mut(tp) {
+                seg.warehouse = Some(part);
+            }
         }
 
         // decode, strictly, record by record
@@ -436,6 +617,7 @@ impl Runner {
                 .increment(ignored - self.unknown_counted);
             self.unknown_counted = ignored;
         }
+        let input_offsets: Vec<i64> = rows_to_record.iter().map(|&i| records[i].offset).collect();
         let (outputs, failed) = self
             .transform
             .run_isolating(batch)
@@ -490,40 +672,58 @@ impl Runner {
                 }),
             }
         }
-        if !dead.is_empty() {
-            self.dead_letter(&dead, &tp).await?;
+        // dead letters of a lake DLQ table belong to the lake's part: a run the lake
+        // already holds had its dead letters published with it
+        if !dead.is_empty() && (to_lake || self.dlq_producer.is_some()) {
+            self.dead_letter(&dead, tp).await?;
         }
 
-        // into the open segment
+        // into the open parts
         let lake_err = |e| RunError::Lake {
             pipeline: name.clone(),
             source: e,
         };
-        let seg = self.segments.get_mut(&tp).ok_or_else(|| RunError::Source {
+        let seg = self.segments.get_mut(tp).ok_or_else(|| RunError::Source {
             pipeline: name.clone(),
             message: "internal: segment vanished".into(),
         })?;
-        // encoding may run here when a row group fills: CPU work, let the runtime move
-        // other tasks off this thread meanwhile
-        tokio::task::block_in_place(|| {
-            for (sink, writer) in self.p.sinks.iter().zip(seg.writers.iter_mut()) {
-                if let Some(batch) = outputs.get(&sink.input) {
-                    writer.write(batch)?;
+        if to_lake && let Some(part) = seg.lake.as_mut() {
+            // encoding may run here when a row group fills: CPU work, let the runtime move
+            // other tasks off this thread meanwhile
+            tokio::task::block_in_place(|| {
+                for (sink, writer) in self.p.sinks.iter().zip(part.writers.iter_mut()) {
+                    if let Some(batch) = outputs.get(&sink.input) {
+                        writer.write(batch)?;
+                    }
                 }
+                Ok(())
+            })
+            .map_err(lake_err)?;
+            if let (Some(w), false) = (part.dlq.as_mut(), dead.is_empty()) {
+                let batch = crate::dlq::to_batch(&dead).map_err(|e| RunError::Source {
+                    pipeline: name.clone(),
+                    message: format!("internal: cannot build DLQ rows: {e}"),
+                })?;
+                w.write(&batch).map_err(lake_err)?;
             }
-            Ok(())
-        })
-        .map_err(lake_err)?;
-        if let (Some(w), false) = (seg.dlq.as_mut(), dead.is_empty()) {
-            let batch = crate::dlq::to_batch(&dead).map_err(|e| RunError::Source {
-                pipeline: name.clone(),
-                message: format!("internal: cannot build DLQ rows: {e}"),
-            })?;
-            w.write(&batch).map_err(lake_err)?;
         }
-        seg.last = last;
-        if self.is_full(&tp) {
-            self.publish(&tp).await?;
+        if to_wh && let Some(part) = seg.warehouse.as_mut() {
+            for (i, sink) in self.p.warehouse_sinks.iter().enumerate() {
+                let Some(batch) = outputs.get(&sink.input) else {
+                    continue;
+                };
+                if batch.num_rows() == 0 {
+                    continue;
+                }
+                part.rows += batch.num_rows() as u64;
+                part.bytes += batch.get_array_memory_size() as u64;
+                part.batches[i].push(batch.clone());
+                part.origins[i].push(ymera_warehouse::Origin {
+                    first: run_first,
+                    last: run_last,
+                    rows: (sink.input == INPUT).then(|| input_offsets.clone()),
+                });
+            }
         }
         Ok(())
     }
@@ -588,12 +788,20 @@ impl Runner {
         let Some(seg) = self.segments.get(tp) else {
             return false;
         };
-        self.p
-            .sinks
-            .iter()
-            .zip(&seg.writers)
-            .any(|(s, w)| w.rows() >= s.rolling.max_rows || w.bytes() >= s.rolling.max_bytes.0)
-            || seg.opened.elapsed() >= self.max_interval()
+        let lake_full = seg.lake.as_ref().is_some_and(|part| {
+            self.p
+                .sinks
+                .iter()
+                .zip(&part.writers)
+                .any(|(s, w)| w.rows() >= s.rolling.max_rows || w.bytes() >= s.rolling.max_bytes.0)
+        });
+        let wh_full = seg.warehouse.as_ref().is_some_and(|part| {
+            self.p
+                .warehouse_sinks
+                .iter()
+                .any(|s| part.rows >= s.rolling.max_rows || part.bytes >= s.rolling.max_bytes.0)
+        });
+        lake_full || wh_full || seg.opened.elapsed() >= self.max_interval()
     }
 
     fn max_interval(&self) -> Duration {
@@ -601,6 +809,7 @@ impl Runner {
             .sinks
             .iter()
             .map(|s| s.rolling.max_interval)
+            .chain(self.p.warehouse_sinks.iter().map(|s| s.rolling.max_interval))
             .min()
             .unwrap_or(Duration::from_secs(60))
     }
@@ -626,28 +835,182 @@ impl Runner {
         Ok(())
     }
 
-    /// Publishes a partition's open segment (files, then commit record) and commits the
-    /// Kafka offset after it. Transient lake errors are retried with backoff.
+    /// The lowest position over the pipeline's sink groups: where the source resumes and
+    /// what Kafka may be told (`None` while a group holds nothing of the partition).
+    fn low_water(&self, tp: &TopicPartition) -> Option<i64> {
+        let held = self.held.get(tp).copied().unwrap_or_default();
+        let mut low = Some(i64::MAX);
+        if self.has_lake() {
+            low = low.zip(held.lake).map(|(a, b)| a.min(b));
+        }
+        if !self.p.warehouse_sinks.is_empty() {
+            low = low.zip(held.warehouse).map(|(a, b)| a.min(b));
+        }
+        low.filter(|l| *l != i64::MAX)
+    }
+
+    /// Publishes a partition's open segment — the warehouse part (rows + offsets in one
+    /// transaction), then the lake part (files, then commit record) — and commits the
+    /// lowest position over the sinks to Kafka. Transient errors are retried with backoff.
     async fn publish(&mut self, tp: &TopicPartition) -> Result<(), RunError> {
-        let Some(seg) = self.segments.remove(tp) else {
+        let Some(mut seg) = self.segments.remove(tp) else {
             return Ok(());
         };
-        if seg.last < seg.first {
+        let started = Instant::now();
+        let mut published = false;
+        if let Some(part) = seg.warehouse.take().filter(|p| seg.last >= p.first) {
+            if !self.publish_warehouse(tp, seg.epoch, seg.last, part).await? {
+                return Ok(());
+            }
+            published = true;
+        }
+        if let Some(part) = seg.lake.take().filter(|p| seg.last >= p.first) {
+            if !self.publish_lake(tp, seg.epoch, seg.last, part).await? {
+                return Ok(());
+            }
+            published = true;
+        }
+        if !published {
             return Ok(());
         }
         let name = self.name().to_string();
-        let started = Instant::now();
+        self.stats.last_commit_at = Some(Instant::now());
+        if let Some(next) = self.low_water(tp) {
+            self.next.insert(tp.clone(), next);
+            if let Err(e) = self.source.commit(&[(tp.clone(), next)], false) {
+                warn!(pipeline = name, topic = tp.0, partition = tp.1, error = %e, "offset commit failed (the sinks hold the position)");
+            }
+        }
+        metrics::histogram!("ymera_batch_commit_seconds", "pipeline" => name)
+            .record(started.elapsed().as_secs_f64());
+        self.opts.health.set(&self.component, None);
+        Ok(())
+    }
+
+    /// Waits before retrying an external error; false on shutdown once backoff is long.
+    fn backoff(
+        &self,
+        backoff: &mut Duration,
+        what: &str,
+        message: String,
+    ) -> impl std::future::Future<Output = bool> + Send + 'static {
+        warn!(pipeline = self.name(), error = message, retry_in = ?*backoff, "cannot write to the {what}; consumption paused, offsets not committed");
+        self.opts
+            .health
+            .set(&self.component, Some(format!("{what} unwritable: {message}")));
+        let (wait, shutdown) = (*backoff, self.opts.shutdown.clone());
+        *backoff = (*backoff * 2).min(Duration::from_secs(30));
+        async move {
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => true,
+                _ = shutdown.cancelled(), if wait >= Duration::from_secs(5) => false,
+            }
+        }
+    }
+
+    /// Returns false when the partition is no longer owned (the segment is dropped).
+    async fn publish_warehouse(
+        &mut self,
+        tp: &TopicPartition,
+        epoch: u64,
+        last: i64,
+        part: WarehousePart,
+    ) -> Result<bool, RunError> {
+        let name = self.name().to_string();
+        let Some(wh) = self.warehouse.clone() else {
+            return Err(RunError::Source {
+                pipeline: name,
+                message: "internal: warehouse rows without a warehouse".into(),
+            });
+        };
+        let writes = self
+            .p
+            .warehouse_sinks
+            .iter()
+            .zip(part.batches.into_iter().zip(part.origins))
+            .map(|(s, (batches, origins))| ymera_warehouse::TableWrite {
+                table: s.table.clone(),
+                mode: s.mode.clone(),
+                batches,
+                origins,
+            })
+            .collect();
+        let commit = ymera_warehouse::Commit {
+            pipeline: name.clone(),
+            topic: tp.0.clone(),
+            partition: tp.1,
+            first: part.first,
+            next: last + 1,
+            writes,
+            on_reject: match self.p.spec.source.on_bad_record {
+                OnBadRecord::Dlq => ymera_warehouse::OnReject::DeadLetter,
+                OnBadRecord::Drop => ymera_warehouse::OnReject::Skip,
+                OnBadRecord::Fail => ymera_warehouse::OnReject::Abort,
+            },
+        };
+        let fence = self.source.fence();
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            let Some(guard) = fence.hold(tp, epoch).await else {
+                info!(pipeline = name, topic = tp.0, partition = tp.1, "partition no longer owned; segment dropped");
+                return Ok(false);
+            };
+            let outcome = wh.commit(&commit).await;
+            drop(guard);
+            match outcome {
+                Ok(done) => {
+                    for r in &done.rejected {
+                        metrics::counter!("ymera_component_errors_total", "pipeline" => name.clone(), "stage" => "sink", "error_type" => "constraint").increment(1);
+                        warn!(pipeline = name, topic = tp.0, partition = tp.1, error = r.message, "row refused by the warehouse: {}", if commit.on_reject == ymera_warehouse::OnReject::Skip { "dropped (on_bad_record: drop)" } else { "dead-lettered in _ymera_dead_letters" });
+                    }
+                    if commit.on_reject == ymera_warehouse::OnReject::DeadLetter {
+                        let n = done.rejected.len() as u64;
+                        self.stats.dead_lettered += n;
+                        Progress::add(&self.opts.progress.dead_lettered, n);
+                        metrics::counter!("ymera_dlq_events_total", "pipeline" => name.clone()).increment(n);
+                    } else {
+                        self.stats.dropped += done.rejected.len() as u64;
+                    }
+                    metrics::counter!("ymera_component_sent_events_total", "pipeline" => name.clone(), "component" => "warehouse").increment(done.rows);
+                    *self.stats.rows_written.entry("warehouse".into()).or_insert(0) += done.rows;
+                    self.held.entry(tp.clone()).or_default().warehouse = Some(last + 1);
+                    return Ok(true);
+                }
+                Err(ymera_warehouse::WarehouseError::Fenced(m)) => {
+                    warn!(pipeline = name, error = m, "warehouse position moved by another writer; segment dropped");
+                    return Ok(false);
+                }
+                Err(e) if e.class().retry() == ymera_common::Retry::Yes => {
+                    metrics::counter!("ymera_component_errors_total", "pipeline" => name.clone(), "stage" => "sink", "error_type" => "warehouse_write").increment(1);
+                    if !self.backoff(&mut backoff, "warehouse", e.to_string()).await {
+                        return Err(RunError::Warehouse { pipeline: name, source: e });
+                    }
+                }
+                Err(e) => return Err(RunError::Warehouse { pipeline: name, source: e }),
+            }
+        }
+    }
+
+    /// Returns false when the partition is no longer owned (the segment is dropped).
+    async fn publish_lake(
+        &mut self,
+        tp: &TopicPartition,
+        epoch: u64,
+        last: i64,
+        part: LakePart,
+    ) -> Result<bool, RunError> {
+        let name = self.name().to_string();
         let id = SegmentId {
             topic: tp.0.clone(),
             partition: tp.1,
-            first: seg.first,
-            last: seg.last,
+            first: part.first,
+            last,
         };
         let file_name = id.file_name();
         let mut files = Vec::new();
         let mut rows_by_table: Vec<(String, u64, u64)> = Vec::new();
         // Parquet encoding and compression are CPU work: off the runtime threads
-        let writers: Vec<TableWriter> = seg.writers.into_iter().chain(seg.dlq).collect();
+        let writers: Vec<TableWriter> = part.writers.into_iter().chain(part.dlq).collect();
         let finished = tokio::task::spawn_blocking(move || {
             writers
                 .into_iter()
@@ -673,45 +1036,30 @@ impl Runner {
         let fence = self.source.fence();
         let mut backoff = Duration::from_millis(200);
         loop {
-            let Some(guard) = fence.hold(tp, seg.epoch).await else {
+            let Some(guard) = fence.hold(tp, epoch).await else {
                 info!(pipeline = name, segment = %id, "partition no longer owned; segment dropped");
-                return Ok(());
+                return Ok(false);
             };
-            match ledger::publish_segment(&self.opts.lake, &name, &id, files.clone()).await {
+            let outcome = ledger::publish_segment(&self.opts.lake, &name, &id, files.clone()).await;
+            drop(guard);
+            match outcome {
                 Ok(record) => {
-                    drop(guard);
                     let n_files = record.files.len() as u64;
                     self.stats.files_written += n_files;
                     Progress::add(&self.opts.progress.files_written, n_files);
-                    self.stats.last_commit_at = Some(Instant::now());
                     for (table, rows, n) in rows_by_table {
                         metrics::counter!("ymera_component_sent_events_total", "pipeline" => name.clone(), "component" => table.clone()).increment(rows);
                         metrics::counter!("ymera_lake_files_written_total", "pipeline" => name.clone(), "table" => table.clone()).increment(n);
                         *self.stats.rows_written.entry(table).or_insert(0) += rows;
                     }
-                    self.next.insert(tp.clone(), id.last + 1);
-                    if let Err(e) = self.source.commit(&[(tp.clone(), id.last + 1)], false) {
-                        warn!(pipeline = name, topic = tp.0, partition = tp.1, error = %e, "offset commit failed (the lake holds the position)");
-                    }
-                    metrics::histogram!("ymera_batch_commit_seconds", "pipeline" => name.clone())
-                        .record(started.elapsed().as_secs_f64());
-                    self.opts.health.set(&self.component, None);
-                    return Ok(());
+                    self.held.entry(tp.clone()).or_default().lake = Some(last + 1);
+                    return Ok(true);
                 }
                 Err(e) if e.class().retry() == ymera_common::Retry::Yes => {
-                    drop(guard);
                     metrics::counter!("ymera_component_errors_total", "pipeline" => name.clone(), "stage" => "sink", "error_type" => "lake_write").increment(1);
-                    warn!(pipeline = name, segment = %id, error = %e, retry_in = ?backoff, "cannot publish to the lake; consumption paused, offsets not committed");
-                    self.opts
-                        .health
-                        .set(&self.component, Some(format!("lake unwritable: {e}")));
-                    tokio::select! {
-                        _ = tokio::time::sleep(backoff) => {}
-                        _ = self.opts.shutdown.cancelled(), if backoff >= Duration::from_secs(5) => {
-                            return Err(RunError::Lake { pipeline: name, source: e });
-                        }
+                    if !self.backoff(&mut backoff, "lake", e.to_string()).await {
+                        return Err(RunError::Lake { pipeline: name, source: e });
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(30));
                 }
                 Err(e) => {
                     return Err(RunError::Lake {

@@ -257,6 +257,30 @@ impl Warehouse {
         Ok(rows.into_iter().map(|(t, p, n)| ((t, p), n)).collect())
     }
 
+    /// Forgets everything `pipeline` wrote: its offsets, its dead letters and every row of
+    /// `tables` (`ymera demo` starts over with a fresh embedded broker).
+    pub async fn reset(&self, pipeline: &str, tables: &[String]) -> Result<()> {
+        let d = self.dialect();
+        let by_pipeline = [
+            format!("DELETE FROM {OFFSETS_TABLE} WHERE pipeline = {}", d.ph(1)),
+            format!("DELETE FROM {DEAD_LETTERS_TABLE} WHERE ymera_pipeline = {}", d.ph(1)),
+        ];
+        let err = |e| WarehouseError::from_sqlx(e, &self.shown);
+        for sql in &by_pipeline {
+            match &self.pool {
+                Pool::Sqlite(p) => sqlx::query(sql).bind(pipeline).execute(p).await.map(|_| ()),
+                Pool::Postgres(p) => sqlx::query(sql).bind(pipeline).execute(p).await.map(|_| ()),
+            }
+            .map_err(err)?;
+        }
+        for t in tables {
+            if self.describe(t).await?.is_some() {
+                self.execute(&format!("DELETE FROM {}", quote(ident(t)?))).await?;
+            }
+        }
+        Ok(())
+    }
+
     /// Closes the pool (waits for connections to return).
     pub async fn close(&self) {
         match &self.pool {

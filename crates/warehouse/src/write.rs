@@ -18,6 +18,7 @@ use arrow::compute::cast;
 use arrow::datatypes::{DataType, Date32Type, Float64Type, Int64Type, TimeUnit, TimestampMicrosecondType};
 use arrow::record_batch::RecordBatch;
 use chrono::{DateTime, NaiveDate, Utc};
+use sqlx::postgres::PgConnection;
 use sqlx::{Postgres, Sqlite, Transaction};
 
 use crate::schema::SqlKind;
@@ -423,8 +424,17 @@ impl Warehouse {
         self.commit_with(c, WriteMethod::Copy).await
     }
 
-    /// [`Warehouse::commit`] with a chosen PostgreSQL bulk method.
-    pub async fn commit_with(&self, c: &Commit, method: WriteMethod) -> Result<Committed> {
+    /// [`Warehouse::commit`] with a chosen PostgreSQL bulk method. (Boxed: a named `Send`
+    /// future keeps callers' futures provably `Send` across sqlx's higher-ranked executors.)
+    pub fn commit_with<'a>(
+        &'a self,
+        c: &'a Commit,
+        method: WriteMethod,
+    ) -> futures::future::BoxFuture<'a, Result<Committed>> {
+        Box::pin(self.commit_inner(c, method))
+    }
+
+    async fn commit_inner(&self, c: &Commit, method: WriteMethod) -> Result<Committed> {
         let prepared = c
             .writes
             .iter()
@@ -466,18 +476,7 @@ impl Warehouse {
             }
             Pool::Postgres(p) => {
                 let mut tx = p.begin().await.map_err(err)?;
-                let fast = async {
-                    let mut rows = 0;
-                    for (wi, w) in prepared.iter().enumerate() {
-                        rows += match method {
-                            WriteMethod::Copy => copy_pg(&mut tx, w, wi).await?,
-                            WriteMethod::Insert => insert_pg(&mut tx, w).await?,
-                        };
-                    }
-                    Ok::<u64, sqlx::Error>(rows)
-                }
-                .await;
-                let done = match fast {
+                let done = match send(write_all_pg(&mut tx, &prepared, method)).await {
                     Ok(rows) => Committed {
                         rows,
                         rejected: Vec::new(),
@@ -486,7 +485,7 @@ impl Warehouse {
                         // find the bad rows one by one, each under a savepoint
                         drop(tx);
                         tx = p.begin().await.map_err(err)?;
-                        rows_one_by_one_pg(&mut tx, &prepared).await.map_err(err)?
+                        send(rows_one_by_one_pg(&mut tx, &prepared)).await.map_err(err)?
                     }
                     Err(e) => return Err(err(e)),
                 };
@@ -496,10 +495,10 @@ impl Warehouse {
                     for a in args {
                         q = bind_pg(q, a);
                     }
-                    q.execute(&mut *tx).await.map_err(err)?;
+                    send(q.execute(&mut *tx)).await.map_err(err)?;
                 }
-                let n = bind_offset(sqlx::query(&offset_sql(Dialect::Postgres)), c)
-                    .execute(&mut *tx)
+                let n = send(bind_offset(sqlx::query(&offset_sql(Dialect::Postgres)), c)
+                    .execute(&mut *tx))
                     .await
                     .map_err(err)?
                     .rows_affected();
@@ -620,8 +619,27 @@ fn rejected(write: usize, (batch, row): (usize, usize), table: &str, m: String) 
     }
 }
 
+fn send<T: Send>(t: T) -> T {
+    t
+}
+
+async fn write_all_pg(
+    conn: &mut PgConnection,
+    prepared: &[Prepared],
+    method: WriteMethod,
+) -> std::result::Result<u64, sqlx::Error> {
+    let mut rows = 0;
+    for (wi, w) in prepared.iter().enumerate() {
+        rows += match method {
+            WriteMethod::Copy => send(copy_pg(conn, w, wi)).await?,
+            WriteMethod::Insert => send(insert_pg(conn, w)).await?,
+        };
+    }
+    Ok(rows)
+}
+
 async fn copy_pg(
-    tx: &mut Transaction<'_, Postgres>,
+    tx: &mut PgConnection,
     w: &Prepared,
     wi: usize,
 ) -> std::result::Result<u64, sqlx::Error> {
@@ -630,11 +648,11 @@ async fn copy_pg(
     }
     let stage = format!("_ymera_stage_{wi}");
     let cols = w.column_list();
-    sqlx::raw_sql(&format!(
+    sqlx::query(&format!(
         "CREATE TEMP TABLE {stage} ON COMMIT DROP AS SELECT {cols} FROM {} WITH NO DATA",
         quote(&w.table)
     ))
-    .execute(&mut **tx)
+    .execute(&mut *tx)
     .await?;
     {
         let mut copy = tx
@@ -658,19 +676,19 @@ async fn copy_pg(
         }
         copy.finish().await?;
     }
-    let r = sqlx::raw_sql(&format!(
+    let r = sqlx::query(&format!(
         "INSERT INTO {} ({cols}) SELECT {cols} FROM {stage}{}",
         quote(&w.table),
         w.conflict_clause()
     ))
-    .execute(&mut **tx)
+    .execute(&mut *tx)
     .await?;
-    sqlx::raw_sql(&format!("DROP TABLE {stage}")).execute(&mut **tx).await?;
+    sqlx::query(&format!("DROP TABLE {stage}")).execute(&mut *tx).await?;
     Ok(r.rows_affected())
 }
 
 async fn insert_pg(
-    tx: &mut Transaction<'_, Postgres>,
+    tx: &mut PgConnection,
     w: &Prepared,
 ) -> std::result::Result<u64, sqlx::Error> {
     let per = (PG_MAX_BINDS / w.columns.len().max(1)).clamp(1, 1000);
@@ -683,32 +701,32 @@ async fn insert_pg(
                 q = bind_pg(q, cell);
             }
         }
-        n += q.execute(&mut **tx).await?.rows_affected();
+        n += q.execute(&mut *tx).await?.rows_affected();
     }
     Ok(n)
 }
 
 async fn rows_one_by_one_pg(
-    tx: &mut Transaction<'_, Postgres>,
+    tx: &mut PgConnection,
     prepared: &[Prepared],
 ) -> std::result::Result<Committed, sqlx::Error> {
     let mut done = Committed::default();
     for (wi, w) in prepared.iter().enumerate() {
         let sql = w.insert_sql(Dialect::Postgres, 1);
         for &at in &w.rows {
-            sqlx::raw_sql("SAVEPOINT ymera_row").execute(&mut **tx).await?;
+            sqlx::query("SAVEPOINT ymera_row").execute(&mut *tx).await?;
             let mut q = sqlx::query(&sql);
             for cell in w.cells(at) {
                 q = bind_pg(q, cell);
             }
-            match q.execute(&mut **tx).await {
+            match q.execute(&mut *tx).await {
                 Ok(r) => {
                     done.rows += r.rows_affected();
-                    sqlx::raw_sql("RELEASE SAVEPOINT ymera_row").execute(&mut **tx).await?;
+                    sqlx::query("RELEASE SAVEPOINT ymera_row").execute(&mut *tx).await?;
                 }
                 Err(e) => match constraint_violation(&e) {
                     Some(m) => {
-                        sqlx::raw_sql("ROLLBACK TO SAVEPOINT ymera_row").execute(&mut **tx).await?;
+                        sqlx::query("ROLLBACK TO SAVEPOINT ymera_row").execute(&mut *tx).await?;
                         done.rejected.push(rejected(wi, at, &w.table, m));
                     }
                     None => return Err(e),
