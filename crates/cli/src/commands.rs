@@ -822,7 +822,13 @@ pub async fn demo(settings: &Settings, days: u32, pipelines_dir: &Path) -> u8 {
                  round(max(latency_p95_ms), 1) AS max_p95_ms, sum(CAST(latency_skewed AS INT)) AS skewed_minutes \
                  FROM metric_events GROUP BY service ORDER BY service";
     println!("== ymera sql \"{query}\"");
-    crate::sqlcmd::sql(settings, Some(query.to_string()), "table").await
+    crate::sqlcmd::sql(
+        settings,
+        Some(query.to_string()),
+        crate::sqlcmd::Format::Table,
+        None,
+    )
+    .await
 }
 
 pub async fn broker(topics: &[String]) -> u8 {

@@ -72,13 +72,18 @@ enum Command {
         #[arg(long, default_value = "pipelines")]
         pipelines: PathBuf,
     },
-    /// Run one SQL query over every lake table.
+    /// Read-only SQL over every lake and warehouse table: one query, or an interactive
+    /// session (history, multi-line statements, `\d`, `\d TABLE`, `\timing`) when no query is
+    /// given on a terminal.
     Sql {
-        /// The query (read from stdin when absent).
+        /// The query (read from stdin when absent and stdin is not a terminal).
         query: Option<String>,
-        /// Output format: table, csv or json.
-        #[arg(long, default_value = "table")]
-        format: String,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "table")]
+        format: sqlcmd::Format,
+        /// Write the result to this file instead of stdout.
+        #[arg(long)]
+        output: Option<PathBuf>,
     },
     /// Produce generated domain events to Kafka, or write them as JSON lines.
     Gen {
@@ -179,7 +184,11 @@ fn main() -> ExitCode {
                 paths,
             } => commands::run(&settings, &paths, stop_when_idle).await,
             Command::Demo { days, pipelines } => commands::demo(&settings, days, &pipelines).await,
-            Command::Sql { query, format } => sqlcmd::sql(&settings, query, &format).await,
+            Command::Sql {
+                query,
+                format,
+                output,
+            } => sqlcmd::sql(&settings, query, format, output).await,
             Command::Gen {
                 brokers,
                 output,

@@ -21,6 +21,8 @@ pub struct Settings {
     pub run: RunSettings,
     /// Model registry location.
     pub registry: RegistrySettings,
+    /// Limits of analyst SQL (`ymera sql`).
+    pub sql: SqlSettings,
     /// Logging.
     pub log: LogSettings,
 }
@@ -60,6 +62,30 @@ impl Default for WarehouseSettings {
             url: "sqlite://./warehouse.db".into(),
             migrations: "sql/migrations".into(),
             migrate_on_start: false,
+        }
+    }
+}
+
+/// `sql.*`: bounds of one analyst query.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SqlSettings {
+    /// Memory the query's operators may hold (default 1GiB); past it the query fails
+    /// (nothing spills to disk).
+    pub memory_limit: ymera_common::ByteSize,
+    /// Wall-clock limit (default 60s).
+    #[serde(with = "ymera_common::units::duration")]
+    pub timeout: std::time::Duration,
+    /// Rows returned at most (default 100000); the rest is cut with a warning.
+    pub max_rows: usize,
+}
+
+impl Default for SqlSettings {
+    fn default() -> Self {
+        SqlSettings {
+            memory_limit: ymera_common::ByteSize(1 << 30),
+            timeout: std::time::Duration::from_secs(60),
+            max_rows: 100_000,
         }
     }
 }

@@ -1,0 +1,360 @@
+//! Analyst SQL: one DataFusion session over every lake table and every warehouse table,
+//! read-only by construction and bounded in memory, time and result rows.
+//!
+//! Read-only is enforced twice: the statement is parsed and only a query (or `EXPLAIN` of
+//! one) is accepted; the plan is then checked by DataFusion's `SQLOptions` (no DDL, DML or
+//! statements anywhere in it, subqueries and CTEs included). No table can name a file or
+//! URL: URL tables are not enabled and no file-reading table function is registered. The
+//! memory pool is bounded and spilling is disabled, so a query that needs more fails with a
+//! clear error instead of growing; results are streamed and cut at `max_rows`; the whole
+//! query runs under a timeout.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow::datatypes::SchemaRef;
+use arrow::record_batch::RecordBatch;
+use datafusion::error::DataFusionError;
+use datafusion::execution::context::SQLOptions;
+use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
+use datafusion::execution::memory_pool::{GreedyMemoryPool, TrackConsumersPool};
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::prelude::{SessionConfig, SessionContext};
+use datafusion::sql::parser::{DFParser, Statement as DfStatement};
+use datafusion::sql::sqlparser::ast::Statement;
+use futures::StreamExt;
+use ymera_lake::Lake;
+use ymera_warehouse::Warehouse;
+
+/// Bounds of one query.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Bytes the query's operators may hold (joins, sorts, aggregates).
+    pub memory: usize,
+    /// Wall-clock limit of planning plus execution.
+    pub timeout: Duration,
+    /// Rows returned at most; the rest is cut (and said so).
+    pub max_rows: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            memory: 1 << 30,
+            timeout: Duration::from_secs(60),
+            max_rows: 100_000,
+        }
+    }
+}
+
+/// Why a query did not run or did not finish.
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    /// Not a read-only query.
+    #[error("refused: {0}")]
+    Refused(String),
+    /// Unknown table or column, syntax, types.
+    #[error("{0}")]
+    Invalid(String),
+    /// The memory limit or the timeout stopped it.
+    #[error("{0}")]
+    Limit(String),
+    /// Reading a table failed.
+    #[error("{0}")]
+    Execution(String),
+}
+
+/// Where a table comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Lake,
+    Warehouse,
+}
+
+/// A queryable table.
+#[derive(Debug, Clone)]
+pub struct Table {
+    pub name: String,
+    pub source: Source,
+    /// Hive partition columns (lake tables).
+    pub partitions: Vec<String>,
+    pub schema: SchemaRef,
+}
+
+/// A query's result.
+#[derive(Debug)]
+pub struct Output {
+    pub schema: SchemaRef,
+    pub batches: Vec<RecordBatch>,
+    pub rows: usize,
+    /// More rows existed than `max_rows`.
+    pub truncated: bool,
+}
+
+/// A session over the lake and the warehouse.
+pub struct Analyst {
+    ctx: SessionContext,
+    tables: Vec<Table>,
+    limits: Limits,
+}
+
+impl std::fmt::Debug for Analyst {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Analyst")
+            .field("tables", &self.tables.len())
+            .field("limits", &self.limits)
+            .finish()
+    }
+}
+
+const REFUSED_HINT: &str = "analyst SQL is read-only: one SELECT (or WITH … SELECT, or EXPLAIN of one) over lake and warehouse tables";
+
+/// Accepts one read-only query; says what else was found.
+pub fn check_read_only(sql: &str) -> Result<(), QueryError> {
+    let statements = DFParser::parse_sql(sql).map_err(|e| QueryError::Invalid(e.strip_backtrace()))?;
+    if statements.len() != 1 {
+        return Err(QueryError::Refused(format!(
+            "{} statements given; {REFUSED_HINT}",
+            statements.len()
+        )));
+    }
+    fn check(s: &DfStatement) -> Result<(), QueryError> {
+        let what = match s {
+            DfStatement::Statement(st) => match st.as_ref() {
+                Statement::Query(_) => return Ok(()),
+                Statement::Insert(_)
+                | Statement::Update { .. }
+                | Statement::Delete(_)
+                | Statement::Merge { .. }
+                | Statement::Truncate { .. } => "data modification (DML)",
+                Statement::Copy { .. } => "COPY",
+                Statement::Set(_) => "SET",
+                Statement::CreateTable(_)
+                | Statement::CreateView { .. }
+                | Statement::CreateSchema { .. }
+                | Statement::CreateDatabase { .. }
+                | Statement::CreateFunction(_)
+                | Statement::CreateIndex(_)
+                | Statement::Drop { .. }
+                | Statement::AlterTable { .. } => "DDL",
+                Statement::Explain { statement, .. } => {
+                    return check(&DfStatement::Statement(statement.clone()));
+                }
+                _ => "a statement that is not a query",
+            },
+            DfStatement::CreateExternalTable(_) => "CREATE EXTERNAL TABLE (files are not tables here)",
+            DfStatement::CopyTo(_) => "COPY … TO (writing files)",
+            DfStatement::Reset(_) => "RESET",
+            DfStatement::Explain(e) => return check(&e.statement),
+        };
+        Err(QueryError::Refused(format!("{what}; {REFUSED_HINT}")))
+    }
+    check(&statements[0])
+}
+
+fn looks_like_a_path(name: &str) -> bool {
+    name.contains('/') || name.contains("://") || name.contains('\\')
+        || [".parquet", ".csv", ".json", ".avro", ".arrow"].iter().any(|e| name.to_lowercase().ends_with(e))
+}
+
+impl Analyst {
+    /// A session with every lake table and (when given) every warehouse table registered.
+    /// A warehouse table whose name a lake table already has is left out; the returned
+    /// warnings say so.
+    pub async fn open(
+        lake: &Lake,
+        warehouse: Option<&Warehouse>,
+        limits: Limits,
+    ) -> Result<(Analyst, Vec<String>), QueryError> {
+        let mut config = SessionConfig::new()
+            .with_information_schema(false)
+            .with_target_partitions(std::thread::available_parallelism().map_or(2, |n| n.get()));
+        config.options_mut().execution.time_zone = Some("UTC".to_string());
+        let pool = TrackConsumersPool::new(
+            GreedyMemoryPool::new(limits.memory),
+            std::num::NonZeroUsize::new(3).expect("3 > 0"),
+        );
+        let runtime = RuntimeEnvBuilder::new()
+            .with_memory_pool(Arc::new(pool))
+            .with_disk_manager_builder(DiskManagerBuilder::default().with_mode(DiskManagerMode::Disabled))
+            .build_arc()
+            .map_err(|e| QueryError::Execution(e.strip_backtrace()))?;
+        let ctx = SessionContext::new_with_config_rt(config, runtime);
+        ymera_transform::register_udfs(&ctx);
+        let mut tables = Vec::new();
+        for t in ymera_lake::catalog::register_lake_tables(&ctx, lake)
+            .await
+            .map_err(|e| QueryError::Execution(format!("lake: {e}")))?
+        {
+            let schema = ctx
+                .table_provider(t.name.as_str())
+                .await
+                .map_err(|e| QueryError::Execution(e.strip_backtrace()))?
+                .schema();
+            tables.push(Table {
+                name: t.name,
+                source: Source::Lake,
+                partitions: t.partition_cols,
+                schema,
+            });
+        }
+        let mut warnings = Vec::new();
+        if let Some(wh) = warehouse {
+            let (registered, shadowed) = ymera_warehouse::provider::register_tables(&ctx, wh)
+                .await
+                .map_err(|e| QueryError::Execution(e.to_string()))?;
+            for info in registered {
+                tables.push(Table {
+                    schema: info.arrow_schema(),
+                    name: info.name,
+                    source: Source::Warehouse,
+                    partitions: Vec::new(),
+                });
+            }
+            for name in shadowed {
+                warnings.push(format!(
+                    "warehouse table `{name}` is hidden by the lake table of the same name"
+                ));
+            }
+        }
+        tables.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok((Analyst { ctx, tables, limits }, warnings))
+    }
+
+    pub fn tables(&self) -> &[Table] {
+        &self.tables
+    }
+
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    /// A table by name, or an error naming the closest one.
+    pub fn table(&self, name: &str) -> Result<&Table, QueryError> {
+        self.tables.iter().find(|t| t.name == name).ok_or_else(|| {
+            QueryError::Invalid(format!(
+                "unknown table `{name}`{}",
+                self.suggest_table(name)
+            ))
+        })
+    }
+
+    fn suggest_table(&self, name: &str) -> String {
+        match ymera_warehouse::closest(name, self.tables.iter().map(|t| t.name.as_str())) {
+            Some(c) => format!(" (did you mean `{c}`?)"),
+            None => format!(
+                " (tables: {})",
+                self.tables.iter().map(|t| t.name.as_str()).collect::<Vec<_>>().join(", ")
+            ),
+        }
+    }
+
+    /// Turns DataFusion's errors into messages that name the input and the closest match.
+    fn explain_error(&self, e: DataFusionError) -> QueryError {
+        let e = e.find_root();
+        match e {
+            DataFusionError::SchemaError(se, _) if matches!(se.as_ref(), datafusion::common::SchemaError::FieldNotFound { .. }) => {
+                let datafusion::common::SchemaError::FieldNotFound { field, valid_fields } = se.as_ref() else {
+                    unreachable!("matched above")
+                };
+                let names: Vec<String> = valid_fields.iter().map(|c| c.name.clone()).collect();
+                let hint = match ymera_warehouse::closest(&field.name, names.iter().map(String::as_str)) {
+                    Some(c) => format!(" (did you mean `{c}`?)"),
+                    None => format!(" (columns: {})", names.join(", ")),
+                };
+                QueryError::Invalid(format!("unknown column `{}`{hint}", field.name))
+            }
+            DataFusionError::Plan(m) if m.starts_with("table '") && m.ends_with("' not found") => {
+                let full = &m["table '".len()..m.len() - "' not found".len()];
+                let name = full.rsplit('.').next().unwrap_or(full);
+                if looks_like_a_path(full) {
+                    QueryError::Refused(format!(
+                        "`{full}` is a file path or URL; {REFUSED_HINT} (\\d lists them)"
+                    ))
+                } else {
+                    QueryError::Invalid(format!("unknown table `{name}`{}", self.suggest_table(name)))
+                }
+            }
+            DataFusionError::Execution(m) if m == deadline::PASSED => QueryError::Limit(format!(
+                "the query ran longer than the time limit of {:?} (sql.timeout) and was stopped",
+                self.limits.timeout
+            )),
+            DataFusionError::ResourcesExhausted(m) => QueryError::Limit(format!(
+                "the query needs more than the memory limit of {} MiB (sql.memory_limit): {m}",
+                self.limits.memory >> 20
+            )),
+            DataFusionError::Execution(m) if m.contains("disk manager") || m.contains("DiskManager") => {
+                QueryError::Limit(format!(
+                    "the query needs more than the memory limit of {} MiB (sql.memory_limit) and spilling to disk is disabled",
+                    self.limits.memory >> 20
+                ))
+            }
+            DataFusionError::SQL(..) | DataFusionError::Plan(_) | DataFusionError::SchemaError(..) | DataFusionError::NotImplemented(_) => {
+                QueryError::Invalid(e.strip_backtrace())
+            }
+            _ => QueryError::Execution(e.strip_backtrace()),
+        }
+    }
+
+    /// Runs one read-only query within the limits.
+    pub async fn query(&self, sql: &str) -> Result<Output, QueryError> {
+        check_read_only(sql)?;
+        let limits = self.limits;
+        let work = async {
+            let opts = SQLOptions::new()
+                .with_allow_ddl(false)
+                .with_allow_dml(false)
+                .with_allow_statements(false);
+            let df = self
+                .ctx
+                .sql_with_options(sql, opts)
+                .await
+                .map_err(|e| match e {
+                    DataFusionError::Plan(m) if m.contains("not supported") && (m.contains("DDL") || m.contains("DML") || m.contains("Statement")) => {
+                        QueryError::Refused(format!("{m}; {REFUSED_HINT}"))
+                    }
+                    e => self.explain_error(e),
+                })?;
+            let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
+            let task = Arc::new(df.task_ctx());
+            let plan = df.create_physical_plan().await.map_err(|e| self.explain_error(e))?;
+            let plan = deadline::with_deadline(plan, Instant::now() + limits.timeout)
+                .map_err(|e| self.explain_error(e))?;
+            let mut stream = datafusion::physical_plan::execute_stream(plan, task)
+                .map_err(|e| self.explain_error(e))?;
+            let mut batches = Vec::new();
+            let mut rows = 0;
+            let mut truncated = false;
+            while let Some(b) = stream.next().await {
+                let b = b.map_err(|e| self.explain_error(e))?;
+                let room = limits.max_rows - rows;
+                if b.num_rows() > room {
+                    batches.push(b.slice(0, room));
+                    rows += room;
+                    truncated = true;
+                    break;
+                }
+                rows += b.num_rows();
+                batches.push(b);
+            }
+            Ok(Output {
+                schema,
+                batches,
+                rows,
+                truncated,
+            })
+        };
+        match tokio::time::timeout(limits.timeout, work).await {
+            Ok(r) => r,
+            Err(_) => Err(QueryError::Limit(format!(
+                "the query ran longer than the time limit of {:?} (sql.timeout) and was cancelled",
+                limits.timeout
+            ))),
+        }
+    }
+}
+
+mod deadline;
+
+#[cfg(test)]
+mod tests;
