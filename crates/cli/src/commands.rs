@@ -361,7 +361,10 @@ pub async fn validate(
 }
 
 /// Loads and checks pipelines; on any problem prints it and gives the exit code (78).
-async fn checked_pipelines(paths: &[PathBuf], environment: bool) -> Result<Vec<Pipeline>, u8> {
+pub async fn checked_pipelines(
+    paths: &[PathBuf],
+    environment: bool,
+) -> Result<Vec<Pipeline>, u8> {
     let (pipelines, diags) = load_pipelines(paths, environment).await.map_err(|e| {
         eprintln!("error: {e}");
         EXIT_CONFIG

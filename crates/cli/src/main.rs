@@ -6,6 +6,7 @@
 
 mod bench;
 mod commands;
+mod dlqcmd;
 mod settings;
 mod sqlcmd;
 
@@ -109,6 +110,12 @@ enum Command {
     /// Serve the embedded Kafka-protocol broker (librdkafka's mock cluster) in this
     /// process until SIGINT/SIGTERM; prints its bootstrap address on the first line.
     /// For local development and tests that must kill consumers without losing the broker.
+    /// Dead-lettered records of a pipeline: `inspect` (counts by error and stage, samples
+    /// with their source position) and `replay` (through the current pipeline, after a fix).
+    Dlq {
+        #[command(subcommand)]
+        action: DlqAction,
+    },
     /// The SQL warehouse: `ymera warehouse migrate` applies `warehouse.migrations`.
     Warehouse {
         #[command(subcommand)]
@@ -139,6 +146,38 @@ enum WarehouseAction {
     /// Apply the pending versioned migrations (`warehouse.migrations`, default
     /// `sql/migrations/`) to `warehouse.url`.
     Migrate,
+}
+
+#[derive(Subcommand, Debug)]
+enum DlqAction {
+    /// Count dead letters by error and stage, and show the latest with their source
+    /// position.
+    Inspect {
+        /// Pipeline name (or its YAML file).
+        pipeline: String,
+        /// Directory of the pipeline files.
+        #[arg(long, default_value = "pipelines")]
+        pipelines: PathBuf,
+        /// Only records dead-lettered since this time (RFC 3339, a date, or a duration ago
+        /// such as `2h`).
+        #[arg(long)]
+        since: Option<String>,
+        /// How many recent records to show.
+        #[arg(long, default_value_t = 5)]
+        samples: usize,
+    },
+    /// Re-feed dead-lettered records through the current pipeline into its sinks. Records
+    /// that fail again stay in the DLQ; a record is never replayed twice.
+    Replay {
+        /// Pipeline name (or its YAML file).
+        pipeline: String,
+        /// Directory of the pipeline files.
+        #[arg(long, default_value = "pipelines")]
+        pipelines: PathBuf,
+        /// Only records dead-lettered since this time (RFC 3339, a date, or a duration ago).
+        #[arg(long)]
+        since: Option<String>,
+    },
 }
 
 fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
@@ -201,6 +240,23 @@ fn main() -> ExitCode {
                 commands::gen_events(brokers, output, days, seed, projects, partitions, &start)
                     .await
             }
+            Command::Dlq {
+                action:
+                    DlqAction::Inspect {
+                        pipeline,
+                        pipelines,
+                        since,
+                        samples,
+                    },
+            } => dlqcmd::inspect(&settings, &pipeline, &pipelines, since.as_deref(), samples).await,
+            Command::Dlq {
+                action:
+                    DlqAction::Replay {
+                        pipeline,
+                        pipelines,
+                        since,
+                    },
+            } => dlqcmd::replay(&settings, &pipeline, &pipelines, since.as_deref()).await,
             Command::Warehouse {
                 action: WarehouseAction::Migrate,
             } => commands::warehouse_migrate(&settings).await,

@@ -6,6 +6,7 @@ pub mod dlq;
 pub mod load;
 pub mod run;
 pub mod spec;
+pub mod replay;
 pub mod testing;
 pub mod validate;
 

@@ -1,0 +1,272 @@
+//! `ymera dlq replay`: dead-lettered records go through the pipeline's *current* decoder
+//! and stages again (after a fix) and, when they pass, into its sinks.
+//!
+//! - Records that fail again stay where they are, in the DLQ; nothing new is written for
+//!   them.
+//! - Replaying twice adds nothing twice. A replay is identified by the sha256 of the
+//!   source positions it writes; its lake files are named `replay-<id>.parquet` (published
+//!   create-only), its warehouse rows commit with a ledger row of their own
+//!   (`<pipeline>#replay`, topic `<id>`), and `_ymera/replays/<pipeline>/<id>.json` lists the
+//!   positions last. Positions listed there are never replayed again; a replay cut short
+//!   is finished by the next one (same positions, same id: existing files are left as they
+//!   are and the warehouse ledger refuses a second commit).
+
+use std::collections::{BTreeSet, HashMap};
+
+use arrow::record_batch::RecordBatch;
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use ymera_ingest::decode::{JsonDecoder, UnknownFields};
+use ymera_lake::{Lake, TableWriter};
+use ymera_warehouse::Warehouse;
+
+use crate::dlq::{DeadLetter, ErrorStage};
+use crate::spec::UnknownFieldsSpec;
+use crate::validate::Pipeline;
+
+/// (topic, partition, offset)
+pub type Position = (String, i32, i64);
+
+/// What a replay did.
+#[derive(Debug, Default)]
+pub struct Replayed {
+    /// Dead letters considered (after `--since`, decode/transform stages, de-duplicated).
+    pub considered: usize,
+    /// Already replayed by an earlier run: skipped.
+    pub already_replayed: usize,
+    /// Passed this time and were written.
+    pub succeeded: usize,
+    /// Failed again (they stay in the DLQ), with the new reason of the first few.
+    pub failed_again: usize,
+    pub failures: Vec<(Position, String)>,
+    /// Rows written per sink table.
+    pub rows: Vec<(String, u64)>,
+    pub replay_id: Option<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct ReplayRecord {
+    pipeline: String,
+    replay_id: String,
+    positions: Vec<Position>,
+    replayed_at: String,
+}
+
+fn ledger_dir(pipeline: &str) -> String {
+    format!("_ymera/replays/{pipeline}")
+}
+
+/// Every position an earlier replay of `pipeline` wrote.
+pub async fn replayed_positions(lake: &Lake, pipeline: &str) -> Result<BTreeSet<Position>, String> {
+    let mut done = BTreeSet::new();
+    for path in lake.list(&ledger_dir(pipeline)).await.map_err(|e| e.to_string())? {
+        let body = lake.get(&path).await.map_err(|e| e.to_string())?;
+        let r: ReplayRecord = serde_json::from_slice(&body).map_err(|e| format!("{path}: {e}"))?;
+        done.extend(r.positions);
+    }
+    Ok(done)
+}
+
+/// Replays `letters` (decode- and transform-stage dead letters of `p`).
+pub async fn replay(
+    p: &Pipeline,
+    lake: &Lake,
+    warehouse: Option<&Warehouse>,
+    letters: Vec<DeadLetter>,
+) -> Result<Replayed, String> {
+    let name = &p.spec.name;
+    let mut out = Replayed::default();
+    let done = replayed_positions(lake, name).await?;
+    // one attempt per source position (a DLQ topic may hold a record twice)
+    let mut seen = BTreeSet::new();
+    let mut todo = Vec::new();
+    for d in letters {
+        if !matches!(d.stage, ErrorStage::Decode | ErrorStage::Transform) {
+            continue;
+        }
+        let pos = (d.topic.clone(), d.partition, d.offset);
+        if !seen.insert(pos.clone()) {
+            continue;
+        }
+        out.considered += 1;
+        if done.contains(&pos) {
+            out.already_replayed += 1;
+            continue;
+        }
+        todo.push((pos, d));
+    }
+    todo.sort_by(|a, b| a.0.cmp(&b.0));
+
+    // decode and transform with the current pipeline
+    let mut decoder = JsonDecoder::new(
+        &p.fields,
+        match p.spec.source.unknown_fields {
+            UnknownFieldsSpec::Ignore => UnknownFields::Ignore,
+            UnknownFieldsSpec::Dlq => UnknownFields::Dlq,
+        },
+    );
+    let mut decoded: Vec<usize> = Vec::new();
+    let mut failed: HashMap<usize, String> = HashMap::new();
+    for (i, (_, d)) in todo.iter().enumerate() {
+        let r = match &d.value {
+            None => Err("record has no value (tombstone)".to_string()),
+            Some(v) => decoder.push(v).map_err(|e| e.to_string()),
+        };
+        match r {
+            Ok(()) => decoded.push(i),
+            Err(e) => {
+                failed.insert(i, format!("decode: {e}"));
+            }
+        }
+    }
+    let batch = decoder.finish();
+    let (outputs, bad) = p
+        .transform()
+        .run_isolating(batch)
+        .await
+        .map_err(|e| format!("pipeline `{name}`: {e}"))?;
+    for f in bad {
+        failed.insert(decoded[f.row], format!("transform: {}", f.error));
+    }
+    out.failed_again = failed.len();
+    let mut failures: Vec<(Position, String)> = failed
+        .iter()
+        .map(|(i, m)| (todo[*i].0.clone(), m.clone()))
+        .collect();
+    failures.sort();
+    failures.truncate(10);
+    out.failures = failures;
+    let positions: Vec<Position> = (0..todo.len())
+        .filter(|i| !failed.contains_key(i))
+        .map(|i| todo[i].0.clone())
+        .collect();
+    out.succeeded = positions.len();
+    if positions.is_empty() {
+        return Ok(out);
+    }
+    // Rows of records that failed in a stage are already out of `outputs` (bisection);
+    // what remains is exactly the output of the records that passed.
+    let mut h = Sha256::new();
+    h.update(name.as_bytes());
+    for (t, part, off) in &positions {
+        h.update(format!("\n{t}/{part}/{off}").as_bytes());
+    }
+    let id: String = h.finalize().iter().take(12).map(|b| format!("{b:02x}")).collect();
+    let file_name = format!("replay-{id}.parquet");
+
+    // warehouse first (its own ledger row makes a second commit impossible), then lake
+    if let Some(wh) = warehouse.filter(|_| !p.warehouse_sinks.is_empty()) {
+        let writes = p
+            .warehouse_sinks
+            .iter()
+            .map(|s| ymera_warehouse::TableWrite {
+                table: s.table.clone(),
+                mode: s.mode.clone(),
+                batches: outputs.get(&s.input).cloned().into_iter().collect(),
+                origins: Vec::new(),
+            })
+            .collect();
+        let commit = ymera_warehouse::Commit {
+            pipeline: format!("{name}#replay"),
+            topic: id.clone(),
+            partition: 0,
+            first: 0,
+            next: 1,
+            writes,
+            on_reject: ymera_warehouse::OnReject::DeadLetter,
+        };
+        match wh.commit(&commit).await {
+            Ok(done) => {
+                out.rows.push(("warehouse".into(), done.rows));
+                if !done.rejected.is_empty() {
+                    out.failures.push((
+                        positions[0].clone(),
+                        format!("{} row(s) refused by the warehouse, kept in _ymera_dead_letters", done.rejected.len()),
+                    ));
+                }
+            }
+            // committed by an earlier run of this same replay
+            Err(ymera_warehouse::WarehouseError::Fenced(_)) => {}
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    let meta = vec![
+        ("ymera.pipeline".to_string(), name.clone()),
+        ("ymera.replay".to_string(), id.clone()),
+    ];
+    for s in &p.sinks {
+        let Some(batch) = outputs.get(&s.input) else {
+            continue;
+        };
+        let mut w = TableWriter::new(s.table.clone(), meta.clone()).map_err(|e| e.to_string())?;
+        w.write(batch).map_err(|e| e.to_string())?;
+        let files = w.finish(&file_name).map_err(|e| e.to_string())?;
+        let mut rows = 0;
+        for (path, bytes, n) in files {
+            lake.publish(&path, bytes).await.map_err(|e| e.to_string())?;
+            rows += n;
+        }
+        out.rows.push((s.table.table.clone(), rows));
+    }
+    let record = ReplayRecord {
+        pipeline: name.clone(),
+        replay_id: id.clone(),
+        positions,
+        replayed_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+    };
+    let body = serde_json::to_vec_pretty(&record).map_err(|e| e.to_string())?;
+    lake.publish(&format!("{}/{id}.json", ledger_dir(name)), Bytes::from(body))
+        .await
+        .map_err(|e| e.to_string())?;
+    out.replay_id = Some(id);
+    Ok(out)
+}
+
+/// Dead letters from rows of the DLQ table schema ([`crate::dlq::schema`]).
+pub fn letters_from_batches(batches: &[RecordBatch]) -> Result<Vec<DeadLetter>, String> {
+    use arrow::array::{Array, AsArray};
+    use arrow::datatypes::{DataType, Int32Type, Int64Type, TimeUnit, TimestampMicrosecondType};
+    let mut out = Vec::new();
+    for b in batches {
+        // read back through SQL, strings and bytes may come as views: cast to one form
+        let col = |n: &str, ty: DataType| -> Result<arrow::array::ArrayRef, String> {
+            let c = b.column_by_name(n).ok_or_else(|| format!("DLQ table has no column `{n}`"))?;
+            arrow::compute::cast(c, &ty).map_err(|e| format!("DLQ column `{n}`: {e}"))
+        };
+        let (key, value) = (col("key", DataType::Binary)?, col("value", DataType::Binary)?);
+        let (key, value) = (key.as_binary::<i32>(), value.as_binary::<i32>());
+        let stage = col("ymera_error_stage", DataType::Utf8)?;
+        let stage = stage.as_string::<i32>();
+        let message = col("ymera_error_message", DataType::Utf8)?;
+        let message = message.as_string::<i32>();
+        let topic = col("ymera_source_topic", DataType::Utf8)?;
+        let topic = topic.as_string::<i32>();
+        let partition = col("ymera_source_partition", DataType::Int32)?;
+        let partition = partition.as_primitive::<Int32Type>();
+        let offset = col("ymera_source_offset", DataType::Int64)?;
+        let offset = offset.as_primitive::<Int64Type>();
+        let pipeline = col("ymera_pipeline", DataType::Utf8)?;
+        let pipeline = pipeline.as_string::<i32>();
+        let failed_at = col(crate::dlq::FAILED_AT, DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())))?;
+        let failed_at = failed_at.as_primitive::<TimestampMicrosecondType>();
+        for i in 0..b.num_rows() {
+            out.push(DeadLetter {
+                key: (!key.is_null(i)).then(|| key.value(i).to_vec()),
+                value: (!value.is_null(i)).then(|| value.value(i).to_vec()),
+                stage: match stage.value(i) {
+                    "decode" => ErrorStage::Decode,
+                    "transform" => ErrorStage::Transform,
+                    _ => ErrorStage::Sink,
+                },
+                message: message.value(i).to_string(),
+                topic: topic.value(i).to_string(),
+                partition: partition.value(i),
+                offset: offset.value(i),
+                pipeline: pipeline.value(i).to_string(),
+                failed_at: failed_at.value(i),
+            });
+        }
+    }
+    Ok(out)
+}
