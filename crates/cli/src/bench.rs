@@ -246,3 +246,105 @@ fn tempdir() -> Result<String, String> {
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
     Ok(dir.display().to_string())
 }
+
+/// Rows/s into each warehouse through the sink's own commit path (50,000-row segments,
+/// append, one transaction each with its offset row), PostgreSQL by COPY and by multi-row
+/// INSERT on the same rows.
+pub async fn bench_warehouse(urls: &[String], rows: usize) -> u8 {
+    use std::sync::Arc;
+
+    use arrow::array::{BooleanArray, Float64Array, Int64Array, StringArray, TimestampMicrosecondArray};
+    use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+    use ymera_warehouse::{Commit, Dialect, Mode, OnReject, TableWrite, Warehouse, WriteMethod};
+
+    const SEGMENT: usize = 50_000;
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("id", DataType::Int64, false),
+        Field::new("project_id", DataType::Utf8, false),
+        Field::new("status", DataType::Utf8, false),
+        Field::new("hours", DataType::Float64, true),
+        Field::new("estimate", DataType::Float64, false),
+        Field::new("done", DataType::Boolean, false),
+        Field::new("ts", DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())), false),
+    ]));
+    let statuses = ["todo", "in_progress", "review", "done"];
+    let segments: Vec<RecordBatch> = (0..rows.div_ceil(SEGMENT))
+        .map(|s| {
+            let ids: Vec<i64> = ((s * SEGMENT)..((s + 1) * SEGMENT).min(rows)).map(|i| i as i64).collect();
+            RecordBatch::try_new(
+                schema.clone(),
+                vec![
+                    Arc::new(Int64Array::from(ids.clone())),
+                    Arc::new(StringArray::from_iter_values(ids.iter().map(|i| format!("prj-{:05}", i % 5000)))),
+                    Arc::new(StringArray::from_iter_values(ids.iter().map(|i| statuses[*i as usize % 4]))),
+                    Arc::new(Float64Array::from_iter(ids.iter().map(|i| (i % 7 != 0).then_some(*i as f64 * 0.25 % 40.0)))),
+                    Arc::new(Float64Array::from_iter_values(ids.iter().map(|i| (i % 13) as f64 + 0.5))),
+                    Arc::new(BooleanArray::from_iter(ids.iter().map(|i| Some(i % 4 == 3)))),
+                    Arc::new(TimestampMicrosecondArray::from_iter_values(ids.iter().map(|i| 1_764_064_800_000_000 + i * 1000)).with_timezone("UTC")),
+                ],
+            )
+            .expect("bench batch")
+        })
+        .collect();
+    for url in urls {
+        let wh = match Warehouse::connect(url).await {
+            Ok(w) => w,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return EXIT_FAILURE;
+            }
+        };
+        let methods: &[(WriteMethod, &str)] = match wh.dialect() {
+            Dialect::Sqlite => &[(WriteMethod::Copy, "prepared INSERT per row, one transaction per segment")],
+            Dialect::Postgres => &[
+                (WriteMethod::Copy, "COPY into a staging table + INSERT … SELECT"),
+                (WriteMethod::Insert, "multi-row INSERT … VALUES with bound parameters"),
+            ],
+        };
+        for (method, label) in methods {
+            let setup = "DROP TABLE IF EXISTS ymera_bench_rows;
+                CREATE TABLE ymera_bench_rows (id BIGINT PRIMARY KEY, project_id TEXT NOT NULL, status TEXT NOT NULL,
+                    hours DOUBLE PRECISION, estimate DOUBLE PRECISION NOT NULL, done BOOLEAN NOT NULL, ts TIMESTAMPTZ NOT NULL);
+                DELETE FROM _ymera_offsets WHERE pipeline = 'ymera_bench'";
+            if let Err(e) = wh.run_trusted_script(setup).await {
+                eprintln!("error: {e}");
+                return EXIT_FAILURE;
+            }
+            let started = Instant::now();
+            let mut written = 0u64;
+            for (i, batch) in segments.iter().enumerate() {
+                let first = (i * SEGMENT) as i64;
+                let commit = Commit {
+                    pipeline: "ymera_bench".into(),
+                    topic: "bench".into(),
+                    partition: 0,
+                    first,
+                    next: first + batch.num_rows() as i64,
+                    writes: vec![TableWrite {
+                        table: "ymera_bench_rows".into(),
+                        mode: Mode::Append,
+                        batches: vec![batch.clone()],
+                        origins: Vec::new(),
+                    }],
+                    on_reject: OnReject::Abort,
+                };
+                match wh.commit_with(&commit, *method).await {
+                    Ok(done) => written += done.rows,
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        return EXIT_FAILURE;
+                    }
+                }
+            }
+            let secs = started.elapsed().as_secs_f64();
+            println!(
+                "{:<48} {label}: {written} rows in {secs:.2} s = {:.0} rows/s",
+                wh.url(),
+                written as f64 / secs
+            );
+        }
+        let _ = wh.run_trusted_script("DROP TABLE IF EXISTS ymera_bench_rows; DELETE FROM _ymera_offsets WHERE pipeline = 'ymera_bench'").await;
+        wh.close().await;
+    }
+    EXIT_OK
+}

@@ -138,6 +138,13 @@ enum Command {
         /// shared/bench/gen_events_file.py) instead of generating them.
         #[arg(long)]
         input: Option<PathBuf>,
+        /// Instead, measure rows/s into these warehouses (`sqlite://…`, `postgres://…`;
+        /// PostgreSQL with both COPY and multi-row INSERT).
+        #[arg(long = "warehouse")]
+        warehouses: Vec<String>,
+        /// Rows per warehouse measurement.
+        #[arg(long, default_value_t = 1_000_000)]
+        rows: usize,
     },
 }
 
@@ -262,9 +269,13 @@ fn main() -> ExitCode {
             } => commands::warehouse_migrate(&settings).await,
             Command::Broker { topics } => commands::broker(&topics).await,
             Command::Bench {
+                warehouses, rows, ..
+            } if !warehouses.is_empty() => bench::bench_warehouse(&warehouses, rows).await,
+            Command::Bench {
                 events,
                 brokers,
                 input,
+                ..
             } => bench::bench(&settings, events, brokers, input).await,
         }
     });

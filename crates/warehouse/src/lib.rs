@@ -257,6 +257,12 @@ impl Warehouse {
         Ok(rows.into_iter().map(|(t, p, n)| ((t, p), n)).collect())
     }
 
+    /// Runs trusted SQL text as it is (benchmarks and tests set up tables with it). Never
+    /// pass anything that contains values from users or data.
+    pub async fn run_trusted_script(&self, sql: &str) -> Result<()> {
+        self.execute(sql).await
+    }
+
     /// Forgets everything `pipeline` wrote: its offsets, its dead letters and every row of
     /// `tables` (`ymera demo` starts over with a fresh embedded broker).
     pub async fn reset(&self, pipeline: &str, tables: &[String]) -> Result<()> {
