@@ -245,6 +245,7 @@ pub async fn load_pipelines_with_warnings(
     let mut warnings = Vec::new();
     let mut names: BTreeMap<String, PathBuf> = BTreeMap::new();
     let mut tables: BTreeMap<String, PathBuf> = BTreeMap::new();
+    let mut wh_tables: BTreeMap<String, PathBuf> = BTreeMap::new();
     for f in files {
         let env: ymera_pipeline::load::Env<'_> = if environment { Some(&env_lookup) } else { None };
         let mut loaded = load_file(&f, env);
@@ -275,6 +276,22 @@ pub async fn load_pipelines_with_warnings(
                             other.display()
                         ),
                     );
+                    clash = true;
+                }
+            }
+            for s in &p.warehouse_sinks {
+                if let Some(other) = wh_tables.insert(s.table.clone(), f.clone()) {
+                    loaded.diagnostics.push(Diagnostic {
+                        file: f.clone(),
+                        line: s.at.0,
+                        col: s.at.1,
+                        path: "sinks[].warehouse.table".into(),
+                        message: format!(
+                            "warehouse table `{}` is also written by {}: one table, one pipeline",
+                            s.table,
+                            other.display()
+                        ),
+                    });
                     clash = true;
                 }
             }

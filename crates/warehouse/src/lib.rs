@@ -178,8 +178,10 @@ impl Warehouse {
     }
 
     async fn ensure_ledger(&self) -> Result<()> {
+        // SQLite stores the RFC 3339 text either way; the declared type tells readers
+        // (`ymera sql`) it is a timestamp
         let ts = match self.dialect() {
-            Dialect::Sqlite => "TEXT",
+            Dialect::Sqlite => "TIMESTAMP",
             Dialect::Postgres => "TIMESTAMPTZ",
         };
         self.execute(&format!(

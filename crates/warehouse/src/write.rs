@@ -518,8 +518,8 @@ impl Warehouse {
             (OnReject::Abort, Some(r)) => {
                 let (_, offset) = origin_of(c, r);
                 Err(WarehouseError::Database(format!(
-                    "pipeline `{}`: row from {}/{}/{offset} refused: {} (on_bad_record: fail)",
-                    c.pipeline, c.topic, c.partition, r.message
+                    "row from {}/{}/{offset} refused: {} (on_bad_record: fail)",
+                    c.topic, c.partition, r.message
                 )))
             }
             _ => Ok(()),
