@@ -155,11 +155,17 @@ pub fn fit(
     let names = || table.columns.iter().map(|c| c.name.as_str());
     for f in output.fields() {
         let Some(col) = table.column(f.name()) else {
+            // the table's columns are listed once, with the first unknown one
+            let listed = errors.iter().any(|e: &String| e.contains("(columns: "));
             errors.push(format!(
-                "column `{}` of the sink's input is not a column of warehouse table `{t}`{} (columns: {})",
+                "column `{}` of the sink's input is not a column of warehouse table `{t}`{}{}",
                 f.name(),
                 did_you_mean(f.name(), names()),
-                names().collect::<Vec<_>>().join(", ")
+                if listed {
+                    String::new()
+                } else {
+                    format!(" (columns: {})", names().collect::<Vec<_>>().join(", "))
+                }
             ));
             continue;
         };
