@@ -823,19 +823,20 @@ pub async fn demo(settings: &Settings, days: u32, pipelines_dir: &Path) -> u8 {
             }
         };
     println!(
-        "{:<16} {:>10} {:>8} {:>10} {:>8}",
-        "pipeline", "records", "files", "rows", "dlq"
+        "{:<16} {:>10} {:>8} {:>10} {:>10} {:>8}",
+        "pipeline", "records", "files", "lake rows", "warehouse", "dlq"
     );
     for (name, s) in &results {
         let rows: u64 = s
             .rows_written
             .iter()
-            .filter(|(t, _)| !t.starts_with("_dlq"))
+            .filter(|(t, _)| !t.starts_with("_dlq") && *t != "warehouse")
             .map(|(_, r)| r)
             .sum();
+        let wh = s.rows_written.get("warehouse").copied().unwrap_or(0);
         println!(
-            "{:<16} {:>10} {:>8} {:>10} {:>8}",
-            name, s.records_in, s.files_written, rows, s.dead_lettered
+            "{:<16} {:>10} {:>8} {:>10} {:>10} {:>8}",
+            name, s.records_in, s.files_written, rows, wh, s.dead_lettered
         );
     }
     let query = "SELECT service, count(*) AS points, round(avg(requests_per_s), 1) AS avg_rps, \
