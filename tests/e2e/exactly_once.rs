@@ -7,7 +7,6 @@
 //! never 900..1203, with librdkafka's Python client too), and resuming mid-log is exactly
 //! what these tests exercise. `group_commits_land_on_tansu` covers tansu's group protocol.
 
-use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use rand::{Rng, SeedableRng};
@@ -17,35 +16,11 @@ use crate::support::*;
 const RECORDS: i64 = 20_000;
 const PARTITIONS: i32 = 4;
 
-/// Checks the lake table against the produced sequence: every seq once, ranges contiguous.
-fn assert_exactly_once(table_dir: &std::path::Path, expected: i64) {
-    let by_partition = seqs_by_partition(table_dir);
-    let mut seen = HashSet::new();
-    let mut dups = 0;
-    for seqs in by_partition.values() {
-        for s in seqs {
-            if !seen.insert(*s) {
-                dups += 1;
-            }
-        }
-    }
-    let missing = (0..expected).filter(|s| !seen.contains(s)).count();
-    assert_eq!(dups, 0, "duplicated records in the lake");
-    assert_eq!(missing, 0, "missing records in the lake");
-    assert_eq!(seen.len() as i64, expected);
-    for (p, seqs) in &by_partition {
-        assert!(
-            seqs.len() >= 1000,
-            "partition {p} processed only {} records",
-            seqs.len()
-        );
-    }
-    let ends = assert_contiguous(table_dir);
-    let total: i64 = ends.values().map(|last| last + 1).sum();
-    assert_eq!(
-        total, expected,
-        "offset ranges do not cover every record exactly once"
-    );
+/// Commit records the lake holds for `pipeline` (each one a published segment).
+fn commit_records(lake: &std::path::Path, pipeline: &str) -> usize {
+    std::fs::read_dir(lake.join("_ymera/commits").join(pipeline))
+        .map(|d| d.count())
+        .unwrap_or(0)
 }
 
 #[test]
@@ -55,52 +30,76 @@ fn kill_9_at_random_moments_loses_and_duplicates_nothing() {
     let broker = DevBroker::start(&[(&topic, PARTITIONS)]);
     let bootstrap = broker.bootstrap.clone();
     let name = "crash_seq";
-    let dir = pipeline_dir(&pipeline_yaml(
+    let dir = pipeline_dir(&with_short_session(&pipeline_yaml(
         name,
         &topic,
         &unique("g"),
         "{ path: _dlq/crash_seq }",
         "batch: { max_records: 300, max_wait: 200ms }",
-    ));
+    )));
     let lake = tempfile::tempdir().unwrap();
 
-    // the producer runs while the consumer is being killed, so kills land mid-work
+    // a steady stream over all the kills (each restart waits for the group): 500 records
+    // every 1.1 s, 44 s in all
     let producer_topic = topic.clone();
     let producer_brokers = bootstrap.clone();
     let producer = std::thread::spawn(move || {
         let rt = runtime();
-        for start in (0..RECORDS).step_by(1000) {
-            let batch: Vec<_> = (start..start + 1000).map(seq_record).collect();
+        let t0 = Instant::now();
+        for (i, start) in (0..RECORDS).step_by(500).enumerate() {
+            let batch: Vec<_> = (start..start + 500).map(seq_record).collect();
             produce_to(&rt, &producer_brokers, &producer_topic, &batch);
-            std::thread::sleep(Duration::from_millis(400));
+            let due = t0 + Duration::from_millis(1100 * (i as u64 + 1));
+            std::thread::sleep(due.saturating_duration_since(Instant::now()));
         }
     });
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
     let mut kills = 0;
     let started = Instant::now();
     while kills < 6 || !producer.is_finished() {
+        let before = commit_records(lake.path(), name);
         let mut child = spawn_run_on(&bootstrap, dir.path(), lake.path(), &[]);
-        std::thread::sleep(Duration::from_millis(rng.random_range(700..3000)));
-        if child.try_wait().unwrap().is_none() {
-            child.kill().unwrap(); // SIGKILL
+        // kill each run a moment after it published something, so every kill lands on a
+        // process that is working (earlier versions of this test killed runs that had
+        // not been assigned partitions yet)
+        let run_started = Instant::now();
+        let mut progressed = false;
+        while run_started.elapsed() < Duration::from_secs(60) {
+            std::thread::sleep(Duration::from_millis(100));
+            assert!(child.try_wait().unwrap().is_none(), "ymera run exited on its own");
+            if commit_records(lake.path(), name) > before {
+                progressed = true;
+                break;
+            }
+            if producer.is_finished() && kills >= 6 {
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(rng.random_range(0..1000)));
+        child.kill().unwrap(); // SIGKILL
+        let _ = child.wait();
+        if progressed {
             kills += 1;
         }
-        let _ = child.wait();
         assert!(
             started.elapsed() < Duration::from_secs(300),
             "crash loop took too long"
         );
     }
     producer.join().unwrap();
-    assert!(kills >= 5, "only {kills} kills landed on a running process");
+    assert!(kills >= 5, "only {kills} kills landed on a process that was publishing");
+    let last_run = std::time::SystemTime::now();
     run_until_idle_on(&bootstrap, dir.path(), lake.path());
     drop(rt);
     assert_exactly_once(&lake.path().join(name), RECORDS);
-    // no staging leftovers after a clean run
+    // killed runs leave staging files (removed once 15 minutes old); the clean run none
     let staging: Vec<_> = std::fs::read_dir(lake.path().join("_staging"))
-        .map(|d| d.flatten().collect())
-        .unwrap_or_default();
-    assert!(staging.is_empty(), "staging files left: {staging:?}");
+        .map(|d| d.flatten().collect::<Vec<_>>())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|e| e.metadata().and_then(|m| m.modified()).is_ok_and(|t| t >= last_run))
+        .collect();
+    assert!(staging.is_empty(), "staging files left by the clean run: {staging:?}");
 }
 
 #[test]

@@ -7,9 +7,14 @@
 #![allow(unreachable_pub)]
 
 mod cli;
+mod dlq;
 mod exactly_once;
 mod interop;
 mod operability;
 mod poison;
+mod queries;
 mod s3;
+mod sink_groups;
+mod warehouse_outage;
 mod support;
+mod warehouse;

@@ -1,6 +1,7 @@
 //! Helpers shared by the end-to-end tests.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -112,6 +113,29 @@ pub fn seq_record(seq: i64) -> (Vec<u8>, Vec<u8>) {
 
 /// The pipeline used by these tests: seq records -> `SELECT *` -> lake table `seq`.
 pub fn pipeline_yaml(name: &str, topic: &str, group: &str, dlq: &str, extra: &str) -> String {
+    pipeline_yaml_with_sinks(
+        name,
+        topic,
+        group,
+        &format!(
+            "  - lake: {{ table: {name}, partition_by: [dt], rolling: {{ max_rows: 700, max_interval: 1s }} }}"
+        ),
+        dlq,
+        extra,
+    )
+}
+
+/// The seq pipeline of [`pipeline_yaml`] with other sinks: `sinks` is the YAML list of
+/// the `sinks:` key, one `  - ...` item per line. Its output is `seq` (int64), `ts`
+/// (timestamp), `service` (utf8), `latency_ms` (float64) and `slow` (boolean).
+pub fn pipeline_yaml_with_sinks(
+    name: &str,
+    topic: &str,
+    group: &str,
+    sinks: &str,
+    dlq: &str,
+    extra: &str,
+) -> String {
     format!(
         r#"name: {name}
 source:
@@ -131,7 +155,7 @@ transforms:
   - name: out
     sql: "SELECT seq, ts, service, latency_ms, latency_ms > 250 AS slow FROM input"
 sinks:
-  - lake: {{ table: {name}, partition_by: [dt], rolling: {{ max_rows: 700, max_interval: 1s }} }}
+{sinks}
 dlq: {dlq}
 {extra}"#
     )
@@ -189,7 +213,20 @@ pub fn run_command(
 
 /// Starts `ymera run` on `dir` writing into `lake`, against `brokers`.
 pub fn spawn_run_on(brokers: &str, dir: &Path, lake: &Path, extra: &[&str]) -> Child {
+    spawn_run_env(brokers, dir, lake, extra, &[])
+}
+
+/// Like [`spawn_run_on`] with more environment variables (settings such as
+/// [`SqliteWarehouse::env`]).
+pub fn spawn_run_env(
+    brokers: &str,
+    dir: &Path,
+    lake: &Path,
+    extra: &[&str],
+    env: &[(&str, OsString)],
+) -> Child {
     run_command(brokers, dir, lake, "127.0.0.1:0", extra)
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .spawn()
         .expect("spawn ymera run")
 }
@@ -239,7 +276,12 @@ pub fn run_until_idle(dir: &Path, lake: &Path) {
 
 /// Like [`run_until_idle`] against `brokers`.
 pub fn run_until_idle_on(brokers: &str, dir: &Path, lake: &Path) {
-    let mut child = spawn_run_on(brokers, dir, lake, &["--stop-when-idle", "4s"]);
+    run_until_idle_env(brokers, dir, lake, &[])
+}
+
+/// Like [`run_until_idle_on`] with more environment variables.
+pub fn run_until_idle_env(brokers: &str, dir: &Path, lake: &Path, env: &[(&str, OsString)]) {
+    let mut child = spawn_run_env(brokers, dir, lake, &["--stop-when-idle", "4s"], env);
     let status = wait_timeout(&mut child, Duration::from_secs(180))
         .expect("ymera run did not finish in 180s");
     assert!(status.success(), "ymera run exited with {status}");
@@ -323,6 +365,37 @@ pub fn seqs_by_partition(table_dir: &Path) -> HashMap<i32, Vec<i64>> {
     out
 }
 
+/// Checks the lake table against the produced sequence: every seq once, ranges contiguous.
+pub fn assert_exactly_once(table_dir: &Path, expected: i64) {
+    let by_partition = seqs_by_partition(table_dir);
+    let mut seen = HashSet::new();
+    let mut dups = 0;
+    for seqs in by_partition.values() {
+        for s in seqs {
+            if !seen.insert(*s) {
+                dups += 1;
+            }
+        }
+    }
+    let missing = (0..expected).filter(|s| !seen.contains(s)).count();
+    assert_eq!(dups, 0, "duplicated records in the lake");
+    assert_eq!(missing, 0, "missing records in the lake");
+    assert_eq!(seen.len() as i64, expected);
+    for (p, seqs) in &by_partition {
+        assert!(
+            seqs.len() >= 1000,
+            "partition {p} processed only {} records",
+            seqs.len()
+        );
+    }
+    let ends = assert_contiguous(table_dir);
+    let total: i64 = ends.values().map(|last| last + 1).sum();
+    assert_eq!(
+        total, expected,
+        "offset ranges do not cover every record exactly once"
+    );
+}
+
 /// Asserts that each partition's files cover contiguous, non-overlapping offset ranges
 /// starting at 0 (files of one segment in several `dt=` directories share a name).
 pub fn assert_contiguous(table_dir: &Path) -> HashMap<i32, i64> {
@@ -349,4 +422,108 @@ pub fn assert_contiguous(table_dir: &Path) -> HashMap<i32, i64> {
         ends.insert(p, r[r.len() - 1].1);
     }
     ends
+}
+
+/// Where each seq record landed in `topic`: seq (from the key `k<seq>`) -> (partition,
+/// offset), read back from `brokers`.
+pub fn seq_positions(brokers: &str, topic: &str) -> HashMap<i64, (i32, i64)> {
+    let records = ymera_ingest::consume::read_topic(
+        brokers,
+        &BTreeMap::new(),
+        topic,
+        Duration::from_secs(60),
+    )
+    .expect("read the topic back");
+    records
+        .into_iter()
+        .map(|(p, r)| {
+            let key = String::from_utf8(r.key.expect("record key")).expect("utf8 key");
+            let seq = key
+                .strip_prefix('k')
+                .and_then(|s| s.parse().ok())
+                .unwrap_or_else(|| panic!("unexpected key {key}"));
+            (seq, (p, r.offset))
+        })
+        .collect()
+}
+
+/// A SQLite warehouse file in a temp dir with its migrations; [`SqliteWarehouse::env`]
+/// points `ymera run` at it (migrating on start). Read back with `python3`'s sqlite3
+/// module, not through ymera's own code.
+pub struct SqliteWarehouse {
+    _dir: tempfile::TempDir,
+    pub db: PathBuf,
+    migrations: PathBuf,
+}
+
+impl SqliteWarehouse {
+    /// A warehouse whose one migration, `0001_<name>.sql`, is `sql`.
+    pub fn new(name: &str, sql: &str) -> SqliteWarehouse {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let migrations = dir.path().join("migrations");
+        std::fs::create_dir(&migrations).expect("migrations dir");
+        std::fs::write(migrations.join(format!("0001_{name}.sql")), sql).expect("migration");
+        SqliteWarehouse {
+            db: dir.path().join("warehouse.db"),
+            migrations,
+            _dir: dir,
+        }
+    }
+
+    /// The settings of `ymera run` for this warehouse.
+    pub fn env(&self) -> Vec<(&'static str, OsString)> {
+        let mut url = OsString::from("sqlite://");
+        url.push(&self.db);
+        vec![
+            ("YMERA__WAREHOUSE__URL", url),
+            (
+                "YMERA__WAREHOUSE__MIGRATIONS",
+                self.migrations.clone().into(),
+            ),
+            ("YMERA__WAREHOUSE__MIGRATE_ON_START", "true".into()),
+        ]
+    }
+
+    /// The rows of a query, as JSON values (WAL mode: a reader sees the last committed
+    /// transaction, so this may run beside `ymera run`).
+    pub fn query(&self, sql: &str) -> Vec<Vec<serde_json::Value>> {
+        const SCRIPT: &str = "import json, sqlite3, sys\n\
+            c = sqlite3.connect(sys.argv[1])\n\
+            print(json.dumps(c.execute(sys.argv[2]).fetchall()))\n\
+            c.close()\n";
+        let out = Command::new("python3")
+            .arg("-c")
+            .arg(SCRIPT)
+            .arg(&self.db)
+            .arg(sql)
+            .output()
+            .expect("run python3");
+        assert!(
+            out.status.success(),
+            "python3 sqlite3 `{sql}` failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("JSON rows")
+    }
+
+    /// Whether the database file and `table` exist yet.
+    pub fn has_table(&self, table: &str) -> bool {
+        self.db.exists()
+            && !self
+                .query(&format!(
+                    "SELECT name FROM sqlite_master WHERE type = 'table' AND name = '{table}'"
+                ))
+                .is_empty()
+    }
+}
+
+/// The pipeline YAML with a 3 s consumer session timeout: a restarted consumer joins only
+/// once the group has dropped the killed one (10 s by default), so kill loops stay short.
+pub fn with_short_session(yaml: &str) -> String {
+    let start = "    start: earliest\n";
+    assert!(yaml.contains(start), "not a seq pipeline: {yaml}");
+    yaml.replace(
+        start,
+        &format!("{start}    client: {{ session.timeout.ms: \"3000\" }}\n"),
+    )
 }
