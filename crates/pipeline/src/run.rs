@@ -146,6 +146,8 @@ struct SinkResolver {
     /// Lake tables of the pipeline (DLQ included); empty when it writes none.
     tables: Vec<String>,
     held: HeldMap,
+    /// `start: earliest`: a group with no position may start from the log's beginning.
+    from_earliest: bool,
     handle: tokio::runtime::Handle,
 }
 
@@ -189,15 +191,28 @@ impl Resolver for SinkResolver {
                         warehouse: wh_positions.get(tp).copied(),
                     };
                     held.insert(tp.clone(), h);
-                    // a group with nothing of the partition needs it from `start`
-                    let mut start = Some(i64::MAX);
-                    if !self.tables.is_empty() {
-                        start = start.zip(h.lake).map(|(a, b)| a.min(b));
+                    // The source resumes at the lowest position over the groups. A group
+                    // with nothing of the partition needs it from `start`; with `earliest`
+                    // that is the beginning of the log, otherwise it joins at the lowest
+                    // position another group holds (so that group loses nothing).
+                    let mut known = Vec::new();
+                    let mut missing = false;
+                    for (present, pos) in [
+                        (!self.tables.is_empty(), h.lake),
+                        (self.warehouse.is_some(), h.warehouse),
+                    ] {
+                        match (present, pos) {
+                            (true, Some(p)) => known.push(p),
+                            (true, None) => missing = true,
+                            (false, _) => {}
+                        }
                     }
-                    if self.warehouse.is_some() {
-                        start = start.zip(h.warehouse).map(|(a, b)| a.min(b));
-                    }
-                    (tp.clone(), start.filter(|s| *s != i64::MAX))
+                    let start = if missing && self.from_earliest {
+                        None
+                    } else {
+                        known.into_iter().min()
+                    };
+                    (tp.clone(), start)
                 })
                 .collect())
         })
@@ -254,6 +269,7 @@ pub async fn run(
         pipeline: name.clone(),
         tables: p.tables(),
         held: held.clone(),
+        from_earliest: src.kafka.start == Start::Earliest,
         handle: tokio::runtime::Handle::current(),
     });
     let dlq_producer = match p.spec.dlq.as_ref().and_then(|d| d.topic.clone()) {
@@ -617,12 +633,20 @@ impl Runner {
                 .increment(ignored - self.unknown_counted);
             self.unknown_counted = ignored;
         }
-        let input_offsets: Vec<i64> = rows_to_record.iter().map(|&i| records[i].offset).collect();
         let (outputs, failed) = self
             .transform
             .run_isolating(batch)
             .await
             .map_err(|e| RunError::Transform(e, name.clone()))?;
+        // the source offset of each row of `input` that went on (rows that failed in a
+        // stage are out of every output)
+        let failed_rows: std::collections::HashSet<usize> = failed.iter().map(|f| f.row).collect();
+        let input_offsets: Vec<i64> = rows_to_record
+            .iter()
+            .enumerate()
+            .filter(|(row, _)| !failed_rows.contains(row))
+            .map(|(_, &i)| records[i].offset)
+            .collect();
         for f in failed {
             letters.push((
                 rows_to_record[f.row],
@@ -977,8 +1001,23 @@ impl Runner {
                     return Ok(true);
                 }
                 Err(ymera_warehouse::WarehouseError::Fenced(m)) => {
-                    warn!(pipeline = name, error = m, "warehouse position moved by another writer; segment dropped");
-                    return Ok(false);
+                    // Our own earlier attempt may have committed with its reply lost: then
+                    // the stored position is exactly this segment's end.
+                    let stored = wh
+                        .read_positions(&name)
+                        .await
+                        .ok()
+                        .and_then(|p| p.get(tp).copied());
+                    if stored == Some(last + 1) {
+                        info!(pipeline = name, topic = tp.0, partition = tp.1, "the warehouse already holds this segment (an earlier attempt committed)");
+                        self.held.entry(tp.clone()).or_default().warehouse = Some(last + 1);
+                        return Ok(true);
+                    }
+                    // another writer moved it: stop, so that a restart resolves afresh
+                    return Err(RunError::Warehouse {
+                        pipeline: name,
+                        source: ymera_warehouse::WarehouseError::Fenced(m),
+                    });
                 }
                 Err(e) if e.class().retry() == ymera_common::Retry::Yes => {
                     metrics::counter!("ymera_component_errors_total", "pipeline" => name.clone(), "stage" => "sink", "error_type" => "warehouse_write").increment(1);

@@ -315,3 +315,53 @@ fn identifiers_are_checked_and_urls_redacted() {
     assert_eq!(redact("postgres://u:secret@h:5432/db"), "postgres://u:***@h:5432/db");
     assert_eq!(redact("sqlite://./w.db"), "sqlite://./w.db");
 }
+
+fn id_batch(ids: &[&str]) -> RecordBatch {
+    RecordBatch::try_new(
+        Arc::new(Schema::new(vec![Field::new("id", DataType::Utf8, true)])),
+        vec![Arc::new(StringArray::from(ids.iter().map(|s| Some(*s)).collect::<Vec<_>>()))],
+    )
+    .unwrap()
+}
+
+fn id_commit(table: &str, first: i64, ids: &[&str]) -> Commit {
+    Commit {
+        pipeline: "p".into(),
+        topic: "t".into(),
+        partition: 0,
+        first,
+        next: first + ids.len() as i64,
+        writes: vec![TableWrite { table: table.into(), mode: Mode::Append, batches: vec![id_batch(ids)], origins: vec![] }],
+        on_reject: OnReject::DeadLetter,
+    }
+}
+
+#[tokio::test]
+async fn postgres_fallback_finds_bad_rows_in_any_column_type() {
+    // a uuid key: binding text to it would fail; the fallback goes through COPY's parsing
+    let db = postgres("uuid").await;
+    db.wh.run_trusted_script("CREATE TABLE u (id uuid PRIMARY KEY)").await.unwrap();
+    let a = "8c0756f2-0000-4000-8000-000000000001";
+    let b = "8c0756f2-0000-4000-8000-000000000002";
+    let done = db.wh.commit(&id_commit("u", 0, &[a, b, a])).await.unwrap();
+    assert_eq!((done.rows, done.rejected.len()), (2, 1), "{:?}", done.rejected);
+    assert!(done.rejected[0].message.contains("u_pkey"), "{:?}", done.rejected);
+}
+
+#[tokio::test]
+async fn sqlite_never_commits_half_a_segment() {
+    // a conflict clause that rolls the whole transaction back: the commit must fail, with
+    // no row and no offset kept
+    let db = sqlite().await;
+    db.wh.run_trusted_script("CREATE TABLE r (id TEXT, UNIQUE (id) ON CONFLICT ROLLBACK)").await.unwrap();
+    db.wh.commit(&id_commit("r", 0, &["a"])).await.unwrap();
+    let e = db.wh.commit(&id_commit("r", 1, &["b", "a", "c"])).await;
+    assert!(e.is_err(), "{e:?}");
+    assert_eq!(db.wh.read_positions("p").await.unwrap()[&("t".to_string(), 0)], 1);
+    let rows = query(&db.wh, "SELECT count(*) AS n FROM r").await;
+    assert!(rows[3].contains("| 1 |"), "{rows:?}");
+    // a plain unique key: the bad row is set aside, the others commit
+    db.wh.run_trusted_script("CREATE TABLE k (id TEXT UNIQUE)").await.unwrap();
+    let done = db.wh.commit(&Commit { pipeline: "q".into(), ..id_commit("k", 0, &["x", "y", "x", "z"]) }).await.unwrap();
+    assert_eq!((done.rows, done.rejected.len()), (3, 1));
+}

@@ -237,11 +237,23 @@ impl Prepared {
                     })
                 })
                 .collect::<Result<_>>()?;
+            // the last row of each key; rows with a NULL in the key never match (as in
+            // the database), and -0.0 is 0.0
             let mut last: HashMap<String, usize> = HashMap::new();
-            for (n, &(bi, r)) in rows.iter().enumerate() {
+            'rows: for (n, &(bi, r)) in rows.iter().enumerate() {
                 let mut k = String::new();
                 for &c in &idx {
-                    let _ = write!(k, "{:?}\u{1}", batches[bi][c].cell(r));
+                    match batches[bi][c].cell(r) {
+                        Cell::Null(_) => {
+                            k = format!("\u{0}null {n}");
+                            last.insert(k, n);
+                            continue 'rows;
+                        }
+                        Cell::Float(f) if f == 0.0 => k.push_str("Float(0.0)\u{1}"),
+                        cell => {
+                            let _ = write!(k, "{cell:?}\u{1}");
+                        }
+                    }
                 }
                 last.insert(k, n);
             }
@@ -444,24 +456,16 @@ impl Warehouse {
         match &self.pool {
             Pool::Sqlite(p) => {
                 let mut tx = p.begin().await.map_err(err)?;
-                let mut done = Committed::default();
-                for (wi, w) in prepared.iter().enumerate() {
-                    let sql = w.insert_sql(Dialect::Sqlite, 1);
-                    for &at in &w.rows {
-                        let mut q = sqlx::query(&sql);
-                        for cell in w.cells(at) {
-                            q = bind_sqlite(q, cell);
-                        }
-                        match q.execute(&mut *tx).await {
-                            Ok(r) => done.rows += r.rows_affected(),
-                            // SQLite aborts only the statement: the transaction goes on
-                            Err(e) => match constraint_violation(&e) {
-                                Some(m) => done.rejected.push(rejected(wi, at, &w.table, m)),
-                                None => return Err(err(e)),
-                            },
-                        }
+                let done = match rows_sqlite(&mut tx, &prepared, false).await {
+                    Ok(done) => done,
+                    Err(e) if constraint_violation(&e).is_some() => {
+                        // start over with a savepoint per row to set the bad rows aside
+                        drop(tx);
+                        tx = p.begin().await.map_err(err)?;
+                        rows_sqlite(&mut tx, &prepared, true).await.map_err(err)?
                     }
-                }
+                    Err(e) => return Err(err(e)),
+                };
                 self.reject(c, &done)?;
                 for (sql, args) in dead_letter_rows(Dialect::Sqlite, c, &done) {
                     let mut q = sqlx::query(&sql);
@@ -638,6 +642,43 @@ async fn write_all_pg(
     Ok(rows)
 }
 
+/// COPYs a write's rows into a temporary staging table (plus `_ymera_n`, the row's index in
+/// `w.rows`) and returns its name. COPY parses text into any column type.
+async fn stage_pg(
+    tx: &mut PgConnection,
+    w: &Prepared,
+    wi: usize,
+) -> std::result::Result<String, sqlx::Error> {
+    let stage = format!("_ymera_stage_{wi}");
+    let cols = w.column_list();
+    sqlx::query(&format!(
+        "CREATE TEMP TABLE {stage} ON COMMIT DROP AS SELECT {cols}, 0::bigint AS _ymera_n FROM {} WITH NO DATA",
+        quote(&w.table)
+    ))
+    .execute(&mut *tx)
+    .await?;
+    let mut copy = tx
+        .copy_in_raw(&format!("COPY {stage} ({cols}, _ymera_n) FROM STDIN"))
+        .await?;
+    let mut buf = Vec::with_capacity(1 << 20);
+    for (n, &at) in w.rows.iter().enumerate() {
+        for cell in w.cells(at) {
+            copy_text(&mut buf, &cell);
+            buf.push(b'\t');
+        }
+        buf.extend_from_slice(n.to_string().as_bytes());
+        buf.push(b'\n');
+        if buf.len() >= 1 << 20 {
+            copy.send(std::mem::take(&mut buf)).await?;
+        }
+    }
+    if !buf.is_empty() {
+        copy.send(buf).await?;
+    }
+    copy.finish().await?;
+    Ok(stage)
+}
+
 async fn copy_pg(
     tx: &mut PgConnection,
     w: &Prepared,
@@ -646,36 +687,8 @@ async fn copy_pg(
     if w.rows.is_empty() {
         return Ok(0);
     }
-    let stage = format!("_ymera_stage_{wi}");
+    let stage = stage_pg(tx, w, wi).await?;
     let cols = w.column_list();
-    sqlx::query(&format!(
-        "CREATE TEMP TABLE {stage} ON COMMIT DROP AS SELECT {cols} FROM {} WITH NO DATA",
-        quote(&w.table)
-    ))
-    .execute(&mut *tx)
-    .await?;
-    {
-        let mut copy = tx
-            .copy_in_raw(&format!("COPY {stage} ({cols}) FROM STDIN"))
-            .await?;
-        let mut buf = Vec::with_capacity(1 << 20);
-        for &at in &w.rows {
-            for (i, cell) in w.cells(at).enumerate() {
-                if i > 0 {
-                    buf.push(b'\t');
-                }
-                copy_text(&mut buf, &cell);
-            }
-            buf.push(b'\n');
-            if buf.len() >= 1 << 20 {
-                copy.send(std::mem::take(&mut buf)).await?;
-            }
-        }
-        if !buf.is_empty() {
-            copy.send(buf).await?;
-        }
-        copy.finish().await?;
-    }
     let r = sqlx::query(&format!(
         "INSERT INTO {} ({cols}) SELECT {cols} FROM {stage}{}",
         quote(&w.table),
@@ -706,20 +719,28 @@ async fn insert_pg(
     Ok(n)
 }
 
+/// The fallback after a constraint violation: the rows go through the staging table one
+/// by one, each under a savepoint, so the bad ones are found and the rest commit (staging
+/// keeps COPY's parsing, so any column type works).
 async fn rows_one_by_one_pg(
     tx: &mut PgConnection,
     prepared: &[Prepared],
 ) -> std::result::Result<Committed, sqlx::Error> {
     let mut done = Committed::default();
     for (wi, w) in prepared.iter().enumerate() {
-        let sql = w.insert_sql(Dialect::Postgres, 1);
-        for &at in &w.rows {
+        if w.rows.is_empty() {
+            continue;
+        }
+        let stage = stage_pg(tx, w, wi).await?;
+        let cols = w.column_list();
+        let sql = format!(
+            "INSERT INTO {} ({cols}) SELECT {cols} FROM {stage} WHERE _ymera_n = $1{}",
+            quote(&w.table),
+            w.conflict_clause()
+        );
+        for (n, &at) in w.rows.iter().enumerate() {
             sqlx::query("SAVEPOINT ymera_row").execute(&mut *tx).await?;
-            let mut q = sqlx::query(&sql);
-            for cell in w.cells(at) {
-                q = bind_pg(q, cell);
-            }
-            match q.execute(&mut *tx).await {
+            match sqlx::query(&sql).bind(n as i64).execute(&mut *tx).await {
                 Ok(r) => {
                     done.rows += r.rows_affected();
                     sqlx::query("RELEASE SAVEPOINT ymera_row").execute(&mut *tx).await?;
@@ -730,6 +751,49 @@ async fn rows_one_by_one_pg(
                         done.rejected.push(rejected(wi, at, &w.table, m));
                     }
                     None => return Err(e),
+                },
+            }
+        }
+        sqlx::query(&format!("DROP TABLE {stage}")).execute(&mut *tx).await?;
+    }
+    Ok(done)
+}
+
+/// SQLite: one prepared INSERT per row. With `isolate`, each row runs under a savepoint and
+/// a row a constraint refuses is rolled back alone and returned; a failed `ROLLBACK TO`
+/// (a table whose conflict clause rolled the whole transaction back) is an error, so the
+/// transaction never goes on half done. Without it, the first violation is returned as the
+/// error (the caller then starts over with `isolate`).
+async fn rows_sqlite(
+    conn: &mut sqlx::sqlite::SqliteConnection,
+    prepared: &[Prepared],
+    isolate: bool,
+) -> std::result::Result<Committed, sqlx::Error> {
+    let mut done = Committed::default();
+    for (wi, w) in prepared.iter().enumerate() {
+        let sql = w.insert_sql(Dialect::Sqlite, 1);
+        for &at in &w.rows {
+            if isolate {
+                sqlx::query("SAVEPOINT ymera_row").execute(&mut *conn).await?;
+            }
+            let mut q = sqlx::query(&sql);
+            for cell in w.cells(at) {
+                q = bind_sqlite(q, cell);
+            }
+            match q.execute(&mut *conn).await {
+                Ok(r) => {
+                    done.rows += r.rows_affected();
+                    if isolate {
+                        sqlx::query("RELEASE SAVEPOINT ymera_row").execute(&mut *conn).await?;
+                    }
+                }
+                Err(e) => match (isolate, constraint_violation(&e)) {
+                    (true, Some(m)) => {
+                        sqlx::query("ROLLBACK TO SAVEPOINT ymera_row").execute(&mut *conn).await?;
+                        sqlx::query("RELEASE SAVEPOINT ymera_row").execute(&mut *conn).await?;
+                        done.rejected.push(rejected(wi, at, &w.table, m));
+                    }
+                    _ => return Err(e),
                 },
             }
         }
