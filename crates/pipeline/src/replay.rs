@@ -6,10 +6,11 @@
 //! - Replaying twice adds nothing twice. A replay is identified by the sha256 of the
 //!   source positions it writes; its lake files are named `replay-<id>.parquet` (published
 //!   create-only), its warehouse rows commit with a ledger row of their own
-//!   (`<pipeline>#replay`, topic `<id>`), and `_ymera/replays/<pipeline>/<id>.json` lists the
-//!   positions last. Positions listed there are never replayed again; a replay cut short
-//!   is finished by the next one (same positions, same id: existing files are left as they
-//!   are and the warehouse ledger refuses a second commit).
+//!   (`<pipeline>#replay`, topic `<id>`). `_ymera/replays/<pipeline>/<id>.pending.json`
+//!   lists the positions before any sink is written, `<id>.json` after all are. Positions
+//!   of a finished replay are never replayed again; a replay cut short is finished by the
+//!   next one with its own positions and id (existing files are left as they are and the
+//!   warehouse ledger refuses a second commit), before anything new.
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -57,15 +58,41 @@ fn ledger_dir(pipeline: &str) -> String {
     format!("_ymera/replays/{pipeline}")
 }
 
+const PENDING: &str = ".pending.json";
+
+/// The replay records of `pipeline`: finished ones, and started ones not finished.
+async fn records(lake: &Lake, pipeline: &str) -> Result<(Vec<ReplayRecord>, Vec<ReplayRecord>), String> {
+    let mut done = Vec::new();
+    let mut pending = Vec::new();
+    let paths = lake.list(&ledger_dir(pipeline)).await.map_err(|e| e.to_string())?;
+    for path in &paths {
+        let body = lake.get(path).await.map_err(|e| e.to_string())?;
+        let r: ReplayRecord = serde_json::from_slice(&body).map_err(|e| format!("{path}: {e}"))?;
+        match path.strip_suffix(PENDING) {
+            Some(base) if !paths.contains(&format!("{base}.json")) => pending.push(r),
+            Some(_) => {}
+            None => done.push(r),
+        }
+    }
+    Ok((done, pending))
+}
+
 /// Every position an earlier replay of `pipeline` wrote.
 pub async fn replayed_positions(lake: &Lake, pipeline: &str) -> Result<BTreeSet<Position>, String> {
-    let mut done = BTreeSet::new();
-    for path in lake.list(&ledger_dir(pipeline)).await.map_err(|e| e.to_string())? {
-        let body = lake.get(&path).await.map_err(|e| e.to_string())?;
-        let r: ReplayRecord = serde_json::from_slice(&body).map_err(|e| format!("{path}: {e}"))?;
-        done.extend(r.positions);
-    }
-    Ok(done)
+    Ok(records(lake, pipeline)
+        .await?
+        .0
+        .into_iter()
+        .flat_map(|r| r.positions)
+        .collect())
+}
+
+async fn publish_record(lake: &Lake, r: &ReplayRecord, suffix: &str) -> Result<(), String> {
+    let body = serde_json::to_vec_pretty(r).map_err(|e| e.to_string())?;
+    lake.publish(&format!("{}/{}{suffix}", ledger_dir(&r.pipeline), r.replay_id), Bytes::from(body))
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
 }
 
 /// Replays `letters` (decode- and transform-stage dead letters of `p`).
@@ -77,7 +104,8 @@ pub async fn replay(
 ) -> Result<Replayed, String> {
     let name = &p.spec.name;
     let mut out = Replayed::default();
-    let done = replayed_positions(lake, name).await?;
+    let (finished, pending) = records(lake, name).await?;
+    let done: BTreeSet<Position> = finished.into_iter().flat_map(|r| r.positions).collect();
     // one attempt per source position (a DLQ topic may hold a record twice)
     let mut seen = BTreeSet::new();
     let mut todo = Vec::new();
@@ -97,6 +125,34 @@ pub async fn replay(
         todo.push((pos, d));
     }
     todo.sort_by(|a, b| a.0.cmp(&b.0));
+    // A replay cut short is finished first, with its own positions and id: its files and
+    // warehouse commit may exist already, and are not written again.
+    for r in pending {
+        let wanted: BTreeSet<&Position> = r.positions.iter().collect();
+        let (theirs, rest): (Vec<_>, Vec<_>) = todo.into_iter().partition(|(pos, _)| wanted.contains(pos));
+        todo = rest;
+        let mut finishing = Replayed::default();
+        write_replay(p, lake, warehouse, theirs, &mut finishing, Some(r)).await?;
+        out.succeeded += finishing.succeeded;
+        out.rows.extend(finishing.rows);
+    }
+    write_replay(p, lake, warehouse, todo, &mut out, None).await?;
+    Ok(out)
+}
+
+/// Decodes, transforms and writes `todo`; `resume` is a started replay to finish.
+async fn write_replay(
+    p: &Pipeline,
+    lake: &Lake,
+    warehouse: Option<&Warehouse>,
+    todo: Vec<(Position, DeadLetter)>,
+    out: &mut Replayed,
+    resume: Option<ReplayRecord>,
+) -> Result<(), String> {
+    let name = &p.spec.name;
+    if todo.is_empty() {
+        return Ok(());
+    }
 
     // decode and transform with the current pipeline
     let mut decoder = JsonDecoder::new(
@@ -129,30 +185,44 @@ pub async fn replay(
     for f in bad {
         failed.insert(decoded[f.row], format!("transform: {}", f.error));
     }
-    out.failed_again = failed.len();
+    out.failed_again += failed.len();
     let mut failures: Vec<(Position, String)> = failed
         .iter()
         .map(|(i, m)| (todo[*i].0.clone(), m.clone()))
         .collect();
     failures.sort();
     failures.truncate(10);
-    out.failures = failures;
+    out.failures.extend(failures);
     let positions: Vec<Position> = (0..todo.len())
         .filter(|i| !failed.contains_key(i))
         .map(|i| todo[i].0.clone())
         .collect();
-    out.succeeded = positions.len();
+    out.succeeded += positions.len();
     if positions.is_empty() {
-        return Ok(out);
+        return Ok(());
     }
     // Rows of records that failed in a stage are already out of `outputs` (bisection);
     // what remains is exactly the output of the records that passed.
-    let mut h = Sha256::new();
-    h.update(name.as_bytes());
-    for (t, part, off) in &positions {
-        h.update(format!("\n{t}/{part}/{off}").as_bytes());
-    }
-    let id: String = h.finalize().iter().take(12).map(|b| format!("{b:02x}")).collect();
+    let record = match resume {
+        Some(r) => r,
+        None => {
+            let mut h = Sha256::new();
+            h.update(name.as_bytes());
+            for (t, part, off) in &positions {
+                h.update(format!("\n{t}/{part}/{off}").as_bytes());
+            }
+            let r = ReplayRecord {
+                pipeline: name.clone(),
+                replay_id: h.finalize().iter().take(12).map(|b| format!("{b:02x}")).collect(),
+                positions,
+                replayed_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+            };
+            // started: a run cut short from here on is finished by the next one
+            publish_record(lake, &r, PENDING).await?;
+            r
+        }
+    };
+    let id = record.replay_id.clone();
     let file_name = format!("replay-{id}.parquet");
 
     // warehouse first (its own ledger row makes a second commit impossible), then lake
@@ -181,7 +251,7 @@ pub async fn replay(
                 out.rows.push(("warehouse".into(), done.rows));
                 if !done.rejected.is_empty() {
                     out.failures.push((
-                        positions[0].clone(),
+                        record.positions[0].clone(),
                         format!("{} row(s) refused by the warehouse, kept in _ymera_dead_letters", done.rejected.len()),
                     ));
                 }
@@ -209,18 +279,9 @@ pub async fn replay(
         }
         out.rows.push((s.table.table.clone(), rows));
     }
-    let record = ReplayRecord {
-        pipeline: name.clone(),
-        replay_id: id.clone(),
-        positions,
-        replayed_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
-    };
-    let body = serde_json::to_vec_pretty(&record).map_err(|e| e.to_string())?;
-    lake.publish(&format!("{}/{id}.json", ledger_dir(name)), Bytes::from(body))
-        .await
-        .map_err(|e| e.to_string())?;
+    publish_record(lake, &record, ".json").await?;
     out.replay_id = Some(id);
-    Ok(out)
+    Ok(())
 }
 
 /// Dead letters from rows of the DLQ table schema ([`crate::dlq::schema`]).
