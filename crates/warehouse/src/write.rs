@@ -19,7 +19,7 @@ use arrow::datatypes::{DataType, Date32Type, Float64Type, Int64Type, TimeUnit, T
 use arrow::record_batch::RecordBatch;
 use chrono::{DateTime, NaiveDate, Utc};
 use sqlx::postgres::PgConnection;
-use sqlx::{Postgres, Sqlite, Transaction};
+use sqlx::{Acquire, Postgres, Sqlite, Transaction};
 
 use crate::schema::SqlKind;
 use crate::{DEAD_LETTERS_TABLE, Dialect, OFFSETS_TABLE, Pool, Result, Warehouse, WarehouseError, ident, quote};
@@ -429,6 +429,8 @@ fn fenced(c: &Commit) -> WarehouseError {
 
 /// PostgreSQL binds at most 65535 parameters per statement.
 const PG_MAX_BINDS: usize = 65_535;
+/// SQLite (3.32 and later) binds at most 32766.
+const SQLITE_MAX_BINDS: usize = 32_766;
 
 impl Warehouse {
     /// Writes a segment's rows and advances the partition's offset, in one transaction.
@@ -455,13 +457,15 @@ impl Warehouse {
         let err = |e| WarehouseError::from_sqlx(e, &self.shown);
         match &self.pool {
             Pool::Sqlite(p) => {
-                let mut tx = p.begin().await.map_err(err)?;
+                // one connection for both attempts: the retry never waits on the first one
+                let mut conn = p.acquire().await.map_err(err)?;
+                let mut tx = conn.begin().await.map_err(err)?;
                 let done = match rows_sqlite(&mut tx, &prepared, false).await {
                     Ok(done) => done,
                     Err(e) if constraint_violation(&e).is_some() => {
                         // start over with a savepoint per row to set the bad rows aside
-                        drop(tx);
-                        tx = p.begin().await.map_err(err)?;
+                        let _ = tx.rollback().await;
+                        tx = conn.begin().await.map_err(err)?;
                         rows_sqlite(&mut tx, &prepared, true).await.map_err(err)?
                     }
                     Err(e) => return Err(err(e)),
@@ -479,7 +483,9 @@ impl Warehouse {
                 Ok(done)
             }
             Pool::Postgres(p) => {
-                let mut tx = p.begin().await.map_err(err)?;
+                // one connection for both attempts: the retry never waits on the first one
+                let mut conn = p.acquire().await.map_err(err)?;
+                let mut tx = conn.begin().await.map_err(err)?;
                 let done = match send(write_all_pg(&mut tx, &prepared, method)).await {
                     Ok(rows) => Committed {
                         rows,
@@ -487,8 +493,8 @@ impl Warehouse {
                     },
                     Err(e) if constraint_violation(&e).is_some() => {
                         // find the bad rows one by one, each under a savepoint
-                        drop(tx);
-                        tx = p.begin().await.map_err(err)?;
+                        let _ = tx.rollback().await;
+                        tx = conn.begin().await.map_err(err)?;
                         send(rows_one_by_one_pg(&mut tx, &prepared)).await.map_err(err)?
                     }
                     Err(e) => return Err(err(e)),
@@ -759,7 +765,8 @@ async fn rows_one_by_one_pg(
     Ok(done)
 }
 
-/// SQLite: one prepared INSERT per row. With `isolate`, each row runs under a savepoint and
+/// SQLite: prepared multi-row INSERTs (up to 256 rows each). With `isolate`, one row per
+/// statement, each under a savepoint, and
 /// a row a constraint refuses is rolled back alone and returned; a failed `ROLLBACK TO`
 /// (a table whose conflict clause rolled the whole transaction back) is an error, so the
 /// transaction never goes on half done. Without it, the first violation is returned as the
@@ -770,6 +777,24 @@ async fn rows_sqlite(
     isolate: bool,
 ) -> std::result::Result<Committed, sqlx::Error> {
     let mut done = Committed::default();
+    if !isolate {
+        // many rows per prepared statement: sqlx-sqlite runs each statement as one round
+        // trip to its worker thread, which dominates row-at-a-time inserts
+        for w in prepared {
+            let per = (SQLITE_MAX_BINDS / w.columns.len().max(1)).clamp(1, 256);
+            for chunk in w.rows.chunks(per) {
+                let sql = w.insert_sql(Dialect::Sqlite, chunk.len());
+                let mut q = sqlx::query(&sql);
+                for &at in chunk {
+                    for cell in w.cells(at) {
+                        q = bind_sqlite(q, cell);
+                    }
+                }
+                done.rows += q.execute(&mut *conn).await?.rows_affected();
+            }
+        }
+        return Ok(done);
+    }
     for (wi, w) in prepared.iter().enumerate() {
         let sql = w.insert_sql(Dialect::Sqlite, 1);
         for &at in &w.rows {
