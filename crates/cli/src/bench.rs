@@ -295,7 +295,7 @@ pub async fn bench_warehouse(urls: &[String], rows: usize) -> u8 {
             }
         };
         let methods: &[(WriteMethod, &str)] = match wh.dialect() {
-            Dialect::Sqlite => &[(WriteMethod::Copy, "prepared INSERT per row, one transaction per segment")],
+            Dialect::Sqlite => &[(WriteMethod::Copy, "prepared multi-row INSERT (256 rows a statement), one transaction per segment")],
             Dialect::Postgres => &[
                 (WriteMethod::Copy, "COPY into a staging table + INSERT … SELECT"),
                 (WriteMethod::Insert, "multi-row INSERT … VALUES with bound parameters"),
