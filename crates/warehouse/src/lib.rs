@@ -22,6 +22,7 @@ use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
+use sqlx::ConnectOptions;
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
@@ -127,7 +128,9 @@ impl Warehouse {
                 .journal_mode(SqliteJournalMode::Wal)
                 .synchronous(SqliteSynchronous::Normal)
                 .busy_timeout(Duration::from_secs(10))
-                .foreign_keys(true);
+                .foreign_keys(true)
+                // long scans for analyst SQL are expected, not worth a warning each
+                .log_slow_statements(log::LevelFilter::Debug, Duration::from_secs(10));
             // an in-memory database exists once per connection: keep exactly one
             let max = if url.contains(":memory:") { 1 } else { 4 };
             Pool::Sqlite(
@@ -139,11 +142,14 @@ impl Warehouse {
                     .map_err(unreachable)?,
             )
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            let opts = sqlx::postgres::PgConnectOptions::from_str(url)
+                .map_err(|e| WarehouseError::User(format!("warehouse.url `{shown}`: {e}")))?
+                .log_slow_statements(log::LevelFilter::Debug, Duration::from_secs(10));
             Pool::Postgres(
                 PgPoolOptions::new()
                     .max_connections(4)
                     .acquire_timeout(Duration::from_secs(10))
-                    .connect(url)
+                    .connect_with(opts)
                     .await
                     .map_err(unreachable)?,
             )

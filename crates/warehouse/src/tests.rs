@@ -365,3 +365,14 @@ async fn sqlite_never_commits_half_a_segment() {
     let done = db.wh.commit(&Commit { pipeline: "q".into(), ..id_commit("k", 0, &["x", "y", "x", "z"]) }).await.unwrap();
     assert_eq!((done.rows, done.rejected.len()), (3, 1));
 }
+
+#[tokio::test]
+async fn a_segment_without_rows_still_advances_the_offset() {
+    // every record of the segment was dead-lettered: an upsert sink gets no batch at all
+    let db = sqlite().await;
+    migrated(&db).await;
+    let c = commit(0, 3, Mode::Upsert(vec!["task_id".into()]), vec![]);
+    let done = db.wh.commit(&c).await.unwrap();
+    assert_eq!(done.rows, 0);
+    assert_eq!(db.wh.read_positions("p").await.unwrap()[&("t".to_string(), 0)], 3);
+}

@@ -228,7 +228,8 @@ impl Prepared {
             .enumerate()
             .flat_map(|(bi, b)| (0..b.num_rows()).map(move |r| (bi, r)))
             .collect();
-        if let Mode::Upsert(key) = &w.mode {
+        // a segment whose records all went elsewhere (DLQ, filtered) has nothing to write
+        if let (Mode::Upsert(key), false) = (&w.mode, rows.is_empty()) {
             let idx: Vec<usize> = key
                 .iter()
                 .map(|k| {
