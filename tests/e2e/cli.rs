@@ -17,8 +17,11 @@ fn validate_reports_every_problem_with_position_and_exits_78() {
         err.contains("pipeline.yaml:3:") && err.contains("unknown field `colour`"),
         "{err}"
     );
+    // from the repository root, as users run it: the warehouse sinks are checked against
+    // sql/migrations (warehouse.migrations is relative to the working directory)
     let ok = ymera()
-        .args(["validate", "--no-environment", "../pipelines"])
+        .args(["validate", "--no-environment", "pipelines"])
+        .current_dir("..")
         .output()
         .unwrap();
     assert_eq!(

@@ -179,6 +179,14 @@ async fn warehouse_diagnostics(
     }
     let opened = async {
         if offline {
+            let dir = &settings.warehouse.migrations;
+            if !dir.is_dir() {
+                return Err(format!(
+                    "warehouse.migrations: {} is not a directory (relative to {}); validate --no-environment checks warehouse sinks against the migrations",
+                    dir.display(),
+                    std::env::current_dir().map(|d| d.display().to_string()).unwrap_or_default()
+                ));
+            }
             let wh = Warehouse::connect("sqlite::memory:")
                 .await
                 .map_err(|e| e.to_string())?;
