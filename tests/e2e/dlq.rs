@@ -38,7 +38,11 @@ fn seqs(table: &Path) -> Vec<i64> {
         .iter()
         .flat_map(|f| read_parquet(f))
         .flat_map(|b: RecordBatch| {
-            b.column_by_name("seq").unwrap().as_primitive::<Int64Type>().values().to_vec()
+            b.column_by_name("seq")
+                .unwrap()
+                .as_primitive::<Int64Type>()
+                .values()
+                .to_vec()
         })
         .collect();
     out.sort_unstable();
@@ -53,7 +57,10 @@ fn dlq(args: &[&str], dir: &Path, lake: &Path, bootstrap: &str) -> String {
         .arg(dir)
         .env("YMERA_TEST_BROKERS", bootstrap)
         .env("YMERA__LAKE__URL", lake)
-        .env("YMERA__WAREHOUSE__URL", format!("sqlite://{}/w.db", lake.display()))
+        .env(
+            "YMERA__WAREHOUSE__URL",
+            format!("sqlite://{}/w.db", lake.display()),
+        )
         .env("YMERA__LOG__LEVEL", "warn")
         .stderr(Stdio::inherit())
         .output()
@@ -78,44 +85,96 @@ fn inspect_counts_and_replay_writes_fixed_records_once() {
         })
         .collect();
     // a number written as a string: a decode error no stage fix can cure
-    records.push((b"bad".to_vec(), br#"{"seq":"10","ts":1764064810000000,"d":1}"#.to_vec()));
+    records.push((
+        b"bad".to_vec(),
+        br#"{"seq":"10","ts":1764064810000000,"d":1}"#.to_vec(),
+    ));
     produce_to(&rt, &broker.bootstrap, &topic, &records);
 
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("dlqtest.yaml");
-    std::fs::write(&file, pipeline(&topic, &unique("g"), "SELECT seq, ts, 100 / d AS r FROM input")).unwrap();
+    std::fs::write(
+        &file,
+        pipeline(
+            &topic,
+            &unique("g"),
+            "SELECT seq, ts, 100 / d AS r FROM input",
+        ),
+    )
+    .unwrap();
     let lake = tempfile::tempdir().unwrap();
     run_until_idle_on(&broker.bootstrap, dir.path(), lake.path());
     let table = lake.path().join("dlqtest");
     assert_eq!(seqs(&table), [1, 2, 4, 5, 7, 8], "d = 0 divides by zero");
 
-    let shown = dlq(&["inspect", "dlqtest"], dir.path(), lake.path(), &broker.bootstrap);
+    let shown = dlq(
+        &["inspect", "dlqtest"],
+        dir.path(),
+        lake.path(),
+        &broker.bootstrap,
+    );
     assert!(shown.contains("5 dead-lettered record(s)"), "{shown}");
     assert!(shown.contains("4  lake      transform"), "{shown}");
     assert!(shown.contains("Divide by zero"), "{shown}");
     assert!(shown.contains("1  lake      decode"), "{shown}");
-    assert!(shown.contains(&format!("{topic}/0/10")), "the source position is shown: {shown}");
+    assert!(
+        shown.contains(&format!("{topic}/0/10")),
+        "the source position is shown: {shown}"
+    );
 
     // the stage is fixed; the decode failure stays
     std::fs::write(
         &file,
-        pipeline(&topic, &unique("g"), "SELECT seq, ts, CASE WHEN d = 0 THEN NULL ELSE 100 / d END AS r FROM input"),
+        pipeline(
+            &topic,
+            &unique("g"),
+            "SELECT seq, ts, CASE WHEN d = 0 THEN NULL ELSE 100 / d END AS r FROM input",
+        ),
     )
     .unwrap();
-    let replayed = dlq(&["replay", "dlqtest"], dir.path(), lake.path(), &broker.bootstrap);
+    let replayed = dlq(
+        &["replay", "dlqtest"],
+        dir.path(),
+        lake.path(),
+        &broker.bootstrap,
+    );
     assert!(
-        replayed.contains("5 dead letter(s) considered, 0 already replayed, 4 replayed now, 1 failed again"),
+        replayed.contains(
+            "5 dead letter(s) considered, 0 already replayed, 4 replayed now, 1 failed again"
+        ),
         "{replayed}"
     );
-    assert!(replayed.contains(&format!("still failing {topic}/0/10")), "{replayed}");
+    assert!(
+        replayed.contains(&format!("still failing {topic}/0/10")),
+        "{replayed}"
+    );
     assert_eq!(seqs(&table), (0..10).collect::<Vec<_>>());
 
-    let again = dlq(&["replay", "dlqtest"], dir.path(), lake.path(), &broker.bootstrap);
+    let again = dlq(
+        &["replay", "dlqtest"],
+        dir.path(),
+        lake.path(),
+        &broker.bootstrap,
+    );
     assert!(
-        again.contains("5 dead letter(s) considered, 4 already replayed, 0 replayed now, 1 failed again"),
+        again.contains(
+            "5 dead letter(s) considered, 4 already replayed, 0 replayed now, 1 failed again"
+        ),
         "{again}"
     );
-    assert_eq!(seqs(&table), (0..10).collect::<Vec<_>>(), "a second replay added rows");
-    let shown = dlq(&["inspect", "dlqtest"], dir.path(), lake.path(), &broker.bootstrap);
-    assert!(shown.contains("4 of them were replayed successfully already"), "{shown}");
+    assert_eq!(
+        seqs(&table),
+        (0..10).collect::<Vec<_>>(),
+        "a second replay added rows"
+    );
+    let shown = dlq(
+        &["inspect", "dlqtest"],
+        dir.path(),
+        lake.path(),
+        &broker.bootstrap,
+    );
+    assert!(
+        shown.contains("4 of them were replayed successfully already"),
+        "{shown}"
+    );
 }

@@ -66,7 +66,10 @@ fn kill_9_at_random_moments_loses_and_duplicates_nothing() {
         let mut progressed = false;
         while run_started.elapsed() < Duration::from_secs(60) {
             std::thread::sleep(Duration::from_millis(100));
-            assert!(child.try_wait().unwrap().is_none(), "ymera run exited on its own");
+            assert!(
+                child.try_wait().unwrap().is_none(),
+                "ymera run exited on its own"
+            );
             if commit_records(lake.path(), name) > before {
                 progressed = true;
                 break;
@@ -87,7 +90,10 @@ fn kill_9_at_random_moments_loses_and_duplicates_nothing() {
         );
     }
     producer.join().unwrap();
-    assert!(kills >= 5, "only {kills} kills landed on a process that was publishing");
+    assert!(
+        kills >= 5,
+        "only {kills} kills landed on a process that was publishing"
+    );
     let last_run = std::time::SystemTime::now();
     run_until_idle_on(&bootstrap, dir.path(), lake.path());
     drop(rt);
@@ -97,9 +103,16 @@ fn kill_9_at_random_moments_loses_and_duplicates_nothing() {
         .map(|d| d.flatten().collect::<Vec<_>>())
         .unwrap_or_default()
         .into_iter()
-        .filter(|e| e.metadata().and_then(|m| m.modified()).is_ok_and(|t| t >= last_run))
+        .filter(|e| {
+            e.metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t >= last_run)
+        })
         .collect();
-    assert!(staging.is_empty(), "staging files left by the clean run: {staging:?}");
+    assert!(
+        staging.is_empty(),
+        "staging files left by the clean run: {staging:?}"
+    );
 }
 
 #[test]

@@ -15,6 +15,6 @@ mod poison;
 mod queries;
 mod s3;
 mod sink_groups;
-mod warehouse_outage;
 mod support;
 mod warehouse;
+mod warehouse_outage;

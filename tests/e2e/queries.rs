@@ -16,7 +16,12 @@ fn repo() -> PathBuf {
         .to_path_buf()
 }
 
-const TOPICS: [&str; 4] = ["project-events", "task-events", "user-events", "metric-events"];
+const TOPICS: [&str; 4] = [
+    "project-events",
+    "task-events",
+    "user-events",
+    "metric-events",
+];
 
 #[test]
 fn example_queries_give_their_expected_results() {
@@ -27,8 +32,14 @@ fn example_queries_give_their_expected_results() {
     let env = [
         ("YMERA_BROKERS", broker.bootstrap.clone()),
         ("YMERA__LAKE__URL", lake.display().to_string()),
-        ("YMERA__WAREHOUSE__URL", format!("sqlite://{}/warehouse.db", work.path().display())),
-        ("YMERA__WAREHOUSE__MIGRATIONS", repo().join("sql/migrations").display().to_string()),
+        (
+            "YMERA__WAREHOUSE__URL",
+            format!("sqlite://{}/warehouse.db", work.path().display()),
+        ),
+        (
+            "YMERA__WAREHOUSE__MIGRATIONS",
+            repo().join("sql/migrations").display().to_string(),
+        ),
         ("YMERA__WAREHOUSE__MIGRATE_ON_START", "true".into()),
         ("YMERA__LOG__LEVEL", "warn".into()),
     ];
@@ -44,13 +55,21 @@ fn example_queries_give_their_expected_results() {
         .unwrap();
     assert!(status.success(), "ymera gen failed");
     let rt = runtime();
-    for (topic, key) in [("project-events", "project_id"), ("task-events", "task_id"), ("user-events", "user_id"), ("metric-events", "service")] {
+    for (topic, key) in [
+        ("project-events", "project_id"),
+        ("task-events", "task_id"),
+        ("user-events", "user_id"),
+        ("metric-events", "service"),
+    ] {
         let text = std::fs::read_to_string(events.join(format!("{topic}.jsonl"))).unwrap();
         let records: Vec<(Vec<u8>, Vec<u8>)> = text
             .lines()
             .map(|l| {
                 let v: serde_json::Value = serde_json::from_str(l).unwrap();
-                (v[key].as_str().unwrap().as_bytes().to_vec(), l.as_bytes().to_vec())
+                (
+                    v[key].as_str().unwrap().as_bytes().to_vec(),
+                    l.as_bytes().to_vec(),
+                )
             })
             .collect();
         produce_to(&rt, &broker.bootstrap, topic, &records);
@@ -72,7 +91,8 @@ fn example_queries_give_their_expected_results() {
         .env("YMERA__RUN__LISTEN", "127.0.0.1:0")
         .stdout(Stdio::null());
     let mut child = run.spawn().unwrap();
-    let status = wait_timeout(&mut child, std::time::Duration::from_secs(240)).expect("ymera run did not finish");
+    let status = wait_timeout(&mut child, std::time::Duration::from_secs(240))
+        .expect("ymera run did not finish");
     assert!(status.success(), "ymera run failed");
 
     let bless = std::env::var_os("YMERA_BLESS").is_some();
@@ -82,7 +102,11 @@ fn example_queries_give_their_expected_results() {
         .filter(|p| p.extension().is_some_and(|x| x == "sql"))
         .collect();
     queries.sort();
-    assert!(queries.len() >= 5, "sql/queries holds {} queries", queries.len());
+    assert!(
+        queries.len() >= 5,
+        "sql/queries holds {} queries",
+        queries.len()
+    );
     let mut failures = Vec::new();
     for q in &queries {
         let out = ymera()
@@ -103,10 +127,17 @@ fn example_queries_give_their_expected_results() {
             std::fs::write(&expected_file, &got).unwrap();
             continue;
         }
-        let expected = std::fs::read_to_string(&expected_file)
-            .unwrap_or_else(|_| panic!("{} is missing (YMERA_BLESS=1 writes it)", expected_file.display()));
+        let expected = std::fs::read_to_string(&expected_file).unwrap_or_else(|_| {
+            panic!(
+                "{} is missing (YMERA_BLESS=1 writes it)",
+                expected_file.display()
+            )
+        });
         if got != expected {
-            failures.push(format!("{}:\n--- expected\n{expected}\n--- got\n{got}", q.display()));
+            failures.push(format!(
+                "{}:\n--- expected\n{expected}\n--- got\n{got}",
+                q.display()
+            ));
         }
         assert!(got.lines().count() > 1, "{} returned no rows", q.display());
     }

@@ -9,13 +9,29 @@ use crate::support::*;
 
 fn warehouse_counts(work: &Path, lake: &Path) -> String {
     let out = ymera()
-        .args(["sql", "--format", "csv", "SELECT count(*) AS n, count(DISTINCT seq) AS d FROM groups_wh"])
+        .args([
+            "sql",
+            "--format",
+            "csv",
+            "SELECT count(*) AS n, count(DISTINCT seq) AS d FROM groups_wh",
+        ])
         .env("YMERA__LAKE__URL", lake)
-        .env("YMERA__WAREHOUSE__URL", format!("sqlite://{}/w.db", work.display()))
+        .env(
+            "YMERA__WAREHOUSE__URL",
+            format!("sqlite://{}/w.db", work.display()),
+        )
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).lines().nth(1).unwrap_or_default().to_string()
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .nth(1)
+        .unwrap_or_default()
+        .to_string()
 }
 
 fn lake_seqs(table: &Path) -> usize {
@@ -34,7 +50,12 @@ fn an_added_warehouse_sink_catches_up_while_the_lake_skips_what_it_holds() {
     let rt = runtime();
     let topic = unique("groups");
     let broker = DevBroker::start(&[(&topic, 2)]);
-    produce_to(&rt, &broker.bootstrap, &topic, &(0..600).map(seq_record).collect::<Vec<_>>());
+    produce_to(
+        &rt,
+        &broker.bootstrap,
+        &topic,
+        &(0..600).map(seq_record).collect::<Vec<_>>(),
+    );
     let group = unique("g");
     let work = tempfile::tempdir().unwrap();
     let migrations = work.path().join("migrations");
@@ -45,30 +66,54 @@ fn an_added_warehouse_sink_catches_up_while_the_lake_skips_what_it_holds() {
     )
     .unwrap();
     let env: Vec<(&str, OsString)> = vec![
-        ("YMERA__WAREHOUSE__URL", format!("sqlite://{}/w.db", work.path().display()).into()),
+        (
+            "YMERA__WAREHOUSE__URL",
+            format!("sqlite://{}/w.db", work.path().display()).into(),
+        ),
         ("YMERA__WAREHOUSE__MIGRATIONS", migrations.clone().into()),
         ("YMERA__WAREHOUSE__MIGRATE_ON_START", "true".into()),
     ];
     let lake_sink = "  - lake: { table: groups, partition_by: [dt], rolling: { max_rows: 150, max_interval: 1s } }";
     let lake = work.path().join("lake");
-    let dir = pipeline_dir(&pipeline_yaml_with_sinks("groups", &topic, &group, lake_sink, "{ path: _dlq/groups }", ""));
+    let dir = pipeline_dir(&pipeline_yaml_with_sinks(
+        "groups",
+        &topic,
+        &group,
+        lake_sink,
+        "{ path: _dlq/groups }",
+        "",
+    ));
     run_until_idle_env(&broker.bootstrap, dir.path(), &lake, &env);
     let table = lake.join("groups");
     assert_eq!(lake_seqs(&table), 600);
     let files_before = parquet_files(&table);
 
     // the same pipeline, now with a warehouse sink as well
-    let both = format!("{lake_sink}\n  - warehouse: {{ table: groups_wh, rolling: {{ max_rows: 150 }} }}");
+    let both =
+        format!("{lake_sink}\n  - warehouse: {{ table: groups_wh, rolling: {{ max_rows: 150 }} }}");
     std::fs::write(
         dir.path().join("pipeline.yaml"),
         pipeline_yaml_with_sinks("groups", &topic, &group, &both, "{ path: _dlq/groups }", ""),
     )
     .unwrap();
     run_until_idle_env(&broker.bootstrap, dir.path(), &lake, &env);
-    assert_eq!(warehouse_counts(work.path(), &lake), "600,600", "the warehouse caught up from `start`");
-    assert_eq!(parquet_files(&table), files_before, "the lake rewrote what it held");
+    assert_eq!(
+        warehouse_counts(work.path(), &lake),
+        "600,600",
+        "the warehouse caught up from `start`"
+    );
+    assert_eq!(
+        parquet_files(&table),
+        files_before,
+        "the lake rewrote what it held"
+    );
 
-    produce_to(&rt, &broker.bootstrap, &topic, &(600..1000).map(seq_record).collect::<Vec<_>>());
+    produce_to(
+        &rt,
+        &broker.bootstrap,
+        &topic,
+        &(600..1000).map(seq_record).collect::<Vec<_>>(),
+    );
     run_until_idle_env(&broker.bootstrap, dir.path(), &lake, &env);
     assert_eq!(lake_seqs(&table), 1000);
     assert_eq!(warehouse_counts(work.path(), &lake), "1000,1000");

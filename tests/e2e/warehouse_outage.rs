@@ -68,13 +68,26 @@ impl Proxy {
 
 fn psql_try(sql: &str) -> Result<String, String> {
     let out = std::process::Command::new("psql")
-        .args(["-h", "127.0.0.1", "-U", "postgres", "-d", "test", "-At", "-c", sql])
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+            "-d",
+            "test",
+            "-At",
+            "-c",
+            sql,
+        ])
         .output()
         .expect("psql (PostgreSQL's client) is needed by this test");
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
     } else {
-        Err(format!("psql {sql}: {}", String::from_utf8_lossy(&out.stderr)))
+        Err(format!(
+            "psql {sql}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ))
     }
 }
 
@@ -90,7 +103,12 @@ fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     let mut text = String::new();
     s.read_to_string(&mut text).ok()?;
     let status = text.split_whitespace().nth(1)?.parse().ok()?;
-    Some((status, text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default()))
+    Some((
+        status,
+        text.split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default(),
+    ))
 }
 
 fn wait_for(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
@@ -107,7 +125,9 @@ fn wait_for(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
 #[test]
 fn warehouse_outage_pauses_without_committing_then_recovers_exactly_once() {
     let schema = format!("ymera_outage_{}", std::process::id());
-    psql(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}"));
+    psql(&format!(
+        "DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}"
+    ));
     let migrations = tempfile::tempdir().unwrap();
     std::fs::write(
         migrations.path().join("0001_seq.sql"),
@@ -123,7 +143,12 @@ fn warehouse_outage_pauses_without_committing_then_recovers_exactly_once() {
     let rt = runtime();
     let topic = unique("outage");
     let broker = DevBroker::start(&[(&topic, 2)]);
-    produce_to(&rt, &broker.bootstrap, &topic, &(0..500).map(seq_record).collect::<Vec<_>>());
+    produce_to(
+        &rt,
+        &broker.bootstrap,
+        &topic,
+        &(0..500).map(seq_record).collect::<Vec<_>>(),
+    );
     let group = unique("g");
     let dir = pipeline_dir(&pipeline_yaml_with_sinks(
         "outage",
@@ -134,14 +159,24 @@ fn warehouse_outage_pauses_without_committing_then_recovers_exactly_once() {
         "batch: { max_records: 100, max_wait: 100ms }",
     ));
     let lake = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let mut child = run_command(&broker.bootstrap, dir.path(), lake.path(), &format!("127.0.0.1:{port}"), &[])
-        .env("YMERA__WAREHOUSE__URL", &url)
-        .env("YMERA__WAREHOUSE__MIGRATIONS", migrations.path())
-        .env("YMERA__WAREHOUSE__MIGRATE_ON_START", "true")
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = run_command(
+        &broker.bootstrap,
+        dir.path(),
+        lake.path(),
+        &format!("127.0.0.1:{port}"),
+        &[],
+    )
+    .env("YMERA__WAREHOUSE__URL", &url)
+    .env("YMERA__WAREHOUSE__MIGRATIONS", migrations.path())
+    .env("YMERA__WAREHOUSE__MIGRATE_ON_START", "true")
+    .stderr(Stdio::null())
+    .spawn()
+    .unwrap();
     // -1 until the migration created the table
     let count = || {
         psql_try(&format!("SELECT count(*) FROM {schema}.outage"))
@@ -150,36 +185,85 @@ fn warehouse_outage_pauses_without_committing_then_recovers_exactly_once() {
             .unwrap_or(-1)
     };
     let committed = || {
-        ymera_ingest::consume::committed_offsets(&broker.bootstrap, &Default::default(), &group, &topic, Duration::from_secs(10))
-            .unwrap()
-            .into_iter()
-            .map(|(_, o)| o.unwrap_or(0))
-            .sum::<i64>()
+        ymera_ingest::consume::committed_offsets(
+            &broker.bootstrap,
+            &Default::default(),
+            &group,
+            &topic,
+            Duration::from_secs(10),
+        )
+        .unwrap()
+        .into_iter()
+        .map(|(_, o)| o.unwrap_or(0))
+        .sum::<i64>()
     };
-    assert!(wait_for(Duration::from_secs(60), || count() == 500), "first 500 rows never arrived: {}", count());
+    assert!(
+        wait_for(Duration::from_secs(60), || count() == 500),
+        "first 500 rows never arrived: {}",
+        count()
+    );
 
     proxy.cut();
-    produce_to(&rt, &broker.bootstrap, &topic, &(500..1000).map(seq_record).collect::<Vec<_>>());
+    produce_to(
+        &rt,
+        &broker.bootstrap,
+        &topic,
+        &(500..1000).map(seq_record).collect::<Vec<_>>(),
+    );
     let said = wait_for(Duration::from_secs(60), || {
         http_get(port, "/health/ready").is_some_and(|(s, b)| s == 503 && b.contains("warehouse"))
     });
-    assert!(said, "readiness did not name the warehouse: {:?}", http_get(port, "/health/ready"));
+    assert!(
+        said,
+        "readiness did not name the warehouse: {:?}",
+        http_get(port, "/health/ready")
+    );
     let during = committed();
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(count(), 500, "rows arrived through a cut connection");
-    assert_eq!(committed(), during, "offsets were committed while the warehouse was away");
-    assert!(during <= 500, "committed {during} offsets for 500 rows in the warehouse");
-    assert!(child.try_wait().unwrap().is_none(), "ymera run exited instead of retrying");
+    assert_eq!(
+        committed(),
+        during,
+        "offsets were committed while the warehouse was away"
+    );
+    assert!(
+        during <= 500,
+        "committed {during} offsets for 500 rows in the warehouse"
+    );
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "ymera run exited instead of retrying"
+    );
 
     proxy.restore();
-    assert!(wait_for(Duration::from_secs(90), || count() == 1000), "rows after the outage: {}", count());
-    assert!(wait_for(Duration::from_secs(30), || http_get(port, "/health/ready").is_some_and(|(s, _)| s == 200)));
+    assert!(
+        wait_for(Duration::from_secs(90), || count() == 1000),
+        "rows after the outage: {}",
+        count()
+    );
+    assert!(wait_for(Duration::from_secs(30), || http_get(
+        port,
+        "/health/ready"
+    )
+    .is_some_and(|(s, _)| s == 200)));
     let pid = child.id().to_string();
-    std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-    let status = wait_timeout(&mut child, Duration::from_secs(30)).expect("SIGTERM did not stop ymera run");
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    let status =
+        wait_timeout(&mut child, Duration::from_secs(30)).expect("SIGTERM did not stop ymera run");
     assert!(status.success(), "exit status {status}");
-    assert_eq!(psql(&format!("SELECT count(DISTINCT seq) FROM {schema}.outage")), "1000");
-    assert_eq!(psql(&format!("SELECT sum(next_offset) FROM {schema}._ymera_offsets WHERE pipeline = 'outage'")), "1000");
+    assert_eq!(
+        psql(&format!("SELECT count(DISTINCT seq) FROM {schema}.outage")),
+        "1000"
+    );
+    assert_eq!(
+        psql(&format!(
+            "SELECT sum(next_offset) FROM {schema}._ymera_offsets WHERE pipeline = 'outage'"
+        )),
+        "1000"
+    );
     assert_eq!(committed(), 1000);
     psql(&format!("DROP SCHEMA {schema} CASCADE"));
 }

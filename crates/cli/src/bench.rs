@@ -253,7 +253,9 @@ fn tempdir() -> Result<String, String> {
 pub async fn bench_warehouse(urls: &[String], rows: usize) -> u8 {
     use std::sync::Arc;
 
-    use arrow::array::{BooleanArray, Float64Array, Int64Array, StringArray, TimestampMicrosecondArray};
+    use arrow::array::{
+        BooleanArray, Float64Array, Int64Array, StringArray, TimestampMicrosecondArray,
+    };
     use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
     use ymera_warehouse::{Commit, Dialect, Mode, OnReject, TableWrite, Warehouse, WriteMethod};
 
@@ -265,22 +267,44 @@ pub async fn bench_warehouse(urls: &[String], rows: usize) -> u8 {
         Field::new("hours", DataType::Float64, true),
         Field::new("estimate", DataType::Float64, false),
         Field::new("done", DataType::Boolean, false),
-        Field::new("ts", DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())), false),
+        Field::new(
+            "ts",
+            DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+            false,
+        ),
     ]));
     let statuses = ["todo", "in_progress", "review", "done"];
     let segments: Vec<RecordBatch> = (0..rows.div_ceil(SEGMENT))
         .map(|s| {
-            let ids: Vec<i64> = ((s * SEGMENT)..((s + 1) * SEGMENT).min(rows)).map(|i| i as i64).collect();
+            let ids: Vec<i64> = ((s * SEGMENT)..((s + 1) * SEGMENT).min(rows))
+                .map(|i| i as i64)
+                .collect();
             RecordBatch::try_new(
                 schema.clone(),
                 vec![
                     Arc::new(Int64Array::from(ids.clone())),
-                    Arc::new(StringArray::from_iter_values(ids.iter().map(|i| format!("prj-{:05}", i % 5000)))),
-                    Arc::new(StringArray::from_iter_values(ids.iter().map(|i| statuses[*i as usize % 4]))),
-                    Arc::new(Float64Array::from_iter(ids.iter().map(|i| (i % 7 != 0).then_some(*i as f64 * 0.25 % 40.0)))),
-                    Arc::new(Float64Array::from_iter_values(ids.iter().map(|i| (i % 13) as f64 + 0.5))),
-                    Arc::new(BooleanArray::from_iter(ids.iter().map(|i| Some(i % 4 == 3)))),
-                    Arc::new(TimestampMicrosecondArray::from_iter_values(ids.iter().map(|i| 1_764_064_800_000_000 + i * 1000)).with_timezone("UTC")),
+                    Arc::new(StringArray::from_iter_values(
+                        ids.iter().map(|i| format!("prj-{:05}", i % 5000)),
+                    )),
+                    Arc::new(StringArray::from_iter_values(
+                        ids.iter().map(|i| statuses[*i as usize % 4]),
+                    )),
+                    Arc::new(Float64Array::from_iter(
+                        ids.iter()
+                            .map(|i| (i % 7 != 0).then_some(*i as f64 * 0.25 % 40.0)),
+                    )),
+                    Arc::new(Float64Array::from_iter_values(
+                        ids.iter().map(|i| (i % 13) as f64 + 0.5),
+                    )),
+                    Arc::new(BooleanArray::from_iter(
+                        ids.iter().map(|i| Some(i % 4 == 3)),
+                    )),
+                    Arc::new(
+                        TimestampMicrosecondArray::from_iter_values(
+                            ids.iter().map(|i| 1_764_064_800_000_000 + i * 1000),
+                        )
+                        .with_timezone("UTC"),
+                    ),
                 ],
             )
             .expect("bench batch")
@@ -295,10 +319,19 @@ pub async fn bench_warehouse(urls: &[String], rows: usize) -> u8 {
             }
         };
         let methods: &[(WriteMethod, &str)] = match wh.dialect() {
-            Dialect::Sqlite => &[(WriteMethod::Copy, "prepared multi-row INSERT (256 rows a statement), one transaction per segment")],
+            Dialect::Sqlite => &[(
+                WriteMethod::Copy,
+                "prepared multi-row INSERT (256 rows a statement), one transaction per segment",
+            )],
             Dialect::Postgres => &[
-                (WriteMethod::Copy, "COPY into a staging table + INSERT … SELECT"),
-                (WriteMethod::Insert, "multi-row INSERT … VALUES with bound parameters"),
+                (
+                    WriteMethod::Copy,
+                    "COPY into a staging table + INSERT … SELECT",
+                ),
+                (
+                    WriteMethod::Insert,
+                    "multi-row INSERT … VALUES with bound parameters",
+                ),
             ],
         };
         for (method, label) in methods {

@@ -386,10 +386,7 @@ pub async fn validate(
 }
 
 /// Loads and checks pipelines; on any problem prints it and gives the exit code (78).
-pub async fn checked_pipelines(
-    paths: &[PathBuf],
-    environment: bool,
-) -> Result<Vec<Pipeline>, u8> {
+pub async fn checked_pipelines(paths: &[PathBuf], environment: bool) -> Result<Vec<Pipeline>, u8> {
     let (pipelines, diags) = load_pipelines(paths, environment).await.map_err(|e| {
         eprintln!("error: {e}");
         EXIT_CONFIG
@@ -822,14 +819,21 @@ pub async fn demo(settings: &Settings, days: u32, pipelines_dir: &Path) -> u8 {
         pipelines.len(),
         settings.lake.url
     );
-    let results =
-        match run_pipelines(settings, pipelines, Some(Duration::from_secs(3)), false, true).await {
-            Ok(r) => r,
-            Err(e) => {
-                eprintln!("error: {e}");
-                return EXIT_FAILURE;
-            }
-        };
+    let results = match run_pipelines(
+        settings,
+        pipelines,
+        Some(Duration::from_secs(3)),
+        false,
+        true,
+    )
+    .await
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return EXIT_FAILURE;
+        }
+    };
     println!(
         "{:<16} {:>10} {:>8} {:>10} {:>10} {:>8}",
         "pipeline", "records", "files", "lake rows", "warehouse", "dlq"
@@ -909,7 +913,9 @@ async fn clear_previous_demo(settings: &Settings, pipelines: &[Pipeline]) -> Res
             .map_err(|e| e.to_string())?;
         for p in pipelines {
             let tables: Vec<String> = p.warehouse_sinks.iter().map(|s| s.table.clone()).collect();
-            wh.reset(&p.spec.name, &tables).await.map_err(|e| e.to_string())?;
+            wh.reset(&p.spec.name, &tables)
+                .await
+                .map_err(|e| e.to_string())?;
         }
         wh.close().await;
     }

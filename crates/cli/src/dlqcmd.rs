@@ -26,7 +26,10 @@ async fn find(pipeline: &str, dir: &Path) -> Result<Pipeline, u8> {
     };
     let pipelines = crate::commands::checked_pipelines(&paths, true).await?;
     let names: Vec<&str> = pipelines.iter().map(|p| p.spec.name.as_str()).collect();
-    match pipelines.iter().position(|p| p.spec.name == pipeline || paths[0].as_path() == Path::new(pipeline)) {
+    match pipelines
+        .iter()
+        .position(|p| p.spec.name == pipeline || paths[0].as_path() == Path::new(pipeline))
+    {
         Some(i) => Ok(pipelines.into_iter().nth(i).expect("index from position")),
         None => {
             let hint = ymera_warehouse::closest(pipeline, names.iter().copied())
@@ -75,7 +78,9 @@ async fn load(
         let sql_name = format!("dlq_{}", t.table.trim_start_matches("_dlq/"));
         if analyst.table(&sql_name).is_ok() {
             let o = analyst
-                .query(&format!("SELECT * FROM {sql_name} WHERE true{since_sql} ORDER BY ymera_failed_at"))
+                .query(&format!(
+                    "SELECT * FROM {sql_name} WHERE true{since_sql} ORDER BY ymera_failed_at"
+                ))
                 .await
                 .map_err(|e| e.to_string())?;
             let letters = ymera_pipeline::replay::letters_from_batches(&o.batches)?;
@@ -139,9 +144,12 @@ async fn load(
         for b in &o.batches {
             use arrow::array::{Array, AsArray};
             use arrow::datatypes::{DataType, Int64Type};
-            let cast = |i: usize, ty: &DataType| arrow::compute::cast(b.column(i), ty).map_err(|e| e.to_string());
+            let cast = |i: usize, ty: &DataType| {
+                arrow::compute::cast(b.column(i), ty).map_err(|e| e.to_string())
+            };
             let s = |i: usize| cast(i, &DataType::Utf8).map(|a| a.as_string::<i32>().clone());
-            let n = |i: usize| cast(i, &DataType::Int64).map(|a| a.as_primitive::<Int64Type>().clone());
+            let n =
+                |i: usize| cast(i, &DataType::Int64).map(|a| a.as_primitive::<Int64Type>().clone());
             let (table, msg, topic, value) = (s(0)?, s(1)?, s(2)?, s(6)?);
             let (part, off, at) = (n(3)?, n(4)?, n(5)?);
             for i in 0..b.num_rows() {
@@ -171,11 +179,19 @@ fn since_micros(since: Option<&str>) -> Result<Option<i64>, String> {
         return Ok(Some(t.timestamp_micros()));
     }
     if let Ok(d) = chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d") {
-        return Ok(Some(d.and_hms_opt(0, 0, 0).expect("midnight").and_utc().timestamp_micros()));
+        return Ok(Some(
+            d.and_hms_opt(0, 0, 0)
+                .expect("midnight")
+                .and_utc()
+                .timestamp_micros(),
+        ));
     }
-    let ago = ymera_common::parse_duration(s)
-        .map_err(|_| format!("--since `{s}`: expected an RFC 3339 time, a date, or a duration such as 2h"))?;
-    Ok(Some(chrono::Utc::now().timestamp_micros() - ago.as_micros() as i64))
+    let ago = ymera_common::parse_duration(s).map_err(|_| {
+        format!("--since `{s}`: expected an RFC 3339 time, a date, or a duration such as 2h")
+    })?;
+    Ok(Some(
+        chrono::Utc::now().timestamp_micros() - ago.as_micros() as i64,
+    ))
 }
 
 fn short(s: &str, n: usize) -> String {
@@ -187,7 +203,13 @@ fn short(s: &str, n: usize) -> String {
     }
 }
 
-pub async fn inspect(settings: &Settings, pipeline: &str, dir: &Path, since: Option<&str>, samples: usize) -> u8 {
+pub async fn inspect(
+    settings: &Settings,
+    pipeline: &str,
+    dir: &Path,
+    since: Option<&str>,
+    samples: usize,
+) -> u8 {
     let p = match find(pipeline, dir).await {
         Ok(p) => p,
         Err(code) => return code,
@@ -204,16 +226,24 @@ pub async fn inspect(settings: &Settings, pipeline: &str, dir: &Path, since: Opt
         }
     };
     let replayed = match crate::commands::open_lake(settings) {
-        Ok(lake) => ymera_pipeline::replay::replayed_positions(&lake, &p.spec.name).await.unwrap_or_default(),
+        Ok(lake) => ymera_pipeline::replay::replayed_positions(&lake, &p.spec.name)
+            .await
+            .unwrap_or_default(),
         Err(_) => Default::default(),
     };
-    println!("pipeline {}: {} dead-lettered record(s)", p.spec.name, letters.len());
+    println!(
+        "pipeline {}: {} dead-lettered record(s)",
+        p.spec.name,
+        letters.len()
+    );
     if letters.is_empty() {
         return EXIT_OK;
     }
     let mut groups: BTreeMap<(&str, &str, String), usize> = BTreeMap::new();
     for (from, d) in &letters {
-        *groups.entry((from, d.stage.as_str(), short(&d.message, 90))).or_default() += 1;
+        *groups
+            .entry((from, d.stage.as_str(), short(&d.message, 90)))
+            .or_default() += 1;
     }
     let mut groups: Vec<_> = groups.into_iter().collect();
     groups.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
@@ -229,9 +259,14 @@ pub async fn inspect(settings: &Settings, pipeline: &str, dir: &Path, since: Opt
         .filter(|(_, d)| replayed.contains(&(d.topic.clone(), d.partition, d.offset)))
         .count();
     if already > 0 {
-        println!("\n{already} of them were replayed successfully already (`ymera dlq replay` skips them)");
+        println!(
+            "\n{already} of them were replayed successfully already (`ymera dlq replay` skips them)"
+        );
     }
-    println!("\nlatest {} sample(s): source topic/partition/offset, failed at, stage, error, value", samples.min(letters.len()));
+    println!(
+        "\nlatest {} sample(s): source topic/partition/offset, failed at, stage, error, value",
+        samples.min(letters.len())
+    );
     let mut latest: Vec<&(&str, DeadLetter)> = letters.iter().collect();
     latest.sort_by_key(|(_, d)| std::cmp::Reverse(d.failed_at));
     for (_, d) in latest.into_iter().take(samples) {
@@ -266,9 +301,16 @@ pub async fn replay(settings: &Settings, pipeline: &str, dir: &Path, since: Opti
         let wh = if p.warehouse_sinks.is_empty() {
             None
         } else {
-            Some(Warehouse::connect(&settings.warehouse.url).await.map_err(|e| e.to_string())?)
+            Some(
+                Warehouse::connect(&settings.warehouse.url)
+                    .await
+                    .map_err(|e| e.to_string())?,
+            )
         };
-        let sink_rejects = letters.iter().filter(|(from, _)| *from == "warehouse").count();
+        let sink_rejects = letters
+            .iter()
+            .filter(|(from, _)| *from == "warehouse")
+            .count();
         let letters = letters.into_iter().map(|(_, d)| d).collect();
         let r = ymera_pipeline::replay::replay(&p, &lake, wh.as_ref(), letters).await?;
         Ok::<_, String>((r, sink_rejects))
@@ -287,7 +329,10 @@ pub async fn replay(settings: &Settings, pipeline: &str, dir: &Path, since: Opti
                 println!("   still failing {t}/{part}/{off}: {}", short(m, 120));
             }
             if let Some(id) = r.replay_id {
-                println!("   replay {id} recorded under _ymera/replays/{}/", p.spec.name);
+                println!(
+                    "   replay {id} recorded under _ymera/replays/{}/",
+                    p.spec.name
+                );
             }
             if sink_rejects > 0 {
                 println!(

@@ -25,7 +25,12 @@ pub enum Format {
     Parquet,
 }
 
-pub async fn sql(settings: &Settings, query: Option<String>, format: Format, output: Option<PathBuf>) -> u8 {
+pub async fn sql(
+    settings: &Settings,
+    query: Option<String>,
+    format: Format,
+    output: Option<PathBuf>,
+) -> u8 {
     if format == Format::Parquet && output.is_none() {
         eprintln!("error: --format parquet writes a file: add --output FILE");
         return EXIT_USAGE;
@@ -39,7 +44,9 @@ pub async fn sql(settings: &Settings, query: Option<String>, format: Format, out
     };
     let query = match query {
         Some(q) => q,
-        None if std::io::stdin().is_terminal() => return repl(&analyst, format, output.as_deref()).await,
+        None if std::io::stdin().is_terminal() => {
+            return repl(&analyst, format, output.as_deref()).await;
+        }
         None => {
             let mut q = String::new();
             if let Err(e) = std::io::stdin().read_to_string(&mut q) {
@@ -139,7 +146,8 @@ pub fn write_batches(
         Format::Csv => {
             let mut cw = arrow::csv::WriterBuilder::new().with_header(true).build(w);
             if batches.is_empty() {
-                cw.write(&RecordBatch::new_empty(schema.clone())).map_err(err)?;
+                cw.write(&RecordBatch::new_empty(schema.clone()))
+                    .map_err(err)?;
             }
             for b in batches {
                 cw.write(b).map_err(err)?;
@@ -162,7 +170,9 @@ pub fn write_batches(
         }
         Format::Table => {
             let table = if batches.is_empty() {
-                arrow::util::pretty::pretty_format_batches(&[RecordBatch::new_empty(schema.clone())])
+                arrow::util::pretty::pretty_format_batches(&[RecordBatch::new_empty(
+                    schema.clone(),
+                )])
             } else {
                 arrow::util::pretty::pretty_format_batches(batches)
             }
@@ -181,7 +191,10 @@ const HELP: &str = "\
   \\q             quit (or Ctrl-D)";
 
 fn describe_tables(analyst: &Analyst) -> String {
-    let mut s = format!("{:<28} {:<10} {:>7}  partitions\n", "table", "source", "columns");
+    let mut s = format!(
+        "{:<28} {:<10} {:>7}  partitions\n",
+        "table", "source", "columns"
+    );
     for t in analyst.tables() {
         s.push_str(&format!(
             "{:<28} {:<10} {:>7}  {}\n",
@@ -201,7 +214,11 @@ fn describe_table(analyst: &Analyst, name: &str) -> Result<String, QueryError> {
     let t = analyst.table(name)?;
     let mut s = format!("{:<32} {:<28} nullable\n", "column", "type");
     for f in t.schema.fields() {
-        let part = if t.partitions.contains(f.name()) { "  (partition)" } else { "" };
+        let part = if t.partitions.contains(f.name()) {
+            "  (partition)"
+        } else {
+            ""
+        };
         s.push_str(&format!(
             "{:<32} {:<28} {}{part}\n",
             f.name(),
@@ -235,7 +252,11 @@ async fn repl(analyst: &Analyst, format: Format, output: Option<&Path>) -> u8 {
     let mut timing = false;
     let mut buffer = String::new();
     loop {
-        let prompt = if buffer.is_empty() { "ymera> " } else { "   ...> " };
+        let prompt = if buffer.is_empty() {
+            "ymera> "
+        } else {
+            "   ...> "
+        };
         let line = match editor.readline(prompt) {
             Ok(l) => l,
             Err(rustyline::error::ReadlineError::Interrupted) => {

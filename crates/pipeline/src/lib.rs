@@ -4,9 +4,9 @@
 
 pub mod dlq;
 pub mod load;
+pub mod replay;
 pub mod run;
 pub mod spec;
-pub mod replay;
 pub mod testing;
 pub mod validate;
 

@@ -61,10 +61,16 @@ fn ledger_dir(pipeline: &str) -> String {
 const PENDING: &str = ".pending.json";
 
 /// The replay records of `pipeline`: finished ones, and started ones not finished.
-async fn records(lake: &Lake, pipeline: &str) -> Result<(Vec<ReplayRecord>, Vec<ReplayRecord>), String> {
+async fn records(
+    lake: &Lake,
+    pipeline: &str,
+) -> Result<(Vec<ReplayRecord>, Vec<ReplayRecord>), String> {
     let mut done = Vec::new();
     let mut pending = Vec::new();
-    let paths = lake.list(&ledger_dir(pipeline)).await.map_err(|e| e.to_string())?;
+    let paths = lake
+        .list(&ledger_dir(pipeline))
+        .await
+        .map_err(|e| e.to_string())?;
     for path in &paths {
         let body = lake.get(path).await.map_err(|e| e.to_string())?;
         let r: ReplayRecord = serde_json::from_slice(&body).map_err(|e| format!("{path}: {e}"))?;
@@ -89,10 +95,13 @@ pub async fn replayed_positions(lake: &Lake, pipeline: &str) -> Result<BTreeSet<
 
 async fn publish_record(lake: &Lake, r: &ReplayRecord, suffix: &str) -> Result<(), String> {
     let body = serde_json::to_vec_pretty(r).map_err(|e| e.to_string())?;
-    lake.publish(&format!("{}/{}{suffix}", ledger_dir(&r.pipeline), r.replay_id), Bytes::from(body))
-        .await
-        .map(|_| ())
-        .map_err(|e| e.to_string())
+    lake.publish(
+        &format!("{}/{}{suffix}", ledger_dir(&r.pipeline), r.replay_id),
+        Bytes::from(body),
+    )
+    .await
+    .map(|_| ())
+    .map_err(|e| e.to_string())
 }
 
 /// Replays `letters` (decode- and transform-stage dead letters of `p`).
@@ -129,7 +138,8 @@ pub async fn replay(
     // warehouse commit may exist already, and are not written again.
     for r in pending {
         let wanted: BTreeSet<&Position> = r.positions.iter().collect();
-        let (theirs, rest): (Vec<_>, Vec<_>) = todo.into_iter().partition(|(pos, _)| wanted.contains(pos));
+        let (theirs, rest): (Vec<_>, Vec<_>) =
+            todo.into_iter().partition(|(pos, _)| wanted.contains(pos));
         todo = rest;
         let mut finishing = Replayed::default();
         write_replay(p, lake, warehouse, theirs, &mut finishing, Some(r)).await?;
@@ -213,9 +223,15 @@ async fn write_replay(
             }
             let r = ReplayRecord {
                 pipeline: name.clone(),
-                replay_id: h.finalize().iter().take(12).map(|b| format!("{b:02x}")).collect(),
+                replay_id: h
+                    .finalize()
+                    .iter()
+                    .take(12)
+                    .map(|b| format!("{b:02x}"))
+                    .collect(),
                 positions,
-                replayed_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+                replayed_at: chrono::Utc::now()
+                    .to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
             };
             // started: a run cut short from here on is finished by the next one
             publish_record(lake, &r, PENDING).await?;
@@ -252,7 +268,10 @@ async fn write_replay(
                 if !done.rejected.is_empty() {
                     out.failures.push((
                         record.positions[0].clone(),
-                        format!("{} row(s) refused by the warehouse, kept in _ymera_dead_letters", done.rejected.len()),
+                        format!(
+                            "{} row(s) refused by the warehouse, kept in _ymera_dead_letters",
+                            done.rejected.len()
+                        ),
                     ));
                 }
             }
@@ -274,7 +293,9 @@ async fn write_replay(
         let files = w.finish(&file_name).map_err(|e| e.to_string())?;
         let mut rows = 0;
         for (path, bytes, n) in files {
-            lake.publish(&path, bytes).await.map_err(|e| e.to_string())?;
+            lake.publish(&path, bytes)
+                .await
+                .map_err(|e| e.to_string())?;
             rows += n;
         }
         out.rows.push((s.table.table.clone(), rows));
@@ -292,10 +313,15 @@ pub fn letters_from_batches(batches: &[RecordBatch]) -> Result<Vec<DeadLetter>, 
     for b in batches {
         // read back through SQL, strings and bytes may come as views: cast to one form
         let col = |n: &str, ty: DataType| -> Result<arrow::array::ArrayRef, String> {
-            let c = b.column_by_name(n).ok_or_else(|| format!("DLQ table has no column `{n}`"))?;
+            let c = b
+                .column_by_name(n)
+                .ok_or_else(|| format!("DLQ table has no column `{n}`"))?;
             arrow::compute::cast(c, &ty).map_err(|e| format!("DLQ column `{n}`: {e}"))
         };
-        let (key, value) = (col("key", DataType::Binary)?, col("value", DataType::Binary)?);
+        let (key, value) = (
+            col("key", DataType::Binary)?,
+            col("value", DataType::Binary)?,
+        );
         let (key, value) = (key.as_binary::<i32>(), value.as_binary::<i32>());
         let stage = col("ymera_error_stage", DataType::Utf8)?;
         let stage = stage.as_string::<i32>();
@@ -309,7 +335,10 @@ pub fn letters_from_batches(batches: &[RecordBatch]) -> Result<Vec<DeadLetter>, 
         let offset = offset.as_primitive::<Int64Type>();
         let pipeline = col("ymera_pipeline", DataType::Utf8)?;
         let pipeline = pipeline.as_string::<i32>();
-        let failed_at = col(crate::dlq::FAILED_AT, DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())))?;
+        let failed_at = col(
+            crate::dlq::FAILED_AT,
+            DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+        )?;
         let failed_at = failed_at.as_primitive::<TimestampMicrosecondType>();
         for i in 0..b.num_rows() {
             out.push(DeadLetter {

@@ -182,7 +182,10 @@ impl Resolver for SinkResolver {
                     .map_err(|e| e.to_string())?,
                 None => HashMap::new(),
             };
-            let mut held = self.held.lock().map_err(|_| "internal: poisoned lock".to_string())?;
+            let mut held = self
+                .held
+                .lock()
+                .map_err(|_| "internal: poisoned lock".to_string())?;
             Ok(partitions
                 .iter()
                 .map(|tp| {
@@ -589,7 +592,10 @@ impl Runner {
         let (run_first, run_last) = (records[0].offset, records[records.len() - 1].offset);
         // open the parts this run starts (contiguous with what the group holds)
         let (need_lake_part, need_wh_part) = match self.segments.get(tp) {
-            Some(seg) => (to_lake && seg.lake.is_none(), to_wh && seg.warehouse.is_none()),
+            Some(seg) => (
+                to_lake && seg.lake.is_none(),
+                to_wh && seg.warehouse.is_none(),
+            ),
             None => {
                 return Err(RunError::Source {
                     pipeline: name,
@@ -812,13 +818,12 @@ impl Runner {
         let Some(seg) = self.segments.get(tp) else {
             return false;
         };
-        let lake_full = seg.lake.as_ref().is_some_and(|part| {
-            self.p
-                .sinks
-                .iter()
-                .zip(&part.writers)
-                .any(|(s, w)| w.rows() >= s.rolling.max_rows || w.bytes() >= s.rolling.max_bytes.0)
-        });
+        let lake_full =
+            seg.lake.as_ref().is_some_and(|part| {
+                self.p.sinks.iter().zip(&part.writers).any(|(s, w)| {
+                    w.rows() >= s.rolling.max_rows || w.bytes() >= s.rolling.max_bytes.0
+                })
+            });
         let wh_full = seg.warehouse.as_ref().is_some_and(|part| {
             self.p
                 .warehouse_sinks
@@ -833,7 +838,12 @@ impl Runner {
             .sinks
             .iter()
             .map(|s| s.rolling.max_interval)
-            .chain(self.p.warehouse_sinks.iter().map(|s| s.rolling.max_interval))
+            .chain(
+                self.p
+                    .warehouse_sinks
+                    .iter()
+                    .map(|s| s.rolling.max_interval),
+            )
             .min()
             .unwrap_or(Duration::from_secs(60))
     }
@@ -883,7 +893,10 @@ impl Runner {
         let started = Instant::now();
         let mut published = false;
         if let Some(part) = seg.warehouse.take().filter(|p| seg.last >= p.first) {
-            if !self.publish_warehouse(tp, seg.epoch, seg.last, part).await? {
+            if !self
+                .publish_warehouse(tp, seg.epoch, seg.last, part)
+                .await?
+            {
                 return Ok(());
             }
             published = true;
@@ -919,9 +932,10 @@ impl Runner {
         message: String,
     ) -> impl std::future::Future<Output = bool> + Send + 'static {
         warn!(pipeline = self.name(), error = message, retry_in = ?*backoff, "cannot write to the {what}; consumption paused, offsets not committed");
-        self.opts
-            .health
-            .set(&self.component, Some(format!("{what} unwritable: {message}")));
+        self.opts.health.set(
+            &self.component,
+            Some(format!("{what} unwritable: {message}")),
+        );
         let (wait, shutdown) = (*backoff, self.opts.shutdown.clone());
         *backoff = (*backoff * 2).min(Duration::from_secs(30));
         async move {
@@ -976,7 +990,12 @@ impl Runner {
         let mut backoff = Duration::from_millis(200);
         loop {
             let Some(guard) = fence.hold(tp, epoch).await else {
-                info!(pipeline = name, topic = tp.0, partition = tp.1, "partition no longer owned; segment dropped");
+                info!(
+                    pipeline = name,
+                    topic = tp.0,
+                    partition = tp.1,
+                    "partition no longer owned; segment dropped"
+                );
                 return Ok(false);
             };
             let outcome = wh.commit(&commit).await;
@@ -985,18 +1004,34 @@ impl Runner {
                 Ok(done) => {
                     for r in &done.rejected {
                         metrics::counter!("ymera_component_errors_total", "pipeline" => name.clone(), "stage" => "sink", "error_type" => "constraint").increment(1);
-                        warn!(pipeline = name, topic = tp.0, partition = tp.1, error = r.message, "row refused by the warehouse: {}", if commit.on_reject == ymera_warehouse::OnReject::Skip { "dropped (on_bad_record: drop)" } else { "dead-lettered in _ymera_dead_letters" });
+                        warn!(
+                            pipeline = name,
+                            topic = tp.0,
+                            partition = tp.1,
+                            error = r.message,
+                            "row refused by the warehouse: {}",
+                            if commit.on_reject == ymera_warehouse::OnReject::Skip {
+                                "dropped (on_bad_record: drop)"
+                            } else {
+                                "dead-lettered in _ymera_dead_letters"
+                            }
+                        );
                     }
                     if commit.on_reject == ymera_warehouse::OnReject::DeadLetter {
                         let n = done.rejected.len() as u64;
                         self.stats.dead_lettered += n;
                         Progress::add(&self.opts.progress.dead_lettered, n);
-                        metrics::counter!("ymera_dlq_events_total", "pipeline" => name.clone()).increment(n);
+                        metrics::counter!("ymera_dlq_events_total", "pipeline" => name.clone())
+                            .increment(n);
                     } else {
                         self.stats.dropped += done.rejected.len() as u64;
                     }
                     metrics::counter!("ymera_component_sent_events_total", "pipeline" => name.clone(), "component" => "warehouse").increment(done.rows);
-                    *self.stats.rows_written.entry("warehouse".into()).or_insert(0) += done.rows;
+                    *self
+                        .stats
+                        .rows_written
+                        .entry("warehouse".into())
+                        .or_insert(0) += done.rows;
                     self.held.entry(tp.clone()).or_default().warehouse = Some(last + 1);
                     return Ok(true);
                 }
@@ -1009,7 +1044,12 @@ impl Runner {
                         .ok()
                         .and_then(|p| p.get(tp).copied());
                     if stored == Some(last + 1) {
-                        info!(pipeline = name, topic = tp.0, partition = tp.1, "the warehouse already holds this segment (an earlier attempt committed)");
+                        info!(
+                            pipeline = name,
+                            topic = tp.0,
+                            partition = tp.1,
+                            "the warehouse already holds this segment (an earlier attempt committed)"
+                        );
                         self.held.entry(tp.clone()).or_default().warehouse = Some(last + 1);
                         return Ok(true);
                     }
@@ -1022,10 +1062,18 @@ impl Runner {
                 Err(e) if e.class().retry() == ymera_common::Retry::Yes => {
                     metrics::counter!("ymera_component_errors_total", "pipeline" => name.clone(), "stage" => "sink", "error_type" => "warehouse_write").increment(1);
                     if !self.backoff(&mut backoff, "warehouse", e.to_string()).await {
-                        return Err(RunError::Warehouse { pipeline: name, source: e });
+                        return Err(RunError::Warehouse {
+                            pipeline: name,
+                            source: e,
+                        });
                     }
                 }
-                Err(e) => return Err(RunError::Warehouse { pipeline: name, source: e }),
+                Err(e) => {
+                    return Err(RunError::Warehouse {
+                        pipeline: name,
+                        source: e,
+                    });
+                }
             }
         }
     }
@@ -1097,7 +1145,10 @@ impl Runner {
                 Err(e) if e.class().retry() == ymera_common::Retry::Yes => {
                     metrics::counter!("ymera_component_errors_total", "pipeline" => name.clone(), "stage" => "sink", "error_type" => "lake_write").increment(1);
                     if !self.backoff(&mut backoff, "lake", e.to_string()).await {
-                        return Err(RunError::Lake { pipeline: name, source: e });
+                        return Err(RunError::Lake {
+                            pipeline: name,
+                            source: e,
+                        });
                     }
                 }
                 Err(e) => {

@@ -251,7 +251,10 @@ pub async fn check(loaded: &mut Loaded) -> Option<Pipeline> {
             let mode = match (w.mode, w.key.is_empty()) {
                 (WarehouseMode::Append, true) => Some(ymera_warehouse::Mode::Append),
                 (WarehouseMode::Append, false) => {
-                    loaded.error_at(&format!("{at}.key"), "`key` is used by `mode: upsert` only (append inserts every row)");
+                    loaded.error_at(
+                        &format!("{at}.key"),
+                        "`key` is used by `mode: upsert` only (append inserts every row)",
+                    );
                     None
                 }
                 (WarehouseMode::Upsert, true) => {
@@ -337,7 +340,9 @@ pub async fn check(loaded: &mut Loaded) -> Option<Pipeline> {
                 } else if schema.field_with_name(col).is_err() {
                     loaded.error_at(
                         &format!("{at}.partition_by"),
-                        format!("partition column `{col}` is not an output column of stage `{input}`"),
+                        format!(
+                            "partition column `{col}` is not an output column of stage `{input}`"
+                        ),
                     );
                 }
             }

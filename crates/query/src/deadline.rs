@@ -100,9 +100,10 @@ pub(crate) fn with_deadline(
     deadline: Instant,
 ) -> Result<Arc<dyn ExecutionPlan>> {
     plan.transform_up(|node| {
-        Ok(Transformed::yes(
-            Arc::new(DeadlineExec { input: node, deadline }) as Arc<dyn ExecutionPlan>
-        ))
+        Ok(Transformed::yes(Arc::new(DeadlineExec {
+            input: node,
+            deadline,
+        }) as Arc<dyn ExecutionPlan>))
     })
     .map(|t| t.data)
 }

@@ -111,7 +111,8 @@ const REFUSED_HINT: &str = "analyst SQL is read-only: one SELECT (or WITH … SE
 
 /// Accepts one read-only query; says what else was found.
 pub fn check_read_only(sql: &str) -> Result<(), QueryError> {
-    let statements = DFParser::parse_sql(sql).map_err(|e| QueryError::Invalid(e.strip_backtrace()))?;
+    let statements =
+        DFParser::parse_sql(sql).map_err(|e| QueryError::Invalid(e.strip_backtrace()))?;
     if statements.len() != 1 {
         return Err(QueryError::Refused(format!(
             "{} statements given; {REFUSED_HINT}",
@@ -142,7 +143,9 @@ pub fn check_read_only(sql: &str) -> Result<(), QueryError> {
                 }
                 _ => "a statement that is not a query",
             },
-            DfStatement::CreateExternalTable(_) => "CREATE EXTERNAL TABLE (files are not tables here)",
+            DfStatement::CreateExternalTable(_) => {
+                "CREATE EXTERNAL TABLE (files are not tables here)"
+            }
             DfStatement::CopyTo(_) => "COPY … TO (writing files)",
             DfStatement::Reset(_) => "RESET",
             DfStatement::Explain(e) => return check(&e.statement),
@@ -153,8 +156,12 @@ pub fn check_read_only(sql: &str) -> Result<(), QueryError> {
 }
 
 fn looks_like_a_path(name: &str) -> bool {
-    name.contains('/') || name.contains("://") || name.contains('\\')
-        || [".parquet", ".csv", ".json", ".avro", ".arrow"].iter().any(|e| name.to_lowercase().ends_with(e))
+    name.contains('/')
+        || name.contains("://")
+        || name.contains('\\')
+        || [".parquet", ".csv", ".json", ".avro", ".arrow"]
+            .iter()
+            .any(|e| name.to_lowercase().ends_with(e))
 }
 
 impl Analyst {
@@ -176,7 +183,9 @@ impl Analyst {
         );
         let runtime = RuntimeEnvBuilder::new()
             .with_memory_pool(Arc::new(pool))
-            .with_disk_manager_builder(DiskManagerBuilder::default().with_mode(DiskManagerMode::Disabled))
+            .with_disk_manager_builder(
+                DiskManagerBuilder::default().with_mode(DiskManagerMode::Disabled),
+            )
             .build_arc()
             .map_err(|e| QueryError::Execution(e.strip_backtrace()))?;
         let ctx = SessionContext::new_with_config_rt(config, runtime);
@@ -218,7 +227,14 @@ impl Analyst {
             }
         }
         tables.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok((Analyst { ctx, tables, limits }, warnings))
+        Ok((
+            Analyst {
+                ctx,
+                tables,
+                limits,
+            },
+            warnings,
+        ))
     }
 
     pub fn tables(&self) -> &[Table] {
@@ -244,7 +260,11 @@ impl Analyst {
             Some(c) => format!(" (did you mean `{c}`?)"),
             None => format!(
                 " (tables: {})",
-                self.tables.iter().map(|t| t.name.as_str()).collect::<Vec<_>>().join(", ")
+                self.tables
+                    .iter()
+                    .map(|t| t.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
         }
     }
@@ -253,15 +273,25 @@ impl Analyst {
     fn explain_error(&self, e: DataFusionError) -> QueryError {
         let e = e.find_root();
         match e {
-            DataFusionError::SchemaError(se, _) if matches!(se.as_ref(), datafusion::common::SchemaError::FieldNotFound { .. }) => {
-                let datafusion::common::SchemaError::FieldNotFound { field, valid_fields } = se.as_ref() else {
+            DataFusionError::SchemaError(se, _)
+                if matches!(
+                    se.as_ref(),
+                    datafusion::common::SchemaError::FieldNotFound { .. }
+                ) =>
+            {
+                let datafusion::common::SchemaError::FieldNotFound {
+                    field,
+                    valid_fields,
+                } = se.as_ref()
+                else {
                     unreachable!("matched above")
                 };
                 let names: Vec<String> = valid_fields.iter().map(|c| c.name.clone()).collect();
-                let hint = match ymera_warehouse::closest(&field.name, names.iter().map(String::as_str)) {
-                    Some(c) => format!(" (did you mean `{c}`?)"),
-                    None => format!(" (columns: {})", names.join(", ")),
-                };
+                let hint =
+                    match ymera_warehouse::closest(&field.name, names.iter().map(String::as_str)) {
+                        Some(c) => format!(" (did you mean `{c}`?)"),
+                        None => format!(" (columns: {})", names.join(", ")),
+                    };
                 QueryError::Invalid(format!("unknown column `{}`{hint}", field.name))
             }
             DataFusionError::Plan(m) if m.starts_with("table '") && m.ends_with("' not found") => {
@@ -272,7 +302,10 @@ impl Analyst {
                         "`{full}` is a file path or URL; {REFUSED_HINT} (\\d lists them)"
                     ))
                 } else {
-                    QueryError::Invalid(format!("unknown table `{name}`{}", self.suggest_table(name)))
+                    QueryError::Invalid(format!(
+                        "unknown table `{name}`{}",
+                        self.suggest_table(name)
+                    ))
                 }
             }
             DataFusionError::Execution(m) if m == deadline::PASSED => QueryError::Limit(format!(
@@ -283,15 +316,18 @@ impl Analyst {
                 "the query needs more than the memory limit of {} MiB (sql.memory_limit): {m}",
                 self.limits.memory >> 20
             )),
-            DataFusionError::Execution(m) if m.contains("disk manager") || m.contains("DiskManager") => {
+            DataFusionError::Execution(m)
+                if m.contains("disk manager") || m.contains("DiskManager") =>
+            {
                 QueryError::Limit(format!(
                     "the query needs more than the memory limit of {} MiB (sql.memory_limit) and spilling to disk is disabled",
                     self.limits.memory >> 20
                 ))
             }
-            DataFusionError::SQL(..) | DataFusionError::Plan(_) | DataFusionError::SchemaError(..) | DataFusionError::NotImplemented(_) => {
-                QueryError::Invalid(e.strip_backtrace())
-            }
+            DataFusionError::SQL(..)
+            | DataFusionError::Plan(_)
+            | DataFusionError::SchemaError(..)
+            | DataFusionError::NotImplemented(_) => QueryError::Invalid(e.strip_backtrace()),
             _ => QueryError::Execution(e.strip_backtrace()),
         }
     }
@@ -310,14 +346,22 @@ impl Analyst {
                 .sql_with_options(sql, opts)
                 .await
                 .map_err(|e| match e {
-                    DataFusionError::Plan(m) if m.contains("not supported") && (m.contains("DDL") || m.contains("DML") || m.contains("Statement")) => {
+                    DataFusionError::Plan(m)
+                        if m.contains("not supported")
+                            && (m.contains("DDL")
+                                || m.contains("DML")
+                                || m.contains("Statement")) =>
+                    {
                         QueryError::Refused(format!("{m}; {REFUSED_HINT}"))
                     }
                     e => self.explain_error(e),
                 })?;
             let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
             let task = Arc::new(df.task_ctx());
-            let plan = df.create_physical_plan().await.map_err(|e| self.explain_error(e))?;
+            let plan = df
+                .create_physical_plan()
+                .await
+                .map_err(|e| self.explain_error(e))?;
             let plan = deadline::with_deadline(plan, Instant::now() + limits.timeout)
                 .map_err(|e| self.explain_error(e))?;
             let mut stream = datafusion::physical_plan::execute_stream(plan, task)

@@ -28,7 +28,9 @@ fn events(n: i64, offset: i64) -> RecordBatch {
         schema,
         vec![
             Arc::new(Int64Array::from_iter_values(offset..offset + n)),
-            Arc::new(StringArray::from_iter_values((0..n).map(|i| ["api", "auth", "search"][i as usize % 3]))),
+            Arc::new(StringArray::from_iter_values(
+                (0..n).map(|i| ["api", "auth", "search"][i as usize % 3]),
+            )),
         ],
     )
     .unwrap()
@@ -38,8 +40,14 @@ fn events(n: i64, offset: i64) -> RecordBatch {
 fn lake(rows: i64) -> (tempfile::TempDir, Lake) {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("lake");
-    write_parquet(&root.join("events/dt=2026-01-01/t+0+00000000000000000000-00000000000000000049.parquet"), &events(50, 0));
-    write_parquet(&root.join("events/dt=2026-01-02/t+0+00000000000000000050-00000000000000000099.parquet"), &events(50, 50));
+    write_parquet(
+        &root.join("events/dt=2026-01-01/t+0+00000000000000000000-00000000000000000049.parquet"),
+        &events(50, 0),
+    );
+    write_parquet(
+        &root.join("events/dt=2026-01-02/t+0+00000000000000000050-00000000000000000099.parquet"),
+        &events(50, 50),
+    );
     write_parquet(&root.join("big/t+0+0-1.parquet"), &events(rows, 0));
     std::fs::write(dir.path().join("secret.csv"), "a\n1\n").unwrap();
     let lake = Lake::open(root.to_str().unwrap()).unwrap();
@@ -51,7 +59,9 @@ async fn analyst(lake: &Lake, limits: Limits) -> Analyst {
 }
 
 fn pretty(o: &Output) -> String {
-    arrow::util::pretty::pretty_format_batches(&o.batches).unwrap().to_string()
+    arrow::util::pretty::pretty_format_batches(&o.batches)
+        .unwrap()
+        .to_string()
 }
 
 #[tokio::test]
@@ -91,15 +101,28 @@ async fn forbidden_sql_is_refused_and_touches_no_file() {
     ];
     for sql in &corpus {
         match a.query(sql).await {
-            Err(QueryError::Refused(m)) => assert!(m.contains("read-only") || m.contains("not supported"), "{sql}: {m}"),
+            Err(QueryError::Refused(m)) => assert!(
+                m.contains("read-only") || m.contains("not supported"),
+                "{sql}: {m}"
+            ),
             // a construct the parser rejects outright never runs either
-            Err(QueryError::Invalid(m)) if m.contains("Expected") || m.contains("sql parser error") || m.contains("not implemented") => {}
+            Err(QueryError::Invalid(m))
+                if m.contains("Expected")
+                    || m.contains("sql parser error")
+                    || m.contains("not implemented") => {}
             other => panic!("{sql}: expected a refusal, got {other:?}"),
         }
     }
-    let mut left: Vec<String> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    let mut left: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
     left.sort();
-    assert_eq!(left, ["lake", "secret.csv"], "a refused statement created a file");
+    assert_eq!(
+        left,
+        ["lake", "secret.csv"],
+        "a refused statement created a file"
+    );
     // the session is unchanged and still answers
     let o = a.query("SELECT count(*) AS n FROM events").await.unwrap();
     assert!(pretty(&o).contains("| 100 |"));
@@ -108,32 +131,71 @@ async fn forbidden_sql_is_refused_and_touches_no_file() {
 #[tokio::test]
 async fn query_bomb_stops_at_the_memory_limit_or_timeout_and_the_session_stays_usable() {
     let (_dir, lake) = lake(200_000);
-    let limits = Limits { memory: 16 << 20, timeout: Duration::from_secs(3), max_rows: 1000 };
+    let limits = Limits {
+        memory: 16 << 20,
+        timeout: Duration::from_secs(3),
+        max_rows: 1000,
+    };
     let a = analyst(&lake, limits).await;
     // a sort of a cross join must hold its input: the memory limit stops it
     let started = std::time::Instant::now();
     let e = a.query("SELECT x.id, y.id FROM big x CROSS JOIN big y ORDER BY x.service, y.service, x.id DESC LIMIT 5").await.unwrap_err();
     assert!(matches!(e, QueryError::Limit(_)), "{e:?}");
-    assert!(e.to_string().contains("memory limit") || e.to_string().contains("time limit"), "{e}");
+    assert!(
+        e.to_string().contains("memory limit") || e.to_string().contains("time limit"),
+        "{e}"
+    );
     // counting a 4e10-row cross join streams: the timeout stops it
-    let e = a.query("SELECT count(*) FROM big x CROSS JOIN big y WHERE x.id + y.id >= 0").await.unwrap_err();
+    let e = a
+        .query("SELECT count(*) FROM big x CROSS JOIN big y WHERE x.id + y.id >= 0")
+        .await
+        .unwrap_err();
     assert!(matches!(e, QueryError::Limit(_)), "{e:?}");
     assert!(started.elapsed() < Duration::from_secs(20));
-    let o = a.query("SELECT service, count(*) AS n FROM events GROUP BY service ORDER BY service").await.unwrap();
+    let o = a
+        .query("SELECT service, count(*) AS n FROM events GROUP BY service ORDER BY service")
+        .await
+        .unwrap();
     assert!(pretty(&o).contains("| api     | 34 |"), "{}", pretty(&o));
 }
 
 #[tokio::test]
 async fn rows_are_capped_and_names_get_suggestions() {
     let (_dir, lake) = lake(10);
-    let a = analyst(&lake, Limits { max_rows: 7, ..Limits::default() }).await;
+    let a = analyst(
+        &lake,
+        Limits {
+            max_rows: 7,
+            ..Limits::default()
+        },
+    )
+    .await;
     let o = a.query("SELECT * FROM events").await.unwrap();
     assert_eq!((o.rows, o.truncated), (7, true));
-    let e = a.query("SELECT * FROM evnts").await.unwrap_err().to_string();
-    assert!(e.contains("unknown table `evnts` (did you mean `events`?)"), "{e}");
-    let e = a.query("SELECT servce FROM events").await.unwrap_err().to_string();
-    assert!(e.contains("unknown column `servce` (did you mean `service`?)"), "{e}");
-    assert!(a.table("evnt").unwrap_err().to_string().contains("did you mean `events`"));
+    let e = a
+        .query("SELECT * FROM evnts")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("unknown table `evnts` (did you mean `events`?)"),
+        "{e}"
+    );
+    let e = a
+        .query("SELECT servce FROM events")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("unknown column `servce` (did you mean `service`?)"),
+        "{e}"
+    );
+    assert!(
+        a.table("evnt")
+            .unwrap_err()
+            .to_string()
+            .contains("did you mean `events`")
+    );
 }
 
 #[tokio::test]
@@ -142,9 +204,19 @@ async fn hive_partitions_are_pruned() {
     let a = analyst(&lake, Limits::default()).await;
     let t = a.table("events").unwrap();
     assert_eq!(t.partitions, ["dt"]);
-    let plan = pretty(&a.query("EXPLAIN SELECT id FROM events WHERE dt = DATE '2026-01-02'").await.unwrap());
+    let plan = pretty(
+        &a.query("EXPLAIN SELECT id FROM events WHERE dt = DATE '2026-01-02'")
+            .await
+            .unwrap(),
+    );
     assert!(plan.contains("dt=2026-01-02"), "{plan}");
-    assert!(!plan.contains("dt=2026-01-01"), "the other partition is read: {plan}");
-    let o = a.query("SELECT min(id) AS lo FROM events WHERE dt = DATE '2026-01-02'").await.unwrap();
+    assert!(
+        !plan.contains("dt=2026-01-01"),
+        "the other partition is read: {plan}"
+    );
+    let o = a
+        .query("SELECT min(id) AS lo FROM events WHERE dt = DATE '2026-01-02'")
+        .await
+        .unwrap();
     assert!(pretty(&o).contains("| 50 |"));
 }

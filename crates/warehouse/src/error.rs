@@ -40,9 +40,7 @@ impl WarehouseError {
             | sqlx::Error::PoolClosed
             | sqlx::Error::WorkerCrashed
             | sqlx::Error::Tls(_)
-            | sqlx::Error::Protocol(_) => {
-                WarehouseError::External(format!("warehouse {url}: {e}"))
-            }
+            | sqlx::Error::Protocol(_) => WarehouseError::External(format!("warehouse {url}: {e}")),
             sqlx::Error::Database(db) => {
                 // SQLite busy/locked and PostgreSQL connection/serialization classes are
                 // transient

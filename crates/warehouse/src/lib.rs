@@ -73,7 +73,9 @@ pub struct Warehouse {
 
 impl std::fmt::Debug for Warehouse {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Warehouse").field("url", &self.shown).finish()
+        f.debug_struct("Warehouse")
+            .field("url", &self.shown)
+            .finish()
     }
 }
 
@@ -96,9 +98,7 @@ pub fn redact(url: &str) -> String {
 pub fn ident(name: &str) -> Result<&str> {
     let ok = !name.is_empty()
         && name.len() <= 63
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
         && !name.starts_with(|c: char| c.is_ascii_digit());
     if ok {
         Ok(name)
@@ -216,9 +216,9 @@ impl Warehouse {
     /// files, checksummed in `_sqlx_migrations`: an applied file that changed is refused).
     /// Returns the versions and names applied now.
     pub async fn migrate(&self, dir: &Path) -> Result<Vec<(i64, String)>> {
-        let migrator = sqlx::migrate::Migrator::new(dir).await.map_err(|e| {
-            WarehouseError::User(format!("migrations in {}: {e}", dir.display()))
-        })?;
+        let migrator = sqlx::migrate::Migrator::new(dir)
+            .await
+            .map_err(|e| WarehouseError::User(format!("migrations in {}: {e}", dir.display())))?;
         let before = self.applied_migrations().await?;
         let res = match &self.pool {
             Pool::Sqlite(p) => migrator.run(p).await,
@@ -277,7 +277,10 @@ impl Warehouse {
         let d = self.dialect();
         let by_pipeline = [
             format!("DELETE FROM {OFFSETS_TABLE} WHERE pipeline = {}", d.ph(1)),
-            format!("DELETE FROM {DEAD_LETTERS_TABLE} WHERE ymera_pipeline = {}", d.ph(1)),
+            format!(
+                "DELETE FROM {DEAD_LETTERS_TABLE} WHERE ymera_pipeline = {}",
+                d.ph(1)
+            ),
         ];
         let err = |e| WarehouseError::from_sqlx(e, &self.shown);
         for sql in &by_pipeline {
@@ -289,7 +292,8 @@ impl Warehouse {
         }
         for t in tables {
             if self.describe(t).await?.is_some() {
-                self.execute(&format!("DELETE FROM {}", quote(ident(t)?))).await?;
+                self.execute(&format!("DELETE FROM {}", quote(ident(t)?)))
+                    .await?;
             }
         }
         Ok(())

@@ -60,8 +60,13 @@ pub async fn register_tables(
             shadowed.push(name);
             continue;
         }
-        ctx.register_table(name.as_str(), Arc::new(WarehouseTable::new(wh.clone(), info.clone())))
-            .map_err(|e| crate::WarehouseError::User(format!("cannot register warehouse table `{name}`: {e}")))?;
+        ctx.register_table(
+            name.as_str(),
+            Arc::new(WarehouseTable::new(wh.clone(), info.clone())),
+        )
+        .map_err(|e| {
+            crate::WarehouseError::User(format!("cannot register warehouse table `{name}`: {e}"))
+        })?;
         registered.push(info);
     }
     Ok((registered, shadowed))
@@ -92,7 +97,10 @@ impl TableProvider for WarehouseTable {
             .fields()
             .iter()
             .map(|f| {
-                let c = self.info.column(f.name()).expect("projected from the table's own schema");
+                let c = self
+                    .info
+                    .column(f.name())
+                    .expect("projected from the table's own schema");
                 (c.name.clone(), c.kind)
             })
             .collect();
@@ -255,8 +263,13 @@ impl PartitionStream for ScanPartition {
                 let mut rows_without_columns = 0usize;
                 let flush = |builders: &mut Vec<Builder>, n: usize| -> DfResult<RecordBatch> {
                     let cols: Vec<ArrayRef> = builders.iter_mut().map(Builder::finish).collect();
-                    let opts = arrow::record_batch::RecordBatchOptions::new().with_row_count(Some(n));
-                    Ok(RecordBatch::try_new_with_options(schema.clone(), cols, &opts)?)
+                    let opts =
+                        arrow::record_batch::RecordBatchOptions::new().with_row_count(Some(n));
+                    Ok(RecordBatch::try_new_with_options(
+                        schema.clone(),
+                        cols,
+                        &opts,
+                    )?)
                 };
                 macro_rules! drain {
                     ($stream:expr) => {{

@@ -51,7 +51,9 @@ impl SqlKind {
             SqlKind::Int => DataType::Int64,
             SqlKind::Float => DataType::Float64,
             SqlKind::Bool => DataType::Boolean,
-            SqlKind::Timestamp { .. } => DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+            SqlKind::Timestamp { .. } => {
+                DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
+            }
             SqlKind::Date => DataType::Date32,
         }
     }
@@ -201,7 +203,9 @@ pub fn fit(
     if let Some(key) = upsert_key {
         for k in key {
             if output.field_with_name(k).is_err() {
-                errors.push(format!("upsert key column `{k}` is not a column of the sink's input"));
+                errors.push(format!(
+                    "upsert key column `{k}` is not a column of the sink's input"
+                ));
             }
         }
         let mut want: Vec<&str> = key.iter().map(String::as_str).collect();
@@ -306,13 +310,12 @@ impl Warehouse {
                 .await
                 .map_err(err)?;
                 for ix in indexes {
-                    let cols: Vec<String> = sqlx::query_scalar(
-                        "SELECT name FROM pragma_index_info(?1) ORDER BY seqno",
-                    )
-                    .bind(&ix)
-                    .fetch_all(p)
-                    .await
-                    .map_err(err)?;
+                    let cols: Vec<String> =
+                        sqlx::query_scalar("SELECT name FROM pragma_index_info(?1) ORDER BY seqno")
+                            .bind(&ix)
+                            .fetch_all(p)
+                            .await
+                            .map_err(err)?;
                     if !keys.contains(&cols) {
                         keys.push(cols);
                     }
@@ -377,7 +380,11 @@ impl Warehouse {
             "warehouse table `{table}` does not exist in {}{}; tables are declared in sql/migrations/ and created by `ymera warehouse migrate` (tables: {})",
             self.shown,
             did_you_mean(table, tables.iter().map(String::as_str)),
-            if tables.is_empty() { "none".into() } else { tables.join(", ") }
+            if tables.is_empty() {
+                "none".into()
+            } else {
+                tables.join(", ")
+            }
         )))
     }
 }

@@ -4,7 +4,9 @@
 
 use std::sync::Arc;
 
-use arrow::array::{BooleanArray, Float64Array, Int64Array, StringArray, TimestampMicrosecondArray};
+use arrow::array::{
+    BooleanArray, Float64Array, Int64Array, StringArray, TimestampMicrosecondArray,
+};
 use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use arrow::record_batch::RecordBatch;
 use datafusion::prelude::SessionContext;
@@ -51,10 +53,12 @@ async fn postgres(name: &str) -> Db {
         .await
         .expect("PostgreSQL at 127.0.0.1:5432 (database `test`) is needed by these tests");
     let schema = format!("ymera_t_{name}_{}", std::process::id());
-    sqlx::raw_sql(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}"))
-        .execute(&admin)
-        .await
-        .unwrap();
+    sqlx::raw_sql(&format!(
+        "DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}"
+    ))
+    .execute(&admin)
+    .await
+    .unwrap();
     admin.close().await;
     let sep = if base.contains('?') { '&' } else { '?' };
     let url = format!("{base}{sep}options=-c%20search_path%3D{schema}");
@@ -79,7 +83,11 @@ fn tasks(rows: &[(&str, &str, Option<f64>, i64)]) -> RecordBatch {
         Field::new("hours", DataType::Float64, true),
         Field::new("done", DataType::Boolean, true),
         Field::new("n", DataType::Int64, true),
-        Field::new("ts", DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())), false),
+        Field::new(
+            "ts",
+            DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+            false,
+        ),
     ]));
     RecordBatch::try_new(
         schema,
@@ -87,7 +95,9 @@ fn tasks(rows: &[(&str, &str, Option<f64>, i64)]) -> RecordBatch {
             Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.0))),
             Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.1))),
             Arc::new(Float64Array::from_iter(rows.iter().map(|r| r.2))),
-            Arc::new(BooleanArray::from_iter(rows.iter().map(|r| Some(r.3 % 2 == 0)))),
+            Arc::new(BooleanArray::from_iter(
+                rows.iter().map(|r| Some(r.3 % 2 == 0)),
+            )),
             Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.3))),
             Arc::new(
                 TimestampMicrosecondArray::from_iter_values(
@@ -132,16 +142,29 @@ async fn query(wh: &Warehouse, sql: &str) -> Vec<String> {
 async fn migrations_apply_once_and_refuse_edits(db: Db) {
     migrated(&db).await;
     let dir = db._dir.path().join("migrations");
-    assert!(db.wh.migrate(&dir).await.unwrap().is_empty(), "nothing new to apply");
+    assert!(
+        db.wh.migrate(&dir).await.unwrap().is_empty(),
+        "nothing new to apply"
+    );
     let t = db.wh.describe("tasks").await.unwrap().unwrap();
     assert_eq!(t.unique_keys, vec![vec!["task_id".to_string()]]);
     assert!(t.column("project_id").unwrap().not_null);
-    assert_eq!(t.column("ts").unwrap().kind, SqlKind::Timestamp { tz: true });
+    assert_eq!(
+        t.column("ts").unwrap().kind,
+        SqlKind::Timestamp { tz: true }
+    );
     let e = db.wh.describe("events").await.unwrap().unwrap();
     assert_eq!(e.unique_keys, vec![vec!["event_id".to_string()]]);
-    assert_eq!(db.wh.tables().await.unwrap(), vec!["_ymera_dead_letters", "events", "tasks"]);
+    assert_eq!(
+        db.wh.tables().await.unwrap(),
+        vec!["_ymera_dead_letters", "events", "tasks"]
+    );
     // an applied migration that changed is refused
-    std::fs::write(dir.join("0001_tables.sql"), format!("{MIGRATION}\n-- edited")).unwrap();
+    std::fs::write(
+        dir.join("0001_tables.sql"),
+        format!("{MIGRATION}\n-- edited"),
+    )
+    .unwrap();
     let err = db.wh.migrate(&dir).await.unwrap_err().to_string();
     assert!(err.contains("1"), "{err}");
     let missing = db.wh.require("taskz").await.unwrap_err().to_string();
@@ -150,34 +173,65 @@ async fn migrations_apply_once_and_refuse_edits(db: Db) {
 
 async fn append_commits_rows_and_offsets_together(db: Db, method: WriteMethod) {
     migrated(&db).await;
-    let c = commit(0, 3, Mode::Append, vec![tasks(&[("a", "p1", Some(1.5), 0), ("b", "p1", None, 1)]), tasks(&[("c\t\"x\\", "p2", Some(2.0), 2)])]);
+    let c = commit(
+        0,
+        3,
+        Mode::Append,
+        vec![
+            tasks(&[("a", "p1", Some(1.5), 0), ("b", "p1", None, 1)]),
+            tasks(&[("c\t\"x\\", "p2", Some(2.0), 2)]),
+        ],
+    );
     let done = db.wh.commit_with(&c, method).await.unwrap();
     assert_eq!(done.rows, 3);
     assert!(done.rejected.is_empty());
     let pos = db.wh.read_positions("p").await.unwrap();
     assert_eq!(pos.get(&("t".to_string(), 0)), Some(&3));
     // a duplicate key in append mode is rejected, naming the constraint; the rest commits
-    let c = commit(3, 5, Mode::Append, vec![tasks(&[("a", "p9", None, 3), ("d", "p1", None, 4)])]);
+    let c = commit(
+        3,
+        5,
+        Mode::Append,
+        vec![tasks(&[("a", "p9", None, 3), ("d", "p1", None, 4)])],
+    );
     let done = db.wh.commit_with(&c, method).await.unwrap();
     assert_eq!(done.rows, 1);
     assert_eq!(done.rejected.len(), 1);
     assert_eq!((done.rejected[0].batch, done.rejected[0].row), (0, 0));
     let m = &done.rejected[0].message;
-    assert!(m.contains("tasks") && (m.contains("tasks_pkey") || m.contains("UNIQUE")), "{m}");
+    assert!(
+        m.contains("tasks") && (m.contains("tasks_pkey") || m.contains("UNIQUE")),
+        "{m}"
+    );
     // ... and is kept, exactly once, in the dead-letter table with the row as JSON
     let dl = query(&db.wh, "SELECT ymera_table, ymera_source_offset, ymera_error_stage, value FROM _ymera_dead_letters").await;
     assert!(dl[3].contains("| tasks       | 4                   | sink              | {\"task_id\":\"a\",\"project_id\":\"p9\""), "{dl:#?}");
     // with on_bad_record: fail the whole segment is refused and nothing moves
     let mut strict = commit(5, 6, Mode::Append, vec![tasks(&[("b", "p1", None, 5)])]);
     strict.on_reject = OnReject::Abort;
-    let e = db.wh.commit_with(&strict, method).await.unwrap_err().to_string();
-    assert!(e.contains("t/0/5 refused") && e.contains("on_bad_record: fail"), "{e}");
-    assert_eq!(db.wh.read_positions("p").await.unwrap()[&("t".to_string(), 0)], 5);
+    let e = db
+        .wh
+        .commit_with(&strict, method)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("t/0/5 refused") && e.contains("on_bad_record: fail"),
+        "{e}"
+    );
+    assert_eq!(
+        db.wh.read_positions("p").await.unwrap()[&("t".to_string(), 0)],
+        5
+    );
     // a writer that does not continue from the stored offset is fenced, and writes nothing
     let stale = commit(3, 6, Mode::Append, vec![tasks(&[("z", "p1", None, 5)])]);
     let e = db.wh.commit_with(&stale, method).await.unwrap_err();
     assert!(matches!(e, WarehouseError::Fenced(_)), "{e}");
-    let rows = query(&db.wh, "SELECT task_id, project_id, hours, n, done, ts FROM tasks ORDER BY n").await;
+    let rows = query(
+        &db.wh,
+        "SELECT task_id, project_id, hours, n, done, ts FROM tasks ORDER BY n",
+    )
+    .await;
     assert_eq!(rows.len(), 8, "{rows:#?}");
     assert_eq!(
         rows[3..7],
@@ -189,25 +243,59 @@ async fn append_commits_rows_and_offsets_together(db: Db, method: WriteMethod) {
         ],
         "{rows:#?}"
     );
-    assert_eq!(db.wh.read_positions("p").await.unwrap()[&("t".to_string(), 0)], 5);
+    assert_eq!(
+        db.wh.read_positions("p").await.unwrap()[&("t".to_string(), 0)],
+        5
+    );
 }
 
 async fn upsert_keeps_the_last_row_per_key(db: Db, method: WriteMethod) {
     migrated(&db).await;
     let up = || Mode::Upsert(vec!["task_id".into()]);
     db.wh
-        .commit_with(&commit(0, 2, up(), vec![tasks(&[("a", "p1", Some(1.0), 0), ("b", "p1", Some(1.0), 1)])]), method)
+        .commit_with(
+            &commit(
+                0,
+                2,
+                up(),
+                vec![tasks(&[
+                    ("a", "p1", Some(1.0), 0),
+                    ("b", "p1", Some(1.0), 1),
+                ])],
+            ),
+            method,
+        )
         .await
         .unwrap();
     // the same key twice in one segment, and a key that exists
     db.wh
-        .commit_with(&commit(2, 5, up(), vec![tasks(&[("a", "p2", Some(2.0), 2), ("c", "p1", None, 3), ("a", "p3", Some(3.0), 4)])]), method)
+        .commit_with(
+            &commit(
+                2,
+                5,
+                up(),
+                vec![tasks(&[
+                    ("a", "p2", Some(2.0), 2),
+                    ("c", "p1", None, 3),
+                    ("a", "p3", Some(3.0), 4),
+                ])],
+            ),
+            method,
+        )
         .await
         .unwrap();
-    let rows = query(&db.wh, "SELECT task_id, project_id, hours FROM tasks ORDER BY task_id").await;
+    let rows = query(
+        &db.wh,
+        "SELECT task_id, project_id, hours FROM tasks ORDER BY task_id",
+    )
+    .await;
     assert_eq!(
         rows[3..6],
-        ["| a       | p3         | 3.0   |", "| b       | p1         | 1.0   |", "| c       | p1         |       |"],
+        [
+            "| a       | p3         | 3.0   |",
+            "| b       | p1         | 1.0   |",
+            "| c       | p1         |       |"
+        ],
         "{rows:#?}"
     );
 }
@@ -215,14 +303,33 @@ async fn upsert_keeps_the_last_row_per_key(db: Db, method: WriteMethod) {
 async fn lake_and_warehouse_tables_join(db: Db) {
     migrated(&db).await;
     db.wh
-        .commit(&commit(0, 2, Mode::Append, vec![tasks(&[("a", "p1", Some(1.0), 0), ("b", "p2", Some(4.0), 1)])]))
+        .commit(&commit(
+            0,
+            2,
+            Mode::Append,
+            vec![tasks(&[
+                ("a", "p1", Some(1.0), 0),
+                ("b", "p2", Some(4.0), 1),
+            ])],
+        ))
         .await
         .unwrap();
     let ctx = SessionContext::new();
-    ctx.register_batch("projects", RecordBatch::try_new(
-        Arc::new(Schema::new(vec![Field::new("project_id", DataType::Utf8, false), Field::new("team", DataType::Utf8, false)])),
-        vec![Arc::new(StringArray::from(vec!["p1", "p2"])), Arc::new(StringArray::from(vec!["red", "blue"]))],
-    ).unwrap()).unwrap();
+    ctx.register_batch(
+        "projects",
+        RecordBatch::try_new(
+            Arc::new(Schema::new(vec![
+                Field::new("project_id", DataType::Utf8, false),
+                Field::new("team", DataType::Utf8, false),
+            ])),
+            vec![
+                Arc::new(StringArray::from(vec!["p1", "p2"])),
+                Arc::new(StringArray::from(vec!["red", "blue"])),
+            ],
+        )
+        .unwrap(),
+    )
+    .unwrap();
     let (tables, _) = provider::register_tables(&ctx, &db.wh).await.unwrap();
     assert_eq!(tables.len(), 3); // tasks, events, _ymera_dead_letters
     let b = ctx
@@ -232,10 +339,28 @@ async fn lake_and_warehouse_tables_join(db: Db) {
         .collect()
         .await
         .unwrap();
-    let s = arrow::util::pretty::pretty_format_batches(&b).unwrap().to_string();
-    assert!(s.contains("| blue | 4.0 | 1 |") && s.contains("| red  | 1.0 | 1 |"), "{s}");
-    let n = ctx.sql("SELECT count(*) FROM events").await.unwrap().collect().await.unwrap();
-    assert_eq!(arrow::util::pretty::pretty_format_batches(&n).unwrap().to_string().matches("| 0 ").count(), 1);
+    let s = arrow::util::pretty::pretty_format_batches(&b)
+        .unwrap()
+        .to_string();
+    assert!(
+        s.contains("| blue | 4.0 | 1 |") && s.contains("| red  | 1.0 | 1 |"),
+        "{s}"
+    );
+    let n = ctx
+        .sql("SELECT count(*) FROM events")
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    assert_eq!(
+        arrow::util::pretty::pretty_format_batches(&n)
+            .unwrap()
+            .to_string()
+            .matches("| 0 ")
+            .count(),
+        1
+    );
 }
 
 #[tokio::test]
@@ -252,11 +377,13 @@ async fn sqlite_append() {
 }
 #[tokio::test]
 async fn postgres_append_copy() {
-    append_commits_rows_and_offsets_together(postgres("append_copy").await, WriteMethod::Copy).await;
+    append_commits_rows_and_offsets_together(postgres("append_copy").await, WriteMethod::Copy)
+        .await;
 }
 #[tokio::test]
 async fn postgres_append_insert() {
-    append_commits_rows_and_offsets_together(postgres("append_ins").await, WriteMethod::Insert).await;
+    append_commits_rows_and_offsets_together(postgres("append_ins").await, WriteMethod::Insert)
+        .await;
 }
 #[tokio::test]
 async fn sqlite_upsert() {
@@ -284,9 +411,27 @@ fn fit_names_unknown_columns_types_and_keys() {
     let t = TableInfo {
         name: "tasks".into(),
         columns: vec![
-            Column { name: "task_id".into(), declared: "TEXT".into(), kind: SqlKind::Text, not_null: true, has_default: false },
-            Column { name: "hours".into(), declared: "DOUBLE PRECISION".into(), kind: SqlKind::Float, not_null: false, has_default: false },
-            Column { name: "owner".into(), declared: "TEXT".into(), kind: SqlKind::Text, not_null: true, has_default: false },
+            Column {
+                name: "task_id".into(),
+                declared: "TEXT".into(),
+                kind: SqlKind::Text,
+                not_null: true,
+                has_default: false,
+            },
+            Column {
+                name: "hours".into(),
+                declared: "DOUBLE PRECISION".into(),
+                kind: SqlKind::Float,
+                not_null: false,
+                has_default: false,
+            },
+            Column {
+                name: "owner".into(),
+                declared: "TEXT".into(),
+                kind: SqlKind::Text,
+                not_null: true,
+                has_default: false,
+            },
         ],
         unique_keys: vec![vec!["task_id".into()]],
     };
@@ -295,12 +440,24 @@ fn fit_names_unknown_columns_types_and_keys() {
         Field::new("hour", DataType::Float64, true),
         Field::new("hours", DataType::Boolean, true),
     ]);
-    let errors = fit(&t, &out, Some(&["hours".to_string()])).unwrap_err().join("\n");
+    let errors = fit(&t, &out, Some(&["hours".to_string()]))
+        .unwrap_err()
+        .join("\n");
     assert!(errors.contains("column `hour` of the sink's input is not a column of warehouse table `tasks` (did you mean `hours`?)"), "{errors}");
-    assert!(errors.contains("column `hours` is Boolean in the pipeline but DOUBLE PRECISION"), "{errors}");
-    assert!(errors.contains("`owner` is NOT NULL without a default"), "{errors}");
+    assert!(
+        errors.contains("column `hours` is Boolean in the pipeline but DOUBLE PRECISION"),
+        "{errors}"
+    );
+    assert!(
+        errors.contains("`owner` is NOT NULL without a default"),
+        "{errors}"
+    );
     assert!(errors.contains("upsert key (hours) is not the primary key or a unique constraint of warehouse table `tasks` (unique keys: (task_id))"), "{errors}");
-    let ok = Schema::new(vec![Field::new("task_id", DataType::Utf8, true), Field::new("owner", DataType::Utf8View, false), Field::new("hours", DataType::Int32, true)]);
+    let ok = Schema::new(vec![
+        Field::new("task_id", DataType::Utf8, true),
+        Field::new("owner", DataType::Utf8View, false),
+        Field::new("hours", DataType::Int32, true),
+    ]);
     let warnings = fit(&t, &ok, Some(&["task_id".to_string()])).unwrap();
     assert_eq!(warnings.len(), 1, "{warnings:?}");
     assert!(warnings[0].contains("`task_id` may be null"));
@@ -312,14 +469,19 @@ fn identifiers_are_checked_and_urls_redacted() {
     for bad in ["", "2x", "a b", "a\"b", "x;drop", &"a".repeat(64)] {
         assert!(ident(bad).is_err(), "{bad}");
     }
-    assert_eq!(redact("postgres://u:secret@h:5432/db"), "postgres://u:***@h:5432/db");
+    assert_eq!(
+        redact("postgres://u:secret@h:5432/db"),
+        "postgres://u:***@h:5432/db"
+    );
     assert_eq!(redact("sqlite://./w.db"), "sqlite://./w.db");
 }
 
 fn id_batch(ids: &[&str]) -> RecordBatch {
     RecordBatch::try_new(
         Arc::new(Schema::new(vec![Field::new("id", DataType::Utf8, true)])),
-        vec![Arc::new(StringArray::from(ids.iter().map(|s| Some(*s)).collect::<Vec<_>>()))],
+        vec![Arc::new(StringArray::from(
+            ids.iter().map(|s| Some(*s)).collect::<Vec<_>>(),
+        ))],
     )
     .unwrap()
 }
@@ -331,7 +493,12 @@ fn id_commit(table: &str, first: i64, ids: &[&str]) -> Commit {
         partition: 0,
         first,
         next: first + ids.len() as i64,
-        writes: vec![TableWrite { table: table.into(), mode: Mode::Append, batches: vec![id_batch(ids)], origins: vec![] }],
+        writes: vec![TableWrite {
+            table: table.into(),
+            mode: Mode::Append,
+            batches: vec![id_batch(ids)],
+            origins: vec![],
+        }],
         on_reject: OnReject::DeadLetter,
     }
 }
@@ -340,12 +507,24 @@ fn id_commit(table: &str, first: i64, ids: &[&str]) -> Commit {
 async fn postgres_fallback_finds_bad_rows_in_any_column_type() {
     // a uuid key: binding text to it would fail; the fallback goes through COPY's parsing
     let db = postgres("uuid").await;
-    db.wh.run_trusted_script("CREATE TABLE u (id uuid PRIMARY KEY)").await.unwrap();
+    db.wh
+        .run_trusted_script("CREATE TABLE u (id uuid PRIMARY KEY)")
+        .await
+        .unwrap();
     let a = "8c0756f2-0000-4000-8000-000000000001";
     let b = "8c0756f2-0000-4000-8000-000000000002";
     let done = db.wh.commit(&id_commit("u", 0, &[a, b, a])).await.unwrap();
-    assert_eq!((done.rows, done.rejected.len()), (2, 1), "{:?}", done.rejected);
-    assert!(done.rejected[0].message.contains("u_pkey"), "{:?}", done.rejected);
+    assert_eq!(
+        (done.rows, done.rejected.len()),
+        (2, 1),
+        "{:?}",
+        done.rejected
+    );
+    assert!(
+        done.rejected[0].message.contains("u_pkey"),
+        "{:?}",
+        done.rejected
+    );
 }
 
 #[tokio::test]
@@ -353,16 +532,32 @@ async fn sqlite_never_commits_half_a_segment() {
     // a conflict clause that rolls the whole transaction back: the commit must fail, with
     // no row and no offset kept
     let db = sqlite().await;
-    db.wh.run_trusted_script("CREATE TABLE r (id TEXT, UNIQUE (id) ON CONFLICT ROLLBACK)").await.unwrap();
+    db.wh
+        .run_trusted_script("CREATE TABLE r (id TEXT, UNIQUE (id) ON CONFLICT ROLLBACK)")
+        .await
+        .unwrap();
     db.wh.commit(&id_commit("r", 0, &["a"])).await.unwrap();
     let e = db.wh.commit(&id_commit("r", 1, &["b", "a", "c"])).await;
     assert!(e.is_err(), "{e:?}");
-    assert_eq!(db.wh.read_positions("p").await.unwrap()[&("t".to_string(), 0)], 1);
+    assert_eq!(
+        db.wh.read_positions("p").await.unwrap()[&("t".to_string(), 0)],
+        1
+    );
     let rows = query(&db.wh, "SELECT count(*) AS n FROM r").await;
     assert!(rows[3].contains("| 1 |"), "{rows:?}");
     // a plain unique key: the bad row is set aside, the others commit
-    db.wh.run_trusted_script("CREATE TABLE k (id TEXT UNIQUE)").await.unwrap();
-    let done = db.wh.commit(&Commit { pipeline: "q".into(), ..id_commit("k", 0, &["x", "y", "x", "z"]) }).await.unwrap();
+    db.wh
+        .run_trusted_script("CREATE TABLE k (id TEXT UNIQUE)")
+        .await
+        .unwrap();
+    let done = db
+        .wh
+        .commit(&Commit {
+            pipeline: "q".into(),
+            ..id_commit("k", 0, &["x", "y", "x", "z"])
+        })
+        .await
+        .unwrap();
     assert_eq!((done.rows, done.rejected.len()), (3, 1));
 }
 
@@ -374,5 +569,8 @@ async fn a_segment_without_rows_still_advances_the_offset() {
     let c = commit(0, 3, Mode::Upsert(vec!["task_id".into()]), vec![]);
     let done = db.wh.commit(&c).await.unwrap();
     assert_eq!(done.rows, 0);
-    assert_eq!(db.wh.read_positions("p").await.unwrap()[&("t".to_string(), 0)], 3);
+    assert_eq!(
+        db.wh.read_positions("p").await.unwrap()[&("t".to_string(), 0)],
+        3
+    );
 }

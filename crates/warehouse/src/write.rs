@@ -15,14 +15,19 @@ use arrow::array::{
     TimestampMicrosecondArray,
 };
 use arrow::compute::cast;
-use arrow::datatypes::{DataType, Date32Type, Float64Type, Int64Type, TimeUnit, TimestampMicrosecondType};
+use arrow::datatypes::{
+    DataType, Date32Type, Float64Type, Int64Type, TimeUnit, TimestampMicrosecondType,
+};
 use arrow::record_batch::RecordBatch;
 use chrono::{DateTime, NaiveDate, Utc};
 use sqlx::postgres::PgConnection;
 use sqlx::{Acquire, Postgres, Sqlite, Transaction};
 
 use crate::schema::SqlKind;
-use crate::{DEAD_LETTERS_TABLE, Dialect, OFFSETS_TABLE, Pool, Result, Warehouse, WarehouseError, ident, quote};
+use crate::{
+    DEAD_LETTERS_TABLE, Dialect, OFFSETS_TABLE, Pool, Result, Warehouse, WarehouseError, ident,
+    quote,
+};
 
 /// How rows meet existing rows.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -142,14 +147,19 @@ fn canon(a: &ArrayRef, column: &str) -> Result<Canon> {
         k => k.arrow_type(),
     };
     let c = cast(a, &to).map_err(|e| {
-        WarehouseError::User(format!("column `{column}`: cannot convert {}: {e}", a.data_type()))
+        WarehouseError::User(format!(
+            "column `{column}`: cannot convert {}: {e}",
+            a.data_type()
+        ))
     })?;
     Ok(match kind {
         SqlKind::Text | SqlKind::Other => Canon::Text(c.as_string::<i32>().clone()),
         SqlKind::Int => Canon::Int(c.as_primitive::<Int64Type>().clone()),
         SqlKind::Float => Canon::Float(c.as_primitive::<Float64Type>().clone()),
         SqlKind::Bool => Canon::Bool(c.as_boolean().clone()),
-        SqlKind::Timestamp { .. } => Canon::Ts(c.as_primitive::<TimestampMicrosecondType>().clone()),
+        SqlKind::Timestamp { .. } => {
+            Canon::Ts(c.as_primitive::<TimestampMicrosecondType>().clone())
+        }
         SqlKind::Date => Canon::Date(c.as_primitive::<Date32Type>().clone()),
     })
 }
@@ -183,7 +193,9 @@ impl Canon {
             Canon::Int(a) => Cell::Int(a.value(i)),
             Canon::Float(a) => Cell::Float(a.value(i)),
             Canon::Bool(a) => Cell::Bool(a.value(i)),
-            Canon::Ts(a) => Cell::Ts(DateTime::from_timestamp_micros(a.value(i)).unwrap_or_default()),
+            Canon::Ts(a) => {
+                Cell::Ts(DateTime::from_timestamp_micros(a.value(i)).unwrap_or_default())
+            }
             Canon::Date(a) => Cell::Date(
                 NaiveDate::from_num_days_from_ce_opt(a.value(i) + 719_163).unwrap_or_default(),
             ),
@@ -206,7 +218,12 @@ impl Prepared {
     fn new(w: &TableWrite) -> Result<Prepared> {
         ident(&w.table)?;
         let columns: Vec<String> = match w.batches.first() {
-            Some(b) => b.schema().fields().iter().map(|f| f.name().clone()).collect(),
+            Some(b) => b
+                .schema()
+                .fields()
+                .iter()
+                .map(|f| f.name().clone())
+                .collect(),
             None => Vec::new(),
         };
         for c in &columns {
@@ -234,7 +251,10 @@ impl Prepared {
                 .iter()
                 .map(|k| {
                     columns.iter().position(|c| c == k).ok_or_else(|| {
-                        WarehouseError::User(format!("upsert key `{k}` is not a column of the rows for `{}`", w.table))
+                        WarehouseError::User(format!(
+                            "upsert key `{k}` is not a column of the rows for `{}`",
+                            w.table
+                        ))
                     })
                 })
                 .collect::<Result<_>>()?;
@@ -250,7 +270,7 @@ impl Prepared {
                             last.insert(k, n);
                             continue 'rows;
                         }
-                        Cell::Float(f) if f == 0.0 => k.push_str("Float(0.0)\u{1}"),
+                        Cell::Float(0.0) => k.push_str("Float(0.0)\u{1}"),
                         cell => {
                             let _ = write!(k, "{cell:?}\u{1}");
                         }
@@ -272,7 +292,11 @@ impl Prepared {
     }
 
     fn column_list(&self) -> String {
-        self.columns.iter().map(|c| quote(c)).collect::<Vec<_>>().join(", ")
+        self.columns
+            .iter()
+            .map(|c| quote(c))
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 
     fn conflict_clause(&self) -> String {
@@ -298,7 +322,11 @@ impl Prepared {
     /// `INSERT INTO t (cols) VALUES (…)` for `n` rows, numbering placeholders from 1.
     fn insert_sql(&self, dialect: Dialect, n: usize) -> String {
         let w = self.columns.len();
-        let mut sql = format!("INSERT INTO {} ({}) VALUES ", quote(&self.table), self.column_list());
+        let mut sql = format!(
+            "INSERT INTO {} ({}) VALUES ",
+            quote(&self.table),
+            self.column_list()
+        );
         for r in 0..n {
             if r > 0 {
                 sql.push_str(", ");
@@ -383,7 +411,9 @@ fn copy_text(out: &mut Vec<u8>, c: &Cell<'_>) {
         }
         Cell::Float(v) => out.extend_from_slice(format!("{v:?}").as_bytes()),
         Cell::Bool(v) => out.push(if *v { b't' } else { b'f' }),
-        Cell::Ts(v) => out.extend_from_slice(v.format("%Y-%m-%d %H:%M:%S%.6f+00").to_string().as_bytes()),
+        Cell::Ts(v) => {
+            out.extend_from_slice(v.format("%Y-%m-%d %H:%M:%S%.6f+00").to_string().as_bytes())
+        }
         Cell::Date(v) => out.extend_from_slice(v.format("%Y-%m-%d").to_string().as_bytes()),
     }
 }
@@ -496,7 +526,9 @@ impl Warehouse {
                         // find the bad rows one by one, each under a savepoint
                         let _ = tx.rollback().await;
                         tx = conn.begin().await.map_err(err)?;
-                        send(rows_one_by_one_pg(&mut tx, &prepared)).await.map_err(err)?
+                        send(rows_one_by_one_pg(&mut tx, &prepared))
+                            .await
+                            .map_err(err)?
                     }
                     Err(e) => return Err(err(e)),
                 };
@@ -508,11 +540,12 @@ impl Warehouse {
                     }
                     send(q.execute(&mut *tx)).await.map_err(err)?;
                 }
-                let n = send(bind_offset(sqlx::query(&offset_sql(Dialect::Postgres)), c)
-                    .execute(&mut *tx))
-                    .await
-                    .map_err(err)?
-                    .rows_affected();
+                let n = send(
+                    bind_offset(sqlx::query(&offset_sql(Dialect::Postgres)), c).execute(&mut *tx),
+                )
+                .await
+                .map_err(err)?
+                .rows_affected();
                 if n != 1 {
                     return Err(fenced(c));
                 }
@@ -561,9 +594,14 @@ impl Warehouse {
 /// The source offset of a rejected row, and a note when it is only the batch's range.
 fn origin_of(c: &Commit, r: &Rejected) -> (String, i64) {
     match c.writes[r.write].origins.get(r.batch) {
-        Some(Origin { rows: Some(rows), .. }) => (String::new(), rows[r.row]),
+        Some(Origin {
+            rows: Some(rows), ..
+        }) => (String::new(), rows[r.row]),
         Some(o) => (
-            format!(" (row computed from source offsets {}..={})", o.first, o.last),
+            format!(
+                " (row computed from source offsets {}..={})",
+                o.first, o.last
+            ),
             o.last,
         ),
         None => (String::new(), c.next - 1),
@@ -575,11 +613,17 @@ fn row_json(batch: &RecordBatch, row: usize) -> String {
     let mut w = arrow::json::LineDelimitedWriter::new(Vec::new());
     let _ = w.write(&batch.slice(row, 1));
     let _ = w.finish();
-    String::from_utf8_lossy(&w.into_inner()).trim_end().to_string()
+    String::from_utf8_lossy(&w.into_inner())
+        .trim_end()
+        .to_string()
 }
 
 /// INSERTs into the dead-letter table for every rejected row (with `OnReject::DeadLetter`).
-fn dead_letter_rows<'c>(d: Dialect, c: &'c Commit, done: &Committed) -> Vec<(String, Vec<Cell<'c>>)> {
+fn dead_letter_rows<'c>(
+    d: Dialect,
+    c: &'c Commit,
+    done: &Committed,
+) -> Vec<(String, Vec<Cell<'c>>)> {
     if c.on_reject != OnReject::DeadLetter {
         return Vec::new();
     }
@@ -703,14 +747,13 @@ async fn copy_pg(
     ))
     .execute(&mut *tx)
     .await?;
-    sqlx::query(&format!("DROP TABLE {stage}")).execute(&mut *tx).await?;
+    sqlx::query(&format!("DROP TABLE {stage}"))
+        .execute(&mut *tx)
+        .await?;
     Ok(r.rows_affected())
 }
 
-async fn insert_pg(
-    tx: &mut PgConnection,
-    w: &Prepared,
-) -> std::result::Result<u64, sqlx::Error> {
+async fn insert_pg(tx: &mut PgConnection, w: &Prepared) -> std::result::Result<u64, sqlx::Error> {
     let per = (PG_MAX_BINDS / w.columns.len().max(1)).clamp(1, 1000);
     let mut n = 0;
     for chunk in w.rows.chunks(per) {
@@ -750,18 +793,24 @@ async fn rows_one_by_one_pg(
             match sqlx::query(&sql).bind(n as i64).execute(&mut *tx).await {
                 Ok(r) => {
                     done.rows += r.rows_affected();
-                    sqlx::query("RELEASE SAVEPOINT ymera_row").execute(&mut *tx).await?;
+                    sqlx::query("RELEASE SAVEPOINT ymera_row")
+                        .execute(&mut *tx)
+                        .await?;
                 }
                 Err(e) => match constraint_violation(&e) {
                     Some(m) => {
-                        sqlx::query("ROLLBACK TO SAVEPOINT ymera_row").execute(&mut *tx).await?;
+                        sqlx::query("ROLLBACK TO SAVEPOINT ymera_row")
+                            .execute(&mut *tx)
+                            .await?;
                         done.rejected.push(rejected(wi, at, &w.table, m));
                     }
                     None => return Err(e),
                 },
             }
         }
-        sqlx::query(&format!("DROP TABLE {stage}")).execute(&mut *tx).await?;
+        sqlx::query(&format!("DROP TABLE {stage}"))
+            .execute(&mut *tx)
+            .await?;
     }
     Ok(done)
 }
@@ -800,7 +849,9 @@ async fn rows_sqlite(
         let sql = w.insert_sql(Dialect::Sqlite, 1);
         for &at in &w.rows {
             if isolate {
-                sqlx::query("SAVEPOINT ymera_row").execute(&mut *conn).await?;
+                sqlx::query("SAVEPOINT ymera_row")
+                    .execute(&mut *conn)
+                    .await?;
             }
             let mut q = sqlx::query(&sql);
             for cell in w.cells(at) {
@@ -810,13 +861,19 @@ async fn rows_sqlite(
                 Ok(r) => {
                     done.rows += r.rows_affected();
                     if isolate {
-                        sqlx::query("RELEASE SAVEPOINT ymera_row").execute(&mut *conn).await?;
+                        sqlx::query("RELEASE SAVEPOINT ymera_row")
+                            .execute(&mut *conn)
+                            .await?;
                     }
                 }
                 Err(e) => match (isolate, constraint_violation(&e)) {
                     (true, Some(m)) => {
-                        sqlx::query("ROLLBACK TO SAVEPOINT ymera_row").execute(&mut *conn).await?;
-                        sqlx::query("RELEASE SAVEPOINT ymera_row").execute(&mut *conn).await?;
+                        sqlx::query("ROLLBACK TO SAVEPOINT ymera_row")
+                            .execute(&mut *conn)
+                            .await?;
+                        sqlx::query("RELEASE SAVEPOINT ymera_row")
+                            .execute(&mut *conn)
+                            .await?;
                         done.rejected.push(rejected(wi, at, &w.table, m));
                     }
                     _ => return Err(e),
@@ -843,7 +900,10 @@ mod unit {
         copy_text(&mut out, &Cell::Float(0.1));
         assert_eq!(out, b"0.1");
         out.clear();
-        copy_text(&mut out, &Cell::Ts(DateTime::from_timestamp_micros(1_000_001).unwrap()));
+        copy_text(
+            &mut out,
+            &Cell::Ts(DateTime::from_timestamp_micros(1_000_001).unwrap()),
+        );
         assert_eq!(out, b"1970-01-01 00:00:01.000001+00");
     }
 }
