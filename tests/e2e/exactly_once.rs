@@ -39,20 +39,8 @@ fn kill_9_at_random_moments_loses_and_duplicates_nothing() {
     )));
     let lake = tempfile::tempdir().unwrap();
 
-    // a steady stream over all the kills (each restart waits for the group): 500 records
-    // every 1.1 s, 44 s in all
-    let producer_topic = topic.clone();
-    let producer_brokers = bootstrap.clone();
-    let producer = std::thread::spawn(move || {
-        let rt = runtime();
-        let t0 = Instant::now();
-        for (i, start) in (0..RECORDS).step_by(500).enumerate() {
-            let batch: Vec<_> = (start..start + 500).map(seq_record).collect();
-            produce_to(&rt, &producer_brokers, &producer_topic, &batch);
-            let due = t0 + Duration::from_millis(1100 * (i as u64 + 1));
-            std::thread::sleep(due.saturating_duration_since(Instant::now()));
-        }
-    });
+    // a steady stream over all the kills, 44 s in all
+    let producer = steady_producer(&bootstrap, &topic, RECORDS);
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
     let mut kills = 0;
     let started = Instant::now();

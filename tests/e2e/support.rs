@@ -527,3 +527,56 @@ pub fn with_short_session(yaml: &str) -> String {
         &format!("{start}    client: {{ session.timeout.ms: \"3000\" }}\n"),
     )
 }
+
+/// Produces seq records `0..n` to `topic` on a thread, 500 every 1.1 s: a steady stream
+/// over a kill loop (each restart waits for the group).
+pub fn steady_producer(bootstrap: &str, topic: &str, n: i64) -> std::thread::JoinHandle<()> {
+    let (bootstrap, topic) = (bootstrap.to_string(), topic.to_string());
+    std::thread::spawn(move || {
+        let rt = runtime();
+        let t0 = std::time::Instant::now();
+        for (i, start) in (0..n).step_by(500).enumerate() {
+            let batch: Vec<_> = (start..(start + 500).min(n)).map(seq_record).collect();
+            produce_to(&rt, &bootstrap, &topic, &batch);
+            let due = t0 + Duration::from_millis(1100 * (i as u64 + 1));
+            std::thread::sleep(due.saturating_duration_since(std::time::Instant::now()));
+        }
+    })
+}
+
+/// A free local port.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `GET path` over plain HTTP/1.0: (status, body).
+pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let status = text.split_whitespace().nth(1)?.parse().ok()?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Some((status, body))
+}
+
+/// Polls `f` every 200 ms until it holds or `limit` passes.
+pub fn wait_for(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let start = std::time::Instant::now();
+    while start.elapsed() < limit {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    false
+}

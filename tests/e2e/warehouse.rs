@@ -160,20 +160,8 @@ fn kill_9_loop(name: &str, sinks: &str, seed: u64) -> Crashed {
     let wh = SqliteWarehouse::new(TABLE, MIGRATION);
     let env = wh.env();
 
-    let producer_topic = topic.clone();
-    let producer_brokers = bootstrap.clone();
-    let producer = std::thread::spawn(move || {
-        let rt = runtime();
-        // a steady stream over all the kills (each restart waits for the group): 500
-        // records every 1.1s, 44s in all
-        let t0 = Instant::now();
-        for (i, start) in (0..RECORDS).step_by(500).enumerate() {
-            let batch: Vec<_> = (start..start + 500).map(seq_record).collect();
-            produce_to(&rt, &producer_brokers, &producer_topic, &batch);
-            let due = t0 + Duration::from_millis(1100 * (i as u64 + 1));
-            std::thread::sleep(due.saturating_duration_since(Instant::now()));
-        }
-    });
+    // a steady stream over all the kills, 44 s in all
+    let producer = steady_producer(&bootstrap, &topic, RECORDS);
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let mut kills = 0;
     let mut snapshots: Vec<Snapshot> = Vec::new();
