@@ -214,14 +214,7 @@ async fn warehouse_diagnostics(
         }
         Err(message) => {
             for p in users {
-                let s = &p.warehouse_sinks[0];
-                errors.push(Diagnostic {
-                    file: p.file.clone(),
-                    line: s.at.0,
-                    col: s.at.1,
-                    path: "sinks[].warehouse".into(),
-                    message: message.clone(),
-                });
+                errors.push(p.at_warehouse_sink(&p.warehouse_sinks[0], message.clone()));
             }
         }
     }
@@ -289,17 +282,14 @@ pub async fn load_pipelines_with_warnings(
             }
             for s in &p.warehouse_sinks {
                 if let Some(other) = wh_tables.insert(s.table.clone(), f.clone()) {
-                    loaded.diagnostics.push(Diagnostic {
-                        file: f.clone(),
-                        line: s.at.0,
-                        col: s.at.1,
-                        path: "sinks[].warehouse.table".into(),
-                        message: format!(
+                    loaded.diagnostics.push(p.at_warehouse_sink(
+                        s,
+                        format!(
                             "warehouse table `{}` is also written by {}: one table, one pipeline",
                             s.table,
                             other.display()
                         ),
-                    });
+                    ));
                     clash = true;
                 }
             }
@@ -351,13 +341,7 @@ pub async fn validate(
                 checked.insert(key.clone(), outcome);
             }
             if let Some(Err(message)) = checked.get(&key) {
-                diags.push(Diagnostic {
-                    file: p.file.clone(),
-                    line: p.brokers_at.0,
-                    col: p.brokers_at.1,
-                    path: "source.kafka.brokers".into(),
-                    message: message.clone(),
-                });
+                diags.push(p.diagnostic(p.brokers_at, "source.kafka.brokers", message.clone()));
             }
         }
     }

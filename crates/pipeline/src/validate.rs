@@ -63,6 +63,32 @@ impl Pipeline {
         Transform::new(self.stages.clone(), self.input_schema.clone())
     }
 
+    /// A problem found in this pipeline's file after validation (environment checks), at
+    /// `(line, col)`.
+    pub fn diagnostic(
+        &self,
+        (line, col): (usize, usize),
+        path: &str,
+        message: String,
+    ) -> Diagnostic {
+        Diagnostic {
+            file: self.file.clone(),
+            line,
+            col,
+            path: path.to_string(),
+            message,
+        }
+    }
+
+    /// A problem at a warehouse sink's table.
+    pub fn at_warehouse_sink(&self, s: &WarehouseSink, message: String) -> Diagnostic {
+        self.diagnostic(
+            s.at,
+            &format!("sinks[].warehouse.table ({})", s.table),
+            message,
+        )
+    }
+
     /// Every lake table this pipeline writes (the DLQ table included).
     pub fn tables(&self) -> Vec<String> {
         let mut t: Vec<String> = self.sinks.iter().map(|s| s.table.table.clone()).collect();
@@ -460,13 +486,7 @@ pub async fn check_warehouse(
     let mut errors = Vec::new();
     let mut warnings = Vec::new();
     for s in &p.warehouse_sinks {
-        let at = |message: String| Diagnostic {
-            file: p.file.clone(),
-            line: s.at.0,
-            col: s.at.1,
-            path: format!("sinks[].warehouse.table ({})", s.table),
-            message,
-        };
+        let at = |message: String| p.at_warehouse_sink(s, message);
         let key = match &s.mode {
             ymera_warehouse::Mode::Upsert(k) => Some(k.as_slice()),
             ymera_warehouse::Mode::Append => None,
