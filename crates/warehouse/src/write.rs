@@ -349,26 +349,28 @@ impl Prepared {
     }
 }
 
-fn bind_sqlite<'q>(
-    q: sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments<'q>>,
+/// Binds a cell, nulls typed by their column's family (PostgreSQL infers a parameter's
+/// type from what is bound, so an untyped null would be text).
+fn bind<'q, DB>(
+    q: sqlx::query::Query<'q, DB, <DB as sqlx::Database>::Arguments<'q>>,
     c: Cell<'q>,
-) -> sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments<'q>> {
-    match c {
-        Cell::Null(_) => q.bind(None::<String>),
-        Cell::Text(s) => q.bind(s),
-        Cell::Owned(s) => q.bind(s),
-        Cell::Int(v) => q.bind(v),
-        Cell::Float(v) => q.bind(v),
-        Cell::Bool(v) => q.bind(v),
-        Cell::Ts(v) => q.bind(v),
-        Cell::Date(v) => q.bind(v),
-    }
-}
-
-fn bind_pg<'q>(
-    q: sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments>,
-    c: Cell<'q>,
-) -> sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments> {
+) -> sqlx::query::Query<'q, DB, <DB as sqlx::Database>::Arguments<'q>>
+where
+    DB: sqlx::Database,
+    &'q str: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    String: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    Option<String>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    Option<i64>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    f64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    Option<f64>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    bool: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    Option<bool>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    DateTime<Utc>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    Option<DateTime<Utc>>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    NaiveDate: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    Option<NaiveDate>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+{
     match c {
         Cell::Null(k) => match k {
             SqlKind::Int => q.bind(None::<i64>),
@@ -505,7 +507,7 @@ impl Warehouse {
                 for (sql, args) in dead_letter_rows(Dialect::Sqlite, c, &done) {
                     let mut q = sqlx::query(&sql);
                     for a in args {
-                        q = bind_sqlite(q, a);
+                        q = bind(q, a);
                     }
                     q.execute(&mut *tx).await.map_err(err)?;
                 }
@@ -536,7 +538,7 @@ impl Warehouse {
                 for (sql, args) in dead_letter_rows(Dialect::Postgres, c, &done) {
                     let mut q = sqlx::query(&sql);
                     for a in args {
-                        q = bind_pg(q, a);
+                        q = bind(q, a);
                     }
                     send(q.execute(&mut *tx)).await.map_err(err)?;
                 }
@@ -761,7 +763,7 @@ async fn insert_pg(tx: &mut PgConnection, w: &Prepared) -> std::result::Result<u
         let mut q = sqlx::query(&sql);
         for &at in chunk {
             for cell in w.cells(at) {
-                q = bind_pg(q, cell);
+                q = bind(q, cell);
             }
         }
         n += q.execute(&mut *tx).await?.rows_affected();
@@ -837,7 +839,7 @@ async fn rows_sqlite(
                 let mut q = sqlx::query(&sql);
                 for &at in chunk {
                     for cell in w.cells(at) {
-                        q = bind_sqlite(q, cell);
+                        q = bind(q, cell);
                     }
                 }
                 done.rows += q.execute(&mut *conn).await?.rows_affected();
@@ -855,7 +857,7 @@ async fn rows_sqlite(
             }
             let mut q = sqlx::query(&sql);
             for cell in w.cells(at) {
-                q = bind_sqlite(q, cell);
+                q = bind(q, cell);
             }
             match q.execute(&mut *conn).await {
                 Ok(r) => {
