@@ -1,0 +1,1 @@
+//! Training specs, models and the versioned registry (see ARCHITECTURE.md).
