@@ -1,14 +1,16 @@
 //! The relational warehouse: SQLite (default, embedded) or PostgreSQL, through sqlx.
 //!
 //! - [`Warehouse::connect`] opens a pool (SQLite in WAL mode with a busy timeout, so
-//!   `run`, `serve` and the CLI can share one file) and creates ymera's own ledger table;
+//!   `run`, `serve` and the CLI can share one file) and creates ymera's own tables (the
+//!   ledger, dead letters, API keys and the audit log);
 //! - [`Warehouse::migrate`] applies the versioned migrations of `sql/migrations/`;
 //! - [`Warehouse::describe`] reads a table's columns and unique keys (for `validate`, the
 //!   sink and SQL);
 //! - [`Warehouse::commit`] writes one segment of rows and the per-partition next offset in
 //!   one transaction (exactly-once), via COPY on PostgreSQL and prepared statements on
 //!   SQLite;
-//! - [`provider::WarehouseTable`] is a DataFusion `TableProvider` that streams a table.
+//! - [`provider::WarehouseTable`] is a DataFusion `TableProvider` that streams a table;
+//! - `security.rs`: API keys (only their hash) and the hash-chained audit log.
 //!
 //! No SQL text is built from values: identifiers are validated ([`ident`]) and quoted,
 //! values are bound (or, for COPY, encoded as COPY text data).
@@ -16,6 +18,7 @@
 mod error;
 pub mod provider;
 mod schema;
+mod security;
 mod write;
 
 use std::path::Path;
@@ -30,6 +33,10 @@ use sqlx::sqlite::{
 
 pub use error::{Result, WarehouseError};
 pub use schema::{Column, SqlKind, TableInfo, closest, fit};
+pub use security::{
+    API_KEYS_TABLE, AUDIT_TABLE, AuditEntry, AuditReport, AuditRow, GENESIS_HASH, KEY_PREFIX,
+    KeyRecord, audit_hash, sha256_hex,
+};
 pub use write::{Commit, Committed, Mode, OnReject, Origin, Rejected, TableWrite, WriteMethod};
 
 /// The ledger table: next offset per (pipeline, topic, partition), written in the same
@@ -160,6 +167,7 @@ impl Warehouse {
         };
         let wh = Warehouse { pool, shown };
         wh.ensure_ledger().await?;
+        wh.ensure_security_tables().await?;
         Ok(wh)
     }
 

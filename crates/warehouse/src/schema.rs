@@ -5,7 +5,10 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::common::utils::datafusion_strsim::levenshtein;
 use sqlx::Row;
 
-use crate::{OFFSETS_TABLE, Pool, Result, Warehouse, WarehouseError, ident, quote};
+use crate::{
+    API_KEYS_TABLE, AUDIT_TABLE, OFFSETS_TABLE, Pool, Result, Warehouse, WarehouseError, ident,
+    quote,
+};
 
 /// The value family of a column, from its declared SQL type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -240,7 +243,8 @@ pub fn fit(
 }
 
 impl Warehouse {
-    /// User tables (not ymera's ledger, not sqlx's migration table), sorted.
+    /// User tables (not ymera's ledger, API keys or audit log, not sqlx's migration table),
+    /// sorted. Analyst SQL sees only these: key hashes and the audit log stay out of it.
     pub async fn tables(&self) -> Result<Vec<String>> {
         let rows: Vec<String> = match &self.pool {
             Pool::Sqlite(p) => {
@@ -261,7 +265,16 @@ impl Warehouse {
         .map_err(|e| WarehouseError::from_sqlx(e, &self.shown))?;
         Ok(rows
             .into_iter()
-            .filter(|t| t != OFFSETS_TABLE && t != "_sqlx_migrations" && ident(t).is_ok())
+            .filter(|t| {
+                ![
+                    OFFSETS_TABLE,
+                    API_KEYS_TABLE,
+                    AUDIT_TABLE,
+                    "_sqlx_migrations",
+                ]
+                .contains(&t.as_str())
+                    && ident(t).is_ok()
+            })
             .collect())
     }
 

@@ -28,12 +28,12 @@ CREATE TABLE events (
 );
 ";
 
-struct Db {
-    wh: Warehouse,
+pub(crate) struct Db {
+    pub(crate) wh: Warehouse,
     _dir: tempfile::TempDir,
 }
 
-async fn sqlite() -> Db {
+pub(crate) async fn sqlite() -> Db {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}/w.db", dir.path().display());
     Db {
@@ -47,7 +47,7 @@ pub(crate) fn postgres_url() -> String {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
 }
 
-async fn postgres(name: &str) -> Db {
+pub(crate) async fn postgres(name: &str) -> Db {
     let base = postgres_url();
     let admin = sqlx::PgPool::connect(&base)
         .await
