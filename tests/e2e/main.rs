@@ -10,6 +10,8 @@ mod cli;
 mod dlq;
 mod exactly_once;
 mod interop;
+mod keys;
+mod models;
 mod operability;
 mod poison;
 mod queries;

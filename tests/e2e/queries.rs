@@ -4,17 +4,10 @@
 //! CSV result must equal `NAME.csv`. Adding a query test is adding those two files; run
 //! with `YMERA_BLESS=1` to write the expected files from the current results.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Stdio;
 
 use crate::support::*;
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("the tests package sits in the repository")
-        .to_path_buf()
-}
 
 const TOPICS: [&str; 4] = [
     "project-events",
@@ -45,35 +38,19 @@ fn example_queries_give_their_expected_results() {
     ];
     // `ymera gen` creates its topics through the admin API, which the mock cluster lacks:
     // write the events as files and produce them keyed by their entity, as gen does
-    let events = work.path().join("events");
-    let status = ymera()
-        .args(["gen", "--output"])
-        .arg(&events)
-        .args(["--days", "4", "--projects", "12", "--seed", "7"])
-        .stdout(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(status.success(), "ymera gen failed");
     let rt = runtime();
-    for (topic, key) in [
-        ("project-events", "project_id"),
-        ("task-events", "task_id"),
-        ("user-events", "user_id"),
-        ("metric-events", "service"),
-    ] {
-        let text = std::fs::read_to_string(events.join(format!("{topic}.jsonl"))).unwrap();
-        let records: Vec<(Vec<u8>, Vec<u8>)> = text
-            .lines()
-            .map(|l| {
-                let v: serde_json::Value = serde_json::from_str(l).unwrap();
-                (
-                    v[key].as_str().unwrap().as_bytes().to_vec(),
-                    l.as_bytes().to_vec(),
-                )
-            })
-            .collect();
-        produce_to(&rt, &broker.bootstrap, topic, &records);
-    }
+    produce_generated(
+        &rt,
+        &broker.bootstrap,
+        &work.path().join("events"),
+        &["--days", "4", "--projects", "12", "--seed", "7"],
+        &[
+            ("project-events", "project_id"),
+            ("task-events", "task_id"),
+            ("user-events", "user_id"),
+            ("metric-events", "service"),
+        ],
+    );
     let bad: Vec<(Vec<u8>, Vec<u8>)> = [
         r#"{"event_id":"bad-1","ts":"2026-11-01T10:00:00Z","task_id":"t-bad","project_id":"prj-0001","status":"todo","task_type":"feature","complexity":"high","estimate_hours":3.0}"#,
         r#"{"event_id":"bad-2","ts":"2026-11-01T11:00:00Z","task_id":"t-bad","project_id":"prj-0001","status":"todo","task_type":"feature","complexity":2}"#,

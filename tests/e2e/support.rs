@@ -580,3 +580,80 @@ pub fn wait_for(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
     }
     false
 }
+
+/// The repository root.
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the tests package sits in the repository")
+        .to_path_buf()
+}
+
+/// Writes `ymera gen ARGS` events as files under `dir` and produces each topic's events to
+/// `bootstrap`, keyed by their entity id as gen does (the mock cluster has no admin API for
+/// gen's own topic creation).
+pub fn produce_generated(
+    rt: &tokio::runtime::Runtime,
+    bootstrap: &str,
+    dir: &Path,
+    gen_args: &[&str],
+    topics: &[(&str, &str)],
+) {
+    let status = ymera()
+        .args(["gen", "--output"])
+        .arg(dir)
+        .args(gen_args)
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success(), "ymera gen failed");
+    for (topic, key) in topics {
+        let text = std::fs::read_to_string(dir.join(format!("{topic}.jsonl"))).unwrap();
+        let records: Vec<(Vec<u8>, Vec<u8>)> = text
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                (
+                    v[*key].as_str().unwrap().as_bytes().to_vec(),
+                    l.as_bytes().to_vec(),
+                )
+            })
+            .collect();
+        produce_to(rt, bootstrap, topic, &records);
+    }
+}
+
+/// An HTTP/1.0 request with an optional bearer token and JSON body: (status, body).
+pub fn http(
+    port: u16,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
+    let mut req = format!("{method} {path} HTTP/1.0\r\nHost: localhost\r\n");
+    if let Some(t) = token {
+        req.push_str(&format!("Authorization: Bearer {t}\r\n"));
+    }
+    let body = body.unwrap_or("");
+    if !body.is_empty() || method != "GET" {
+        req.push_str(&format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n",
+            body.len()
+        ));
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    s.write_all(req.as_bytes()).ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let status = text.split_whitespace().nth(1)?.parse().ok()?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Some((status, body))
+}

@@ -65,6 +65,11 @@ fn pipeline_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, String> {
 
 /// Opens `lake.url`, with S3 credentials from the standard `AWS_*` environment variables.
 pub fn open_lake(settings: &Settings) -> Result<Lake, String> {
+    Lake::open_with(&settings.lake.url, &s3_settings()).map_err(|e| e.to_string())
+}
+
+/// object_store S3 settings from the standard `AWS_*` environment variables.
+pub fn s3_settings() -> Vec<(String, String)> {
     const AWS: &[&str] = &[
         "AWS_ACCESS_KEY_ID",
         "AWS_SECRET_ACCESS_KEY",
@@ -92,7 +97,7 @@ pub fn open_lake(settings: &Settings) -> Result<Lake, String> {
             )
         })
         .collect();
-    Lake::open_with(&settings.lake.url, &s3).map_err(|e| e.to_string())
+    s3
 }
 
 /// Connects to `warehouse.url`, retrying external failures with backoff (readiness names
@@ -435,7 +440,7 @@ fn show_progress(progress: Arc<ymera_pipeline::run::Progress>, stop: Cancellatio
 }
 
 /// Cancels `token` on SIGINT or SIGTERM.
-fn on_signals(token: CancellationToken) {
+pub fn on_signals(token: CancellationToken) {
     tokio::spawn(async move {
         let ctrl_c = tokio::signal::ctrl_c();
         #[cfg(unix)]
@@ -462,13 +467,18 @@ fn on_signals(token: CancellationToken) {
     });
 }
 
-fn metrics_recorder() -> Option<metrics_exporter_prometheus::PrometheusHandle> {
+pub fn metrics_recorder() -> Option<metrics_exporter_prometheus::PrometheusHandle> {
     use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
     let buckets = [
         0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
     ];
     PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Full("ymera_batch_commit_seconds".into()), &buckets)
+        .ok()?
+        .set_buckets_for_metric(
+            Matcher::Full("ymera_model_request_duration_seconds".into()),
+            &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0],
+        )
         .ok()?
         .install_recorder()
         .map_err(|e| warn!(error = %e, "metrics disabled"))
@@ -611,6 +621,46 @@ fn gen_config(days: u32, seed: u64, projects: usize, start: &str) -> Result<GenC
     })
 }
 
+/// `ymera gen` options beyond the window: which services report metrics and how the
+/// project world is shifted.
+#[derive(Debug, Clone, Default)]
+pub struct GenWorld {
+    /// Comma-separated service names; `none` or empty for no metric events.
+    pub services: Option<String>,
+    /// Initial team sizes as `LO-HI`.
+    pub team_sizes: Option<String>,
+    /// Multiplier of each member's probability of leaving.
+    pub churn_scale: Option<f64>,
+}
+
+impl GenWorld {
+    fn apply(&self, cfg: &mut GenConfig) -> Result<(), String> {
+        if let Some(s) = &self.services {
+            cfg.services = s
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty() && *s != "none")
+                .map(String::from)
+                .collect();
+        }
+        if let Some(t) = &self.team_sizes {
+            let (lo, hi) = t
+                .split_once('-')
+                .and_then(|(a, b)| Some((a.trim().parse::<u32>().ok()?, b.trim().parse::<u32>().ok()?)))
+                .filter(|(a, b)| *a >= 1 && a <= b)
+                .ok_or_else(|| format!("--team-sizes `{t}`: expected LO-HI with 1 ≤ LO ≤ HI, e.g. 3-12"))?;
+            cfg.shift.team_sizes = (lo, hi);
+        }
+        if let Some(c) = self.churn_scale {
+            if !(c.is_finite() && c >= 0.0) {
+                return Err(format!("--churn-scale {c}: must be a number ≥ 0"));
+            }
+            cfg.shift.churn_scale = c;
+        }
+        Ok(())
+    }
+}
+
 /// Creates the topics and produces the events; returns events per topic.
 async fn produce_events(
     brokers: &str,
@@ -646,8 +696,12 @@ pub async fn gen_events(
     projects: usize,
     partitions: i32,
     start: &str,
+    world: &GenWorld,
 ) -> u8 {
-    let cfg = match gen_config(days, seed, projects, start) {
+    let cfg = match gen_config(days, seed, projects, start).and_then(|mut c| {
+        world.apply(&mut c)?;
+        Ok(c)
+    }) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("error: {e}");

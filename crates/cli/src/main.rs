@@ -7,6 +7,8 @@
 mod bench;
 mod commands;
 mod dlqcmd;
+mod keyscmd;
+mod modelscmd;
 mod settings;
 mod sqlcmd;
 
@@ -106,6 +108,15 @@ enum Command {
         /// First day of the generated history (YYYY-MM-DD).
         #[arg(long, default_value = "2026-11-01")]
         start: String,
+        /// Services that report metrics, comma-separated (`none`: only the project world).
+        #[arg(long)]
+        services: Option<String>,
+        /// Shift: initial team sizes as LO-HI (default 3-12).
+        #[arg(long)]
+        team_sizes: Option<String>,
+        /// Shift: multiplier of each member's probability of leaving (default 1).
+        #[arg(long)]
+        churn_scale: Option<f64>,
     },
     /// Serve the embedded Kafka-protocol broker (librdkafka's mock cluster) in this
     /// process until SIGINT/SIGTERM; prints its bootstrap address on the first line.
@@ -121,6 +132,32 @@ enum Command {
         #[command(subcommand)]
         action: WarehouseAction,
     },
+    /// API keys of `ymera serve` (in `warehouse.url`): `create --role R` prints a new key
+    /// once (only its hash is stored), `list`, `revoke ID`.
+    Keys {
+        #[command(subcommand)]
+        action: KeysAction,
+    },
+    /// The hash-chained audit log: `ymera audit verify` finds the first edited, deleted or
+    /// reordered row (exit 1).
+    Audit {
+        #[command(subcommand)]
+        action: AuditAction,
+    },
+    /// Train a model from a training spec (`models/*.yaml`), evaluate it on the time-based
+    /// holdout, and register a new version in the registry.
+    Train {
+        /// The training spec.
+        spec: PathBuf,
+    },
+    /// The model registry: versions, manifests, aliases and their history.
+    Models {
+        #[command(subcommand)]
+        action: ModelsAction,
+    },
+    /// Serve predictions (V1 and Open Inference Protocol V2), the registry and analyst SQL
+    /// over HTTP until SIGINT/SIGTERM.
+    Serve,
     Broker {
         /// Topics to create, as NAME:PARTITIONS (repeatable).
         #[arg(long = "topic")]
@@ -146,6 +183,70 @@ enum Command {
         #[arg(long, default_value_t = 1_000_000)]
         rows: usize,
     },
+}
+
+#[derive(Subcommand, Debug)]
+enum ModelsAction {
+    /// Every model with its versions, metrics, gate results and aliases.
+    List,
+    /// One version's verified manifest (`NAME`, `NAME/VERSION` or `NAME@ALIAS`).
+    Show { model: String },
+    /// Point an alias at a version that passed its gate (compare-and-swap with --expected).
+    Promote {
+        name: String,
+        version: String,
+        #[arg(long, default_value = "champion")]
+        alias: String,
+        /// Move only if the alias still points at this version (`none`: is unset).
+        #[arg(long)]
+        expected: Option<String>,
+    },
+    /// Point an alias back at the version it pointed at before.
+    Rollback {
+        name: String,
+        #[arg(long, default_value = "champion")]
+        alias: String,
+    },
+    /// Every move of an alias, or (with --at) the version live at a time.
+    History {
+        name: String,
+        #[arg(long, default_value = "champion")]
+        alias: String,
+        /// RFC 3339 time.
+        #[arg(long)]
+        at: Option<String>,
+    },
+    /// Score a registered version on the rows a spec's query returns now, as JSON.
+    Evaluate {
+        spec: PathBuf,
+        /// `NAME@ALIAS` or `NAME/VERSION` (default: the spec's model @champion).
+        #[arg(long)]
+        model: Option<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum KeysAction {
+    /// Create a key and print it on stdout (shown only this once).
+    Create {
+        /// agent, analyst, autoscaler or admin.
+        #[arg(long)]
+        role: ymera_serve::auth::Role,
+        /// A label for `keys list` (who or what uses the key).
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Every key: id, role, name, created, revoked (never the key or its hash).
+    List,
+    /// Revoke a key by its id (servers stop accepting it within 5 s).
+    Revoke { id: String },
+}
+
+#[derive(Subcommand, Debug)]
+enum AuditAction {
+    /// Check the hash chain of the audit log: exit 0 when intact, 1 naming the first bad
+    /// row.
+    Verify,
 }
 
 #[derive(Subcommand, Debug)]
@@ -243,9 +344,19 @@ fn main() -> ExitCode {
                 projects,
                 partitions,
                 start,
+                services,
+                team_sizes,
+                churn_scale,
             } => {
-                commands::gen_events(brokers, output, days, seed, projects, partitions, &start)
-                    .await
+                let world = commands::GenWorld {
+                    services,
+                    team_sizes,
+                    churn_scale,
+                };
+                commands::gen_events(
+                    brokers, output, days, seed, projects, partitions, &start, &world,
+                )
+                .await
             }
             Command::Dlq {
                 action:
@@ -267,7 +378,39 @@ fn main() -> ExitCode {
             Command::Warehouse {
                 action: WarehouseAction::Migrate,
             } => commands::warehouse_migrate(&settings).await,
+            Command::Keys { action } => match action {
+                KeysAction::Create { role, name } => keyscmd::create(&settings, role, name).await,
+                KeysAction::List => keyscmd::list(&settings).await,
+                KeysAction::Revoke { id } => keyscmd::revoke(&settings, &id).await,
+            },
+            Command::Audit {
+                action: AuditAction::Verify,
+            } => keyscmd::audit_verify(&settings).await,
             Command::Broker { topics } => commands::broker(&topics).await,
+            Command::Train { spec } => modelscmd::train_cmd(&settings, &spec).await,
+            Command::Serve => modelscmd::serve(&settings).await,
+            Command::Models { action } => match action {
+                ModelsAction::List => modelscmd::list(&settings).await,
+                ModelsAction::Show { model } => modelscmd::show(&settings, &model).await,
+                ModelsAction::Promote {
+                    name,
+                    version,
+                    alias,
+                    expected,
+                } => {
+                    modelscmd::promote(&settings, &name, &version, &alias, expected.as_deref())
+                        .await
+                }
+                ModelsAction::Rollback { name, alias } => {
+                    modelscmd::rollback(&settings, &name, &alias).await
+                }
+                ModelsAction::History { name, alias, at } => {
+                    modelscmd::history(&settings, &name, &alias, at.as_deref()).await
+                }
+                ModelsAction::Evaluate { spec, model } => {
+                    modelscmd::evaluate_cmd(&settings, &spec, model.as_deref()).await
+                }
+            },
             Command::Bench {
                 warehouses, rows, ..
             } if !warehouses.is_empty() => bench::bench_warehouse(&warehouses, rows).await,

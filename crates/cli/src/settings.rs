@@ -17,6 +17,8 @@ pub struct Settings {
     pub warehouse: WarehouseSettings,
     /// `ymera serve`.
     pub serve: ListenSettings,
+    /// Credentials of `ymera serve`: JWTs, the bootstrap admin key, rate limits.
+    pub auth: AuthSettings,
     /// Health and metrics of `ymera run`.
     pub run: RunSettings,
     /// Model registry location.
@@ -96,12 +98,89 @@ impl Default for SqlSettings {
 pub struct ListenSettings {
     /// Address of the HTTP API (default 127.0.0.1:8080).
     pub listen: String,
+    /// Browser origins allowed to call the API (CORS), exact (`https://app.example.com`);
+    /// `["*"]` allows any. Default empty: no CORS headers.
+    pub cors_allowed_origins: Vec<String>,
+    /// Largest request body (default 1MiB); larger requests get 413.
+    pub body_limit: ymera_common::ByteSize,
+    /// Longest a request may take (default 30s); slower ones get 503.
+    #[serde(with = "ymera_common::units::duration")]
+    pub request_timeout: std::time::Duration,
+    /// Models whose champion must be loaded before `/health/ready` is 200 (default: every
+    /// model that has a champion when the server starts).
+    pub models: Vec<String>,
+    /// How often aliases are re-read, so promotions and rollbacks are served without a
+    /// restart (default 2s).
+    #[serde(with = "ymera_common::units::duration")]
+    pub reload_interval: std::time::Duration,
+    /// Worker threads of the separate runtime that runs `POST /v1/sql` (default 1).
+    pub sql_threads: usize,
 }
 
 impl Default for ListenSettings {
     fn default() -> Self {
         ListenSettings {
             listen: "127.0.0.1:8080".into(),
+            cors_allowed_origins: Vec::new(),
+            body_limit: ymera_common::ByteSize(1 << 20),
+            request_timeout: std::time::Duration::from_secs(30),
+            models: Vec::new(),
+            reload_interval: std::time::Duration::from_secs(2),
+            sql_threads: 1,
+        }
+    }
+}
+
+/// `auth.*`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthSettings {
+    /// JWTs are accepted when all three keys are set.
+    pub jwt: JwtSettings,
+    /// Where `ymera serve` writes the admin key it creates when the warehouse has no key
+    /// and no JWT is configured (default `./ymera-admin.key`, mode 0600).
+    pub admin_key_file: std::path::PathBuf,
+    /// Requests per credential.
+    pub rate_limit: RateLimitSettings,
+}
+
+impl Default for AuthSettings {
+    fn default() -> Self {
+        AuthSettings {
+            jwt: JwtSettings::default(),
+            admin_key_file: "./ymera-admin.key".into(),
+            rate_limit: RateLimitSettings::default(),
+        }
+    }
+}
+
+/// `auth.jwt.*`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JwtSettings {
+    /// PEM public key, Ed25519 (EdDSA) or RSA (RS256); the algorithm follows the key.
+    pub public_key_file: Option<std::path::PathBuf>,
+    /// The accepted `iss` claim.
+    pub issuer: Option<String>,
+    /// The `aud` claim that must be present.
+    pub audience: Option<String>,
+}
+
+/// `auth.rate_limit.*`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimitSettings {
+    /// Sustained requests per second per key or JWT subject (default 50).
+    pub per_second: u32,
+    /// Requests at once before the rate applies (default 100).
+    pub burst: u32,
+}
+
+impl Default for RateLimitSettings {
+    fn default() -> Self {
+        RateLimitSettings {
+            per_second: 50,
+            burst: 100,
         }
     }
 }

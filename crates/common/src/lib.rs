@@ -5,6 +5,7 @@ pub mod error;
 pub mod health;
 pub mod schema;
 pub mod units;
+pub mod yaml;
 
 pub use error::{ErrorClass, Retry};
 pub use schema::FieldType;

@@ -332,6 +332,33 @@ impl Analyst {
         }
     }
 
+    /// The tables a read-only query reads (subqueries included), for lineage records.
+    pub async fn tables_read_by(&self, sql: &str) -> Result<Vec<Table>, QueryError> {
+        use datafusion::common::tree_node::TreeNodeRecursion;
+        use datafusion::logical_expr::LogicalPlan;
+        check_read_only(sql)?;
+        let plan = self
+            .ctx
+            .state()
+            .create_logical_plan(sql)
+            .await
+            .map_err(|e| self.explain_error(e))?;
+        let mut names = std::collections::BTreeSet::new();
+        plan.apply_with_subqueries(|node| {
+            if let LogicalPlan::TableScan(scan) = node {
+                names.insert(scan.table_name.table().to_string());
+            }
+            Ok(TreeNodeRecursion::Continue)
+        })
+        .map_err(|e| self.explain_error(e))?;
+        Ok(self
+            .tables
+            .iter()
+            .filter(|t| names.contains(&t.name))
+            .cloned()
+            .collect())
+    }
+
     /// Runs one read-only query within the limits.
     pub async fn query(&self, sql: &str) -> Result<Output, QueryError> {
         check_read_only(sql)?;

@@ -76,6 +76,27 @@ pub struct GenConfig {
     pub services: Vec<String>,
     /// Seconds between two metric samples of a service (0 is treated as 60).
     pub metric_step_secs: u32,
+    /// Distribution shift of the project world (for testing models on data unlike their
+    /// training data); the default is no shift.
+    pub shift: Shift,
+}
+
+/// Changes to the project world's distributions.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Shift {
+    /// Initial team sizes, drawn uniformly from this inclusive range (default 3..=12).
+    pub team_sizes: (u32, u32),
+    /// Multiplies each member's probability of leaving (default 1.0; capped at 0.95).
+    pub churn_scale: f64,
+}
+
+impl Default for Shift {
+    fn default() -> Self {
+        Shift {
+            team_sizes: (3, 12),
+            churn_scale: 1.0,
+        }
+    }
 }
 
 impl Default for GenConfig {
@@ -91,6 +112,7 @@ impl Default for GenConfig {
                 .map(String::from)
                 .to_vec(),
             metric_step_secs: 60,
+            shift: Shift::default(),
         }
     }
 }
@@ -253,7 +275,7 @@ pub fn generate(cfg: &GenConfig) -> Vec<Event> {
     let win = Window::new(cfg);
     let mut out = Vec::new();
     for p in 0..cfg.projects {
-        project_world(cfg.seed, p, &win, &mut out);
+        project_world(cfg.seed, p, &win, &cfg.shift, &mut out);
     }
     let incidents = incidents(cfg);
     for (si, service) in cfg.services.iter().enumerate() {

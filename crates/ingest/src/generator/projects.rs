@@ -9,7 +9,7 @@ use serde::Serialize;
 use super::common::{Window, event, normal, poisson, round, stream};
 use super::tasks::project_task;
 use super::team::Team;
-use super::{DAY, Event, HOUR, PROJECT_EVENTS, STREAM_PROJECT};
+use super::{DAY, Event, HOUR, PROJECT_EVENTS, STREAM_PROJECT, Shift};
 
 #[derive(Serialize)]
 struct ProjectRecord<'a> {
@@ -54,14 +54,15 @@ pub(super) struct ProjectPlan {
 }
 
 impl ProjectPlan {
-    fn draw(rng: &mut ChaCha8Rng, win: &Window) -> ProjectPlan {
+    fn draw(rng: &mut ChaCha8Rng, win: &Window, shift: &Shift) -> ProjectPlan {
         let w = win.secs as f64;
         let planned = (w * rng.random_range(0.25..0.40))
             .min(DAY * rng.random_range(20.0..120.0))
             .max(HOUR);
         let latest_start = (w - 1.8 * planned - HOUR).max(0.0);
         let start = rng.random_range(0.0..=latest_start).floor();
-        let team_size = rng.random_range(3..=12u32);
+        let (lo, hi) = shift.team_sizes;
+        let team_size = rng.random_range(lo.max(1)..=hi.max(lo.max(1)));
         let budget = round(
             20_000.0 * f64::from(team_size) * (0.35 * normal(rng)).exp(),
             -3,
@@ -73,7 +74,7 @@ impl ProjectPlan {
         let scope_sizes: Vec<f64> = (0..scope_count)
             .map(|_| rng.random_range(0.04..0.10))
             .collect();
-        let leave_p = 0.02 + 0.3 * rng.random::<f64>().powi(3);
+        let leave_p = ((0.02 + 0.3 * rng.random::<f64>().powi(3)) * shift.churn_scale).clamp(0.0, 0.95);
         let churn_count = (0..team_size).filter(|_| rng.random_bool(leave_p)).count();
         let velocity = (1.22 + 0.12 * normal(rng)).clamp(0.8, 1.6);
         let burn = (0.93 + 0.08 * normal(rng)).clamp(0.7, 1.3);
@@ -171,9 +172,15 @@ impl ProjectEventKind {
 
 /// Generates one project with its team (user events), its lifecycle (project events) and
 /// its tasks (task events), all from the project's own random stream.
-pub(super) fn project_world(seed: u64, index: usize, win: &Window, out: &mut Vec<Event>) {
+pub(super) fn project_world(
+    seed: u64,
+    index: usize,
+    win: &Window,
+    shift: &Shift,
+    out: &mut Vec<Event>,
+) {
     let mut rng = stream(seed, STREAM_PROJECT + index as u64);
-    let plan = ProjectPlan::draw(&mut rng, win);
+    let plan = ProjectPlan::draw(&mut rng, win, shift);
     let n = index + 1;
     let names = [
         "Atlas", "Beacon", "Cobalt", "Delta", "Ember", "Falcon", "Granite", "Harbor",

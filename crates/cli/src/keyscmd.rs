@@ -1,0 +1,214 @@
+//! `ymera keys create|list|revoke` and `ymera audit verify`, and what `ymera serve` builds
+//! from the `auth.*` and `serve.*` settings: [`build_auth`] (the admin key bootstrap
+//! included) and [`serve_limits`]. Keys and the audit log live in `warehouse.url`.
+
+use ymera_serve::auth::{
+    Auth, AuthConfig, JwtConfig, Role, ServeLimits, bootstrap_admin_key, check_cors_origins,
+};
+use ymera_warehouse::{AuditEntry, Warehouse};
+
+use crate::settings::Settings;
+use crate::{EXIT_FAILURE, EXIT_OK};
+
+async fn open(settings: &Settings) -> Result<Warehouse, u8> {
+    Warehouse::connect(&settings.warehouse.url)
+        .await
+        .map_err(|e| {
+            eprintln!("error: {e}");
+            EXIT_FAILURE
+        })
+}
+
+/// Appends a CLI action to the audit log; a failure is reported, not fatal (the action
+/// is done).
+async fn audit(wh: &Warehouse, action: &str, target: &str, outcome: &str, detail: serde_json::Value) {
+    let entry = AuditEntry {
+        actor: "cli".into(),
+        role: String::new(),
+        action: action.into(),
+        target: target.into(),
+        outcome: outcome.into(),
+        detail: detail.to_string(),
+    };
+    if let Err(e) = wh.audit_append(&entry).await {
+        eprintln!("warning: could not write the audit log: {e}");
+    }
+}
+
+/// `ymera keys create --role R [--name N]`: the key on stdout, once.
+pub async fn create(settings: &Settings, role: Role, name: Option<String>) -> u8 {
+    let wh = match open(settings).await {
+        Ok(w) => w,
+        Err(code) => return code,
+    };
+    let name = name.unwrap_or_default();
+    let (id, key) = match wh.create_key(role.as_str(), &name).await {
+        Ok(k) => k,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return EXIT_FAILURE;
+        }
+    };
+    audit(
+        &wh,
+        "keys.create",
+        &id,
+        "ok",
+        serde_json::json!({"role": role, "name": name}),
+    )
+    .await;
+    println!("{key}");
+    eprintln!(
+        "created key {id} (role {role}) in {}; this is the only time the key is shown: only its hash is stored",
+        wh.url()
+    );
+    wh.close().await;
+    EXIT_OK
+}
+
+/// `ymera keys list`: id, role, name, created, revoked (never a key or a hash).
+pub async fn list(settings: &Settings) -> u8 {
+    let wh = match open(settings).await {
+        Ok(w) => w,
+        Err(code) => return code,
+    };
+    let keys = match wh.list_keys().await {
+        Ok(k) => k,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return EXIT_FAILURE;
+        }
+    };
+    let rows: Vec<[String; 5]> = keys
+        .into_iter()
+        .map(|k| {
+            [
+                k.id,
+                k.role,
+                k.name,
+                k.created_at,
+                k.revoked_at.unwrap_or_else(|| "-".into()),
+            ]
+        })
+        .collect();
+    let header = ["ID", "ROLE", "NAME", "CREATED", "REVOKED"].map(String::from);
+    let mut widths = header.clone().map(|h| h.len());
+    for r in &rows {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.len());
+        }
+    }
+    for r in std::iter::once(&header).chain(&rows) {
+        let line: Vec<String> = r
+            .iter()
+            .zip(widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        println!("{}", line.join("  ").trim_end());
+    }
+    if rows.is_empty() {
+        eprintln!("no keys in {} (`ymera keys create --role admin`)", wh.url());
+    }
+    wh.close().await;
+    EXIT_OK
+}
+
+/// `ymera keys revoke ID`.
+pub async fn revoke(settings: &Settings, id: &str) -> u8 {
+    let wh = match open(settings).await {
+        Ok(w) => w,
+        Err(code) => return code,
+    };
+    let code = match wh.revoke_key(id).await {
+        Ok(true) => {
+            audit(&wh, "keys.revoke", id, "ok", serde_json::json!({})).await;
+            println!(
+                "revoked key {id}; a server that used it in the last {}s may accept it until then",
+                ymera_serve::auth::KEY_CACHE_TTL.as_secs()
+            );
+            EXIT_OK
+        }
+        Ok(false) => {
+            audit(&wh, "keys.revoke", id, "not_found", serde_json::json!({})).await;
+            eprintln!("error: no active key `{id}` (see `ymera keys list`)");
+            EXIT_FAILURE
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            EXIT_FAILURE
+        }
+    };
+    wh.close().await;
+    code
+}
+
+/// `ymera audit verify`: exit 0 when the chain is intact, 1 naming the first bad row.
+pub async fn audit_verify(settings: &Settings) -> u8 {
+    let wh = match open(settings).await {
+        Ok(w) => w,
+        Err(code) => return code,
+    };
+    let report = match wh.audit_verify().await {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return EXIT_FAILURE;
+        }
+    };
+    wh.close().await;
+    println!("{} audit rows checked", report.rows);
+    match report.first_bad {
+        None => {
+            match report.last {
+                Some((seq, hash)) => println!("audit log intact (last seq {seq}, hash {hash})"),
+                None => println!("audit log intact (empty)"),
+            }
+            EXIT_OK
+        }
+        Some((seq, why)) => {
+            println!("audit log tampered at seq {seq}: {why}");
+            EXIT_FAILURE
+        }
+    }
+}
+
+/// The security of `ymera serve` from the settings. When no JWT is configured and the
+/// warehouse holds no key at all, an admin key is created first and written to
+/// `auth.admin_key_file` (mode 0600; the log names the file, never the key).
+pub async fn build_auth(settings: &Settings, warehouse: Warehouse) -> Result<Auth, String> {
+    let a = &settings.auth;
+    let jwt = match (&a.jwt.public_key_file, &a.jwt.issuer, &a.jwt.audience) {
+        (None, None, None) => None,
+        (Some(file), Some(issuer), Some(audience)) => Some(JwtConfig {
+            public_key_file: file.clone(),
+            issuer: issuer.clone(),
+            audience: audience.clone(),
+        }),
+        _ => {
+            return Err(
+                "settings: auth.jwt needs public_key_file, issuer and audience together".into(),
+            );
+        }
+    };
+    check_cors_origins(&settings.serve.cors_allowed_origins).map_err(|e| format!("settings: {e}"))?;
+    if jwt.is_none() {
+        bootstrap_admin_key(&warehouse, &a.admin_key_file)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    let config = AuthConfig {
+        jwt,
+        rate_per_second: a.rate_limit.per_second,
+        burst: a.rate_limit.burst,
+    };
+    Auth::new(config, warehouse).map_err(|e| e.to_string())
+}
+
+/// `serve.body_limit`, `serve.request_timeout`, `serve.cors_allowed_origins`.
+pub fn serve_limits(settings: &Settings) -> ServeLimits {
+    ServeLimits {
+        body_limit_bytes: usize::try_from(settings.serve.body_limit.0).unwrap_or(usize::MAX),
+        request_timeout: settings.serve.request_timeout,
+        cors_allowed_origins: settings.serve.cors_allowed_origins.clone(),
+    }
+}

@@ -1,0 +1,552 @@
+//! `ymera train`, `ymera models list|show|promote|rollback|history|evaluate` and
+//! `ymera serve`.
+
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::json;
+use tracing::{info, warn};
+use ymera_common::health::Health;
+use ymera_models::train::{STAGES, evaluate, train};
+use ymera_models::{ModelError, Registry, load_spec};
+use ymera_query::{Analyst, Limits};
+use ymera_warehouse::{AuditEntry, Warehouse};
+
+use crate::settings::Settings;
+use crate::{EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, EXIT_USAGE};
+
+/// Opens `registry.url`, or the lake's `_models/`.
+pub fn open_registry(settings: &Settings) -> Result<Registry, String> {
+    let url = match &settings.registry.url {
+        Some(u) => u.clone(),
+        None => {
+            let lake = crate::commands::open_lake(settings)?;
+            let base = lake.url().to_string();
+            format!("{}/_models", base.trim_end_matches('/'))
+        }
+    };
+    Registry::open(&url, &crate::commands::s3_settings()).map_err(|e| e.to_string())
+}
+
+fn exit_for(e: &ModelError) -> u8 {
+    match e {
+        ModelError::Input(_) | ModelError::NotFound { .. } => EXIT_USAGE,
+        _ => EXIT_FAILURE,
+    }
+}
+
+/// Training reads whole tables: no row cap, a long time limit, the memory limit of `sql.*`.
+async fn training_analyst(settings: &Settings) -> Result<Analyst, String> {
+    let mut s = settings.clone();
+    s.sql.max_rows = usize::MAX / 2;
+    s.sql.timeout = s.sql.timeout.max(Duration::from_secs(3600));
+    crate::sqlcmd::open(&s).await
+}
+
+/// `ymera train SPEC`.
+pub async fn train_cmd(settings: &Settings, spec_path: &Path) -> u8 {
+    let loaded = match load_spec(spec_path) {
+        Ok(l) => l,
+        Err(diags) => {
+            for d in diags {
+                eprintln!("{d}");
+            }
+            return EXIT_CONFIG;
+        }
+    };
+    let registry = match open_registry(settings) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return EXIT_FAILURE;
+        }
+    };
+    let lake = match crate::commands::open_lake(settings) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return EXIT_FAILURE;
+        }
+    };
+    let analyst = match training_analyst(settings).await {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return EXIT_FAILURE;
+        }
+    };
+    let bar = if std::io::stderr().is_terminal() {
+        let b = ProgressBar::new(STAGES.len() as u64);
+        b.set_style(
+            ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:20} {pos}/{len} {msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        b.enable_steady_tick(Duration::from_millis(120));
+        Some(b)
+    } else {
+        None
+    };
+    let name = loaded.spec.name.clone();
+    let progress = |i: usize| match &bar {
+        Some(b) => {
+            b.set_position(i as u64);
+            b.set_message(STAGES[i]);
+        }
+        None => info!(model = %name, stage = STAGES[i], "training"),
+    };
+    let result = train(&loaded, &analyst, &lake, &registry, &progress).await;
+    if let Some(b) = &bar {
+        b.finish_and_clear();
+    }
+    match result {
+        Ok(m) => {
+            println!(
+                "registered {}/{} ({}, {} rows: {} train, {} calibration, {} holdout; fit {:.2}s)",
+                m.name,
+                m.version,
+                m.algorithm,
+                m.lineage.rows,
+                m.lineage.train_rows,
+                m.lineage.calibration_rows,
+                m.lineage.holdout_rows,
+                m.fit_seconds
+            );
+            if let Some(c) = &m.calibration {
+                println!("  calibration: {c}");
+            }
+            for (k, v) in &m.metrics {
+                println!("  {k:<15} {v:.4}");
+            }
+            if m.gate.is_empty() {
+                println!("  gate: none configured");
+            } else if m.gate_passed {
+                println!("  gate: passed ({})", gate_text(&m));
+            } else {
+                println!(
+                    "  gate: FAILED ({}) — this version cannot be promoted",
+                    gate_text(&m)
+                );
+            }
+            println!("  uri: models:/{}/{}", m.name, m.version);
+            EXIT_OK
+        }
+        Err(e) => {
+            eprintln!("error: training {name}: {e}");
+            exit_for(&e)
+        }
+    }
+}
+
+fn gate_text(m: &ymera_models::Manifest) -> String {
+    m.gate
+        .iter()
+        .map(|g| {
+            format!(
+                "{} → {}",
+                g.threshold,
+                g.actual.map(|a| format!("{a:.4}")).unwrap_or("n/a".into())
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// `ymera models list`.
+pub async fn list(settings: &Settings) -> u8 {
+    let run = async {
+        let reg = open_registry(settings).map_err(ModelError::Storage)?;
+        let models = reg.models().await?;
+        if models.is_empty() {
+            println!("no models in {}", reg.url());
+        }
+        for name in models {
+            let versions = reg.versions(&name).await?;
+            let aliases = reg.aliases(&name).await?;
+            let alias_text: Vec<String> = aliases
+                .iter()
+                .map(|a| format!("{}→{}", a.alias, a.version))
+                .collect();
+            println!(
+                "{name}: {} version(s){}",
+                versions
+                    .iter()
+                    .filter(|e| matches!(e.manifest, Some(Ok(_))))
+                    .count(),
+                if alias_text.is_empty() {
+                    String::new()
+                } else {
+                    format!(", {}", alias_text.join(", "))
+                }
+            );
+            for e in versions {
+                match e.manifest {
+                    Some(Ok(m)) => {
+                        let metrics: Vec<String> = m
+                            .metrics
+                            .iter()
+                            .map(|(k, v)| format!("{k}={v:.4}"))
+                            .collect();
+                        println!(
+                            "  {:>4}  {}  {:<20} gate {}  {}",
+                            m.version,
+                            m.created_at.format("%Y-%m-%d %H:%M:%S"),
+                            m.algorithm,
+                            if m.gate_passed { "passed" } else { "FAILED" },
+                            metrics.join(" ")
+                        );
+                    }
+                    Some(Err(problem)) => println!("  {:>4}  unreadable: {problem}", e.version),
+                    None => println!(
+                        "  {:>4}  incomplete (no manifest: training was interrupted or is running)",
+                        e.version
+                    ),
+                }
+            }
+        }
+        Ok::<_, ModelError>(())
+    };
+    match run.await {
+        Ok(()) => EXIT_OK,
+        Err(e) => {
+            eprintln!("error: {e}");
+            exit_for(&e)
+        }
+    }
+}
+
+/// Splits `name`, `name/version` or `name@alias`.
+fn parse_ref(r: &str) -> (&str, Option<&str>) {
+    if let Some((n, a)) = r.split_once('@') {
+        (n, Some(a))
+    } else if let Some((n, v)) = r.split_once('/') {
+        (n, Some(v))
+    } else {
+        (r, None)
+    }
+}
+
+/// `ymera models show NAME[/VERSION|@ALIAS]`: the verified manifest as JSON.
+pub async fn show(settings: &Settings, reference: &str) -> u8 {
+    let run = async {
+        let reg = open_registry(settings).map_err(ModelError::Storage)?;
+        let (name, v) = parse_ref(reference);
+        let v = match v {
+            Some(v) => v.to_string(),
+            None => match reg.alias(name, "champion").await? {
+                Some(r) => r.version,
+                None => reg
+                    .versions(name)
+                    .await?
+                    .iter()
+                    .rev()
+                    .find(|e| matches!(e.manifest, Some(Ok(_))))
+                    .map(|e| e.version.to_string())
+                    .ok_or_else(|| ModelError::NotFound {
+                        what: format!("model `{name}`"),
+                        available: Vec::new(),
+                    })?,
+            },
+        };
+        let loaded = reg.load_resolved(name, &v).await?;
+        let mut out = serde_json::to_value(&loaded.manifest)
+            .map_err(|e| ModelError::Model(e.to_string()))?;
+        out["manifest_sha256"] = json!(loaded.manifest_sha256);
+        out["verified"] = json!(true);
+        println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+        Ok::<_, ModelError>(())
+    };
+    match run.await {
+        Ok(()) => EXIT_OK,
+        Err(e) => {
+            eprintln!("error: {e}");
+            exit_for(&e)
+        }
+    }
+}
+
+async fn audit(settings: &Settings, action: &str, target: &str, outcome: &str, detail: serde_json::Value) {
+    let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
+    match Warehouse::connect(&settings.warehouse.url).await {
+        Ok(wh) => {
+            let entry = AuditEntry {
+                actor: format!("cli:{user}"),
+                role: "admin".into(),
+                action: action.into(),
+                target: target.into(),
+                outcome: outcome.into(),
+                detail: detail.to_string(),
+            };
+            if let Err(e) = wh.audit_append(&entry).await {
+                warn!(error = %e, "could not write the audit record");
+            }
+        }
+        Err(e) => warn!(error = %e, "could not write the audit record: warehouse unreachable"),
+    }
+}
+
+/// `ymera models promote NAME VERSION [--alias A] [--expected V]`.
+pub async fn promote(
+    settings: &Settings,
+    name: &str,
+    version: &str,
+    alias: &str,
+    expected: Option<&str>,
+) -> u8 {
+    let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
+    let reg = match open_registry(settings) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return EXIT_FAILURE;
+        }
+    };
+    let exp = expected.map(|e| if e == "none" { None } else { Some(e) });
+    let result = reg
+        .move_alias(name, alias, version, exp, &format!("cli:{user}"), "promote")
+        .await;
+    let outcome = match &result {
+        Ok(_) => "ok".to_string(),
+        Err(e) => e.to_string(),
+    };
+    audit(
+        settings,
+        "models.promote",
+        &format!("{name}@{alias}"),
+        if result.is_ok() { "ok" } else { "refused" },
+        json!({"version": version, "expected_version": expected, "result": outcome}),
+    )
+    .await;
+    match result {
+        Ok(r) => {
+            println!(
+                "{name}@{alias} → {} (was {}; record {})",
+                r.version,
+                r.previous.as_deref().unwrap_or("unset"),
+                r.seq
+            );
+            EXIT_OK
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            exit_for(&e)
+        }
+    }
+}
+
+/// `ymera models rollback NAME [--alias A]`.
+pub async fn rollback(settings: &Settings, name: &str, alias: &str) -> u8 {
+    let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
+    let reg = match open_registry(settings) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return EXIT_FAILURE;
+        }
+    };
+    let result = reg.rollback(name, alias, &format!("cli:{user}")).await;
+    audit(
+        settings,
+        "models.rollback",
+        &format!("{name}@{alias}"),
+        if result.is_ok() { "ok" } else { "refused" },
+        json!({"result": result.as_ref().map(|r| r.version.clone()).map_err(|e| e.to_string())}),
+    )
+    .await;
+    match result {
+        Ok(r) => {
+            println!(
+                "{name}@{alias} rolled back to {} (from {})",
+                r.version,
+                r.previous.as_deref().unwrap_or("?")
+            );
+            EXIT_OK
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            exit_for(&e)
+        }
+    }
+}
+
+/// `ymera models history NAME [--alias A] [--at TIME]`.
+pub async fn history(settings: &Settings, name: &str, alias: &str, at: Option<&str>) -> u8 {
+    let run = async {
+        let reg = open_registry(settings).map_err(ModelError::Storage)?;
+        if let Some(at) = at {
+            let t: DateTime<Utc> = at
+                .parse()
+                .map_err(|e| ModelError::Input(format!("--at {at}: not an RFC 3339 time: {e}")))?;
+            match reg.live_at(name, alias, t).await? {
+                Some(r) => println!("{name}@{alias} at {t}: version {} (since {}, by {})", r.version, r.at, r.actor),
+                None => println!("{name}@{alias} at {t}: not set"),
+            }
+            return Ok(());
+        }
+        let h = reg.history(name, alias).await?;
+        if h.is_empty() {
+            println!("{name}@{alias} was never set");
+        }
+        for r in h {
+            println!(
+                "{:>4}  {}  {:<8} {} → {}  by {}",
+                r.seq,
+                r.at.to_rfc3339(),
+                r.action,
+                r.previous.as_deref().unwrap_or("-"),
+                r.version,
+                r.actor
+            );
+        }
+        Ok::<_, ModelError>(())
+    };
+    match run.await {
+        Ok(()) => EXIT_OK,
+        Err(e) => {
+            eprintln!("error: {e}");
+            exit_for(&e)
+        }
+    }
+}
+
+/// `ymera models evaluate SPEC [--model NAME@ALIAS]`: scores a registered version on the
+/// rows the spec's query returns now (e.g. on newer or shifted data), as JSON.
+pub async fn evaluate_cmd(settings: &Settings, spec_path: &Path, reference: Option<&str>) -> u8 {
+    let loaded = match load_spec(spec_path) {
+        Ok(l) => l,
+        Err(diags) => {
+            for d in diags {
+                eprintln!("{d}");
+            }
+            return EXIT_CONFIG;
+        }
+    };
+    let run = async {
+        let reg = open_registry(settings).map_err(ModelError::Storage)?;
+        let r = reference.map(String::from).unwrap_or_else(|| format!("{}@champion", loaded.spec.name));
+        let (name, v) = parse_ref(&r);
+        let model = reg.load_resolved(name, v.unwrap_or("champion")).await?;
+        let analyst = training_analyst(settings).await.map_err(ModelError::Data)?;
+        let out = analyst
+            .query(&loaded.spec.data.query)
+            .await
+            .map_err(|e| ModelError::Data(format!("data.query: {e}")))?;
+        let artifact = model.artifact;
+        let spec = loaded.clone();
+        let metrics = tokio::task::spawn_blocking(move || evaluate(&artifact, &out.batches, &spec))
+            .await
+            .map_err(|e| ModelError::Model(e.to_string()))??;
+        println!(
+            "{}",
+            json!({"model": name, "model_version": model.manifest.version, "metrics": metrics})
+        );
+        Ok::<_, ModelError>(())
+    };
+    match run.await {
+        Ok(()) => EXIT_OK,
+        Err(e) => {
+            eprintln!("error: {e}");
+            exit_for(&e)
+        }
+    }
+}
+
+/// `ymera serve`: the HTTP API until SIGINT/SIGTERM.
+pub async fn serve(settings: &Settings) -> u8 {
+    let health = Arc::new(Health::default());
+    let metrics = crate::commands::metrics_recorder();
+    let addr: SocketAddr = match settings.serve.listen.parse() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("settings: serve.listen `{}`: {e}", settings.serve.listen);
+            return EXIT_CONFIG;
+        }
+    };
+    let registry = match open_registry(settings) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return EXIT_FAILURE;
+        }
+    };
+    let warehouse = match Warehouse::connect(&settings.warehouse.url).await {
+        Ok(w) => w,
+        Err(e) => {
+            eprintln!("error: the warehouse holds keys and the audit log: {e}");
+            return EXIT_FAILURE;
+        }
+    };
+    let auth = match crate::keyscmd::build_auth(settings, warehouse.clone()).await {
+        Ok(a) => Arc::new(a),
+        Err(e) => {
+            eprintln!("error: {e}");
+            return EXIT_CONFIG;
+        }
+    };
+    let sql = match ymera_serve::sql::SqlService::start(ymera_serve::sql::SqlConfig {
+        lake_url: settings.lake.url.clone(),
+        s3: crate::commands::s3_settings(),
+        warehouse_url: Some(settings.warehouse.url.clone()),
+        limits: Limits {
+            memory: settings.sql.memory_limit.0 as usize,
+            timeout: settings.sql.timeout,
+            max_rows: settings.sql.max_rows,
+        },
+        threads: settings.serve.sql_threads,
+        catalog_ttl: Duration::from_secs(30),
+    }) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            eprintln!("error: cannot start the SQL runtime: {e}");
+            return EXIT_FAILURE;
+        }
+    };
+    let store = Arc::new(ymera_serve::models::ModelStore::new(
+        registry,
+        settings.serve.models.clone(),
+        health.clone(),
+    ));
+    let listener = match tokio::net::TcpListener::bind(addr).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("error: cannot listen on {addr}: {e}");
+            return EXIT_FAILURE;
+        }
+    };
+    let state = ymera_serve::AppState {
+        models: store.clone(),
+        auth,
+        sql,
+        health: health.clone(),
+    };
+    let router = ymera_serve::serve_router(state, metrics, crate::keyscmd::serve_limits(settings));
+    info!(listen = %addr, registry = %store.registry().url(), "serving");
+    // probes answer while the pinned models load
+    let pin_store = store.clone();
+    let pin_health = health.clone();
+    let reload_every = settings.serve.reload_interval;
+    tokio::spawn(async move {
+        if let Err(e) = pin_store.pin().await {
+            warn!(error = %e, "could not read the registry at start; retrying on reload");
+            pin_health.set("registry", Some(e.to_string()));
+        }
+        pin_health.set_started();
+        pin_store.spawn_reloader(reload_every);
+    });
+    let token = tokio_util::sync::CancellationToken::new();
+    crate::commands::on_signals(token.clone());
+    let served = axum::serve(listener, router.into_make_service())
+        .with_graceful_shutdown(async move { token.cancelled().await })
+        .await;
+    match served {
+        Ok(()) => EXIT_OK,
+        Err(e) => {
+            eprintln!("error: {e}");
+            EXIT_FAILURE
+        }
+    }
+}

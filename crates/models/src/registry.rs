@@ -1,0 +1,560 @@
+//! The model registry, on the same object store as the lake (`registry.url`, default
+//! `<lake>/_models/`):
+//!
+//! ```text
+//! <name>/<version>/artifact.json     the fitted model (create-only)
+//! <name>/<version>/manifest.json     written last: a version exists once it is there
+//! <name>/_aliases/<alias>/<seq>.json one record per alias move, numbered from 1
+//! ```
+//!
+//! Versions are immutable: both files are published create-only, the artifact first. A
+//! version number is claimed by creating its artifact, so two trainers never share one; a
+//! trainer killed between the two files leaves a numbered directory without a manifest,
+//! which is not a version and is skipped. An alias is the newest record of its directory;
+//! moving it creates record `seq + 1`, which fails if another move got there first — a
+//! compare-and-swap that works on stores without conditional overwrite (object_store's
+//! local store has no `PutMode::Update`) and that keeps the history for free.
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use ymera_lake::{Lake, Published};
+
+use crate::ModelError;
+use crate::features::FeatureSchema;
+use crate::model::Estimator;
+use crate::spec::{Params, Task, Threshold};
+
+/// The fitted model as stored.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Artifact {
+    pub format: u32,
+    pub name: String,
+    pub version: String,
+    pub task: Task,
+    pub features: FeatureSchema,
+    pub estimator: Estimator,
+}
+
+/// One gate check, as evaluated at training time.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GateCheck {
+    #[serde(flatten)]
+    pub threshold: Threshold,
+    pub actual: Option<f64>,
+    pub passed: bool,
+}
+
+/// A lake or warehouse table the training query read.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TableLineage {
+    pub name: String,
+    /// `lake` or `warehouse`.
+    pub source: String,
+    /// Lake tables: every data file under the table when training started, with its size.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<FileRef>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FileRef {
+    pub path: String,
+    pub bytes: u64,
+}
+
+/// Where the training rows came from.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Lineage {
+    pub query: String,
+    pub tables: Vec<TableLineage>,
+    /// Rows used (train + calibration + holdout).
+    pub rows: usize,
+    pub train_rows: usize,
+    pub calibration_rows: usize,
+    pub holdout_rows: usize,
+    /// Rows of the query skipped for a null or non-finite value.
+    pub skipped_rows: usize,
+    /// sha256 over the rows' feature values, labels and times.
+    pub content_sha256: String,
+    /// Event-time range of the rows (RFC 3339 when the time column is a timestamp).
+    pub time_range: (String, String),
+    /// Holdout rows are those with time ≥ this.
+    pub holdout_from: String,
+}
+
+/// A version's manifest (interfaces.md, "Model registry").
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Manifest {
+    pub name: String,
+    pub version: String,
+    pub created_at: DateTime<Utc>,
+    pub task: Task,
+    pub algorithm: String,
+    pub params: Params,
+    /// Classification: the calibration applied; regression: the interval level.
+    pub calibration: Option<String>,
+    pub label: Option<String>,
+    /// Metrics on the held-out rows.
+    pub metrics: BTreeMap<String, f64>,
+    pub gate: Vec<GateCheck>,
+    pub gate_passed: bool,
+    pub lineage: Lineage,
+    pub features: FeatureSchema,
+    pub artifact: ArtifactRef,
+    pub spec_sha256: String,
+    pub fit_seconds: f64,
+    pub crate_version: String,
+    /// `registered` (versions never change after that; aliases say what is live).
+    pub status: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ArtifactRef {
+    pub path: String,
+    pub sha256: String,
+    pub bytes: u64,
+}
+
+/// One alias move.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct AliasRecord {
+    pub alias: String,
+    pub seq: u64,
+    pub version: String,
+    /// The version the alias pointed at before this move.
+    pub previous: Option<String>,
+    /// sha256 of the target's manifest when it was promoted: a manifest changed later is
+    /// refused when loaded through the alias.
+    pub manifest_sha256: String,
+    pub at: DateTime<Utc>,
+    pub actor: String,
+    /// `promote` or `rollback`.
+    pub action: String,
+}
+
+/// A version read back and verified.
+#[derive(Debug)]
+pub struct LoadedModel {
+    pub manifest: Manifest,
+    pub manifest_sha256: String,
+    pub artifact: Artifact,
+}
+
+/// A version number directory as listed.
+#[derive(Debug)]
+pub struct VersionEntry {
+    pub version: u64,
+    /// None: no manifest yet (a trainer died before finishing, or is still writing).
+    pub manifest: Option<Result<Manifest, String>>,
+}
+
+/// The registry.
+#[derive(Debug, Clone)]
+pub struct Registry {
+    store: Lake,
+}
+
+pub fn sha256_hex(b: &[u8]) -> String {
+    hex::encode(Sha256::digest(b))
+}
+
+fn check_name(kind: &str, s: &str) -> Result<(), ModelError> {
+    if s.is_empty()
+        || s.starts_with('_')
+        || !s
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
+    {
+        return Err(ModelError::Input(format!(
+            "{kind} `{s}` must be lowercase letters, digits, `_` or `-` (not starting with `_`)"
+        )));
+    }
+    Ok(())
+}
+
+impl Registry {
+    /// Opens the registry at `url` (a path, `file://` or `s3://`; `s3` as for the lake).
+    pub fn open(url: &str, s3: &[(String, String)]) -> Result<Registry, ModelError> {
+        Ok(Registry {
+            store: Lake::open_with(url, s3)?,
+        })
+    }
+
+    /// The registry's URL.
+    pub fn url(&self) -> String {
+        self.store.url().to_string()
+    }
+
+    /// Names of every model with at least one version directory.
+    pub async fn models(&self) -> Result<Vec<String>, ModelError> {
+        let mut out: Vec<String> = self
+            .store
+            .top_level_dirs()
+            .await?
+            .into_iter()
+            .map(|d| d.trim_end_matches('/').to_string())
+            .filter(|d| !d.starts_with('_'))
+            .collect();
+        out.sort();
+        Ok(out)
+    }
+
+    /// Every version directory of `name`, oldest first.
+    pub async fn versions(&self, name: &str) -> Result<Vec<VersionEntry>, ModelError> {
+        check_name("model name", name)?;
+        let mut nums: Vec<u64> = self
+            .store
+            .subdirs(name)
+            .await?
+            .into_iter()
+            .filter_map(|d| d.trim_end_matches('/').rsplit('/').next()?.parse().ok())
+            .collect();
+        nums.sort_unstable();
+        let mut out = Vec::new();
+        for v in nums {
+            let manifest = match self.store.get(&format!("{name}/{v}/manifest.json")).await {
+                Ok(b) => Some(
+                    serde_json::from_slice::<Manifest>(&b)
+                        .map_err(|e| format!("unreadable manifest: {e}")),
+                ),
+                Err(ymera_lake::LakeError::Store {
+                    source: object_store::Error::NotFound { .. },
+                    ..
+                }) => None,
+                Err(e) => return Err(e.into()),
+            };
+            out.push(VersionEntry {
+                version: v,
+                manifest,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Registers a new version: claims the next number by creating its artifact, then
+    /// writes the manifest. Returns the manifest as stored.
+    pub async fn register(
+        &self,
+        mut artifact: Artifact,
+        mut manifest: Manifest,
+    ) -> Result<Manifest, ModelError> {
+        check_name("model name", &artifact.name)?;
+        let name = artifact.name.clone();
+        let mut v = self
+            .versions(&name)
+            .await?
+            .last()
+            .map(|e| e.version + 1)
+            .unwrap_or(1);
+        loop {
+            artifact.version = v.to_string();
+            let bytes = serde_json::to_vec(&artifact)
+                .map_err(|e| ModelError::Model(format!("serialising the artifact: {e}")))?;
+            let path = format!("{name}/{v}/artifact.json");
+            manifest.version = v.to_string();
+            manifest.artifact = ArtifactRef {
+                path: "artifact.json".into(),
+                sha256: sha256_hex(&bytes),
+                bytes: bytes.len() as u64,
+            };
+            match self.store.publish(&path, Bytes::from(bytes)).await? {
+                Published::Created => break,
+                // another trainer claimed this number first
+                Published::AlreadyExisted => v += 1,
+            }
+        }
+        let bytes = serde_json::to_vec_pretty(&manifest)
+            .map_err(|e| ModelError::Model(format!("serialising the manifest: {e}")))?;
+        match self
+            .store
+            .publish(&format!("{name}/{v}/manifest.json"), Bytes::from(bytes))
+            .await?
+        {
+            Published::Created => Ok(manifest),
+            Published::AlreadyExisted => Err(ModelError::Integrity(format!(
+                "{name}/{v}/manifest.json already existed although this process created the artifact"
+            ))),
+        }
+    }
+
+    /// The versions that have a manifest, as strings (for "available" lists).
+    async fn version_names(&self, name: &str) -> Result<Vec<String>, ModelError> {
+        Ok(self
+            .versions(name)
+            .await?
+            .into_iter()
+            .filter(|e| matches!(e.manifest, Some(Ok(_))))
+            .map(|e| e.version.to_string())
+            .collect())
+    }
+
+    async fn not_found_model(&self, name: &str) -> ModelError {
+        ModelError::NotFound {
+            what: format!("model `{name}`"),
+            available: self.models().await.unwrap_or_default(),
+        }
+    }
+
+    /// Reads and verifies one version: the manifest names this place, the artifact's
+    /// sha256 is the manifest's, the artifact names the same model, version and features.
+    pub async fn load(&self, name: &str, version: &str) -> Result<LoadedModel, ModelError> {
+        check_name("model name", name)?;
+        if !self.models().await?.iter().any(|m| m == name) {
+            return Err(self.not_found_model(name).await);
+        }
+        let v: u64 = version.parse().map_err(|_| ModelError::NotFound {
+            what: format!("version `{version}` of `{name}`"),
+            available: Vec::new(),
+        })?;
+        let mpath = format!("{name}/{v}/manifest.json");
+        let mbytes = match self.store.get(&mpath).await {
+            Ok(b) => b,
+            Err(ymera_lake::LakeError::Store {
+                source: object_store::Error::NotFound { .. },
+                ..
+            }) => {
+                let mut available = self.version_names(name).await?;
+                available.extend(self.aliases(name).await?.into_iter().map(|a| a.alias));
+                return Err(ModelError::NotFound {
+                    what: format!("version `{version}` of `{name}`"),
+                    available,
+                });
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let manifest_sha256 = sha256_hex(&mbytes);
+        let manifest: Manifest = serde_json::from_slice(&mbytes)
+            .map_err(|e| ModelError::Integrity(format!("{mpath}: unreadable manifest: {e}")))?;
+        if manifest.name != name || manifest.version != v.to_string() {
+            return Err(ModelError::Integrity(format!(
+                "{mpath} describes {}/{}, not {name}/{v}: refusing a manifest that was moved or swapped",
+                manifest.name, manifest.version
+            )));
+        }
+        let apath = format!("{name}/{v}/{}", manifest.artifact.path);
+        let abytes = self.store.get(&apath).await?;
+        let actual = tokio::task::spawn_blocking(move || (sha256_hex(&abytes), abytes))
+            .await
+            .map_err(|e| ModelError::Model(format!("hashing task failed: {e}")))?;
+        let (sha, abytes) = actual;
+        if sha != manifest.artifact.sha256 {
+            return Err(ModelError::Integrity(format!(
+                "{apath}: sha256 {sha} does not match the manifest's {}: the artifact was changed or corrupted; refusing it",
+                manifest.artifact.sha256
+            )));
+        }
+        let artifact: Artifact = serde_json::from_slice(&abytes)
+            .map_err(|e| ModelError::Integrity(format!("{apath}: unreadable artifact: {e}")))?;
+        if artifact.name != manifest.name
+            || artifact.version != manifest.version
+            || artifact.features != manifest.features
+        {
+            return Err(ModelError::Integrity(format!(
+                "{apath} (model {}/{}) does not belong to manifest {}/{} or its features differ",
+                artifact.name, artifact.version, manifest.name, manifest.version
+            )));
+        }
+        Ok(LoadedModel {
+            manifest,
+            manifest_sha256,
+            artifact,
+        })
+    }
+
+    /// Every record of `alias`, oldest first.
+    pub async fn history(&self, name: &str, alias: &str) -> Result<Vec<AliasRecord>, ModelError> {
+        check_name("model name", name)?;
+        check_name("alias", alias)?;
+        let dir = format!("{name}/_aliases/{alias}/");
+        let mut files: Vec<String> = self
+            .store
+            .list(&dir)
+            .await?
+            .into_iter()
+            .filter(|p| p.ends_with(".json"))
+            .collect();
+        files.sort();
+        let mut out = Vec::with_capacity(files.len());
+        for f in files {
+            let b = self.store.get(&f).await?;
+            let r: AliasRecord = serde_json::from_slice(&b)
+                .map_err(|e| ModelError::Integrity(format!("{f}: unreadable alias record: {e}")))?;
+            out.push(r);
+        }
+        Ok(out)
+    }
+
+    /// The current record of `alias`, if it was ever set.
+    pub async fn alias(&self, name: &str, alias: &str) -> Result<Option<AliasRecord>, ModelError> {
+        Ok(self.history(name, alias).await?.pop())
+    }
+
+    /// The current record of every alias of `name`.
+    pub async fn aliases(&self, name: &str) -> Result<Vec<AliasRecord>, ModelError> {
+        let mut out = Vec::new();
+        for d in self.store.subdirs(&format!("{name}/_aliases")).await? {
+            let alias = d.trim_end_matches('/').rsplit('/').next().unwrap_or("").to_string();
+            if let Some(r) = self.alias(name, &alias).await? {
+                out.push(r);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The version `alias` pointed at, at time `t`.
+    pub async fn live_at(
+        &self,
+        name: &str,
+        alias: &str,
+        t: DateTime<Utc>,
+    ) -> Result<Option<AliasRecord>, ModelError> {
+        Ok(self
+            .history(name, alias)
+            .await?
+            .into_iter()
+            .rfind(|r| r.at <= t))
+    }
+
+    /// `version` may be a number or an alias; returns the concrete version and, for an
+    /// alias, its current record.
+    pub async fn resolve(
+        &self,
+        name: &str,
+        version: &str,
+    ) -> Result<(String, Option<AliasRecord>), ModelError> {
+        if version.parse::<u64>().is_ok() {
+            return Ok((version.to_string(), None));
+        }
+        check_name("alias", version)?;
+        match self.alias(name, version).await? {
+            Some(r) => Ok((r.version.clone(), Some(r))),
+            None => {
+                if !self.models().await?.iter().any(|m| m == name) {
+                    return Err(self.not_found_model(name).await);
+                }
+                let mut available = self.version_names(name).await?;
+                available.extend(self.aliases(name).await?.into_iter().map(|a| a.alias));
+                Err(ModelError::NotFound {
+                    what: format!("alias `{version}` of `{name}`"),
+                    available,
+                })
+            }
+        }
+    }
+
+    /// Loads the version `version` (number or alias) names; through an alias, the
+    /// manifest must still hash to what was promoted.
+    pub async fn load_resolved(&self, name: &str, version: &str) -> Result<LoadedModel, ModelError> {
+        let (v, record) = self.resolve(name, version).await?;
+        let loaded = self.load(name, &v).await?;
+        if let Some(r) = record
+            && r.manifest_sha256 != loaded.manifest_sha256
+        {
+            return Err(ModelError::Integrity(format!(
+                "the manifest of {name}/{v} changed since it was made `{}` (sha256 {} then, {} now); refusing it",
+                r.alias, r.manifest_sha256, loaded.manifest_sha256
+            )));
+        }
+        Ok(loaded)
+    }
+
+    /// Moves `alias` to `version` if it still points at `expected` (when given; `None`
+    /// inside means "unset"). The target must load cleanly and, for a promotion, have
+    /// passed its gate. Returns the new record.
+    pub async fn move_alias(
+        &self,
+        name: &str,
+        alias: &str,
+        version: &str,
+        expected: Option<Option<&str>>,
+        actor: &str,
+        action: &str,
+    ) -> Result<AliasRecord, ModelError> {
+        check_name("alias", alias)?;
+        if alias.parse::<u64>().is_ok() {
+            return Err(ModelError::Input(format!(
+                "alias `{alias}` is a number; aliases must not look like versions"
+            )));
+        }
+        let target = self.load(name, version).await?;
+        if action == "promote" && !target.manifest.gate_passed {
+            let failed: Vec<String> = target
+                .manifest
+                .gate
+                .iter()
+                .filter(|c| !c.passed)
+                .map(|c| match c.actual {
+                    Some(a) => format!("{} (actual {a:.4})", c.threshold),
+                    None => format!("{} (not measured)", c.threshold),
+                })
+                .collect();
+            return Err(ModelError::Gate(format!(
+                "{name}/{version} did not pass its promotion gate: {}",
+                failed.join("; ")
+            )));
+        }
+        let current = self.alias(name, alias).await?;
+        let current_version = current.as_ref().map(|r| r.version.as_str());
+        if let Some(exp) = expected
+            && exp != current_version
+        {
+            return Err(ModelError::Conflict(format!(
+                "{name}@{alias} points at {} , not the expected {}",
+                current_version.unwrap_or("nothing"),
+                exp.unwrap_or("nothing")
+            )));
+        }
+        let seq = current.as_ref().map(|r| r.seq + 1).unwrap_or(1);
+        let record = AliasRecord {
+            alias: alias.to_string(),
+            seq,
+            version: target.manifest.version.clone(),
+            previous: current.as_ref().map(|r| r.version.clone()),
+            manifest_sha256: target.manifest_sha256.clone(),
+            at: Utc::now(),
+            actor: actor.to_string(),
+            action: action.to_string(),
+        };
+        let bytes = serde_json::to_vec_pretty(&record)
+            .map_err(|e| ModelError::Model(format!("serialising the alias record: {e}")))?;
+        match self
+            .store
+            .publish(
+                &format!("{name}/_aliases/{alias}/{seq:010}.json"),
+                Bytes::from(bytes),
+            )
+            .await?
+        {
+            Published::Created => Ok(record),
+            Published::AlreadyExisted => Err(ModelError::Conflict(format!(
+                "{name}@{alias} was moved by someone else at the same time (record {seq} exists); look again and retry"
+            ))),
+        }
+    }
+
+    /// Points `alias` back at the version it pointed at before its current one.
+    pub async fn rollback(&self, name: &str, alias: &str, actor: &str) -> Result<AliasRecord, ModelError> {
+        let current = self.alias(name, alias).await?.ok_or_else(|| ModelError::NotFound {
+            what: format!("alias `{alias}` of `{name}`"),
+            available: Vec::new(),
+        })?;
+        let previous = current.previous.clone().ok_or_else(|| {
+            ModelError::Conflict(format!(
+                "{name}@{alias} has no earlier version to roll back to (it was first set to {})",
+                current.version
+            ))
+        })?;
+        self.move_alias(
+            name,
+            alias,
+            &previous,
+            Some(Some(&current.version)),
+            actor,
+            "rollback",
+        )
+        .await
+    }
+}

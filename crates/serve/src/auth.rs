@@ -1,0 +1,606 @@
+//! Credentials and authorisation of the HTTP API (interfaces.md, "Credentials").
+//!
+//! Every route's (method, template) has one rule in [`POLICY`]: public, or the roles that
+//! may call it. [`protect`] adds a route layer that finds the rule of the matched route and
+//! checks `Authorization: Bearer <token>`:
+//!
+//! - a token starting with `ymk_` is an API key, found by its SHA-256 in the warehouse
+//!   (`_ymera_api_keys`). A key found is cached for [`KEY_CACHE_TTL`], so a revocation
+//!   takes effect within that time; a key not found is looked up again each time;
+//! - anything else is a JWT, accepted only when `auth.jwt` is configured: the algorithm
+//!   follows the public key (Ed25519 -> EdDSA, RSA -> RS256, nothing else); `exp`, `iss`
+//!   and `aud` are required; the role is the `role` claim, the subject `sub` (or `jwt`).
+//!
+//! Missing or bad credentials: 401 with `WWW-Authenticate: Bearer`. A credential without
+//! the route's role: 403. Too many requests for one credential (a governor keyed limiter,
+//! keyed by key id or JWT subject): 429 with `Retry-After`. Every body is
+//! `{"error": "..."}`. 401s and 403s are appended to the audit log in the background
+//! (never the token). A matched route without a rule is refused (fail closed) and logged
+//! as an error: adding a route means adding its rule here.
+
+pub mod limits;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::num::NonZeroU32;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use governor::clock::Clock;
+use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tracing::{error, warn};
+use ymera_warehouse::{AuditEntry, KEY_PREFIX, Warehouse, WarehouseError};
+
+pub use limits::{ServeLimits, check_cors_origins, harden};
+
+/// How long an API key found in the warehouse is trusted without asking again: a revoked
+/// key keeps working for at most this long on a server that used it just before.
+pub const KEY_CACHE_TTL: Duration = Duration::from_secs(5);
+
+/// Who may call what.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Predictions (the Manager Agent).
+    Agent,
+    /// Analyst SQL and reading the model registry.
+    Analyst,
+    /// Forecasts for the autoscaler.
+    Autoscaler,
+    /// Everything, including promotions and `/metrics`.
+    Admin,
+}
+
+impl Role {
+    pub const ALL: [Role; 4] = [Role::Agent, Role::Analyst, Role::Autoscaler, Role::Admin];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Agent => "agent",
+            Role::Analyst => "analyst",
+            Role::Autoscaler => "autoscaler",
+            Role::Admin => "admin",
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Role {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Role, String> {
+        Role::ALL
+            .into_iter()
+            .find(|r| r.as_str() == s)
+            .ok_or_else(|| format!("unknown role `{s}` (agent, analyst, autoscaler, admin)"))
+    }
+}
+
+/// The authenticated caller, inserted as a request extension before a handler runs
+/// (`axum::Extension<Principal>`). Public routes get none.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    /// The API key's id, or the JWT's `sub` claim (`jwt` when absent).
+    pub subject: String,
+    pub role: Role,
+}
+
+/// Who may call a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Allow {
+    /// No credentials needed.
+    Public,
+    /// A credential with one of these roles.
+    Roles(&'static [Role]),
+}
+
+/// One line of the policy: a method, an axum route template, and who may call it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rule {
+    pub method: &'static str,
+    /// Exactly as registered with axum (`/v2/models/{name}/infer`).
+    pub path: &'static str,
+    pub allow: Allow,
+}
+
+const ADMIN: Allow = Allow::Roles(&[Role::Admin]);
+const AGENT: Allow = Allow::Roles(&[Role::Agent, Role::Admin]);
+const READER: Allow = Allow::Roles(&[Role::Agent, Role::Analyst, Role::Admin]);
+const ANALYST: Allow = Allow::Roles(&[Role::Analyst, Role::Admin]);
+const AUTOSCALER: Allow = Allow::Roles(&[Role::Autoscaler, Role::Admin]);
+
+const fn rule(method: &'static str, path: &'static str, allow: Allow) -> Rule {
+    Rule {
+        method,
+        path,
+        allow,
+    }
+}
+
+/// Every route of the HTTP API and who may call it: the one place access is decided.
+/// docs/security.md shows this table.
+pub const POLICY: &[Rule] = &[
+    rule("GET", "/health", Allow::Public),
+    rule("GET", "/health/startup", Allow::Public),
+    rule("GET", "/health/ready", Allow::Public),
+    rule("GET", "/metrics", ADMIN),
+    // Open Inference Protocol V2
+    rule("GET", "/v2", AGENT),
+    rule("GET", "/v2/health/live", AGENT),
+    rule("GET", "/v2/health/ready", AGENT),
+    rule("GET", "/v2/models/{name}", AGENT),
+    rule("GET", "/v2/models/{name}/ready", AGENT),
+    rule("GET", "/v2/models/{name}/versions/{version}", AGENT),
+    rule("GET", "/v2/models/{name}/versions/{version}/ready", AGENT),
+    rule("POST", "/v2/models/{name}/infer", AGENT),
+    rule("POST", "/v2/models/{name}/versions/{version}/infer", AGENT),
+    // `POST /v1/models/{name}:predict`: axum captures the whole segment
+    rule("POST", "/v1/models/{name}", AGENT),
+    // the model registry
+    rule("GET", "/v1/models", READER),
+    rule("GET", "/v1/models/{name}", READER),
+    rule("GET", "/v1/models/{name}/aliases/{alias}/history", READER),
+    rule("PUT", "/v1/models/{name}/aliases/{alias}", ADMIN),
+    rule("POST", "/v1/sql", ANALYST),
+    rule("GET", "/v1/autoscale/{service}/forecast", AUTOSCALER),
+];
+
+/// The rule of `method` on the route template `path` (HEAD is checked as GET, which
+/// axum also answers it with).
+pub fn rule_for(method: &Method, path: &str) -> Option<&'static Rule> {
+    let method = if method == Method::HEAD {
+        "GET"
+    } else {
+        method.as_str()
+    };
+    POLICY
+        .iter()
+        .find(|r| r.method == method && r.path == path)
+}
+
+/// `auth.jwt.*`: JWTs are accepted only when all three are set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JwtConfig {
+    /// PEM public key, Ed25519 (EdDSA) or RSA (RS256).
+    pub public_key_file: PathBuf,
+    /// The only accepted `iss`.
+    pub issuer: String,
+    /// The `aud` that must be present.
+    pub audience: String,
+}
+
+/// What [`Auth::new`] needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthConfig {
+    pub jwt: Option<JwtConfig>,
+    /// Sustained requests per second per credential.
+    pub rate_per_second: u32,
+    /// Requests one credential may make at once before the rate applies.
+    pub burst: u32,
+}
+
+impl Default for AuthConfig {
+    /// No JWTs; 50 requests per second per credential, bursts of 100.
+    fn default() -> Self {
+        AuthConfig {
+            jwt: None,
+            rate_per_second: 50,
+            burst: 100,
+        }
+    }
+}
+
+/// Errors of the security layer.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    /// Settings the user must fix (key file, rate limits, origins).
+    #[error("{0}")]
+    Config(String),
+    #[error("cannot read {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Warehouse(#[from] WarehouseError),
+}
+
+struct JwtVerifier {
+    key: DecodingKey,
+    validation: Validation,
+}
+
+#[derive(Deserialize)]
+struct Claims {
+    sub: Option<String>,
+    role: Option<String>,
+}
+
+/// Authentication, authorisation, rate limits and the audit helper of `ymera serve`.
+pub struct Auth {
+    warehouse: Warehouse,
+    jwt: Option<JwtVerifier>,
+    limiter: DefaultKeyedRateLimiter<String>,
+    /// SHA-256 of a key found -> who it is, and when it was found.
+    key_cache: Mutex<HashMap<String, (Principal, Instant)>>,
+    key_cache_ttl: Duration,
+    /// Bounds the audit writes unauthenticated callers can cause.
+    failure_audit: DefaultDirectRateLimiter,
+    failures_not_audited: AtomicU64,
+    checks: AtomicU64,
+}
+
+impl Auth {
+    /// Loads the JWT public key (when configured) and sets up the rate limiter.
+    pub fn new(config: AuthConfig, warehouse: Warehouse) -> Result<Auth, AuthError> {
+        let jwt = config.jwt.as_ref().map(load_jwt).transpose()?;
+        let nonzero = |v: u32, key: &str| {
+            NonZeroU32::new(v)
+                .ok_or_else(|| AuthError::Config(format!("auth.rate_limit.{key} must be above 0")))
+        };
+        let quota = Quota::per_second(nonzero(config.rate_per_second, "per_second")?)
+            .allow_burst(nonzero(config.burst, "burst")?);
+        let failure_quota = Quota::per_second(NonZeroU32::new(50).expect("50 > 0"))
+            .allow_burst(NonZeroU32::new(200).expect("200 > 0"));
+        Ok(Auth {
+            warehouse,
+            jwt,
+            limiter: RateLimiter::keyed(quota),
+            key_cache: Mutex::new(HashMap::new()),
+            key_cache_ttl: KEY_CACHE_TTL,
+            failure_audit: RateLimiter::direct(failure_quota),
+            failures_not_audited: AtomicU64::new(0),
+            checks: AtomicU64::new(0),
+        })
+    }
+
+    /// Changes how long a found API key is cached (default [`KEY_CACHE_TTL`]; zero asks
+    /// the warehouse on every request).
+    pub fn with_key_cache_ttl(mut self, ttl: Duration) -> Auth {
+        self.key_cache_ttl = ttl;
+        self
+    }
+
+    /// The warehouse holding keys and the audit log.
+    pub fn warehouse(&self) -> &Warehouse {
+        &self.warehouse
+    }
+
+    /// Appends an action of `principal` to the audit log (promotions, SQL queries, ...).
+    /// `action` is dotted (`models.promote`), `target` what it acted on, `outcome` an HTTP
+    /// status or `ok`; `detail` must not hold secrets. A failure to write is logged as an
+    /// error (the action already happened; the response is not changed).
+    pub async fn audit(
+        &self,
+        principal: &Principal,
+        action: &str,
+        target: &str,
+        outcome: &str,
+        detail: serde_json::Value,
+    ) {
+        let entry = AuditEntry {
+            actor: principal.subject.clone(),
+            role: principal.role.to_string(),
+            action: action.to_string(),
+            target: target.to_string(),
+            outcome: outcome.to_string(),
+            detail: detail.to_string(),
+        };
+        if let Err(e) = self.warehouse.audit_append(&entry).await {
+            error!(error = %e, action, target, actor = %entry.actor, "cannot write the audit log");
+        }
+    }
+
+    /// Who `token` is, or why it is refused (a message for the client).
+    pub async fn authenticate(&self, token: &str) -> Result<Principal, String> {
+        if token.starts_with(KEY_PREFIX) {
+            self.api_key(token).await
+        } else {
+            self.jwt(token)
+        }
+    }
+
+    async fn api_key(&self, token: &str) -> Result<Principal, String> {
+        let digest = ymera_warehouse::sha256_hex(token);
+        if let Some((p, at)) = self.cache().get(&digest)
+            && at.elapsed() < self.key_cache_ttl
+        {
+            return Ok(p.clone());
+        }
+        let record = match self.warehouse.find_key(token).await {
+            Ok(Some(r)) => r,
+            Ok(None) => return Err("invalid or revoked API key".into()),
+            Err(e) => {
+                error!(error = %e, "cannot look up an API key");
+                return Err("API keys cannot be checked right now".into());
+            }
+        };
+        let role = Role::from_str(&record.role).map_err(|e| {
+            error!(key = %record.id, error = %e, "API key with an unknown role");
+            "API key with an unknown role".to_string()
+        })?;
+        let principal = Principal {
+            subject: record.id,
+            role,
+        };
+        let mut cache = self.cache();
+        if cache.len() > 1024 {
+            let ttl = self.key_cache_ttl;
+            cache.retain(|_, (_, at)| at.elapsed() < ttl);
+        }
+        cache.insert(digest, (principal.clone(), Instant::now()));
+        Ok(principal)
+    }
+
+    fn cache(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Principal, Instant)>> {
+        // a panic while holding the lock leaves a plain map behind: keep using it
+        self.key_cache
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn jwt(&self, token: &str) -> Result<Principal, String> {
+        let Some(v) = &self.jwt else {
+            return Err("invalid credentials (not an API key, and JWTs are not enabled)".into());
+        };
+        let data = jsonwebtoken::decode::<Claims>(token, &v.key, &v.validation)
+            .map_err(|e| format!("invalid token: {}", jwt_reason(&e)))?;
+        let role = data
+            .claims
+            .role
+            .ok_or_else(|| "invalid token: no `role` claim".to_string())?;
+        let role = Role::from_str(&role).map_err(|e| format!("invalid token: {e}"))?;
+        Ok(Principal {
+            subject: data.claims.sub.unwrap_or_else(|| "jwt".into()),
+            role,
+        })
+    }
+
+    /// Takes one request from `principal`'s allowance, or says how long to wait.
+    fn rate_limit(&self, principal: &Principal, kind: &str) -> Result<(), Duration> {
+        // forget idle credentials now and then so the limiter's map stays small
+        if self.checks.fetch_add(1, Ordering::Relaxed) % 4096 == 4095 {
+            self.limiter.retain_recent();
+        }
+        let key = format!("{kind}:{}", principal.subject);
+        self.limiter
+            .check_key(&key)
+            .map_err(|not_until| not_until.wait_time_from(self.limiter.clock().now()))
+    }
+
+    /// Records a refused request in the audit log without delaying the response.
+    fn audit_failure(&self, principal: Option<&Principal>, target: String, status: StatusCode, reason: &str) {
+        metrics::counter!("ymera_http_auth_failures_total", "status" => status.as_u16().to_string())
+            .increment(1);
+        if self.failure_audit.check().is_err() {
+            self.failures_not_audited.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let skipped = self.failures_not_audited.swap(0, Ordering::Relaxed);
+        let mut detail = json!({ "reason": reason });
+        if skipped > 0 {
+            detail["failures_not_audited_before"] = json!(skipped);
+        }
+        let entry = AuditEntry {
+            actor: principal.map_or_else(|| "anonymous".into(), |p| p.subject.clone()),
+            role: principal.map(|p| p.role.to_string()).unwrap_or_default(),
+            action: "auth.failure".into(),
+            target,
+            outcome: status.as_u16().to_string(),
+            detail: detail.to_string(),
+        };
+        let wh = self.warehouse.clone();
+        tokio::spawn(async move {
+            if let Err(e) = wh.audit_append(&entry).await {
+                warn!(error = %e, target = %entry.target, "cannot audit an authentication failure");
+            }
+        });
+    }
+}
+
+fn load_jwt(c: &JwtConfig) -> Result<JwtVerifier, AuthError> {
+    let pem = std::fs::read(&c.public_key_file).map_err(|source| AuthError::Io {
+        path: c.public_key_file.clone(),
+        source,
+    })?;
+    let shown = c.public_key_file.display();
+    let text = String::from_utf8_lossy(&pem);
+    if text.contains("PRIVATE KEY") {
+        return Err(AuthError::Config(format!(
+            "auth.jwt.public_key_file {shown} holds a private key: give the public key (`openssl pkey -pubout`)"
+        )));
+    }
+    let (key, alg) = if let Ok(k) = DecodingKey::from_ed_pem(&pem) {
+        (k, Algorithm::EdDSA)
+    } else if let Ok(k) = DecodingKey::from_rsa_pem(&pem) {
+        (k, Algorithm::RS256)
+    } else {
+        return Err(AuthError::Config(format!(
+            "auth.jwt.public_key_file {shown}: not a PEM Ed25519 or RSA public key"
+        )));
+    };
+    if c.issuer.is_empty() || c.audience.is_empty() {
+        return Err(AuthError::Config(
+            "auth.jwt needs public_key_file, issuer and audience together".into(),
+        ));
+    }
+    let mut validation = Validation::new(alg);
+    validation.set_required_spec_claims(&["exp", "iss", "aud"]);
+    validation.set_issuer(&[&c.issuer]);
+    validation.set_audience(&[&c.audience]);
+    validation.validate_exp = true;
+    Ok(JwtVerifier { key, validation })
+}
+
+/// A short reason for a refused JWT (no token content).
+fn jwt_reason(e: &jsonwebtoken::errors::Error) -> &'static str {
+    use jsonwebtoken::errors::ErrorKind as K;
+    match e.kind() {
+        K::ExpiredSignature => "expired",
+        K::InvalidIssuer => "wrong issuer",
+        K::InvalidAudience => "wrong audience",
+        K::MissingRequiredClaim(_) => "a required claim (exp, iss, aud) is missing",
+        K::InvalidAlgorithm | K::InvalidAlgorithmName => "algorithm not accepted",
+        K::InvalidSignature => "bad signature",
+        K::ImmatureSignature => "not valid yet",
+        _ => "malformed",
+    }
+}
+
+/// `{"error": message}` with `status`.
+pub fn error_response(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, axum::Json(json!({ "error": message.into() }))).into_response()
+}
+
+fn unauthorized(message: &str) -> Response {
+    let mut resp = error_response(StatusCode::UNAUTHORIZED, message);
+    resp.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Bearer realm=\"ymera\""),
+    );
+    resp
+}
+
+/// The token of `Authorization: Bearer <token>`.
+fn bearer(req: &Request) -> Option<&str> {
+    let value = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.trim().split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
+/// Wraps every route of `router` (add all routes first) in the policy check. Routes not
+/// matched (404) and methods not registered (405) are answered by the router as usual.
+pub fn protect(router: Router, auth: Arc<Auth>) -> Router {
+    router.route_layer(middleware::from_fn_with_state(auth, guard))
+}
+
+async fn guard(State(auth): State<Arc<Auth>>, mut req: Request, next: Next) -> Response {
+    let template = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|m| m.as_str().to_string());
+    let method = req.method().clone();
+    let target = format!("{method} {}", req.uri().path());
+    let Some(rule) = template.as_deref().and_then(|t| rule_for(&method, t)) else {
+        error!(%method, route = ?template, "route without an access rule in auth::POLICY: refused");
+        return error_response(StatusCode::FORBIDDEN, "no access rule for this route");
+    };
+    let roles = match rule.allow {
+        Allow::Public => return next.run(req).await,
+        Allow::Roles(roles) => roles,
+    };
+    let Some(token) = bearer(&req) else {
+        let reason = "missing `Authorization: Bearer` credentials";
+        auth.audit_failure(None, target, StatusCode::UNAUTHORIZED, reason);
+        return unauthorized(reason);
+    };
+    let kind = if token.starts_with(KEY_PREFIX) { "key" } else { "jwt" };
+    let principal = match auth.authenticate(token).await {
+        Ok(p) => p,
+        Err(reason) => {
+            auth.audit_failure(None, target, StatusCode::UNAUTHORIZED, &reason);
+            return unauthorized(&reason);
+        }
+    };
+    if !roles.contains(&principal.role) {
+        let reason = format!("role {} may not {target}", principal.role);
+        auth.audit_failure(Some(&principal), target, StatusCode::FORBIDDEN, &reason);
+        return error_response(StatusCode::FORBIDDEN, reason);
+    }
+    if let Err(wait) = auth.rate_limit(&principal, kind) {
+        let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
+        let mut resp = error_response(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!("rate limit exceeded for this credential: retry in {secs} s"),
+        );
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        return resp;
+    }
+    req.extensions_mut().insert(principal);
+    next.run(req).await
+}
+
+/// When the warehouse has no API key at all, creates an admin key, writes it to `path`
+/// (created new, mode 0600) and returns the path; the log names the path, never the key.
+/// Returns `None` when keys exist. No default secret exists anywhere else.
+pub async fn bootstrap_admin_key(
+    warehouse: &Warehouse,
+    path: &Path,
+) -> Result<Option<PathBuf>, AuthError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+
+    if warehouse.has_keys().await? {
+        return Ok(None);
+    }
+    let io = |source| AuthError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    // create the file first: an existing file (an earlier key) is never overwritten
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| {
+            if e.kind() == std::io::ErrorKind::AlreadyExists {
+                AuthError::Config(format!(
+                    "the warehouse has no API keys but {} exists: move it away (or create a key \
+                     with `ymera keys create --role admin`)",
+                    path.display()
+                ))
+            } else {
+                io(e)
+            }
+        })?;
+    let created = match warehouse.create_key("admin", "bootstrap").await {
+        Ok(k) => k,
+        Err(e) => {
+            let _ = std::fs::remove_file(path);
+            return Err(e.into());
+        }
+    };
+    let (id, key) = created;
+    file.write_all(format!("{key}\n").as_bytes())
+        .and_then(|()| file.sync_all())
+        .map_err(io)?;
+    let shown = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    warn!(
+        path = %shown.display(),
+        key_id = %id,
+        "no API keys existed: created an admin key and wrote it to this file (readable by its owner only)"
+    );
+    warehouse
+        .audit_append(&AuditEntry {
+            actor: "serve".into(),
+            role: String::new(),
+            action: "keys.create".into(),
+            target: id,
+            outcome: "ok".into(),
+            detail: json!({"role": "admin", "name": "bootstrap", "file": shown}).to_string(),
+        })
+        .await?;
+    Ok(Some(shown))
+}
+
+#[cfg(test)]
+mod tests;
