@@ -242,10 +242,12 @@ pub fn fit_logistic(x: &Matrix, y: &[f64], params: &Params) -> Result<Estimator,
         .max_iterations(params.max_iterations.unwrap_or(300))
         .fit(&ds)
         .map_err(|e| ModelError::Model(format!("logistic regression: {e}")))?;
-    // linfa's probabilities are those of the larger label (1), with score w·x + b
+    // linfa's σ(w·x + b) is the probability of its "positive" class, which is the more
+    // frequent label, not label 1: flip the signs when label 0 is the majority
+    let flip = if fitted.labels().pos.class == 1 { 1.0 } else { -1.0 };
     Ok(Estimator::Logistic {
-        weights: fitted.params().to_vec(),
-        intercept: fitted.intercept(),
+        weights: fitted.params().iter().map(|w| flip * w).collect(),
+        intercept: flip * fitted.intercept(),
         platt: (1.0, 0.0),
     })
 }
@@ -397,6 +399,15 @@ mod tests {
             y.push(f64::from(u8::from(2.0 * a - b + noise > 0.0)));
         }
         let x = Matrix { values, cols: 2 };
+        // the same data with the labels flipped must give the opposite weights: linfa's
+        // positive class is the majority label, whichever it is
+        let flipped: Vec<f64> = y.iter().map(|v| 1.0 - v).collect();
+        let Estimator::Logistic { weights: wf, .. } =
+            fit_logistic(&x, &flipped, &Params::default()).unwrap()
+        else {
+            unreachable!()
+        };
+        assert!(wf[0] < 0.0 && wf[1] > 0.0, "{wf:?}");
         let est = fit_logistic(&x, &y, &Params::default()).unwrap();
         let Estimator::Logistic { weights, .. } = &est else {
             unreachable!()

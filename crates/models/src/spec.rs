@@ -502,12 +502,12 @@ gate:
         let text: Vec<String> = errs.iter().map(ToString::to_string).collect();
         assert!(
             text.iter()
-                .any(|t| t.starts_with("risk.yaml:6:") && t.contains("no parameter `trees`")),
+                .any(|t| t.starts_with("risk.yaml:7:") && t.contains("no parameter `trees`")),
             "{text:?}"
         );
         assert!(
             text.iter()
-                .any(|t| t.starts_with("risk.yaml:8:") && t.contains("unknown classification metric `auk`")),
+                .any(|t| t.starts_with("risk.yaml:9:") && t.contains("unknown classification metric `auk`")),
             "{text:?}"
         );
         let errs = parse_spec(

@@ -485,8 +485,10 @@ fn bearer(req: &Request) -> Option<&str> {
     (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
 
-/// Wraps every route of `router` (add all routes first) in the policy check. Routes not
-/// matched (404) and methods not registered (405) are answered by the router as usual.
+/// Wraps every route of `router` (add all routes first) in the policy check. Paths not
+/// matched are answered 404 by the router as usual; a method without a rule on a known
+/// route is answered 405 here (even if the router has a handler for it), and a route the
+/// policy does not know at all 403 with an error logged.
 pub fn protect(router: Router, auth: Arc<Auth>) -> Router {
     router.route_layer(middleware::from_fn_with_state(auth, guard))
 }
@@ -499,6 +501,23 @@ async fn guard(State(auth): State<Arc<Auth>>, mut req: Request, next: Next) -> R
     let method = req.method().clone();
     let target = format!("{method} {}", req.uri().path());
     let Some(rule) = template.as_deref().and_then(|t| rule_for(&method, t)) else {
+        // a method the policy has no rule for on a route it knows: 405, whatever the
+        // router has (a handler added without its rule stays unreachable)
+        let allowed: Vec<&str> = POLICY
+            .iter()
+            .filter(|r| Some(r.path) == template.as_deref())
+            .map(|r| r.method)
+            .collect();
+        if !allowed.is_empty() {
+            let mut resp = error_response(
+                StatusCode::METHOD_NOT_ALLOWED,
+                format!("{method} is not allowed here (allowed: {})", allowed.join(", ")),
+            );
+            if let Ok(v) = HeaderValue::from_str(&allowed.join(", ")) {
+                resp.headers_mut().insert(header::ALLOW, v);
+            }
+            return resp;
+        }
         error!(%method, route = ?template, "route without an access rule in auth::POLICY: refused");
         return error_response(StatusCode::FORBIDDEN, "no access rule for this route");
     };

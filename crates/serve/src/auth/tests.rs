@@ -207,9 +207,11 @@ async fn auth_matrix() {
         .unwrap();
     assert_eq!(app.clone().oneshot(basic).await.unwrap().status(), StatusCode::UNAUTHORIZED);
     assert_eq!(status(&app, "POST", "/v1/sql", Some("a.b.c")).await, StatusCode::UNAUTHORIZED);
-    // unmatched paths and methods are the router's (404, 405), never a 401
+    // unmatched paths and methods are 404 and 405, never a 401
     assert_eq!(status(&app, "GET", "/nowhere", None).await, StatusCode::NOT_FOUND);
-    assert_eq!(status(&app, "DELETE", "/v1/sql", None).await, StatusCode::METHOD_NOT_ALLOWED);
+    let resp = call(&app, "DELETE", "/v1/sql", None).await;
+    assert_eq!(resp.status(), StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(resp.headers()[header::ALLOW], "POST");
     // HEAD is checked as GET
     assert_eq!(status(&app, "HEAD", "/v1/models", None).await, StatusCode::UNAUTHORIZED);
 }
@@ -217,11 +219,19 @@ async fn auth_matrix() {
 #[tokio::test]
 async fn a_route_without_a_rule_is_refused() {
     let env = env().await;
-    let router = stub_router().route("/v1/secret", axum::routing::get(|| async { "secret" }));
+    let router = stub_router()
+        .route("/v1/secret", axum::routing::get(|| async { "secret" }))
+        .route("/v1/sql/{id}", axum::routing::delete(|| async { "gone" }));
     let app = protect(router, Arc::new(Auth::new(config(None), env.wh.clone()).unwrap()));
     let admin = &env.keys.iter().find(|(r, _)| *r == Role::Admin).unwrap().1;
     assert_eq!(status(&app, "GET", "/v1/secret", Some(admin)).await, StatusCode::FORBIDDEN);
     assert_eq!(status(&app, "GET", "/v1/secret", None).await, StatusCode::FORBIDDEN);
+    assert_eq!(status(&app, "DELETE", "/v1/sql/1", Some(admin)).await, StatusCode::FORBIDDEN);
+    // a handler for a method the policy does not list on a known route stays unreachable
+    let router = stub_router().route("/v1/models", axum::routing::delete(|| async { "all gone" }));
+    let app = protect(router, Arc::new(Auth::new(config(None), env.wh.clone()).unwrap()));
+    let resp = call(&app, "DELETE", "/v1/models", Some(admin)).await;
+    assert_eq!(resp.status(), StatusCode::METHOD_NOT_ALLOWED);
 }
 
 fn b64url(data: &[u8]) -> String {
