@@ -34,7 +34,11 @@ fn sqlite_db() -> Db {
                 .arg(sql)
                 .output()
                 .expect("python3");
-            assert!(out.status.success(), "{sql}: {}", String::from_utf8_lossy(&out.stderr));
+            assert!(
+                out.status.success(),
+                "{sql}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
             String::from_utf8_lossy(&out.stdout).trim().to_string()
         }),
         _dir: dir,
@@ -51,15 +55,21 @@ fn postgres_db() -> Db {
         move |sql: &str| {
             let out = Command::new("psql")
                 .arg(&base)
-                .args(["-At", "-v", "ON_ERROR_STOP=1", "-c"])
-                .arg(format!("SET search_path TO {schema}; {sql}"))
+                .args(["-At", "-v", "ON_ERROR_STOP=1", "-c", sql])
+                .env("PGOPTIONS", format!("-c search_path={schema}"))
                 .output()
                 .expect("psql (PostgreSQL's client) is needed by this test");
-            assert!(out.status.success(), "{sql}: {}", String::from_utf8_lossy(&out.stderr));
+            assert!(
+                out.status.success(),
+                "{sql}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
             String::from_utf8_lossy(&out.stdout).trim().to_string()
         }
     };
-    psql(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}"));
+    psql(&format!(
+        "DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}"
+    ));
     let sep = if base.contains('?') { '&' } else { '?' };
     Db {
         url: format!("{base}{sep}options=-c%20search_path%3D{schema}"),
@@ -87,24 +97,46 @@ fn keys_and_audit(db: Db) {
     let run = |args: &[&str]| ymera_on(&db, cwd.path(), args);
 
     // create: the key on stdout, once; a note on stderr
-    let out = run(&["keys", "create", "--role", "analyst", "--name", "e2e-notebook"]);
+    let out = run(&[
+        "keys",
+        "create",
+        "--role",
+        "analyst",
+        "--name",
+        "e2e-notebook",
+    ]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let key = text(&out.stdout).trim().to_string();
-    assert!(key.starts_with("ymk_") && key.len() == 4 + 12 + 1 + 64, "{key}");
+    assert!(
+        key.starts_with("ymk_") && key.len() == 4 + 12 + 1 + 64,
+        "{key}"
+    );
     assert_eq!(text(&out.stdout).lines().count(), 1);
-    assert!(text(&out.stderr).contains("only its hash is stored"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("only its hash is stored"),
+        "{}",
+        text(&out.stderr)
+    );
     let id = key[4..16].to_string();
     let secret = &key[17..];
 
     // list: the key's row, never the key or its hash
-    let stored = (db.exec)(&format!("SELECT hash FROM _ymera_api_keys WHERE id = '{id}'"));
+    let stored = (db.exec)(&format!(
+        "SELECT hash FROM _ymera_api_keys WHERE id = '{id}'"
+    ));
     let hash: String = stored.chars().filter(|c| c.is_ascii_hexdigit()).collect();
     assert_eq!(hash.len(), 64, "{stored}");
     let out = run(&["keys", "list"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let listed = text(&out.stdout);
-    let row = listed.lines().find(|l| l.starts_with(&id)).unwrap_or_else(|| panic!("{listed}"));
-    assert!(row.contains("analyst") && row.contains("e2e-notebook"), "{row}");
+    let row = listed
+        .lines()
+        .find(|l| l.starts_with(&id))
+        .unwrap_or_else(|| panic!("{listed}"));
+    assert!(
+        row.contains("analyst") && row.contains("e2e-notebook"),
+        "{row}"
+    );
     assert!(row.trim_end().ends_with('-'), "not revoked yet: {row}");
     assert!(!listed.contains(secret), "the key is listed: {listed}");
     assert!(!listed.contains(&hash), "a hash is listed: {listed}");
@@ -118,23 +150,39 @@ fn keys_and_audit(db: Db) {
     assert!(out.status.success(), "{}", text(&out.stderr));
     let out = run(&["keys", "revoke", &id]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(text(&out.stderr).contains("no active key"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("no active key"),
+        "{}",
+        text(&out.stderr)
+    );
     let listed = text(&run(&["keys", "list"]).stdout);
     let row = listed.lines().find(|l| l.starts_with(&id)).unwrap();
-    assert!(!row.trim_end().ends_with('-'), "revoked time missing: {row}");
+    assert!(
+        !row.trim_end().ends_with('-'),
+        "revoked time missing: {row}"
+    );
 
     // two more keys: five audited actions (create, revoke, failed revoke, create, create)
     for role in ["agent", "admin"] {
         assert!(run(&["keys", "create", "--role", role]).status.success());
     }
-    let actions = (db.exec)("SELECT seq, actor, action, target, outcome FROM _ymera_audit ORDER BY seq");
+    let actions =
+        (db.exec)("SELECT seq, actor, action, target, outcome FROM _ymera_audit ORDER BY seq");
     for want in ["keys.create", "keys.revoke", "not_found", "cli", &id] {
         assert!(actions.contains(want), "{want} not audited: {actions}");
     }
     let out = run(&["audit", "verify"]);
-    assert!(out.status.success(), "{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
     let said = text(&out.stdout);
-    assert!(said.contains("5 audit rows checked") && said.contains("audit log intact"), "{said}");
+    assert!(
+        said.contains("5 audit rows checked") && said.contains("audit log intact"),
+        "{said}"
+    );
 
     // edit row 2 behind ymera's back
     (db.exec)("UPDATE _ymera_audit SET outcome = 'not_found' WHERE seq = 2");

@@ -21,7 +21,13 @@ async fn open(settings: &Settings) -> Result<Warehouse, u8> {
 
 /// Appends a CLI action to the audit log; a failure is reported, not fatal (the action
 /// is done).
-async fn audit(wh: &Warehouse, action: &str, target: &str, outcome: &str, detail: serde_json::Value) {
+async fn audit(
+    wh: &Warehouse,
+    action: &str,
+    target: &str,
+    outcome: &str,
+    detail: serde_json::Value,
+) {
     let entry = AuditEntry {
         actor: "cli".into(),
         role: String::new(),
@@ -190,7 +196,8 @@ pub async fn build_auth(settings: &Settings, warehouse: Warehouse) -> Result<Aut
             );
         }
     };
-    check_cors_origins(&settings.serve.cors_allowed_origins).map_err(|e| format!("settings: {e}"))?;
+    check_cors_origins(&settings.serve.cors_allowed_origins)
+        .map_err(|e| format!("settings: {e}"))?;
     if jwt.is_none() {
         bootstrap_admin_key(&warehouse, &a.admin_key_file)
             .await

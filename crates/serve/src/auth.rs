@@ -169,9 +169,7 @@ pub fn rule_for(method: &Method, path: &str) -> Option<&'static Rule> {
     } else {
         method.as_str()
     };
-    POLICY
-        .iter()
-        .find(|r| r.method == method && r.path == path)
+    POLICY.iter().find(|r| r.method == method && r.path == path)
 }
 
 /// `auth.jwt.*`: JWTs are accepted only when all three are set.
@@ -385,7 +383,13 @@ impl Auth {
     }
 
     /// Records a refused request in the audit log without delaying the response.
-    fn audit_failure(&self, principal: Option<&Principal>, target: String, status: StatusCode, reason: &str) {
+    fn audit_failure(
+        &self,
+        principal: Option<&Principal>,
+        target: String,
+        status: StatusCode,
+        reason: &str,
+    ) {
         metrics::counter!("ymera_http_auth_failures_total", "status" => status.as_u16().to_string())
             .increment(1);
         if self.failure_audit.check().is_err() {
@@ -511,7 +515,10 @@ async fn guard(State(auth): State<Arc<Auth>>, mut req: Request, next: Next) -> R
         if !allowed.is_empty() {
             let mut resp = error_response(
                 StatusCode::METHOD_NOT_ALLOWED,
-                format!("{method} is not allowed here (allowed: {})", allowed.join(", ")),
+                format!(
+                    "{method} is not allowed here (allowed: {})",
+                    allowed.join(", ")
+                ),
             );
             if let Ok(v) = HeaderValue::from_str(&allowed.join(", ")) {
                 resp.headers_mut().insert(header::ALLOW, v);
@@ -530,7 +537,11 @@ async fn guard(State(auth): State<Arc<Auth>>, mut req: Request, next: Next) -> R
         auth.audit_failure(None, target, StatusCode::UNAUTHORIZED, reason);
         return unauthorized(reason);
     };
-    let kind = if token.starts_with(KEY_PREFIX) { "key" } else { "jwt" };
+    let kind = if token.starts_with(KEY_PREFIX) {
+        "key"
+    } else {
+        "jwt"
+    };
     let principal = match auth.authenticate(token).await {
         Ok(p) => p,
         Err(reason) => {

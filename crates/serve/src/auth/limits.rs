@@ -167,7 +167,9 @@ mod tests {
     #[tokio::test]
     async fn body_limit_and_timeout_answer_json() {
         let app = app(&[]);
-        let small = axum::http::Request::post("/echo").body(Body::from("hello")).unwrap();
+        let small = axum::http::Request::post("/echo")
+            .body(Body::from("hello"))
+            .unwrap();
         assert_eq!(call(&app, small).await.0, StatusCode::OK);
         // declared too large
         let big = axum::http::Request::post("/echo")
@@ -186,7 +188,9 @@ mod tests {
         assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
         assert!(error_of(resp).await.contains("body_limit"));
 
-        let slow = axum::http::Request::get("/slow").body(Body::empty()).unwrap();
+        let slow = axum::http::Request::get("/slow")
+            .body(Body::empty())
+            .unwrap();
         let (status, resp) = call(&app, slow).await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
         assert!(error_of(resp).await.contains("timed out after 100ms"));
@@ -222,7 +226,8 @@ mod tests {
 
     #[test]
     fn origins_are_checked() {
-        let ok = |v: &[&str]| check_cors_origins(&v.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        let ok =
+            |v: &[&str]| check_cors_origins(&v.iter().map(|s| s.to_string()).collect::<Vec<_>>());
         assert!(ok(&[]).is_ok());
         assert!(ok(&["*"]).is_ok());
         assert!(ok(&["https://app.example.com", "http://localhost:3000"]).is_ok());

@@ -26,16 +26,32 @@ const ROUTES: &[(&str, &str, &str)] = &[
     ("GET", "/v2/models/{name}", "agent admin"),
     ("GET", "/v2/models/{name}/ready", "agent admin"),
     ("GET", "/v2/models/{name}/versions/{version}", "agent admin"),
-    ("GET", "/v2/models/{name}/versions/{version}/ready", "agent admin"),
+    (
+        "GET",
+        "/v2/models/{name}/versions/{version}/ready",
+        "agent admin",
+    ),
     ("POST", "/v2/models/{name}/infer", "agent admin"),
-    ("POST", "/v2/models/{name}/versions/{version}/infer", "agent admin"),
+    (
+        "POST",
+        "/v2/models/{name}/versions/{version}/infer",
+        "agent admin",
+    ),
     ("POST", "/v1/models/{name}", "agent admin"),
     ("GET", "/v1/models", "agent analyst admin"),
     ("GET", "/v1/models/{name}", "agent analyst admin"),
-    ("GET", "/v1/models/{name}/aliases/{alias}/history", "agent analyst admin"),
+    (
+        "GET",
+        "/v1/models/{name}/aliases/{alias}/history",
+        "agent analyst admin",
+    ),
     ("PUT", "/v1/models/{name}/aliases/{alias}", "admin"),
     ("POST", "/v1/sql", "analyst admin"),
-    ("GET", "/v1/autoscale/{service}/forecast", "autoscaler admin"),
+    (
+        "GET",
+        "/v1/autoscale/{service}/forecast",
+        "autoscaler admin",
+    ),
 ];
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
@@ -64,7 +80,8 @@ fn concrete(method: &str, template: &str) -> String {
 fn stub_router() -> Router {
     let mut router = Router::new();
     for (method, path, _) in ROUTES {
-        let filter = MethodFilter::try_from(Method::from_bytes(method.as_bytes()).unwrap()).unwrap();
+        let filter =
+            MethodFilter::try_from(Method::from_bytes(method.as_bytes()).unwrap()).unwrap();
         router = router.route(
             path,
             on(filter, |p: Option<axum::Extension<Principal>>| async move {
@@ -121,7 +138,10 @@ async fn call(app: &Router, method: &str, path: &str, token: Option<&str>) -> Re
     if let Some(t) = token {
         req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
     }
-    app.clone().oneshot(req.body(Body::empty()).unwrap()).await.unwrap()
+    app.clone()
+        .oneshot(req.body(Body::empty()).unwrap())
+        .await
+        .unwrap()
 }
 
 async fn status(app: &Router, method: &str, path: &str, token: Option<&str>) -> StatusCode {
@@ -170,7 +190,11 @@ async fn auth_matrix() {
     for (method, template, allowed) in ROUTES {
         let path = concrete(method, template);
         let public = *allowed == "public";
-        let want = if public { StatusCode::OK } else { StatusCode::UNAUTHORIZED };
+        let want = if public {
+            StatusCode::OK
+        } else {
+            StatusCode::UNAUTHORIZED
+        };
         let resp = call(&app, method, &path, None).await;
         assert_eq!(resp.status(), want, "{method} {path} without a token");
         if !public {
@@ -182,7 +206,11 @@ async fn auth_matrix() {
         }
         for (role, key) in &env.keys {
             let may = public || allowed.split(' ').any(|r| r == role.as_str());
-            let want = if may { StatusCode::OK } else { StatusCode::FORBIDDEN };
+            let want = if may {
+                StatusCode::OK
+            } else {
+                StatusCode::FORBIDDEN
+            };
             let resp = call(&app, method, &path, Some(key)).await;
             assert_eq!(resp.status(), want, "{method} {path} as {role}");
             let body = resp.into_body().collect().await.unwrap().to_bytes();
@@ -192,7 +220,10 @@ async fn auth_matrix() {
             if !may {
                 let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
                 let msg = v["error"].as_str().unwrap();
-                assert!(msg.starts_with(&format!("role {role} may not {method}")), "{msg}");
+                assert!(
+                    msg.starts_with(&format!("role {role} may not {method}")),
+                    "{msg}"
+                );
             }
             checked += 1;
         }
@@ -200,20 +231,35 @@ async fn auth_matrix() {
     assert_eq!(checked, ROUTES.len() * Role::ALL.len());
     // a bad key, a malformed header, and a JWT when JWTs are not enabled
     let bad = format!("ymk_000000000000_{}", "0".repeat(64));
-    assert_eq!(status(&app, "POST", "/v1/sql", Some(&bad)).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        status(&app, "POST", "/v1/sql", Some(&bad)).await,
+        StatusCode::UNAUTHORIZED
+    );
     let basic = Request::post("/v1/sql")
         .header(header::AUTHORIZATION, "Basic YWRtaW46YWRtaW4=")
         .body(Body::empty())
         .unwrap();
-    assert_eq!(app.clone().oneshot(basic).await.unwrap().status(), StatusCode::UNAUTHORIZED);
-    assert_eq!(status(&app, "POST", "/v1/sql", Some("a.b.c")).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        app.clone().oneshot(basic).await.unwrap().status(),
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        status(&app, "POST", "/v1/sql", Some("a.b.c")).await,
+        StatusCode::UNAUTHORIZED
+    );
     // unmatched paths and methods are 404 and 405, never a 401
-    assert_eq!(status(&app, "GET", "/nowhere", None).await, StatusCode::NOT_FOUND);
+    assert_eq!(
+        status(&app, "GET", "/nowhere", None).await,
+        StatusCode::NOT_FOUND
+    );
     let resp = call(&app, "DELETE", "/v1/sql", None).await;
     assert_eq!(resp.status(), StatusCode::METHOD_NOT_ALLOWED);
     assert_eq!(resp.headers()[header::ALLOW], "POST");
     // HEAD is checked as GET
-    assert_eq!(status(&app, "HEAD", "/v1/models", None).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        status(&app, "HEAD", "/v1/models", None).await,
+        StatusCode::UNAUTHORIZED
+    );
 }
 
 #[tokio::test]
@@ -222,14 +268,29 @@ async fn a_route_without_a_rule_is_refused() {
     let router = stub_router()
         .route("/v1/secret", axum::routing::get(|| async { "secret" }))
         .route("/v1/sql/{id}", axum::routing::delete(|| async { "gone" }));
-    let app = protect(router, Arc::new(Auth::new(config(None), env.wh.clone()).unwrap()));
+    let app = protect(
+        router,
+        Arc::new(Auth::new(config(None), env.wh.clone()).unwrap()),
+    );
     let admin = &env.keys.iter().find(|(r, _)| *r == Role::Admin).unwrap().1;
-    assert_eq!(status(&app, "GET", "/v1/secret", Some(admin)).await, StatusCode::FORBIDDEN);
-    assert_eq!(status(&app, "GET", "/v1/secret", None).await, StatusCode::FORBIDDEN);
-    assert_eq!(status(&app, "DELETE", "/v1/sql/1", Some(admin)).await, StatusCode::FORBIDDEN);
+    assert_eq!(
+        status(&app, "GET", "/v1/secret", Some(admin)).await,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        status(&app, "GET", "/v1/secret", None).await,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        status(&app, "DELETE", "/v1/sql/1", Some(admin)).await,
+        StatusCode::FORBIDDEN
+    );
     // a handler for a method the policy does not list on a known route stays unreachable
     let router = stub_router().route("/v1/models", axum::routing::delete(|| async { "all gone" }));
-    let app = protect(router, Arc::new(Auth::new(config(None), env.wh.clone()).unwrap()));
+    let app = protect(
+        router,
+        Arc::new(Auth::new(config(None), env.wh.clone()).unwrap()),
+    );
     let resp = call(&app, "DELETE", "/v1/models", Some(admin)).await;
     assert_eq!(resp.status(), StatusCode::METHOD_NOT_ALLOWED);
 }
@@ -238,7 +299,8 @@ fn b64url(data: &[u8]) -> String {
     const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
     let mut out = String::new();
     for chunk in data.chunks(3) {
-        let n = chunk.iter().fold(0u32, |acc, b| (acc << 8) | u32::from(*b)) << (8 * (3 - chunk.len()));
+        let n =
+            chunk.iter().fold(0u32, |acc, b| (acc << 8) | u32::from(*b)) << (8 * (3 - chunk.len()));
         for i in 0..=chunk.len() {
             out.push(A[((n >> (18 - 6 * i)) & 63) as usize] as char);
         }
@@ -340,7 +402,10 @@ async fn jwt_refusals_and_roles() {
     for (what, token) in refused {
         let resp = call(&app, "POST", "/v1/sql", Some(&token)).await;
         assert_eq!(resp.status(), StatusCode::UNAUTHORIZED, "{what}");
-        assert!(resp.headers().contains_key(header::WWW_AUTHENTICATE), "{what}");
+        assert!(
+            resp.headers().contains_key(header::WWW_AUTHENTICATE),
+            "{what}"
+        );
         let msg = body_json(resp).await["error"].as_str().unwrap().to_string();
         assert!(msg.starts_with("invalid token"), "{what}: {msg}");
     }
@@ -354,11 +419,23 @@ async fn rsa_keys_mean_rs256() {
     let env = env().await;
     let app = app(&env, config(Some("rsa-public.pem")));
     assert_eq!(
-        status(&app, "GET", "/v1/autoscale/api/forecast", Some(&rsa_token(&claims("autoscaler")))).await,
+        status(
+            &app,
+            "GET",
+            "/v1/autoscale/api/forecast",
+            Some(&rsa_token(&claims("autoscaler")))
+        )
+        .await,
         StatusCode::OK
     );
     assert_eq!(
-        status(&app, "GET", "/v1/autoscale/api/forecast", Some(&ed_token(&claims("autoscaler")))).await,
+        status(
+            &app,
+            "GET",
+            "/v1/autoscale/api/forecast",
+            Some(&ed_token(&claims("autoscaler")))
+        )
+        .await,
         StatusCode::UNAUTHORIZED
     );
     let hs = jsonwebtoken::encode(
@@ -384,7 +461,12 @@ async fn bad_jwt_settings_are_refused() {
         }),
         ..config(None)
     };
-    let err = |c| Auth::new(c, env.wh.clone()).err().expect("refused").to_string();
+    let err = |c| {
+        Auth::new(c, env.wh.clone())
+            .err()
+            .expect("refused")
+            .to_string()
+    };
     assert!(err(with("ed25519-private.pem", ISSUER)).contains("private key"));
     assert!(err(with("README.md", ISSUER)).contains("not a PEM"));
     assert!(err(with("missing.pem", ISSUER)).contains("cannot read"));
@@ -409,15 +491,31 @@ async fn rate_limit_per_credential() {
     );
     let key = |role| &env.keys.iter().find(|(r, _)| *r == role).unwrap().1;
     for i in 0..3 {
-        assert_eq!(status(&app, "POST", "/v1/sql", Some(key(Role::Analyst))).await, StatusCode::OK, "request {i}");
+        assert_eq!(
+            status(&app, "POST", "/v1/sql", Some(key(Role::Analyst))).await,
+            StatusCode::OK,
+            "request {i}"
+        );
     }
     let resp = call(&app, "POST", "/v1/sql", Some(key(Role::Analyst))).await;
     assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
-    let retry: u64 = resp.headers()[header::RETRY_AFTER].to_str().unwrap().parse().unwrap();
+    let retry: u64 = resp.headers()[header::RETRY_AFTER]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!((1..=2).contains(&retry), "{retry}");
-    assert!(body_json(resp).await["error"].as_str().unwrap().contains("rate limit"));
+    assert!(
+        body_json(resp).await["error"]
+            .as_str()
+            .unwrap()
+            .contains("rate limit")
+    );
     // another credential has its own allowance
-    assert_eq!(status(&app, "POST", "/v1/sql", Some(key(Role::Admin))).await, StatusCode::OK);
+    assert_eq!(
+        status(&app, "POST", "/v1/sql", Some(key(Role::Admin))).await,
+        StatusCode::OK
+    );
 }
 
 #[tokio::test]
@@ -428,16 +526,28 @@ async fn revocation_applies_after_the_cache() {
         .with_key_cache_ttl(Duration::ZERO);
     let app = protect(stub_router(), Arc::new(auth));
     let (id, key) = env.wh.create_key("analyst", "temp").await.unwrap();
-    assert_eq!(status(&app, "POST", "/v1/sql", Some(&key)).await, StatusCode::OK);
+    assert_eq!(
+        status(&app, "POST", "/v1/sql", Some(&key)).await,
+        StatusCode::OK
+    );
     assert!(env.wh.revoke_key(&id).await.unwrap());
-    assert_eq!(status(&app, "POST", "/v1/sql", Some(&key)).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        status(&app, "POST", "/v1/sql", Some(&key)).await,
+        StatusCode::UNAUTHORIZED
+    );
 
     // with the default TTL a found key is served from the cache for a while
     let cached = app_with_default_ttl(&env);
     let (id, key) = env.wh.create_key("analyst", "temp2").await.unwrap();
-    assert_eq!(status(&cached, "POST", "/v1/sql", Some(&key)).await, StatusCode::OK);
+    assert_eq!(
+        status(&cached, "POST", "/v1/sql", Some(&key)).await,
+        StatusCode::OK
+    );
     assert!(env.wh.revoke_key(&id).await.unwrap());
-    assert_eq!(status(&cached, "POST", "/v1/sql", Some(&key)).await, StatusCode::OK);
+    assert_eq!(
+        status(&cached, "POST", "/v1/sql", Some(&key)).await,
+        StatusCode::OK
+    );
 }
 
 fn app_with_default_ttl(env: &Env) -> Router {
@@ -449,9 +559,15 @@ async fn failures_are_audited_without_the_token() {
     let env = env().await;
     let app = app(&env, config(None));
     let bad = format!("ymk_000000000000_{}", "ab".repeat(32));
-    assert_eq!(status(&app, "POST", "/v1/sql", Some(&bad)).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        status(&app, "POST", "/v1/sql", Some(&bad)).await,
+        StatusCode::UNAUTHORIZED
+    );
     let agent = &env.keys.iter().find(|(r, _)| *r == Role::Agent).unwrap().1;
-    assert_eq!(status(&app, "POST", "/v1/sql", Some(agent)).await, StatusCode::FORBIDDEN);
+    assert_eq!(
+        status(&app, "POST", "/v1/sql", Some(agent)).await,
+        StatusCode::FORBIDDEN
+    );
     let mut rows = Vec::new();
     for _ in 0..100 {
         rows = env.wh.audit_rows(0, 100).await.unwrap();
@@ -467,8 +583,14 @@ async fn failures_are_audited_without_the_token() {
     for r in &rows {
         assert_eq!(r.entry.action, "auth.failure");
         assert_eq!(r.entry.target, "POST /v1/sql");
-        assert!(!r.entry.detail.contains(&bad[17..]), "token in the audit log");
-        assert!(!r.entry.detail.contains(&agent[17..]), "token in the audit log");
+        assert!(
+            !r.entry.detail.contains(&bad[17..]),
+            "token in the audit log"
+        );
+        assert!(
+            !r.entry.detail.contains(&agent[17..]),
+            "token in the audit log"
+        );
     }
     let forbidden = rows.iter().find(|r| r.entry.outcome == "403").unwrap();
     assert_eq!(forbidden.entry.role, "agent");
@@ -483,12 +605,22 @@ async fn audit_helper_appends_for_the_principal() {
         subject: "k1".into(),
         role: Role::Admin,
     };
-    auth.audit(&who, "models.promote", "churn@champion", "ok", json!({"version": "7"}))
-        .await;
+    auth.audit(
+        &who,
+        "models.promote",
+        "churn@champion",
+        "ok",
+        json!({"version": "7"}),
+    )
+    .await;
     let rows = env.wh.audit_rows(0, 10).await.unwrap();
     assert_eq!(rows.len(), 1);
     assert_eq!(
-        (rows[0].entry.actor.as_str(), rows[0].entry.role.as_str(), rows[0].entry.detail.as_str()),
+        (
+            rows[0].entry.actor.as_str(),
+            rows[0].entry.role.as_str(),
+            rows[0].entry.detail.as_str()
+        ),
         ("k1", "admin", r#"{"version":"7"}"#)
     );
 }
@@ -502,7 +634,10 @@ async fn bootstrap_admin_key_once() {
         .await
         .unwrap();
     let path = dir.path().join("admin.key");
-    let written = bootstrap_admin_key(&wh, &path).await.unwrap().expect("created");
+    let written = bootstrap_admin_key(&wh, &path)
+        .await
+        .unwrap()
+        .expect("created");
     assert_eq!(written, path);
     let mode = std::fs::metadata(&path).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o600);
@@ -514,7 +649,10 @@ async fn bootstrap_admin_key_once() {
     let auth = Arc::new(Auth::new(config(None), wh.clone()).unwrap());
     assert_eq!(auth.authenticate(key).await.unwrap().role, Role::Admin);
     let app = protect(stub_router(), auth);
-    assert_eq!(status(&app, "GET", "/metrics", Some(key)).await, StatusCode::OK);
+    assert_eq!(
+        status(&app, "GET", "/metrics", Some(key)).await,
+        StatusCode::OK
+    );
 
     // a fresh warehouse never overwrites an existing key file
     let other = Warehouse::connect(&format!("sqlite://{}/w2.db", dir.path().display()))
