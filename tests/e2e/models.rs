@@ -53,7 +53,14 @@ impl World {
         let rt = runtime();
         let (seed, projects) = (seed.to_string(), projects.to_string());
         let mut args = vec![
-            "--days", "365", "--projects", &projects, "--seed", &seed, "--services", "none",
+            "--days",
+            "365",
+            "--projects",
+            &projects,
+            "--seed",
+            &seed,
+            "--services",
+            "none",
         ];
         args.extend(extra);
         produce_generated(
@@ -173,7 +180,10 @@ fn train_register_serve_predict_with_reload_tamper_and_kill_9() {
     assert!(out.contains("registered risk/1"), "{out}");
     assert!(out.contains("gate: passed"), "{out}");
     let out = w.ok(&["train", "models/effort.yaml"]);
-    assert!(out.contains("registered effort/1") && out.contains("gate: passed"), "{out}");
+    assert!(
+        out.contains("registered effort/1") && out.contains("gate: passed"),
+        "{out}"
+    );
     let out = w.ok(&["train", "models/segments.yaml"]);
     assert!(out.contains("registered segments/1"), "{out}");
     let manifest = json_of(&w.ok(&["models", "show", "risk/1"]));
@@ -182,7 +192,13 @@ fn train_register_serve_predict_with_reload_tamper_and_kill_9() {
     assert!(lineage["rows"].as_u64().unwrap() > 200, "{lineage}");
     assert_eq!(lineage["content_sha256"].as_str().unwrap().len(), 64);
     let files = lineage["tables"][0]["files"].as_array().unwrap();
-    assert!(!files.is_empty() && files[0]["path"].as_str().unwrap().starts_with("project_events/dt="));
+    assert!(
+        !files.is_empty()
+            && files[0]["path"]
+                .as_str()
+                .unwrap()
+                .starts_with("project_events/dt=")
+    );
     assert_eq!(manifest["artifact"]["sha256"].as_str().unwrap().len(), 64);
 
     // --- champion through the gate
@@ -192,14 +208,23 @@ fn train_register_serve_predict_with_reload_tamper_and_kill_9() {
     // --- serve; the first start creates an admin key readable by the owner only
     let (mut server, port) = w.serve();
     let key_file = w.work.path().join("admin.key");
-    let admin = std::fs::read_to_string(&key_file).unwrap().trim().to_string();
+    let admin = std::fs::read_to_string(&key_file)
+        .unwrap()
+        .trim()
+        .to_string();
     {
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(&key_file).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
     }
-    assert!(!w.serve_log().contains(&admin), "the admin key must never be logged");
-    let agent = w.ok(&["keys", "create", "--role", "agent"]).trim().to_string();
+    assert!(
+        !w.serve_log().contains(&admin),
+        "the admin key must never be logged"
+    );
+    let agent = w
+        .ok(&["keys", "create", "--role", "agent"])
+        .trim()
+        .to_string();
 
     // --- V1 predict, batch, with explanations
     let (s, body) = post(
@@ -216,7 +241,10 @@ fn train_register_serve_predict_with_reload_tamper_and_kill_9() {
     let p4 = preds[1]["probability"].as_f64().unwrap();
     // (the direction of churn's effect given the other drivers is the model's business;
     // what is checked is that the answer moves and is explained by churn alone)
-    assert!(p0 > 0.0 && p0 < 1.0 && p4 > 0.0 && p4 < 1.0 && p0 != p4, "{p0} vs {p4}");
+    assert!(
+        p0 > 0.0 && p0 < 1.0 && p4 > 0.0 && p4 < 1.0 && p0 != p4,
+        "{p0} vs {p4}"
+    );
     // local explanations: the two differ only in churn, so only churn's contribution differs,
     // and each prediction's contributions add up to its score
     let contrib = |p: &Value| -> std::collections::BTreeMap<String, f64> {
@@ -248,29 +276,77 @@ fn train_register_serve_predict_with_reload_tamper_and_kill_9() {
     );
     assert_eq!(s, 200, "{body}");
     let e = &body["predictions"][0];
-    let (v, lo, hi) = (e["value"].as_f64().unwrap(), e["lower"].as_f64().unwrap(), e["upper"].as_f64().unwrap());
+    let (v, lo, hi) = (
+        e["value"].as_f64().unwrap(),
+        e["lower"].as_f64().unwrap(),
+        e["upper"].as_f64().unwrap(),
+    );
     assert!(lo < v && v < hi && v > 4.0 && v < 30.0, "{e}");
 
     // --- bad input: 400 naming the problem; unknown model/version: 404 listing what exists
     for (instance, expect) in [
-        (json!({"burn_rate": 1.0, "schedule_slip": 0.0, "scope_changes": 1, "churn": 0}), "missing feature `team_size`"),
-        (json!({"burn_rate": 1.0, "schedule_slip": 0.0, "scope_changes": 1, "churn": 0, "team_size": 5, "colour": 1}), "unknown feature `colour`"),
-        (json!({"burn_rate": "high", "schedule_slip": 0.0, "scope_changes": 1, "churn": 0, "team_size": 5}), "feature `burn_rate` must be a number"),
-        (json!({"burn_rate": "NaN", "schedule_slip": 0.0, "scope_changes": 1, "churn": 0, "team_size": 5}), "only finite numbers"),
-        (json!({"burn_rate": 1.0, "schedule_slip": 0.0, "scope_changes": 1.5, "churn": 0, "team_size": 5}), "feature `scope_changes` must be an integer"),
+        (
+            json!({"burn_rate": 1.0, "schedule_slip": 0.0, "scope_changes": 1, "churn": 0}),
+            "missing feature `team_size`",
+        ),
+        (
+            json!({"burn_rate": 1.0, "schedule_slip": 0.0, "scope_changes": 1, "churn": 0, "team_size": 5, "colour": 1}),
+            "unknown feature `colour`",
+        ),
+        (
+            json!({"burn_rate": "high", "schedule_slip": 0.0, "scope_changes": 1, "churn": 0, "team_size": 5}),
+            "feature `burn_rate` must be a number",
+        ),
+        (
+            json!({"burn_rate": "NaN", "schedule_slip": 0.0, "scope_changes": 1, "churn": 0, "team_size": 5}),
+            "only finite numbers",
+        ),
+        (
+            json!({"burn_rate": 1.0, "schedule_slip": 0.0, "scope_changes": 1.5, "churn": 0, "team_size": 5}),
+            "feature `scope_changes` must be an integer",
+        ),
     ] {
-        let (s, body) = post(port, "/v1/models/risk:predict", &agent, &json!({"instances": [instance]}));
+        let (s, body) = post(
+            port,
+            "/v1/models/risk:predict",
+            &agent,
+            &json!({"instances": [instance]}),
+        );
         assert_eq!(s, 400, "{body}");
-        assert!(body["error"].as_str().unwrap().contains(expect), "{body} should say {expect}");
+        assert!(
+            body["error"].as_str().unwrap().contains(expect),
+            "{body} should say {expect}"
+        );
     }
-    let (s, b) = http(port, "POST", "/v1/models/risk:predict", Some(&agent), Some("{not json")).unwrap();
+    let (s, b) = http(
+        port,
+        "POST",
+        "/v1/models/risk:predict",
+        Some(&agent),
+        Some("{not json"),
+    )
+    .unwrap();
     assert!(s == 400 && b.contains("not valid JSON"), "{s} {b}");
-    let (s, body) = post(port, "/v1/models/nope:predict", &agent, &json!({"instances": [{}]}));
+    let (s, body) = post(
+        port,
+        "/v1/models/nope:predict",
+        &agent,
+        &json!({"instances": [{}]}),
+    );
     assert_eq!(s, 404);
-    assert!(body["error"].as_str().unwrap().contains("available: effort, risk, segments"), "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("available: effort, risk, segments"),
+        "{body}"
+    );
     let (s, body) = get(port, "/v2/models/risk/versions/9", &agent);
     assert_eq!(s, 404);
-    assert!(body["error"].as_str().unwrap().contains("available: 1"), "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("available: 1"),
+        "{body}"
+    );
 
     // --- OIP V2: metadata, per-feature tensors, one [N, F] tensor, alias as version
     let (s, meta) = get(port, "/v2/models/risk", &agent);
@@ -279,7 +355,12 @@ fn train_register_serve_predict_with_reload_tamper_and_kill_9() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|i| (i["name"].as_str().unwrap().into(), i["datatype"].as_str().unwrap().into()))
+        .map(|i| {
+            (
+                i["name"].as_str().unwrap().into(),
+                i["datatype"].as_str().unwrap().into(),
+            )
+        })
         .collect();
     assert_eq!(inputs[0], ("burn_rate".to_string(), "FP64".to_string()));
     assert!(inputs.contains(&("churn".to_string(), "INT64".to_string())));
@@ -290,14 +371,22 @@ fn train_register_serve_predict_with_reload_tamper_and_kill_9() {
             json!({"name": n, "shape": [1], "datatype": d, "data": [v]})
         })
         .collect();
-    let (s, inf) = post(port, "/v2/models/risk/versions/champion/infer", &agent, &json!({"id": "r1", "inputs": tensors}));
+    let (s, inf) = post(
+        port,
+        "/v2/models/risk/versions/champion/infer",
+        &agent,
+        &json!({"id": "r1", "inputs": tensors}),
+    );
     assert_eq!(s, 200, "{inf}");
     assert_eq!(inf["model_name"], "risk");
     assert_eq!(inf["model_version"], "1");
     assert_eq!(inf["id"], "r1");
     assert_eq!(inf["outputs"][0]["name"], "probability");
     assert!((inf["outputs"][0]["data"][0].as_f64().unwrap() - p4).abs() < 1e-12);
-    let row: Vec<Value> = inputs.iter().map(|(n, _)| json!(risk_instance(4)[n].as_f64().unwrap())).collect();
+    let row: Vec<Value> = inputs
+        .iter()
+        .map(|(n, _)| json!(risk_instance(4)[n].as_f64().unwrap()))
+        .collect();
     let (s, inf) = post(
         port,
         "/v2/models/risk/infer",
@@ -325,11 +414,21 @@ fn train_register_serve_predict_with_reload_tamper_and_kill_9() {
     assert_eq!(put("2", "1", &admin).0, 200);
     let (s, b) = put("1", "1", &admin);
     assert_eq!(s, 409, "a stale expected_version must conflict: {b}");
-    let (_, body) = post(port, "/v1/models/risk:predict", &agent, &json!({"instances": [risk_instance(1)]}));
+    let (_, body) = post(
+        port,
+        "/v1/models/risk:predict",
+        &agent,
+        &json!({"instances": [risk_instance(1)]}),
+    );
     assert_eq!(body["model_version"], "2", "{body}");
     let (s, hist) = get(port, "/v1/models/risk/aliases/champion/history", &agent);
     assert_eq!(s, 200);
-    let versions: Vec<&str> = hist["history"].as_array().unwrap().iter().map(|r| r["version"].as_str().unwrap()).collect();
+    let versions: Vec<&str> = hist["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["version"].as_str().unwrap())
+        .collect();
     assert_eq!(versions, ["1", "2"]);
 
     // --- tamper: a flipped artifact byte and a swapped manifest are refused
@@ -339,11 +438,21 @@ fn train_register_serve_predict_with_reload_tamper_and_kill_9() {
     let out = w.ymera(&["models", "show", "risk/3"]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("sha256") && err.contains("does not match"), "{err}");
+    assert!(
+        err.contains("sha256") && err.contains("does not match"),
+        "{err}"
+    );
     let out = w.ymera(&["models", "promote", "risk", "3"]);
-    assert!(!out.status.success(), "a tampered version must not be promotable");
+    assert!(
+        !out.status.success(),
+        "a tampered version must not be promotable"
+    );
     let original = std::fs::read(w.registry().join("risk/2/manifest.json")).unwrap();
-    std::fs::copy(w.registry().join("risk/1/manifest.json"), w.registry().join("risk/2/manifest.json")).unwrap();
+    std::fs::copy(
+        w.registry().join("risk/1/manifest.json"),
+        w.registry().join("risk/2/manifest.json"),
+    )
+    .unwrap();
     let out = w.ymera(&["models", "show", "risk/2"]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
@@ -360,13 +469,33 @@ fn train_register_serve_predict_with_reload_tamper_and_kill_9() {
         serde_json::to_vec(&record).unwrap(),
     )
     .unwrap();
-    assert!(wait_for(Duration::from_secs(10), || w.serve_log().contains("refusing the alias's new target")));
-    let (s, body) = post(port, "/v1/models/risk:predict", &agent, &json!({"instances": [risk_instance(1)]}));
-    assert_eq!((s, body["model_version"].as_str()), (200, Some("2")), "{body}");
+    assert!(wait_for(Duration::from_secs(10), || w
+        .serve_log()
+        .contains("refusing the alias's new target")));
+    let (s, body) = post(
+        port,
+        "/v1/models/risk:predict",
+        &agent,
+        &json!({"instances": [risk_instance(1)]}),
+    );
+    assert_eq!(
+        (s, body["model_version"].as_str()),
+        (200, Some("2")),
+        "{body}"
+    );
 
     // the running server keeps version 2 it verified before the swap
-    let (s, body) = post(port, "/v1/models/risk:predict", &agent, &json!({"instances": [risk_instance(1)]}));
-    assert_eq!((s, body["model_version"].as_str()), (200, Some("2")), "{body}");
+    let (s, body) = post(
+        port,
+        "/v1/models/risk:predict",
+        &agent,
+        &json!({"instances": [risk_instance(1)]}),
+    );
+    assert_eq!(
+        (s, body["model_version"].as_str()),
+        (200, Some("2")),
+        "{body}"
+    );
 
     // --- kill -9 the server; after the registry is repaired a restart serves the same
     // champions (state lives in the registry, not in the process)
@@ -375,11 +504,34 @@ fn train_register_serve_predict_with_reload_tamper_and_kill_9() {
     std::fs::remove_file(w.registry().join("risk/_aliases/champion/0000000003.json")).unwrap();
     std::fs::write(w.registry().join("risk/2/manifest.json"), original).unwrap();
     let (mut server, port) = w.serve();
-    let (s, body) = post(port, "/v1/models/risk:predict", &agent, &json!({"instances": [risk_instance(1)]}));
-    assert_eq!((s, body["model_version"].as_str()), (200, Some("2")), "{body}");
-    let (s, body) = post(port, "/v1/models/effort:predict", &agent, &json!({"instances": [{"task_type": "bug", "complexity": 3, "estimate_hours": 8.0, "assignee_experience_years": 2.0}]}));
-    assert_eq!((s, body["model_version"].as_str()), (200, Some("1")), "{body}");
-    let (s, _) = post(port, "/v1/models/risk:predict?version=3", &agent, &json!({"instances": [risk_instance(1)]}));
+    let (s, body) = post(
+        port,
+        "/v1/models/risk:predict",
+        &agent,
+        &json!({"instances": [risk_instance(1)]}),
+    );
+    assert_eq!(
+        (s, body["model_version"].as_str()),
+        (200, Some("2")),
+        "{body}"
+    );
+    let (s, body) = post(
+        port,
+        "/v1/models/effort:predict",
+        &agent,
+        &json!({"instances": [{"task_type": "bug", "complexity": 3, "estimate_hours": 8.0, "assignee_experience_years": 2.0}]}),
+    );
+    assert_eq!(
+        (s, body["model_version"].as_str()),
+        (200, Some("1")),
+        "{body}"
+    );
+    let (s, _) = post(
+        port,
+        "/v1/models/risk:predict?version=3",
+        &agent,
+        &json!({"instances": [risk_instance(1)]}),
+    );
     assert_eq!(s, 500, "version 3's artifact was tampered with");
     server.kill().unwrap();
     server.wait().unwrap();
@@ -415,7 +567,10 @@ fn train_register_serve_predict_with_reload_tamper_and_kill_9() {
         }
     }
     let list = w.ok(&["models", "list"]);
-    assert!(list.contains("effort:") && list.contains("champion→1"), "{list}");
+    assert!(
+        list.contains("effort:") && list.contains("champion→1"),
+        "{list}"
+    );
 }
 
 /// Risk and effort models trained on one world, scored on another generated from a
@@ -437,18 +592,28 @@ fn model_quality_holds_on_a_shifted_world() {
             .env("YMERA__REGISTRY__URL", &registry)
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         json_of(&String::from_utf8_lossy(&out.stdout))
     };
     let risk = evaluate("models/risk.yaml", "risk/1");
     let effort = evaluate("models/effort.yaml", "effort/1");
-    eprintln!("shifted-world quality: risk {} effort {}", risk["metrics"], effort["metrics"]);
+    eprintln!(
+        "shifted-world quality: risk {} effort {}",
+        risk["metrics"], effort["metrics"]
+    );
     let m = &risk["metrics"];
     assert!(m["auc"].as_f64().unwrap() >= 0.80, "risk AUC {m}");
     assert!(m["brier"].as_f64().unwrap() <= 0.18, "risk Brier {m}");
     assert!(m["ece"].as_f64().unwrap() <= 0.12, "risk ECE {m}");
     let m = &effort["metrics"];
-    assert!(m["coverage"].as_f64().unwrap() >= 0.8, "effort interval coverage {m}");
+    assert!(
+        m["coverage"].as_f64().unwrap() >= 0.8,
+        "effort interval coverage {m}"
+    );
     assert!(m["r2"].as_f64().unwrap() >= 0.5, "effort R² {m}");
     assert!(m["mae"].as_f64().unwrap() <= 6.0, "effort MAE (hours) {m}");
 }

@@ -477,7 +477,9 @@ pub fn metrics_recorder() -> Option<metrics_exporter_prometheus::PrometheusHandl
         .ok()?
         .set_buckets_for_metric(
             Matcher::Full("ymera_model_request_duration_seconds".into()),
-            &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0],
+            &[
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+            ],
         )
         .ok()?
         .install_recorder()
@@ -646,9 +648,13 @@ impl GenWorld {
         if let Some(t) = &self.team_sizes {
             let (lo, hi) = t
                 .split_once('-')
-                .and_then(|(a, b)| Some((a.trim().parse::<u32>().ok()?, b.trim().parse::<u32>().ok()?)))
+                .and_then(|(a, b)| {
+                    Some((a.trim().parse::<u32>().ok()?, b.trim().parse::<u32>().ok()?))
+                })
                 .filter(|(a, b)| *a >= 1 && a <= b)
-                .ok_or_else(|| format!("--team-sizes `{t}`: expected LO-HI with 1 ≤ LO ≤ HI, e.g. 3-12"))?;
+                .ok_or_else(|| {
+                    format!("--team-sizes `{t}`: expected LO-HI with 1 ≤ LO ≤ HI, e.g. 3-12")
+                })?;
             cfg.shift.team_sizes = (lo, hi);
         }
         if let Some(c) = self.churn_scale {

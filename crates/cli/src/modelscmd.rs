@@ -83,8 +83,10 @@ pub async fn train_cmd(settings: &Settings, spec_path: &Path) -> u8 {
     let bar = if std::io::stderr().is_terminal() {
         let b = ProgressBar::new(STAGES.len() as u64);
         b.set_style(
-            ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:20} {pos}/{len} {msg}")
-                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            ProgressStyle::with_template(
+                "{spinner} [{elapsed_precise}] {bar:20} {pos}/{len} {msg}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
         );
         b.enable_steady_tick(Duration::from_millis(120));
         Some(b)
@@ -253,8 +255,8 @@ pub async fn show(settings: &Settings, reference: &str) -> u8 {
             },
         };
         let loaded = reg.load_resolved(name, &v).await?;
-        let mut out = serde_json::to_value(&loaded.manifest)
-            .map_err(|e| ModelError::Model(e.to_string()))?;
+        let mut out =
+            serde_json::to_value(&loaded.manifest).map_err(|e| ModelError::Model(e.to_string()))?;
         out["manifest_sha256"] = json!(loaded.manifest_sha256);
         out["verified"] = json!(true);
         println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
@@ -269,7 +271,13 @@ pub async fn show(settings: &Settings, reference: &str) -> u8 {
     }
 }
 
-async fn audit(settings: &Settings, action: &str, target: &str, outcome: &str, detail: serde_json::Value) {
+async fn audit(
+    settings: &Settings,
+    action: &str,
+    target: &str,
+    outcome: &str,
+    detail: serde_json::Value,
+) {
     let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
     match Warehouse::connect(&settings.warehouse.url).await {
         Ok(wh) => {
@@ -382,7 +390,10 @@ pub async fn history(settings: &Settings, name: &str, alias: &str, at: Option<&s
                 .parse()
                 .map_err(|e| ModelError::Input(format!("--at {at}: not an RFC 3339 time: {e}")))?;
             match reg.live_at(name, alias, t).await? {
-                Some(r) => println!("{name}@{alias} at {t}: version {} (since {}, by {})", r.version, r.at, r.actor),
+                Some(r) => println!(
+                    "{name}@{alias} at {t}: version {} (since {}, by {})",
+                    r.version, r.at, r.actor
+                ),
                 None => println!("{name}@{alias} at {t}: not set"),
             }
             return Ok(());
@@ -427,7 +438,9 @@ pub async fn evaluate_cmd(settings: &Settings, spec_path: &Path, reference: Opti
     };
     let run = async {
         let reg = open_registry(settings).map_err(ModelError::Storage)?;
-        let r = reference.map(String::from).unwrap_or_else(|| format!("{}@champion", loaded.spec.name));
+        let r = reference
+            .map(String::from)
+            .unwrap_or_else(|| format!("{}@champion", loaded.spec.name));
         let (name, v) = parse_ref(&r);
         let model = reg.load_resolved(name, v.unwrap_or("champion")).await?;
         let analyst = training_analyst(settings).await.map_err(ModelError::Data)?;

@@ -171,4 +171,3 @@ impl MarkedEventReceiver for Recorder {
         }
     }
 }
-

@@ -149,7 +149,11 @@ impl FeatureSchema {
         let mut row = Vec::with_capacity(self.width());
         for f in &self.0 {
             let v = instance.get(&f.name).ok_or_else(|| {
-                ModelError::Input(format!("missing feature `{}` ({})", f.name, type_word(f.kind)))
+                ModelError::Input(format!(
+                    "missing feature `{}` ({})",
+                    f.name,
+                    type_word(f.kind)
+                ))
             })?;
             self.encode_value(f, v, &mut row)?;
         }
@@ -157,7 +161,12 @@ impl FeatureSchema {
     }
 
     /// Encodes one JSON value of feature `f` onto `row`.
-    pub fn encode_value(&self, f: &Feature, v: &Value, row: &mut Vec<f64>) -> Result<(), ModelError> {
+    pub fn encode_value(
+        &self,
+        f: &Feature,
+        v: &Value,
+        row: &mut Vec<f64>,
+    ) -> Result<(), ModelError> {
         let wrong = || {
             ModelError::Input(format!(
                 "feature `{}` must be {}, got {}",
@@ -284,7 +293,9 @@ pub fn dataset(
 ) -> Result<Dataset, ModelError> {
     use sha2::{Digest, Sha256};
     let Some(first) = batches.first() else {
-        return Err(ModelError::Data("the feature query returned no rows".into()));
+        return Err(ModelError::Data(
+            "the feature query returned no rows".into(),
+        ));
     };
     let schema = first.schema();
     let col_index = |name: &str, what: &str| {
@@ -315,20 +326,25 @@ pub fn dataset(
             .fields()
             .iter()
             .map(|f| f.name().clone())
-            .filter(|n| n != time && Some(n.as_str()) != id && Some(n.as_str()) != label.map(|l| l.0))
+            .filter(|n| {
+                n != time && Some(n.as_str()) != id && Some(n.as_str()) != label.map(|l| l.0)
+            })
             .collect(),
     };
     if names.is_empty() {
-        return Err(ModelError::Data("the feature query returns no feature columns".into()));
+        return Err(ModelError::Data(
+            "the feature query returns no feature columns".into(),
+        ));
     }
     let mut kinds = Vec::new();
     let mut idx = Vec::new();
     for n in &names {
         let i = col_index(n, "feature")?;
         let kind = match schema.field(i).data_type() {
-            DataType::Float16 | DataType::Float32 | DataType::Float64 | DataType::Decimal128(..) => {
-                FeatureType::Float
-            }
+            DataType::Float16
+            | DataType::Float32
+            | DataType::Float64
+            | DataType::Decimal128(..) => FeatureType::Float,
             DataType::Int8
             | DataType::Int16
             | DataType::Int32
@@ -419,11 +435,9 @@ pub fn dataset(
                             continue 'rows;
                         }
                     }
-                    (_, Some(a)) => {
-                        if a.is_null(r) {
-                            skipped += 1;
-                            continue 'rows;
-                        }
+                    (_, Some(a)) if a.is_null(r) => {
+                        skipped += 1;
+                        continue 'rows;
                     }
                     _ => {}
                 }
@@ -565,8 +579,10 @@ fn time_values(col: &arrow::array::ArrayRef, name: &str) -> Result<Vec<Option<i6
             )));
         }
     };
-    let c = cast(col, &target).map_err(|e| ModelError::Data(format!("time column `{name}`: {e}")))?;
-    let c = cast(&c, &DataType::Int64).map_err(|e| ModelError::Data(format!("time column `{name}`: {e}")))?;
+    let c =
+        cast(col, &target).map_err(|e| ModelError::Data(format!("time column `{name}`: {e}")))?;
+    let c = cast(&c, &DataType::Int64)
+        .map_err(|e| ModelError::Data(format!("time column `{name}`: {e}")))?;
     let c = c.as_primitive::<Int64Type>();
     Ok((0..c.len())
         .map(|i| (!c.is_null(i)).then(|| c.value(i)))

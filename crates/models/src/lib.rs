@@ -31,7 +31,10 @@ pub enum ModelError {
     Input(String),
     /// An unknown model, version or alias; `available` lists what exists.
     #[error("{what} not found{}", available_list(.available))]
-    NotFound { what: String, available: Vec<String> },
+    NotFound {
+        what: String,
+        available: Vec<String>,
+    },
     /// A compare-and-swap lost: the alias moved since the caller looked.
     #[error("{0}")]
     Conflict(String),

@@ -87,7 +87,11 @@ pub fn r2(pred: &[f64], y: &[f64]) -> f64 {
     let m = mean(y.iter().copied());
     let ss_tot: f64 = y.iter().map(|v| (v - m).powi(2)).sum();
     let ss_res: f64 = pred.iter().zip(y).map(|(p, y)| (p - y).powi(2)).sum();
-    if ss_tot == 0.0 { 0.0 } else { 1.0 - ss_res / ss_tot }
+    if ss_tot == 0.0 {
+        0.0
+    } else {
+        1.0 - ss_res / ss_tot
+    }
 }
 
 /// Share of labels inside their interval.
@@ -141,7 +145,11 @@ pub fn silhouette(x: &[Vec<f64>], labels: &[usize], k: usize, max_rows: usize) -
             counted += 1;
         }
     }
-    if counted == 0 { 0.0 } else { total / counted as f64 }
+    if counted == 0 {
+        0.0
+    } else {
+        total / counted as f64
+    }
 }
 
 pub fn dist(a: &[f64], b: &[f64]) -> f64 {
@@ -163,7 +171,10 @@ mod tests {
 
     #[test]
     fn auc_on_hand_computed_cases() {
-        assert_eq!(auc(&[0.1, 0.4, 0.35, 0.8], &[0.0, 0.0, 1.0, 1.0]), Some(0.75));
+        assert_eq!(
+            auc(&[0.1, 0.4, 0.35, 0.8], &[0.0, 0.0, 1.0, 1.0]),
+            Some(0.75)
+        );
         assert_eq!(auc(&[0.5, 0.5], &[0.0, 1.0]), Some(0.5));
         assert_eq!(auc(&[0.2, 0.9], &[1.0, 1.0]), None);
     }

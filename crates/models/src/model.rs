@@ -113,9 +113,7 @@ impl Estimator {
                     .predict(&m)
                     .map_err(|e| ModelError::Model(format!("forest prediction: {e}")))
             }
-            Estimator::Kmeans { .. } => Err(ModelError::Model(
-                "k-means has no score".into(),
-            )),
+            Estimator::Kmeans { .. } => Err(ModelError::Model("k-means has no score".into())),
         }
     }
 
@@ -164,8 +162,7 @@ impl Estimator {
                     let score = intercept + dot(weights, row);
                     let mut e = interval(score, *log_target, *half_width, *level);
                     if explain {
-                        let per: Vec<f64> =
-                            weights.iter().zip(row).map(|(w, v)| w * v).collect();
+                        let per: Vec<f64> = weights.iter().zip(row).map(|(w, v)| w * v).collect();
                         e.base_score = Some(*intercept);
                         e.top_features = Some(by_feature(schema, &per));
                     }
@@ -244,7 +241,11 @@ pub fn fit_logistic(x: &Matrix, y: &[f64], params: &Params) -> Result<Estimator,
         .map_err(|e| ModelError::Model(format!("logistic regression: {e}")))?;
     // linfa's σ(w·x + b) is the probability of its "positive" class, which is the more
     // frequent label, not label 1: flip the signs when label 0 is the majority
-    let flip = if fitted.labels().pos.class == 1 { 1.0 } else { -1.0 };
+    let flip = if fitted.labels().pos.class == 1 {
+        1.0
+    } else {
+        -1.0
+    };
     Ok(Estimator::Logistic {
         weights: fitted.params().iter().map(|w| flip * w).collect(),
         intercept: flip * fitted.intercept(),
@@ -417,7 +418,12 @@ mod tests {
         let preds = est.predict(&s, &x, true).unwrap();
         for p in &preds {
             let sum: f64 = p.base_score.unwrap()
-                + p.top_features.as_ref().unwrap().iter().map(|c| c.1).sum::<f64>();
+                + p.top_features
+                    .as_ref()
+                    .unwrap()
+                    .iter()
+                    .map(|c| c.1)
+                    .sum::<f64>();
             assert!((sum - p.score.unwrap()).abs() < 1e-9);
             assert!((sigmoid(p.score.unwrap()) - p.probability.unwrap()).abs() < 1e-12);
         }
@@ -438,6 +444,9 @@ mod tests {
             y.push(f64::from(u8::from(u < p)));
         }
         let (a, b) = fit_platt(&s, &y);
-        assert!((a - 2.0).abs() < 0.25 && (b + 1.0).abs() < 0.2, "a={a} b={b}");
+        assert!(
+            (a - 2.0).abs() < 0.25 && (b + 1.0).abs() < 0.2,
+            "a={a} b={b}"
+        );
     }
 }

@@ -396,7 +396,12 @@ impl Registry {
     pub async fn aliases(&self, name: &str) -> Result<Vec<AliasRecord>, ModelError> {
         let mut out = Vec::new();
         for d in self.store.subdirs(&format!("{name}/_aliases")).await? {
-            let alias = d.trim_end_matches('/').rsplit('/').next().unwrap_or("").to_string();
+            let alias = d
+                .trim_end_matches('/')
+                .rsplit('/')
+                .next()
+                .unwrap_or("")
+                .to_string();
             if let Some(r) = self.alias(name, &alias).await? {
                 out.push(r);
             }
@@ -447,7 +452,11 @@ impl Registry {
 
     /// Loads the version `version` (number or alias) names; through an alias, the
     /// manifest must still hash to what was promoted.
-    pub async fn load_resolved(&self, name: &str, version: &str) -> Result<LoadedModel, ModelError> {
+    pub async fn load_resolved(
+        &self,
+        name: &str,
+        version: &str,
+    ) -> Result<LoadedModel, ModelError> {
         let (v, record) = self.resolve(name, version).await?;
         let loaded = self.load(name, &v).await?;
         if let Some(r) = record
@@ -536,11 +545,19 @@ impl Registry {
     }
 
     /// Points `alias` back at the version it pointed at before its current one.
-    pub async fn rollback(&self, name: &str, alias: &str, actor: &str) -> Result<AliasRecord, ModelError> {
-        let current = self.alias(name, alias).await?.ok_or_else(|| ModelError::NotFound {
-            what: format!("alias `{alias}` of `{name}`"),
-            available: Vec::new(),
-        })?;
+    pub async fn rollback(
+        &self,
+        name: &str,
+        alias: &str,
+        actor: &str,
+    ) -> Result<AliasRecord, ModelError> {
+        let current = self
+            .alias(name, alias)
+            .await?
+            .ok_or_else(|| ModelError::NotFound {
+                what: format!("alias `{alias}` of `{name}`"),
+                available: Vec::new(),
+            })?;
         let previous = current.previous.clone().ok_or_else(|| {
             ModelError::Conflict(format!(
                 "{name}@{alias} has no earlier version to roll back to (it was first set to {})",

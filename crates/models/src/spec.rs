@@ -362,25 +362,24 @@ pub fn parse_spec(file: &Path, text: &str) -> Result<LoadedSpec, Vec<Diagnostic>
     if let Some(a) = p.alpha
         && !(a.is_finite() && a >= 0.0)
     {
-        problems.push(diag(
-            "algorithm.params.alpha",
-            "alpha must be ≥ 0".into(),
-        ));
+        problems.push(diag("algorithm.params.alpha", "alpha must be ≥ 0".into()));
     }
     match (spec.task, &spec.label) {
-        (Task::Clustering, Some(_)) => problems.push(diag(
-            "label",
-            "clustering takes no label".into(),
-        )),
-        (Task::Classification | Task::Regression, None) => problems.push(diag(
-            "",
-            format!("a {} spec needs `label`", spec.task),
-        )),
+        (Task::Clustering, Some(_)) => {
+            problems.push(diag("label", "clustering takes no label".into()))
+        }
+        (Task::Classification | Task::Regression, None) => {
+            problems.push(diag("", format!("a {} spec needs `label`", spec.task)))
+        }
         _ => {}
     }
     if spec.task != Task::Regression && (spec.log_target || spec.interval.is_some()) {
         problems.push(diag(
-            if spec.log_target { "log_target" } else { "interval" },
+            if spec.log_target {
+                "log_target"
+            } else {
+                "interval"
+            },
             "log_target and interval apply to regression only".into(),
         ));
     }
@@ -506,8 +505,8 @@ gate:
             "{text:?}"
         );
         assert!(
-            text.iter()
-                .any(|t| t.starts_with("risk.yaml:9:") && t.contains("unknown classification metric `auk`")),
+            text.iter().any(|t| t.starts_with("risk.yaml:9:")
+                && t.contains("unknown classification metric `auk`")),
             "{text:?}"
         );
         let errs = parse_spec(
@@ -516,10 +515,21 @@ gate:
         )
         .unwrap_err();
         assert!(errs[0].to_string().contains("read-only"), "{errs:?}");
-        let errs = parse_spec(Path::new("r.yaml"), &OK.replace("task: classification", "task: regression"))
-            .unwrap_err();
-        assert!(errs[0].to_string().contains("logistic_regression is a classification algorithm"));
-        let errs = parse_spec(Path::new("r.yaml"), &OK.replace("label: y", "lable: y")).unwrap_err();
-        assert!(errs[0].to_string().contains("unknown field `lable`"), "{errs:?}");
+        let errs = parse_spec(
+            Path::new("r.yaml"),
+            &OK.replace("task: classification", "task: regression"),
+        )
+        .unwrap_err();
+        assert!(
+            errs[0]
+                .to_string()
+                .contains("logistic_regression is a classification algorithm")
+        );
+        let errs =
+            parse_spec(Path::new("r.yaml"), &OK.replace("label: y", "lable: y")).unwrap_err();
+        assert!(
+            errs[0].to_string().contains("unknown field `lable`"),
+            "{errs:?}"
+        );
     }
 }

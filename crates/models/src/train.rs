@@ -108,7 +108,9 @@ pub async fn train(
                 .list(Some(&prefix))
                 .try_collect()
                 .await
-                .map_err(|e| ModelError::Storage(format!("listing lake table `{}`: {e}", t.name)))?;
+                .map_err(|e| {
+                    ModelError::Storage(format!("listing lake table `{}`: {e}", t.name))
+                })?;
             files = metas
                 .into_iter()
                 .filter(|m| m.location.as_ref().ends_with(".parquet"))
@@ -285,7 +287,10 @@ fn fit(
                     if let Estimator::Logistic { platt, .. } = &mut est {
                         *platt = (a, b);
                     }
-                    Some(format!("platt (a = {a:.4}, b = {b:.4}) on {} rows", y_cal.len()))
+                    Some(format!(
+                        "platt (a = {a:.4}, b = {b:.4}) on {} rows",
+                        y_cal.len()
+                    ))
                 }
                 _ => None,
             };
@@ -349,7 +354,11 @@ fn fit(
             // split conformal: the interval's half-width is a quantile of the calibration
             // fold's absolute residuals (on the model's scale)
             let cal_pred = est.raw_scores(&x_cal)?;
-            let resid: Vec<f64> = cal_pred.iter().zip(&t_cal).map(|(p, y)| (p - y).abs()).collect();
+            let resid: Vec<f64> = cal_pred
+                .iter()
+                .zip(&t_cal)
+                .map(|(p, y)| (p - y).abs())
+                .collect();
             let q = metrics::conformal_quantile(&resid, level);
             match &mut est {
                 Estimator::Linear { half_width, .. } | Estimator::Forest { half_width, .. } => {
@@ -433,14 +442,20 @@ pub fn evaluate(
     let mut m = BTreeMap::new();
     match s.task {
         Task::Classification => {
-            let p: Vec<f64> = preds.iter().map(|e| e.probability.unwrap_or(f64::NAN)).collect();
+            let p: Vec<f64> = preds
+                .iter()
+                .map(|e| e.probability.unwrap_or(f64::NAN))
+                .collect();
             if let Some(a) = metrics::auc(&p, &ds.y) {
                 m.insert("auc".into(), a);
             }
             m.insert("brier".into(), metrics::brier(&p, &ds.y));
             m.insert("ece".into(), metrics::ece(&p, &ds.y, 10));
             m.insert("accuracy".into(), metrics::accuracy(&p, &ds.y));
-            m.insert("base_rate".into(), ds.y.iter().sum::<f64>() / ds.y.len() as f64);
+            m.insert(
+                "base_rate".into(),
+                ds.y.iter().sum::<f64>() / ds.y.len() as f64,
+            );
         }
         Task::Regression => {
             let v: Vec<f64> = preds.iter().map(|e| e.value.unwrap_or(f64::NAN)).collect();
@@ -453,7 +468,10 @@ pub fn evaluate(
         Task::Clustering => {
             m.insert(
                 "inertia".into(),
-                preds.iter().map(|e| e.distance.unwrap_or(0.0).powi(2)).sum::<f64>()
+                preds
+                    .iter()
+                    .map(|e| e.distance.unwrap_or(0.0).powi(2))
+                    .sum::<f64>()
                     / preds.len() as f64,
             );
         }
@@ -475,9 +493,9 @@ fn reencode(ds: &Dataset, schema: &crate::features::FeatureSchema) -> Result<Mat
                     at += own.levels.len();
                     let level = hot.map(|i| own.levels[i].as_str()).unwrap_or("");
                     let pos = target.levels.iter().position(|l| l == level);
-                    values.extend((0..target.levels.len()).map(|i| {
-                        if Some(i) == pos { 1.0 } else { 0.0 }
-                    }));
+                    values.extend(
+                        (0..target.levels.len()).map(|i| if Some(i) == pos { 1.0 } else { 0.0 }),
+                    );
                 }
                 _ => {
                     let raw = row[at] * own.std + own.mean;

@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 
 use serde::de::DeserializeOwned;
 use serde_norway::Value;
-pub use ymera_common::yaml::{Diagnostic, Positions};
 use ymera_common::yaml::join;
+pub use ymera_common::yaml::{Diagnostic, Positions};
 
 use crate::spec::{
     BatchSpec, DlqSpec, PipelineSpec, SinkSpec, SourceSpec, TestSpec, TransformSpec,

@@ -55,10 +55,7 @@ pub fn api_router(state: AppState, metrics: Option<PrometheusHandle>) -> Router 
             "/v1/models/{name}",
             get(models::show_model).post(models::predict),
         )
-        .route(
-            "/v1/models/{name}/aliases/{alias}",
-            put(models::put_alias),
-        )
+        .route("/v1/models/{name}/aliases/{alias}", put(models::put_alias))
         .route(
             "/v1/models/{name}/aliases/{alias}/history",
             get(models::alias_history),

@@ -153,12 +153,15 @@ impl ModelStore {
         }
         match self.alias_target(name, &v).await? {
             Some(version) => self.version(name, &version).await,
-            None => Err(self.registry.resolve(name, &v).await.err().unwrap_or_else(|| {
-                ModelError::NotFound {
+            None => Err(self
+                .registry
+                .resolve(name, &v)
+                .await
+                .err()
+                .unwrap_or_else(|| ModelError::NotFound {
                     what: format!("alias `{v}` of `{name}`"),
                     available: Vec::new(),
-                }
-            })),
+                })),
         }
     }
 
@@ -173,7 +176,11 @@ impl ModelStore {
 
     /// Re-reads one alias; a new target is loaded and verified before it replaces the old
     /// one. Returns the version now served.
-    pub async fn refresh_alias(&self, name: &str, alias: &str) -> Result<Option<String>, ModelError> {
+    pub async fn refresh_alias(
+        &self,
+        name: &str,
+        alias: &str,
+    ) -> Result<Option<String>, ModelError> {
         let key = (name.to_string(), alias.to_string());
         let current = self.aliases.read().ok().and_then(|a| a.get(&key).cloned());
         let Some(record) = self.registry.alias(name, alias).await? else {
@@ -287,7 +294,13 @@ pub async fn predict_rows(
 }
 
 /// Records `ymera_model_request_duration_seconds`.
-pub fn observe(model: &str, version: &str, endpoint: &'static str, code: StatusCode, started: Instant) {
+pub fn observe(
+    model: &str,
+    version: &str,
+    endpoint: &'static str,
+    code: StatusCode,
+    started: Instant,
+) {
     metrics::histogram!(
         "ymera_model_request_duration_seconds",
         "model" => model.to_string(),
@@ -338,9 +351,9 @@ pub async fn predict(
     let result = async {
         let body: Value = serde_json::from_slice(&body)
             .map_err(|e| ModelError::Input(format!("the body is not valid JSON: {e}")))?;
-        let obj = body
-            .as_object()
-            .ok_or_else(|| ModelError::Input("the body must be a JSON object with `instances`".into()))?;
+        let obj = body.as_object().ok_or_else(|| {
+            ModelError::Input("the body must be a JSON object with `instances`".into())
+        })?;
         for k in obj.keys() {
             if k != "instances" && k != "explain" {
                 return Err(ModelError::Input(format!(
@@ -370,7 +383,9 @@ pub async fn predict(
         let mut values = Vec::with_capacity(instances.len() * schema.width());
         for (i, inst) in instances.iter().enumerate() {
             let obj = inst.as_object().ok_or_else(|| {
-                ModelError::Input(format!("instances[{i}] must be an object of named features"))
+                ModelError::Input(format!(
+                    "instances[{i}] must be an object of named features"
+                ))
             })?;
             let row = schema
                 .encode_instance(obj)
@@ -419,13 +434,10 @@ pub async fn list_models(State(app): State<AppState>) -> Response {
         let mut out = Vec::new();
         for name in reg.models().await? {
             let versions = reg.versions(&name).await?;
-            let latest = versions
-                .iter()
-                .rev()
-                .find_map(|e| match &e.manifest {
-                    Some(Ok(m)) => Some(m.clone()),
-                    _ => None,
-                });
+            let latest = versions.iter().rev().find_map(|e| match &e.manifest {
+                Some(Ok(m)) => Some(m.clone()),
+                _ => None,
+            });
             let aliases: serde_json::Map<String, Value> = reg
                 .aliases(&name)
                 .await?
@@ -464,7 +476,9 @@ pub async fn show_model(State(app): State<AppState>, Path(name): Path<String>) -
             .into_iter()
             .filter_map(|e| match e.manifest {
                 Some(Ok(m)) => Some(manifest_summary(&m)),
-                Some(Err(problem)) => Some(json!({"version": e.version.to_string(), "problem": problem})),
+                Some(Err(problem)) => {
+                    Some(json!({"version": e.version.to_string(), "problem": problem}))
+                }
                 None => None,
             })
             .collect();
@@ -523,17 +537,30 @@ pub async fn put_alias(
         Err(e) => {
             return error_json(
                 StatusCode::BAD_REQUEST,
-                format!("the body must be {{\"version\": \"7\", \"expected_version\": \"6\"}}: {e}"),
+                format!(
+                    "the body must be {{\"version\": \"7\", \"expected_version\": \"6\"}}: {e}"
+                ),
             );
         }
     };
     let expected = req.expected_version.as_deref().map(|v| {
-        if v.is_empty() || v == "none" { None } else { Some(v) }
+        if v.is_empty() || v == "none" {
+            None
+        } else {
+            Some(v)
+        }
     });
     let result = app
         .models
         .registry()
-        .move_alias(&name, &alias, &req.version, expected, &who.subject, "promote")
+        .move_alias(
+            &name,
+            &alias,
+            &req.version,
+            expected,
+            &who.subject,
+            "promote",
+        )
         .await;
     let (status, outcome) = match &result {
         Ok(_) => (StatusCode::OK, "ok".to_string()),

@@ -37,6 +37,8 @@ pub struct SqlConfig {
 }
 
 type Job = (String, oneshot::Sender<Result<Output, QueryError>>);
+/// The analyst session and when its table catalog was read.
+type Catalog = tokio::sync::Mutex<Option<(Instant, Arc<Analyst>)>>;
 
 /// A handle on the SQL runtime.
 #[derive(Debug, Clone)]
@@ -57,8 +59,7 @@ impl SqlService {
             .name("ymera-sql-main".into())
             .spawn(move || {
                 runtime.block_on(async move {
-                    let catalog: Arc<tokio::sync::Mutex<Option<(Instant, Arc<Analyst>)>>> =
-                        Arc::default();
+                    let catalog: Arc<Catalog> = Arc::default();
                     while let Some((sql, reply)) = rx.recv().await {
                         let config = config.clone();
                         let catalog = catalog.clone();
@@ -90,10 +91,7 @@ impl SqlService {
     }
 }
 
-async fn session(
-    config: &SqlConfig,
-    catalog: &tokio::sync::Mutex<Option<(Instant, Arc<Analyst>)>>,
-) -> Result<Arc<Analyst>, QueryError> {
+async fn session(config: &SqlConfig, catalog: &Catalog) -> Result<Arc<Analyst>, QueryError> {
     let mut guard = catalog.lock().await;
     if let Some((at, a)) = guard.as_ref()
         && at.elapsed() < config.catalog_ttl
@@ -130,7 +128,10 @@ pub async fn post_sql(
     body: Bytes,
 ) -> Response {
     let Some(sql_service) = app.sql.clone() else {
-        return error_json(StatusCode::NOT_FOUND, "analyst SQL is not enabled on this server");
+        return error_json(
+            StatusCode::NOT_FOUND,
+            "analyst SQL is not enabled on this server",
+        );
     };
     let req: SqlRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,
@@ -180,9 +181,11 @@ fn to_json(out: &Output) -> Result<Value, String> {
     {
         let mut w = arrow::json::ArrayWriter::new(&mut buf);
         for b in &out.batches {
-            w.write(b).map_err(|e| format!("encoding the result: {e}"))?;
+            w.write(b)
+                .map_err(|e| format!("encoding the result: {e}"))?;
         }
-        w.finish().map_err(|e| format!("encoding the result: {e}"))?;
+        w.finish()
+            .map_err(|e| format!("encoding the result: {e}"))?;
     }
     let rows: Value = if buf.is_empty() {
         json!([])

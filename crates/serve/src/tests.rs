@@ -94,7 +94,11 @@ async fn registry(dir: &std::path::Path) -> Registry {
 
 async fn app(dir: &std::path::Path) -> Router {
     let health = Arc::new(Health::default());
-    let store = Arc::new(ModelStore::new(registry(dir).await, Vec::new(), health.clone()));
+    let store = Arc::new(ModelStore::new(
+        registry(dir).await,
+        Vec::new(),
+        health.clone(),
+    ));
     store.pin().await.unwrap();
     health.set_started();
     let wh = ymera_warehouse::Warehouse::connect(&format!("sqlite://{}/w.db", dir.display()))
@@ -112,7 +116,12 @@ async fn app(dir: &std::path::Path) -> Router {
     )
 }
 
-async fn call(router: &Router, method: &str, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+async fn call(
+    router: &Router,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+) -> (StatusCode, Value) {
     let req = Request::builder()
         .method(method)
         .uri(path)
@@ -125,7 +134,10 @@ async fn call(router: &Router, method: &str, path: &str, body: Option<Value>) ->
     let resp = router.clone().oneshot(req).await.unwrap();
     let status = resp.status();
     let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-    (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
 }
 
 fn sigmoid(z: f64) -> f64 {
@@ -140,8 +152,14 @@ async fn oip_v2_server_and_model_metadata_are_the_spec_shapes() {
     assert_eq!(s, StatusCode::OK);
     assert_eq!(v["name"], "ymera");
     assert!(v["version"].is_string() && v["extensions"].is_array());
-    assert_eq!(call(&app, "GET", "/v2/health/live", None).await.1, json!({"live": true}));
-    assert_eq!(call(&app, "GET", "/v2/health/ready", None).await.1, json!({"ready": true}));
+    assert_eq!(
+        call(&app, "GET", "/v2/health/live", None).await.1,
+        json!({"live": true})
+    );
+    assert_eq!(
+        call(&app, "GET", "/v2/health/ready", None).await.1,
+        json!({"ready": true})
+    );
     let expected = json!({
         "name": "risk",
         "versions": ["1"],
@@ -158,11 +176,15 @@ async fn oip_v2_server_and_model_metadata_are_the_spec_shapes() {
     });
     assert_eq!(call(&app, "GET", "/v2/models/risk", None).await.1, expected);
     assert_eq!(
-        call(&app, "GET", "/v2/models/risk/versions/champion", None).await.1,
+        call(&app, "GET", "/v2/models/risk/versions/champion", None)
+            .await
+            .1,
         expected
     );
     assert_eq!(
-        call(&app, "GET", "/v2/models/risk/versions/1/ready", None).await.1,
+        call(&app, "GET", "/v2/models/risk/versions/1/ready", None)
+            .await
+            .1,
         json!({"name": "risk", "ready": true, "model_version": "1"})
     );
 }
@@ -180,7 +202,13 @@ async fn oip_v2_infer_request_and_response_follow_the_spec_example() {
         ],
         "outputs": [{"name": "probability"}],
     });
-    let (s, v) = call(&app, "POST", "/v2/models/risk/versions/1/infer", Some(request)).await;
+    let (s, v) = call(
+        &app,
+        "POST",
+        "/v2/models/risk/versions/1/infer",
+        Some(request),
+    )
+    .await;
     assert_eq!(s, StatusCode::OK, "{v}");
     let p = [sigmoid(-0.5 + 1.2 + 1.5), sigmoid(-0.5 + 0.8)];
     assert_eq!(
@@ -197,14 +225,19 @@ async fn oip_v2_infer_request_and_response_follow_the_spec_example() {
         &app,
         "POST",
         "/v2/models/risk/versions/champion/infer",
-        Some(json!({"inputs": [{"name": "input", "shape": [2, 2], "datatype": "FP64",
-                                 "data": [[1.2, 3.0], [0.8, 0.0]]}]})),
+        Some(
+            json!({"inputs": [{"name": "input", "shape": [2, 2], "datatype": "FP64",
+                                 "data": [[1.2, 3.0], [0.8, 0.0]]}]}),
+        ),
     )
     .await;
     assert_eq!(s, StatusCode::OK, "{v}");
     assert_eq!(v["model_version"], "1");
     assert_eq!(v["outputs"][0]["data"], json!(p));
-    assert_eq!(v["outputs"][1], json!({"name": "label", "datatype": "BOOL", "shape": [2], "data": [true, true]}));
+    assert_eq!(
+        v["outputs"][1],
+        json!({"name": "label", "datatype": "BOOL", "shape": [2], "data": [true, true]})
+    );
 }
 
 #[tokio::test]
@@ -242,14 +275,26 @@ async fn oip_v2_errors_are_4xx_with_an_error_field() {
         assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
         let obj = v.as_object().unwrap();
         assert_eq!(obj.len(), 1, "only `error`: {v}");
-        assert!(v["error"].as_str().unwrap().contains(expect), "{v} should say {expect}");
+        assert!(
+            v["error"].as_str().unwrap().contains(expect),
+            "{v} should say {expect}"
+        );
     }
     let (s, v) = call(&app, "GET", "/v2/models/nope", None).await;
     assert_eq!(s, StatusCode::NOT_FOUND);
-    assert!(v["error"].as_str().unwrap().contains("available: risk"), "{v}");
+    assert!(
+        v["error"].as_str().unwrap().contains("available: risk"),
+        "{v}"
+    );
     let (s, v) = call(&app, "GET", "/v2/models/risk/versions/challenger", None).await;
     assert_eq!(s, StatusCode::NOT_FOUND);
-    assert!(v["error"].as_str().unwrap().contains("available: 1, champion"), "{v}");
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap()
+            .contains("available: 1, champion"),
+        "{v}"
+    );
 }
 
 #[tokio::test]
@@ -266,7 +311,10 @@ async fn v1_predict_batches_explains_and_rejects_bad_input() {
     assert_eq!(s, StatusCode::OK, "{v}");
     assert_eq!(v["model_version"], "1");
     let first = &v["predictions"][0];
-    assert_eq!(first["top_features"], json!([["churn", 1.5], ["burn_rate", 1.2]]));
+    assert_eq!(
+        first["top_features"],
+        json!([["churn", 1.5], ["burn_rate", 1.2]])
+    );
     assert_eq!(first["base_score"], json!(-0.5));
     assert!((first["score"].as_f64().unwrap() - 2.2).abs() < 1e-12);
     let (s, v) = call(&app, "POST", "/v1/models/risk:explode", Some(json!({}))).await;
@@ -279,8 +327,20 @@ async fn v1_predict_batches_explains_and_rejects_bad_input() {
     )
     .await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
-    assert!(v["error"].as_str().unwrap().contains("unknown field `explian`"), "{v}");
-    let (s, v) = call(&app, "POST", "/v1/models/risk:predict", Some(json!({"instances": []}))).await;
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap()
+            .contains("unknown field `explian`"),
+        "{v}"
+    );
+    let (s, v) = call(
+        &app,
+        "POST",
+        "/v1/models/risk:predict",
+        Some(json!({"instances": []})),
+    )
+    .await;
     assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
     let (s, v) = call(&app, "GET", "/v1/models", None).await;
     assert_eq!(s, StatusCode::OK);

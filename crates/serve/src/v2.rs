@@ -73,7 +73,11 @@ fn metadata(m: &LoadedModel) -> Value {
     })
 }
 
-async fn resolve(app: &AppState, name: &str, version: Option<&str>) -> Result<Arc<LoadedModel>, Response> {
+async fn resolve(
+    app: &AppState,
+    name: &str,
+    version: Option<&str>,
+) -> Result<Arc<LoadedModel>, Response> {
     app.models
         .resolve(name, version)
         .await
@@ -168,16 +172,19 @@ fn flatten<'a>(v: &'a Value, out: &mut Vec<&'a Value>) {
 }
 
 fn shape_of(t: &serde_json::Map<String, Value>, name: &str) -> Result<Vec<i64>, ModelError> {
-    let shape = t
-        .get("shape")
-        .and_then(Value::as_array)
-        .ok_or_else(|| bad(format!("input `{name}`: `shape` must be an array of integers")))?;
+    let shape = t.get("shape").and_then(Value::as_array).ok_or_else(|| {
+        bad(format!(
+            "input `{name}`: `shape` must be an array of integers"
+        ))
+    })?;
     shape
         .iter()
         .map(|d| {
-            d.as_i64()
-                .filter(|d| *d >= 0)
-                .ok_or_else(|| bad(format!("input `{name}`: shape {shape:?} has a non-integer or negative dimension")))
+            d.as_i64().filter(|d| *d >= 0).ok_or_else(|| {
+                bad(format!(
+                    "input `{name}`: shape {shape:?} has a non-integer or negative dimension"
+                ))
+            })
         })
         .collect()
 }
@@ -194,7 +201,17 @@ fn element(
     let ok_type = match feature.kind {
         FeatureType::Float => matches!(
             datatype,
-            "FP64" | "FP32" | "FP16" | "INT64" | "INT32" | "INT16" | "INT8" | "UINT64" | "UINT32" | "UINT16" | "UINT8"
+            "FP64"
+                | "FP32"
+                | "FP16"
+                | "INT64"
+                | "INT32"
+                | "INT16"
+                | "INT8"
+                | "UINT64"
+                | "UINT32"
+                | "UINT16"
+                | "UINT8"
         ),
         FeatureType::Integer => matches!(
             datatype,
@@ -221,8 +238,8 @@ fn element(
 }
 
 async fn infer_model(model: Arc<LoadedModel>, body: &[u8]) -> Result<Value, ModelError> {
-    let req: Value =
-        serde_json::from_slice(body).map_err(|e| bad(format!("the body is not valid JSON: {e}")))?;
+    let req: Value = serde_json::from_slice(body)
+        .map_err(|e| bad(format!("the body is not valid JSON: {e}")))?;
     let req = req
         .as_object()
         .ok_or_else(|| bad("the body must be a JSON object with `inputs`"))?;
@@ -257,9 +274,11 @@ async fn infer_model(model: Arc<LoadedModel>, body: &[u8]) -> Result<Value, Mode
             .and_then(Value::as_str)
             .ok_or_else(|| bad(format!("input `{name}` has no `datatype`")))?;
         let shape = shape_of(t, name)?;
-        let data = t
-            .get("data")
-            .ok_or_else(|| bad(format!("input `{name}` has no `data` (the binary data extension is not supported)")))?;
+        let data = t.get("data").ok_or_else(|| {
+            bad(format!(
+                "input `{name}` has no `data` (the binary data extension is not supported)"
+            ))
+        })?;
         let mut flat = Vec::new();
         flatten(data, &mut flat);
         let count: i64 = shape.iter().product();
@@ -294,7 +313,9 @@ async fn infer_model(model: Arc<LoadedModel>, body: &[u8]) -> Result<Value, Mode
                 for r in 0..n {
                     let v = flat[r * schema.0.len() + c];
                     let v = match (feat.kind, v) {
-                        (FeatureType::Bool, Value::Number(x)) => Value::Bool(x.as_f64() != Some(0.0)),
+                        (FeatureType::Bool, Value::Number(x)) => {
+                            Value::Bool(x.as_f64() != Some(0.0))
+                        }
                         (FeatureType::Integer, Value::Number(x)) => match x.as_f64() {
                             Some(x) if x.fract() == 0.0 => json!(x as i64),
                             _ => v.clone(),
@@ -307,13 +328,17 @@ async fn infer_model(model: Arc<LoadedModel>, body: &[u8]) -> Result<Value, Mode
             }
             continue;
         }
-        let c = schema.0.iter().position(|f| f.name == name).ok_or_else(|| {
-            bad(format!(
-                "unknown input `{name}` (the model takes: {}, or one `input` tensor [N, {}])",
-                schema.names().collect::<Vec<_>>().join(", "),
-                schema.0.len()
-            ))
-        })?;
+        let c = schema
+            .0
+            .iter()
+            .position(|f| f.name == name)
+            .ok_or_else(|| {
+                bad(format!(
+                    "unknown input `{name}` (the model takes: {}, or one `input` tensor [N, {}])",
+                    schema.names().collect::<Vec<_>>().join(", "),
+                    schema.0.len()
+                ))
+            })?;
         if columns[c].is_some() {
             return Err(bad(format!("input `{name}` is given twice")));
         }
@@ -332,7 +357,9 @@ async fn infer_model(model: Arc<LoadedModel>, body: &[u8]) -> Result<Value, Mode
     }
     let n = rows.ok_or_else(|| bad("`inputs` is empty"))?;
     if n > MAX_INSTANCES {
-        return Err(bad(format!("{n} rows in one request; at most {MAX_INSTANCES}")));
+        return Err(bad(format!(
+            "{n} rows in one request; at most {MAX_INSTANCES}"
+        )));
     }
     if let Some(missing) = schema.0.iter().zip(&columns).find(|(_, c)| c.is_none()) {
         return Err(bad(format!(
@@ -364,17 +391,26 @@ async fn infer_model(model: Arc<LoadedModel>, body: &[u8]) -> Result<Value, Mode
             .collect()
     });
     if let Some(w) = &wanted
-        && let Some(unknown) = w.iter().find(|w| !outputs(task).iter().any(|(n, _)| n == w))
+        && let Some(unknown) = w
+            .iter()
+            .find(|w| !outputs(task).iter().any(|(n, _)| n == w))
     {
         return Err(bad(format!(
             "unknown output `{unknown}` (outputs: {})",
-            outputs(task).iter().map(|o| o.0).collect::<Vec<_>>().join(", ")
+            outputs(task)
+                .iter()
+                .map(|o| o.0)
+                .collect::<Vec<_>>()
+                .join(", ")
         )));
     }
     let pick = |f: &dyn Fn(&Estimate) -> Value| -> Vec<Value> { preds.iter().map(f).collect() };
     let mut out = Vec::new();
     for (oname, dtype) in outputs(task) {
-        if wanted.as_ref().is_some_and(|w| !w.iter().any(|x| x == oname)) {
+        if wanted
+            .as_ref()
+            .is_some_and(|w| !w.iter().any(|x| x == oname))
+        {
             continue;
         }
         let data = match *oname {

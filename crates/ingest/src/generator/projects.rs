@@ -74,7 +74,8 @@ impl ProjectPlan {
         let scope_sizes: Vec<f64> = (0..scope_count)
             .map(|_| rng.random_range(0.04..0.10))
             .collect();
-        let leave_p = ((0.02 + 0.3 * rng.random::<f64>().powi(3)) * shift.churn_scale).clamp(0.0, 0.95);
+        let leave_p =
+            ((0.02 + 0.3 * rng.random::<f64>().powi(3)) * shift.churn_scale).clamp(0.0, 0.95);
         let churn_count = (0..team_size).filter(|_| rng.random_bool(leave_p)).count();
         let velocity = (1.22 + 0.12 * normal(rng)).clamp(0.8, 1.6);
         let burn = (0.93 + 0.08 * normal(rng)).clamp(0.7, 1.3);
