@@ -348,6 +348,49 @@ fn train_register_serve_predict_with_reload_tamper_and_kill_9() {
         "{body}"
     );
 
+    // --- analyst SQL over HTTP (its own runtime), read-only, audited; metrics; request ids
+    let analyst = w
+        .ok(&["keys", "create", "--role", "analyst"])
+        .trim()
+        .to_string();
+    let (s, body) = post(
+        port,
+        "/v1/sql",
+        &analyst,
+        &json!({"sql": "SELECT count(DISTINCT project_id) AS projects FROM project_events"}),
+    );
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(body["rows"][0]["projects"], 600, "{body}");
+    let (s, body) = post(
+        port,
+        "/v1/sql",
+        &analyst,
+        &json!({"sql": "DROP TABLE projects"}),
+    );
+    assert_eq!(s, 403, "{body}");
+    assert_eq!(
+        post(port, "/v1/sql", &agent, &json!({"sql": "SELECT 1"})).0,
+        403,
+        "agents may not run SQL"
+    );
+    let (s, text) = http(port, "GET", "/metrics", Some(&admin), None).unwrap();
+    assert_eq!(s, 200);
+    assert!(
+        text.lines().any(
+            |l| l.starts_with("ymera_model_request_duration_seconds_bucket{")
+                && l.contains("model=\"risk\"")
+                && l.contains("endpoint=\"v1_predict\"")
+                && l.contains("code=\"200\"")
+        ),
+        "{text}"
+    );
+    assert!(
+        w.serve_log().contains("request_id"),
+        "log lines carry request ids"
+    );
+    let audit = w.ok(&["audit", "verify"]);
+    assert!(audit.contains("intact"), "{audit}");
+
     // --- OIP V2: metadata, per-feature tensors, one [N, F] tensor, alias as version
     let (s, meta) = get(port, "/v2/models/risk", &agent);
     assert_eq!(s, 200, "{meta}");

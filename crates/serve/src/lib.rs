@@ -3,6 +3,7 @@
 //! Protocol V2), the model registry, and analyst SQL — behind the credentials and policy
 //! of [`auth`].
 
+pub mod access;
 pub mod auth;
 pub mod health;
 pub mod models;
@@ -65,7 +66,8 @@ pub fn api_router(state: AppState, metrics: Option<PrometheusHandle>) -> Router 
         .merge(health_router(health, metrics))
 }
 
-/// The API with credentials, the route × role policy, rate limits and request limits.
+/// The API with credentials, the route × role policy, rate limits, request limits, and
+/// request ids with an access log line per request.
 pub fn serve_router(
     state: AppState,
     metrics: Option<PrometheusHandle>,
@@ -74,6 +76,7 @@ pub fn serve_router(
     let auth = state.auth.clone();
     let router = api_router(state, metrics);
     auth::harden(auth::protect(router, auth), limits)
+        .layer(axum::middleware::from_fn(access::access_log))
 }
 
 #[cfg(test)]
