@@ -614,6 +614,31 @@ fn train_register_serve_predict_with_reload_tamper_and_kill_9() {
         list.contains("effort:") && list.contains("champion→1"),
         "{list}"
     );
+
+    // --- rollback and history: which version was live when
+    let before_rollback = utc_now();
+    let out = w.ok(&["models", "rollback", "risk"]);
+    assert!(out.contains("rolled back to 1 (from 2)"), "{out}");
+    let hist = w.ok(&["models", "history", "risk"]);
+    assert_eq!(hist.lines().count(), 3, "{hist}");
+    assert!(
+        hist.lines().last().unwrap().contains("rollback 2 → 1"),
+        "{hist}"
+    );
+    let at = w.ok(&["models", "history", "risk", "--at", &before_rollback]);
+    assert!(at.contains("version 2"), "{at}");
+    let out = w.ymera(&["models", "promote", "risk", "2", "--expected", "2"]);
+    assert!(!out.status.success(), "a stale --expected must be refused");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not the expected 2"));
+}
+
+/// Now as RFC 3339, from the system clock (the tests package has no chrono).
+fn utc_now() -> String {
+    let out = std::process::Command::new("date")
+        .args(["-u", "+%Y-%m-%dT%H:%M:%S.%NZ"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 /// Risk and effort models trained on one world, scored on another generated from a

@@ -511,7 +511,7 @@ impl Registry {
             && exp != current_version
         {
             return Err(ModelError::Conflict(format!(
-                "{name}@{alias} points at {} , not the expected {}",
+                "{name}@{alias} points at {}, not the expected {}",
                 current_version.unwrap_or("nothing"),
                 exp.unwrap_or("nothing")
             )));
