@@ -27,6 +27,8 @@ export YMERA_BROKERS="127.0.0.1:$KPORT"
 export YMERA__LAKE__URL="$W/lake" YMERA__WAREHOUSE__URL="sqlite://$W/warehouse.db"
 export YMERA__WAREHOUSE__MIGRATE_ON_START=true YMERA__LOG__LEVEL=warn
 export YMERA__AUTH__ADMIN_KEY_FILE="$W/admin.key" YMERA__SERVE__LISTEN="127.0.0.1:$HPORT"
+# the per-key rate limit (default 50/s) would answer most benchmark requests with 429
+export YMERA__AUTH__RATE_LIMIT__PER_SECOND=1000000 YMERA__AUTH__RATE_LIMIT__BURST=1000000
 "$BIN" gen --brokers "$YMERA_BROKERS" --days 365 --projects "$PROJECTS" --seed 5 --services none
 mkdir -p "$W/pipelines"; cp pipelines/project_events.yaml pipelines/task_events.yaml "$W/pipelines/"
 YMERA__RUN__LISTEN=127.0.0.1:0 "$BIN" run --stop-when-idle 5s "$W/pipelines"
@@ -46,5 +48,5 @@ SERVE=$!
 for _ in $(seq 1 100); do curl -sf "127.0.0.1:$HPORT/health/ready" >/dev/null && break; sleep 0.2; done
 AGENT=$("$BIN" keys create --role agent 2>/dev/null)
 python3 bench/predict_vs_fastapi.py --rows "$W/risk_rows.csv" --ymera "http://127.0.0.1:$HPORT" \
-  --token "$AGENT" --manifest "$W/risk_manifest.json" --rate "$RATE" --duration "$DURATION"
+  --token "$AGENT" --manifest "$W/risk_manifest.json" --rate "$RATE" --duration "$DURATION" ${BENCH_ARGS:-}
 echo "work dir: $W"

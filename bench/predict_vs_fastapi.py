@@ -105,6 +105,42 @@ def oha(url, token, body, rate, duration):
     }
 
 
+WRK_LUA = """
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.body = [[%s]]
+%s
+"""
+
+
+def to_ms(text):
+    for unit, f in (("us", 0.001), ("ms", 1.0), ("s", 1000.0)):
+        if text.endswith(unit):
+            return round(float(text[: -len(unit)]) * f, 3)
+    return float(text)
+
+
+def wrk(url, token, body, connections, duration):
+    """Closed loop at a fixed concurrency (wrk has no fixed-rate mode): req/s and latency."""
+    auth = f'wrk.headers["Authorization"] = "Bearer {token}"' if token else ""
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
+        f.write(WRK_LUA % (body, auth))
+    out = subprocess.run(
+        ["wrk", "-t", "1", "-c", str(connections), "-d", duration, "--latency", "-s", f.name, url],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    r = {"connections": connections}
+    for line in out.splitlines():
+        parts = line.split()
+        if line.startswith("Requests/sec:"):
+            r["requests_per_s"] = float(parts[1])
+        elif len(parts) == 2 and parts[0] in ("50%", "90%", "99%"):
+            r["p" + parts[0].rstrip("%") + "_ms"] = to_ms(parts[1])
+        elif "Non-2xx" in line:
+            r["non_2xx"] = int(parts[-1])
+    return r
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", required=True, help="CSV of the risk spec's query")
@@ -115,6 +151,8 @@ def main():
     ap.add_argument("--duration", default="20s")
     ap.add_argument("--port", type=int, default=8099)
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--tool", choices=["oha", "wrk"], default="oha" if shutil.which("oha") else "wrk")
+    ap.add_argument("--connections", type=int, default=16, help="wrk's fixed concurrency")
     a = ap.parse_args()
 
     df = pd.read_csv(a.rows).dropna(subset=FEATURES + [LABEL])
@@ -122,13 +160,18 @@ def main():
     train, hold = time_split(df)
     result = {"rows": len(df), "train_rows": len(train), "holdout_rows": len(hold)}
     t0 = time.perf_counter()
-    lr = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000)).fit(train[FEATURES], train[LABEL])
+    # fitted on arrays, as the service is called with arrays (no per-request feature-name warning)
+    lr = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000)).fit(
+        train[FEATURES].to_numpy(), train[LABEL]
+    )
     result["sklearn_logistic_fit_s"] = round(time.perf_counter() - t0, 4)
     t0 = time.perf_counter()
     rf = RandomForestClassifier(n_estimators=200, min_samples_leaf=5, random_state=42, n_jobs=1)
     rf.fit(train[FEATURES], train[LABEL])
     result["sklearn_random_forest_fit_s"] = round(time.perf_counter() - t0, 4)
-    result["auc_sklearn_logistic"] = round(roc_auc_score(hold[LABEL], lr.predict_proba(hold[FEATURES])[:, 1]), 4)
+    result["auc_sklearn_logistic"] = round(
+        roc_auc_score(hold[LABEL], lr.predict_proba(hold[FEATURES].to_numpy())[:, 1]), 4
+    )
     result["auc_sklearn_random_forest"] = round(roc_auc_score(hold[LABEL], rf.predict_proba(hold[FEATURES])[:, 1]), 4)
     if a.manifest:
         m = json.load(open(a.manifest))
@@ -157,12 +200,15 @@ def main():
                 break
             except subprocess.CalledProcessError:
                 time.sleep(0.2)
-        if not shutil.which("oha"):
-            sys.exit("oha is missing: cargo install oha --locked")
-        result["ymera"] = oha(f"{a.ymera}/v1/models/risk:predict", a.token, body, a.rate, a.duration)
-        result["fastapi_sklearn"] = oha(
-            f"http://127.0.0.1:{a.port}/v1/models/risk:predict", None, body, a.rate, a.duration
-        )
+        result["tool"] = a.tool
+        peer_url = f"http://127.0.0.1:{a.port}/v1/models/risk:predict"
+        ours_url = f"{a.ymera}/v1/models/risk:predict"
+        if a.tool == "oha":
+            result["ymera"] = oha(ours_url, a.token, body, a.rate, a.duration)
+            result["fastapi_sklearn"] = oha(peer_url, None, body, a.rate, a.duration)
+        else:
+            result["ymera"] = wrk(ours_url, a.token, body, a.connections, a.duration)
+            result["fastapi_sklearn"] = wrk(peer_url, None, body, a.connections, a.duration)
     finally:
         peer.send_signal(signal.SIGTERM)
         peer.wait()
