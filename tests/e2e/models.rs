@@ -159,6 +159,17 @@ fn get(port: u16, path: &str, token: &str) -> (u16, Value) {
     (s, serde_json::from_str(&b).unwrap_or(Value::String(b)))
 }
 
+/// Status and `model_version` of a risk prediction by the default version.
+fn served_risk_version(port: u16, token: &str) -> (u16, Option<String>) {
+    let (s, body) = post(
+        port,
+        "/v1/models/risk:predict",
+        token,
+        &json!({"instances": [risk_instance(1)]}),
+    );
+    (s, body["model_version"].as_str().map(String::from))
+}
+
 fn risk_instance(churn: i64) -> Value {
     json!({"burn_rate": 1.05, "schedule_slip": 0.03, "scope_changes": 2, "churn": churn, "team_size": 8})
 }
@@ -515,30 +526,9 @@ fn train_register_serve_predict_with_reload_tamper_and_kill_9() {
     assert!(wait_for(Duration::from_secs(10), || w
         .serve_log()
         .contains("refusing the alias's new target")));
-    let (s, body) = post(
-        port,
-        "/v1/models/risk:predict",
-        &agent,
-        &json!({"instances": [risk_instance(1)]}),
-    );
-    assert_eq!(
-        (s, body["model_version"].as_str()),
-        (200, Some("2")),
-        "{body}"
-    );
+    assert_eq!(served_risk_version(port, &agent), (200, Some("2".into())));
 
-    // the running server keeps version 2 it verified before the swap
-    let (s, body) = post(
-        port,
-        "/v1/models/risk:predict",
-        &agent,
-        &json!({"instances": [risk_instance(1)]}),
-    );
-    assert_eq!(
-        (s, body["model_version"].as_str()),
-        (200, Some("2")),
-        "{body}"
-    );
+    // (the running server keeps version 2, which it verified before the manifest swap)
 
     // --- kill -9 the server; after the registry is repaired a restart serves the same
     // champions (state lives in the registry, not in the process)
@@ -547,17 +537,7 @@ fn train_register_serve_predict_with_reload_tamper_and_kill_9() {
     std::fs::remove_file(w.registry().join("risk/_aliases/champion/0000000003.json")).unwrap();
     std::fs::write(w.registry().join("risk/2/manifest.json"), original).unwrap();
     let (mut server, port) = w.serve();
-    let (s, body) = post(
-        port,
-        "/v1/models/risk:predict",
-        &agent,
-        &json!({"instances": [risk_instance(1)]}),
-    );
-    assert_eq!(
-        (s, body["model_version"].as_str()),
-        (200, Some("2")),
-        "{body}"
-    );
+    assert_eq!(served_risk_version(port, &agent), (200, Some("2".into())));
     let (s, body) = post(
         port,
         "/v1/models/effort:predict",

@@ -33,6 +33,17 @@ pub fn open_registry(settings: &Settings) -> Result<Registry, String> {
     Registry::open(&url, &crate::commands::s3_settings()).map_err(|e| e.to_string())
 }
 
+/// The exit code of a command's result, printing the error.
+fn finish(result: Result<(), ModelError>) -> u8 {
+    match result {
+        Ok(()) => EXIT_OK,
+        Err(e) => {
+            eprintln!("error: {e}");
+            exit_for(&e)
+        }
+    }
+}
+
 fn exit_for(e: &ModelError) -> u8 {
     match e {
         ModelError::Input(_) | ModelError::NotFound { .. } => EXIT_USAGE,
@@ -212,13 +223,7 @@ pub async fn list(settings: &Settings) -> u8 {
         }
         Ok::<_, ModelError>(())
     };
-    match run.await {
-        Ok(()) => EXIT_OK,
-        Err(e) => {
-            eprintln!("error: {e}");
-            exit_for(&e)
-        }
-    }
+    finish(run.await)
 }
 
 /// Splits `name`, `name/version` or `name@alias`.
@@ -262,13 +267,7 @@ pub async fn show(settings: &Settings, reference: &str) -> u8 {
         println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
         Ok::<_, ModelError>(())
     };
-    match run.await {
-        Ok(()) => EXIT_OK,
-        Err(e) => {
-            eprintln!("error: {e}");
-            exit_for(&e)
-        }
-    }
+    finish(run.await)
 }
 
 async fn audit(
@@ -415,13 +414,7 @@ pub async fn history(settings: &Settings, name: &str, alias: &str, at: Option<&s
         }
         Ok::<_, ModelError>(())
     };
-    match run.await {
-        Ok(()) => EXIT_OK,
-        Err(e) => {
-            eprintln!("error: {e}");
-            exit_for(&e)
-        }
-    }
+    finish(run.await)
 }
 
 /// `ymera models evaluate SPEC [--model NAME@ALIAS]`: scores a registered version on the
@@ -459,13 +452,7 @@ pub async fn evaluate_cmd(settings: &Settings, spec_path: &Path, reference: Opti
         );
         Ok::<_, ModelError>(())
     };
-    match run.await {
-        Ok(()) => EXIT_OK,
-        Err(e) => {
-            eprintln!("error: {e}");
-            exit_for(&e)
-        }
-    }
+    finish(run.await)
 }
 
 /// `ymera serve`: the HTTP API until SIGINT/SIGTERM.
