@@ -202,8 +202,8 @@ impl Registry {
         Ok(out)
     }
 
-    /// Every version directory of `name`, oldest first.
-    pub async fn versions(&self, name: &str) -> Result<Vec<VersionEntry>, ModelError> {
+    /// The numbers of `name`'s version directories (manifest or not), ascending.
+    async fn version_numbers(&self, name: &str) -> Result<Vec<u64>, ModelError> {
         check_name("model name", name)?;
         let mut nums: Vec<u64> = self
             .store
@@ -213,8 +213,13 @@ impl Registry {
             .filter_map(|d| d.trim_end_matches('/').rsplit('/').next()?.parse().ok())
             .collect();
         nums.sort_unstable();
+        Ok(nums)
+    }
+
+    /// Every version directory of `name`, oldest first.
+    pub async fn versions(&self, name: &str) -> Result<Vec<VersionEntry>, ModelError> {
         let mut out = Vec::new();
-        for v in nums {
+        for v in self.version_numbers(name).await? {
             let manifest = match self.store.get(&format!("{name}/{v}/manifest.json")).await {
                 Ok(b) => Some(
                     serde_json::from_slice::<Manifest>(&b)
@@ -243,12 +248,13 @@ impl Registry {
     ) -> Result<Manifest, ModelError> {
         check_name("model name", &artifact.name)?;
         let name = artifact.name.clone();
+        // the next number after every directory, with a manifest or not: an interrupted
+        // trainer's number is never reused
         let mut v = self
-            .versions(&name)
+            .version_numbers(&name)
             .await?
             .last()
-            .map(|e| e.version + 1)
-            .unwrap_or(1);
+            .map_or(1, |n| n + 1);
         loop {
             artifact.version = v.to_string();
             let bytes = serde_json::to_vec(&artifact)
@@ -302,9 +308,6 @@ impl Registry {
     /// sha256 is the manifest's, the artifact names the same model, version and features.
     pub async fn load(&self, name: &str, version: &str) -> Result<LoadedModel, ModelError> {
         check_name("model name", name)?;
-        if !self.models().await?.iter().any(|m| m == name) {
-            return Err(self.not_found_model(name).await);
-        }
         let v: u64 = version.parse().map_err(|_| ModelError::NotFound {
             what: format!("version `{version}` of `{name}`"),
             available: Vec::new(),
@@ -316,6 +319,10 @@ impl Registry {
                 source: object_store::Error::NotFound { .. },
                 ..
             }) => {
+                // only now find out which of the two is unknown (no listing per load)
+                if !self.models().await?.iter().any(|m| m == name) {
+                    return Err(self.not_found_model(name).await);
+                }
                 let mut available = self.version_names(name).await?;
                 available.extend(self.aliases(name).await?.into_iter().map(|a| a.alias));
                 return Err(ModelError::NotFound {
@@ -364,32 +371,43 @@ impl Registry {
         })
     }
 
-    /// Every record of `alias`, oldest first.
-    pub async fn history(&self, name: &str, alias: &str) -> Result<Vec<AliasRecord>, ModelError> {
+    /// The paths of `alias`'s records, oldest first (record names are zero-padded seqs).
+    async fn record_paths(&self, name: &str, alias: &str) -> Result<Vec<String>, ModelError> {
         check_name("model name", name)?;
         check_name("alias", alias)?;
-        let dir = format!("{name}/_aliases/{alias}/");
         let mut files: Vec<String> = self
             .store
-            .list(&dir)
+            .list(&format!("{name}/_aliases/{alias}/"))
             .await?
             .into_iter()
             .filter(|p| p.ends_with(".json"))
             .collect();
         files.sort();
-        let mut out = Vec::with_capacity(files.len());
-        for f in files {
-            let b = self.store.get(&f).await?;
-            let r: AliasRecord = serde_json::from_slice(&b)
-                .map_err(|e| ModelError::Integrity(format!("{f}: unreadable alias record: {e}")))?;
-            out.push(r);
+        Ok(files)
+    }
+
+    async fn record(&self, path: &str) -> Result<AliasRecord, ModelError> {
+        let b = self.store.get(path).await?;
+        serde_json::from_slice(&b)
+            .map_err(|e| ModelError::Integrity(format!("{path}: unreadable alias record: {e}")))
+    }
+
+    /// Every record of `alias`, oldest first.
+    pub async fn history(&self, name: &str, alias: &str) -> Result<Vec<AliasRecord>, ModelError> {
+        let mut out = Vec::new();
+        for f in self.record_paths(name, alias).await? {
+            out.push(self.record(&f).await?);
         }
         Ok(out)
     }
 
-    /// The current record of `alias`, if it was ever set.
+    /// The current record of `alias`, if it was ever set (one listing, one read: the
+    /// server calls this for every alias on every reload tick).
     pub async fn alias(&self, name: &str, alias: &str) -> Result<Option<AliasRecord>, ModelError> {
-        Ok(self.history(name, alias).await?.pop())
+        match self.record_paths(name, alias).await?.last() {
+            Some(f) => Ok(Some(self.record(f).await?)),
+            None => Ok(None),
+        }
     }
 
     /// The current record of every alias of `name`.
