@@ -33,6 +33,12 @@ pub fn open_registry(settings: &Settings) -> Result<Registry, String> {
     Registry::open(&url, &crate::commands::s3_settings()).map_err(|e| e.to_string())
 }
 
+/// Prints `error: …` and gives `code` (the early returns of the command bodies).
+fn fail(code: u8, e: impl std::fmt::Display) -> u8 {
+    eprintln!("error: {e}");
+    code
+}
+
 /// The exit code of a command's result, printing the error.
 fn finish(result: Result<(), ModelError>) -> u8 {
     match result {
@@ -72,24 +78,15 @@ pub async fn train_cmd(settings: &Settings, spec_path: &Path) -> u8 {
     };
     let registry = match open_registry(settings) {
         Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return EXIT_FAILURE;
-        }
+        Err(e) => return fail(EXIT_FAILURE, e),
     };
     let lake = match crate::commands::open_lake(settings) {
         Ok(l) => l,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return EXIT_FAILURE;
-        }
+        Err(e) => return fail(EXIT_FAILURE, e),
     };
     let analyst = match training_analyst(settings).await {
         Ok(a) => a,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return EXIT_FAILURE;
-        }
+        Err(e) => return fail(EXIT_FAILURE, e),
     };
     let bar = if std::io::stderr().is_terminal() {
         let b = ProgressBar::new(STAGES.len() as u64);
@@ -307,10 +304,7 @@ pub async fn promote(
     let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
     let reg = match open_registry(settings) {
         Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return EXIT_FAILURE;
-        }
+        Err(e) => return fail(EXIT_FAILURE, e),
     };
     let exp = expected.map(|e| if e == "none" { None } else { Some(e) });
     let result = reg
@@ -350,10 +344,7 @@ pub async fn rollback(settings: &Settings, name: &str, alias: &str) -> u8 {
     let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
     let reg = match open_registry(settings) {
         Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return EXIT_FAILURE;
-        }
+        Err(e) => return fail(EXIT_FAILURE, e),
     };
     let result = reg.rollback(name, alias, &format!("cli:{user}")).await;
     audit(
@@ -468,10 +459,7 @@ pub async fn serve(settings: &Settings) -> u8 {
     };
     let registry = match open_registry(settings) {
         Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return EXIT_FAILURE;
-        }
+        Err(e) => return fail(EXIT_FAILURE, e),
     };
     let warehouse = match Warehouse::connect(&settings.warehouse.url).await {
         Ok(w) => w,
@@ -482,10 +470,7 @@ pub async fn serve(settings: &Settings) -> u8 {
     };
     let auth = match crate::keyscmd::build_auth(settings, warehouse.clone()).await {
         Ok(a) => Arc::new(a),
-        Err(e) => {
-            eprintln!("error: {e}");
-            return EXIT_CONFIG;
-        }
+        Err(e) => return fail(EXIT_CONFIG, e),
     };
     let sql = match ymera_serve::sql::SqlService::start(ymera_serve::sql::SqlConfig {
         lake_url: settings.lake.url.clone(),

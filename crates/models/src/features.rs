@@ -341,18 +341,8 @@ pub fn dataset(
     for n in &names {
         let i = col_index(n, "feature")?;
         let kind = match schema.field(i).data_type() {
-            DataType::Float16
-            | DataType::Float32
-            | DataType::Float64
-            | DataType::Decimal128(..) => FeatureType::Float,
-            DataType::Int8
-            | DataType::Int16
-            | DataType::Int32
-            | DataType::Int64
-            | DataType::UInt8
-            | DataType::UInt16
-            | DataType::UInt32
-            | DataType::UInt64 => FeatureType::Integer,
+            t if t.is_floating() || matches!(t, DataType::Decimal128(..)) => FeatureType::Float,
+            t if t.is_integer() => FeatureType::Integer,
             DataType::Boolean => FeatureType::Bool,
             DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => FeatureType::Text,
             other => {

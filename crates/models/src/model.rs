@@ -14,7 +14,7 @@ use smartcore::linear::ridge_regression::{RidgeRegression, RidgeRegressionParame
 
 use crate::ModelError;
 use crate::features::{FeatureSchema, Matrix, by_feature};
-use crate::spec::{Algorithm, Params};
+use crate::spec::Params;
 
 type Forest = RandomForestRegressor<f64, f64, DenseMatrix<f64>, Vec<f64>>;
 
@@ -354,16 +354,6 @@ pub fn fit_kmeans(x: &Matrix, params: &Params) -> Result<Vec<Vec<f64>>, ModelErr
         .into_iter()
         .map(|r| r.to_vec())
         .collect())
-}
-
-/// The algorithm an estimator was fitted with.
-pub fn algorithm_of(e: &Estimator) -> Algorithm {
-    match e {
-        Estimator::Logistic { .. } => Algorithm::LogisticRegression,
-        Estimator::Linear { .. } => Algorithm::LinearRegression,
-        Estimator::Forest { .. } => Algorithm::RandomForest,
-        Estimator::Kmeans { .. } => Algorithm::Kmeans,
-    }
 }
 
 #[cfg(test)]

@@ -20,12 +20,11 @@ use crate::registry::{
 use crate::spec::{Algorithm, Calibration, LoadedSpec, Task};
 
 /// The steps of training, reported to the caller's progress display.
-pub const STAGES: [&str; 6] = [
+pub const STAGES: [&str; 5] = [
     "running the feature query",
     "reading features",
-    "fitting",
-    "calibrating",
-    "evaluating on the holdout",
+    "fitting, calibrating, evaluating on the holdout",
+    "checking the gate",
     "registering",
 ];
 
@@ -173,7 +172,7 @@ pub async fn train(
     let started = Instant::now();
     let spec_owned = loaded.clone();
     let (ds, split, fitted) = tokio::task::spawn_blocking(move || {
-        let fitted = fit(&spec_owned, &ds, &split, &|_| {});
+        let fitted = fit(&spec_owned, &ds, &split);
         (ds, split, fitted)
     })
     .await
@@ -181,7 +180,6 @@ pub async fn train(
     let fitted = fitted?;
     let fit_seconds = started.elapsed().as_secs_f64();
     progress(3);
-    progress(4);
     let mut metrics = fitted.metrics;
     if !spec.metrics.is_empty() {
         metrics.retain(|k, _| {
@@ -201,7 +199,7 @@ pub async fn train(
         })
         .collect();
     let gate_passed = gate.iter().all(|g| g.passed);
-    progress(5);
+    progress(4);
     let (first, last) = (
         ds.time.iter().min().copied().unwrap_or_default(),
         ds.time.iter().max().copied().unwrap_or_default(),
@@ -262,12 +260,7 @@ pub async fn train(
 }
 
 /// Fits and evaluates (blocking).
-fn fit(
-    loaded: &LoadedSpec,
-    ds: &Dataset,
-    split: &Split,
-    _progress: &dyn Fn(usize),
-) -> Result<Fitted, ModelError> {
+fn fit(loaded: &LoadedSpec, ds: &Dataset, split: &Split) -> Result<Fitted, ModelError> {
     let spec = &loaded.spec;
     let params = &spec.algorithm.params;
     let x_train = ds.x.select(&split.train);

@@ -19,7 +19,7 @@ use ymera_models::model::Estimate;
 use ymera_models::{LoadedModel, ModelError, Task};
 
 use crate::AppState;
-use crate::models::{MAX_INSTANCES, error_json, error_response, observe, predict_rows};
+use crate::models::{MAX_INSTANCES, error_response, observe, predict_rows};
 
 /// `GET /v2`: server metadata.
 pub async fn server_metadata() -> Response {
@@ -433,9 +433,4 @@ async fn infer_model(model: Arc<LoadedModel>, body: &[u8]) -> Result<Value, Mode
         resp["id"] = id.clone();
     }
     Ok(resp)
-}
-
-/// A 404 for an OIP path that names no route.
-pub fn not_found() -> Response {
-    error_json(StatusCode::NOT_FOUND, "no such route")
 }
