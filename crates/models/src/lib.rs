@@ -16,6 +16,8 @@ pub mod features;
 pub mod metrics;
 pub mod model;
 pub mod registry;
+pub mod scaling;
+pub mod series;
 pub mod spec;
 pub mod train;
 
