@@ -4,6 +4,7 @@
 pub mod error;
 pub mod health;
 pub mod schema;
+pub mod series;
 pub mod units;
 pub mod yaml;
 

@@ -17,7 +17,6 @@ pub mod metrics;
 pub mod model;
 pub mod registry;
 pub mod scaling;
-pub mod series;
 pub mod spec;
 pub mod train;
 

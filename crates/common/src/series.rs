@@ -10,7 +10,11 @@ use std::path::Path;
 
 use chrono::{DateTime, NaiveDateTime, Utc};
 
-use crate::ModelError;
+/// Why a series could not be read or put on a grid; the message names the input
+/// (`file:line`, or `name[index]`).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{0}")]
+pub struct SeriesError(pub String);
 
 /// The NAB timestamp format.
 pub const TS_FORMAT: &str = "%Y-%m-%d %H:%M:%S";
@@ -44,14 +48,14 @@ pub fn format_ts(t: i64) -> String {
 }
 
 /// Reads a NAB-layout CSV. Errors name `path:line` (1-based, the header is line 1).
-pub fn read_csv(path: &Path) -> Result<Series, ModelError> {
+pub fn read_csv(path: &Path) -> Result<Series, SeriesError> {
     let text = std::fs::read_to_string(path)
-        .map_err(|e| ModelError::Data(format!("{}: {e}", path.display())))?;
+        .map_err(|e| SeriesError(format!("{}: {e}", path.display())))?;
     parse_csv(&path.display().to_string(), &text)
 }
 
 /// Parses NAB-layout CSV text; `name` prefixes error messages.
-pub fn parse_csv(name: &str, text: &str) -> Result<Series, ModelError> {
+pub fn parse_csv(name: &str, text: &str) -> Result<Series, SeriesError> {
     let mut lines = text.lines().enumerate();
     let header = lines
         .next()
@@ -64,7 +68,7 @@ pub fn parse_csv(name: &str, text: &str) -> Result<Series, ModelError> {
     ) {
         (Some(t), Some(v)) => (t, v),
         _ => {
-            return Err(ModelError::Data(format!(
+            return Err(SeriesError(format!(
                 "{name}:1: expected the header `timestamp,value`, found `{header}`"
             )));
         }
@@ -80,23 +84,23 @@ pub fn parse_csv(name: &str, text: &str) -> Result<Series, ModelError> {
         }
         let fields: Vec<&str> = line.split(',').collect();
         let (Some(t), Some(v)) = (fields.get(ti), fields.get(vi)) else {
-            return Err(ModelError::Data(format!(
+            return Err(SeriesError(format!(
                 "{name}:{n}: expected {} fields, found {}",
                 cols.len(),
                 fields.len()
             )));
         };
         let t = parse_ts(t).ok_or_else(|| {
-            ModelError::Data(format!(
+            SeriesError(format!(
                 "{name}:{n}: timestamp `{}` is not `YYYY-MM-DD HH:MM:SS`",
                 t.trim()
             ))
         })?;
         let v: f64 = v.trim().parse().map_err(|_| {
-            ModelError::Data(format!("{name}:{n}: value `{}` is not a number", v.trim()))
+            SeriesError(format!("{name}:{n}: value `{}` is not a number", v.trim()))
         })?;
         if !v.is_finite() {
-            return Err(ModelError::Data(format!(
+            return Err(SeriesError(format!(
                 "{name}:{n}: value {v} is not finite (row index {})",
                 out.values.len()
             )));
@@ -105,15 +109,15 @@ pub fn parse_csv(name: &str, text: &str) -> Result<Series, ModelError> {
         out.values.push(v);
     }
     if out.values.is_empty() {
-        return Err(ModelError::Data(format!("{name}: no rows after the header")));
+        return Err(SeriesError(format!("{name}: no rows after the header")));
     }
     Ok(out)
 }
 
 /// Rejects NaN/inf with the index of the first one (for series sent over HTTP).
-pub fn check_finite(values: &[f64], what: &str) -> Result<(), ModelError> {
+pub fn check_finite(values: &[f64], what: &str) -> Result<(), SeriesError> {
     match values.iter().position(|v| !v.is_finite()) {
-        Some(i) => Err(ModelError::Input(format!(
+        Some(i) => Err(SeriesError(format!(
             "{what}[{i}] is {}: values must be finite numbers",
             values[i]
         ))),
@@ -203,15 +207,15 @@ pub fn infer_step(ts: &[i64]) -> Option<i64> {
 /// Puts a series on a regular grid of `step` seconds (default: its own step), aligned to
 /// multiples of the step. Rows in one slot are averaged (duplicates), empty slots between
 /// rows are linearly interpolated (gaps); both are counted in the report.
-pub fn regularize(s: &Series, step: Option<i64>) -> Result<Regular, ModelError> {
+pub fn regularize(s: &Series, step: Option<i64>) -> Result<Regular, SeriesError> {
     if s.ts.is_empty() {
-        return Err(ModelError::Data(format!("{}: the series is empty", s.name)));
+        return Err(SeriesError(format!("{}: the series is empty", s.name)));
     }
     check_finite(&s.values, &s.name)?;
     let step = match step.or_else(|| infer_step(&s.ts)) {
         Some(st) if st > 0 => st,
         _ => {
-            return Err(ModelError::Data(format!(
+            return Err(SeriesError(format!(
                 "{}: cannot infer a step from {} timestamp(s); give --step",
                 s.name,
                 s.ts.len()
@@ -230,7 +234,7 @@ pub fn regularize(s: &Series, step: Option<i64>) -> Result<Regular, ModelError> 
     let last = *slots.keys().next_back().expect("non-empty");
     let n = (last - first + 1) as usize;
     if n > 50_000_000 {
-        return Err(ModelError::Data(format!(
+        return Err(SeriesError(format!(
             "{}: {n} steps of {step}s between the first and last timestamp is too many",
             s.name
         )));
@@ -270,10 +274,10 @@ pub fn regularize(s: &Series, step: Option<i64>) -> Result<Regular, ModelError> 
 }
 
 /// Writes `header` then one line per row.
-pub fn write_csv(path: &Path, header: &str, rows: &[String]) -> Result<(), ModelError> {
+pub fn write_csv(path: &Path, header: &str, rows: &[String]) -> Result<(), SeriesError> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)
-            .map_err(|e| ModelError::Storage(format!("{}: {e}", dir.display())))?;
+            .map_err(|e| SeriesError(format!("{}: {e}", dir.display())))?;
     }
     let mut text = String::with_capacity(rows.len() * 48 + header.len() + 1);
     text.push_str(header);
@@ -282,7 +286,7 @@ pub fn write_csv(path: &Path, header: &str, rows: &[String]) -> Result<(), Model
         text.push_str(r);
         text.push('\n');
     }
-    std::fs::write(path, text).map_err(|e| ModelError::Storage(format!("{}: {e}", path.display())))
+    std::fs::write(path, text).map_err(|e| SeriesError(format!("{}: {e}", path.display())))
 }
 
 #[cfg(test)]
