@@ -13,6 +13,7 @@
 //! No ndarray or smartcore type appears in this crate's public API.
 
 pub mod features;
+pub mod forecast;
 pub mod metrics;
 pub mod model;
 pub mod registry;
