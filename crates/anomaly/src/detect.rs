@@ -1,1 +1,937 @@
-//! (being written)
+//! Causal, checkpointable streaming anomaly detectors and their combination into one
+//! `anomaly_score` in [0, 1].
+//!
+//! A [`Detector`] is fed one point at a time ([`Detector::update`]); a point's score uses
+//! only that point and earlier ones. Its whole state is `serde` data, checkpointed with the
+//! Kafka offsets by the pipeline stage: restoring a checkpoint and replaying gives
+//! bit-identical scores (no hash-map iteration, no wall clock, seeded RNG only; floats are
+//! written as exact round-trip decimals, see [`exact`]).
+//!
+//! Every detector reduces a point to a *severity* `u` — its deviation divided by the
+//! deviation the detector calls alarming — and maps it to `u² / (1 + u²)`: 0.5 at the
+//! nominal alarm point, 0.8 at twice it, 0.9 at three times. The detectors are then
+//! comparable, and [`Combine`] merges them.
+//!
+//! * [`Kind::RobustZ`]: the value against a robust EWMA level, scaled by the spread of the
+//!   recent one-step innovations (median absolute deviation, widened to the 1 %/99 % quantile
+//!   spread when the tails are heavier than normal).
+//! * [`Kind::Seasonal`]: the residual against a daily profile and trend from MSTL (augurs,
+//!   AutoETS trend), refitted on a bounded trailing window; the level follows online between
+//!   refits.
+//! * [`Kind::Changepoint`]: two-sided CUSUM of robustly standardised values against a trailing
+//!   reference window, re-baselined after each alarm (a level or variance shift alarms once).
+//! * [`Kind::IsolationForest`]: [`crate::iforest`] trained on the warm-up period.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::str::FromStr;
+
+use augurs::Fit;
+use augurs::Predict;
+use augurs::ets::AutoETS;
+use augurs::mstl::MSTLModel;
+use augurs::mstl::stlrs::{MstlParams, StlParams};
+use serde::{Deserialize, Serialize};
+use ymera_common::series::{Series, infer_step, regularize};
+
+/// A detector family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    RobustZ,
+    Seasonal,
+    Changepoint,
+    IsolationForest,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 4] = [
+        Kind::RobustZ,
+        Kind::Seasonal,
+        Kind::Changepoint,
+        Kind::IsolationForest,
+    ];
+
+    /// The snake_case name used in configs and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::RobustZ => "robust_z",
+            Kind::Seasonal => "seasonal",
+            Kind::Changepoint => "changepoint",
+            Kind::IsolationForest => "isolation_forest",
+        }
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Kind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Kind, String> {
+        let s = s.trim();
+        Kind::ALL
+            .into_iter()
+            .find(|k| k.name() == s)
+            .ok_or_else(|| {
+                let names: Vec<&str> = Kind::ALL.iter().map(|k| k.name()).collect();
+                format!("unknown detector `{s}`: expected one of {}", names.join(", "))
+            })
+    }
+}
+
+/// How the enabled detectors' scores become one score.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Combine {
+    /// The largest score: alarms when any detector alarms.
+    #[default]
+    Max,
+    /// `1 − Π(1 − sᵢ)`: independent weak evidence adds up.
+    NoisyOr,
+    /// The mean score: alarms when the detectors agree.
+    Mean,
+}
+
+/// What detectors run and how their scores are combined. Every field has a default
+/// (`{}` is [`DetectorConfig::default`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DetectorConfig {
+    /// The detectors to run (duplicates are ignored).
+    pub detectors: Vec<Kind>,
+    /// A point is an anomaly when its combined score is at least this.
+    pub threshold: f64,
+    /// How the detectors' scores are combined.
+    pub combine: Combine,
+    /// Points that only train the detectors (score 0). `None`: [`score_series`] uses NAB's
+    /// probationary period (the first 15 % of the rows) and a streaming [`Detector::new`]
+    /// uses 288 points (a day at 5-minute steps).
+    pub warmup_points: Option<usize>,
+    /// `robust_z` tunables.
+    pub robust_z: RobustZConfig,
+    /// `seasonal` tunables.
+    pub seasonal: SeasonalConfig,
+    /// `changepoint` tunables.
+    pub changepoint: ChangepointConfig,
+    /// `isolation_forest` tunables.
+    pub isolation_forest: IForestConfig,
+}
+
+impl Default for DetectorConfig {
+    fn default() -> Self {
+        DetectorConfig {
+            detectors: vec![Kind::RobustZ, Kind::Seasonal, Kind::Changepoint],
+            threshold: 0.5,
+            combine: Combine::Max,
+            warmup_points: None,
+            robust_z: RobustZConfig::default(),
+            seasonal: SeasonalConfig::default(),
+            changepoint: ChangepointConfig::default(),
+            isolation_forest: IForestConfig::default(),
+        }
+    }
+}
+
+/// Warm-up of a streaming detector when the config leaves it open.
+pub const DEFAULT_STREAM_WARMUP: usize = 288;
+
+/// `robust_z` tunables.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RobustZConfig {
+    /// EWMA weight of a new point in the level (0 < alpha ≤ 1).
+    pub alpha: f64,
+    /// Innovations (value − level) kept for the scale, in points.
+    pub window: usize,
+    /// Robust z at which the score is 0.5.
+    pub z_alarm: f64,
+    /// A point moves the level by at most this many scales (outliers do not drag it).
+    pub clip: f64,
+    /// Quantile of the innovations whose spread also bounds the scale from below
+    /// (0.01: the 1 %–99 % spread); 0 disables it (pure MAD).
+    pub tail_quantile: f64,
+}
+
+impl Default for RobustZConfig {
+    fn default() -> Self {
+        RobustZConfig {
+            alpha: 0.1,
+            window: 288,
+            z_alarm: 4.0,
+            clip: 3.0,
+            tail_quantile: 0.01,
+        }
+    }
+}
+
+/// `seasonal` tunables.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SeasonalConfig {
+    /// Season length in points; `None`: one day of points at the series' own step.
+    pub season_points: Option<usize>,
+    /// Refit every this many points; `None`: once a season.
+    pub refit_points: Option<usize>,
+    /// The trailing window the decomposition is fitted on, in seasons (at least 2).
+    pub history_seasons: usize,
+    /// EWMA weight of a new deseasonalised point in the level between refits.
+    pub alpha: f64,
+    /// Innovations kept for the scale, in points.
+    pub window: usize,
+    /// Robust z of the residual at which the score is 0.5.
+    pub z_alarm: f64,
+    /// A point moves the level by at most this many scales.
+    pub clip: f64,
+    /// As [`RobustZConfig::tail_quantile`].
+    pub tail_quantile: f64,
+}
+
+impl Default for SeasonalConfig {
+    fn default() -> Self {
+        SeasonalConfig {
+            season_points: None,
+            refit_points: None,
+            history_seasons: 7,
+            alpha: 0.1,
+            window: 288,
+            z_alarm: 4.0,
+            clip: 3.0,
+            tail_quantile: 0.01,
+        }
+    }
+}
+
+/// `changepoint` tunables.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ChangepointConfig {
+    /// The trailing reference window (values before the change), in points.
+    pub window: usize,
+    /// Points of reference needed before scoring (again, after an alarm).
+    pub min_reference: usize,
+    /// CUSUM allowance in scales: drifts smaller than this per point are ignored.
+    pub k: f64,
+    /// CUSUM decision interval in scales: the score is 0.5 when a sum reaches it.
+    pub h: f64,
+    /// Standardised values are clipped to ±this (a spike alone does not make a shift).
+    pub z_clip: f64,
+    /// As [`RobustZConfig::tail_quantile`].
+    pub tail_quantile: f64,
+}
+
+impl Default for ChangepointConfig {
+    fn default() -> Self {
+        ChangepointConfig {
+            window: 288,
+            min_reference: 36,
+            k: 0.5,
+            h: 8.0,
+            z_clip: 4.0,
+            tail_quantile: 0.01,
+        }
+    }
+}
+
+/// `isolation_forest` tunables.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IForestConfig {
+    /// RNG seed of the forest (the same seed and data give the same forest).
+    pub seed: u64,
+}
+
+impl Default for IForestConfig {
+    fn default() -> Self {
+        IForestConfig { seed: 0x5eed }
+    }
+}
+
+/// One point's verdict.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Scored {
+    /// The combined score in [0, 1].
+    pub score: f64,
+    /// `score >= threshold`.
+    pub is_anomaly: bool,
+    /// Each enabled detector's score, in config order (0 while it is not ready).
+    pub parts: Vec<(Kind, f64)>,
+}
+
+/// Maps a severity (deviation / alarming deviation) to [0, 1]: `u² / (1 + u²)`.
+fn calibrate(u: f64) -> f64 {
+    if !u.is_finite() {
+        return if u.is_nan() { 0.0 } else { 1.0 };
+    }
+    let u2 = u * u;
+    u2 / (1.0 + u2)
+}
+
+/// A streaming detector: the enabled detectors' states plus the warm-up bookkeeping.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Detector {
+    cfg: DetectorConfig,
+    kinds: Vec<Kind>,
+    warmup: usize,
+    /// Points accepted (duplicates excluded).
+    seen: u64,
+    last_ts: Option<i64>,
+    robust_z: Option<RobustZ>,
+    seasonal: Option<Seasonal>,
+    changepoint: Option<Changepoint>,
+    iforest: Option<ForestSlot>,
+}
+
+impl Detector {
+    /// A fresh detector; the warm-up is `cfg.warmup_points` or [`DEFAULT_STREAM_WARMUP`].
+    pub fn new(cfg: &DetectorConfig) -> Detector {
+        Detector::with_warmup(cfg, cfg.warmup_points.unwrap_or(DEFAULT_STREAM_WARMUP))
+    }
+
+    /// A fresh detector that scores 0 for its first `warmup` points.
+    pub fn with_warmup(cfg: &DetectorConfig, warmup: usize) -> Detector {
+        let mut kinds: Vec<Kind> = Vec::new();
+        for k in &cfg.detectors {
+            if !kinds.contains(k) {
+                kinds.push(*k);
+            }
+        }
+        let on = |k| kinds.contains(&k);
+        Detector {
+            cfg: cfg.clone(),
+            warmup,
+            seen: 0,
+            last_ts: None,
+            robust_z: on(Kind::RobustZ).then(RobustZ::default),
+            seasonal: on(Kind::Seasonal).then(Seasonal::default),
+            changepoint: on(Kind::Changepoint).then(Changepoint::default),
+            iforest: on(Kind::IsolationForest).then(ForestSlot::default),
+            kinds,
+        }
+    }
+
+    pub fn config(&self) -> &DetectorConfig {
+        &self.cfg
+    }
+
+    /// Scores one point. `ts` is epoch seconds (UTC); points arrive in time order. A point
+    /// whose `ts` is not after the previous one is a duplicate: it is scored against the
+    /// current state but does not change it. A non-finite value scores 0 and is ignored.
+    /// Gaps are normal.
+    pub fn update(&mut self, ts: i64, value: f64) -> Scored {
+        let fresh = value.is_finite() && self.last_ts.is_none_or(|last| ts > last);
+        let warming = self.seen < self.warmup as u64;
+        let mut parts = Vec::with_capacity(self.kinds.len());
+        for &kind in &self.kinds {
+            let s = if !value.is_finite() {
+                0.0
+            } else {
+                match kind {
+                    Kind::RobustZ => self
+                        .robust_z
+                        .as_mut()
+                        .map_or(0.0, |d| d.step(&self.cfg.robust_z, value, fresh)),
+                    Kind::Seasonal => self
+                        .seasonal
+                        .as_mut()
+                        .map_or(0.0, |d| d.step(&self.cfg.seasonal, ts, value, fresh)),
+                    Kind::Changepoint => self
+                        .changepoint
+                        .as_mut()
+                        .map_or(0.0, |d| d.step(&self.cfg.changepoint, value, fresh)),
+                    Kind::IsolationForest => self.iforest.as_mut().map_or(0.0, |d| {
+                        d.step(&self.cfg.isolation_forest, value, fresh, warming, self.warmup)
+                    }),
+                }
+            };
+            parts.push((kind, if warming { 0.0 } else { s }));
+        }
+        if fresh {
+            self.last_ts = Some(ts);
+            self.seen += 1;
+        }
+        let score = combine(self.cfg.combine, &parts);
+        Scored {
+            score,
+            is_anomaly: score >= self.cfg.threshold,
+            parts,
+        }
+    }
+
+    /// The enabled detectors that currently contribute 0 because they cannot score yet,
+    /// each with the reason.
+    pub fn not_ready(&self) -> Vec<(Kind, String)> {
+        let mut out = Vec::new();
+        if self.seen < self.warmup as u64 {
+            out.push((
+                self.kinds.first().copied().unwrap_or(Kind::RobustZ),
+                format!("warming up: {} of {} points", self.seen, self.warmup),
+            ));
+        }
+        if let Some(s) = &self.seasonal
+            && s.model.is_none()
+        {
+            out.push((Kind::Seasonal, s.status.clone()));
+        }
+        if let Some(f) = &self.iforest
+            && let Some(why) = f.not_ready()
+        {
+            out.push((Kind::IsolationForest, why));
+        }
+        out
+    }
+}
+
+fn combine(how: Combine, parts: &[(Kind, f64)]) -> f64 {
+    if parts.is_empty() {
+        return 0.0;
+    }
+    let s = match how {
+        Combine::Max => parts.iter().map(|p| p.1).fold(0.0, f64::max),
+        Combine::NoisyOr => 1.0 - parts.iter().map(|p| 1.0 - p.1).product::<f64>(),
+        Combine::Mean => parts.iter().map(|p| p.1).sum::<f64>() / parts.len() as f64,
+    };
+    s.clamp(0.0, 1.0)
+}
+
+/// Scores a whole series causally, one [`Scored`] per input row. The first 15 % of the rows
+/// (NAB's probationary period) only train the detectors unless `cfg.warmup_points` is set.
+pub fn score_series(cfg: &DetectorConfig, ts: &[i64], values: &[f64]) -> Vec<Scored> {
+    let warmup = cfg
+        .warmup_points
+        .unwrap_or_else(|| probationary_points(values.len()));
+    let mut d = Detector::with_warmup(cfg, warmup);
+    ts.iter()
+        .zip(values)
+        .map(|(&t, &v)| d.update(t, v))
+        .collect()
+}
+
+/// NAB's probationary period: the first 15 % of a file's rows.
+pub fn probationary_points(rows: usize) -> usize {
+    (rows as f64 * 0.15).floor() as usize
+}
+
+// ---------------------------------------------------------------------------------------
+// Robust statistics shared by the detectors.
+
+/// Median and scale of a sample, robust to a few outliers yet honest about heavy tails: the
+/// scale is the larger of 1.4826·MAD and the `q`…`1 − q` quantile spread divided by the
+/// normal spread of those quantiles (both estimate σ for normal data). Never below a tiny
+/// floor relative to the median, so a flat series still has a finite z.
+fn robust_stats<'a>(
+    sample: impl IntoIterator<Item = &'a f64>,
+    tail_q: f64,
+    scratch: &mut Vec<f64>,
+) -> (f64, f64) {
+    scratch.clear();
+    scratch.extend(sample);
+    let n = scratch.len();
+    if n == 0 {
+        return (0.0, 1.0);
+    }
+    let med = *scratch.select_nth_unstable_by(n / 2, f64::total_cmp).1;
+    let mut scale = 0.0;
+    if tail_q > 0.0 && tail_q < 0.5 && n >= 4 {
+        let lo_i = (tail_q * (n - 1) as f64).floor() as usize;
+        let hi_i = ((1.0 - tail_q) * (n - 1) as f64).ceil() as usize;
+        let lo = *scratch.select_nth_unstable_by(lo_i, f64::total_cmp).1;
+        let hi = *scratch.select_nth_unstable_by(hi_i.min(n - 1), f64::total_cmp).1;
+        scale = (hi - lo) / (2.0 * inv_normal_upper(tail_q));
+    }
+    for v in scratch.iter_mut() {
+        *v = (*v - med).abs();
+    }
+    let mad = *scratch.select_nth_unstable_by(n / 2, f64::total_cmp).1 * 1.4826;
+    let floor = 1e-6 * med.abs() + 1e-12;
+    (med, scale.max(mad).max(floor))
+}
+
+/// The upper `q` quantile of the standard normal (Acklam's rational approximation of the
+/// inverse CDF, relative error < 1.2e-9), for 0 < q < 0.5.
+fn inv_normal_upper(q: f64) -> f64 {
+    const A: [f64; 6] = [
+        -3.969683028665376e1,
+        2.209460984245205e2,
+        -2.759285104469687e2,
+        1.383577518672690e2,
+        -3.066479806614716e1,
+        2.506628277459239,
+    ];
+    const B: [f64; 5] = [
+        -5.447609879822406e1,
+        1.615858368580409e2,
+        -1.556989798598866e2,
+        6.680131188771972e1,
+        -1.328068155288572e1,
+    ];
+    const C: [f64; 6] = [
+        -7.784894002430293e-3,
+        -3.223964580411365e-1,
+        -2.400758277161838,
+        -2.549732539343734,
+        4.374664141464968,
+        2.938163982698783,
+    ];
+    const D: [f64; 4] = [
+        7.784695709041462e-3,
+        3.224671290700398e-1,
+        2.445134137142996,
+        3.754408661907416,
+    ];
+    let p = q.clamp(1e-300, 0.5);
+    // Lower tail quantile of p, negated.
+    if p < 0.02425 {
+        let t = (-2.0 * p.ln()).sqrt();
+        -((((((C[0] * t + C[1]) * t + C[2]) * t + C[3]) * t + C[4]) * t + C[5])
+            / ((((D[0] * t + D[1]) * t + D[2]) * t + D[3]) * t + 1.0))
+    } else {
+        let t = p - 0.5;
+        let r = t * t;
+        -((((((A[0] * r + A[1]) * r + A[2]) * r + A[3]) * r + A[4]) * r + A[5]) * t
+            / (((((B[0] * r + B[1]) * r + B[2]) * r + B[3]) * r + B[4]) * r + 1.0))
+    }
+}
+
+fn push_bounded(w: &mut VecDeque<f64>, v: f64, cap: usize) {
+    w.push_back(v);
+    while w.len() > cap.max(1) {
+        w.pop_front();
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// robust_z
+
+/// Robust z-score of the value against a robust EWMA level: `z = (r − median(R)) / scale(R)`
+/// where `r = value − level` is the one-step innovation and `R` the recent innovations;
+/// severity `|z| / z_alarm`. The level moves by `alpha · clip(r, ±clip·scale)`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct RobustZ {
+    #[serde(with = "exact::opt")]
+    level: Option<f64>,
+    #[serde(with = "exact::seq")]
+    innovations: VecDeque<f64>,
+    #[serde(skip)]
+    scratch: Vec<f64>,
+}
+
+/// Innovations needed before a robust scale means anything.
+const MIN_INNOVATIONS: usize = 12;
+
+impl RobustZ {
+    fn step(&mut self, cfg: &RobustZConfig, x: f64, fresh: bool) -> f64 {
+        let Some(level) = self.level else {
+            if fresh {
+                self.level = Some(x);
+            }
+            return 0.0;
+        };
+        let r = x - level;
+        let ready = self.innovations.len() >= MIN_INNOVATIONS;
+        let (med, scale) = robust_stats(&self.innovations, cfg.tail_quantile, &mut self.scratch);
+        let score = if ready {
+            calibrate(((r - med) / scale).abs() / cfg.z_alarm)
+        } else {
+            0.0
+        };
+        if fresh {
+            let moved = if ready {
+                r.clamp(-cfg.clip * scale, cfg.clip * scale)
+            } else {
+                r
+            };
+            self.level = Some(level + cfg.alpha * moved);
+            push_bounded(&mut self.innovations, r, cfg.window);
+        }
+        score
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// changepoint
+
+/// Two-sided CUSUM on values standardised by a trailing reference window's median and
+/// robust scale (clipped to ±`z_clip`, so one spike is not a shift):
+/// `S⁺ ← max(0, S⁺ + z − k)`, `S⁻ ← max(0, S⁻ − z − k)`; severity `max(S⁺, S⁻) / h`.
+/// When a sum reaches `h` the change is accepted: the sums reset and the reference restarts
+/// from the points since the sum last left 0, so a shift alarms once, not until the window
+/// has forgotten the old level.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct Changepoint {
+    #[serde(with = "exact::seq")]
+    reference: VecDeque<f64>,
+    #[serde(with = "exact")]
+    pos: f64,
+    #[serde(with = "exact")]
+    neg: f64,
+    /// Values since the larger sum last was 0 (the suspected new regime), at most `window`.
+    #[serde(with = "exact::seq")]
+    excursion: VecDeque<f64>,
+    #[serde(skip)]
+    scratch: Vec<f64>,
+}
+
+impl Changepoint {
+    fn step(&mut self, cfg: &ChangepointConfig, x: f64, fresh: bool) -> f64 {
+        let min_ref = cfg.min_reference.max(4);
+        if self.reference.len() < min_ref {
+            if fresh {
+                push_bounded(&mut self.reference, x, cfg.window);
+            }
+            return 0.0;
+        }
+        let (med, scale) = robust_stats(&self.reference, cfg.tail_quantile, &mut self.scratch);
+        let z = ((x - med) / scale).clamp(-cfg.z_clip, cfg.z_clip);
+        let pos = (self.pos + z - cfg.k).max(0.0);
+        let neg = (self.neg - z - cfg.k).max(0.0);
+        let u = pos.max(neg) / cfg.h;
+        if fresh {
+            if pos.max(neg) == 0.0 {
+                self.excursion.clear();
+            } else {
+                push_bounded(&mut self.excursion, x, cfg.window);
+            }
+            if u >= 1.0 {
+                // Accept the change: the new regime is what the excursion saw.
+                self.pos = 0.0;
+                self.neg = 0.0;
+                self.reference = std::mem::take(&mut self.excursion);
+            } else {
+                self.pos = pos;
+                self.neg = neg;
+                push_bounded(&mut self.reference, x, cfg.window);
+            }
+        }
+        calibrate(u)
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// seasonal
+
+/// Seasonal residual. A trailing window of at most `history_seasons` seasons is put on its
+/// regular grid and decomposed by MSTL (robust STL, one period = a day of points) with an
+/// AutoETS trend; from the fit we keep the numbers: the last season of the seasonal
+/// component by phase, the AutoETS one-step-ahead trend as the level, and the one-step
+/// innovations of the deseasonalised window for the scale. Between refits the level follows
+/// the deseasonalised values like `robust_z`'s. Residual `r = value − level − profile[phase]`;
+/// severity `|r − median| / scale / z_alarm`. With less than two seasons of history it
+/// contributes 0 and [`Detector::not_ready`] says why.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Seasonal {
+    ts: VecDeque<i64>,
+    #[serde(with = "exact::seq")]
+    values: VecDeque<f64>,
+    step: Option<i64>,
+    period: usize,
+    since_fit: usize,
+    model: Option<SeasonalModel>,
+    status: String,
+    #[serde(skip)]
+    scratch: Vec<f64>,
+}
+
+impl Default for Seasonal {
+    fn default() -> Self {
+        Seasonal {
+            ts: VecDeque::new(),
+            values: VecDeque::new(),
+            step: None,
+            period: 0,
+            since_fit: 0,
+            model: None,
+            status: "no history yet".into(),
+            scratch: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct SeasonalModel {
+    step: i64,
+    /// Seasonal component by phase, `phase = (ts / step) mod period`.
+    #[serde(with = "exact::seq")]
+    profile: Vec<f64>,
+    #[serde(with = "exact")]
+    level: f64,
+    #[serde(with = "exact::seq")]
+    innovations: VecDeque<f64>,
+}
+
+impl SeasonalModel {
+    fn phase(&self, ts: i64) -> usize {
+        ts.div_euclid(self.step).rem_euclid(self.profile.len() as i64) as usize
+    }
+}
+
+/// Smallest season that a decomposition is worth fitting for.
+const MIN_PERIOD: usize = 4;
+/// Largest season (a day at 10-second steps).
+const MAX_PERIOD: usize = 8640;
+
+impl Seasonal {
+    fn step(&mut self, cfg: &SeasonalConfig, ts: i64, x: f64, fresh: bool) -> f64 {
+        let mut score = 0.0;
+        if let Some(m) = &mut self.model {
+            let deseason = x - m.profile[m.phase(ts)];
+            let r = deseason - m.level;
+            let ready = m.innovations.len() >= MIN_INNOVATIONS;
+            let (med, scale) = robust_stats(&m.innovations, cfg.tail_quantile, &mut self.scratch);
+            if ready {
+                score = calibrate(((r - med) / scale).abs() / cfg.z_alarm);
+            }
+            if fresh {
+                let moved = if ready {
+                    r.clamp(-cfg.clip * scale, cfg.clip * scale)
+                } else {
+                    r
+                };
+                m.level += cfg.alpha * moved;
+                push_bounded(&mut m.innovations, r, cfg.window);
+            }
+        }
+        if fresh {
+            self.ts.push_back(ts);
+            self.values.push_back(x);
+            self.since_fit += 1;
+            self.maybe_refit(cfg);
+        }
+        score
+    }
+
+    fn maybe_refit(&mut self, cfg: &SeasonalConfig) {
+        if self.step.is_none() && self.ts.len() >= 16 {
+            let ts: Vec<i64> = self.ts.iter().copied().collect();
+            match infer_step(&ts) {
+                Some(step) if step > 0 => {
+                    let period = cfg
+                        .season_points
+                        .unwrap_or_else(|| (86_400.0 / step as f64).round() as usize);
+                    if (MIN_PERIOD..=MAX_PERIOD).contains(&period) {
+                        self.step = Some(step);
+                        self.period = period;
+                    } else {
+                        self.status = format!(
+                            "a season of {period} points at a {step}s step is outside \
+                             {MIN_PERIOD}..={MAX_PERIOD}: seasonal is off for this series"
+                        );
+                    }
+                }
+                _ => self.status = "cannot infer the step".into(),
+            }
+        }
+        let Some(step) = self.step else {
+            return;
+        };
+        let period = self.period;
+        let cap = period * cfg.history_seasons.max(2);
+        while self.ts.len() > cap {
+            self.ts.pop_front();
+            self.values.pop_front();
+        }
+        let (Some(first), Some(last)) = (self.ts.front(), self.ts.back()) else {
+            return;
+        };
+        let span = ((last - first) / step) as usize + 1;
+        if span < 2 * period || self.ts.len() < period {
+            self.status = format!(
+                "needs two seasons ({} points at {step}s) of history, has {span}",
+                2 * period
+            );
+            return;
+        }
+        let cadence = cfg.refit_points.unwrap_or(period).max(1);
+        if self.model.is_some() && self.since_fit < cadence {
+            return;
+        }
+        self.since_fit = 0;
+        match self.fit(cfg, step, period) {
+            Ok(m) => {
+                self.model = Some(m);
+                self.status = "ready".into();
+            }
+            Err(e) => {
+                // Keep the previous model if there is one; say why otherwise.
+                tracing::debug!(error = %e, "seasonal refit failed");
+                self.status = format!("seasonal fit failed: {e}");
+            }
+        }
+    }
+
+    fn fit(&self, cfg: &SeasonalConfig, step: i64, period: usize) -> Result<SeasonalModel, String> {
+        let series = Series {
+            name: "seasonal history".into(),
+            ts: self.ts.iter().copied().collect(),
+            values: self.values.iter().copied().collect(),
+        };
+        let grid = regularize(&series, Some(step)).map_err(|e| e.to_string())?;
+        let n = grid.values.len();
+        if n < 2 * period {
+            return Err(format!("{n} grid points for a season of {period}"));
+        }
+        let mut stl = StlParams::new();
+        stl.robust(true);
+        let mut params = MstlParams::new();
+        params.stl_params(stl);
+        let model = MSTLModel::new(vec![period], AutoETS::non_seasonal().into_trend_model())
+            .mstl_params(params);
+        let fitted = model.fit(&grid.values).map_err(|e| e.to_string())?;
+        let seasonal = fitted
+            .fit()
+            .seasonal()
+            .first()
+            .ok_or("MSTL returned no seasonal component")?;
+        let seasonal: Vec<f64> = seasonal.iter().map(|&v| v as f64).collect();
+        // The next grid point's forecast is trend + the seasonal value one period back.
+        let next = fitted.predict(1, None).map_err(|e| e.to_string())?;
+        let next_season = seasonal[n - period];
+        let mut profile = vec![0.0; period];
+        let first_slot = grid.start.div_euclid(step);
+        for (i, &s) in seasonal.iter().enumerate().skip(n - period) {
+            profile[(first_slot + i as i64).rem_euclid(period as i64) as usize] = s;
+        }
+        let level = next
+            .point
+            .first()
+            .map(|p| p - next_season)
+            .filter(|l| l.is_finite())
+            .ok_or("AutoETS gave no finite forecast")?;
+        // One-step innovations of the deseasonalised window, as the online filter sees them.
+        let mut innovations = VecDeque::with_capacity(cfg.window);
+        let mut lvl: Option<f64> = None;
+        let mut scratch = Vec::new();
+        for (i, &y) in grid.values.iter().enumerate() {
+            let d = y - seasonal[i];
+            let Some(l) = lvl else {
+                lvl = Some(d);
+                continue;
+            };
+            let r = d - l;
+            let moved = if innovations.len() >= MIN_INNOVATIONS {
+                let (_, scale) = robust_stats(&innovations, cfg.tail_quantile, &mut scratch);
+                r.clamp(-cfg.clip * scale, cfg.clip * scale)
+            } else {
+                r
+            };
+            lvl = Some(l + cfg.alpha * moved);
+            push_bounded(&mut innovations, r, cfg.window);
+        }
+        Ok(SeasonalModel {
+            step,
+            profile,
+            level,
+            innovations,
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// isolation_forest
+
+/// The isolation forest's slot: the warm-up values it will be trained on, then the forest.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct ForestSlot {
+    #[serde(with = "exact::seq")]
+    history: Vec<f64>,
+    trained: bool,
+    error: Option<String>,
+}
+
+impl ForestSlot {
+    fn step(&mut self, _cfg: &IForestConfig, x: f64, fresh: bool, warming: bool, _warmup: usize) -> f64 {
+        if fresh && warming {
+            self.history.push(x);
+        }
+        let _ = self.trained;
+        0.0
+    }
+
+    fn not_ready(&self) -> Option<String> {
+        if let Some(e) = &self.error {
+            return Some(e.clone());
+        }
+        (!self.trained).then(|| "isolation forest not integrated yet".to_string())
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+
+/// Exact f64 (de)serialisation for checkpoints. serde_json's default float parser is not
+/// correctly rounded (about one value in ten comes back one ulp off), which would make a
+/// restored detector drift from the original; in human-readable formats a float is written
+/// as the shortest decimal string that round-trips (`"0.1"`, `"NaN"`) and parsed by the
+/// standard library, which rounds correctly. Binary formats get the plain f64. Plain JSON
+/// numbers are accepted on input too.
+mod exact {
+    use serde::de::Error as _;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
+        if s.is_human_readable() {
+            s.collect_str(&format_args!("{v:?}"))
+        } else {
+            s.serialize_f64(*v)
+        }
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+        if d.is_human_readable() {
+            #[derive(Deserialize)]
+            #[serde(untagged)]
+            enum Repr {
+                Text(String),
+                Number(f64),
+            }
+            match Repr::deserialize(d)? {
+                Repr::Text(t) => t
+                    .parse()
+                    .map_err(|_| D::Error::custom(format!("`{t}` is not a float"))),
+                Repr::Number(v) => Ok(v),
+            }
+        } else {
+            f64::deserialize(d)
+        }
+    }
+
+    #[derive(Serialize, Deserialize)]
+    #[serde(transparent)]
+    struct Exact(#[serde(with = "self")] f64);
+
+    /// Sequences of f64 (`Vec`, `VecDeque`).
+    pub(super) mod seq {
+        use super::*;
+
+        pub(in super::super) fn serialize<'a, T, S>(v: &'a T, s: S) -> Result<S::Ok, S::Error>
+        where
+            &'a T: IntoIterator<Item = &'a f64>,
+            S: Serializer,
+        {
+            s.collect_seq(v.into_iter().map(|x| Exact(*x)))
+        }
+
+        pub(in super::super) fn deserialize<'de, T, D>(d: D) -> Result<T, D::Error>
+        where
+            T: FromIterator<f64>,
+            D: Deserializer<'de>,
+        {
+            Ok(Vec::<Exact>::deserialize(d)?.into_iter().map(|e| e.0).collect())
+        }
+    }
+
+    /// `Option<f64>`.
+    pub(super) mod opt {
+        use super::*;
+
+        pub(in super::super) fn serialize<S: Serializer>(v: &Option<f64>, s: S) -> Result<S::Ok, S::Error> {
+            v.map(Exact).serialize(s)
+        }
+
+        pub(in super::super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
+            Ok(Option::<Exact>::deserialize(d)?.map(|e| e.0))
+        }
+    }
+}

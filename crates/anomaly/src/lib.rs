@@ -9,5 +9,6 @@
 
 pub mod alerts;
 pub mod detect;
+pub mod eval;
 pub mod iforest;
 pub mod nab;

@@ -46,6 +46,20 @@ pub enum Estimator {
     },
     /// Nearest centroid.
     Kmeans { centroids: Vec<Vec<f64>> },
+    /// How to rebuild a model that is not served by `:predict`: a forecaster's refit
+    /// recipe (`kind: forecast`) or an isolation forest (`kind: isolation_forest`), kept
+    /// as JSON so this crate need not know the anomaly crate's types.
+    Recipe {
+        #[serde(rename = "recipe_kind")]
+        kind: String,
+        recipe: serde_json::Value,
+    },
+}
+
+fn not_served(kind: &str) -> ModelError {
+    ModelError::Input(format!(
+        "this model is a {kind} recipe: it is not served by :predict (forecasts: GET /v1/autoscale/{{service}}/forecast; anomaly scores: POST /v1/anomaly/detect)"
+    ))
 }
 
 /// One prediction.
@@ -114,6 +128,7 @@ impl Estimator {
                     .map_err(|e| ModelError::Model(format!("forest prediction: {e}")))
             }
             Estimator::Kmeans { .. } => Err(ModelError::Model("k-means has no score".into())),
+            Estimator::Recipe { kind, .. } => Err(not_served(kind)),
         }
     }
 
@@ -196,6 +211,7 @@ impl Estimator {
                     }
                 })
                 .collect()),
+            Estimator::Recipe { kind, .. } => Err(not_served(kind)),
         }
     }
 }

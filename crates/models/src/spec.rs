@@ -19,6 +19,10 @@ pub enum Task {
     Regression,
     /// Segments (k-means); no label.
     Clustering,
+    /// Load forecasts (a refit recipe; not trained from a spec).
+    Forecast,
+    /// Anomaly scores (an isolation forest; not trained from a spec).
+    AnomalyDetection,
 }
 
 impl std::fmt::Display for Task {
@@ -27,6 +31,8 @@ impl std::fmt::Display for Task {
             Task::Classification => "classification",
             Task::Regression => "regression",
             Task::Clustering => "clustering",
+            Task::Forecast => "forecast",
+            Task::AnomalyDetection => "anomaly_detection",
         })
     }
 }
@@ -238,6 +244,8 @@ pub fn task_metrics(task: Task) -> &'static [&'static str] {
         Task::Classification => &["auc", "brier", "ece", "log_loss", "accuracy", "base_rate"],
         Task::Regression => &["mae", "rmse", "r2", "coverage", "interval_width"],
         Task::Clustering => &["inertia", "silhouette"],
+        Task::Forecast => &["mase", "smape", "coverage80", "coverage95", "baseline_mase"],
+        Task::AnomalyDetection => &[],
     }
 }
 

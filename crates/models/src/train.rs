@@ -144,6 +144,7 @@ pub async fn train(
         Task::Classification => Some(LabelKind::Binary),
         Task::Regression => Some(LabelKind::Number),
         Task::Clustering => None,
+        Task::Forecast | Task::AnomalyDetection => return Err(not_from_spec(spec.task)),
     };
     let ds = dataset(
         &out.batches,
@@ -404,6 +405,7 @@ fn fit(loaded: &LoadedSpec, ds: &Dataset, split: &Split) -> Result<Fitted, Model
                 calibration: None,
             })
         }
+        Task::Forecast | Task::AnomalyDetection => Err(not_from_spec(spec.task)),
     }
 }
 
@@ -419,6 +421,7 @@ pub fn evaluate(
         Task::Classification => Some(LabelKind::Binary),
         Task::Regression => Some(LabelKind::Number),
         Task::Clustering => None,
+        Task::Forecast | Task::AnomalyDetection => return Err(not_from_spec(s.task)),
     };
     let names: Vec<String> = artifact.features.names().map(String::from).collect();
     let ds = dataset(
@@ -468,6 +471,7 @@ pub fn evaluate(
                     / preds.len() as f64,
             );
         }
+        Task::Forecast | Task::AnomalyDetection => return Err(not_from_spec(s.task)),
     }
     m.insert("rows".into(), ds.time.len() as f64);
     Ok(m)
@@ -522,4 +526,12 @@ mod tests {
         let times2: Vec<i64> = s.holdout.iter().map(|&i| t2[i]).collect();
         assert_eq!(times2, vec![3, 3, 3]);
     }
+}
+
+/// Forecasters and isolation forests are fitted by `ymera serve`/`ymera forecast` and the
+/// anomaly stage, not from a training spec.
+fn not_from_spec(task: Task) -> ModelError {
+    ModelError::Data(format!(
+        "task `{task}` is not trained from a spec: forecasts are fitted by `ymera forecast` and `ymera serve`, isolation forests by the anomaly stage"
+    ))
 }

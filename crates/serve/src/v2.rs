@@ -52,6 +52,7 @@ fn outputs(task: Task) -> &'static [(&'static str, &'static str)] {
         Task::Classification => &[("probability", "FP64"), ("label", "BOOL")],
         Task::Regression => &[("value", "FP64"), ("lower", "FP64"), ("upper", "FP64")],
         Task::Clustering => &[("cluster", "INT64"), ("distance", "FP64")],
+        Task::Forecast | Task::AnomalyDetection => &[],
     }
 }
 
