@@ -34,6 +34,8 @@ use augurs::mstl::stlrs::{MstlParams, StlParams};
 use serde::{Deserialize, Serialize};
 use ymera_common::series::{Series, infer_step, regularize};
 
+use crate::iforest::{IForestDetector, IForestParams};
+
 /// A detector family.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -242,11 +244,20 @@ impl Default for ChangepointConfig {
 pub struct IForestConfig {
     /// RNG seed of the forest (the same seed and data give the same forest).
     pub seed: u64,
+    /// The forest's calibrated score (0.5 ordinary, 0.9 at the training scores' 99th
+    /// percentile, 1 fully isolated) at which this detector's score is 0.5.
+    pub alarm: f64,
+    /// The forest itself: trees, subsample size, feature window.
+    pub forest: IForestParams,
 }
 
 impl Default for IForestConfig {
     fn default() -> Self {
-        IForestConfig { seed: 0x5eed }
+        IForestConfig {
+            seed: 0x5eed,
+            alarm: 0.95,
+            forest: IForestParams::default(),
+        }
     }
 }
 
@@ -343,7 +354,7 @@ impl Detector {
                         .as_mut()
                         .map_or(0.0, |d| d.step(&self.cfg.changepoint, value, fresh)),
                     Kind::IsolationForest => self.iforest.as_mut().map_or(0.0, |d| {
-                        d.step(&self.cfg.isolation_forest, value, fresh, warming, self.warmup)
+                        d.step(&self.cfg.isolation_forest, value, fresh, warming)
                     }),
                 }
             };
@@ -832,29 +843,56 @@ impl Seasonal {
 // ---------------------------------------------------------------------------------------
 // isolation_forest
 
-/// The isolation forest's slot: the warm-up values it will be trained on, then the forest.
+/// The isolation forest's slot: the warm-up values it will be trained on, then the forest
+/// ([`IForestDetector`], window features of the value and the ones before it). Its
+/// calibrated score `s` (0.5 for ordinary points) becomes the severity
+/// `max(0, s − 0.5) / (alarm − 0.5)`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct ForestSlot {
     #[serde(with = "exact::seq")]
     history: Vec<f64>,
-    trained: bool,
+    forest: Option<IForestDetector>,
     error: Option<String>,
 }
 
 impl ForestSlot {
-    fn step(&mut self, _cfg: &IForestConfig, x: f64, fresh: bool, warming: bool, _warmup: usize) -> f64 {
-        if fresh && warming {
-            self.history.push(x);
+    fn step(&mut self, cfg: &IForestConfig, x: f64, fresh: bool, warming: bool) -> f64 {
+        if self.forest.is_none() && self.error.is_none() {
+            let needed = cfg.forest.window + 2;
+            if warming || self.history.len() < needed {
+                if fresh {
+                    self.history.push(x);
+                }
+                return 0.0;
+            }
+            match IForestDetector::train(&self.history, &cfg.forest, cfg.seed) {
+                Ok(f) => self.forest = Some(f),
+                Err(e) => self.error = Some(format!("isolation forest not trained: {e}")),
+            }
+            self.history = Vec::new();
         }
-        let _ = self.trained;
-        0.0
+        let Some(forest) = &mut self.forest else {
+            return 0.0;
+        };
+        let s = if fresh {
+            forest.score(x)
+        } else {
+            // Scoring pushes the value into the forest's window: score a copy.
+            forest.clone().score(x)
+        };
+        let span = (cfg.alarm - 0.5).max(1e-9);
+        calibrate((s - 0.5).max(0.0) / span)
     }
 
     fn not_ready(&self) -> Option<String> {
-        if let Some(e) = &self.error {
-            return Some(e.clone());
+        match (&self.forest, &self.error) {
+            (_, Some(e)) => Some(e.clone()),
+            (None, None) => Some(format!(
+                "isolation forest collecting its training history ({} points)",
+                self.history.len()
+            )),
+            (Some(_), None) => None,
         }
-        (!self.trained).then(|| "isolation forest not integrated yet".to_string())
     }
 }
 

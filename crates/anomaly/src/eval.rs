@@ -254,12 +254,20 @@ mod tests {
             ));
         }
         configs.push(("default".into(), DetectorConfig::default()));
+        // Extra configs to try: `[["label", {config}], ...]`.
+        if let Ok(extra) = std::env::var("YMERA_EVAL_CFGS") {
+            let extra: Vec<(String, DetectorConfig)> = serde_json::from_str(&extra).unwrap();
+            configs.extend(extra);
+        }
         for (label, cfg) in configs {
             if only.as_deref().is_some_and(|o| !label.contains(o)) {
                 continue;
             }
             let t = std::time::Instant::now();
-            let r = eval_dir(dir, &cfg, None).unwrap();
+            let out = std::env::var("YMERA_EVAL_OUT")
+                .ok()
+                .map(|o| Path::new(&o).join(&label));
+            let r = eval_dir(dir, &cfg, out.as_deref()).unwrap();
             println!("{}   ({:.1}s)", line(&label, &r), t.elapsed().as_secs_f64());
             if std::env::var("YMERA_EVAL_FILES").is_ok() {
                 for f in &r.files {
