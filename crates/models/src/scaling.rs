@@ -39,6 +39,12 @@
 //! * KEDA `scalingModifiers` (KEDA docs, *Scaling Deployments → Scaling Modifiers*) combine
 //!   triggers with a formula into one metric; ours is `max(forecast, current)`.
 //!
+//! Sources: <https://kubernetes.io/docs/concepts/workloads/autoscaling/horizontal-pod-autoscale/>,
+//! <https://github.com/kubernetes/enhancements/tree/master/keps/sig-autoscaling/4951-configurable-hpa-tolerance>,
+//! the `HPAScalingRules` field docs (e.g. k8s-openapi `api::autoscaling::v2::HPAScalingRules`),
+//! kubernetes `pkg/controller/podautoscaler/{horizontal,replica_calculator}.go`, and
+//! <https://keda.sh/docs/2.14/concepts/scaling-deployments/#scaling-modifiers-experimental>.
+//!
 //! The metric lag ([`ScalingConfig::metric_lag_s`], default 30 s) is ours, not a
 //! Kubernetes setting: a metric read at `t` describes the load at `t − lag` (one sample
 //! window of metrics-server or of a Prometheus `rate()`).
@@ -242,7 +248,10 @@ impl ScalingConfig {
             ));
         }
         if !positive(self.sync_s) {
-            problems.push(format!("sync_s must be a positive number, got {}", self.sync_s));
+            problems.push(format!(
+                "sync_s must be a positive number, got {}",
+                self.sync_s
+            ));
         }
         if problems.is_empty() {
             Ok(())
@@ -281,7 +290,13 @@ pub fn simulate_reactive(load: &Regular, cfg: &ScalingConfig) -> Result<PolicyRe
     cfg.validate()?;
     let (lag, target, tol) = (cfg.metric_lag_s, cfg.target(), cfg.tolerance);
     let run = simulate(&curve, cfg, "reactive", |t, fleet| {
-        pods_metric_replicas(curve.at(t - lag), target, fleet.ready, fleet.starting(), tol)
+        pods_metric_replicas(
+            curve.at(t - lag),
+            target,
+            fleet.ready,
+            fleet.starting(),
+            tol,
+        )
     });
     Ok(run.report)
 }
@@ -453,6 +468,9 @@ impl<'a> Curve<'a> {
             // the next series point after s bounds a linear piece
             let next_knot = ((s / self.step).floor() + 1.0) * self.step;
             let e = next_knot.min(b);
+            if e <= s {
+                break; // float noise at a knot
+            }
             let (ls, le) = (self.at(s), self.at(e));
             total += if ls > cap && le > cap {
                 e - s
@@ -519,7 +537,11 @@ impl Hpa<'_> {
     /// `normalizeDesiredReplicasWithBehaviors`: stabilize, then rate-limit and clamp.
     fn normalize(&mut self, t: f64, current: u32, desired: u32) -> u32 {
         let cutoff = t - self.cfg.stabilization_s;
-        while self.recommendations.front().is_some_and(|&(ts, _)| ts <= cutoff) {
+        while self
+            .recommendations
+            .front()
+            .is_some_and(|&(ts, _)| ts <= cutoff)
+        {
             self.recommendations.pop_front();
         }
         // scale-up window 0: only the current recommendation; scale-down: the highest
@@ -573,7 +595,8 @@ fn simulate(
     mut desired: impl FnMut(f64, &Fleet) -> u32,
 ) -> Run {
     let end = curve.end();
-    let initial = ceil_count(curve.at(0.0) / cfg.target()).clamp(cfg.min_replicas, cfg.max_replicas);
+    let initial =
+        ceil_count(curve.at(0.0) / cfg.target()).clamp(cfg.min_replicas, cfg.max_replicas);
     let mut fleet = Fleet {
         ready: initial,
         starting: VecDeque::new(),
@@ -652,7 +675,13 @@ mod tests {
         let curve = Curve::new(load).unwrap();
         let (lag, target, tol) = (cfg.metric_lag_s, cfg.target(), cfg.tolerance);
         simulate(&curve, cfg, "reactive", |t, fleet| {
-            pods_metric_replicas(curve.at(t - lag), target, fleet.ready, fleet.starting(), tol)
+            pods_metric_replicas(
+                curve.at(t - lag),
+                target,
+                fleet.ready,
+                fleet.starting(),
+                tol,
+            )
         })
     }
 
@@ -673,22 +702,49 @@ mod tests {
     #[test]
     fn fixture_figures_are_deterministic() {
         let load = fixture();
-        assert_eq!(load.values.len(), 864);
-        assert_eq!(load.step, 300);
+        assert_eq!((load.values.len(), load.step), (864, 300));
         assert!(load.report.is_clean());
+        // 100 per replica, startup 5 min, lead 10 min, target utilization 1.0, HPA defaults
         let cfg = ScalingConfig::new(100.0, 300.0);
+        let check = |r: &PolicyReport, breach: f64, hours: f64, counts: (u32, u32, u32)| {
+            assert!(close(r.breach_minutes, breach), "{r:?}");
+            assert!(close(r.replica_hours, hours), "{r:?}");
+            assert_eq!(
+                (r.peak_replicas, r.scale_ups, r.scale_downs),
+                counts,
+                "{r:?}"
+            );
+        };
 
         let reactive = simulate_reactive(&load, &cfg).unwrap();
-        let forecast = simulate_forecast(&load, &cfg, &mut SeasonalNaive::default()).unwrap();
-        let oracle = simulate_forecast(&load, &cfg, &mut Oracle::new(&load)).unwrap();
-        eprintln!("{reactive:?}\n{forecast:?}\n{oracle:?}");
+        check(&reactive, 1124.200_601_739, 388.8125, (12, 31, 33));
         assert_eq!(simulate_reactive(&load, &cfg).unwrap(), reactive);
+
+        let naive = simulate_forecast(&load, &cfg, &mut SeasonalNaive::default()).unwrap();
+        check(&naive, 82.923_333_541, 436.3625, (12, 27, 26));
         assert_eq!(
             simulate_forecast(&load, &cfg, &mut SeasonalNaive::default()).unwrap(),
-            forecast
+            naive
         );
-        assert_eq!(reactive.policy, "reactive");
-        assert_eq!(forecast.policy, "forecast");
+        assert_eq!(
+            (reactive.policy.as_str(), naive.policy.as_str()),
+            ("reactive", "forecast")
+        );
+
+        // Even a perfect forecast breaches at target 1.0: inside the 10 % tolerance band
+        // (load up to 110 % of capacity) the HPA does not scale. Seasonal naive's × 1.1
+        // headroom happens to cancel the band.
+        let oracle = simulate_forecast(&load, &cfg, &mut Oracle::new(&load)).unwrap();
+        check(&oracle, 727.390_618_360, 399.1875, (12, 23, 25));
+        // With room for the band (0.8 < 1 / 1.1) the oracle never breaches.
+        let roomy = ScalingConfig {
+            target_utilization: 0.8,
+            ..cfg.clone()
+        };
+        let oracle = simulate_forecast(&load, &roomy, &mut Oracle::new(&load)).unwrap();
+        check(&oracle, 0.0, 486.204_166_667, (14, 24, 27));
+        let reactive = simulate_reactive(&load, &roomy).unwrap();
+        check(&reactive, 8.160_340_383, 476.508_333_333, (14, 27, 30));
     }
 
     #[test]
@@ -704,7 +760,10 @@ mod tests {
             scale_ups: 0,
             scale_downs: 0,
         };
-        assert_eq!(simulate_reactive(&load, &cfg).unwrap(), expected("reactive"));
+        assert_eq!(
+            simulate_reactive(&load, &cfg).unwrap(),
+            expected("reactive")
+        );
         assert_eq!(
             simulate_forecast(&load, &cfg, &mut SeasonalNaive::default()).unwrap(),
             expected("forecast")
@@ -732,7 +791,11 @@ mod tests {
         assert_eq!(at(&r, &cfg, 600.0), 2);
         assert_eq!(at(&r, &cfg, 615.0), 3);
         let breach_s = 915.0 - (540.0 + 60.0 * 20.0 / 220.0);
-        assert!(close(r.report.breach_minutes, breach_s / 60.0), "{:?}", r.report);
+        assert!(
+            close(r.report.breach_minutes, breach_s / 60.0),
+            "{:?}",
+            r.report
+        );
         let (startup, lag, sync) = (cfg.startup_s, cfg.metric_lag_s, cfg.sync_s);
         assert!(breach_s > startup + lag && breach_s < startup + lag + sync + 60.0);
 
@@ -761,7 +824,10 @@ mod tests {
         // The lagged load stays ≥ 450 (within tolerance of 5 replicas) through the 570 s
         // sync; later syncs recommend 4 (585 s), 3, 2, then 1 (630 s on). Each takes effect
         // 300 s after the last higher recommendation.
-        let lead0 = ScalingConfig { lead_s: 0.0, ..cfg.clone() };
+        let lead0 = ScalingConfig {
+            lead_s: 0.0,
+            ..cfg.clone()
+        };
         for run in [
             reactive_run(&load, &cfg),
             // lead 0: the oracle's forecast is the current load, the lagged one is higher
@@ -793,7 +859,11 @@ mod tests {
         assert_eq!(r.report.scale_ups, 3);
         // the 20th replica is ready at 270 s: breach from the load passing 100 (135.4 s)
         let breach_s = 270.0 - (135.0 + 15.0 * 50.0 / 1950.0);
-        assert!(close(r.report.breach_minutes, breach_s / 60.0), "{:?}", r.report);
+        assert!(
+            close(r.report.breach_minutes, breach_s / 60.0),
+            "{:?}",
+            r.report
+        );
     }
 
     #[test]
@@ -815,9 +885,15 @@ mod tests {
             ..ScalingConfig::new(100.0, 300.0)
         };
         let r = simulate_reactive(&quiet, &cfg).unwrap();
-        assert_eq!((r.peak_replicas, r.replica_hours, r.scale_downs), (3, 3.0, 0));
+        assert_eq!(
+            (r.peak_replicas, r.replica_hours, r.scale_downs),
+            (3, 3.0, 0)
+        );
         let f = simulate_forecast(&quiet, &cfg, &mut SeasonalNaive::default()).unwrap();
-        assert_eq!((f.peak_replicas, f.replica_hours, f.scale_downs), (3, 3.0, 0));
+        assert_eq!(
+            (f.peak_replicas, f.replica_hours, f.scale_downs),
+            (3, 3.0, 0)
+        );
     }
 
     #[test]
@@ -856,7 +932,12 @@ mod tests {
             ..ScalingConfig::new(0.0, -1.0)
         };
         let e = cfg.validate().unwrap_err().to_string();
-        for flag in ["--capacity-per-replica", "--startup", "--min-replicas (5)", "--max-replicas (3)"] {
+        for flag in [
+            "--capacity-per-replica",
+            "--startup",
+            "--min-replicas (5)",
+            "--max-replicas (3)",
+        ] {
             assert!(e.contains(flag), "{e}");
         }
         let load = series(300, vec![1.0; 3]);
@@ -866,21 +947,5 @@ mod tests {
             .to_string();
         assert!(e.contains("at least 2"), "{e}");
         assert!(ScalingConfig::new(1.0, 0.0).validate().is_ok());
-    }
-}
-#[cfg(test)]
-mod explore_tmp {
-    use super::*;
-    #[test]
-    fn explore() {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/series/diurnal_load.csv");
-        let load = ymera_common::series::regularize(&ymera_common::series::read_csv(&path).unwrap(), None).unwrap();
-        for (tol, tu) in [(0.1, 1.0), (0.0, 1.0), (0.1, 0.8), (0.0, 0.8)] {
-            let cfg = ScalingConfig { tolerance: tol, target_utilization: tu, ..ScalingConfig::new(100.0, 300.0) };
-            let r = simulate_reactive(&load, &cfg).unwrap();
-            let s = simulate_forecast(&load, &cfg, &mut SeasonalNaive::default()).unwrap();
-            let o = simulate_forecast(&load, &cfg, &mut Oracle::new(&load)).unwrap();
-            eprintln!("tol {tol} tu {tu}\n  {r:?}\n  {s:?}\n  {o:?}");
-        }
     }
 }
