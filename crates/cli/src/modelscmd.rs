@@ -490,6 +490,11 @@ pub async fn serve(settings: &Settings) -> u8 {
             return EXIT_FAILURE;
         }
     };
+    let autoscale = Arc::new(ymera_serve::autoscale::Autoscaler::new(
+        settings.autoscale.clone(),
+        sql.clone(),
+        registry.clone(),
+    ));
     let store = Arc::new(ymera_serve::models::ModelStore::new(
         registry,
         settings.serve.models.clone(),
@@ -507,6 +512,7 @@ pub async fn serve(settings: &Settings) -> u8 {
         auth,
         sql,
         health: health.clone(),
+        autoscale: Some(autoscale),
     };
     let router = ymera_serve::serve_router(state, metrics, crate::keyscmd::serve_limits(settings));
     info!(listen = %addr, registry = %store.registry().url(), "serving");

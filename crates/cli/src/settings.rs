@@ -27,6 +27,8 @@ pub struct Settings {
     pub sql: SqlSettings,
     /// Logging.
     pub log: LogSettings,
+    /// The autoscaler's forecasts (`GET /v1/autoscale/{service}/forecast`).
+    pub autoscale: ymera_serve::autoscale::AutoscaleConfig,
 }
 
 /// `lake.*`

@@ -486,3 +486,210 @@ mod tests {
         assert!((inverse_normal_cdf(0.975) - Z95).abs() < 1e-6);
     }
 }
+
+/// The metric names of the autoscaler API and the `metric_events` columns they read.
+pub const METRICS: &[(&str, &str)] = &[
+    ("rps", "requests_per_s"),
+    ("requests_per_s", "requests_per_s"),
+    ("cpu", "cpu"),
+    ("queue_depth", "queue_depth"),
+    ("latency_p50_ms", "latency_p50_ms"),
+    ("latency_p95_ms", "latency_p95_ms"),
+    ("error_rate", "error_rate"),
+];
+
+/// The column of `metric_events` a metric name reads, or an error listing the names.
+pub fn metric_column(metric: &str) -> Result<&'static str, ModelError> {
+    METRICS
+        .iter()
+        .find(|(m, _)| *m == metric)
+        .map(|(_, c)| *c)
+        .ok_or_else(|| ModelError::NotFound {
+            what: format!("metric `{metric}`"),
+            available: METRICS.iter().map(|(m, _)| m.to_string()).collect(),
+        })
+}
+
+/// Service names are identifiers: letters, digits, `_`, `-`, `.` (they end up in SQL
+/// and in registry names).
+pub fn check_service(service: &str) -> Result<(), ModelError> {
+    if service.is_empty()
+        || service.len() > 100
+        || !service
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+    {
+        return Err(ModelError::Input(format!(
+            "service `{service}`: letters, digits, `_`, `-` and `.` only"
+        )));
+    }
+    Ok(())
+}
+
+/// The analyst-SQL query that averages one service's metric into `step_seconds` slots
+/// from `from` (epoch seconds) on; the `dt` partition prunes older files.
+pub fn series_sql(table: &str, service: &str, column: &str, from: i64, step_seconds: i64) -> String {
+    let from_ts = chrono::DateTime::<chrono::Utc>::from_timestamp(from, 0).unwrap_or_default();
+    format!(
+        "SELECT CAST(to_unixtime(date_bin(INTERVAL '{step_seconds} seconds', ts, TIMESTAMP '1970-01-01T00:00:00')) AS BIGINT) AS slot, \
+                avg(CAST({column} AS DOUBLE)) AS value, count(*) AS samples \
+         FROM {table} \
+         WHERE service = '{service}' AND ts >= TIMESTAMP '{}' AND dt >= DATE '{}' \
+         GROUP BY 1 ORDER BY 1",
+        from_ts.format("%Y-%m-%dT%H:%M:%S"),
+        from_ts.format("%Y-%m-%d"),
+    )
+}
+
+/// `slot, value` rows of [`series_sql`] as a series (nulls skipped).
+pub fn series_from_batches(
+    name: &str,
+    batches: &[arrow::array::RecordBatch],
+) -> Result<ymera_common::series::Series, ModelError> {
+    use arrow::array::{Array, Float64Array, Int64Array};
+    let mut s = ymera_common::series::Series {
+        name: name.to_string(),
+        ..Default::default()
+    };
+    for b in batches {
+        let slot = b
+            .column(0)
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .ok_or_else(|| ModelError::Data("series query: slot is not an integer".into()))?;
+        let value = b
+            .column(1)
+            .as_any()
+            .downcast_ref::<Float64Array>()
+            .ok_or_else(|| ModelError::Data("series query: value is not a double".into()))?;
+        for i in 0..b.num_rows() {
+            if slot.is_null(i) || value.is_null(i) || !value.value(i).is_finite() {
+                continue;
+            }
+            s.ts.push(slot.value(i));
+            s.values.push(value.value(i));
+        }
+    }
+    Ok(s)
+}
+
+/// The registry name of a series' forecaster: `load-<service>-<metric>`, lowercased,
+/// `.` as `-`.
+pub fn registry_name(service: &str, metric: &str) -> String {
+    format!("load-{service}-{metric}")
+        .to_ascii_lowercase()
+        .replace('.', "-")
+}
+
+/// Registers a forecaster version: the refit recipe as the artifact, the backtest as its
+/// metrics, a gate of MASE < 1 against the one-day-back naive forecast.
+pub async fn register_recipe(
+    registry: &crate::Registry,
+    recipe: &Recipe,
+    bt: &Backtest,
+    query: &str,
+    fit_seconds: f64,
+) -> Result<crate::Manifest, ModelError> {
+    use crate::registry::{ArtifactRef, GateCheck, Lineage};
+    use crate::spec::{Op, Params, Task, Threshold};
+    let (service, metric) = recipe.series.split_once('/').unwrap_or((&recipe.series, ""));
+    let name = registry_name(service, metric);
+    let artifact = crate::Artifact {
+        format: 1,
+        name: name.clone(),
+        version: String::new(),
+        task: Task::Forecast,
+        features: crate::features::FeatureSchema(Vec::new()),
+        estimator: crate::model::Estimator::Recipe {
+            kind: "forecast".into(),
+            recipe: serde_json::to_value(recipe)
+                .map_err(|e| ModelError::Model(format!("serialising the recipe: {e}")))?,
+        },
+    };
+    let metrics: std::collections::BTreeMap<String, f64> = [
+        ("mase", bt.model.mase),
+        ("smape", bt.model.smape),
+        ("coverage80", bt.model.coverage80),
+        ("coverage95", bt.model.coverage95),
+        ("baseline_mase", bt.seasonal_naive.mase),
+        ("baseline_smape", bt.seasonal_naive.smape),
+        ("origins", bt.origins as f64),
+        ("horizon_steps", bt.horizon as f64),
+    ]
+    .into_iter()
+    .filter(|(_, v)| v.is_finite())
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    let passed = bt.model.mase < 1.0;
+    let manifest = crate::Manifest {
+        name,
+        version: String::new(),
+        created_at: chrono::Utc::now(),
+        task: Task::Forecast,
+        algorithm: recipe.plan.model.clone(),
+        params: Params::default(),
+        calibration: Some(format!(
+            "intervals scaled ×{:.2} (80 %) and ×{:.2} (95 %) from the backtest's coverage",
+            recipe.interval_scale.0, recipe.interval_scale.1
+        )),
+        label: Some(recipe.series.clone()),
+        metrics,
+        gate: vec![GateCheck {
+            threshold: Threshold {
+                metric: "mase".into(),
+                op: Op::Lt,
+                value: 1.0,
+            },
+            actual: Some(bt.model.mase),
+            passed,
+        }],
+        gate_passed: passed,
+        lineage: Lineage {
+            query: query.to_string(),
+            tables: Vec::new(),
+            rows: recipe.points,
+            train_rows: recipe.points,
+            calibration_rows: 0,
+            holdout_rows: bt.origins * bt.horizon,
+            skipped_rows: 0,
+            content_sha256: recipe.content_sha256.clone(),
+            time_range: (recipe.data_from.clone(), recipe.data_to.clone()),
+            holdout_from: String::new(),
+        },
+        features: crate::features::FeatureSchema(Vec::new()),
+        artifact: ArtifactRef {
+            path: String::new(),
+            sha256: String::new(),
+            bytes: 0,
+        },
+        spec_sha256: String::new(),
+        fit_seconds,
+        crate_version: env!("CARGO_PKG_VERSION").into(),
+        status: "registered".into(),
+    };
+    registry.register(artifact, manifest).await
+}
+
+/// The newest registered recipe of a forecaster and its manifest, if any.
+pub async fn latest_recipe(
+    registry: &crate::Registry,
+    name: &str,
+) -> Result<Option<(Recipe, crate::Manifest)>, ModelError> {
+    let versions = match registry.versions(name).await {
+        Ok(v) => v,
+        Err(ModelError::NotFound { .. }) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let Some(v) = versions.iter().rev().find(|e| matches!(e.manifest, Some(Ok(_)))) else {
+        return Ok(None);
+    };
+    let loaded = registry.load(name, &v.version.to_string()).await?;
+    match loaded.artifact.estimator {
+        crate::model::Estimator::Recipe { kind, recipe } if kind == "forecast" => {
+            let r: Recipe = serde_json::from_value(recipe)
+                .map_err(|e| ModelError::Integrity(format!("{name}/{}: recipe: {e}", v.version)))?;
+            Ok(Some((r, loaded.manifest)))
+        }
+        _ => Err(ModelError::Integrity(format!("{name}/{}: not a forecast recipe", v.version))),
+    }
+}

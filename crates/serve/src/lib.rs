@@ -5,6 +5,7 @@
 
 pub mod access;
 pub mod auth;
+pub mod autoscale;
 pub mod health;
 pub mod models;
 pub mod sql;
@@ -26,6 +27,8 @@ pub struct AppState {
     pub auth: Arc<auth::Auth>,
     pub sql: Option<sql::SqlService>,
     pub health: Arc<Health>,
+    /// The autoscaler's forecasts (None: no lake to read metric events from).
+    pub autoscale: Option<Arc<autoscale::Autoscaler>>,
 }
 
 /// The whole API of `ymera serve`, unprotected: [`serve_router`] adds the credentials.
@@ -62,6 +65,7 @@ pub fn api_router(state: AppState, metrics: Option<PrometheusHandle>) -> Router 
             get(models::alias_history),
         )
         .route("/v1/sql", post(sql::post_sql))
+        .route("/v1/autoscale/{service}/forecast", get(autoscale::get_forecast))
         .with_state(state)
         .merge(health_router(health, metrics))
 }

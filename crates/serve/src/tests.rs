@@ -111,6 +111,7 @@ async fn app(dir: &std::path::Path) -> Router {
             auth: Arc::new(auth),
             sql: None,
             health,
+            autoscale: None,
         },
         None,
     )

@@ -1,0 +1,584 @@
+//! `GET /v1/autoscale/{service}/forecast` (interfaces.md, "Forecasts for the autoscaler"):
+//! forecast points, `keda.value`, `recommended_replicas`, `quality` and `fallback`.
+//!
+//! Refit schedule: a series' forecaster is refitted on the newest `window` of metric
+//! events when a request finds its fit older than `refit_interval` (default 5m = one
+//! grid step: each refit sees exactly one new aggregated point, and an MSTL + AutoETS fit
+//! of two weeks of 5-minute points takes milliseconds). The rolling-origin backtest that
+//! gives `quality` (24 one-hour origins over the last day) is heavier and moves slowly: it
+//! is recomputed every `backtest_interval` (default 1h), and each run registers a version
+//! (`load-<service>-<metric>`: the refit recipe, the data window's hash and the backtest)
+//! in the model registry. After a restart the newest version's recipe and quality are
+//! read back, and the forecaster is refitted from it on the current data.
+//!
+//! The endpoint never fails because of the data: when the forecast is stale (the newest
+//! metric sample is older than `stale_after`), its recent MASE is ≥ `max_mase`, or no
+//! forecast can be made, `keda.value` is the observed load and `fallback.active` is true
+//! with the reason (KEDA's own fallback is fragile, KEDA #8058). Only bad parameters are
+//! 400s.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tracing::{info, warn};
+use ymera_common::series::{Regular, Series, regularize};
+use ymera_models::forecast::{self, Backtest, Forecast, Recipe};
+use ymera_models::{ModelError, Registry};
+
+use crate::AppState;
+use crate::models::error_response;
+use crate::sql::SqlService;
+
+/// `autoscale.*` settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AutoscaleConfig {
+    /// Per service: capacity and replica bounds.
+    pub services: BTreeMap<String, ServiceScaling>,
+    /// The lake table of metric events (default `metric_events`).
+    pub table: String,
+    /// The forecaster's grid: metric events are averaged into steps of this length
+    /// (default 5m).
+    #[serde(with = "ymera_common::units::duration")]
+    pub step: Duration,
+    /// History per fit (default 15d: weekly seasonality needs two weeks).
+    #[serde(with = "ymera_common::units::duration")]
+    pub window: Duration,
+    /// Refit when the fit is older than this (default 5m).
+    #[serde(with = "ymera_common::units::duration")]
+    pub refit_interval: Duration,
+    /// Re-run the backtest and register a version this often (default 1h).
+    #[serde(with = "ymera_common::units::duration")]
+    pub backtest_interval: Duration,
+    /// The forecast is stale when the newest metric sample is older than this (default 15m).
+    #[serde(with = "ymera_common::units::duration")]
+    pub stale_after: Duration,
+    /// Fall back to the observed load when the recent MASE is at least this (default 1).
+    pub max_mase: f64,
+}
+
+impl Default for AutoscaleConfig {
+    fn default() -> Self {
+        AutoscaleConfig {
+            services: BTreeMap::new(),
+            table: "metric_events".into(),
+            step: Duration::from_secs(300),
+            window: Duration::from_secs(15 * 86_400),
+            refit_interval: Duration::from_secs(300),
+            backtest_interval: Duration::from_secs(3600),
+            stale_after: Duration::from_secs(900),
+            max_mase: 1.0,
+        }
+    }
+}
+
+/// `autoscale.services.<service>.*`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServiceScaling {
+    /// Load one replica carries, in the metric's unit (e.g. requests/s).
+    pub capacity_per_replica: Option<f64>,
+    pub min_replicas: u32,
+    pub max_replicas: u32,
+    /// Default `lead`: how far ahead the replicas must be ready (default 5m).
+    #[serde(with = "ymera_common::units::duration")]
+    pub lead: Duration,
+}
+
+impl Default for ServiceScaling {
+    fn default() -> Self {
+        ServiceScaling {
+            capacity_per_replica: None,
+            min_replicas: 1,
+            max_replicas: 100,
+            lead: Duration::from_secs(300),
+        }
+    }
+}
+
+/// Backtest origins (one per horizon) over the last day.
+const BACKTEST_ORIGINS: usize = 24;
+/// Backtest horizon: one hour, in grid steps.
+const BACKTEST_HORIZON_SECS: i64 = 3600;
+/// Forecast horizon fitted past the newest data: a day and an hour.
+const FIT_HORIZON_SECS: i64 = 25 * 3600;
+
+/// Fitted forecasters, one per (service, metric), refreshed on demand.
+pub struct Autoscaler {
+    config: AutoscaleConfig,
+    sql: Option<SqlService>,
+    registry: Registry,
+    entries: Mutex<BTreeMap<(String, String), Arc<tokio::sync::Mutex<Entry>>>>,
+}
+
+impl std::fmt::Debug for Autoscaler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Autoscaler").field("config", &self.config).finish()
+    }
+}
+
+#[derive(Default)]
+struct Entry {
+    fit: Option<Fitted>,
+    quality: Option<Quality>,
+    /// Why the last refresh could not fit (no data, a query error).
+    problem: Option<String>,
+    /// When the last refresh was attempted (failed ones too).
+    tried: Option<Instant>,
+}
+
+struct Fitted {
+    data: Regular,
+    /// The newest slot, complete or not (the observed load).
+    observed: (i64, f64),
+    forecast: Forecast,
+}
+
+struct Quality {
+    at: Instant,
+    version: Option<String>,
+    backtest: Backtest,
+    recipe: Recipe,
+}
+
+impl Autoscaler {
+    pub fn new(config: AutoscaleConfig, sql: Option<SqlService>, registry: Registry) -> Autoscaler {
+        Autoscaler {
+            config,
+            sql,
+            registry,
+            entries: Mutex::default(),
+        }
+    }
+
+    fn entry(&self, service: &str, metric: &str) -> Arc<tokio::sync::Mutex<Entry>> {
+        self.entries
+            .lock()
+            .expect("autoscaler entries lock")
+            .entry((service.to_string(), metric.to_string()))
+            .or_default()
+            .clone()
+    }
+
+    fn step_secs(&self) -> i64 {
+        (self.config.step.as_secs() as i64).max(1)
+    }
+
+    /// Reads the series' newest window from the lake: the regular grid without the
+    /// current (incomplete) slot, and the newest slot as the observed load.
+    async fn read(
+        &self,
+        service: &str,
+        metric: &str,
+        now: i64,
+    ) -> Result<(Regular, (i64, f64), String), String> {
+        let sql = self
+            .sql
+            .as_ref()
+            .ok_or("the lake is not readable by this server (no SQL service)")?;
+        let column = forecast::metric_column(metric).map_err(|e| e.to_string())?;
+        let step = self.step_secs();
+        let from = now - self.config.window.as_secs() as i64;
+        let query = forecast::series_sql(&self.config.table, service, column, from, step);
+        let out = sql
+            .query(query.clone())
+            .await
+            .map_err(|e| format!("reading {}: {e}", self.config.table))?;
+        let mut series: Series =
+            forecast::series_from_batches(&format!("{service}/{metric}"), &out.batches)
+                .map_err(|e| e.to_string())?;
+        let Some(&last_ts) = series.ts.last() else {
+            return Err(format!(
+                "no `{}` samples for service `{service}` in {} since {}",
+                column,
+                self.config.table,
+                rfc3339(from)
+            ));
+        };
+        let observed = (last_ts, *series.values.last().expect("same length"));
+        // the slot still filling is the observed load, not history
+        if last_ts + step > now && series.ts.len() > 1 {
+            series.ts.pop();
+            series.values.pop();
+        }
+        let grid = regularize(&series, Some(step)).map_err(|e| e.to_string())?;
+        Ok((grid, observed, query))
+    }
+
+    /// Refits (and re-runs the backtest) when due.
+    async fn refresh(&self, e: &mut Entry, service: &str, metric: &str, now: i64) {
+        let fresh = e.tried.is_some_and(|t| t.elapsed() < self.config.refit_interval);
+        if fresh {
+            return;
+        }
+        e.tried = Some(Instant::now());
+        let (grid, observed, query) = match self.read(service, metric, now).await {
+            Ok(r) => r,
+            Err(p) => {
+                e.problem = Some(p);
+                e.fit = None;
+                return;
+            }
+        };
+        let step = grid.step;
+        let name = forecast::registry_name(service, metric);
+        if e.quality.is_none() {
+            // after a restart: the newest registered recipe and its backtest
+            match forecast::latest_recipe(&self.registry, &name).await {
+                Ok(Some((recipe, manifest))) => {
+                    let age = (Utc::now() - manifest.created_at).num_seconds().max(0) as u64;
+                    if age < self.config.backtest_interval.as_secs() && recipe.step_seconds == step {
+                        e.quality = Some(Quality {
+                            at: Instant::now()
+                                .checked_sub(Duration::from_secs(age))
+                                .unwrap_or_else(Instant::now),
+                            version: Some(manifest.version.clone()),
+                            backtest: backtest_from_metrics(&manifest.metrics),
+                            recipe,
+                        });
+                    }
+                }
+                Ok(None) => {}
+                Err(err) => warn!(model = %name, error = %err, "could not read the forecaster's newest version"),
+            }
+        }
+        let due = e
+            .quality
+            .as_ref()
+            .is_none_or(|q| q.at.elapsed() >= self.config.backtest_interval);
+        if due {
+            match self.backtest(&grid, service, metric).await {
+                Ok((bt, recipe, secs)) => {
+                    let version = match forecast::register_recipe(&self.registry, &recipe, &bt, &query, secs).await {
+                        Ok(m) => {
+                            info!(model = %m.name, version = %m.version, mase = bt.model.mase, "registered a forecaster version");
+                            Some(m.version)
+                        }
+                        Err(err) => {
+                            warn!(model = %name, error = %err, "could not register the forecaster version");
+                            None
+                        }
+                    };
+                    metrics::gauge!("ymera_forecast_mase", "service" => service.to_string(), "metric" => metric.to_string())
+                        .set(bt.model.mase);
+                    e.quality = Some(Quality {
+                        at: Instant::now(),
+                        version,
+                        backtest: bt,
+                        recipe,
+                    });
+                }
+                Err(err) => {
+                    // too little history for a backtest: serve the forecast without quality
+                    e.quality = None;
+                    e.problem = Some(err);
+                }
+            }
+        }
+        let plan = e.quality.as_ref().map(|q| (q.recipe.plan.clone(), q.recipe.interval_scale));
+        let values = grid.values.clone();
+        let per_day = grid.per_day();
+        let horizon = ((FIT_HORIZON_SECS + (now - grid.end()).max(0)) / step).max(1) as usize;
+        let fit = tokio::task::spawn_blocking(move || match plan {
+            Some((plan, scale)) => forecast::fit_planned(&values, plan, horizon, scale),
+            None => forecast::fit_forecast(&values, per_day, horizon),
+        })
+        .await;
+        match fit {
+            Ok(Ok(forecast)) => {
+                if e.quality.is_some() {
+                    e.problem = None;
+                }
+                e.fit = Some(Fitted {
+                    data: grid,
+                    observed,
+                    forecast,
+                });
+                metrics::counter!("ymera_forecast_refits_total", "service" => service.to_string(), "metric" => metric.to_string())
+                    .increment(1);
+            }
+            Ok(Err(err)) => {
+                e.problem = Some(format!("fitting the forecaster: {err}"));
+                e.fit = Some(Fitted {
+                    forecast: Forecast {
+                        bands: Default::default(),
+                        plan: forecast::plan(0, per_day),
+                    },
+                    data: grid,
+                    observed,
+                });
+            }
+            Err(err) => e.problem = Some(format!("the fitting task failed: {err}")),
+        }
+    }
+
+    async fn backtest(
+        &self,
+        grid: &Regular,
+        service: &str,
+        metric: &str,
+    ) -> Result<(Backtest, Recipe, f64), String> {
+        let values = grid.values.clone();
+        let per_day = grid.per_day();
+        let horizon = ((BACKTEST_HORIZON_SECS / grid.step).max(1)) as usize;
+        let (start, step, report) = (grid.start, grid.step, grid.report.clone());
+        let window_days = (self.config.window.as_secs() / 86_400) as u32;
+        let series = format!("{service}/{metric}");
+        tokio::task::spawn_blocking(move || {
+            let t = Instant::now();
+            let bt = forecast::backtest(&values, per_day, horizon, BACKTEST_ORIGINS, values.len())
+                .map_err(|e| e.to_string())?;
+            let secs = t.elapsed().as_secs_f64();
+            let recipe = Recipe {
+                series,
+                step_seconds: step,
+                window_days,
+                plan: forecast::plan(values.len(), per_day),
+                interval_scale: forecast::interval_scale(&bt),
+                data_from: rfc3339(start),
+                data_to: rfc3339(start + values.len() as i64 * step),
+                points: values.len(),
+                content_sha256: forecast::content_sha256(&values),
+            };
+            let _ = report;
+            Ok((bt, recipe, secs))
+        })
+        .await
+        .map_err(|e| format!("the backtest task failed: {e}"))?
+    }
+}
+
+fn backtest_from_metrics(m: &BTreeMap<String, f64>) -> Backtest {
+    let g = |k: &str| m.get(k).copied().unwrap_or(f64::NAN);
+    Backtest {
+        origins: g("origins") as usize,
+        horizon: g("horizon_steps") as usize,
+        model: forecast::Accuracy {
+            mase: g("mase"),
+            smape: g("smape"),
+            coverage80: g("coverage80"),
+            coverage95: g("coverage95"),
+        },
+        seasonal_naive: forecast::Accuracy {
+            mase: g("baseline_mase"),
+            smape: g("baseline_smape"),
+            ..Default::default()
+        },
+        relative_mase: g("mase") / g("baseline_mase"),
+    }
+}
+
+fn rfc3339(t: i64) -> String {
+    DateTime::<Utc>::from_timestamp(t, 0)
+        .unwrap_or_default()
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+/// Query parameters of the forecast endpoint.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForecastQuery {
+    pub metric: Option<String>,
+    pub horizon: Option<String>,
+    pub step: Option<String>,
+    pub lead: Option<String>,
+    pub q: Option<f64>,
+}
+
+fn duration_param(name: &str, v: Option<&str>, default: Duration) -> Result<Duration, ModelError> {
+    match v {
+        None => Ok(default),
+        Some(s) => ymera_common::parse_duration(s)
+            .map_err(|e| ModelError::Input(format!("`{name}={s}`: {e}"))),
+    }
+}
+
+/// The quantile band a `q` selects.
+fn band_of(q: f64) -> Result<&'static str, ModelError> {
+    match q {
+        q if (q - 0.5).abs() < 1e-9 => Ok("p50"),
+        q if (q - 0.9).abs() < 1e-9 => Ok("hi80"),
+        q if (q - 0.975).abs() < 1e-9 => Ok("hi95"),
+        _ => Err(ModelError::Input(format!(
+            "`q={q}`: one of 0.5 (p50), 0.9 (hi80), 0.975 (hi95)"
+        ))),
+    }
+}
+
+/// `GET /v1/autoscale/{service}/forecast`.
+pub async fn get_forecast(
+    State(app): State<AppState>,
+    Path(service): Path<String>,
+    query: Result<Query<ForecastQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Some(auto) = app.autoscale.clone() else {
+        return error_response(&ModelError::NotFound {
+            what: "autoscaling (this server has no lake to read metric events from)".into(),
+            available: Vec::new(),
+        });
+    };
+    let q = match query {
+        Ok(Query(q)) => q,
+        Err(e) => return error_response(&ModelError::Input(e.body_text())),
+    };
+    match respond(&auto, &service, q, Utc::now().timestamp()).await {
+        Ok(v) => Json(v).into_response(),
+        Err(e) => error_response(&e),
+    }
+}
+
+/// Builds the response at time `now` (epoch seconds).
+pub async fn respond(
+    auto: &Autoscaler,
+    service: &str,
+    q: ForecastQuery,
+    now: i64,
+) -> Result<Value, ModelError> {
+    forecast::check_service(service)?;
+    let metric = q.metric.unwrap_or_else(|| "rps".into());
+    forecast::metric_column(&metric)?;
+    let scaling = auto.config.services.get(service).cloned();
+    let defaults = scaling.clone().unwrap_or_default();
+    let horizon = duration_param("horizon", q.horizon.as_deref(), Duration::from_secs(1800))?;
+    let step = duration_param("step", q.step.as_deref(), Duration::from_secs(60))?;
+    let lead = duration_param("lead", q.lead.as_deref(), defaults.lead)?;
+    let quantile = q.q.unwrap_or(0.9);
+    let band = band_of(quantile)?;
+    let (horizon, step, lead) = (horizon.as_secs() as i64, step.as_secs() as i64, lead.as_secs() as i64);
+    if step < 1 || horizon < step || horizon > 86_400 || lead > horizon {
+        return Err(ModelError::Input(format!(
+            "need 1s ≤ step ≤ horizon ≤ 1d and lead ≤ horizon (step {step}s, horizon {horizon}s, lead {lead}s)"
+        )));
+    }
+
+    let entry = auto.entry(service, &metric);
+    let mut e = entry.lock().await;
+    auto.refresh(&mut e, service, &metric, now).await;
+
+    // points at multiples of `step` from now on, interpolated from the forecaster's grid
+    let mut points = Vec::new();
+    let mut lead_max: Option<f64> = None;
+    let mut notes: Vec<String> = Vec::new();
+    if let Some(f) = e.fit.as_ref().filter(|f| !f.forecast.bands.is_empty()) {
+        let b = &f.forecast.bands;
+        let (g0, gs) = (f.data.end(), f.data.step);
+        let at = |v: &[f64], t: i64| -> f64 {
+            let x = ((t - g0) as f64 / gs as f64).max(0.0);
+            let i = (x.floor() as usize).min(v.len() - 1);
+            let j = (i + 1).min(v.len() - 1);
+            v[i] + (v[j] - v[i]) * (x - i as f64).min(1.0)
+        };
+        let first = now.div_euclid(step) * step + if now % step == 0 { 0 } else { step };
+        let mut t = first;
+        while t <= now + horizon {
+            let p = json!({
+                "ts": rfc3339(t),
+                "p50": at(&b.p50, t),
+                "lo80": at(&b.lo80, t),
+                "hi80": at(&b.hi80, t),
+                "lo95": at(&b.lo95, t),
+                "hi95": at(&b.hi95, t),
+            });
+            if t <= now + lead.max(step) {
+                let v = p[band].as_f64().unwrap_or(f64::NAN);
+                lead_max = Some(lead_max.map_or(v, |m: f64| m.max(v)));
+            }
+            points.push(p);
+            t += step;
+        }
+        notes.extend(f.forecast.plan.notes.iter().cloned());
+        if f.data.report.duplicates + f.data.report.gaps_filled > 0 {
+            notes.push(format!("history repaired: {}", f.data.report));
+        }
+    }
+
+    let observed = e.fit.as_ref().map(|f| f.observed);
+    let quality = e.quality.as_ref();
+    let mase = quality.map(|q| q.backtest.model.mase);
+    let reason = if let Some((ts, _)) = observed.filter(|(ts, _)| now - ts > auto.config.stale_after.as_secs() as i64) {
+        Some(format!(
+            "stale: the newest metric sample is from {} ({} min ago; stale after {} min)",
+            rfc3339(ts),
+            (now - ts) / 60,
+            auto.config.stale_after.as_secs() / 60
+        ))
+    } else if let Some(m) = mase.filter(|m| !(m < &auto.config.max_mase)) {
+        Some(format!(
+            "poor forecast: recent MASE {m:.2} ≥ {} (the one-day-back naive forecast does as well)",
+            auto.config.max_mase
+        ))
+    } else if lead_max.is_none() {
+        Some(e.problem.clone().unwrap_or_else(|| "no forecast".into()))
+    } else {
+        None
+    };
+    if quality.is_none() && let Some(p) = &e.problem {
+        notes.push(format!("no quality figures yet: {p}"));
+    }
+    let value = match (&reason, lead_max, observed) {
+        (None, Some(v), _) => v,
+        (Some(_), _, Some((_, v))) => v,
+        (Some(_), _, None) => 0.0,
+        (None, None, _) => unreachable!("no forecast is a fallback reason"),
+    };
+    if let Some(r) = &reason {
+        let kind = r.split(':').next().unwrap_or("other").to_string();
+        metrics::counter!("ymera_forecast_fallback_total", "service" => service.to_string(), "reason" => kind)
+            .increment(1);
+    }
+    let replicas = defaults.capacity_per_replica.filter(|c| *c > 0.0).map(|cap| {
+        ((value / cap).ceil().max(0.0) as u64).clamp(defaults.min_replicas as u64, defaults.max_replicas as u64)
+    });
+    if scaling.as_ref().and_then(|s| s.capacity_per_replica).is_none() {
+        notes.push(format!(
+            "no recommended_replicas: set autoscale.services.{service}.capacity_per_replica"
+        ));
+    }
+    Ok(json!({
+        "service": service,
+        "metric": metric,
+        "generated_at": rfc3339(now),
+        "step": format!("PT{step}S"),
+        "horizon": format!("PT{horizon}S"),
+        "points": points,
+        "observed": observed.map(|(ts, v)| json!({"ts": rfc3339(ts), "value": v})),
+        "keda": { "value": value, "q": quantile, "band": band, "lead": format!("PT{lead}S") },
+        "recommended_replicas": replicas,
+        "scaling": {
+            "capacity_per_replica": defaults.capacity_per_replica,
+            "min_replicas": defaults.min_replicas,
+            "max_replicas": defaults.max_replicas,
+        },
+        "quality": quality.map(|q| json!({
+            "mase": finite(q.backtest.model.mase),
+            "coverage80": finite(q.backtest.model.coverage80),
+            "coverage95": finite(q.backtest.model.coverage95),
+            "smape": finite(q.backtest.model.smape),
+            "baseline_mase": finite(q.backtest.seasonal_naive.mase),
+            "origins": q.backtest.origins,
+            "horizon_steps": q.backtest.horizon,
+            "model_version": q.version,
+        })),
+        "model": e.fit.as_ref().map(|f| json!({
+            "name": forecast::registry_name(service, &metric),
+            "algorithm": f.forecast.plan.model,
+            "periods": f.forecast.plan.periods,
+            "step_seconds": f.data.step,
+            "data_to": rfc3339(f.data.end()),
+            "points": f.data.values.len(),
+        })),
+        "notes": notes,
+        "fallback": { "active": reason.is_some(), "reason": reason },
+    }))
+}
+
+fn finite(v: f64) -> Option<f64> {
+    v.is_finite().then_some(v)
+}
