@@ -140,13 +140,13 @@ fn parse_bound(s: &str) -> Option<(i64, bool)> {
     Some((parse_ts(s)?, false))
 }
 
-/// One data file to score: its rows (timestamps ascending, one anomaly score per
+/// One data file to score: its rows (timestamps in order, one anomaly score per
 /// timestamp, scores in [0, 1] as NAB expects) and its windows from [`load_windows`].
 #[derive(Debug, Clone, Copy)]
 pub struct FileInput<'a> {
     /// Relative path, e.g. `realAWSCloudwatch/ec2_cpu_utilization_5f5533.csv`.
     pub name: &'a str,
-    /// Epoch seconds, ascending.
+    /// Epoch seconds, not decreasing (NAB's data repeats a few).
     pub ts: &'a [i64],
     /// The detector's anomaly score per row; NaN is never a detection.
     pub scores: &'a [f64],
@@ -191,10 +191,12 @@ pub struct CorpusScore {
 }
 
 /// Reports what NAB refuses or cannot score: `ts` and `scores` of different lengths
-/// (`calcSweepScore` asserts), timestamps not strictly ascending, windows out of order or
-/// overlapping (`CorpusLabel.validateLabels`), and window bounds that are not exactly a
-/// row's timestamp (`CorpusLabel.getWindows`). The scoring functions do not call this;
-/// on such input they still give a defined answer (see [`score_file`]).
+/// (`calcSweepScore` asserts), windows out of order or overlapping
+/// (`CorpusLabel.validateLabels`), and window bounds that are not the timestamp of
+/// exactly one row (`CorpusLabel.getWindows`). Also decreasing timestamps, which this
+/// module needs sorted (NAB's data is; it repeats a few timestamps, which is fine).
+/// The scoring functions do not call this; on such input they still give a defined
+/// answer (see [`score_file`]).
 pub fn validate(input: &FileInput) -> Result<(), String> {
     let name = input.name;
     if input.ts.len() != input.scores.len() {
@@ -204,11 +206,8 @@ pub fn validate(input: &FileInput) -> Result<(), String> {
             input.scores.len()
         ));
     }
-    if let Some(i) = input.ts.windows(2).position(|p| p[0] >= p[1]) {
-        return Err(format!(
-            "{name}: timestamps not strictly ascending at row {}",
-            i + 1
-        ));
+    if let Some(i) = input.ts.windows(2).position(|p| p[0] > p[1]) {
+        return Err(format!("{name}: timestamps decrease at row {}", i + 1));
     }
     let mut prev_end = None;
     for &(start, end) in input.windows {
@@ -218,9 +217,12 @@ pub fn validate(input: &FileInput) -> Result<(), String> {
             ));
         }
         for bound in [start, end] {
-            if input.ts.binary_search(&bound).is_err() {
+            let first = input.ts.partition_point(|&t| t < bound);
+            let past = input.ts.partition_point(|&t| t <= bound);
+            if past - first != 1 {
                 return Err(format!(
-                    "{name}: window bound {bound} is not the timestamp of a row"
+                    "{name}: window bound {bound} is the timestamp of {} rows, not exactly one",
+                    past - first
                 ));
             }
         }
@@ -327,12 +329,8 @@ fn sweep(input: &FileInput, profile: &Profile) -> Swept {
     Swept { rows, scorable }
 }
 
-/// Raw score and counts of a swept file, `detected` deciding each row.
-fn tally(
-    swept: &Swept,
-    profile: &Profile,
-    detected: impl Fn(f64) -> bool,
-) -> (f64, [usize; 4]) {
+/// Raw score and counts `[tp, fp, fn, tn]` of a swept file at `threshold`.
+fn tally(swept: &Swept, profile: &Profile, threshold: f64) -> (f64, [usize; 4]) {
     let mut parts: Vec<f64> = swept
         .scorable
         .iter()
@@ -341,8 +339,7 @@ fn tally(
     let mut fp_sum = 0.0;
     let [mut tp, mut fp, mut fn_, mut tn] = [0; 4];
     for row in &swept.rows {
-        let hit = detected(row.score);
-        match (row.window, hit) {
+        match (row.window, row.score >= threshold) {
             (Some(w), true) => {
                 tp += 1;
                 parts[w] = parts[w].max(row.sweep);
@@ -362,28 +359,25 @@ fn null_raw(swept: &Swept, profile: &Profile) -> f64 {
     swept.scorable.iter().filter(|&&s| s).count() as f64 * -profile.a_fn
 }
 
-fn perfect_raw(input: &FileInput, profile: &Profile) -> f64 {
-    input.windows.len() as f64 * profile.a_tp
-}
-
 /// Scores one file at `threshold`: a row is a detection when `score >= threshold`.
 ///
 /// This is `Sweeper.scoreDataSet`, with two differences where NAB has no answer: NAB
 /// returns no row (and `scorer.scoreDataSet` then raises) for a threshold below every
 /// score or above 1.1; here such thresholds mean "everything" and "nothing" detected.
-/// Input that [`validate`] rejects is scored as documented there.
+///
+/// On input [`validate`] rejects, where NAB asserts or raises: rows beyond the shorter of
+/// `ts` and `scores` are ignored; a window holds the rows with `start <= ts <= end`
+/// (NAB's rows when its bounds are rows) and one holding no row is skipped; overlapping
+/// windows are entered as NAB's loop enters them; and a false positive after a one-row
+/// window (NAB divides by zero) costs −A_FP.
 pub fn score_file(input: &FileInput, threshold: f64, profile: &Profile) -> FileScore {
     let swept = sweep(input, profile);
-    score_swept(input, &swept, threshold, profile)
-}
-
-fn score_swept(input: &FileInput, swept: &Swept, threshold: f64, profile: &Profile) -> FileScore {
-    let (raw, [tp, fp, fn_, tn]) = tally(swept, profile, |s| s >= threshold);
+    let (raw, [tp, fp, fn_, tn]) = tally(&swept, profile, threshold);
     FileScore {
         name: input.name.to_string(),
         raw,
-        null: null_raw(swept, profile),
-        perfect: perfect_raw(input, profile),
+        null: null_raw(&swept, profile),
+        perfect: input.windows.len() as f64 * profile.a_tp,
         tp,
         fp,
         fn_,
@@ -678,7 +672,10 @@ mod tests {
         close(c.normalised, 100.0);
         // And the null detector normalises to 0.
         let null = Case::new(N, &[WINDOW, (25, 28)], &[]);
-        close(score_corpus(&[null.input()], 0.5, &Profile::STANDARD).normalised, 0.0);
+        close(
+            score_corpus(&[null.input()], 0.5, &Profile::STANDARD).normalised,
+            0.0,
+        );
     }
 
     #[test]
@@ -695,7 +692,11 @@ mod tests {
         close(c.normalised, 47.25);
         // No windows at all: nothing to normalise against.
         let none = Case::new(N, &[], &[]);
-        assert!(score_corpus(&[none.input()], 0.5, &Profile::STANDARD).normalised.is_nan());
+        assert!(
+            score_corpus(&[none.input()], 0.5, &Profile::STANDARD)
+                .normalised
+                .is_nan()
+        );
     }
 
     /// File a: window 10..=13; row 10 scores 0.8 (tp, +1), row 30 scores 0.9 (far fp,
@@ -724,7 +725,10 @@ mod tests {
         let (a, b) = optimiser_corpus();
         let c = optimise_threshold(&[a.input(), b.input()], &Profile::STANDARD);
         assert_eq!(c.threshold, 0.5);
-        close(c.raw, 1.0 - 0.11 - 0.102_422_056_953_433_54 + 0.966_989_087_800_060_8);
+        close(
+            c.raw,
+            1.0 - 0.11 - 0.102_422_056_953_433_54 + 0.966_989_087_800_060_8,
+        );
         close(c.null, -2.0);
         // Each listed threshold of the sweep, scored directly, matches the table above.
         let at = |t| score_corpus(&[a.input(), b.input()], t, &Profile::STANDARD).raw;
@@ -779,9 +783,8 @@ mod tests {
                         at = end + 2 + rng.below(15) as usize;
                     }
                     // Coarse scores so that ties between rows are common.
-                    let hits: Vec<(usize, f64)> = (0..n)
-                        .map(|i| (i, rng.below(11) as f64 / 10.0))
-                        .collect();
+                    let hits: Vec<(usize, f64)> =
+                        (0..n).map(|i| (i, rng.below(11) as f64 / 10.0)).collect();
                     Case::new(n, &windows, &hits)
                 })
                 .collect();
@@ -826,7 +829,10 @@ mod tests {
 
         std::fs::write(&path, r#"{"a/x.csv": [["2014-04-01", "x"]]}"#).unwrap();
         let err = load_windows(&path).unwrap_err();
-        assert!(err.contains("a/x.csv") && err.contains("2014-04-01"), "{err}");
+        assert!(
+            err.contains("a/x.csv") && err.contains("2014-04-01"),
+            "{err}"
+        );
         std::fs::write(&path, r#"{"a/x.csv": [["2014-04-01 00:00:00"]]}"#).unwrap();
         assert!(load_windows(&path).is_err());
     }
@@ -840,7 +846,7 @@ mod tests {
             windows: &off_grid,
             ..case.input()
         };
-        assert!(validate(&input).unwrap_err().contains("not the timestamp of a row"));
+        assert!(validate(&input).unwrap_err().contains("of 0 rows"));
         let short = FileInput {
             scores: &case.scores[..3],
             ..case.input()
