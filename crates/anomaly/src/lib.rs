@@ -12,3 +12,4 @@ pub mod detect;
 pub mod eval;
 pub mod iforest;
 pub mod nab;
+pub mod stage;
