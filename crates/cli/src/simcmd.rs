@@ -38,6 +38,10 @@ pub struct SimulateArgs {
     /// Age of the load a metric reports (one sample window).
     #[arg(long, value_parser = parse_duration, default_value = "30s")]
     pub metric_lag: Duration,
+    /// Our forecaster refits every this many series steps (the server refits every step;
+    /// 1 is the most faithful and the slowest).
+    #[arg(long, default_value_t = 1)]
+    pub refit_steps: usize,
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
