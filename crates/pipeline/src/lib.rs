@@ -2,8 +2,11 @@
 //! (`ymera test`) and the runtime that drives Kafka -> decode -> SQL -> lake with
 //! exactly-once commits (`ymera run`).
 
+pub mod chain;
+pub mod checkpoint;
 pub mod dlq;
 pub mod load;
+pub mod notify;
 pub mod replay;
 pub mod run;
 pub mod spec;

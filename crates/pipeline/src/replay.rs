@@ -187,9 +187,10 @@ async fn write_replay(
         }
     }
     let batch = decoder.finish();
-    let (outputs, bad) = p
-        .transform()
-        .run_isolating(batch)
+    // anomaly stages score replayed records with fresh detectors (see the reference)
+    let (outputs, bad, _) = p
+        .chain()
+        .run(&mut crate::chain::ChainState::default(), batch, true)
         .await
         .map_err(|e| format!("pipeline `{name}`: {e}"))?;
     for f in bad {

@@ -132,14 +132,81 @@ pub enum Start {
     Committed,
 }
 
-/// A SQL stage.
+/// A stage: exactly one of `sql` or `anomaly`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TransformSpec {
     /// Stage name; later stages and sinks refer to it.
     pub name: String,
     /// One SQL query (DataFusion dialect) over `input` and earlier stages.
-    pub sql: String,
+    #[serde(default)]
+    pub sql: Option<String>,
+    /// An anomaly-detection stage: its input's columns plus `anomaly_score` and
+    /// `is_anomaly`.
+    #[serde(default)]
+    pub anomaly: Option<AnomalySpec>,
+}
+
+/// An anomaly-detection stage: one streaming detector per distinct key, checkpointed
+/// with the source offsets.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AnomalySpec {
+    /// The stage it reads (default: the previous stage, or `input` when it is the first).
+    #[serde(default)]
+    pub input: Option<String>,
+    /// Key columns: one detector per distinct key (default: none, one detector).
+    #[serde(default)]
+    pub key: Vec<String>,
+    /// The event-time column (timestamp_us).
+    pub time: String,
+    /// The value column (float64 or int64).
+    pub value: String,
+    /// Detectors, threshold and tunables (default: robust_z, seasonal and changepoint,
+    /// threshold 0.5).
+    #[serde(default)]
+    pub detector: ymera_anomaly::detect::DetectorConfig,
+    /// Alert rules and where alerts go (default: no alerts).
+    #[serde(default)]
+    pub alerts: Option<AlertsSpec>,
+}
+
+/// Alerts of an anomaly stage.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertsSpec {
+    /// The lake table alerts are appended to (`[a-z0-9_]+`), exactly once with the
+    /// pipeline's commits.
+    pub table: String,
+    /// `is_anomaly` must hold this long (event time) before an alert opens (default 0s).
+    #[serde(default, with = "ymera_common::units::duration")]
+    pub min_duration: Duration,
+    /// No new alert of the same key within this after one closes (default 0s).
+    #[serde(default, with = "ymera_common::units::duration")]
+    pub cooldown: Duration,
+    /// A Kafka topic on the source's brokers notified of each opened alert, after the
+    /// commit that holds it.
+    #[serde(default)]
+    pub topic: Option<String>,
+    /// An HTTP endpoint notified (POST, JSON) of each opened alert, after the commit that
+    /// holds it.
+    #[serde(default)]
+    pub webhook: Option<WebhookSpec>,
+}
+
+/// An HTTP webhook.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookSpec {
+    /// `http://host[:port]/path` (plain HTTP only).
+    pub url: String,
+    /// How long one attempt may take (default 5s).
+    #[serde(default = "default_webhook_timeout", with = "ymera_common::units::duration")]
+    pub timeout: Duration,
+}
+
+fn default_webhook_timeout() -> Duration {
+    Duration::from_secs(5)
 }
 
 /// A sink, written as a one-key map: `- lake: {...}` or `- warehouse: {...}`.

@@ -46,8 +46,10 @@ async fn run_one(p: &Pipeline, t: &TestSpec) -> Vec<String> {
             ));
         }
     }
-    let outputs = match p.transform().run(decoder.finish()).await {
-        Ok(o) => o,
+    // anomaly stages start from fresh detectors in every test
+    let mut state = crate::chain::ChainState::default();
+    let outputs = match p.chain().run(&mut state, decoder.finish(), false).await {
+        Ok((o, _, _)) => o,
         Err(e) => {
             failures.push(format!("the stages failed: {e}"));
             return failures;

@@ -9,7 +9,10 @@ use arrow::datatypes::{DataType, SchemaRef, TimeUnit};
 use ymera_common::FieldType;
 use ymera_common::schema::{DeclaredField, arrow_schema};
 use ymera_lake::TableSpec;
+use ymera_anomaly::stage::StageError;
 use ymera_transform::{INPUT, Stage, Transform};
+
+use crate::chain::{AnomalyStage, Chain, Notify, Step};
 
 use crate::load::{Diagnostic, Loaded};
 use crate::spec::{OnBadRecord, PipelineSpec, WarehouseMode};
@@ -45,7 +48,11 @@ pub struct Pipeline {
     pub spec: PipelineSpec,
     pub fields: Vec<DeclaredField>,
     pub input_schema: SchemaRef,
+    /// The SQL stages before the first anomaly stage (all of them without one): what
+    /// [`Pipeline::transform`] runs.
     pub stages: Vec<Stage>,
+    /// Every stage, in order.
+    pub steps: Vec<Step>,
     pub sinks: Vec<Sink>,
     /// Warehouse sinks.
     pub warehouse_sinks: Vec<WarehouseSink>,
@@ -61,6 +68,16 @@ impl Pipeline {
     /// A fresh transform chain for this pipeline.
     pub fn transform(&self) -> Transform {
         Transform::new(self.stages.clone(), self.input_schema.clone())
+    }
+
+    /// A fresh stage chain for this pipeline (anomaly stages included).
+    pub fn chain(&self) -> Chain {
+        Chain::new(&self.steps, self.input_schema.clone())
+    }
+
+    /// Whether any stage keeps state between batches (checkpointed with the offsets).
+    pub fn has_state(&self) -> bool {
+        self.steps.iter().any(|s| matches!(s, Step::Anomaly(_)))
     }
 
     /// A problem found in this pipeline's file after validation (environment checks), at
@@ -182,7 +199,9 @@ pub async fn check(loaded: &mut Loaded) -> Option<Pipeline> {
 
     // stages
     let mut names: HashSet<String> = HashSet::from([INPUT.to_string()]);
-    let mut stages = Vec::new();
+    // each step with the index of its `transforms[]` entry
+    let mut steps: Vec<(usize, Step)> = Vec::new();
+    let mut previous = INPUT.to_string();
     for (i, t) in spec.transforms.iter().enumerate() {
         if !is_ident(&t.name) {
             loaded.error_at(
@@ -195,18 +214,87 @@ pub async fn check(loaded: &mut Loaded) -> Option<Pipeline> {
                 format!("stage name `{}` is used twice (or is `input`)", t.name),
             );
         }
-        stages.push(Stage {
-            name: t.name.clone(),
-            sql: t.sql.clone(),
-        });
+        match (&t.sql, &t.anomaly) {
+            (Some(sql), None) => steps.push((
+                i,
+                Step::Sql(Stage {
+                    name: t.name.clone(),
+                    sql: sql.clone(),
+                }),
+            )),
+            (None, Some(a)) => steps.push((i, Step::Anomaly(anomaly_stage(loaded, i, &t.name, a, &previous)))),
+            _ => loaded.error_at(
+                &format!("transforms[{i}]"),
+                "a stage is exactly one of: `sql`, `anomaly`",
+            ),
+        }
+        previous = t.name.clone();
     }
+    let all_steps: Vec<Step> = steps.iter().map(|(_, s)| s.clone()).collect();
+    let (stages, _) = crate::chain::split(&all_steps);
     let transform = Transform::new(stages.clone(), input_schema.clone());
     let mut schemas: Vec<(String, SchemaRef)> = vec![(INPUT.to_string(), input_schema.clone())];
-    for (i, (name, planned)) in transform.plan().await.into_iter().enumerate() {
+    for ((i, _), (name, planned)) in steps.iter().zip(transform.plan().await) {
         match planned {
             Ok(schema) => schemas.push((name, schema)),
             Err(e) => loaded.error_at(&format!("transforms[{i}].sql"), e.to_string()),
         }
+    }
+    // from the first anomaly stage on, in order
+    let mut planned_names: HashSet<String> = HashSet::from([INPUT.to_string()]);
+    planned_names.extend(stages.iter().map(|s| s.name.clone()));
+    for (i, step) in steps.iter().skip(stages.len()) {
+        let i = *i;
+        match step {
+            Step::Sql(stage) => match crate::chain::plan_sql(stage, &schemas).await {
+                Ok(schema) => schemas.push((stage.name.clone(), schema)),
+                Err(e) => loaded.error_at(&format!("transforms[{i}].sql"), e.to_string()),
+            },
+            Step::Anomaly(a) => {
+                let at = format!("transforms[{i}].anomaly");
+                let Some((_, in_schema)) = schemas.iter().find(|(n, _)| *n == a.input) else {
+                    if !planned_names.contains(&a.input) {
+                        loaded.error_at(
+                            &format!("{at}.input"),
+                            format!(
+                                "anomaly stage `{}` reads `{}`, which is not an earlier stage (stages: {})",
+                                a.config.name,
+                                a.input,
+                                stage_list(&spec)
+                            ),
+                        );
+                    }
+                    continue;
+                };
+                match ymera_anomaly::stage::output_schema(in_schema, &a.config) {
+                    Ok(schema) => {
+                        schemas.push((a.config.name.clone(), schema));
+                        if a.config.alerts.is_some() {
+                            schemas.push((
+                                crate::chain::alerts_output(&a.config.name),
+                                ymera_anomaly::stage::alerts_schema(),
+                            ));
+                        }
+                    }
+                    Err(errors) => {
+                        for e in errors {
+                            let key = match &e {
+                                StageError::MissingColumn(c) if a.config.key.contains(c) => "key",
+                                StageError::MissingColumn(c) if *c == a.config.time => "time",
+                                StageError::TimeType { .. } => "time",
+                                StageError::Clash(_) => "input",
+                                _ => "value",
+                            };
+                            loaded.error_at(
+                                &format!("{at}.{key}"),
+                                format!("anomaly stage `{}`: {e} (`{}`)", a.config.name, a.input),
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        planned_names.insert(step.name().to_string());
     }
     let schema_of = |name: &str| {
         schemas
@@ -386,6 +474,40 @@ pub async fn check(loaded: &mut Loaded) -> Option<Pipeline> {
         });
     }
 
+    // the alerts tables of anomaly stages: lake sinks of their own
+    let alert_rolling = sinks
+        .first()
+        .map(|s: &Sink| s.rolling.clone())
+        .unwrap_or_default();
+    for (i, step) in &steps {
+        let (Step::Anomaly(a), Some(alerts)) = (
+            step,
+            spec.transforms[*i].anomaly.as_ref().and_then(|a| a.alerts.as_ref()),
+        ) else {
+            continue;
+        };
+        let at = format!("transforms[{i}].anomaly.alerts.table");
+        if !is_ident(&alerts.table) {
+            loaded.error_at(&at, format!("table name `{}` must match [a-z0-9_]+", alerts.table));
+            continue;
+        }
+        if !tables.insert(alerts.table.clone()) {
+            loaded.error_at(&at, format!("table `{}` is written by two sinks", alerts.table));
+            continue;
+        }
+        sinks.push(Sink {
+            input: crate::chain::alerts_output(&a.config.name),
+            table: TableSpec {
+                table: alerts.table.clone(),
+                partition_by: vec!["dt".into()],
+                event_time: Some("at".into()),
+                zstd_level: 3,
+            },
+            rolling: alert_rolling.clone(),
+            path: at,
+        });
+    }
+
     // dead letters
     let mut dlq_table = None;
     match &spec.dlq {
@@ -469,6 +591,7 @@ pub async fn check(loaded: &mut Loaded) -> Option<Pipeline> {
         fields,
         input_schema: Arc::clone(&input_schema),
         stages,
+        steps: all_steps,
         sinks,
         warehouse_sinks,
         dlq_table,
@@ -507,4 +630,58 @@ fn stage_list(spec: &PipelineSpec) -> String {
         .chain(spec.transforms.iter().map(|t| t.name.as_str()))
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// Resolves an anomaly stage's spec (its columns are checked once its input's schema is
+/// known).
+fn anomaly_stage(
+    loaded: &mut Loaded,
+    i: usize,
+    name: &str,
+    a: &crate::spec::AnomalySpec,
+    previous: &str,
+) -> AnomalyStage {
+    let at = format!("transforms[{i}].anomaly");
+    let d = &a.detector;
+    if d.detectors.is_empty() {
+        loaded.error_at(&format!("{at}.detector.detectors"), "at least one detector is required");
+    }
+    if !(d.threshold > 0.0 && d.threshold <= 1.0) {
+        loaded.error_at(
+            &format!("{at}.detector.threshold"),
+            format!("threshold {} must be in (0, 1] (scores are in [0, 1])", d.threshold),
+        );
+    }
+    let mut notify = Notify::default();
+    let rules = a.alerts.as_ref().map(|al| {
+        if let Some(t) = &al.topic {
+            if t.trim().is_empty() {
+                loaded.error_at(&format!("{at}.alerts.topic"), "alerts topic must not be empty");
+            }
+            notify.topic = Some(t.clone());
+        }
+        if let Some(w) = &al.webhook {
+            if let Err(e) = crate::notify::split_url(&w.url) {
+                loaded.error_at(&format!("{at}.alerts.webhook.url"), e);
+            }
+            notify.webhook = Some((w.url.clone(), w.timeout));
+        }
+        let micros = |d: std::time::Duration| i64::try_from(d.as_micros()).unwrap_or(i64::MAX);
+        ymera_anomaly::alerts::AlertRules {
+            min_duration_us: micros(al.min_duration),
+            cooldown_us: micros(al.cooldown),
+        }
+    });
+    AnomalyStage {
+        input: a.input.clone().unwrap_or_else(|| previous.to_string()),
+        config: ymera_anomaly::stage::StageConfig {
+            name: name.to_string(),
+            key: a.key.clone(),
+            time: a.time.clone(),
+            value: a.value.clone(),
+            detector: a.detector.clone(),
+            alerts: rules,
+        },
+        notify,
+    }
 }
