@@ -6,6 +6,7 @@
 // Test helpers are `pub` for sibling modules only.
 #![allow(unreachable_pub)]
 
+mod autoscale;
 mod cli;
 mod dlq;
 mod exactly_once;

@@ -608,12 +608,19 @@ pub async fn run(settings: &Settings, paths: &[PathBuf], stop_when_idle: Option<
 }
 
 fn gen_config(days: u32, seed: u64, projects: usize, start: &str) -> Result<GenConfig, String> {
-    let date = chrono::NaiveDate::parse_from_str(start, "%Y-%m-%d")
-        .map_err(|e| format!("--start `{start}`: {e}"))?;
-    let start = date
-        .and_hms_opt(0, 0, 0)
-        .map(|t| t.and_utc())
-        .ok_or("--start: invalid date")?;
+    let start = if start == "live" {
+        // ends at the present minute: the newest metric sample is at most a step old
+        let now = chrono::Utc::now().timestamp();
+        let end = now - now.rem_euclid(60) + 60;
+        chrono::DateTime::from_timestamp(end - i64::from(days.max(1)) * 86_400, 0)
+            .ok_or("--live: the clock is out of range")?
+    } else {
+        let date = chrono::NaiveDate::parse_from_str(start, "%Y-%m-%d")
+            .map_err(|e| format!("--start `{start}`: {e}"))?;
+        date.and_hms_opt(0, 0, 0)
+            .map(|t| t.and_utc())
+            .ok_or("--start: invalid date")?
+    };
     Ok(GenConfig {
         seed,
         start,

@@ -7,9 +7,11 @@
 mod bench;
 mod commands;
 mod dlqcmd;
+mod forecastcmd;
 mod keyscmd;
 mod modelscmd;
 mod settings;
+mod simcmd;
 mod sqlcmd;
 
 use std::path::PathBuf;
@@ -106,8 +108,12 @@ enum Command {
         #[arg(long, default_value_t = 4)]
         partitions: i32,
         /// First day of the generated history (YYYY-MM-DD).
-        #[arg(long, default_value = "2026-11-01")]
+        #[arg(long, default_value = "2026-11-01", conflicts_with = "live")]
         start: String,
+        /// Live mode: the history ends at the present minute (it starts `--days` ago), so
+        /// metric events are fresh for the autoscaler's forecasts.
+        #[arg(long)]
+        live: bool,
         /// Services that report metrics, comma-separated (`none`: only the project world).
         #[arg(long)]
         services: Option<String>,
@@ -158,6 +164,17 @@ enum Command {
     /// Serve predictions (V1 and Open Inference Protocol V2), the registry and analyst SQL
     /// over HTTP until SIGINT/SIGTERM.
     Serve,
+    /// Forecast a service's metric from the lake (or a NAB CSV with --input): MSTL +
+    /// AutoETS with intervals, a backtest against seasonal naive, optionally a plot.
+    Forecast(forecastcmd::ForecastArgs),
+    /// Replay a load series through a reactive HPA and through our forecast policy; report
+    /// SLO-breach minutes and replica-hours of each.
+    SimulateScaling(simcmd::SimulateArgs),
+    /// Evaluate detectors or forecasters on a directory of series (NAB layout).
+    Eval {
+        #[command(subcommand)]
+        action: EvalAction,
+    },
     Broker {
         /// Topics to create, as NAME:PARTITIONS (repeatable).
         #[arg(long = "topic")]
@@ -183,6 +200,14 @@ enum Command {
         #[arg(long, default_value_t = 1_000_000)]
         rows: usize,
     },
+}
+
+#[derive(Subcommand, Debug)]
+enum EvalAction {
+    /// NAB standard-profile score of the anomaly detectors on DIR/data/**/*.csv against
+    /// DIR/labels/combined_windows.json; --scores-out writes each file's scores.
+    /// Rolling-origin backtest of every DIR/data/**/*.csv: MASE against seasonal naive.
+    Forecast(forecastcmd::EvalForecastArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -344,6 +369,7 @@ fn main() -> ExitCode {
                 projects,
                 partitions,
                 start,
+                live,
                 services,
                 team_sizes,
                 churn_scale,
@@ -353,6 +379,7 @@ fn main() -> ExitCode {
                     team_sizes,
                     churn_scale,
                 };
+                let start = if live { "live".to_string() } else { start };
                 commands::gen_events(
                     brokers, output, days, seed, projects, partitions, &start, &world,
                 )
@@ -389,6 +416,15 @@ fn main() -> ExitCode {
             Command::Broker { topics } => commands::broker(&topics).await,
             Command::Train { spec } => modelscmd::train_cmd(&settings, &spec).await,
             Command::Serve => modelscmd::serve(&settings).await,
+            Command::Forecast(args) => forecastcmd::forecast_cmd(&settings, args).await,
+            Command::SimulateScaling(args) => blocking_report(move || {
+                let mut f = forecastcmd::MstlForecaster::new(args.refit_steps, 15 * 288);
+                simcmd::simulate_scaling(&args, &mut f)
+            })
+            .await,
+            Command::Eval {
+                action: EvalAction::Forecast(args),
+            } => forecastcmd::eval_forecast(args).await,
             Command::Models { action } => match action {
                 ModelsAction::List => modelscmd::list(&settings).await,
                 ModelsAction::Show { model } => modelscmd::show(&settings, &model).await,
@@ -424,4 +460,25 @@ fn main() -> ExitCode {
     });
     runtime.shutdown_timeout(std::time::Duration::from_secs(5));
     ExitCode::from(code)
+}
+
+/// Runs a CPU-bound report off the async runtime; prints it, or the error (exit 1).
+async fn blocking_report(f: impl FnOnce() -> Result<String, String> + Send + 'static) -> u8 {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(Ok(text)) => {
+            print!("{text}");
+            if !text.ends_with('\n') {
+                println!();
+            }
+            EXIT_OK
+        }
+        Ok(Err(e)) => {
+            eprintln!("error: {e}");
+            EXIT_FAILURE
+        }
+        Err(e) => {
+            eprintln!("error: the task failed: {e}");
+            EXIT_FAILURE
+        }
+    }
 }
