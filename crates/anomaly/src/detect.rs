@@ -109,6 +109,13 @@ pub struct DetectorConfig {
     pub threshold: f64,
     /// How the detectors' scores are combined.
     pub combine: Combine,
+    /// When both run, `robust_z` counts only until the seasonal model is fitted: `seasonal`
+    /// is the same test against a level plus a daily profile, and supersedes it (a daily
+    /// pattern is not an anomaly). `robust_z` still reports its part.
+    pub robust_z_until_seasonal: bool,
+    /// After an alarm, alarms within this many points are the same event and are not
+    /// repeated (their score is held just below the threshold); 0 repeats them.
+    pub rearm_points: usize,
     /// Points that only train the detectors (score 0). `None`: [`score_series`] uses NAB's
     /// probationary period (the first 15 % of the rows) and a streaming [`Detector::new`]
     /// uses 288 points (a day at 5-minute steps).
@@ -129,6 +136,8 @@ impl Default for DetectorConfig {
             detectors: vec![Kind::RobustZ, Kind::Seasonal, Kind::Changepoint],
             threshold: 0.5,
             combine: Combine::Max,
+            robust_z_until_seasonal: true,
+            rearm_points: 0,
             warmup_points: None,
             robust_z: RobustZConfig::default(),
             seasonal: SeasonalConfig::default(),
@@ -161,11 +170,11 @@ pub struct RobustZConfig {
 impl Default for RobustZConfig {
     fn default() -> Self {
         RobustZConfig {
-            alpha: 0.1,
-            window: 288,
-            z_alarm: 4.0,
+            alpha: 0.03,
+            window: 2016,
+            z_alarm: 5.0,
             clip: 3.0,
-            tail_quantile: 0.01,
+            tail_quantile: 0.005,
         }
     }
 }
@@ -190,6 +199,18 @@ pub struct SeasonalConfig {
     pub clip: f64,
     /// As [`RobustZConfig::tail_quantile`].
     pub tail_quantile: f64,
+    /// Recurring events drift in time (a nightly job at 03:10 one day, 03:40 the next): the
+    /// scale is also at least the spread of the innovations seen within this many seconds of
+    /// the same time of day in the trailing window, so that what happens around this time
+    /// every day is not news. 0 disables it.
+    pub phase_tolerance_secs: i64,
+    /// Quantile of those same-time-of-day innovations whose spread bounds the scale.
+    pub phase_tail_quantile: f64,
+    /// Shrink the seasonal profile by the fit's seasonal strength (0 none … 1 pure season).
+    pub shrink: bool,
+    /// The profile is the per-phase median of the seasonal component over the window's
+    /// cycles (robust to one odd day) rather than its last cycle.
+    pub median_profile: bool,
 }
 
 impl Default for SeasonalConfig {
@@ -198,11 +219,15 @@ impl Default for SeasonalConfig {
             season_points: None,
             refit_points: None,
             history_seasons: 7,
-            alpha: 0.1,
+            alpha: 0.03,
             window: 288,
-            z_alarm: 4.0,
+            z_alarm: 5.0,
             clip: 3.0,
             tail_quantile: 0.01,
+            phase_tolerance_secs: 1800,
+            phase_tail_quantile: 0.01,
+            shrink: true,
+            median_profile: true,
         }
     }
 }
@@ -223,6 +248,11 @@ pub struct ChangepointConfig {
     pub z_clip: f64,
     /// As [`RobustZConfig::tail_quantile`].
     pub tail_quantile: f64,
+    /// Points of deviations from the reference kept to bound the scale from below (a series
+    /// that habitually switches between regimes is not shifting); 0 disables it.
+    pub long_window: usize,
+    /// Quantile of those deviations whose spread bounds the scale.
+    pub long_tail_quantile: f64,
 }
 
 impl Default for ChangepointConfig {
@@ -230,10 +260,12 @@ impl Default for ChangepointConfig {
         ChangepointConfig {
             window: 288,
             min_reference: 36,
-            k: 0.5,
-            h: 8.0,
+            k: 1.0,
+            h: 10.0,
             z_clip: 4.0,
             tail_quantile: 0.01,
+            long_window: 2016,
+            long_tail_quantile: 0.05,
         }
     }
 }
@@ -290,6 +322,12 @@ pub struct Detector {
     /// Points accepted (duplicates excluded).
     seen: u64,
     last_ts: Option<i64>,
+    #[serde(with = "exact::opt")]
+    last_value: Option<f64>,
+    /// The smallest non-zero change between consecutive values seen: the data's resolution.
+    #[serde(with = "exact::opt")]
+    resolution: Option<f64>,
+    since_alarm: Option<u64>,
     robust_z: Option<RobustZ>,
     seasonal: Option<Seasonal>,
     changepoint: Option<Changepoint>,
@@ -316,6 +354,9 @@ impl Detector {
             warmup,
             seen: 0,
             last_ts: None,
+            last_value: None,
+            resolution: None,
+            since_alarm: None,
             robust_z: on(Kind::RobustZ).then(RobustZ::default),
             seasonal: on(Kind::Seasonal).then(Seasonal::default),
             changepoint: on(Kind::Changepoint).then(Changepoint::default),
@@ -335,6 +376,14 @@ impl Detector {
     pub fn update(&mut self, ts: i64, value: f64) -> Scored {
         let fresh = value.is_finite() && self.last_ts.is_none_or(|last| ts > last);
         let warming = self.seen < self.warmup as u64;
+        let floor = self.scale_floor(value);
+        let superseded = self.cfg.robust_z_until_seasonal
+            && self.seasonal.as_ref().is_some_and(|s| s.model.is_some());
+        let season = self
+            .seasonal
+            .as_ref()
+            .and_then(|s| s.model.as_ref())
+            .map(|m| m.profile[m.phase(ts)]);
         let mut parts = Vec::with_capacity(self.kinds.len());
         for &kind in &self.kinds {
             let s = if !value.is_finite() {
@@ -344,15 +393,17 @@ impl Detector {
                     Kind::RobustZ => self
                         .robust_z
                         .as_mut()
-                        .map_or(0.0, |d| d.step(&self.cfg.robust_z, value, fresh)),
+                        .map_or(0.0, |d| d.step(&self.cfg.robust_z, value, floor, fresh)),
                     Kind::Seasonal => self
                         .seasonal
                         .as_mut()
-                        .map_or(0.0, |d| d.step(&self.cfg.seasonal, ts, value, fresh)),
+                        .map_or(0.0, |d| d.step(&self.cfg.seasonal, ts, value, floor, fresh)),
                     Kind::Changepoint => self
                         .changepoint
                         .as_mut()
-                        .map_or(0.0, |d| d.step(&self.cfg.changepoint, value, fresh)),
+                        .map_or(0.0, |d| {
+                            d.step(&self.cfg.changepoint, value, season, floor, fresh)
+                        }),
                     Kind::IsolationForest => self.iforest.as_mut().map_or(0.0, |d| {
                         d.step(&self.cfg.isolation_forest, value, fresh, warming)
                     }),
@@ -361,15 +412,47 @@ impl Detector {
             parts.push((kind, if warming { 0.0 } else { s }));
         }
         if fresh {
+            if let Some(prev) = self.last_value {
+                let step = (value - prev).abs();
+                if step > 0.0 && self.resolution.is_none_or(|r| step < r) {
+                    self.resolution = Some(step);
+                }
+            }
             self.last_ts = Some(ts);
+            self.last_value = Some(value);
             self.seen += 1;
         }
-        let score = combine(self.cfg.combine, &parts);
+        let counted: Vec<f64> = parts
+            .iter()
+            .filter(|(k, _)| !(superseded && *k == Kind::RobustZ))
+            .map(|p| p.1)
+            .collect();
+        let mut score = combine(self.cfg.combine, &counted);
+        if !warming && self.cfg.rearm_points > 0 {
+            let since = self.since_alarm;
+            if score >= self.cfg.threshold {
+                if since.is_some_and(|n| n < self.cfg.rearm_points as u64) {
+                    score = score.min(self.cfg.threshold.next_down());
+                } else if fresh {
+                    self.since_alarm = Some(0);
+                }
+            }
+        }
+        if fresh && let Some(n) = self.since_alarm.as_mut() {
+            *n += 1;
+        }
         Scored {
             score,
             is_anomaly: score >= self.cfg.threshold,
             parts,
         }
+    }
+
+    /// No scale is taken below the data's resolution (a change of one quantum is not
+    /// infinitely surprising) nor below 1e-6 of the value's magnitude (the decomposition
+    /// works in f32).
+    fn scale_floor(&self, value: f64) -> f64 {
+        self.resolution.unwrap_or(0.0).max(1e-6 * value.abs())
     }
 
     /// The enabled detectors that currently contribute 0 because they cannot score yet,
@@ -396,14 +479,14 @@ impl Detector {
     }
 }
 
-fn combine(how: Combine, parts: &[(Kind, f64)]) -> f64 {
+fn combine(how: Combine, parts: &[f64]) -> f64 {
     if parts.is_empty() {
         return 0.0;
     }
     let s = match how {
-        Combine::Max => parts.iter().map(|p| p.1).fold(0.0, f64::max),
-        Combine::NoisyOr => 1.0 - parts.iter().map(|p| 1.0 - p.1).product::<f64>(),
-        Combine::Mean => parts.iter().map(|p| p.1).sum::<f64>() / parts.len() as f64,
+        Combine::Max => parts.iter().copied().fold(0.0, f64::max),
+        Combine::NoisyOr => 1.0 - parts.iter().map(|p| 1.0 - p).product::<f64>(),
+        Combine::Mean => parts.iter().sum::<f64>() / parts.len() as f64,
     };
     s.clamp(0.0, 1.0)
 }
@@ -421,9 +504,9 @@ pub fn score_series(cfg: &DetectorConfig, ts: &[i64], values: &[f64]) -> Vec<Sco
         .collect()
 }
 
-/// NAB's probationary period: the first 15 % of a file's rows.
+/// NAB's probationary period: the first 15 % of a file's rows, at most 750.
 pub fn probationary_points(rows: usize) -> usize {
-    (rows as f64 * 0.15).floor() as usize
+    ((rows as f64 * 0.15).floor() as usize).min(750)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -436,6 +519,7 @@ pub fn probationary_points(rows: usize) -> usize {
 fn robust_stats<'a>(
     sample: impl IntoIterator<Item = &'a f64>,
     tail_q: f64,
+    floor: f64,
     scratch: &mut Vec<f64>,
 ) -> (f64, f64) {
     scratch.clear();
@@ -457,8 +541,7 @@ fn robust_stats<'a>(
         *v = (*v - med).abs();
     }
     let mad = *scratch.select_nth_unstable_by(n / 2, f64::total_cmp).1 * 1.4826;
-    let floor = 1e-6 * med.abs() + 1e-12;
-    (med, scale.max(mad).max(floor))
+    (med, scale.max(mad).max(floor).max(f64::MIN_POSITIVE))
 }
 
 /// The upper `q` quantile of the standard normal (Acklam's rational approximation of the
@@ -534,7 +617,7 @@ struct RobustZ {
 const MIN_INNOVATIONS: usize = 12;
 
 impl RobustZ {
-    fn step(&mut self, cfg: &RobustZConfig, x: f64, fresh: bool) -> f64 {
+    fn step(&mut self, cfg: &RobustZConfig, x: f64, floor: f64, fresh: bool) -> f64 {
         let Some(level) = self.level else {
             if fresh {
                 self.level = Some(x);
@@ -543,7 +626,7 @@ impl RobustZ {
         };
         let r = x - level;
         let ready = self.innovations.len() >= MIN_INNOVATIONS;
-        let (med, scale) = robust_stats(&self.innovations, cfg.tail_quantile, &mut self.scratch);
+        let (med, scale) = robust_stats(&self.innovations, cfg.tail_quantile, floor, &mut self.scratch);
         let score = if ready {
             calibrate(((r - med) / scale).abs() / cfg.z_alarm)
         } else {
@@ -582,12 +665,36 @@ struct Changepoint {
     /// Values since the larger sum last was 0 (the suspected new regime), at most `window`.
     #[serde(with = "exact::seq")]
     excursion: VecDeque<f64>,
+    /// Whether the values are deseasonalised (by the seasonal model's profile).
+    deseasonalised: bool,
+    /// Deviations from the reference median over the long window: how far the series
+    /// habitually strays (regime switches of a bursty series included).
+    #[serde(with = "exact::seq")]
+    deviations: VecDeque<f64>,
     #[serde(skip)]
     scratch: Vec<f64>,
 }
 
 impl Changepoint {
-    fn step(&mut self, cfg: &ChangepointConfig, x: f64, fresh: bool) -> f64 {
+    /// `season` is the seasonal model's profile value for this point, when there is one:
+    /// a daily pattern is not a level shift. Switching to (or from) deseasonalised values
+    /// starts a new reference.
+    fn step(
+        &mut self,
+        cfg: &ChangepointConfig,
+        x: f64,
+        season: Option<f64>,
+        floor: f64,
+        fresh: bool,
+    ) -> f64 {
+        if season.is_some() != self.deseasonalised && fresh {
+            self.deseasonalised = season.is_some();
+            self.reference.clear();
+            self.excursion.clear();
+            self.pos = 0.0;
+            self.neg = 0.0;
+        }
+        let x = x - season.unwrap_or(0.0);
         let min_ref = cfg.min_reference.max(4);
         if self.reference.len() < min_ref {
             if fresh {
@@ -595,8 +702,17 @@ impl Changepoint {
             }
             return 0.0;
         }
-        let (med, scale) = robust_stats(&self.reference, cfg.tail_quantile, &mut self.scratch);
+        let (med, mut scale) =
+            robust_stats(&self.reference, cfg.tail_quantile, floor, &mut self.scratch);
+        if cfg.long_window > 0 && self.deviations.len() >= MIN_INNOVATIONS {
+            let (_, long) =
+                robust_stats(&self.deviations, cfg.long_tail_quantile, floor, &mut self.scratch);
+            scale = scale.max(long);
+        }
         let z = ((x - med) / scale).clamp(-cfg.z_clip, cfg.z_clip);
+        if fresh && cfg.long_window > 0 {
+            push_bounded(&mut self.deviations, x - med, cfg.long_window);
+        }
         let pos = (self.pos + z - cfg.k).max(0.0);
         let neg = (self.neg - z - cfg.k).max(0.0);
         let u = pos.max(neg) / cfg.h;
@@ -671,11 +787,37 @@ struct SeasonalModel {
     level: f64,
     #[serde(with = "exact::seq")]
     innovations: VecDeque<f64>,
+    /// Innovations by time of day: `by_phase[phase · cycles + cycle mod cycles]` (NaN: none).
+    #[serde(with = "exact::seq")]
+    by_phase: Vec<f64>,
+    cycles: usize,
 }
 
 impl SeasonalModel {
     fn phase(&self, ts: i64) -> usize {
         ts.div_euclid(self.step).rem_euclid(self.profile.len() as i64) as usize
+    }
+
+    fn remember(&mut self, ts: i64, r: f64) {
+        let slot = ts.div_euclid(self.step);
+        let period = self.profile.len() as i64;
+        let phase = slot.rem_euclid(period) as usize;
+        let cycle = slot.div_euclid(period).rem_euclid(self.cycles as i64) as usize;
+        if let Some(v) = self.by_phase.get_mut(phase * self.cycles + cycle) {
+            *v = r;
+        }
+    }
+
+    /// The innovations recorded within `k` phases of `phase`.
+    fn near(&self, phase: usize, k: usize) -> impl Iterator<Item = &f64> {
+        let period = self.profile.len();
+        let k = k.min(period / 2);
+        (0..=2 * k).flat_map(move |j| {
+            let p = (phase + period + j - k) % period;
+            self.by_phase[p * self.cycles..(p + 1) * self.cycles]
+                .iter()
+                .filter(|v| !v.is_nan())
+        })
     }
 }
 
@@ -685,13 +827,23 @@ const MIN_PERIOD: usize = 4;
 const MAX_PERIOD: usize = 8640;
 
 impl Seasonal {
-    fn step(&mut self, cfg: &SeasonalConfig, ts: i64, x: f64, fresh: bool) -> f64 {
+    fn step(&mut self, cfg: &SeasonalConfig, ts: i64, x: f64, floor: f64, fresh: bool) -> f64 {
         let mut score = 0.0;
         if let Some(m) = &mut self.model {
-            let deseason = x - m.profile[m.phase(ts)];
+            let phase = m.phase(ts);
+            let deseason = x - m.profile[phase];
             let r = deseason - m.level;
             let ready = m.innovations.len() >= MIN_INNOVATIONS;
-            let (med, scale) = robust_stats(&m.innovations, cfg.tail_quantile, &mut self.scratch);
+            let (med, mut scale) =
+                robust_stats(&m.innovations, cfg.tail_quantile, floor, &mut self.scratch);
+            if cfg.phase_tolerance_secs > 0 {
+                let k = (cfg.phase_tolerance_secs as f64 / m.step as f64).round() as usize;
+                let (_, local) =
+                    robust_stats(m.near(phase, k), cfg.phase_tail_quantile, floor, &mut self.scratch);
+                if self.scratch.len() >= MIN_INNOVATIONS {
+                    scale = scale.max(local);
+                }
+            }
             if ready {
                 score = calibrate(((r - med) / scale).abs() / cfg.z_alarm);
             }
@@ -703,18 +855,19 @@ impl Seasonal {
                 };
                 m.level += cfg.alpha * moved;
                 push_bounded(&mut m.innovations, r, cfg.window);
+                m.remember(ts, r);
             }
         }
         if fresh {
             self.ts.push_back(ts);
             self.values.push_back(x);
             self.since_fit += 1;
-            self.maybe_refit(cfg);
+            self.maybe_refit(cfg, floor);
         }
         score
     }
 
-    fn maybe_refit(&mut self, cfg: &SeasonalConfig) {
+    fn maybe_refit(&mut self, cfg: &SeasonalConfig, floor: f64) {
         if self.step.is_none() && self.ts.len() >= 16 {
             let ts: Vec<i64> = self.ts.iter().copied().collect();
             match infer_step(&ts) {
@@ -760,7 +913,7 @@ impl Seasonal {
             return;
         }
         self.since_fit = 0;
-        match self.fit(cfg, step, period) {
+        match self.fit(cfg, step, period, floor) {
             Ok(m) => {
                 self.model = Some(m);
                 self.status = "ready".into();
@@ -773,7 +926,13 @@ impl Seasonal {
         }
     }
 
-    fn fit(&self, cfg: &SeasonalConfig, step: i64, period: usize) -> Result<SeasonalModel, String> {
+    fn fit(
+        &self,
+        cfg: &SeasonalConfig,
+        step: i64,
+        period: usize,
+        floor: f64,
+    ) -> Result<SeasonalModel, String> {
         let series = Series {
             name: "seasonal history".into(),
             ts: self.ts.iter().copied().collect(),
@@ -796,14 +955,42 @@ impl Seasonal {
             .seasonal()
             .first()
             .ok_or("MSTL returned no seasonal component")?;
-        let seasonal: Vec<f64> = seasonal.iter().map(|&v| v as f64).collect();
+        let shrink = if cfg.shrink {
+            fitted
+                .fit()
+                .seasonal_strength()
+                .first()
+                .copied()
+                .filter(|s| s.is_finite())
+                .unwrap_or(0.0)
+                .clamp(0.0, 1.0)
+        } else {
+            1.0
+        };
         // The next grid point's forecast is trend + the seasonal value one period back.
         let next = fitted.predict(1, None).map_err(|e| e.to_string())?;
-        let next_season = seasonal[n - period];
+        let next_season = f64::from(seasonal[n - period]);
+        let seasonal: Vec<f64> = seasonal.iter().map(|&v| f64::from(v) * shrink).collect();
         let mut profile = vec![0.0; period];
         let first_slot = grid.start.div_euclid(step);
-        for (i, &s) in seasonal.iter().enumerate().skip(n - period) {
-            profile[(first_slot + i as i64).rem_euclid(period as i64) as usize] = s;
+        let phase_of = |i: usize| (first_slot + i as i64).rem_euclid(period as i64) as usize;
+        if cfg.median_profile {
+            // Per phase, the median over the window's cycles: one odd day does not become
+            // tomorrow's expectation.
+            let mut by_phase: Vec<Vec<f64>> = vec![Vec::new(); period];
+            for (i, &s) in seasonal.iter().enumerate() {
+                by_phase[phase_of(i)].push(s);
+            }
+            for (p, mut v) in by_phase.into_iter().enumerate() {
+                if !v.is_empty() {
+                    let mid = v.len() / 2;
+                    profile[p] = *v.select_nth_unstable_by(mid, f64::total_cmp).1;
+                }
+            }
+        } else {
+            for (i, &s) in seasonal.iter().enumerate().skip(n - period) {
+                profile[phase_of(i)] = s;
+            }
         }
         let level = next
             .point
@@ -811,6 +998,15 @@ impl Seasonal {
             .map(|p| p - next_season)
             .filter(|l| l.is_finite())
             .ok_or("AutoETS gave no finite forecast")?;
+        let cycles = cfg.history_seasons.max(2);
+        let mut model = SeasonalModel {
+            step,
+            profile,
+            level,
+            innovations: VecDeque::new(),
+            by_phase: vec![f64::NAN; period * cycles],
+            cycles,
+        };
         // One-step innovations of the deseasonalised window, as the online filter sees them.
         let mut innovations = VecDeque::with_capacity(cfg.window);
         let mut lvl: Option<f64> = None;
@@ -823,20 +1019,17 @@ impl Seasonal {
             };
             let r = d - l;
             let moved = if innovations.len() >= MIN_INNOVATIONS {
-                let (_, scale) = robust_stats(&innovations, cfg.tail_quantile, &mut scratch);
+                let (_, scale) = robust_stats(&innovations, cfg.tail_quantile, floor, &mut scratch);
                 r.clamp(-cfg.clip * scale, cfg.clip * scale)
             } else {
                 r
             };
             lvl = Some(l + cfg.alpha * moved);
             push_bounded(&mut innovations, r, cfg.window);
+            model.remember(grid.ts(i), r);
         }
-        Ok(SeasonalModel {
-            step,
-            profile,
-            level,
-            innovations,
-        })
+        model.innovations = innovations;
+        Ok(model)
     }
 }
 
