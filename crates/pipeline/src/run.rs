@@ -23,9 +23,12 @@ use ymera_ingest::kafka::{
 };
 use ymera_ingest::produce::Producer;
 use ymera_lake::{Lake, SegmentId, TableWriter, ledger};
-use ymera_transform::{INPUT, Transform};
+use ymera_anomaly::alerts::AlertEvent;
+use ymera_transform::INPUT;
 use ymera_warehouse::Warehouse;
 
+use crate::chain::{Chain, ChainState};
+use crate::checkpoint::{self, Checkpoint, Notice};
 use crate::dlq::{DeadLetter, ErrorStage};
 use crate::spec::{OnBadRecord, Start, UnknownFieldsSpec};
 use crate::validate::Pipeline;
@@ -137,6 +140,22 @@ struct Held {
 
 type HeldMap = Arc<std::sync::Mutex<HashMap<TopicPartition, Held>>>;
 
+/// The anomaly-state checkpoint the resolver chose per assigned partition (`None`: start
+/// from fresh detectors).
+type CheckpointMap = Arc<std::sync::Mutex<HashMap<TopicPartition, Option<Checkpoint>>>>;
+
+/// One partition's anomaly state in memory, with its alerts to notify.
+#[derive(Debug, Default)]
+struct TpState {
+    chain: ChainState,
+    /// Alerts opened in the open segment (notified once it commits).
+    fresh: Vec<Notice>,
+    /// Alerts whose commit succeeded, not yet notified.
+    pending: Vec<Notice>,
+    /// Ids already notified (the newest `checkpoint::NOTIFIED`).
+    notified: std::collections::VecDeque<String>,
+}
+
 /// Resolves where each assigned partition resumes: each sink group's recorded position,
 /// and the source starts at the lowest (interfaces.md).
 struct SinkResolver {
@@ -149,6 +168,9 @@ struct SinkResolver {
     /// `start: earliest`: a group with no position may start from the log's beginning.
     from_earliest: bool,
     handle: tokio::runtime::Handle,
+    /// The pipeline has anomaly stages: their checkpoints move the start back.
+    stateful: bool,
+    checkpoints: CheckpointMap,
 }
 
 impl Resolver for SinkResolver {
@@ -186,7 +208,7 @@ impl Resolver for SinkResolver {
                 .held
                 .lock()
                 .map_err(|_| "internal: poisoned lock".to_string())?;
-            Ok(partitions
+            let starts: HashMap<TopicPartition, Option<i64>> = partitions
                 .iter()
                 .map(|tp| {
                     let h = Held {
@@ -217,7 +239,39 @@ impl Resolver for SinkResolver {
                     };
                     (tp.clone(), start)
                 })
-                .collect())
+                .collect();
+            drop(held);
+            if !self.stateful {
+                return Ok(starts);
+            }
+            // Anomaly state: the newest checkpoint at or before where the sinks resume; the
+            // source starts there and the records up to the sinks' position only feed the
+            // stages (run.rs `process`, warm mode).
+            let mut out = HashMap::new();
+            let mut chosen = HashMap::new();
+            for (tp, start) in starts {
+                let c = checkpoint::load(&self.lake, &self.pipeline, &tp, start)
+                    .await
+                    .map_err(|e| format!("anomaly state of {}/{}: {e}", tp.0, tp.1))?;
+                let resume = match (&c, start) {
+                    (Some(c), _) => {
+                        info!(pipeline = self.pipeline, topic = tp.0, partition = tp.1, checkpoint = c.next_offset, sinks_at = ?start, "anomaly state restored");
+                        Some(c.next_offset)
+                    }
+                    (None, Some(n)) => {
+                        warn!(pipeline = self.pipeline, topic = tp.0, partition = tp.1, sinks_at = n, "no anomaly-state checkpoint at or before the sinks' position: starting fresh detectors (they warm up again)");
+                        Some(n)
+                    }
+                    (None, None) => None,
+                };
+                chosen.insert(tp.clone(), c);
+                out.insert(tp, resume);
+            }
+            self.checkpoints
+                .lock()
+                .map_err(|_| "internal: poisoned lock".to_string())?
+                .extend(chosen);
+            Ok(out)
         })
     }
 }
@@ -266,6 +320,20 @@ pub async fn run(
         })?)
     };
     let held: HeldMap = Arc::default();
+    let checkpoints: CheckpointMap = Arc::default();
+    let chain = p.chain();
+    let alert_producer = if chain.anomaly_stages().any(|a| a.notify.topic.is_some()) {
+        Some(
+            ymera_ingest::produce::producer(&brokers, &src.kafka.client).map_err(|e| {
+                RunError::Source {
+                    pipeline: name.clone(),
+                    message: format!("cannot create the alerts producer: {e}"),
+                }
+            })?,
+        )
+    } else {
+        None
+    };
     let resolver = Arc::new(SinkResolver {
         lake: opts.lake.clone(),
         warehouse: warehouse.clone(),
@@ -274,6 +342,8 @@ pub async fn run(
         held: held.clone(),
         from_earliest: src.kafka.start == Start::Earliest,
         handle: tokio::runtime::Handle::current(),
+        stateful: p.has_state(),
+        checkpoints: checkpoints.clone(),
     });
     let dlq_producer = match p.spec.dlq.as_ref().and_then(|d| d.topic.clone()) {
         Some(topic) => Some((
@@ -296,7 +366,10 @@ pub async fn run(
     let mut runner = Runner {
         p: p.clone(),
         opts: opts.clone(),
-        transform: p.transform(),
+        chain,
+        states: HashMap::new(),
+        checkpoints,
+        alert_producer,
         decoder: JsonDecoder::new(
             &p.fields,
             match src.unknown_fields {
@@ -326,11 +399,13 @@ pub async fn run(
     let stats = std::mem::take(&mut runner.stats);
     // dropping a producer flushes it: not on a runtime thread
     let dlq_producer = runner.dlq_producer.take();
+    let alert_producer = runner.alert_producer.take();
     drop(runner);
     drop(events);
     let closing = source;
     let _ = tokio::task::spawn_blocking(move || {
         drop(dlq_producer);
+        drop(alert_producer);
         if !commits.is_empty()
             && let Err(e) = closing.commit(&commits, true) {
                 warn!(error = %e, "final offset commit failed (the lake's commit log still holds the position)");
@@ -347,7 +422,12 @@ pub async fn run(
 struct Runner {
     p: Arc<Pipeline>,
     opts: RunOptions,
-    transform: Transform,
+    chain: Chain,
+    /// Anomaly state per partition.
+    states: HashMap<TopicPartition, TpState>,
+    /// What the resolver loaded at assignment.
+    checkpoints: CheckpointMap,
+    alert_producer: Option<Producer>,
     decoder: JsonDecoder,
     source: Arc<KafkaSource>,
     segments: HashMap<TopicPartition, Segment>,
@@ -393,13 +473,24 @@ impl Runner {
                             }
                             self.next.remove(&tp);
                             self.held.remove(&tp);
+                            self.states.remove(&tp);
                         }
                     }
                     Some(SourceEvent::Assigned(starts)) => {
                         // the runner continues each partition from where its sinks say
                         let shared = self.held_shared.lock().map(|h| h.clone()).unwrap_or_default();
+                        let mut loaded = self.checkpoints.lock().map(|mut c| std::mem::take(&mut *c)).unwrap_or_default();
                         for (tp, start) in starts {
                             self.segments.remove(&tp);
+                            if self.p.has_state() {
+                                let c = loaded.remove(&tp).flatten().unwrap_or_default();
+                                self.states.insert(tp.clone(), TpState {
+                                    chain: c.chain,
+                                    fresh: Vec::new(),
+                                    pending: c.pending,
+                                    notified: c.notified,
+                                });
+                            }
                             self.held.insert(tp.clone(), shared.get(&tp).copied().unwrap_or_default());
                             match start {
                                 Some(n) => self.next.insert(tp, n),
@@ -409,6 +500,10 @@ impl Runner {
                     }
                     Some(SourceEvent::Idle) | Some(SourceEvent::Stopped) => {
                         self.publish_all().await?;
+                        let tps: Vec<TopicPartition> = self.states.keys().cloned().collect();
+                        for tp in tps {
+                            self.notify_pending(&tp).await;
+                        }
                         return Ok(());
                     }
                     Some(SourceEvent::Fatal(message)) => {
@@ -565,7 +660,8 @@ impl Runner {
         }
         for (to_lake, to_wh, rs) in runs {
             let last = rs[rs.len() - 1].offset;
-            if to_lake || to_wh {
+            // records every sink holds still feed stateful stages (from their checkpoint)
+            if to_lake || to_wh || self.p.has_state() {
                 self.process(&tp, rs, to_lake, to_wh, held).await?;
             }
             if let Some(seg) = self.segments.get_mut(&tp) {
@@ -639,11 +735,45 @@ impl Runner {
                 .increment(ignored - self.unknown_counted);
             self.unknown_counted = ignored;
         }
-        let (outputs, failed) = self
-            .transform
-            .run_isolating(batch)
+        let st = self.states.entry(tp.clone()).or_default();
+        let (outputs, failed, alerts) = self
+            .chain
+            .run(&mut st.chain, batch, true)
             .await
             .map_err(|e| RunError::Transform(e, name.clone()))?;
+        let warm = !to_lake && !to_wh;
+        for a in alerts {
+            let AlertEvent::Opened(alert) = a.event else {
+                continue;
+            };
+            // only alerts with somewhere to go are tracked (the lake table has them all)
+            if !self
+                .chain
+                .anomaly_stages()
+                .any(|s| s.config.name == a.stage && !s.notify.is_empty())
+            {
+                continue;
+            }
+            let notice = Notice {
+                pipeline: name.clone(),
+                stage: a.stage,
+                alert_id: alert.alert_id,
+                key: alert.key,
+                opened_at: alert.opened_at,
+                peak_score: alert.peak_score,
+            };
+            if warm {
+                // committed already (the sinks hold these records); notified unless known
+                if !st.notified.contains(&notice.alert_id) {
+                    st.pending.push(notice);
+                }
+            } else {
+                st.fresh.push(notice);
+            }
+        }
+        if warm {
+            return Ok(());
+        }
         // the source offset of each row of `input` that went on (rows that failed in a
         // stage are out of every output)
         let failed_rows: std::collections::HashSet<usize> = failed.iter().map(|f| f.row).collect();
@@ -892,6 +1022,11 @@ impl Runner {
         };
         let started = Instant::now();
         let mut published = false;
+        let will_publish = seg.warehouse.as_ref().is_some_and(|p| seg.last >= p.first)
+            || seg.lake.as_ref().is_some_and(|p| seg.last >= p.first);
+        if will_publish && self.p.has_state() {
+            self.save_checkpoint(tp, seg.last + 1).await?;
+        }
         if let Some(part) = seg.warehouse.take().filter(|p| seg.last >= p.first) {
             if !self
                 .publish_warehouse(tp, seg.epoch, seg.last, part)
@@ -910,6 +1045,11 @@ impl Runner {
         if !published {
             return Ok(());
         }
+        if let Some(st) = self.states.get_mut(tp) {
+            let fresh = std::mem::take(&mut st.fresh);
+            st.pending.extend(fresh);
+        }
+        self.notify_pending(tp).await;
         let name = self.name().to_string();
         self.stats.last_commit_at = Some(Instant::now());
         if let Some(next) = self.low_water(tp) {
@@ -922,6 +1062,98 @@ impl Runner {
             .record(started.elapsed().as_secs_f64());
         self.opts.health.set(&self.component, None);
         Ok(())
+    }
+
+    /// Writes the partition's anomaly state at `next` (before its sinks commit), retrying
+    /// external errors like a publication.
+    async fn save_checkpoint(&mut self, tp: &TopicPartition, next: i64) -> Result<(), RunError> {
+        let name = self.name().to_string();
+        let st = self.states.entry(tp.clone()).or_default();
+        let c = Checkpoint {
+            topic: tp.0.clone(),
+            partition: tp.1,
+            next_offset: next,
+            chain: st.chain.clone(),
+            pending: st.pending.iter().chain(&st.fresh).cloned().collect(),
+            notified: st.notified.clone(),
+        };
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            match checkpoint::save(&self.opts.lake, &name, &c).await {
+                Ok(()) => return Ok(()),
+                Err(e) if e.class().retry() == ymera_common::Retry::Yes => {
+                    if !self.backoff(&mut backoff, "lake", e.to_string()).await {
+                        return Err(RunError::Lake {
+                            pipeline: name,
+                            source: e,
+                        });
+                    }
+                }
+                Err(e) => {
+                    return Err(RunError::Lake {
+                        pipeline: name,
+                        source: e,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Sends the partition's committed, not yet notified alerts to their stage's topic and
+    /// webhook. A failed notice stays pending and is tried again after the next commit.
+    async fn notify_pending(&mut self, tp: &TopicPartition) {
+        let name = self.name().to_string();
+        let Some(st) = self.states.get_mut(tp) else {
+            return;
+        };
+        if st.pending.is_empty() {
+            return;
+        }
+        let mut keep = Vec::new();
+        for n in std::mem::take(&mut st.pending) {
+            if st.notified.contains(&n.alert_id) {
+                continue;
+            }
+            let Some(stage) = self.chain.anomaly_stages().find(|a| a.config.name == n.stage)
+            else {
+                continue;
+            };
+            let body = n.body();
+            let mut ok = true;
+            if let (Some(topic), Some(producer)) = (&stage.notify.topic, &self.alert_producer) {
+                let sent = tokio::time::timeout(
+                    Duration::from_secs(30),
+                    producer.send(topic, Some(n.key.as_bytes()), Some(&body), &[]),
+                )
+                .await;
+                if !matches!(sent, Ok(Ok(_))) {
+                    let error = match sent {
+                        Ok(Err(e)) => e.to_string(),
+                        _ => "timed out".to_string(),
+                    };
+                    warn!(pipeline = name, alert_topic = topic, alert_id = n.alert_id, error, "cannot send an alert to its topic; retrying after the next commit");
+                    ok = false;
+                }
+            }
+            if let (true, Some((url, timeout))) = (ok, &stage.notify.webhook)
+                && let Err(error) = crate::notify::post(url, &body, *timeout).await
+            {
+                warn!(pipeline = name, alert_id = n.alert_id, error, "cannot post an alert to its webhook; retrying after the next commit");
+                ok = false;
+            }
+            if ok {
+                if !stage.notify.is_empty() {
+                    info!(pipeline = name, stage = n.stage, alert_id = n.alert_id, key = n.key, "alert notified");
+                }
+                st.notified.push_back(n.alert_id.clone());
+                while st.notified.len() > checkpoint::NOTIFIED {
+                    st.notified.pop_front();
+                }
+            } else {
+                keep.push(n);
+            }
+        }
+        st.pending = keep;
     }
 
     /// Waits before retrying an external error; false on shutdown once backoff is long.
