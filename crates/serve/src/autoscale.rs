@@ -336,12 +336,17 @@ impl Autoscaler {
             let bt = forecast::backtest(&values, per_day, horizon, BACKTEST_ORIGINS, values.len())
                 .map_err(|e| e.to_string())?;
             let secs = t.elapsed().as_secs_f64();
+            let (plan, _) = forecast::select(forecast::plan(values.len(), per_day), &bt);
             let recipe = Recipe {
                 series,
                 step_seconds: step,
                 window_days,
-                plan: forecast::plan(values.len(), per_day),
-                interval_scale: forecast::interval_scale(&bt),
+                interval_scale: if plan.model == "seasonal_naive" {
+                    (1.0, 1.0)
+                } else {
+                    forecast::interval_scale(&bt)
+                },
+                plan,
                 data_from: rfc3339(start),
                 data_to: rfc3339(start + values.len() as i64 * step),
                 points: values.len(),
@@ -501,7 +506,8 @@ pub async fn respond(
 
     let observed = e.fit.as_ref().map(|f| f.observed);
     let quality = e.quality.as_ref();
-    let mase = quality.map(|q| q.backtest.model.mase);
+    let served = quality.map(|q| served_accuracy(q));
+    let mase = served.as_ref().map(|a| a.mase);
     let reason = if let Some((ts, _)) = observed.filter(|(ts, _)| now - ts > auto.config.stale_after.as_secs() as i64) {
         Some(format!(
             "stale: the newest metric sample is from {} ({} min ago; stale after {} min)",
@@ -556,11 +562,12 @@ pub async fn respond(
             "min_replicas": defaults.min_replicas,
             "max_replicas": defaults.max_replicas,
         },
-        "quality": quality.map(|q| json!({
-            "mase": finite(q.backtest.model.mase),
-            "coverage80": finite(q.backtest.model.coverage80),
-            "coverage95": finite(q.backtest.model.coverage95),
-            "smape": finite(q.backtest.model.smape),
+        "quality": quality.zip(served).map(|(q, a)| json!({
+            "mase": finite(a.mase),
+            "coverage80": finite(a.coverage80),
+            "coverage95": finite(a.coverage95),
+            "smape": finite(a.smape),
+            "model_mase": finite(q.backtest.model.mase),
             "baseline_mase": finite(q.backtest.seasonal_naive.mase),
             "origins": q.backtest.origins,
             "horizon_steps": q.backtest.horizon,
@@ -577,6 +584,15 @@ pub async fn respond(
         "notes": notes,
         "fallback": { "active": reason.is_some(), "reason": reason },
     }))
+}
+
+/// The backtest accuracy of the model the recipe serves.
+fn served_accuracy(q: &Quality) -> forecast::Accuracy {
+    if q.recipe.plan.model == "seasonal_naive" {
+        q.backtest.seasonal_naive.clone()
+    } else {
+        q.backtest.model.clone()
+    }
 }
 
 fn finite(v: f64) -> Option<f64> {
