@@ -1166,3 +1166,261 @@ mod exact {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! Detector behaviour on small fixtures derived from NAB (see tests/fixtures/README.md).
+
+    use std::path::PathBuf;
+
+    use ymera_common::series::read_csv;
+
+    use super::*;
+
+    const SPIKE: &str = "realAWSCloudwatch/rds_cpu_utilization_e47b3b_spike.csv";
+    const SHIFT: &str = "realAWSCloudwatch/ec2_cpu_utilization_ac20cd_shift.csv";
+    const CALM: &str = "realAWSCloudwatch/ec2_cpu_utilization_ac20cd_calm.csv";
+    const DAILY: &str = "artificialWithAnomaly/art_daily_nojump_hourly.csv";
+    const NOISE: &str = "generated/unlabelled_noise.csv";
+
+    fn fixture(name: &str) -> (Series, Vec<(i64, i64)>) {
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/nab");
+        let series = read_csv(&dir.join("data").join(name)).unwrap();
+        let windows = crate::nab::load_windows(&dir.join("labels/combined_windows.json")).unwrap();
+        (series, windows.get(name).cloned().unwrap_or_default())
+    }
+
+    fn only(kinds: &[Kind]) -> DetectorConfig {
+        DetectorConfig {
+            detectors: kinds.to_vec(),
+            ..DetectorConfig::default()
+        }
+    }
+
+    /// Rows flagged by `cfg` on fixture `name`: (inside a window, outside any window).
+    fn detections(cfg: &DetectorConfig, name: &str) -> (Vec<usize>, Vec<usize>) {
+        let (s, windows) = fixture(name);
+        let out = score_series(cfg, &s.ts, &s.values);
+        assert_eq!(out.len(), s.values.len(), "{name}: one score per row");
+        let (mut inside, mut outside) = (Vec::new(), Vec::new());
+        for (i, o) in out.iter().enumerate() {
+            assert!((0.0..=1.0).contains(&o.score), "{name}[{i}]: score {}", o.score);
+            assert_eq!(o.is_anomaly, o.score >= cfg.threshold);
+            if o.is_anomaly {
+                let t = s.ts[i];
+                if windows.iter().any(|&(a, b)| a <= t && t <= b) {
+                    inside.push(i);
+                } else {
+                    outside.push(i);
+                }
+            }
+        }
+        (inside, outside)
+    }
+
+    #[test]
+    fn a_spike_is_flagged_where_it_happens() {
+        // Row 296 is the labelled spike (CPU 13 % -> 76 %).
+        for cfg in [DetectorConfig::default(), only(&[Kind::RobustZ])] {
+            let (inside, outside) = detections(&cfg, SPIKE);
+            assert_eq!(inside.first(), Some(&296), "{:?}: {inside:?}", cfg.detectors);
+            assert!(outside.is_empty(), "{:?}: {outside:?}", cfg.detectors);
+        }
+    }
+
+    #[test]
+    fn a_level_shift_is_flagged_once_it_starts() {
+        // CPU goes from ~32 % to 99 % from row 325 on (a precursor at 315).
+        for cfg in [
+            DetectorConfig::default(),
+            only(&[Kind::RobustZ]),
+            only(&[Kind::Changepoint]),
+        ] {
+            let (inside, outside) = detections(&cfg, SHIFT);
+            assert!(
+                inside.iter().any(|i| (315..=330).contains(i)),
+                "{:?}: {inside:?}",
+                cfg.detectors
+            );
+            assert!(outside.is_empty(), "{:?}: {outside:?}", cfg.detectors);
+        }
+        // The changepoint accepts the new level: it alarms a few times, not for every point
+        // of the new regime.
+        let (inside, _) = detections(&only(&[Kind::Changepoint]), SHIFT);
+        assert!(inside.len() <= 4, "{inside:?}");
+    }
+
+    #[test]
+    fn calm_series_raise_few_alarms() {
+        for name in [CALM, NOISE] {
+            for kinds in [&Kind::ALL[..3], &[Kind::RobustZ], &[Kind::Changepoint]] {
+                let (inside, outside) = detections(&only(kinds), name);
+                assert!(inside.is_empty());
+                assert!(outside.len() <= 1, "{name} {kinds:?}: {outside:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn seasonal_flags_a_missing_daily_peak() {
+        // Hourly steps, so a season is 24 points; the peak of day 11 (rows 249–258) is missing.
+        let cfg = only(&[Kind::Seasonal]);
+        let (inside, outside) = detections(&cfg, DAILY);
+        assert!(inside.iter().any(|i| (249..=252).contains(i)), "{inside:?}");
+        assert!(outside.is_empty(), "{outside:?}");
+        // robust_z alone sees a normal low value.
+        let (inside, _) = detections(&only(&[Kind::RobustZ]), DAILY);
+        assert!(!inside.iter().any(|i| (249..=252).contains(i)), "{inside:?}");
+    }
+
+    #[test]
+    fn seasonal_says_why_it_is_silent_until_two_seasons() {
+        let (s, _) = fixture(DAILY);
+        let mut d = Detector::with_warmup(&only(&[Kind::Seasonal]), 0);
+        for i in 0..47 {
+            let out = d.update(s.ts[i], s.values[i]);
+            assert_eq!(out.parts, vec![(Kind::Seasonal, 0.0)]);
+        }
+        let why = d.not_ready();
+        assert!(
+            why.iter().any(|(k, m)| *k == Kind::Seasonal && m.contains("two seasons")),
+            "{why:?}"
+        );
+        d.update(s.ts[47], s.values[47]);
+        assert!(d.not_ready().is_empty(), "{:?}", d.not_ready());
+    }
+
+    fn bits(out: &[Scored]) -> Vec<(u64, Vec<u64>)> {
+        out.iter()
+            .map(|o| (o.score.to_bits(), o.parts.iter().map(|p| p.1.to_bits()).collect()))
+            .collect()
+    }
+
+    #[test]
+    fn scores_are_deterministic_and_survive_a_checkpoint() {
+        let cfg = DetectorConfig {
+            detectors: Kind::ALL.to_vec(),
+            warmup_points: Some(60),
+            ..DetectorConfig::default()
+        };
+        for name in [DAILY, SHIFT] {
+            let (s, _) = fixture(name);
+            let once = score_series(&cfg, &s.ts, &s.values);
+            let twice = score_series(&cfg, &s.ts, &s.values);
+            assert_eq!(bits(&once), bits(&twice), "{name}");
+
+            // Checkpoint after the seasonal model and the forest exist, restore, continue.
+            let cut = s.values.len() * 2 / 3;
+            let mut d = Detector::new(&cfg);
+            let mut resumed: Vec<Scored> =
+                (0..cut).map(|i| d.update(s.ts[i], s.values[i])).collect();
+            let json = serde_json::to_string(&d).unwrap();
+            let mut d: Detector = serde_json::from_str(&json).unwrap();
+            assert_eq!(serde_json::to_string(&d).unwrap(), json, "{name}: stable encoding");
+            resumed.extend((cut..s.values.len()).map(|i| d.update(s.ts[i], s.values[i])));
+            assert_eq!(bits(&resumed), bits(&once), "{name}");
+            if name == DAILY {
+                assert!(d.not_ready().is_empty(), "{:?}", d.not_ready());
+            }
+        }
+    }
+
+    #[test]
+    fn duplicates_gaps_and_bad_values_are_scored_without_changing_state() {
+        let (s, _) = fixture(SHIFT);
+        let cfg = DetectorConfig {
+            detectors: Kind::ALL.to_vec(),
+            warmup_points: Some(60),
+            ..DetectorConfig::default()
+        };
+        let mut plain = Detector::new(&cfg);
+        let mut messy = Detector::new(&cfg);
+        for i in 0..s.values.len() {
+            let (t, v) = (s.ts[i], s.values[i]);
+            let expected = plain.update(t, v);
+            let got = messy.update(t, v);
+            assert_eq!(bits(&[got]), bits(&[expected]), "row {i}");
+            if i % 50 == 7 {
+                // A duplicate timestamp, an older one, and non-finite values: each gets a
+                // score, none changes what comes next.
+                for (t2, v2) in [(t, v + 50.0), (t - 3600, v), (t + 1, f64::NAN), (t + 1, f64::INFINITY)] {
+                    let o = messy.update(t2, v2);
+                    assert!((0.0..=1.0).contains(&o.score), "row {i}: {o:?}");
+                    assert_eq!(o.parts.len(), Kind::ALL.len());
+                }
+            }
+        }
+        // A gap of a day in the middle of a series is just a gap.
+        let mut d = Detector::with_warmup(&DetectorConfig::default(), 10);
+        for i in 0..200 {
+            let t = s.ts[i] + if i >= 100 { 86_400 } else { 0 };
+            assert!(d.update(t, s.values[i]).score.is_finite());
+        }
+    }
+
+    #[test]
+    fn score_series_gives_one_score_per_row_and_zero_during_warm_up() {
+        let (s, _) = fixture(NOISE);
+        let out = score_series(&DetectorConfig::default(), &s.ts, &s.values);
+        assert_eq!(out.len(), s.values.len());
+        let warm = probationary_points(s.values.len());
+        assert_eq!(warm, 45);
+        assert!(out[..warm].iter().all(|o| o.score == 0.0 && !o.is_anomaly));
+        assert!(score_series(&DetectorConfig::default(), &[], &[]).is_empty());
+        assert_eq!(probationary_points(10_000), 750);
+    }
+
+    #[test]
+    fn config_defaults_unknown_fields_and_names() {
+        let cfg: DetectorConfig = serde_json::from_str("{}").unwrap();
+        assert_eq!(cfg, DetectorConfig::default());
+        let cfg: DetectorConfig =
+            serde_json::from_str(r#"{"detectors": ["changepoint"], "seasonal": {"alpha": 0.2}}"#)
+                .unwrap();
+        assert_eq!(cfg.detectors, vec![Kind::Changepoint]);
+        assert_eq!(cfg.seasonal.alpha, 0.2);
+        assert_eq!(cfg.seasonal.window, SeasonalConfig::default().window);
+        let e = serde_json::from_str::<DetectorConfig>(r#"{"treshold": 0.4}"#).unwrap_err();
+        assert!(e.to_string().contains("treshold"), "{e}");
+        for k in Kind::ALL {
+            assert_eq!(k.name().parse::<Kind>(), Ok(k));
+            assert_eq!(serde_json::to_string(&k).unwrap(), format!("\"{}\"", k.name()));
+        }
+        assert!("zscore".parse::<Kind>().unwrap_err().contains("robust_z"));
+    }
+
+    #[test]
+    fn robust_statistics() {
+        assert!((inv_normal_upper(0.025) - 1.959_964).abs() < 1e-5);
+        assert!((inv_normal_upper(0.005) - 2.575_829).abs() < 1e-5);
+        let mut scratch = Vec::new();
+        // Normal-ish sample: MAD and quantile spread agree on σ ≈ 1.
+        let upper: Vec<f64> = (1..500).map(|i| inv_normal_upper(i as f64 / 1000.0)).collect();
+        let sample: Vec<f64> = upper.iter().flat_map(|v| [*v, -v]).chain([0.0]).collect();
+        let (med, scale) = robust_stats(&sample, 0.01, 0.0, &mut scratch);
+        assert!(med == 0.0 && (scale - 1.0).abs() < 0.05, "{med} {scale}");
+        // Constant sample: the floor.
+        assert_eq!(robust_stats(&[3.0; 20], 0.01, 0.5, &mut scratch), (3.0, 0.5));
+        assert_eq!(calibrate(1.0), 0.5);
+        assert_eq!(calibrate(f64::INFINITY), 1.0);
+        assert_eq!(calibrate(f64::NAN), 0.0);
+    }
+
+    #[test]
+    fn exact_floats_round_trip_through_json() {
+        let mut d = RobustZ::default();
+        for (i, v) in [0.1, 1.0 / 3.0, 9.826906946328695e2, 5.8708966719419204e-5].iter().enumerate() {
+            d.innovations.push_back(*v * (i + 1) as f64);
+        }
+        d.level = Some(std::f64::consts::PI);
+        let back: RobustZ = serde_json::from_str(&serde_json::to_string(&d).unwrap()).unwrap();
+        assert_eq!(back.level.map(f64::to_bits), d.level.map(f64::to_bits));
+        let b: Vec<u64> = back.innovations.iter().map(|v| v.to_bits()).collect();
+        let a: Vec<u64> = d.innovations.iter().map(|v| v.to_bits()).collect();
+        assert_eq!(a, b);
+        // Hand-written numbers are accepted too.
+        let r: RobustZ = serde_json::from_str(r#"{"level": 2.5, "innovations": [1, "0.5"]}"#).unwrap();
+        assert_eq!(r.level, Some(2.5));
+        assert_eq!(r.innovations, [1.0, 0.5]);
+    }
+}

@@ -229,6 +229,72 @@ mod tests {
     /// The NAB corpus shipped with the project's shared data (not in CI).
     const NAB: &str = "/work/shared/data/nab";
 
+    fn fixtures() -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/nab")
+    }
+
+    #[test]
+    fn eval_dir_scores_a_nab_layout_directory_and_writes_the_scores() {
+        let out = tempfile::tempdir().unwrap();
+        let cfg = DetectorConfig::default();
+        let r = eval_dir(&fixtures(), &cfg, Some(out.path())).unwrap();
+
+        let names: Vec<&str> = r.files.iter().map(|f| f.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "artificialWithAnomaly/art_daily_nojump_hourly.csv",
+                "generated/unlabelled_noise.csv",
+                "realAWSCloudwatch/ec2_cpu_utilization_ac20cd_calm.csv",
+                "realAWSCloudwatch/ec2_cpu_utilization_ac20cd_shift.csv",
+                "realAWSCloudwatch/rds_cpu_utilization_e47b3b_spike.csv",
+            ]
+        );
+        assert_eq!(r.unlabelled, ["generated/unlabelled_noise.csv"]);
+        assert_eq!(r.detectors, cfg.detectors);
+        for f in &r.files {
+            let input = read_csv(&fixtures().join("data").join(&f.name)).unwrap();
+            assert_eq!(f.rows, input.values.len());
+            let text = std::fs::read_to_string(out.path().join(&f.name)).unwrap();
+            let mut lines = text.lines();
+            assert_eq!(lines.next(), Some("timestamp,value,anomaly_score"));
+            let rows: Vec<&str> = lines.collect();
+            assert_eq!(rows.len(), input.values.len(), "{}", f.name);
+            let first: Vec<&str> = rows[0].split(',').collect();
+            assert_eq!(first[0], format_ts(input.ts[0]));
+            assert_eq!(first[1].parse::<f64>().unwrap(), input.values[0]);
+            for row in &rows {
+                let score: f64 = row.rsplit(',').next().unwrap().parse().unwrap();
+                assert!((0.0..=1.0).contains(&score), "{row}");
+            }
+        }
+        // Every labelled window of the fixtures is found at the default threshold.
+        let windows: usize = r.files.iter().map(|f| f.windows).sum();
+        let hit: usize = r.files.iter().map(|f| f.windows_hit).sum();
+        assert_eq!((windows, hit), (3, 3));
+        assert_eq!(r.own.threshold, cfg.threshold);
+        assert_eq!(r.own.perfect, 3.0);
+        assert!(r.own.normalised > 50.0, "{:?}", r.own);
+        assert!(r.optimised.normalised >= r.own.normalised - 1e-9, "{:?}", r.optimised);
+    }
+
+    #[test]
+    fn eval_dir_names_what_is_missing() {
+        let empty = tempfile::tempdir().unwrap();
+        let e = eval_dir(empty.path(), &DetectorConfig::default(), None).unwrap_err();
+        assert!(e.contains("data"), "{e}");
+        std::fs::create_dir_all(empty.path().join("data/x")).unwrap();
+        std::fs::write(empty.path().join("data/x/a.csv"), "timestamp,value\n2024-01-01 00:00:00,1\n")
+            .unwrap();
+        let e = eval_dir(empty.path(), &DetectorConfig::default(), None).unwrap_err();
+        assert!(e.contains("combined_windows.json"), "{e}");
+        std::fs::create_dir_all(empty.path().join("labels")).unwrap();
+        std::fs::write(empty.path().join(LABELS), "{}").unwrap();
+        std::fs::write(empty.path().join("data/x/b.csv"), "timestamp,value\nyesterday,1\n").unwrap();
+        let e = eval_dir(empty.path(), &DetectorConfig::default(), None).unwrap_err();
+        assert!(e.contains("b.csv:2"), "{e}");
+    }
+
     fn line(label: &str, r: &EvalReport) -> String {
         format!(
             "{label:<40} own {:>6.1} @ {:.3}   optimised {:>6.1} @ {:.4}",
