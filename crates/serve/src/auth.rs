@@ -159,6 +159,7 @@ pub const POLICY: &[Rule] = &[
     rule("PUT", "/v1/models/{name}/aliases/{alias}", ADMIN),
     rule("POST", "/v1/sql", ANALYST),
     rule("GET", "/v1/autoscale/{service}/forecast", AUTOSCALER),
+    rule("POST", "/v1/anomaly/detect", AGENT),
 ];
 
 /// The rule of `method` on the route template `path` (HEAD is checked as GET, which

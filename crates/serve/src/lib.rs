@@ -4,6 +4,7 @@
 //! of [`auth`].
 
 pub mod access;
+pub mod anomaly;
 pub mod auth;
 pub mod autoscale;
 pub mod health;
@@ -66,6 +67,7 @@ pub fn api_router(state: AppState, metrics: Option<PrometheusHandle>) -> Router 
         )
         .route("/v1/sql", post(sql::post_sql))
         .route("/v1/autoscale/{service}/forecast", get(autoscale::get_forecast))
+        .route("/v1/anomaly/detect", post(anomaly::detect))
         .with_state(state)
         .merge(health_router(health, metrics))
 }

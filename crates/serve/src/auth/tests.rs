@@ -52,6 +52,7 @@ const ROUTES: &[(&str, &str, &str)] = &[
         "/v1/autoscale/{service}/forecast",
         "autoscaler admin",
     ),
+    ("POST", "/v1/anomaly/detect", "agent admin"),
 ];
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");

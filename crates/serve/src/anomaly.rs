@@ -1,0 +1,168 @@
+//! `POST /v1/anomaly/detect`: scores a series the Manager Agent sends, causally (each
+//! point's score uses only it and the points before it), with the streaming detectors of
+//! the pipeline stage.
+//!
+//! Request: `{"timestamps": ["2026-11-25T10:00:00Z" | epoch seconds, ...], "values": [...],
+//! "detector": {DetectorConfig, optional}}`. Response: per point `anomaly_score`,
+//! `is_anomaly` and each detector's part, plus the repairs made (duplicates, out-of-order
+//! timestamps) and the detectors that could not run on this much history, with why.
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use ymera_anomaly::detect::{DetectorConfig, Detector};
+use ymera_models::ModelError;
+
+use crate::models::error_response;
+
+/// Largest series one request may score.
+const MAX_POINTS: usize = 100_000;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DetectRequest {
+    timestamps: Vec<Value>,
+    values: Vec<Value>,
+    #[serde(default)]
+    detector: Option<DetectorConfig>,
+}
+
+fn timestamp(v: &Value, i: usize) -> Result<i64, ModelError> {
+    match v {
+        Value::Number(n) => n
+            .as_i64()
+            .ok_or_else(|| ModelError::Input(format!("timestamps[{i}] `{n}` is not whole epoch seconds"))),
+        Value::String(s) => ymera_common::series::parse_ts(s).ok_or_else(|| {
+            ModelError::Input(format!(
+                "timestamps[{i}] `{s}` is neither RFC 3339 nor `YYYY-MM-DD HH:MM:SS`"
+            ))
+        }),
+        other => Err(ModelError::Input(format!("timestamps[{i}] is {other}, not a timestamp"))),
+    }
+}
+
+fn value(v: &Value, i: usize) -> Result<f64, ModelError> {
+    // NaN/inf arrive as strings (JSON has no such numbers): rejected with the index
+    match v {
+        Value::Number(n) => n
+            .as_f64()
+            .filter(|x| x.is_finite())
+            .ok_or_else(|| ModelError::Input(format!("values[{i}] is not a finite number"))),
+        other => Err(ModelError::Input(format!(
+            "values[{i}] is {other}: values must be finite numbers"
+        ))),
+    }
+}
+
+/// `POST /v1/anomaly/detect`.
+pub async fn detect(body: Bytes) -> Response {
+    match score(&body).await {
+        Ok(v) => Json(v).into_response(),
+        Err(e) => error_response(&e),
+    }
+}
+
+async fn score(body: &[u8]) -> Result<Value, ModelError> {
+    let req: DetectRequest = serde_json::from_slice(body)
+        .map_err(|e| ModelError::Input(format!("malformed request: {e}")))?;
+    if req.timestamps.len() != req.values.len() {
+        return Err(ModelError::Input(format!(
+            "{} timestamps but {} values",
+            req.timestamps.len(),
+            req.values.len()
+        )));
+    }
+    if req.values.is_empty() || req.values.len() > MAX_POINTS {
+        return Err(ModelError::Input(format!(
+            "a series of 1 to {MAX_POINTS} points, got {}",
+            req.values.len()
+        )));
+    }
+    let ts = req
+        .timestamps
+        .iter()
+        .enumerate()
+        .map(|(i, v)| timestamp(v, i))
+        .collect::<Result<Vec<_>, _>>()?;
+    let values = req
+        .values
+        .iter()
+        .enumerate()
+        .map(|(i, v)| value(v, i))
+        .collect::<Result<Vec<_>, _>>()?;
+    let cfg = req.detector.unwrap_or_default();
+    let duplicates = ts.windows(2).filter(|w| w[1] == w[0]).count();
+    let out_of_order = ts.windows(2).filter(|w| w[1] < w[0]).count();
+    let (scored, not_ready) = tokio::task::spawn_blocking(move || {
+        let mut d = Detector::new(&cfg);
+        let scored: Vec<_> = ts.iter().zip(&values).map(|(&t, &v)| d.update(t, v)).collect();
+        (scored, d.not_ready())
+    })
+    .await
+    .map_err(|e| ModelError::Model(format!("the scoring task failed: {e}")))?;
+    let points: Vec<Value> = scored
+        .iter()
+        .map(|s| {
+            let parts: serde_json::Map<String, Value> = s
+                .parts
+                .iter()
+                .map(|(k, v)| (k.name().to_string(), json!(v)))
+                .collect();
+            json!({"anomaly_score": s.score, "is_anomaly": s.is_anomaly, "parts": parts})
+        })
+        .collect();
+    let anomalies = scored.iter().filter(|s| s.is_anomaly).count();
+    Ok(json!({
+        "points": points,
+        "anomalies": anomalies,
+        "repairs": {"duplicate_timestamps": duplicates, "out_of_order": out_of_order},
+        "not_ready": not_ready.into_iter().map(|(k, why)| json!({"detector": k.name(), "reason": why})).collect::<Vec<_>>(),
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two days of a noisy daily cycle at 5 minutes with one spike near the end.
+    fn series(spike_at: usize) -> (Vec<i64>, Vec<f64>) {
+        let n = 2 * 288 + 100;
+        let ts = (0..n as i64).map(|i| 1_700_000_000 + i * 300).collect();
+        let values = (0..n)
+            .map(|i| {
+                let phase = (i % 288) as f64 / 288.0 * std::f64::consts::TAU;
+                let noise = ((i * 7919) % 17) as f64 * 0.3;
+                100.0 + 30.0 * phase.sin() + noise + if i == spike_at { 120.0 } else { 0.0 }
+            })
+            .collect();
+        (ts, values)
+    }
+
+    #[tokio::test]
+    async fn a_spike_is_flagged_and_bad_values_are_named() {
+        let spike = 2 * 288 + 50;
+        let (ts, values) = series(spike);
+        let body = json!({"timestamps": ts, "values": values}).to_string();
+        let out = score(body.as_bytes()).await.unwrap();
+        let points = out["points"].as_array().unwrap();
+        assert_eq!(points.len(), values.len());
+        assert_eq!(points[spike]["is_anomaly"], true, "{}", points[spike]);
+        let flagged = points.iter().filter(|p| p["is_anomaly"] == true).count();
+        assert!(flagged <= 5, "{flagged} points flagged");
+
+        let bad = json!({"timestamps": [1, 2, 3], "values": [1.0, "NaN", 2.0]}).to_string();
+        let e = score(bad.as_bytes()).await.unwrap_err().to_string();
+        assert!(e.contains("values[1]"), "{e}");
+        let bad = json!({"timestamps": [1, "yesterday"], "values": [1.0, 2.0]}).to_string();
+        let e = score(bad.as_bytes()).await.unwrap_err().to_string();
+        assert!(e.contains("timestamps[1]"), "{e}");
+        let bad = json!({"timestamps": [1], "values": [1.0, 2.0]}).to_string();
+        assert!(score(bad.as_bytes()).await.is_err());
+        // duplicates and disorder are reported, never a panic
+        let dup = json!({"timestamps": [5, 5, 4, 6], "values": [1.0, 2.0, 3.0, 4.0]}).to_string();
+        let out = score(dup.as_bytes()).await.unwrap();
+        assert_eq!(out["repairs"], json!({"duplicate_timestamps": 1, "out_of_order": 1}));
+    }
+}
