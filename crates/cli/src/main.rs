@@ -7,6 +7,7 @@
 mod bench;
 mod commands;
 mod dlqcmd;
+mod evalcmd;
 mod forecastcmd;
 mod keyscmd;
 mod modelscmd;
@@ -206,6 +207,7 @@ enum Command {
 enum EvalAction {
     /// NAB standard-profile score of the anomaly detectors on DIR/data/**/*.csv against
     /// DIR/labels/combined_windows.json; --scores-out writes each file's scores.
+    Anomaly(evalcmd::EvalAnomalyArgs),
     /// Rolling-origin backtest of every DIR/data/**/*.csv: MASE against seasonal naive.
     Forecast(forecastcmd::EvalForecastArgs),
 }
@@ -422,6 +424,9 @@ fn main() -> ExitCode {
                 simcmd::simulate_scaling(&args, &mut f)
             })
             .await,
+            Command::Eval {
+                action: EvalAction::Anomaly(args),
+            } => blocking_report(move || evalcmd::eval_anomaly(&args)).await,
             Command::Eval {
                 action: EvalAction::Forecast(args),
             } => forecastcmd::eval_forecast(args).await,
