@@ -7,6 +7,7 @@
 #![allow(unreachable_pub)]
 
 mod autoscale;
+mod anomaly;
 mod cli;
 mod dlq;
 mod exactly_once;

@@ -161,7 +161,14 @@ mod tests {
         let ev = feed(
             &mut book,
             &rules,
-            &[(0, false), (1, true), (2, true), (3, true), (4, true), (5, false)],
+            &[
+                (0, false),
+                (1, true),
+                (2, true),
+                (3, true),
+                (4, true),
+                (5, false),
+            ],
         );
         assert_eq!(ev.len(), 2, "{ev:?}");
         let AlertEvent::Opened(a) = &ev[0] else {
@@ -183,7 +190,11 @@ mod tests {
             cooldown_us: 0,
         };
         let mut book = AlertBook::default();
-        let ev = feed(&mut book, &rules, &[(0, true), (1, true), (2, false), (3, true)]);
+        let ev = feed(
+            &mut book,
+            &rules,
+            &[(0, true), (1, true), (2, false), (3, true)],
+        );
         assert!(ev.is_empty(), "{ev:?}");
     }
 

@@ -154,17 +154,17 @@ pub fn score(
     let value_col = batch
         .column_by_name(&cfg.value)
         .ok_or_else(|| StageError::MissingColumn(cfg.value.clone()))?;
-    let values: Vec<Option<f64>> = if let Some(f) = value_col.as_any().downcast_ref::<Float64Array>()
-    {
-        f.iter().collect()
-    } else if let Some(i) = value_col.as_any().downcast_ref::<Int64Array>() {
-        i.iter().map(|v| v.map(|v| v as f64)).collect()
-    } else {
-        return Err(StageError::ValueType {
-            column: cfg.value.clone(),
-            found: value_col.data_type().clone(),
-        });
-    };
+    let values: Vec<Option<f64>> =
+        if let Some(f) = value_col.as_any().downcast_ref::<Float64Array>() {
+            f.iter().collect()
+        } else if let Some(i) = value_col.as_any().downcast_ref::<Int64Array>() {
+            i.iter().map(|v| v.map(|v| v as f64)).collect()
+        } else {
+            return Err(StageError::ValueType {
+                column: cfg.value.clone(),
+                found: value_col.data_type().clone(),
+            });
+        };
     let mut scores = Vec::with_capacity(batch.num_rows());
     let mut flags = Vec::with_capacity(batch.num_rows());
     let mut events = Vec::new();
@@ -322,7 +322,11 @@ mod tests {
             .downcast_ref::<BooleanArray>()
             .unwrap()
             .clone();
-        assert!(flags.value(150), "the spike is flagged: {}", scores.value(150));
+        assert!(
+            flags.value(150),
+            "the spike is flagged: {}",
+            scores.value(150)
+        );
         assert!(events.iter().any(|e| matches!(e, AlertEvent::Opened(_))));
 
         let mut first = StageState::default();
@@ -343,7 +347,11 @@ mod tests {
                     .to_vec()
             })
             .collect();
-        assert_eq!(resumed, scores.values().to_vec(), "bit-identical after restore");
+        assert_eq!(
+            resumed,
+            scores.values().to_vec(),
+            "bit-identical after restore"
+        );
         assert_eq!(ev, events);
     }
 
@@ -354,9 +362,13 @@ mod tests {
         c.value = "service".into();
         c.time = "nope".into();
         let errs = output_schema(&schema, &c).unwrap_err();
-        assert!(errs.contains(&StageError::MissingColumn("nope".into())), "{errs:?}");
         assert!(
-            errs.iter().any(|e| matches!(e, StageError::ValueType { .. })),
+            errs.contains(&StageError::MissingColumn("nope".into())),
+            "{errs:?}"
+        );
+        assert!(
+            errs.iter()
+                .any(|e| matches!(e, StageError::ValueType { .. })),
             "{errs:?}"
         );
     }

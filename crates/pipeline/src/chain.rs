@@ -236,9 +236,10 @@ impl Chain {
                             message: e.to_string(),
                         })?;
                     if a.config.alerts.is_some() {
-                        let rows = ymera_anomaly::stage::alerts_batch(name, &events).map_err(
-                            |e| TransformError::Internal(format!("stage `{name}`: {e}")),
-                        )?;
+                        let rows =
+                            ymera_anomaly::stage::alerts_batch(name, &events).map_err(|e| {
+                                TransformError::Internal(format!("stage `{name}`: {e}"))
+                            })?;
                         outputs.tables.push((alerts_output(name), rows));
                     }
                     alerts.extend(events.into_iter().map(|event| StageAlert {
@@ -272,12 +273,11 @@ impl Chain {
                         stage: stage.name.clone(),
                         message: first_line(e),
                     })?;
-                    let batch = concat_batches(&schema, &batches).map_err(|e| {
-                        TransformError::Execute {
+                    let batch =
+                        concat_batches(&schema, &batches).map_err(|e| TransformError::Execute {
                             stage: stage.name.clone(),
                             message: e.to_string(),
-                        }
-                    })?;
+                        })?;
                     register(&self.ctx, &stage.name, batch.clone())?;
                     outputs.tables.push((stage.name.clone(), batch));
                 }

@@ -153,10 +153,7 @@ mod tests {
     fn object_names_parse_back() {
         let tp = ("metric-events".to_string(), 3);
         let path = object("p", &tp, 42);
-        assert_eq!(
-            path,
-            "_state/p/metric-events+3+00000000000000000042.json"
-        );
+        assert_eq!(path, "_state/p/metric-events+3+00000000000000000042.json");
         assert_eq!(parse(&path), Some((tp, 42)));
     }
 

@@ -106,7 +106,9 @@ mod tests {
                 let n = s.read(&mut buf).await.unwrap();
                 got.extend_from_slice(&buf[..n]);
             }
-            s.write_all(b"HTTP/1.1 204 No Content\r\n\r\n").await.unwrap();
+            s.write_all(b"HTTP/1.1 204 No Content\r\n\r\n")
+                .await
+                .unwrap();
             String::from_utf8_lossy(&got).to_string()
         });
         post(

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
+use ymera_anomaly::alerts::AlertEvent;
 use ymera_common::health::Health;
 use ymera_ingest::decode::{JsonDecoder, UnknownFields};
 use ymera_ingest::kafka::{
@@ -23,7 +24,6 @@ use ymera_ingest::kafka::{
 };
 use ymera_ingest::produce::Producer;
 use ymera_lake::{Lake, SegmentId, TableWriter, ledger};
-use ymera_anomaly::alerts::AlertEvent;
 use ymera_transform::INPUT;
 use ymera_warehouse::Warehouse;
 
@@ -1114,7 +1114,10 @@ impl Runner {
             if st.notified.contains(&n.alert_id) {
                 continue;
             }
-            let Some(stage) = self.chain.anomaly_stages().find(|a| a.config.name == n.stage)
+            let Some(stage) = self
+                .chain
+                .anomaly_stages()
+                .find(|a| a.config.name == n.stage)
             else {
                 continue;
             };
@@ -1131,19 +1134,36 @@ impl Runner {
                         Ok(Err(e)) => e.to_string(),
                         _ => "timed out".to_string(),
                     };
-                    warn!(pipeline = name, alert_topic = topic, alert_id = n.alert_id, error, "cannot send an alert to its topic; retrying after the next commit");
+                    warn!(
+                        pipeline = name,
+                        alert_topic = topic,
+                        alert_id = n.alert_id,
+                        error,
+                        "cannot send an alert to its topic; retrying after the next commit"
+                    );
                     ok = false;
                 }
             }
             if let (true, Some((url, timeout))) = (ok, &stage.notify.webhook)
                 && let Err(error) = crate::notify::post(url, &body, *timeout).await
             {
-                warn!(pipeline = name, alert_id = n.alert_id, error, "cannot post an alert to its webhook; retrying after the next commit");
+                warn!(
+                    pipeline = name,
+                    alert_id = n.alert_id,
+                    error,
+                    "cannot post an alert to its webhook; retrying after the next commit"
+                );
                 ok = false;
             }
             if ok {
                 if !stage.notify.is_empty() {
-                    info!(pipeline = name, stage = n.stage, alert_id = n.alert_id, key = n.key, "alert notified");
+                    info!(
+                        pipeline = name,
+                        stage = n.stage,
+                        alert_id = n.alert_id,
+                        key = n.key,
+                        "alert notified"
+                    );
                 }
                 st.notified.push_back(n.alert_id.clone());
                 while st.notified.len() > checkpoint::NOTIFIED {

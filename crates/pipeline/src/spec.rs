@@ -201,7 +201,10 @@ pub struct WebhookSpec {
     /// `http://host[:port]/path` (plain HTTP only).
     pub url: String,
     /// How long one attempt may take (default 5s).
-    #[serde(default = "default_webhook_timeout", with = "ymera_common::units::duration")]
+    #[serde(
+        default = "default_webhook_timeout",
+        with = "ymera_common::units::duration"
+    )]
     pub timeout: Duration,
 }
 

@@ -6,10 +6,10 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use arrow::datatypes::{DataType, SchemaRef, TimeUnit};
+use ymera_anomaly::stage::StageError;
 use ymera_common::FieldType;
 use ymera_common::schema::{DeclaredField, arrow_schema};
 use ymera_lake::TableSpec;
-use ymera_anomaly::stage::StageError;
 use ymera_transform::{INPUT, Stage, Transform};
 
 use crate::chain::{AnomalyStage, Chain, Notify, Step};
@@ -222,7 +222,10 @@ pub async fn check(loaded: &mut Loaded) -> Option<Pipeline> {
                     sql: sql.clone(),
                 }),
             )),
-            (None, Some(a)) => steps.push((i, Step::Anomaly(anomaly_stage(loaded, i, &t.name, a, &previous)))),
+            (None, Some(a)) => steps.push((
+                i,
+                Step::Anomaly(anomaly_stage(loaded, i, &t.name, a, &previous)),
+            )),
             _ => loaded.error_at(
                 &format!("transforms[{i}]"),
                 "a stage is exactly one of: `sql`, `anomaly`",
@@ -482,17 +485,26 @@ pub async fn check(loaded: &mut Loaded) -> Option<Pipeline> {
     for (i, step) in &steps {
         let (Step::Anomaly(a), Some(alerts)) = (
             step,
-            spec.transforms[*i].anomaly.as_ref().and_then(|a| a.alerts.as_ref()),
+            spec.transforms[*i]
+                .anomaly
+                .as_ref()
+                .and_then(|a| a.alerts.as_ref()),
         ) else {
             continue;
         };
         let at = format!("transforms[{i}].anomaly.alerts.table");
         if !is_ident(&alerts.table) {
-            loaded.error_at(&at, format!("table name `{}` must match [a-z0-9_]+", alerts.table));
+            loaded.error_at(
+                &at,
+                format!("table name `{}` must match [a-z0-9_]+", alerts.table),
+            );
             continue;
         }
         if !tables.insert(alerts.table.clone()) {
-            loaded.error_at(&at, format!("table `{}` is written by two sinks", alerts.table));
+            loaded.error_at(
+                &at,
+                format!("table `{}` is written by two sinks", alerts.table),
+            );
             continue;
         }
         sinks.push(Sink {
@@ -644,19 +656,28 @@ fn anomaly_stage(
     let at = format!("transforms[{i}].anomaly");
     let d = &a.detector;
     if d.detectors.is_empty() {
-        loaded.error_at(&format!("{at}.detector.detectors"), "at least one detector is required");
+        loaded.error_at(
+            &format!("{at}.detector.detectors"),
+            "at least one detector is required",
+        );
     }
     if !(d.threshold > 0.0 && d.threshold <= 1.0) {
         loaded.error_at(
             &format!("{at}.detector.threshold"),
-            format!("threshold {} must be in (0, 1] (scores are in [0, 1])", d.threshold),
+            format!(
+                "threshold {} must be in (0, 1] (scores are in [0, 1])",
+                d.threshold
+            ),
         );
     }
     let mut notify = Notify::default();
     let rules = a.alerts.as_ref().map(|al| {
         if let Some(t) = &al.topic {
             if t.trim().is_empty() {
-                loaded.error_at(&format!("{at}.alerts.topic"), "alerts topic must not be empty");
+                loaded.error_at(
+                    &format!("{at}.alerts.topic"),
+                    "alerts topic must not be empty",
+                );
             }
             notify.topic = Some(t.clone());
         }
