@@ -80,7 +80,10 @@ impl FromStr for Kind {
             .find(|k| k.name() == s)
             .ok_or_else(|| {
                 let names: Vec<&str> = Kind::ALL.iter().map(|k| k.name()).collect();
-                format!("unknown detector `{s}`: expected one of {}", names.join(", "))
+                format!(
+                    "unknown detector `{s}`: expected one of {}",
+                    names.join(", ")
+                )
             })
     }
 }
@@ -398,12 +401,9 @@ impl Detector {
                         .seasonal
                         .as_mut()
                         .map_or(0.0, |d| d.step(&self.cfg.seasonal, ts, value, floor, fresh)),
-                    Kind::Changepoint => self
-                        .changepoint
-                        .as_mut()
-                        .map_or(0.0, |d| {
-                            d.step(&self.cfg.changepoint, value, season, floor, fresh)
-                        }),
+                    Kind::Changepoint => self.changepoint.as_mut().map_or(0.0, |d| {
+                        d.step(&self.cfg.changepoint, value, season, floor, fresh)
+                    }),
                     Kind::IsolationForest => self.iforest.as_mut().map_or(0.0, |d| {
                         d.step(&self.cfg.isolation_forest, value, fresh, warming)
                     }),
@@ -534,7 +534,9 @@ fn robust_stats<'a>(
         let lo_i = (tail_q * (n - 1) as f64).floor() as usize;
         let hi_i = ((1.0 - tail_q) * (n - 1) as f64).ceil() as usize;
         let lo = *scratch.select_nth_unstable_by(lo_i, f64::total_cmp).1;
-        let hi = *scratch.select_nth_unstable_by(hi_i.min(n - 1), f64::total_cmp).1;
+        let hi = *scratch
+            .select_nth_unstable_by(hi_i.min(n - 1), f64::total_cmp)
+            .1;
         scale = (hi - lo) / (2.0 * inv_normal_upper(tail_q));
     }
     for v in scratch.iter_mut() {
@@ -551,7 +553,7 @@ fn inv_normal_upper(q: f64) -> f64 {
         -3.969683028665376e1,
         2.209460984245205e2,
         -2.759285104469687e2,
-        1.383577518672690e2,
+        1.38357751867269e2,
         -3.066479806614716e1,
         2.506628277459239,
     ];
@@ -626,7 +628,12 @@ impl RobustZ {
         };
         let r = x - level;
         let ready = self.innovations.len() >= MIN_INNOVATIONS;
-        let (med, scale) = robust_stats(&self.innovations, cfg.tail_quantile, floor, &mut self.scratch);
+        let (med, scale) = robust_stats(
+            &self.innovations,
+            cfg.tail_quantile,
+            floor,
+            &mut self.scratch,
+        );
         let score = if ready {
             calibrate(((r - med) / scale).abs() / cfg.z_alarm)
         } else {
@@ -705,8 +712,12 @@ impl Changepoint {
         let (med, mut scale) =
             robust_stats(&self.reference, cfg.tail_quantile, floor, &mut self.scratch);
         if cfg.long_window > 0 && self.deviations.len() >= MIN_INNOVATIONS {
-            let (_, long) =
-                robust_stats(&self.deviations, cfg.long_tail_quantile, floor, &mut self.scratch);
+            let (_, long) = robust_stats(
+                &self.deviations,
+                cfg.long_tail_quantile,
+                floor,
+                &mut self.scratch,
+            );
             scale = scale.max(long);
         }
         let z = ((x - med) / scale).clamp(-cfg.z_clip, cfg.z_clip);
@@ -795,7 +806,8 @@ struct SeasonalModel {
 
 impl SeasonalModel {
     fn phase(&self, ts: i64) -> usize {
-        ts.div_euclid(self.step).rem_euclid(self.profile.len() as i64) as usize
+        ts.div_euclid(self.step)
+            .rem_euclid(self.profile.len() as i64) as usize
     }
 
     fn remember(&mut self, ts: i64, r: f64) {
@@ -838,8 +850,12 @@ impl Seasonal {
                 robust_stats(&m.innovations, cfg.tail_quantile, floor, &mut self.scratch);
             if cfg.phase_tolerance_secs > 0 {
                 let k = (cfg.phase_tolerance_secs as f64 / m.step as f64).round() as usize;
-                let (_, local) =
-                    robust_stats(m.near(phase, k), cfg.phase_tail_quantile, floor, &mut self.scratch);
+                let (_, local) = robust_stats(
+                    m.near(phase, k),
+                    cfg.phase_tail_quantile,
+                    floor,
+                    &mut self.scratch,
+                );
                 if self.scratch.len() >= MIN_INNOVATIONS {
                     scale = scale.max(local);
                 }
@@ -1149,7 +1165,10 @@ mod exact {
             T: FromIterator<f64>,
             D: Deserializer<'de>,
         {
-            Ok(Vec::<Exact>::deserialize(d)?.into_iter().map(|e| e.0).collect())
+            Ok(Vec::<Exact>::deserialize(d)?
+                .into_iter()
+                .map(|e| e.0)
+                .collect())
         }
     }
 
@@ -1157,11 +1176,16 @@ mod exact {
     pub(super) mod opt {
         use super::*;
 
-        pub(in super::super) fn serialize<S: Serializer>(v: &Option<f64>, s: S) -> Result<S::Ok, S::Error> {
+        pub(in super::super) fn serialize<S: Serializer>(
+            v: &Option<f64>,
+            s: S,
+        ) -> Result<S::Ok, S::Error> {
             v.map(Exact).serialize(s)
         }
 
-        pub(in super::super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
+        pub(in super::super) fn deserialize<'de, D: Deserializer<'de>>(
+            d: D,
+        ) -> Result<Option<f64>, D::Error> {
             Ok(Option::<Exact>::deserialize(d)?.map(|e| e.0))
         }
     }
@@ -1204,7 +1228,11 @@ mod tests {
         assert_eq!(out.len(), s.values.len(), "{name}: one score per row");
         let (mut inside, mut outside) = (Vec::new(), Vec::new());
         for (i, o) in out.iter().enumerate() {
-            assert!((0.0..=1.0).contains(&o.score), "{name}[{i}]: score {}", o.score);
+            assert!(
+                (0.0..=1.0).contains(&o.score),
+                "{name}[{i}]: score {}",
+                o.score
+            );
             assert_eq!(o.is_anomaly, o.score >= cfg.threshold);
             if o.is_anomaly {
                 let t = s.ts[i];
@@ -1223,7 +1251,12 @@ mod tests {
         // Row 296 is the labelled spike (CPU 13 % -> 76 %).
         for cfg in [DetectorConfig::default(), only(&[Kind::RobustZ])] {
             let (inside, outside) = detections(&cfg, SPIKE);
-            assert_eq!(inside.first(), Some(&296), "{:?}: {inside:?}", cfg.detectors);
+            assert_eq!(
+                inside.first(),
+                Some(&296),
+                "{:?}: {inside:?}",
+                cfg.detectors
+            );
             assert!(outside.is_empty(), "{:?}: {outside:?}", cfg.detectors);
         }
     }
@@ -1270,7 +1303,10 @@ mod tests {
         assert!(outside.is_empty(), "{outside:?}");
         // robust_z alone sees a normal low value.
         let (inside, _) = detections(&only(&[Kind::RobustZ]), DAILY);
-        assert!(!inside.iter().any(|i| (249..=252).contains(i)), "{inside:?}");
+        assert!(
+            !inside.iter().any(|i| (249..=252).contains(i)),
+            "{inside:?}"
+        );
     }
 
     #[test]
@@ -1283,7 +1319,8 @@ mod tests {
         }
         let why = d.not_ready();
         assert!(
-            why.iter().any(|(k, m)| *k == Kind::Seasonal && m.contains("two seasons")),
+            why.iter()
+                .any(|(k, m)| *k == Kind::Seasonal && m.contains("two seasons")),
             "{why:?}"
         );
         d.update(s.ts[47], s.values[47]);
@@ -1292,7 +1329,12 @@ mod tests {
 
     fn bits(out: &[Scored]) -> Vec<(u64, Vec<u64>)> {
         out.iter()
-            .map(|o| (o.score.to_bits(), o.parts.iter().map(|p| p.1.to_bits()).collect()))
+            .map(|o| {
+                (
+                    o.score.to_bits(),
+                    o.parts.iter().map(|p| p.1.to_bits()).collect(),
+                )
+            })
             .collect()
     }
 
@@ -1316,7 +1358,11 @@ mod tests {
                 (0..cut).map(|i| d.update(s.ts[i], s.values[i])).collect();
             let json = serde_json::to_string(&d).unwrap();
             let mut d: Detector = serde_json::from_str(&json).unwrap();
-            assert_eq!(serde_json::to_string(&d).unwrap(), json, "{name}: stable encoding");
+            assert_eq!(
+                serde_json::to_string(&d).unwrap(),
+                json,
+                "{name}: stable encoding"
+            );
             resumed.extend((cut..s.values.len()).map(|i| d.update(s.ts[i], s.values[i])));
             assert_eq!(bits(&resumed), bits(&once), "{name}");
             if name == DAILY {
@@ -1343,7 +1389,12 @@ mod tests {
             if i % 50 == 7 {
                 // A duplicate timestamp, an older one, and non-finite values: each gets a
                 // score, none changes what comes next.
-                for (t2, v2) in [(t, v + 50.0), (t - 3600, v), (t + 1, f64::NAN), (t + 1, f64::INFINITY)] {
+                for (t2, v2) in [
+                    (t, v + 50.0),
+                    (t - 3600, v),
+                    (t + 1, f64::NAN),
+                    (t + 1, f64::INFINITY),
+                ] {
                     let o = messy.update(t2, v2);
                     assert!((0.0..=1.0).contains(&o.score), "row {i}: {o:?}");
                     assert_eq!(o.parts.len(), Kind::ALL.len());
@@ -1384,7 +1435,10 @@ mod tests {
         assert!(e.to_string().contains("treshold"), "{e}");
         for k in Kind::ALL {
             assert_eq!(k.name().parse::<Kind>(), Ok(k));
-            assert_eq!(serde_json::to_string(&k).unwrap(), format!("\"{}\"", k.name()));
+            assert_eq!(
+                serde_json::to_string(&k).unwrap(),
+                format!("\"{}\"", k.name())
+            );
         }
         assert!("zscore".parse::<Kind>().unwrap_err().contains("robust_z"));
     }
@@ -1395,12 +1449,17 @@ mod tests {
         assert!((inv_normal_upper(0.005) - 2.575_829).abs() < 1e-5);
         let mut scratch = Vec::new();
         // Normal-ish sample: MAD and quantile spread agree on σ ≈ 1.
-        let upper: Vec<f64> = (1..500).map(|i| inv_normal_upper(i as f64 / 1000.0)).collect();
+        let upper: Vec<f64> = (1..500)
+            .map(|i| inv_normal_upper(i as f64 / 1000.0))
+            .collect();
         let sample: Vec<f64> = upper.iter().flat_map(|v| [*v, -v]).chain([0.0]).collect();
         let (med, scale) = robust_stats(&sample, 0.01, 0.0, &mut scratch);
         assert!(med == 0.0 && (scale - 1.0).abs() < 0.05, "{med} {scale}");
         // Constant sample: the floor.
-        assert_eq!(robust_stats(&[3.0; 20], 0.01, 0.5, &mut scratch), (3.0, 0.5));
+        assert_eq!(
+            robust_stats(&[3.0; 20], 0.01, 0.5, &mut scratch),
+            (3.0, 0.5)
+        );
         assert_eq!(calibrate(1.0), 0.5);
         assert_eq!(calibrate(f64::INFINITY), 1.0);
         assert_eq!(calibrate(f64::NAN), 0.0);
@@ -1409,7 +1468,10 @@ mod tests {
     #[test]
     fn exact_floats_round_trip_through_json() {
         let mut d = RobustZ::default();
-        for (i, v) in [0.1, 1.0 / 3.0, 9.826906946328695e2, 5.8708966719419204e-5].iter().enumerate() {
+        for (i, v) in [0.1, 1.0 / 3.0, 9.826906946328695e2, 5.8708966719419204e-5]
+            .iter()
+            .enumerate()
+        {
             d.innovations.push_back(*v * (i + 1) as f64);
         }
         d.level = Some(std::f64::consts::PI);
@@ -1419,7 +1481,8 @@ mod tests {
         let a: Vec<u64> = d.innovations.iter().map(|v| v.to_bits()).collect();
         assert_eq!(a, b);
         // Hand-written numbers are accepted too.
-        let r: RobustZ = serde_json::from_str(r#"{"level": 2.5, "innovations": [1, "0.5"]}"#).unwrap();
+        let r: RobustZ =
+            serde_json::from_str(r#"{"level": 2.5, "innovations": [1, "0.5"]}"#).unwrap();
         assert_eq!(r.level, Some(2.5));
         assert_eq!(r.innovations, [1.0, 0.5]);
     }

@@ -77,7 +77,11 @@ impl From<&nab::CorpusScore> for CorpusLine {
 /// period unless the config sets one), writes `scores_out/<same relative path>` with
 /// `timestamp,value,anomaly_score` when asked, and scores the corpus against
 /// `dir/labels/combined_windows.json` with NAB's standard profile.
-pub fn eval_dir(dir: &Path, cfg: &DetectorConfig, scores_out: Option<&Path>) -> Result<EvalReport, String> {
+pub fn eval_dir(
+    dir: &Path,
+    cfg: &DetectorConfig,
+    scores_out: Option<&Path>,
+) -> Result<EvalReport, String> {
     let data = dir.join("data");
     let mut paths = Vec::new();
     collect_csv(&data, &mut paths)?;
@@ -108,12 +112,8 @@ pub fn eval_dir(dir: &Path, cfg: &DetectorConfig, scores_out: Option<&Path>) -> 
                 .zip(&scores)
                 .map(|((&t, v), s)| format!("{},{v},{s}", format_ts(t)))
                 .collect();
-            write_csv(
-                &root.join(&name),
-                "timestamp,value,anomaly_score",
-                &rows,
-            )
-            .map_err(|e| e.to_string())?;
+            write_csv(&root.join(&name), "timestamp,value,anomaly_score", &rows)
+                .map_err(|e| e.to_string())?;
         }
         let (windows, labelled) = match labels.get(&name) {
             Some(w) => (w.clone(), true),
@@ -157,8 +157,7 @@ pub fn eval_dir(dir: &Path, cfg: &DetectorConfig, scores_out: Option<&Path>) -> 
                 .windows
                 .iter()
                 .filter(|&&(a, b)| {
-                    s.ts
-                        .iter()
+                    s.ts.iter()
                         .enumerate()
                         .any(|(i, &t)| t >= a && t <= b && hit(i))
                 })
@@ -171,7 +170,10 @@ pub fn eval_dir(dir: &Path, cfg: &DetectorConfig, scores_out: Option<&Path>) -> 
                 detections,
                 windows_hit,
                 raw: f.raw,
-                raw_optimised: optimised_raw.get(s.name.as_str()).copied().unwrap_or(f64::NAN),
+                raw_optimised: optimised_raw
+                    .get(s.name.as_str())
+                    .copied()
+                    .unwrap_or(f64::NAN),
             }
         })
         .collect();
@@ -206,7 +208,10 @@ fn collect_csv(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), String> {
             .map_err(|e| format!("{}: {e}", path.display()))?;
         if kind.is_dir() {
             collect_csv(&path, out)?;
-        } else if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("csv")) {
+        } else if path
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("csv"))
+        {
             out.push(path);
         }
     }
@@ -275,7 +280,11 @@ mod tests {
         assert_eq!(r.own.threshold, cfg.threshold);
         assert_eq!(r.own.perfect, 3.0);
         assert!(r.own.normalised > 50.0, "{:?}", r.own);
-        assert!(r.optimised.normalised >= r.own.normalised - 1e-9, "{:?}", r.optimised);
+        assert!(
+            r.optimised.normalised >= r.own.normalised - 1e-9,
+            "{:?}",
+            r.optimised
+        );
     }
 
     #[test]
@@ -284,13 +293,20 @@ mod tests {
         let e = eval_dir(empty.path(), &DetectorConfig::default(), None).unwrap_err();
         assert!(e.contains("data"), "{e}");
         std::fs::create_dir_all(empty.path().join("data/x")).unwrap();
-        std::fs::write(empty.path().join("data/x/a.csv"), "timestamp,value\n2024-01-01 00:00:00,1\n")
-            .unwrap();
+        std::fs::write(
+            empty.path().join("data/x/a.csv"),
+            "timestamp,value\n2024-01-01 00:00:00,1\n",
+        )
+        .unwrap();
         let e = eval_dir(empty.path(), &DetectorConfig::default(), None).unwrap_err();
         assert!(e.contains("combined_windows.json"), "{e}");
         std::fs::create_dir_all(empty.path().join("labels")).unwrap();
         std::fs::write(empty.path().join(LABELS), "{}").unwrap();
-        std::fs::write(empty.path().join("data/x/b.csv"), "timestamp,value\nyesterday,1\n").unwrap();
+        std::fs::write(
+            empty.path().join("data/x/b.csv"),
+            "timestamp,value\nyesterday,1\n",
+        )
+        .unwrap();
         let e = eval_dir(empty.path(), &DetectorConfig::default(), None).unwrap_err();
         assert!(e.contains("b.csv:2"), "{e}");
     }

@@ -136,13 +136,23 @@ mod tests {
 
     #[test]
     fn flags_parse_into_a_config() {
-        let cli = Cli::try_parse_from(["eval", "d", "--detectors", "seasonal,changepoint", "--threshold", "0.6"])
-            .unwrap();
+        let cli = Cli::try_parse_from([
+            "eval",
+            "d",
+            "--detectors",
+            "seasonal,changepoint",
+            "--threshold",
+            "0.6",
+        ])
+        .unwrap();
         let cfg = config(&cli.args).unwrap();
         assert_eq!(cfg.detectors, [Kind::Seasonal, Kind::Changepoint]);
         assert_eq!(cfg.threshold, 0.6);
         let cli = Cli::try_parse_from(["eval", "d"]).unwrap();
-        assert_eq!(config(&cli.args).unwrap().detectors, DetectorConfig::default().detectors);
+        assert_eq!(
+            config(&cli.args).unwrap().detectors,
+            DetectorConfig::default().detectors
+        );
         let e = Cli::try_parse_from(["eval", "d", "--detectors", "zscore"]).unwrap_err();
         assert!(e.to_string().contains("robust_z"), "{e}");
         let cli = Cli::try_parse_from(["eval", "d", "--threshold", "2"]).unwrap();
@@ -162,13 +172,27 @@ mod tests {
         };
         let text = eval_anomaly(&args).unwrap();
         assert!(text.contains("5 files, 3 windows"), "{text}");
-        assert!(text.contains("realAWSCloudwatch/ec2_cpu_utilization_ac20cd_shift.csv"), "{text}");
-        assert!(text.contains("scored with no windows") && text.contains("generated/unlabelled_noise.csv"));
-        assert!(text.contains("at the own threshold 0.5;") && text.contains("at the optimised threshold"));
+        assert!(
+            text.contains("realAWSCloudwatch/ec2_cpu_utilization_ac20cd_shift.csv"),
+            "{text}"
+        );
+        assert!(
+            text.contains("scored with no windows")
+                && text.contains("generated/unlabelled_noise.csv")
+        );
+        assert!(
+            text.contains("at the own threshold 0.5;")
+                && text.contains("at the optimised threshold")
+        );
         assert!(out.join("generated/unlabelled_noise.csv").is_file());
         std::fs::remove_dir_all(&out).unwrap();
 
-        let json = eval_anomaly(&EvalAnomalyArgs { json: true, scores_out: None, ..args }).unwrap();
+        let json = eval_anomaly(&EvalAnomalyArgs {
+            json: true,
+            scores_out: None,
+            ..args
+        })
+        .unwrap();
         let v: serde_json::Value = serde_json::from_str(&json).unwrap();
         assert_eq!(v["files"].as_array().map(Vec::len), Some(5));
         assert_eq!(v["own"]["threshold"], 0.5);
