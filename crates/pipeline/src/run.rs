@@ -204,11 +204,12 @@ impl Resolver for SinkResolver {
                     .map_err(|e| e.to_string())?,
                 None => HashMap::new(),
             };
+            let starts: HashMap<TopicPartition, Option<i64>> = {
             let mut held = self
                 .held
                 .lock()
                 .map_err(|_| "internal: poisoned lock".to_string())?;
-            let starts: HashMap<TopicPartition, Option<i64>> = partitions
+            partitions
                 .iter()
                 .map(|tp| {
                     let h = Held {
@@ -239,8 +240,8 @@ impl Resolver for SinkResolver {
                     };
                     (tp.clone(), start)
                 })
-                .collect();
-            drop(held);
+                .collect()
+            };
             if !self.stateful {
                 return Ok(starts);
             }
