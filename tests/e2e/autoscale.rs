@@ -53,7 +53,10 @@ fn regime_change(service: &str, now: i64) -> Vec<(Vec<u8>, Vec<u8>)> {
 
 fn get(port: u16, path: &str, token: Option<&str>) -> (u16, Value) {
     let (s, body) = http(port, "GET", path, token, None).expect("request");
-    (s, serde_json::from_str(&body).unwrap_or(Value::String(body)))
+    (
+        s,
+        serde_json::from_str(&body).unwrap_or(Value::String(body)),
+    )
 }
 
 #[test]
@@ -76,10 +79,22 @@ fn forecast_endpoint_serves_fresh_forecasts_and_falls_back_on_stale_and_poor_dat
             format!("sqlite://{}/warehouse.db", work.path().display()).into(),
         ),
         ("YMERA__LOG__LEVEL".into(), "warn".into()),
-        ("YMERA__AUTH__ADMIN_KEY_FILE".into(), work.path().join("admin.key").into()),
-        ("YMERA__AUTOSCALE__SERVICES__API__CAPACITY_PER_REPLICA".into(), "70".into()),
-        ("YMERA__AUTOSCALE__SERVICES__API__MIN_REPLICAS".into(), "2".into()),
-        ("YMERA__AUTOSCALE__SERVICES__API__MAX_REPLICAS".into(), "20".into()),
+        (
+            "YMERA__AUTH__ADMIN_KEY_FILE".into(),
+            work.path().join("admin.key").into(),
+        ),
+        (
+            "YMERA__AUTOSCALE__SERVICES__API__CAPACITY_PER_REPLICA".into(),
+            "70".into(),
+        ),
+        (
+            "YMERA__AUTOSCALE__SERVICES__API__MIN_REPLICAS".into(),
+            "2".into(),
+        ),
+        (
+            "YMERA__AUTOSCALE__SERVICES__API__MAX_REPLICAS".into(),
+            "20".into(),
+        ),
         ("YMERA__AUTOSCALE__WINDOW".into(), "30d".into()),
     ];
     let rt = runtime();
@@ -89,20 +104,46 @@ fn forecast_endpoint_serves_fresh_forecasts_and_falls_back_on_stale_and_poor_dat
         &rt,
         &broker.bootstrap,
         &work.path().join("live"),
-        &["--live", "--days", "8", "--projects", "1", "--seed", "5", "--services", "api"],
+        &[
+            "--live",
+            "--days",
+            "8",
+            "--projects",
+            "1",
+            "--seed",
+            "5",
+            "--services",
+            "api",
+        ],
         &[("metric-events", "service")],
     );
     // stale: `billing`, three days that ended three days ago
-    let old_start = (Utc::now() - chrono::Duration::days(6)).format("%Y-%m-%d").to_string();
+    let old_start = (Utc::now() - chrono::Duration::days(6))
+        .format("%Y-%m-%d")
+        .to_string();
     produce_generated(
         &rt,
         &broker.bootstrap,
         &work.path().join("old"),
-        &["--start", &old_start, "--days", "3", "--projects", "1", "--services", "billing"],
+        &[
+            "--start",
+            &old_start,
+            "--days",
+            "3",
+            "--projects",
+            "1",
+            "--services",
+            "billing",
+        ],
         &[("metric-events", "service")],
     );
     // poor: a regime change in the last 12 hours
-    produce_to(&rt, &broker.bootstrap, "metric-events", &regime_change("flaky", now));
+    produce_to(
+        &rt,
+        &broker.bootstrap,
+        "metric-events",
+        &regime_change("flaky", now),
+    );
 
     let mut run = ymera()
         .args(["run", "--stop-when-idle", "4s"])
@@ -121,7 +162,11 @@ fn forecast_endpoint_serves_fresh_forecasts_and_falls_back_on_stale_and_poor_dat
             .envs(env.iter().map(|(k, v)| (k, v)))
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     };
     let autoscaler = key("autoscaler");
@@ -157,7 +202,10 @@ fn forecast_endpoint_serves_fresh_forecasts_and_falls_back_on_stale_and_poor_dat
     assert_eq!(body["fallback"]["active"], false, "{body:#}");
     // MSTL + AutoETS, or seasonal naive when that did better in the backtest
     let algorithm = body["model"]["algorithm"].as_str().unwrap().to_string();
-    assert!(["mstl+autoets", "seasonal_naive"].contains(&algorithm.as_str()), "{body:#}");
+    assert!(
+        ["mstl+autoets", "seasonal_naive"].contains(&algorithm.as_str()),
+        "{body:#}"
+    );
     let points = body["points"].as_array().unwrap();
     assert!((30..=31).contains(&points.len()), "{} points", points.len());
     let generated = DateTime::parse_from_rfc3339(body["generated_at"].as_str().unwrap())
@@ -166,7 +214,9 @@ fn forecast_endpoint_serves_fresh_forecasts_and_falls_back_on_stale_and_poor_dat
     // keda.value by hand: the highest hi80 (q = 0.9) among the points in [now, now + 5m]
     let mut by_hand = f64::NEG_INFINITY;
     for p in points {
-        let ts = DateTime::parse_from_rfc3339(p["ts"].as_str().unwrap()).unwrap().timestamp();
+        let ts = DateTime::parse_from_rfc3339(p["ts"].as_str().unwrap())
+            .unwrap()
+            .timestamp();
         assert!(ts >= generated && ts <= generated + 1800, "{p}");
         let (lo95, lo80, p50, hi80, hi95) = (
             p["lo95"].as_f64().unwrap(),
@@ -175,13 +225,19 @@ fn forecast_endpoint_serves_fresh_forecasts_and_falls_back_on_stale_and_poor_dat
             p["hi80"].as_f64().unwrap(),
             p["hi95"].as_f64().unwrap(),
         );
-        assert!(lo95 <= lo80 && lo80 <= p50 && p50 <= hi80 && hi80 <= hi95, "{p}");
+        assert!(
+            lo95 <= lo80 && lo80 <= p50 && p50 <= hi80 && hi80 <= hi95,
+            "{p}"
+        );
         if ts <= generated + 300 {
             by_hand = by_hand.max(hi80);
         }
     }
     let value = body["keda"]["value"].as_f64().unwrap();
-    assert!((value - by_hand).abs() < 1e-9, "keda.value {value} ≠ {by_hand}");
+    assert!(
+        (value - by_hand).abs() < 1e-9,
+        "keda.value {value} ≠ {by_hand}"
+    );
     // recommended_replicas = clamp(ceil(value / 70), 2, 20)
     let replicas = ((by_hand / 70.0).ceil() as u64).clamp(2, 20);
     assert_eq!(body["recommended_replicas"], replicas, "{body:#}");
@@ -201,12 +257,20 @@ fn forecast_endpoint_serves_fresh_forecasts_and_falls_back_on_stale_and_poor_dat
         .unwrap()
         .iter()
         .filter(|p| {
-            DateTime::parse_from_rfc3339(p["ts"].as_str().unwrap()).unwrap().timestamp()
-                <= DateTime::parse_from_rfc3339(b50["generated_at"].as_str().unwrap()).unwrap().timestamp() + 300
+            DateTime::parse_from_rfc3339(p["ts"].as_str().unwrap())
+                .unwrap()
+                .timestamp()
+                <= DateTime::parse_from_rfc3339(b50["generated_at"].as_str().unwrap())
+                    .unwrap()
+                    .timestamp()
+                    + 300
         })
         .map(|p| p["p50"].as_f64().unwrap())
         .fold(f64::NEG_INFINITY, f64::max);
-    assert!((b50["keda"]["value"].as_f64().unwrap() - p50_max).abs() < 1e-9, "{b50:#}");
+    assert!(
+        (b50["keda"]["value"].as_f64().unwrap() - p50_max).abs() < 1e-9,
+        "{b50:#}"
+    );
     // a bad parameter is a 400 naming it
     let (s, body) = get(port, &path.replace("q=0.9", "q=0.7"), Some(&autoscaler));
     assert_eq!(s, 400);
@@ -224,7 +288,10 @@ fn forecast_endpoint_serves_fresh_forecasts_and_falls_back_on_stale_and_poor_dat
         &std::fs::read_to_string(lake.join("_models/load-api-rps/1/artifact.json")).unwrap(),
     )
     .unwrap();
-    assert_eq!(artifact["estimator"]["recipe"]["step_seconds"], 300, "{artifact:#}");
+    assert_eq!(
+        artifact["estimator"]["recipe"]["step_seconds"], 300,
+        "{artifact:#}"
+    );
     assert_eq!(
         artifact["estimator"]["recipe"]["content_sha256"],
         manifest["lineage"]["content_sha256"]
@@ -237,7 +304,10 @@ fn forecast_endpoint_serves_fresh_forecasts_and_falls_back_on_stale_and_poor_dat
     let reason = body["fallback"]["reason"].as_str().unwrap();
     assert!(reason.starts_with("stale"), "{reason}");
     assert_eq!(body["keda"]["value"], body["observed"]["value"], "{body:#}");
-    assert!(body["recommended_replicas"].is_null(), "billing has no capacity setting");
+    assert!(
+        body["recommended_replicas"].is_null(),
+        "billing has no capacity setting"
+    );
 
     // --- poor data: recent MASE ≥ 1
     let (s, body) = get(port, &path.replace("/api/", "/flaky/"), Some(&autoscaler));
@@ -251,7 +321,13 @@ fn forecast_endpoint_serves_fresh_forecasts_and_falls_back_on_stale_and_poor_dat
     let (s, body) = get(port, &path.replace("/api/", "/nobody/"), Some(&autoscaler));
     assert_eq!(s, 200, "{body}");
     assert_eq!(body["fallback"]["active"], true, "{body:#}");
-    assert!(body["fallback"]["reason"].as_str().unwrap().contains("no `requests_per_s` samples"), "{body:#}");
+    assert!(
+        body["fallback"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("no `requests_per_s` samples"),
+        "{body:#}"
+    );
 
     let _ = serve.kill();
     let _ = serve.wait();

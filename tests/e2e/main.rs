@@ -6,8 +6,8 @@
 // Test helpers are `pub` for sibling modules only.
 #![allow(unreachable_pub)]
 
-mod autoscale;
 mod anomaly;
+mod autoscale;
 mod cli;
 mod dlq;
 mod exactly_once;

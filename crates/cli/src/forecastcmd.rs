@@ -104,7 +104,9 @@ fn run_forecast(name: String, grid: Regular, horizon: usize) -> Result<Run, Stri
             None
         }
     };
-    let scale = backtest.as_ref().map_or((1.0, 1.0), forecast::interval_scale);
+    let scale = backtest
+        .as_ref()
+        .map_or((1.0, 1.0), forecast::interval_scale);
     let plan = forecast::plan(grid.values.len(), per_day);
     let f = forecast::fit_planned(&grid.values, plan, horizon, scale).map_err(|e| e.to_string())?;
     notes.extend(f.plan.notes.iter().cloned());
@@ -247,7 +249,12 @@ fn plot(path: &Path, run: &Run) -> Result<(), String> {
         .collect();
     let fx = |i: usize| hours(i as i64);
     let (mut lo, mut hi) = (f64::INFINITY, f64::NEG_INFINITY);
-    for v in hist.iter().map(|p| p.1).chain(b.lo95.iter().copied()).chain(b.hi95.iter().copied()) {
+    for v in hist
+        .iter()
+        .map(|p| p.1)
+        .chain(b.lo95.iter().copied())
+        .chain(b.hi95.iter().copied())
+    {
         lo = lo.min(v);
         hi = hi.max(v);
     }
@@ -290,12 +297,18 @@ fn plot(path: &Path, run: &Run) -> Result<(), String> {
         poly
     };
     chart
-        .draw_series(std::iter::once(Polygon::new(band(&b.lo95, &b.hi95), BLUE.mix(0.12))))
+        .draw_series(std::iter::once(Polygon::new(
+            band(&b.lo95, &b.hi95),
+            BLUE.mix(0.12),
+        )))
         .map_err(|e| err(&e))?
         .label("95% interval")
         .legend(|(x, y)| Rectangle::new([(x, y - 5), (x + 16, y + 5)], BLUE.mix(0.12).filled()));
     chart
-        .draw_series(std::iter::once(Polygon::new(band(&b.lo80, &b.hi80), BLUE.mix(0.25))))
+        .draw_series(std::iter::once(Polygon::new(
+            band(&b.lo80, &b.hi80),
+            BLUE.mix(0.25),
+        )))
         .map_err(|e| err(&e))?
         .label("80% interval")
         .legend(|(x, y)| Rectangle::new([(x, y - 5), (x + 16, y + 5)], BLUE.mix(0.25).filled()));
@@ -379,7 +392,11 @@ fn csv_files(dir: &Path) -> Result<Vec<PathBuf>, String> {
 
 fn eval_forecast_blocking(args: &EvalForecastArgs) -> Result<String, String> {
     let data = args.dir.join("data");
-    let root = if data.is_dir() { data } else { args.dir.clone() };
+    let root = if data.is_dir() {
+        data
+    } else {
+        args.dir.clone()
+    };
     let files = csv_files(&root)?;
     if files.is_empty() {
         return Err(format!("no CSV files under {}", root.display()));
@@ -431,7 +448,11 @@ fn eval_forecast_blocking(args: &EvalForecastArgs) -> Result<String, String> {
             }
         }
     }
-    let geo = if counted > 0 { (log_rel / counted as f64).exp() } else { f64::NAN };
+    let geo = if counted > 0 {
+        (log_rel / counted as f64).exp()
+    } else {
+        f64::NAN
+    };
     if args.json {
         return Ok(format!(
             "{}\n",

@@ -419,11 +419,13 @@ fn main() -> ExitCode {
             Command::Train { spec } => modelscmd::train_cmd(&settings, &spec).await,
             Command::Serve => modelscmd::serve(&settings).await,
             Command::Forecast(args) => forecastcmd::forecast_cmd(&settings, args).await,
-            Command::SimulateScaling(args) => blocking_report(move || {
-                let mut f = forecastcmd::MstlForecaster::new(args.refit_steps, 15 * 288);
-                simcmd::simulate_scaling(&args, &mut f)
-            })
-            .await,
+            Command::SimulateScaling(args) => {
+                blocking_report(move || {
+                    let mut f = forecastcmd::MstlForecaster::new(args.refit_steps, 15 * 288);
+                    simcmd::simulate_scaling(&args, &mut f)
+                })
+                .await
+            }
             Command::Eval {
                 action: EvalAction::Anomaly(args),
             } => blocking_report(move || evalcmd::eval_anomaly(&args)).await,

@@ -276,8 +276,7 @@ pub fn regularize(s: &Series, step: Option<i64>) -> Result<Regular, SeriesError>
 /// Writes `header` then one line per row.
 pub fn write_csv(path: &Path, header: &str, rows: &[String]) -> Result<(), SeriesError> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| SeriesError(format!("{}: {e}", dir.display())))?;
+        std::fs::create_dir_all(dir).map_err(|e| SeriesError(format!("{}: {e}", dir.display())))?;
     }
     let mut text = String::with_capacity(rows.len() * 48 + header.len() + 1);
     text.push_str(header);
@@ -295,15 +294,23 @@ mod tests {
 
     #[test]
     fn reads_nab_csv_and_names_bad_lines() {
-        let s = parse_csv("a.csv", "timestamp,value\n2014-02-14 14:30:00,1.5\n2014-02-14 14:35:00,2\n")
-            .unwrap();
+        let s = parse_csv(
+            "a.csv",
+            "timestamp,value\n2014-02-14 14:30:00,1.5\n2014-02-14 14:35:00,2\n",
+        )
+        .unwrap();
         assert_eq!(s.values, vec![1.5, 2.0]);
         assert_eq!(format_ts(s.ts[0]), "2014-02-14 14:30:00");
-        let e = parse_csv("a.csv", "timestamp,value\n2014-02-14 14:30:00,1\n2014-02-14 14:35:00,NaN\n")
+        let e = parse_csv(
+            "a.csv",
+            "timestamp,value\n2014-02-14 14:30:00,1\n2014-02-14 14:35:00,NaN\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("a.csv:3") && e.contains("row index 1"), "{e}");
+        let e = parse_csv("a.csv", "timestamp,value\nyesterday,1\n")
             .unwrap_err()
             .to_string();
-        assert!(e.contains("a.csv:3") && e.contains("row index 1"), "{e}");
-        let e = parse_csv("a.csv", "timestamp,value\nyesterday,1\n").unwrap_err().to_string();
         assert!(e.contains("a.csv:2") && e.contains("yesterday"), "{e}");
         let e = parse_csv("a.csv", "ts,v\n").unwrap_err().to_string();
         assert!(e.contains("a.csv:1"), "{e}");
@@ -327,6 +334,11 @@ mod tests {
                 out_of_order: 0
             }
         );
-        assert!(check_finite(&[1.0, f64::INFINITY], "values").unwrap_err().to_string().contains("values[1]"));
+        assert!(
+            check_finite(&[1.0, f64::INFINITY], "values")
+                .unwrap_err()
+                .to_string()
+                .contains("values[1]")
+        );
     }
 }

@@ -165,7 +165,11 @@ fn model_err(what: &str, e: impl std::fmt::Display) -> ModelError {
 }
 
 /// Fits the planned model on `values` (a regular grid) and forecasts `horizon` steps.
-pub fn fit_forecast(values: &[f64], per_day: usize, horizon: usize) -> Result<Forecast, ModelError> {
+pub fn fit_forecast(
+    values: &[f64],
+    per_day: usize,
+    horizon: usize,
+) -> Result<Forecast, ModelError> {
     let plan = plan(values.len(), per_day);
     fit_planned(values, plan, horizon, (1.0, 1.0))
 }
@@ -191,9 +195,12 @@ pub fn fit_planned(
     }
     let mut bands = match plan.model.as_str() {
         "mstl+autoets" => {
-            let fit = MSTLModel::new(plan.periods.clone(), AutoETS::non_seasonal().into_trend_model())
-                .fit(values)
-                .map_err(|e| model_err("MSTL", e))?;
+            let fit = MSTLModel::new(
+                plan.periods.clone(),
+                AutoETS::non_seasonal().into_trend_model(),
+            )
+            .fit(values)
+            .map_err(|e| model_err("MSTL", e))?;
             predict_bands(&fit, horizon)?
         }
         "autoets" => {
@@ -202,7 +209,9 @@ pub fn fit_planned(
                 .map_err(|e| model_err("AutoETS", e))?;
             predict_bands(&fit, horizon)?
         }
-        "seasonal_naive" => seasonal_naive(values, plan.periods.first().copied().unwrap_or(0), horizon),
+        "seasonal_naive" => {
+            seasonal_naive(values, plan.periods.first().copied().unwrap_or(0), horizon)
+        }
         _ => naive_last(values, horizon),
     };
     bands.scale_intervals(interval_scale.0, interval_scale.1);
@@ -216,10 +225,16 @@ fn predict_bands<P: Predict>(fit: &P, horizon: usize) -> Result<Bands, ModelErro
 where
     P::Error: std::fmt::Display,
 {
-    let f80 = fit.predict(horizon, 0.8).map_err(|e| model_err("forecast", e))?;
-    let f95 = fit.predict(horizon, 0.95).map_err(|e| model_err("forecast", e))?;
+    let f80 = fit
+        .predict(horizon, 0.8)
+        .map_err(|e| model_err("forecast", e))?;
+    let f95 = fit
+        .predict(horizon, 0.95)
+        .map_err(|e| model_err("forecast", e))?;
     let (Some(i80), Some(i95)) = (f80.intervals, f95.intervals) else {
-        return Err(ModelError::Model("the model gave no prediction intervals".into()));
+        return Err(ModelError::Model(
+            "the model gave no prediction intervals".into(),
+        ));
     };
     let bands = Bands {
         p50: f80.point,
@@ -228,8 +243,16 @@ where
         lo95: i95.lower,
         hi95: i95.upper,
     };
-    if let Some(i) = bands.p50.iter().chain(&bands.hi95).chain(&bands.lo95).position(|v| !v.is_finite()) {
-        return Err(ModelError::Model(format!("the fit produced a non-finite forecast (at {i})")));
+    if let Some(i) = bands
+        .p50
+        .iter()
+        .chain(&bands.hi95)
+        .chain(&bands.lo95)
+        .position(|v| !v.is_finite())
+    {
+        return Err(ModelError::Model(format!(
+            "the fit produced a non-finite forecast (at {i})"
+        )));
     }
     Ok(bands)
 }
@@ -259,7 +282,9 @@ pub fn seasonal_naive(values: &[f64], season: usize, horizon: usize) -> Bands {
         return naive_last(values, horizon);
     }
     let n = values.len();
-    let p50 = (0..horizon).map(|h| values[n - season + h % season]).collect();
+    let p50 = (0..horizon)
+        .map(|h| values[n - season + h % season])
+        .collect();
     let sigma = diff_sigma(values, season);
     Bands::normal(p50, |h| sigma * ((h - 1) / season + 1) as f64)
 }
@@ -267,7 +292,11 @@ pub fn seasonal_naive(values: &[f64], season: usize, horizon: usize) -> Bands {
 /// In-sample MAE of the one-season-back naive forecast (lag-1 when the history is
 /// shorter than a season plus one point).
 pub fn naive_scale(train: &[f64], season: usize) -> f64 {
-    let lag = if season > 0 && train.len() > season { season } else { 1 };
+    let lag = if season > 0 && train.len() > season {
+        season
+    } else {
+        1
+    };
     if train.len() <= lag {
         return f64::NAN;
     }
@@ -313,7 +342,11 @@ impl Acc {
             let f = b.p50[i];
             self.abs_scaled += (y - f).abs() / scale;
             let den = y.abs() + f.abs();
-            self.smape += if den == 0.0 { 0.0 } else { 200.0 * (y - f).abs() / den };
+            self.smape += if den == 0.0 {
+                0.0
+            } else {
+                200.0 * (y - f).abs() / den
+            };
             self.in80 += usize::from(b.lo80[i] <= y && y <= b.hi80[i]);
             self.in95 += usize::from(b.lo95[i] <= y && y <= b.hi95[i]);
             self.n += 1;
@@ -349,7 +382,9 @@ pub fn backtest(
     let mut used = 0;
     let mut skipped_constant = 0;
     for k in (1..=origins).rev() {
-        let Some(origin) = n.checked_sub(k * horizon) else { continue };
+        let Some(origin) = n.checked_sub(k * horizon) else {
+            continue;
+        };
         if origin < min_train {
             continue;
         }
@@ -384,7 +419,11 @@ pub fn backtest(
     Ok(Backtest {
         origins: used,
         horizon,
-        relative_mase: if b.mase > 0.0 { m.mase / b.mase } else { f64::NAN },
+        relative_mase: if b.mase > 0.0 {
+            m.mase / b.mase
+        } else {
+            f64::NAN
+        },
         model: m,
         seasonal_naive: b,
     })
@@ -410,10 +449,35 @@ pub fn interval_scale(bt: &Backtest) -> (f64, f64) {
 
 /// Acklam's rational approximation of the standard normal quantile (|error| < 1.2e-9).
 fn inverse_normal_cdf(p: f64) -> f64 {
-    const A: [f64; 6] = [-3.969683028665376e+01, 2.209460984245205e+02, -2.759285104469687e+02, 1.383577518672690e+02, -3.066479806614716e+01, 2.506628277459239e+00];
-    const B: [f64; 5] = [-5.447609879822406e+01, 1.615858368580409e+02, -1.556989798598866e+02, 6.680131188771972e+01, -1.328068155288572e+01];
-    const C: [f64; 6] = [-7.784894002430293e-03, -3.223964580411365e-01, -2.400758277161838e+00, -2.549732539343734e+00, 4.374664141464968e+00, 2.938163982698783e+00];
-    const D: [f64; 4] = [7.784695709041462e-03, 3.224671290700398e-01, 2.445134137142996e+00, 3.754408661907416e+00];
+    const A: [f64; 6] = [
+        -3.969683028665376e+01,
+        2.209460984245205e+02,
+        -2.759285104469687e+02,
+        1.383577518672690e+02,
+        -3.066479806614716e+01,
+        2.506628277459239e+00,
+    ];
+    const B: [f64; 5] = [
+        -5.447609879822406e+01,
+        1.615858368580409e+02,
+        -1.556989798598866e+02,
+        6.680131188771972e+01,
+        -1.328068155288572e+01,
+    ];
+    const C: [f64; 6] = [
+        -7.784894002430293e-03,
+        -3.223964580411365e-01,
+        -2.400758277161838e+00,
+        -2.549732539343734e+00,
+        4.374664141464968e+00,
+        2.938163982698783e+00,
+    ];
+    const D: [f64; 4] = [
+        7.784695709041462e-03,
+        3.224671290700398e-01,
+        2.445134137142996e+00,
+        3.754408661907416e+00,
+    ];
     let p = p.clamp(1e-12, 1.0 - 1e-12);
     let tail = |q: f64| {
         (((((C[0] * q + C[1]) * q + C[2]) * q + C[3]) * q + C[4]) * q + C[5])
@@ -461,7 +525,10 @@ mod tests {
         assert_eq!(p.model, "autoets");
         assert!(p.notes[0].contains("two days (576 points"), "{:?}", p.notes);
         let p = plan(3 * 288, 288);
-        assert_eq!((p.model.as_str(), p.periods.clone()), ("mstl+autoets", vec![288]));
+        assert_eq!(
+            (p.model.as_str(), p.periods.clone()),
+            ("mstl+autoets", vec![288])
+        );
         assert!(p.notes[0].contains("weekly"));
         assert_eq!(plan(15 * 288, 288).periods, vec![288]);
         assert_eq!(plan(21 * 288, 288).periods, vec![288, 2016]);
@@ -478,7 +545,12 @@ mod tests {
         assert_eq!(f.bands.len(), 24);
         for i in 0..24 {
             let b = &f.bands;
-            assert!(b.lo95[i] <= b.lo80[i] && b.lo80[i] <= b.p50[i] && b.p50[i] <= b.hi80[i] && b.hi80[i] <= b.hi95[i]);
+            assert!(
+                b.lo95[i] <= b.lo80[i]
+                    && b.lo80[i] <= b.p50[i]
+                    && b.p50[i] <= b.hi80[i]
+                    && b.hi80[i] <= b.hi95[i]
+            );
         }
     }
 
@@ -495,7 +567,9 @@ mod tests {
 
     #[test]
     fn non_finite_history_is_rejected_with_its_index() {
-        let e = fit_forecast(&[1.0, f64::NAN], 288, 3).unwrap_err().to_string();
+        let e = fit_forecast(&[1.0, f64::NAN], 288, 3)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("value[1]"), "{e}");
     }
 
@@ -547,7 +621,13 @@ pub fn check_service(service: &str) -> Result<(), ModelError> {
 
 /// The analyst-SQL query that averages one service's metric into `step_seconds` slots
 /// from `from` (epoch seconds) on; the `dt` partition prunes older files.
-pub fn series_sql(table: &str, service: &str, column: &str, from: i64, step_seconds: i64) -> String {
+pub fn series_sql(
+    table: &str,
+    service: &str,
+    column: &str,
+    from: i64,
+    step_seconds: i64,
+) -> String {
     let from_ts = chrono::DateTime::<chrono::Utc>::from_timestamp(from, 0).unwrap_or_default();
     format!(
         "SELECT CAST(to_unixtime(date_bin(INTERVAL '{step_seconds} seconds', ts, TIMESTAMP '1970-01-01T00:00:00')) AS BIGINT) AS slot, \
@@ -611,7 +691,10 @@ pub async fn register_recipe(
 ) -> Result<crate::Manifest, ModelError> {
     use crate::registry::{ArtifactRef, GateCheck, Lineage};
     use crate::spec::{Op, Params, Task, Threshold};
-    let (service, metric) = recipe.series.split_once('/').unwrap_or((&recipe.series, ""));
+    let (service, metric) = recipe
+        .series
+        .split_once('/')
+        .unwrap_or((&recipe.series, ""));
     let name = registry_name(service, metric);
     let artifact = crate::Artifact {
         format: 1,
@@ -705,7 +788,11 @@ pub async fn latest_recipe(
         Err(ModelError::NotFound { .. }) => return Ok(None),
         Err(e) => return Err(e),
     };
-    let Some(v) = versions.iter().rev().find(|e| matches!(e.manifest, Some(Ok(_)))) else {
+    let Some(v) = versions
+        .iter()
+        .rev()
+        .find(|e| matches!(e.manifest, Some(Ok(_))))
+    else {
         return Ok(None);
     };
     let loaded = registry.load(name, &v.version.to_string()).await?;
@@ -715,7 +802,10 @@ pub async fn latest_recipe(
                 .map_err(|e| ModelError::Integrity(format!("{name}/{}: recipe: {e}", v.version)))?;
             Ok(Some((r, loaded.manifest)))
         }
-        _ => Err(ModelError::Integrity(format!("{name}/{}: not a forecast recipe", v.version))),
+        _ => Err(ModelError::Integrity(format!(
+            "{name}/{}: not a forecast recipe",
+            v.version
+        ))),
     }
 }
 

@@ -12,7 +12,7 @@ use axum::body::Bytes;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use ymera_anomaly::detect::{DetectorConfig, Detector};
+use ymera_anomaly::detect::{Detector, DetectorConfig};
 use ymera_models::ModelError;
 
 use crate::models::error_response;
@@ -31,15 +31,17 @@ struct DetectRequest {
 
 fn timestamp(v: &Value, i: usize) -> Result<i64, ModelError> {
     match v {
-        Value::Number(n) => n
-            .as_i64()
-            .ok_or_else(|| ModelError::Input(format!("timestamps[{i}] `{n}` is not whole epoch seconds"))),
+        Value::Number(n) => n.as_i64().ok_or_else(|| {
+            ModelError::Input(format!("timestamps[{i}] `{n}` is not whole epoch seconds"))
+        }),
         Value::String(s) => ymera_common::series::parse_ts(s).ok_or_else(|| {
             ModelError::Input(format!(
                 "timestamps[{i}] `{s}` is neither RFC 3339 nor `YYYY-MM-DD HH:MM:SS`"
             ))
         }),
-        other => Err(ModelError::Input(format!("timestamps[{i}] is {other}, not a timestamp"))),
+        other => Err(ModelError::Input(format!(
+            "timestamps[{i}] is {other}, not a timestamp"
+        ))),
     }
 }
 
@@ -97,7 +99,11 @@ async fn score(body: &[u8]) -> Result<Value, ModelError> {
     let out_of_order = ts.windows(2).filter(|w| w[1] < w[0]).count();
     let (scored, not_ready) = tokio::task::spawn_blocking(move || {
         let mut d = Detector::new(&cfg);
-        let scored: Vec<_> = ts.iter().zip(&values).map(|(&t, &v)| d.update(t, v)).collect();
+        let scored: Vec<_> = ts
+            .iter()
+            .zip(&values)
+            .map(|(&t, &v)| d.update(t, v))
+            .collect();
         (scored, d.not_ready())
     })
     .await
@@ -163,6 +169,9 @@ mod tests {
         // duplicates and disorder are reported, never a panic
         let dup = json!({"timestamps": [5, 5, 4, 6], "values": [1.0, 2.0, 3.0, 4.0]}).to_string();
         let out = score(dup.as_bytes()).await.unwrap();
-        assert_eq!(out["repairs"], json!({"duplicate_timestamps": 1, "out_of_order": 1}));
+        assert_eq!(
+            out["repairs"],
+            json!({"duplicate_timestamps": 1, "out_of_order": 1})
+        );
     }
 }

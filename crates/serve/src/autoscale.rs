@@ -120,7 +120,9 @@ pub struct Autoscaler {
 
 impl std::fmt::Debug for Autoscaler {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Autoscaler").field("config", &self.config).finish()
+        f.debug_struct("Autoscaler")
+            .field("config", &self.config)
+            .finish()
     }
 }
 
@@ -214,7 +216,9 @@ impl Autoscaler {
 
     /// Refits (and re-runs the backtest) when due.
     async fn refresh(&self, e: &mut Entry, service: &str, metric: &str, now: i64) {
-        let fresh = e.tried.is_some_and(|t| t.elapsed() < self.config.refit_interval);
+        let fresh = e
+            .tried
+            .is_some_and(|t| t.elapsed() < self.config.refit_interval);
         if fresh {
             return;
         }
@@ -234,7 +238,8 @@ impl Autoscaler {
             match forecast::latest_recipe(&self.registry, &name).await {
                 Ok(Some((recipe, manifest))) => {
                     let age = (Utc::now() - manifest.created_at).num_seconds().max(0) as u64;
-                    if age < self.config.backtest_interval.as_secs() && recipe.step_seconds == step {
+                    if age < self.config.backtest_interval.as_secs() && recipe.step_seconds == step
+                    {
                         e.quality = Some(Quality {
                             at: Instant::now()
                                 .checked_sub(Duration::from_secs(age))
@@ -246,7 +251,9 @@ impl Autoscaler {
                     }
                 }
                 Ok(None) => {}
-                Err(err) => warn!(model = %name, error = %err, "could not read the forecaster's newest version"),
+                Err(err) => {
+                    warn!(model = %name, error = %err, "could not read the forecaster's newest version")
+                }
             }
         }
         let due = e
@@ -256,7 +263,15 @@ impl Autoscaler {
         if due {
             match self.backtest(&grid, service, metric).await {
                 Ok((bt, recipe, secs)) => {
-                    let version = match forecast::register_recipe(&self.registry, &recipe, &bt, &query, secs).await {
+                    let version = match forecast::register_recipe(
+                        &self.registry,
+                        &recipe,
+                        &bt,
+                        &query,
+                        secs,
+                    )
+                    .await
+                    {
                         Ok(m) => {
                             info!(model = %m.name, version = %m.version, mase = bt.model.mase, "registered a forecaster version");
                             Some(m.version)
@@ -282,7 +297,10 @@ impl Autoscaler {
                 }
             }
         }
-        let plan = e.quality.as_ref().map(|q| (q.recipe.plan.clone(), q.recipe.interval_scale));
+        let plan = e
+            .quality
+            .as_ref()
+            .map(|q| (q.recipe.plan.clone(), q.recipe.interval_scale));
         let values = grid.values.clone();
         let per_day = grid.per_day();
         let horizon = ((FIT_HORIZON_SECS + (now - grid.end()).max(0)) / step).max(1) as usize;
@@ -456,7 +474,11 @@ pub async fn respond(
     let lead = duration_param("lead", q.lead.as_deref(), defaults.lead)?;
     let quantile = q.q.unwrap_or(0.9);
     let band = band_of(quantile)?;
-    let (horizon, step, lead) = (horizon.as_secs() as i64, step.as_secs() as i64, lead.as_secs() as i64);
+    let (horizon, step, lead) = (
+        horizon.as_secs() as i64,
+        step.as_secs() as i64,
+        lead.as_secs() as i64,
+    );
     if step < 1 || horizon < step || horizon > 86_400 || lead > horizon {
         return Err(ModelError::Input(format!(
             "need 1s ≤ step ≤ horizon ≤ 1d and lead ≤ horizon (step {step}s, horizon {horizon}s, lead {lead}s)"
@@ -508,7 +530,9 @@ pub async fn respond(
     let quality = e.quality.as_ref();
     let served = quality.map(|q| served_accuracy(q));
     let mase = served.as_ref().map(|a| a.mase);
-    let reason = if let Some((ts, _)) = observed.filter(|(ts, _)| now - ts > auto.config.stale_after.as_secs() as i64) {
+    let reason = if let Some((ts, _)) =
+        observed.filter(|(ts, _)| now - ts > auto.config.stale_after.as_secs() as i64)
+    {
         Some(format!(
             "stale: the newest metric sample is from {} ({} min ago; stale after {} min)",
             rfc3339(ts),
@@ -525,7 +549,9 @@ pub async fn respond(
     } else {
         None
     };
-    if quality.is_none() && let Some(p) = &e.problem {
+    if quality.is_none()
+        && let Some(p) = &e.problem
+    {
         notes.push(format!("no quality figures yet: {p}"));
     }
     let value = match (&reason, lead_max, observed) {
@@ -539,10 +565,18 @@ pub async fn respond(
         metrics::counter!("ymera_forecast_fallback_total", "service" => service.to_string(), "reason" => kind)
             .increment(1);
     }
-    let replicas = defaults.capacity_per_replica.filter(|c| *c > 0.0).map(|cap| {
-        ((value / cap).ceil().max(0.0) as u64).clamp(defaults.min_replicas as u64, defaults.max_replicas as u64)
-    });
-    if scaling.as_ref().and_then(|s| s.capacity_per_replica).is_none() {
+    let replicas = defaults
+        .capacity_per_replica
+        .filter(|c| *c > 0.0)
+        .map(|cap| {
+            ((value / cap).ceil().max(0.0) as u64)
+                .clamp(defaults.min_replicas as u64, defaults.max_replicas as u64)
+        });
+    if scaling
+        .as_ref()
+        .and_then(|s| s.capacity_per_replica)
+        .is_none()
+    {
         notes.push(format!(
             "no recommended_replicas: set autoscale.services.{service}.capacity_per_replica"
         ));

@@ -66,7 +66,10 @@ pub fn api_router(state: AppState, metrics: Option<PrometheusHandle>) -> Router 
             get(models::alias_history),
         )
         .route("/v1/sql", post(sql::post_sql))
-        .route("/v1/autoscale/{service}/forecast", get(autoscale::get_forecast))
+        .route(
+            "/v1/autoscale/{service}/forecast",
+            get(autoscale::get_forecast),
+        )
         .route("/v1/anomaly/detect", post(anomaly::detect))
         .with_state(state)
         .merge(health_router(health, metrics))
