@@ -140,7 +140,7 @@ impl Default for DetectorConfig {
             threshold: 0.5,
             combine: Combine::Max,
             robust_z_until_seasonal: true,
-            rearm_points: 0,
+            rearm_points: 36,
             warmup_points: None,
             robust_z: RobustZConfig::default(),
             seasonal: SeasonalConfig::default(),
@@ -264,7 +264,7 @@ impl Default for ChangepointConfig {
             window: 288,
             min_reference: 36,
             k: 1.0,
-            h: 10.0,
+            h: 16.0,
             z_clip: 4.0,
             tail_quantile: 0.01,
             long_window: 2016,
@@ -794,6 +794,11 @@ struct SeasonalModel {
     /// Seasonal component by phase, `phase = (ts / step) mod period`.
     #[serde(with = "exact::seq")]
     profile: Vec<f64>,
+    /// What of the profile the residual removes: the fit's seasonal strength with
+    /// [`SeasonalConfig::shrink`] (a weak season is mostly noise), else 1.
+    #[serde(with = "exact")]
+    shrink: f64,
+    /// The deseasonalised level (trend).
     #[serde(with = "exact")]
     level: f64,
     #[serde(with = "exact::seq")]
@@ -843,7 +848,7 @@ impl Seasonal {
         let mut score = 0.0;
         if let Some(m) = &mut self.model {
             let phase = m.phase(ts);
-            let deseason = x - m.profile[phase];
+            let deseason = x - m.shrink * m.profile[phase];
             let r = deseason - m.level;
             let ready = m.innovations.len() >= MIN_INNOVATIONS;
             let (med, mut scale) =
@@ -986,7 +991,7 @@ impl Seasonal {
         // The next grid point's forecast is trend + the seasonal value one period back.
         let next = fitted.predict(1, None).map_err(|e| e.to_string())?;
         let next_season = f64::from(seasonal[n - period]);
-        let seasonal: Vec<f64> = seasonal.iter().map(|&v| f64::from(v) * shrink).collect();
+        let seasonal: Vec<f64> = seasonal.iter().map(|&v| f64::from(v)).collect();
         let mut profile = vec![0.0; period];
         let first_slot = grid.start.div_euclid(step);
         let phase_of = |i: usize| (first_slot + i as i64).rem_euclid(period as i64) as usize;
@@ -1018,6 +1023,7 @@ impl Seasonal {
         let mut model = SeasonalModel {
             step,
             profile,
+            shrink,
             level,
             innovations: VecDeque::new(),
             by_phase: vec![f64::NAN; period * cycles],
@@ -1028,7 +1034,7 @@ impl Seasonal {
         let mut lvl: Option<f64> = None;
         let mut scratch = Vec::new();
         for (i, &y) in grid.values.iter().enumerate() {
-            let d = y - seasonal[i];
+            let d = y - shrink * seasonal[i];
             let Some(l) = lvl else {
                 lvl = Some(d);
                 continue;
