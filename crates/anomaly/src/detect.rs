@@ -5,7 +5,8 @@
 //! only that point and earlier ones. Its whole state is `serde` data, checkpointed with the
 //! Kafka offsets by the pipeline stage: restoring a checkpoint and replaying gives
 //! bit-identical scores (no hash-map iteration, no wall clock, seeded RNG only; floats are
-//! written as exact round-trip decimals, see [`exact`]).
+//! written as exact round-trip decimal strings in text formats, because serde_json's
+//! default float parser is not correctly rounded).
 //!
 //! Every detector reduces a point to a *severity* `u` — its deviation divided by the
 //! deviation the detector calls alarming — and maps it to `u² / (1 + u²)`: 0.5 at the
@@ -13,14 +14,21 @@
 //! comparable, and [`Combine`] merges them.
 //!
 //! * [`Kind::RobustZ`]: the value against a robust EWMA level, scaled by the spread of the
-//!   recent one-step innovations (median absolute deviation, widened to the 1 %/99 % quantile
-//!   spread when the tails are heavier than normal).
+//!   recent one-step innovations (median absolute deviation, widened to the 0.5 %/99.5 %
+//!   quantile spread when the tails are heavier than normal: cloud metrics are spiky).
 //! * [`Kind::Seasonal`]: the residual against a daily profile and trend from MSTL (augurs,
-//!   AutoETS trend), refitted on a bounded trailing window; the level follows online between
-//!   refits.
-//! * [`Kind::Changepoint`]: two-sided CUSUM of robustly standardised values against a trailing
-//!   reference window, re-baselined after each alarm (a level or variance shift alarms once).
+//!   AutoETS trend), refitted daily on the last week; the level follows online between
+//!   refits, and the scale also covers what usually happens around this time of day.
+//! * [`Kind::Changepoint`]: two-sided CUSUM of robustly standardised (and, once the seasonal
+//!   model exists, deseasonalised) values against a trailing reference window, re-baselined
+//!   after each alarm, so a level or variance shift alarms once.
 //! * [`Kind::IsolationForest`]: [`crate::iforest`] trained on the warm-up period.
+//!
+//! The default ([`DetectorConfig::default`]) is the maximum of robust_z (until the seasonal
+//! model is fitted), seasonal and changepoint, threshold 0.5, an alarm re-arming after 36
+//! points. On the NAB subset in `shared/data` (standard profile) it scores 67.5 at its own
+//! threshold, against 50 for robust_z alone, 55 for seasonal alone and 23 for the
+//! changepoint alone; `eval::tests::nab_scores_by_config` reproduces the numbers.
 
 use std::collections::VecDeque;
 use std::fmt;
