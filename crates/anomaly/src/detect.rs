@@ -466,22 +466,23 @@ impl Detector {
     /// The enabled detectors that currently contribute 0 because they cannot score yet,
     /// each with the reason.
     pub fn not_ready(&self) -> Vec<(Kind, String)> {
+        let warming = (self.seen < self.warmup as u64)
+            .then(|| format!("warming up: {} of {} points", self.seen, self.warmup));
         let mut out = Vec::new();
-        if self.seen < self.warmup as u64 {
-            out.push((
-                self.kinds.first().copied().unwrap_or(Kind::RobustZ),
-                format!("warming up: {} of {} points", self.seen, self.warmup),
-            ));
-        }
-        if let Some(s) = &self.seasonal
-            && s.model.is_none()
-        {
-            out.push((Kind::Seasonal, s.status.clone()));
-        }
-        if let Some(f) = &self.iforest
-            && let Some(why) = f.not_ready()
-        {
-            out.push((Kind::IsolationForest, why));
+        for &kind in &self.kinds {
+            let own = match kind {
+                Kind::Seasonal => self
+                    .seasonal
+                    .as_ref()
+                    .filter(|s| s.model.is_none())
+                    .map(|s| s.status.clone()),
+                Kind::IsolationForest => self.iforest.as_ref().and_then(ForestSlot::not_ready),
+                Kind::RobustZ | Kind::Changepoint => None,
+            };
+            let why: Vec<String> = warming.iter().cloned().chain(own).collect();
+            if !why.is_empty() {
+                out.push((kind, why.join("; ")));
+            }
         }
         out
     }
