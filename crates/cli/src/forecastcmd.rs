@@ -263,9 +263,12 @@ fn plot(path: &Path, run: &Run) -> Result<(), String> {
     let x1 = fx(b.len());
     let root = BitMapBackend::new(path, (1200, 600)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| err(&e))?;
+    let short = Path::new(&run.name)
+        .file_name()
+        .map_or(run.name.clone(), |f| f.to_string_lossy().into_owned());
     let title = format!(
         "{} — {} — {}",
-        run.name,
+        short,
         run.forecast.plan.model,
         match &run.backtest {
             Some(bt) => format!(
@@ -523,4 +526,47 @@ impl LoadForecaster for MstlForecaster {
     fn name(&self) -> &str {
         "mstl+autoets (hi80)"
     }
+}
+
+/// `ymera bench --forecast DIR`: reads every series first, then times fit + one-day
+/// forecast of each on this thread (no I/O in the timing). Prints the total, the mean and
+/// the slowest series, and a checksum of the forecasts so runs can be compared.
+pub fn bench_forecast(dir: &Path) -> Result<String, String> {
+    let data = dir.join("data");
+    let root = if data.is_dir() { data } else { dir.to_path_buf() };
+    let files = csv_files(&root)?;
+    if files.is_empty() {
+        return Err(format!("no CSV files under {}", root.display()));
+    }
+    let grids = files
+        .iter()
+        .map(|f| {
+            read_csv(f)
+                .and_then(|s| regularize(&s, None))
+                .map_err(|e| e.to_string())
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let t = Instant::now();
+    let (mut slowest, mut checksum, mut points) = (0.0f64, 0.0, 0usize);
+    let mut models: std::collections::BTreeMap<String, usize> = Default::default();
+    for g in &grids {
+        let ts = Instant::now();
+        let f = forecast::fit_forecast(&g.values, g.per_day(), g.per_day())
+            .map_err(|e| e.to_string())?;
+        slowest = slowest.max(ts.elapsed().as_secs_f64());
+        checksum += f.bands.p50.iter().sum::<f64>();
+        points += g.values.len();
+        *models.entry(f.plan.model).or_default() += 1;
+    }
+    let secs = t.elapsed().as_secs_f64();
+    Ok(format!(
+        "fit + 1-day forecast of {} series ({} points in all; models {:?}): {:.2} s, {:.1} ms per series, slowest {:.1} ms; p50 checksum {:.3}\n",
+        grids.len(),
+        points,
+        models,
+        secs,
+        secs * 1000.0 / grids.len() as f64,
+        slowest * 1000.0,
+        checksum
+    ))
 }

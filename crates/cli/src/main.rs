@@ -200,6 +200,10 @@ enum Command {
         /// Rows per warehouse measurement.
         #[arg(long, default_value_t = 1_000_000)]
         rows: usize,
+        /// Instead, time fit + forecast (MSTL + AutoETS) of every CSV series under this
+        /// directory (NAB layout), one thread, horizon one day.
+        #[arg(long, value_name = "DIR")]
+        forecast: Option<PathBuf>,
     },
 }
 
@@ -454,6 +458,10 @@ fn main() -> ExitCode {
                     modelscmd::evaluate_cmd(&settings, &spec, model.as_deref()).await
                 }
             },
+            Command::Bench {
+                forecast: Some(dir),
+                ..
+            } => blocking_report(move || forecastcmd::bench_forecast(&dir)).await,
             Command::Bench {
                 warehouses, rows, ..
             } if !warehouses.is_empty() => bench::bench_warehouse(&warehouses, rows).await,
