@@ -242,6 +242,7 @@ impl Chain {
                             })?;
                         outputs.tables.push((alerts_output(name), rows));
                     }
+                    observe(name, &scored, events.len());
                     alerts.extend(events.into_iter().map(|event| StageAlert {
                         stage: name.clone(),
                         event,
@@ -285,6 +286,27 @@ impl Chain {
         }
         Ok(())
     }
+}
+
+/// `ymera_anomaly_points_total`, `ymera_anomaly_flagged_total` and
+/// `ymera_anomaly_alert_events_total` (opened and closed) per stage.
+fn observe(stage: &str, scored: &RecordBatch, alert_events: usize) {
+    use arrow::array::{Array, BooleanArray};
+    let flagged = scored
+        .column_by_name("is_anomaly")
+        .and_then(|c| {
+            c.as_any()
+                .downcast_ref::<BooleanArray>()
+                .map(|b| b.true_count())
+        })
+        .unwrap_or(0);
+    let stage = stage.to_string();
+    metrics::counter!("ymera_anomaly_points_total", "stage" => stage.clone())
+        .increment(scored.num_rows() as u64);
+    metrics::counter!("ymera_anomaly_flagged_total", "stage" => stage.clone())
+        .increment(flagged as u64);
+    metrics::counter!("ymera_anomaly_alert_events_total", "stage" => stage)
+        .increment(alert_events as u64);
 }
 
 /// The stage names of a chain's steps that carry state.
