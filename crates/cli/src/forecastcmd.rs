@@ -533,7 +533,11 @@ impl LoadForecaster for MstlForecaster {
 /// the slowest series, and a checksum of the forecasts so runs can be compared.
 pub fn bench_forecast(dir: &Path) -> Result<String, String> {
     let data = dir.join("data");
-    let root = if data.is_dir() { data } else { dir.to_path_buf() };
+    let root = if data.is_dir() {
+        data
+    } else {
+        dir.to_path_buf()
+    };
     let files = csv_files(&root)?;
     if files.is_empty() {
         return Err(format!("no CSV files under {}", root.display()));
