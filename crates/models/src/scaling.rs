@@ -583,7 +583,8 @@ impl Hpa<'_> {
 /// What a run produced; the per-sync trace is for tests.
 struct Run {
     report: PolicyReport,
-    /// Replicas (ready or starting) after each sync's decision.
+    /// Replicas (ready or starting) after each sync's decision (read by the tests).
+    #[cfg_attr(not(test), allow(dead_code))]
     replicas: Vec<u32>,
 }
 

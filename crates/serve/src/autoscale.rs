@@ -134,6 +134,8 @@ struct Entry {
     problem: Option<String>,
     /// When the last refresh was attempted (failed ones too).
     tried: Option<Instant>,
+    /// A background backtest is running.
+    requalifying: bool,
 }
 
 struct Fitted {
@@ -215,7 +217,14 @@ impl Autoscaler {
     }
 
     /// Refits (and re-runs the backtest) when due.
-    async fn refresh(&self, e: &mut Entry, service: &str, metric: &str, now: i64) {
+    async fn refresh(
+        self: &Arc<Self>,
+        entry: &Arc<tokio::sync::Mutex<Entry>>,
+        e: &mut Entry,
+        service: &str,
+        metric: &str,
+        now: i64,
+    ) {
         let fresh = e
             .tried
             .is_some_and(|t| t.elapsed() < self.config.refit_interval);
@@ -260,42 +269,31 @@ impl Autoscaler {
             .quality
             .as_ref()
             .is_none_or(|q| q.at.elapsed() >= self.config.backtest_interval);
-        if due {
-            match self.backtest(&grid, service, metric).await {
-                Ok((bt, recipe, secs)) => {
-                    let version = match forecast::register_recipe(
-                        &self.registry,
-                        &recipe,
-                        &bt,
-                        &query,
-                        secs,
-                    )
-                    .await
-                    {
-                        Ok(m) => {
-                            info!(model = %m.name, version = %m.version, mase = bt.model.mase, "registered a forecaster version");
-                            Some(m.version)
-                        }
-                        Err(err) => {
-                            warn!(model = %name, error = %err, "could not register the forecaster version");
-                            None
-                        }
-                    };
-                    metrics::gauge!("ymera_forecast_mase", "service" => service.to_string(), "metric" => metric.to_string())
-                        .set(bt.model.mase);
-                    e.quality = Some(Quality {
-                        at: Instant::now(),
-                        version,
-                        backtest: bt,
-                        recipe,
-                    });
-                }
-                Err(err) => {
-                    // too little history for a backtest: serve the forecast without quality
-                    e.quality = None;
-                    e.problem = Some(err);
-                }
+        if due && e.quality.is_none() {
+            // the first answer needs quality figures: compute them now
+            match self.requalify(&grid, service, metric, &query).await {
+                Ok(q) => e.quality = Some(q),
+                Err(err) => e.problem = Some(err),
             }
+        } else if due && !e.requalifying {
+            // later ones keep answering with the current figures while the hourly
+            // backtest runs (it takes seconds; KEDA's metrics-api timeout is 3 s)
+            e.requalifying = true;
+            let (me, entry) = (self.clone(), entry.clone());
+            let (grid, service, metric) = (grid.clone(), service.to_string(), metric.to_string());
+            tokio::spawn(async move {
+                let r = me.requalify(&grid, &service, &metric, &query).await;
+                let mut e = entry.lock().await;
+                e.requalifying = false;
+                match r {
+                    Ok(q) => {
+                        e.quality = Some(q);
+                        // the next request refits with the new recipe
+                        e.tried = None;
+                    }
+                    Err(err) => warn!(service = %service, metric = %metric, error = %err, "the forecaster's backtest failed; keeping the previous figures"),
+                }
+            });
         }
         let plan = e
             .quality
@@ -335,6 +333,38 @@ impl Autoscaler {
             }
             Err(err) => e.problem = Some(format!("the fitting task failed: {err}")),
         }
+    }
+
+    /// Backtests the series, registers the recipe as a version, and returns the figures.
+    async fn requalify(
+        &self,
+        grid: &Regular,
+        service: &str,
+        metric: &str,
+        query: &str,
+    ) -> Result<Quality, String> {
+        let name = forecast::registry_name(service, metric);
+        let (bt, recipe, secs) = self.backtest(grid, service, metric).await?;
+        let version =
+            match forecast::register_recipe(&self.registry, &recipe, &bt, query, secs).await {
+                Ok(m) => {
+                    info!(model = %m.name, version = %m.version, algorithm = %m.algorithm, mase = bt.model.mase, "registered a forecaster version");
+                    Some(m.version)
+                }
+                Err(err) => {
+                    warn!(model = %name, error = %err, "could not register the forecaster version");
+                    None
+                }
+            };
+        let q = Quality {
+            at: Instant::now(),
+            version,
+            backtest: bt,
+            recipe,
+        };
+        metrics::gauge!("ymera_forecast_mase", "service" => service.to_string(), "metric" => metric.to_string())
+            .set(served_accuracy(&q).mase);
+        Ok(q)
     }
 
     async fn backtest(
@@ -459,7 +489,7 @@ pub async fn get_forecast(
 
 /// Builds the response at time `now` (epoch seconds).
 pub async fn respond(
-    auto: &Autoscaler,
+    auto: &Arc<Autoscaler>,
     service: &str,
     q: ForecastQuery,
     now: i64,
@@ -487,7 +517,7 @@ pub async fn respond(
 
     let entry = auto.entry(service, &metric);
     let mut e = entry.lock().await;
-    auto.refresh(&mut e, service, &metric, now).await;
+    auto.refresh(&entry, &mut e, service, &metric, now).await;
 
     // points at multiples of `step` from now on, interpolated from the forecaster's grid
     let mut points = Vec::new();
