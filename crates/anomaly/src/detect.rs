@@ -141,6 +141,109 @@ pub struct DetectorConfig {
     pub isolation_forest: IForestConfig,
 }
 
+/// The largest window, history or warm-up a config may ask for, in points: bounds the
+/// memory and CPU one detector can take (configs also arrive over HTTP).
+pub const MAX_CONFIG_POINTS: usize = 100_000;
+
+impl DetectorConfig {
+    /// Every out-of-range tunable, named by its path (`robust_z.clip`), or Ok.
+    pub fn validate(&self) -> Result<(), String> {
+        let mut bad = Vec::new();
+        let mut unit = |name: &str, v: f64, open_low: bool| {
+            let ok = v.is_finite() && v <= 1.0 && if open_low { v > 0.0 } else { v >= 0.0 };
+            if !ok {
+                bad.push(format!(
+                    "{name} = {v}: must be in {}0, 1]",
+                    if open_low { "(" } else { "[" }
+                ));
+            }
+        };
+        unit("threshold", self.threshold, true);
+        unit("robust_z.alpha", self.robust_z.alpha, true);
+        unit("robust_z.tail_quantile", self.robust_z.tail_quantile, false);
+        unit("seasonal.alpha", self.seasonal.alpha, true);
+        unit("seasonal.tail_quantile", self.seasonal.tail_quantile, false);
+        unit(
+            "seasonal.phase_tail_quantile",
+            self.seasonal.phase_tail_quantile,
+            false,
+        );
+        unit(
+            "changepoint.tail_quantile",
+            self.changepoint.tail_quantile,
+            false,
+        );
+        unit(
+            "changepoint.long_tail_quantile",
+            self.changepoint.long_tail_quantile,
+            false,
+        );
+        let mut positive = |name: &str, v: f64| {
+            if !(v.is_finite() && v > 0.0) {
+                bad.push(format!("{name} = {v}: must be a positive number"));
+            }
+        };
+        positive("robust_z.z_alarm", self.robust_z.z_alarm);
+        positive("robust_z.clip", self.robust_z.clip);
+        positive("seasonal.z_alarm", self.seasonal.z_alarm);
+        positive("seasonal.clip", self.seasonal.clip);
+        positive("changepoint.h", self.changepoint.h);
+        positive("changepoint.z_clip", self.changepoint.z_clip);
+        if !(self.changepoint.k.is_finite() && self.changepoint.k >= 0.0) {
+            bad.push(format!(
+                "changepoint.k = {}: must be ≥ 0",
+                self.changepoint.k
+            ));
+        }
+        let points = [
+            ("rearm_points", Some(self.rearm_points)),
+            ("warmup_points", self.warmup_points),
+            ("robust_z.window", Some(self.robust_z.window)),
+            ("seasonal.window", Some(self.seasonal.window)),
+            ("seasonal.season_points", self.seasonal.season_points),
+            ("seasonal.refit_points", self.seasonal.refit_points),
+            ("changepoint.window", Some(self.changepoint.window)),
+            (
+                "changepoint.min_reference",
+                Some(self.changepoint.min_reference),
+            ),
+            (
+                "changepoint.long_window",
+                Some(self.changepoint.long_window),
+            ),
+        ];
+        for (name, v) in points {
+            if let Some(v) = v.filter(|v| *v > MAX_CONFIG_POINTS) {
+                bad.push(format!("{name} = {v}: at most {MAX_CONFIG_POINTS}"));
+            }
+        }
+        let season = self.seasonal.season_points.unwrap_or(288).max(1);
+        if self.seasonal.history_seasons == 0
+            || self.seasonal.history_seasons.saturating_mul(season) > MAX_CONFIG_POINTS
+        {
+            bad.push(format!(
+                "seasonal.history_seasons = {}: between 1 and {} seasons",
+                self.seasonal.history_seasons,
+                MAX_CONFIG_POINTS / season
+            ));
+        }
+        if !(0..=86_400).contains(&self.seasonal.phase_tolerance_secs) {
+            bad.push(format!(
+                "seasonal.phase_tolerance_secs = {}: between 0 and 86400",
+                self.seasonal.phase_tolerance_secs
+            ));
+        }
+        if let Err(e) = self.isolation_forest.forest.validate() {
+            bad.push(format!("isolation_forest.forest: {e}"));
+        }
+        if bad.is_empty() {
+            Ok(())
+        } else {
+            Err(bad.join("; "))
+        }
+    }
+}
+
 impl Default for DetectorConfig {
     fn default() -> Self {
         DetectorConfig {
@@ -148,7 +251,7 @@ impl Default for DetectorConfig {
             threshold: 0.5,
             combine: Combine::Max,
             robust_z_until_seasonal: true,
-            rearm_points: 36,
+            rearm_points: 0,
             warmup_points: None,
             robust_z: RobustZConfig::default(),
             seasonal: SeasonalConfig::default(),
@@ -1203,6 +1306,28 @@ mod exact {
         ) -> Result<Option<f64>, D::Error> {
             Ok(Option::<Exact>::deserialize(d)?.map(|e| e.0))
         }
+    }
+}
+
+#[cfg(test)]
+mod validate_tests {
+    use super::*;
+
+    #[test]
+    fn the_default_is_valid_and_bad_tunables_are_named() {
+        DetectorConfig::default().validate().unwrap();
+        let cfg: DetectorConfig = serde_json::from_value(serde_json::json!({
+            "robust_z": {"clip": -1.0},
+            "seasonal": {"window": 1_000_000_000_000u64, "history_seasons": 1_000_000_000_000u64}
+        }))
+        .unwrap();
+        let e = cfg.validate().unwrap_err();
+        assert!(
+            e.contains("robust_z.clip")
+                && e.contains("seasonal.window")
+                && e.contains("history_seasons"),
+            "{e}"
+        );
     }
 }
 

@@ -27,6 +27,12 @@ pub struct EvalAnomalyArgs {
     /// detectors' own threshold).
     #[arg(long)]
     pub threshold: Option<f64>,
+    /// After a detection, hold later scores just below the threshold for this many points
+    /// (NAB counts only a window's first detection, and charges every later one outside it;
+    /// 36 = 3 h at 5-minute steps). The pipeline stage and the HTTP API default to 0 and
+    /// leave de-duplication to the alert rules.
+    #[arg(long, default_value_t = 36)]
+    pub rearm: usize,
     /// Print the report as JSON instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -34,7 +40,10 @@ pub struct EvalAnomalyArgs {
 
 /// The detector configuration the flags ask for.
 pub fn config(args: &EvalAnomalyArgs) -> Result<DetectorConfig, String> {
-    let mut cfg = DetectorConfig::default();
+    let mut cfg = DetectorConfig {
+        rearm_points: args.rearm,
+        ..DetectorConfig::default()
+    };
     if let Some(kinds) = &args.detectors {
         if kinds.is_empty() {
             return Err("--detectors needs at least one detector".into());

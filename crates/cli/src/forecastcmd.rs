@@ -56,6 +56,10 @@ struct Run {
 
 /// `ymera forecast`.
 pub async fn forecast_cmd(settings: &Settings, args: ForecastArgs) -> u8 {
+    if let Some(step) = args.step.filter(|s| s.as_secs() < 1) {
+        eprintln!("error: --step {step:?}: at least one second");
+        return crate::EXIT_USAGE;
+    }
     let grid = match &args.input {
         Some(path) => read_csv(path)
             .and_then(|s| regularize(&s, args.step.map(|d| d.as_secs() as i64)))

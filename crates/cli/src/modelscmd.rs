@@ -490,6 +490,10 @@ pub async fn serve(settings: &Settings) -> u8 {
             return EXIT_FAILURE;
         }
     };
+    if let Err(e) = settings.autoscale.validate() {
+        eprintln!("error: {e}");
+        return EXIT_CONFIG;
+    }
     let autoscale = Arc::new(ymera_serve::autoscale::Autoscaler::new(
         settings.autoscale.clone(),
         sql.clone(),

@@ -205,7 +205,7 @@ pub fn infer_step(ts: &[i64]) -> Option<i64> {
 }
 
 /// Puts a series on a regular grid of `step` seconds (default: its own step), aligned to
-/// multiples of the step. Rows in one slot are averaged (duplicates), empty slots between
+/// the first timestamp. Rows in one slot are averaged (duplicates), empty slots between
 /// rows are linearly interpolated (gaps); both are counted in the report.
 pub fn regularize(s: &Series, step: Option<i64>) -> Result<Regular, SeriesError> {
     if s.ts.is_empty() {
@@ -223,9 +223,11 @@ pub fn regularize(s: &Series, step: Option<i64>) -> Result<Regular, SeriesError>
         }
     };
     let out_of_order = s.ts.windows(2).filter(|w| w[1] < w[0]).count();
+    // slots are aligned to the first timestamp (rows at :02, :07, … stay at :02, :07)
+    let phase = s.ts.iter().min().expect("non-empty").rem_euclid(step);
     let mut slots: BTreeMap<i64, (f64, usize)> = BTreeMap::new();
     for (&t, &v) in s.ts.iter().zip(&s.values) {
-        let slot = t.div_euclid(step);
+        let slot = (t - phase).div_euclid(step);
         let e = slots.entry(slot).or_default();
         e.0 += v;
         e.1 += 1;
@@ -262,7 +264,7 @@ pub fn regularize(s: &Series, step: Option<i64>) -> Result<Regular, SeriesError>
         prev = i;
     }
     Ok(Regular {
-        start: first * step,
+        start: first * step + phase,
         step,
         values,
         report: RepairReport {

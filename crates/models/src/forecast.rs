@@ -390,15 +390,16 @@ pub fn backtest(
         }
         let train = &values[origin.saturating_sub(max_train)..origin];
         let actual = &values[origin..(origin + horizon).min(n)];
-        // a perfectly periodic history has no one-day-back error: scale by the one-step
-        // naive error instead; a constant one has neither (MASE is undefined)
-        let scale = [naive_scale(train, per_day), naive_scale(train, 1)]
-            .into_iter()
-            .find(|s| s.is_finite() && *s > 0.0);
-        let Some(scale) = scale else {
+        // MASE's scale is the one-day-back naive error (interfaces.md): an origin with a
+        // day or less before it, or whose history repeats exactly day to day, has none
+        if train.len() <= per_day {
+            continue;
+        }
+        let scale = naive_scale(train, per_day);
+        if !(scale.is_finite() && scale > 0.0) {
             skipped_constant += 1;
             continue;
-        };
+        }
         let f = fit_forecast(train, per_day, actual.len())?;
         model.add(actual, &f.bands, scale);
         naive.add(actual, &seasonal_naive(train, per_day, actual.len()), scale);
@@ -406,7 +407,7 @@ pub fn backtest(
     }
     if used == 0 && skipped_constant > 0 {
         return Err(ModelError::Data(format!(
-            "MASE is undefined: the history before every origin is constant ({skipped_constant} origins)"
+            "MASE is undefined: the history before every origin repeats exactly from one day to the next ({skipped_constant} origins)"
         )));
     }
     if used == 0 {
@@ -631,13 +632,30 @@ pub fn series_sql(
     let from_ts = chrono::DateTime::<chrono::Utc>::from_timestamp(from, 0).unwrap_or_default();
     format!(
         "SELECT CAST(to_unixtime(date_bin(INTERVAL '{step_seconds} seconds', ts, TIMESTAMP '1970-01-01T00:00:00')) AS BIGINT) AS slot, \
-                avg(CAST({column} AS DOUBLE)) AS value, count(*) AS samples \
+                avg(CAST({column} AS DOUBLE)) AS value, count(*) AS samples, \
+                CAST(to_unixtime(max(ts)) AS BIGINT) AS newest \
          FROM {table} \
          WHERE service = '{service}' AND ts >= TIMESTAMP '{}' AND dt >= DATE '{}' \
          GROUP BY 1 ORDER BY 1",
         from_ts.format("%Y-%m-%dT%H:%M:%S"),
         from_ts.format("%Y-%m-%d"),
     )
+}
+
+/// The newest sample's time (epoch seconds) in [`series_sql`]'s rows.
+pub fn newest_sample(batches: &[arrow::array::RecordBatch]) -> Option<i64> {
+    use arrow::array::{Array, Int64Array};
+    batches
+        .iter()
+        .filter_map(|b| b.column_by_name("newest"))
+        .filter_map(|c| c.as_any().downcast_ref::<Int64Array>().cloned())
+        .flat_map(|a| {
+            (0..a.len())
+                .filter(|i| !a.is_null(*i))
+                .map(|i| a.value(i))
+                .collect::<Vec<_>>()
+        })
+        .max()
 }
 
 /// `slot, value` rows of [`series_sql`] as a series (nulls skipped).
@@ -721,6 +739,8 @@ pub async fn register_recipe(
         ("coverage95", bt.model.coverage95),
         ("baseline_mase", bt.seasonal_naive.mase),
         ("baseline_smape", bt.seasonal_naive.smape),
+        ("baseline_coverage80", bt.seasonal_naive.coverage80),
+        ("baseline_coverage95", bt.seasonal_naive.coverage95),
         ("origins", bt.origins as f64),
         ("horizon_steps", bt.horizon as f64),
     ]
@@ -782,6 +802,7 @@ pub async fn register_recipe(
 pub async fn latest_recipe(
     registry: &crate::Registry,
     name: &str,
+    series: &str,
 ) -> Result<Option<(Recipe, crate::Manifest)>, ModelError> {
     let versions = match registry.versions(name).await {
         Ok(v) => v,
@@ -800,7 +821,8 @@ pub async fn latest_recipe(
         crate::model::Estimator::Recipe { kind, recipe } if kind == "forecast" => {
             let r: Recipe = serde_json::from_value(recipe)
                 .map_err(|e| ModelError::Integrity(format!("{name}/{}: recipe: {e}", v.version)))?;
-            Ok(Some((r, loaded.manifest)))
+            // `a.b` and `a-b` share a registry name: never reuse another series' recipe
+            Ok((r.series == series).then_some((r, loaded.manifest)))
         }
         _ => Err(ModelError::Integrity(format!(
             "{name}/{}: not a forecast recipe",

@@ -669,6 +669,8 @@ fn anomaly_stage(
                 d.threshold
             ),
         );
+    } else if let Err(e) = d.validate() {
+        loaded.error_at(&format!("{at}.detector"), e);
     }
     let mut notify = Notify::default();
     let rules = a.alerts.as_ref().map(|al| {

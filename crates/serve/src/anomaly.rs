@@ -5,7 +5,8 @@
 //! Request: `{"timestamps": ["2026-11-25T10:00:00Z" | epoch seconds, ...], "values": [...],
 //! "detector": {DetectorConfig, optional}}`. Response: per point `anomaly_score`,
 //! `is_anomaly` and each detector's part, plus the repairs made (duplicates, out-of-order
-//! timestamps) and the detectors that could not run on this much history, with why.
+//! timestamps, scored in time order and answered in the caller's order) and the detectors
+//! that could not run on this much history, with why.
 
 use axum::Json;
 use axum::body::Bytes;
@@ -95,14 +96,40 @@ async fn score(body: &[u8]) -> Result<Value, ModelError> {
         .map(|(i, v)| value(v, i))
         .collect::<Result<Vec<_>, _>>()?;
     let cfg = req.detector.unwrap_or_default();
-    let duplicates = ts.windows(2).filter(|w| w[1] == w[0]).count();
+    cfg.validate()
+        .map_err(|e| ModelError::Input(format!("detector: {e}")))?;
     let out_of_order = ts.windows(2).filter(|w| w[1] < w[0]).count();
+    // scored in time order (stable: equal timestamps keep their order), answered in the
+    // caller's order
+    let mut order: Vec<usize> = (0..ts.len()).collect();
+    order.sort_by_key(|&i| ts[i]);
+    let duplicates = order.windows(2).filter(|w| ts[w[1]] == ts[w[0]]).count();
+    let (first, last) = (ts[order[0]], ts[order[order.len() - 1]]);
+    let median_step = {
+        let mut d: Vec<i64> = order
+            .windows(2)
+            .map(|w| ts[w[1]] - ts[w[0]])
+            .filter(|d| *d > 0)
+            .collect();
+        d.sort_unstable();
+        d.get(d.len() / 2).copied().unwrap_or(1).max(1)
+    };
+    if (last - first) / median_step > 10 * MAX_POINTS as i64 {
+        return Err(ModelError::Input(format!(
+            "the timestamps span {} steps of {median_step}s (from {first} to {last}): at most {}",
+            (last - first) / median_step,
+            10 * MAX_POINTS
+        )));
+    }
     let (scored, not_ready) = tokio::task::spawn_blocking(move || {
         let mut d = Detector::new(&cfg);
-        let scored: Vec<_> = ts
-            .iter()
-            .zip(&values)
-            .map(|(&t, &v)| d.update(t, v))
+        let mut scored = vec![None; ts.len()];
+        for &i in &order {
+            scored[i] = Some(d.update(ts[i], values[i]));
+        }
+        let scored: Vec<_> = scored
+            .into_iter()
+            .map(|s| s.expect("every index scored"))
             .collect();
         (scored, d.not_ready())
     })
@@ -173,5 +200,18 @@ mod tests {
             out["repairs"],
             json!({"duplicate_timestamps": 1, "out_of_order": 1})
         );
+        // a series sent newest first scores as the same series in time order
+        let (ts, values) = series(spike);
+        let rev = json!({"timestamps": ts.iter().rev().collect::<Vec<_>>(),
+                         "values": values.iter().rev().collect::<Vec<_>>()})
+        .to_string();
+        let out = score(rev.as_bytes()).await.unwrap();
+        assert_eq!(out["points"][values.len() - 1 - spike]["is_anomaly"], true);
+        // tunables that would exhaust memory are refused, named
+        let bad = json!({"timestamps": [1, 2], "values": [1.0, 2.0],
+                         "detector": {"seasonal": {"window": 1_000_000_000_000u64}}})
+        .to_string();
+        let e = score(bad.as_bytes()).await.unwrap_err().to_string();
+        assert!(e.contains("seasonal.window"), "{e}");
     }
 }

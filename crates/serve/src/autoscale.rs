@@ -64,6 +64,48 @@ pub struct AutoscaleConfig {
     pub max_mase: f64,
 }
 
+impl AutoscaleConfig {
+    /// Every inconsistent setting, named (`autoscale.services.api.min_replicas`).
+    pub fn validate(&self) -> Result<(), String> {
+        let mut bad = Vec::new();
+        for (svc, s) in &self.services {
+            if forecast::check_service(svc).is_err() {
+                bad.push(format!(
+                    "autoscale.services.{svc}: service names are letters, digits, `_`, `-`, `.`"
+                ));
+            }
+            if s.min_replicas > s.max_replicas {
+                bad.push(format!(
+                    "autoscale.services.{svc}: min_replicas {} is above max_replicas {}",
+                    s.min_replicas, s.max_replicas
+                ));
+            }
+            if let Some(c) = s
+                .capacity_per_replica
+                .filter(|c| !(c.is_finite() && *c > 0.0))
+            {
+                bad.push(format!(
+                    "autoscale.services.{svc}.capacity_per_replica {c}: must be above 0"
+                ));
+            }
+        }
+        if self.step.as_secs() < 1 {
+            bad.push("autoscale.step: at least 1s".into());
+        }
+        if !(self.max_mase.is_finite() && self.max_mase > 0.0) {
+            bad.push(format!(
+                "autoscale.max_mase {}: must be above 0",
+                self.max_mase
+            ));
+        }
+        if bad.is_empty() {
+            Ok(())
+        } else {
+            Err(bad.join("; "))
+        }
+    }
+}
+
 impl Default for AutoscaleConfig {
     fn default() -> Self {
         AutoscaleConfig {
@@ -206,7 +248,9 @@ impl Autoscaler {
                 rfc3339(from)
             ));
         };
-        let observed = (last_ts, *series.values.last().expect("same length"));
+        // the observed load is the newest slot's mean, dated by its newest sample
+        let newest = forecast::newest_sample(&out.batches).unwrap_or(last_ts);
+        let observed = (newest, *series.values.last().expect("same length"));
         // the slot still filling is the observed load, not history
         if last_ts + step > now && series.ts.len() > 1 {
             series.ts.pop();
@@ -235,8 +279,9 @@ impl Autoscaler {
         let (grid, observed, query) = match self.read(service, metric, now).await {
             Ok(r) => r,
             Err(p) => {
+                // keep the previous fit and its observed load: a lake hiccup must not
+                // answer 0 (the stale check takes over if it lasts)
                 e.problem = Some(p);
-                e.fit = None;
                 return;
             }
         };
@@ -244,7 +289,9 @@ impl Autoscaler {
         let name = forecast::registry_name(service, metric);
         if e.quality.is_none() {
             // after a restart: the newest registered recipe and its backtest
-            match forecast::latest_recipe(&self.registry, &name).await {
+            match forecast::latest_recipe(&self.registry, &name, &format!("{service}/{metric}"))
+                .await
+            {
                 Ok(Some((recipe, manifest))) => {
                     let age = (Utc::now() - manifest.created_at).num_seconds().max(0) as u64;
                     if age < self.config.backtest_interval.as_secs() && recipe.step_seconds == step
@@ -291,7 +338,9 @@ impl Autoscaler {
                         // the next request refits with the new recipe
                         e.tried = None;
                     }
-                    Err(err) => warn!(service = %service, metric = %metric, error = %err, "the forecaster's backtest failed; keeping the previous figures"),
+                    Err(err) => {
+                        warn!(service = %service, metric = %metric, error = %err, "the forecaster's backtest failed; keeping the previous figures")
+                    }
                 }
             });
         }
@@ -345,17 +394,18 @@ impl Autoscaler {
     ) -> Result<Quality, String> {
         let name = forecast::registry_name(service, metric);
         let (bt, recipe, secs) = self.backtest(grid, service, metric).await?;
-        let version =
-            match forecast::register_recipe(&self.registry, &recipe, &bt, query, secs).await {
-                Ok(m) => {
-                    info!(model = %m.name, version = %m.version, algorithm = %m.algorithm, mase = bt.model.mase, "registered a forecaster version");
-                    Some(m.version)
-                }
-                Err(err) => {
-                    warn!(model = %name, error = %err, "could not register the forecaster version");
-                    None
-                }
-            };
+        let version = match forecast::register_recipe(&self.registry, &recipe, &bt, query, secs)
+            .await
+        {
+            Ok(m) => {
+                info!(model = %m.name, version = %m.version, algorithm = %m.algorithm, mase = bt.model.mase, "registered a forecaster version");
+                Some(m.version)
+            }
+            Err(err) => {
+                warn!(model = %name, error = %err, "could not register the forecaster version");
+                None
+            }
+        };
         let q = Quality {
             at: Instant::now(),
             version,
@@ -422,7 +472,8 @@ fn backtest_from_metrics(m: &BTreeMap<String, f64>) -> Backtest {
         seasonal_naive: forecast::Accuracy {
             mase: g("baseline_mase"),
             smape: g("baseline_smape"),
-            ..Default::default()
+            coverage80: g("baseline_coverage80"),
+            coverage95: g("baseline_coverage95"),
         },
         relative_mase: g("mase") / g("baseline_mase"),
     }
@@ -543,12 +594,21 @@ pub async fn respond(
                 "lo95": at(&b.lo95, t),
                 "hi95": at(&b.hi95, t),
             });
-            if t <= now + lead.max(step) {
+            if t <= now + lead {
                 let v = p[band].as_f64().unwrap_or(f64::NAN);
                 lead_max = Some(lead_max.map_or(v, |m: f64| m.max(v)));
             }
             points.push(p);
             t += step;
+        }
+        if lead_max.is_none() {
+            // no point falls in [now, now+lead] (lead < step): the band at now+lead
+            let v = match band {
+                "p50" => at(&b.p50, now + lead),
+                "hi80" => at(&b.hi80, now + lead),
+                _ => at(&b.hi95, now + lead),
+            };
+            lead_max = Some(v);
         }
         notes.extend(f.forecast.plan.notes.iter().cloned());
         if f.data.report.duplicates + f.data.report.gaps_filled > 0 {
@@ -600,7 +660,8 @@ pub async fn respond(
         .filter(|c| *c > 0.0)
         .map(|cap| {
             ((value / cap).ceil().max(0.0) as u64)
-                .clamp(defaults.min_replicas as u64, defaults.max_replicas as u64)
+                .max(defaults.min_replicas as u64)
+                .min(defaults.max_replicas as u64)
         });
     if scaling
         .as_ref()
