@@ -177,6 +177,7 @@ mod tests {
             scores_out: Some(out.clone()),
             detectors: None,
             threshold: None,
+            rearm: 36,
             json: false,
         };
         let text = eval_anomaly(&args).unwrap();
@@ -215,6 +216,7 @@ mod tests {
             scores_out: None,
             detectors: None,
             threshold: None,
+            rearm: 36,
             json: false,
         };
         let e = eval_anomaly(&args).unwrap_err();
