@@ -124,7 +124,7 @@ fn run_forecast(name: String, grid: Regular, horizon: usize) -> Result<Run, Stri
     })
 }
 
-async fn lake_grid(settings: &Settings, args: &ForecastArgs) -> Result<Regular, String> {
+pub async fn lake_grid(settings: &Settings, args: &ForecastArgs) -> Result<Regular, String> {
     let service = args.service.as_deref().unwrap_or_default();
     forecast::check_service(service).map_err(|e| e.to_string())?;
     let column = forecast::metric_column(&args.metric).map_err(|e| e.to_string())?;

@@ -4,6 +4,7 @@
 // A binary exports nothing: `pub` inside it only means "used by sibling modules".
 #![allow(unreachable_pub)]
 
+mod anomalycmd;
 mod bench;
 mod commands;
 mod dlqcmd;
@@ -171,6 +172,12 @@ enum Command {
     /// Replay a load series through a reactive HPA and through our forecast policy; report
     /// SLO-breach minutes and replica-hours of each.
     SimulateScaling(simcmd::SimulateArgs),
+    /// Anomaly detectors in the registry: `ymera anomaly train NAME` fits an isolation
+    /// forest on a series and registers it (scored by `POST /v1/anomaly/detect`).
+    Anomaly {
+        #[command(subcommand)]
+        action: AnomalyAction,
+    },
     /// Evaluate detectors or forecasters on a directory of series (NAB layout).
     Eval {
         #[command(subcommand)]
@@ -205,6 +212,12 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         forecast: Option<PathBuf>,
     },
+}
+
+#[derive(Subcommand, Debug)]
+enum AnomalyAction {
+    /// Fit an isolation forest over window features and register it as a version.
+    Train(anomalycmd::AnomalyTrainArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -430,6 +443,9 @@ fn main() -> ExitCode {
                 })
                 .await
             }
+            Command::Anomaly {
+                action: AnomalyAction::Train(args),
+            } => anomalycmd::train(&settings, args).await,
             Command::Eval {
                 action: EvalAction::Anomaly(args),
             } => blocking_report(move || evalcmd::eval_anomaly(&args)).await,

@@ -12,6 +12,7 @@
 //!
 //! No ndarray or smartcore type appears in this crate's public API.
 
+pub mod detector;
 pub mod features;
 pub mod forecast;
 pub mod metrics;

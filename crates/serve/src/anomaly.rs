@@ -10,11 +10,15 @@
 
 use axum::Json;
 use axum::body::Bytes;
+use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use ymera_anomaly::detect::{Detector, DetectorConfig};
-use ymera_models::ModelError;
+use ymera_anomaly::iforest::IForestDetector;
+use ymera_models::{ModelError, Registry};
+
+use crate::AppState;
 
 use crate::models::error_response;
 
@@ -28,6 +32,17 @@ struct DetectRequest {
     values: Vec<Value>,
     #[serde(default)]
     detector: Option<DetectorConfig>,
+    /// A registered isolation forest (`ymera anomaly train`) to score with instead of the
+    /// streaming detectors.
+    #[serde(default)]
+    model: Option<String>,
+    /// Its version or alias (default: `champion` if set, else the newest version).
+    #[serde(default)]
+    version: Option<String>,
+    /// With `model`: `is_anomaly` when the forest's calibrated score is at least this
+    /// (default 0.95; 0.5 is an ordinary point, 0.9 the training scores' 99th percentile).
+    #[serde(default)]
+    threshold: Option<f64>,
 }
 
 fn timestamp(v: &Value, i: usize) -> Result<i64, ModelError> {
@@ -60,14 +75,19 @@ fn value(v: &Value, i: usize) -> Result<f64, ModelError> {
 }
 
 /// `POST /v1/anomaly/detect`.
-pub async fn detect(body: Bytes) -> Response {
-    match score(&body).await {
+pub async fn detect(State(app): State<AppState>, body: Bytes) -> Response {
+    match score_with(Some(app.models.registry()), &body).await {
         Ok(v) => Json(v).into_response(),
         Err(e) => error_response(&e),
     }
 }
 
+#[cfg(test)]
 async fn score(body: &[u8]) -> Result<Value, ModelError> {
+    score_with(None, body).await
+}
+
+async fn score_with(registry: Option<&Registry>, body: &[u8]) -> Result<Value, ModelError> {
     let req: DetectRequest = serde_json::from_slice(body)
         .map_err(|e| ModelError::Input(format!("malformed request: {e}")))?;
     if req.timestamps.len() != req.values.len() {
@@ -120,6 +140,49 @@ async fn score(body: &[u8]) -> Result<Value, ModelError> {
             (last - first) / median_step,
             10 * MAX_POINTS
         )));
+    }
+    if let Some(name) = &req.model {
+        let registry = registry.ok_or_else(|| ModelError::Model("no registry".into()))?;
+        let threshold = req.threshold.unwrap_or(0.95);
+        if !(threshold > 0.0 && threshold <= 1.0) {
+            return Err(ModelError::Input(format!(
+                "threshold {threshold}: must be in (0, 1]"
+            )));
+        }
+        let (kind, json, manifest) =
+            ymera_models::detector::load(registry, name, req.version.as_deref()).await?;
+        if kind != ymera_models::detector::ISOLATION_FOREST {
+            return Err(ModelError::Input(format!(
+                "model `{name}` is a {kind}, not an isolation forest"
+            )));
+        }
+        let mut forest: IForestDetector = serde_json::from_value(json).map_err(|e| {
+            ModelError::Integrity(format!(
+                "{name}/{}: the stored forest does not load: {e}",
+                manifest.version
+            ))
+        })?;
+        forest.reset();
+        let scores = tokio::task::spawn_blocking(move || {
+            let mut out = vec![0.0; values.len()];
+            for &i in &order {
+                out[i] = forest.score(values[i]);
+            }
+            out
+        })
+        .await
+        .map_err(|e| ModelError::Model(format!("the scoring task failed: {e}")))?;
+        let points: Vec<Value> = scores
+            .iter()
+            .map(|&s| json!({"anomaly_score": s, "is_anomaly": s >= threshold}))
+            .collect();
+        return Ok(json!({
+            "model": {"name": manifest.name, "version": manifest.version},
+            "points": points,
+            "anomalies": scores.iter().filter(|&&s| s >= threshold).count(),
+            "repairs": {"duplicate_timestamps": duplicates, "out_of_order": out_of_order},
+            "not_ready": [],
+        }));
     }
     let (scored, not_ready) = tokio::task::spawn_blocking(move || {
         let mut d = Detector::new(&cfg);
@@ -213,5 +276,63 @@ mod tests {
         .to_string();
         let e = score(bad.as_bytes()).await.unwrap_err().to_string();
         assert!(e.contains("seasonal.window"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_registered_isolation_forest_scores_a_sent_series() {
+        use ymera_anomaly::iforest::IForestParams;
+        let dir = tempfile::tempdir().unwrap();
+        let registry = Registry::open(&dir.path().display().to_string(), &[]).unwrap();
+        // trained on a clean series, registered as `ymera anomaly train` does
+        let (_, clean) = series(usize::MAX);
+        let forest = IForestDetector::train(&clean, &IForestParams::default(), 7).unwrap();
+        let on = ymera_models::detector::TrainedOn {
+            series: "test".into(),
+            points: clean.len(),
+            content_sha256: String::new(),
+            data_from: String::new(),
+            data_to: String::new(),
+        };
+        let m = ymera_models::detector::register(
+            &registry,
+            "cpu-iforest",
+            ymera_models::detector::ISOLATION_FOREST,
+            serde_json::to_value(&forest).unwrap(),
+            Default::default(),
+            &on,
+            0.0,
+        )
+        .await
+        .unwrap();
+        assert_eq!(m.version, "1");
+        let spike = 2 * 288 + 50;
+        let (ts, values) = series(spike);
+        let body =
+            json!({"timestamps": ts, "values": values, "model": "cpu-iforest", "threshold": 0.93})
+                .to_string();
+        let out = score_with(Some(&registry), body.as_bytes()).await.unwrap();
+        assert_eq!(out["model"], json!({"name": "cpu-iforest", "version": "1"}));
+        let scores: Vec<f64> = out["points"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["anomaly_score"].as_f64().unwrap())
+            .collect();
+        // the spike is among the three highest of 676 scores, and flagged
+        let rank = scores.iter().filter(|s| **s > scores[spike]).count();
+        assert!(rank < 3, "the spike ranks {rank}: {}", scores[spike]);
+        assert_eq!(
+            out["points"][spike]["is_anomaly"], true,
+            "{}",
+            out["points"][spike]
+        );
+        let flagged = out["anomalies"].as_u64().unwrap();
+        assert!(flagged <= 8, "{flagged} of {} flagged", scores.len());
+        // an unknown model is a 404 listing nothing, a forecast recipe is refused
+        let bad = json!({"timestamps": [1], "values": [1.0], "model": "nope"}).to_string();
+        assert!(matches!(
+            score_with(Some(&registry), bad.as_bytes()).await,
+            Err(ModelError::NotFound { .. })
+        ));
     }
 }
