@@ -83,12 +83,10 @@ pub fn eval_dir(
     scores_out: Option<&Path>,
 ) -> Result<EvalReport, String> {
     let data = dir.join("data");
-    let mut paths = Vec::new();
-    collect_csv(&data, &mut paths)?;
+    let paths = ymera_common::series::csv_files(&data).map_err(|e| e.to_string())?;
     if paths.is_empty() {
         return Err(format!("{}: no *.csv files under it", data.display()));
     }
-    paths.sort();
     let labels = nab::load_windows(&dir.join(LABELS))?;
 
     struct Scored {
@@ -195,25 +193,6 @@ pub fn eval_dir(
         own: CorpusLine::from(&own),
         optimised: CorpusLine::from(&optimised),
     })
-}
-
-/// Every `*.csv` under `dir`, recursively.
-fn collect_csv(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), String> {
-    let entries = std::fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    for entry in entries {
-        let entry = entry.map_err(|e| format!("{}: {e}", dir.display()))?;
-        let path = entry.path();
-        // `is_dir` follows symbolic links: a linked data directory is read like a real one.
-        if path.is_dir() {
-            collect_csv(&path, out)?;
-        } else if path
-            .extension()
-            .is_some_and(|e| e.eq_ignore_ascii_case("csv"))
-        {
-            out.push(path);
-        }
-    }
-    Ok(())
 }
 
 /// `path` relative to `root`, `/`-separated as in NAB's labels.

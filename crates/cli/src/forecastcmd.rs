@@ -379,24 +379,6 @@ pub async fn eval_forecast(args: EvalForecastArgs) -> u8 {
     }
 }
 
-fn csv_files(dir: &Path) -> Result<Vec<PathBuf>, String> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let entries = std::fs::read_dir(&d).map_err(|e| format!("{}: {e}", d.display()))?;
-        for e in entries {
-            let p = e.map_err(|e| format!("{}: {e}", d.display()))?.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if p.extension().is_some_and(|x| x == "csv") {
-                out.push(p);
-            }
-        }
-    }
-    out.sort();
-    Ok(out)
-}
-
 fn eval_forecast_blocking(args: &EvalForecastArgs) -> Result<String, String> {
     let data = args.dir.join("data");
     let root = if data.is_dir() {
@@ -404,7 +386,7 @@ fn eval_forecast_blocking(args: &EvalForecastArgs) -> Result<String, String> {
     } else {
         args.dir.clone()
     };
-    let files = csv_files(&root)?;
+    let files = ymera_common::series::csv_files(&root).map_err(|e| e.to_string())?;
     if files.is_empty() {
         return Err(format!("no CSV files under {}", root.display()));
     }
@@ -542,7 +524,7 @@ pub fn bench_forecast(dir: &Path) -> Result<String, String> {
     } else {
         dir.to_path_buf()
     };
-    let files = csv_files(&root)?;
+    let files = ymera_common::series::csv_files(&root).map_err(|e| e.to_string())?;
     if files.is_empty() {
         return Err(format!("no CSV files under {}", root.display()));
     }

@@ -241,20 +241,7 @@ pub async fn show(settings: &Settings, reference: &str) -> u8 {
         let (name, v) = parse_ref(reference);
         let v = match v {
             Some(v) => v.to_string(),
-            None => match reg.alias(name, "champion").await? {
-                Some(r) => r.version,
-                None => reg
-                    .versions(name)
-                    .await?
-                    .iter()
-                    .rev()
-                    .find(|e| matches!(e.manifest, Some(Ok(_))))
-                    .map(|e| e.version.to_string())
-                    .ok_or_else(|| ModelError::NotFound {
-                        what: format!("model `{name}`"),
-                        available: Vec::new(),
-                    })?,
-            },
+            None => reg.default_ref(name).await?,
         };
         let loaded = reg.load_resolved(name, &v).await?;
         let mut out =

@@ -275,6 +275,33 @@ pub fn regularize(s: &Series, step: Option<i64>) -> Result<Regular, SeriesError>
     })
 }
 
+/// Every `*.csv` under `dir`, recursively, sorted (symbolic links to directories are
+/// followed).
+pub fn csv_files(dir: &Path) -> Result<Vec<std::path::PathBuf>, SeriesError> {
+    fn walk(dir: &Path, out: &mut Vec<std::path::PathBuf>) -> Result<(), SeriesError> {
+        let entries =
+            std::fs::read_dir(dir).map_err(|e| SeriesError(format!("{}: {e}", dir.display())))?;
+        for entry in entries {
+            let path = entry
+                .map_err(|e| SeriesError(format!("{}: {e}", dir.display())))?
+                .path();
+            if path.is_dir() {
+                walk(&path, out)?;
+            } else if path
+                .extension()
+                .is_some_and(|e| e.eq_ignore_ascii_case("csv"))
+            {
+                out.push(path);
+            }
+        }
+        Ok(())
+    }
+    let mut out = Vec::new();
+    walk(dir, &mut out)?;
+    out.sort();
+    Ok(out)
+}
+
 /// Writes `header` then one line per row.
 pub fn write_csv(path: &Path, header: &str, rows: &[String]) -> Result<(), SeriesError> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {

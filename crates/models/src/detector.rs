@@ -6,8 +6,8 @@
 use std::collections::BTreeMap;
 
 use crate::ModelError;
-use crate::registry::{ArtifactRef, Lineage};
-use crate::spec::{Params, Task};
+use crate::registry::RecipeModel;
+use crate::spec::Task;
 
 /// The kind an isolation forest's artifact carries.
 pub const ISOLATION_FOREST: &str = "isolation_forest";
@@ -33,53 +33,25 @@ pub async fn register(
     on: &TrainedOn,
     fit_seconds: f64,
 ) -> Result<crate::Manifest, ModelError> {
-    let artifact = crate::Artifact {
-        format: 1,
-        name: name.to_string(),
-        version: String::new(),
-        task: Task::AnomalyDetection,
-        features: crate::features::FeatureSchema(Vec::new()),
-        estimator: crate::model::Estimator::Recipe {
+    registry
+        .register_recipe_model(RecipeModel {
+            name: name.to_string(),
+            task: Task::AnomalyDetection,
             kind: kind.to_string(),
             recipe: detector,
-        },
-    };
-    let manifest = crate::Manifest {
-        name: name.to_string(),
-        version: String::new(),
-        created_at: chrono::Utc::now(),
-        task: Task::AnomalyDetection,
-        algorithm: kind.to_string(),
-        params: Params::default(),
-        calibration: Some("scores calibrated on the training series' own scores".into()),
-        label: Some(on.series.clone()),
-        metrics,
-        gate: Vec::new(),
-        gate_passed: true,
-        lineage: Lineage {
-            query: on.series.clone(),
-            tables: Vec::new(),
-            rows: on.points,
-            train_rows: on.points,
-            calibration_rows: 0,
-            holdout_rows: 0,
-            skipped_rows: 0,
+            algorithm: kind.to_string(),
+            calibration: Some("scores calibrated on the training series' own scores".into()),
+            series: on.series.clone(),
+            query: None,
+            points: on.points,
+            holdout_points: 0,
             content_sha256: on.content_sha256.clone(),
             time_range: (on.data_from.clone(), on.data_to.clone()),
-            holdout_from: String::new(),
-        },
-        features: crate::features::FeatureSchema(Vec::new()),
-        artifact: ArtifactRef {
-            path: String::new(),
-            sha256: String::new(),
-            bytes: 0,
-        },
-        spec_sha256: String::new(),
-        fit_seconds,
-        crate_version: env!("CARGO_PKG_VERSION").into(),
-        status: "registered".into(),
-    };
-    registry.register(artifact, manifest).await
+            metrics,
+            gate: Vec::new(),
+            fit_seconds,
+        })
+        .await
 }
 
 /// Loads a detector version (a number or an alias; `None`: the `champion` alias if it
@@ -91,20 +63,7 @@ pub async fn load(
 ) -> Result<(String, serde_json::Value, crate::Manifest), ModelError> {
     let version = match version {
         Some(v) => v.to_string(),
-        None => match registry.alias(name, "champion").await? {
-            Some(_) => "champion".to_string(),
-            None => registry
-                .versions(name)
-                .await?
-                .iter()
-                .rev()
-                .find(|e| matches!(e.manifest, Some(Ok(_))))
-                .map(|e| e.version.to_string())
-                .ok_or_else(|| ModelError::NotFound {
-                    what: format!("a registered version of `{name}`"),
-                    available: Vec::new(),
-                })?,
-        },
+        None => registry.default_ref(name).await?,
     };
     let loaded = registry.load_resolved(name, &version).await?;
     match loaded.artifact.estimator {

@@ -433,19 +433,15 @@ pub fn backtest(
 /// Interval scale factors that would have brought the backtest's coverage to the
 /// nominal 80 % / 95 %, bounded to [0.5, 3]: a crude calibration for the next fits.
 pub fn interval_scale(bt: &Backtest) -> (f64, f64) {
-    let f = |cov: f64, nominal: f64, z: f64| -> f64 {
+    let f = |cov: f64, z: f64| -> f64 {
         if !(cov > 0.0 && cov < 1.0) {
             return 1.0;
         }
         // treat errors as normal: coverage c ↔ half-width z_c·σ
         let zc = inverse_normal_cdf(0.5 + cov / 2.0);
-        let _ = nominal;
         (z / zc).clamp(0.5, 3.0)
     };
-    (
-        f(bt.model.coverage80, 0.8, Z80),
-        f(bt.model.coverage95, 0.95, Z95),
-    )
+    (f(bt.model.coverage80, Z80), f(bt.model.coverage95, Z95))
 }
 
 /// Acklam's rational approximation of the standard normal quantile (|error| < 1.2e-9).
@@ -707,31 +703,18 @@ pub async fn register_recipe(
     query: &str,
     fit_seconds: f64,
 ) -> Result<crate::Manifest, ModelError> {
-    use crate::registry::{ArtifactRef, GateCheck, Lineage};
-    use crate::spec::{Op, Params, Task, Threshold};
+    use crate::registry::{GateCheck, RecipeModel};
+    use crate::spec::{Op, Task, Threshold};
     let (service, metric) = recipe
         .series
         .split_once('/')
         .unwrap_or((&recipe.series, ""));
-    let name = registry_name(service, metric);
-    let artifact = crate::Artifact {
-        format: 1,
-        name: name.clone(),
-        version: String::new(),
-        task: Task::Forecast,
-        features: crate::features::FeatureSchema(Vec::new()),
-        estimator: crate::model::Estimator::Recipe {
-            kind: "forecast".into(),
-            recipe: serde_json::to_value(recipe)
-                .map_err(|e| ModelError::Model(format!("serialising the recipe: {e}")))?,
-        },
-    };
     let served = if recipe.plan.model == "seasonal_naive" {
         &bt.seasonal_naive
     } else {
         &bt.model
     };
-    let metrics: std::collections::BTreeMap<String, f64> = [
+    let metrics = [
         ("served_mase", served.mase),
         ("mase", bt.model.mase),
         ("smape", bt.model.smape),
@@ -748,54 +731,37 @@ pub async fn register_recipe(
     .filter(|(_, v)| v.is_finite())
     .map(|(k, v)| (k.to_string(), v))
     .collect();
-    let passed = served.mase < 1.0;
-    let manifest = crate::Manifest {
-        name,
-        version: String::new(),
-        created_at: chrono::Utc::now(),
-        task: Task::Forecast,
-        algorithm: recipe.plan.model.clone(),
-        params: Params::default(),
-        calibration: Some(format!(
-            "intervals scaled ×{:.2} (80 %) and ×{:.2} (95 %) from the backtest's coverage",
-            recipe.interval_scale.0, recipe.interval_scale.1
-        )),
-        label: Some(recipe.series.clone()),
-        metrics,
-        gate: vec![GateCheck {
-            threshold: Threshold {
-                metric: "served_mase".into(),
-                op: Op::Lt,
-                value: 1.0,
-            },
-            actual: Some(served.mase),
-            passed,
-        }],
-        gate_passed: passed,
-        lineage: Lineage {
-            query: query.to_string(),
-            tables: Vec::new(),
-            rows: recipe.points,
-            train_rows: recipe.points,
-            calibration_rows: 0,
-            holdout_rows: bt.origins * bt.horizon,
-            skipped_rows: 0,
+    registry
+        .register_recipe_model(RecipeModel {
+            name: registry_name(service, metric),
+            task: Task::Forecast,
+            kind: "forecast".into(),
+            recipe: serde_json::to_value(recipe)
+                .map_err(|e| ModelError::Model(format!("serialising the recipe: {e}")))?,
+            algorithm: recipe.plan.model.clone(),
+            calibration: Some(format!(
+                "intervals scaled ×{:.2} (80 %) and ×{:.2} (95 %) from the backtest's coverage",
+                recipe.interval_scale.0, recipe.interval_scale.1
+            )),
+            series: recipe.series.clone(),
+            query: Some(query.to_string()),
+            points: recipe.points,
+            holdout_points: bt.origins * bt.horizon,
             content_sha256: recipe.content_sha256.clone(),
             time_range: (recipe.data_from.clone(), recipe.data_to.clone()),
-            holdout_from: String::new(),
-        },
-        features: crate::features::FeatureSchema(Vec::new()),
-        artifact: ArtifactRef {
-            path: String::new(),
-            sha256: String::new(),
-            bytes: 0,
-        },
-        spec_sha256: String::new(),
-        fit_seconds,
-        crate_version: env!("CARGO_PKG_VERSION").into(),
-        status: "registered".into(),
-    };
-    registry.register(artifact, manifest).await
+            metrics,
+            gate: vec![GateCheck {
+                threshold: Threshold {
+                    metric: "served_mase".into(),
+                    op: Op::Lt,
+                    value: 1.0,
+                },
+                actual: Some(served.mase),
+                passed: served.mase < 1.0,
+            }],
+            fit_seconds,
+        })
+        .await
 }
 
 /// The newest registered recipe of a forecaster and its manifest, if any.

@@ -151,6 +151,30 @@ pub struct VersionEntry {
     pub manifest: Option<Result<Manifest, String>>,
 }
 
+/// What [`Registry::register_recipe_model`] records beyond the defaults.
+#[derive(Debug, Clone)]
+pub struct RecipeModel {
+    pub name: String,
+    pub task: Task,
+    /// The artifact's `recipe_kind` (`forecast`, `isolation_forest`).
+    pub kind: String,
+    pub recipe: serde_json::Value,
+    pub algorithm: String,
+    pub calibration: Option<String>,
+    /// The series it was fitted on (`service/metric` or a file); the manifest's label.
+    pub series: String,
+    /// The query that read the series (default: the series name).
+    pub query: Option<String>,
+    pub points: usize,
+    /// Points scored by the backtest, if any.
+    pub holdout_points: usize,
+    pub content_sha256: String,
+    pub time_range: (String, String),
+    pub metrics: BTreeMap<String, f64>,
+    pub gate: Vec<GateCheck>,
+    pub fit_seconds: f64,
+}
+
 /// The registry.
 #[derive(Debug, Clone)]
 pub struct Registry {
@@ -439,6 +463,78 @@ impl Registry {
             .await?
             .into_iter()
             .rfind(|r| r.at <= t))
+    }
+
+    /// The reference a caller means when it names no version: the `champion` alias when
+    /// it is set (loading through it checks the manifest hash recorded at promotion),
+    /// else the newest version that has a manifest.
+    pub async fn default_ref(&self, name: &str) -> Result<String, ModelError> {
+        if self.alias(name, "champion").await?.is_some() {
+            return Ok("champion".into());
+        }
+        self.versions(name)
+            .await?
+            .iter()
+            .rev()
+            .find(|e| matches!(e.manifest, Some(Ok(_))))
+            .map(|e| e.version.to_string())
+            .ok_or_else(|| ModelError::NotFound {
+                what: format!("a registered version of `{name}`"),
+                available: Vec::new(),
+            })
+    }
+
+    /// Registers a model that is not trained from a spec (a forecaster's refit recipe, an
+    /// anomaly detector): its JSON as the artifact, the rest of the manifest from `m`.
+    pub async fn register_recipe_model(&self, m: RecipeModel) -> Result<Manifest, ModelError> {
+        let artifact = Artifact {
+            format: 1,
+            name: m.name.clone(),
+            version: String::new(),
+            task: m.task,
+            features: FeatureSchema(Vec::new()),
+            estimator: Estimator::Recipe {
+                kind: m.kind,
+                recipe: m.recipe,
+            },
+        };
+        let gate_passed = m.gate.iter().all(|g| g.passed);
+        let manifest = Manifest {
+            name: m.name,
+            version: String::new(),
+            created_at: Utc::now(),
+            task: m.task,
+            algorithm: m.algorithm,
+            params: Params::default(),
+            calibration: m.calibration,
+            label: Some(m.series.clone()),
+            metrics: m.metrics,
+            gate: m.gate,
+            gate_passed,
+            lineage: Lineage {
+                query: m.query.unwrap_or_else(|| m.series.clone()),
+                tables: Vec::new(),
+                rows: m.points,
+                train_rows: m.points,
+                calibration_rows: 0,
+                holdout_rows: m.holdout_points,
+                skipped_rows: 0,
+                content_sha256: m.content_sha256,
+                time_range: m.time_range,
+                holdout_from: String::new(),
+            },
+            features: FeatureSchema(Vec::new()),
+            artifact: ArtifactRef {
+                path: String::new(),
+                sha256: String::new(),
+                bytes: 0,
+            },
+            spec_sha256: String::new(),
+            fit_seconds: m.fit_seconds,
+            crate_version: env!("CARGO_PKG_VERSION").into(),
+            status: "registered".into(),
+        };
+        self.register(artifact, manifest).await
     }
 
     /// `version` may be a number or an alias; returns the concrete version and, for an

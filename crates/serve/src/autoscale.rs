@@ -426,7 +426,7 @@ impl Autoscaler {
         let values = grid.values.clone();
         let per_day = grid.per_day();
         let horizon = ((BACKTEST_HORIZON_SECS / grid.step).max(1)) as usize;
-        let (start, step, report) = (grid.start, grid.step, grid.report.clone());
+        let (start, step) = (grid.start, grid.step);
         let window_days = (self.config.window.as_secs() / 86_400) as u32;
         let series = format!("{service}/{metric}");
         tokio::task::spawn_blocking(move || {
@@ -450,7 +450,6 @@ impl Autoscaler {
                 points: values.len(),
                 content_sha256: forecast::content_sha256(&values),
             };
-            let _ = report;
             Ok((bt, recipe, secs))
         })
         .await
