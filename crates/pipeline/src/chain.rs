@@ -12,8 +12,6 @@ use std::sync::Arc;
 use arrow::array::RecordBatch;
 use arrow::compute::concat_batches;
 use arrow::datatypes::SchemaRef;
-use datafusion::datasource::MemTable;
-use datafusion::execution::context::SQLOptions;
 use datafusion::prelude::SessionContext;
 use serde::{Deserialize, Serialize};
 use ymera_anomaly::alerts::AlertEvent;
@@ -101,13 +99,6 @@ impl std::fmt::Debug for Chain {
     }
 }
 
-fn sql_options() -> SQLOptions {
-    SQLOptions::new()
-        .with_allow_ddl(false)
-        .with_allow_dml(false)
-        .with_allow_statements(false)
-}
-
 /// Splits steps into the SQL prefix and the rest.
 pub fn split(steps: &[Step]) -> (Vec<Stage>, Vec<Step>) {
     let first = steps
@@ -124,20 +115,6 @@ pub fn split(steps: &[Step]) -> (Vec<Stage>, Vec<Step>) {
     (pre, steps[first..].to_vec())
 }
 
-fn register(ctx: &SessionContext, name: &str, batch: RecordBatch) -> Result<(), TransformError> {
-    let _ = ctx.deregister_table(name);
-    let table = MemTable::try_new(batch.schema(), vec![vec![batch]])
-        .map_err(|e| TransformError::Internal(format!("cannot register `{name}`: {e}")))?;
-    ctx.register_table(name, Arc::new(table))
-        .map_err(|e| TransformError::Internal(format!("cannot register `{name}`: {e}")))?;
-    Ok(())
-}
-
-fn first_line(e: datafusion::error::DataFusionError) -> String {
-    let e = e.find_root().to_string();
-    e.lines().next().unwrap_or_default().trim().to_string()
-}
-
 /// Plans a SQL stage that comes after an anomaly stage, against the schemas so far.
 pub async fn plan_sql(
     stage: &Stage,
@@ -146,16 +123,13 @@ pub async fn plan_sql(
     let ctx = ymera_transform::session();
     for (name, schema) in schemas {
         if !name.ends_with(ALERTS_SUFFIX) {
-            register(&ctx, name, RecordBatch::new_empty(schema.clone()))?;
+            ymera_transform::register(&ctx, name, RecordBatch::new_empty(schema.clone()))?;
         }
     }
     let df = ctx
-        .sql_with_options(&stage.sql, sql_options())
+        .sql_with_options(&stage.sql, ymera_transform::sql_options())
         .await
-        .map_err(|e| TransformError::Plan {
-            stage: stage.name.clone(),
-            message: first_line(e),
-        })?;
+        .map_err(|e| TransformError::plan(&stage.name, e))?;
     Ok(Arc::new(df.schema().as_arrow().clone()))
 }
 
@@ -248,7 +222,7 @@ impl Chain {
                         event,
                     }));
                     if registered {
-                        register(&self.ctx, name, scored.clone())?;
+                        ymera_transform::register(&self.ctx, name, scored.clone())?;
                     }
                     outputs.tables.push((name.clone(), scored));
                 }
@@ -256,30 +230,27 @@ impl Chain {
                     if !registered {
                         for (n, b) in &outputs.tables {
                             if !n.ends_with(ALERTS_SUFFIX) {
-                                register(&self.ctx, n, b.clone())?;
+                                ymera_transform::register(&self.ctx, n, b.clone())?;
                             }
                         }
                         registered = true;
                     }
                     let df = self
                         .ctx
-                        .sql_with_options(&stage.sql, sql_options())
+                        .sql_with_options(&stage.sql, ymera_transform::sql_options())
                         .await
-                        .map_err(|e| TransformError::Plan {
-                            stage: stage.name.clone(),
-                            message: first_line(e),
-                        })?;
+                        .map_err(|e| TransformError::plan(&stage.name, e))?;
                     let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
-                    let batches = df.collect().await.map_err(|e| TransformError::Execute {
-                        stage: stage.name.clone(),
-                        message: first_line(e),
-                    })?;
+                    let batches = df
+                        .collect()
+                        .await
+                        .map_err(|e| TransformError::execute(&stage.name, e))?;
                     let batch =
                         concat_batches(&schema, &batches).map_err(|e| TransformError::Execute {
                             stage: stage.name.clone(),
                             message: e.to_string(),
                         })?;
-                    register(&self.ctx, &stage.name, batch.clone())?;
+                    ymera_transform::register(&self.ctx, &stage.name, batch.clone())?;
                     outputs.tables.push((stage.name.clone(), batch));
                 }
             }

@@ -19,14 +19,16 @@ pub enum TransformError {
 }
 
 impl TransformError {
-    pub(crate) fn plan(stage: &str, e: datafusion::error::DataFusionError) -> Self {
+    /// A planning error of `stage`, as one line.
+    pub fn plan(stage: &str, e: datafusion::error::DataFusionError) -> Self {
         TransformError::Plan {
             stage: stage.to_string(),
             message: clean(e),
         }
     }
 
-    pub(crate) fn execute(stage: &str, e: datafusion::error::DataFusionError) -> Self {
+    /// An execution error of `stage`, as one line.
+    pub fn execute(stage: &str, e: datafusion::error::DataFusionError) -> Self {
         TransformError::Execute {
             stage: stage.to_string(),
             message: clean(e),

@@ -66,7 +66,8 @@ impl std::fmt::Debug for Transform {
     }
 }
 
-fn sql_options() -> SQLOptions {
+/// What ymera's SQL stages may do: queries only (no DDL, DML or statements).
+pub fn sql_options() -> SQLOptions {
     SQLOptions::new()
         .with_allow_ddl(false)
         .with_allow_dml(false)
@@ -182,7 +183,8 @@ impl Transform {
     }
 }
 
-fn register(ctx: &SessionContext, name: &str, batch: RecordBatch) -> Result<()> {
+/// Registers `batch` as the table `name`, replacing one of that name.
+pub fn register(ctx: &SessionContext, name: &str, batch: RecordBatch) -> Result<()> {
     let _ = ctx.deregister_table(name);
     let table = MemTable::try_new(batch.schema(), vec![vec![batch]])
         .map_err(|e| TransformError::Internal(format!("cannot register `{name}`: {e}")))?;
