@@ -21,7 +21,7 @@ fn validate_reports_every_problem_with_position_and_exits_78() {
     // sql/migrations (warehouse.migrations is relative to the working directory)
     let ok = ymera()
         .args(["validate", "--no-environment", "pipelines"])
-        .current_dir("..")
+        .current_dir(repo())
         .output()
         .unwrap();
     assert_eq!(
@@ -34,7 +34,11 @@ fn validate_reports_every_problem_with_position_and_exits_78() {
 
 #[test]
 fn ymera_test_passes_the_shipped_pipelines_and_prints_a_diff_on_failure() {
-    let out = ymera().args(["test", "../pipelines"]).output().unwrap();
+    let out = ymera()
+        .arg("test")
+        .arg(repo().join("pipelines"))
+        .output()
+        .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{stdout}");
     assert!(stdout.contains(" 0 failed"), "{stdout}");
@@ -82,4 +86,43 @@ fn deny_warnings_refuses_a_pipeline_without_tests() {
         "{}",
         String::from_utf8_lossy(&strict.stderr)
     );
+}
+
+#[test]
+fn a_binary_built_from_other_sources_is_refused() {
+    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_ymera"));
+    check_binary(bin, &repo()).expect("the binary cargo built is the tree's");
+
+    // A copy of the sources: new modification times, same content — still this binary's.
+    let copy = tempfile::tempdir().unwrap();
+    for file in crate::source_hash::source_files(&repo()).unwrap() {
+        let to = copy.path().join(&file);
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::copy(repo().join(&file), &to).unwrap();
+    }
+    check_binary(bin, copy.path()).expect("same content, same sources");
+
+    // A test file is not a source of the binary.
+    let test_file = copy.path().join("crates/cli/tests/extra.rs");
+    std::fs::create_dir_all(test_file.parent().unwrap()).unwrap();
+    std::fs::write(&test_file, "// a test\n").unwrap();
+    check_binary(bin, copy.path()).expect("tests are not sources");
+
+    // One changed line in a source file: the binary is another commit's and is refused.
+    let main_rs = copy.path().join("crates/cli/src/main.rs");
+    let mut text = std::fs::read_to_string(&main_rs).unwrap();
+    text.push_str("// one more line\n");
+    std::fs::write(&main_rs, text).unwrap();
+    let err = check_binary(bin, copy.path()).unwrap_err();
+    assert!(err.contains("is stale") && err.contains("Rebuild"), "{err}");
+
+    // So is a change of a dependency version.
+    std::fs::copy(repo().join("crates/cli/src/main.rs"), &main_rs).unwrap();
+    check_binary(bin, copy.path()).expect("restored");
+    let lock = copy.path().join("Cargo.lock");
+    let text = std::fs::read_to_string(&lock)
+        .unwrap()
+        .replacen("version = ", "version  = ", 1);
+    std::fs::write(&lock, text).unwrap();
+    assert!(check_binary(bin, copy.path()).is_err());
 }

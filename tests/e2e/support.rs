@@ -4,6 +4,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arrow::array::{Array, Int64Array, RecordBatch};
@@ -168,25 +169,52 @@ pub fn pipeline_dir(yaml: &str) -> tempfile::TempDir {
     dir
 }
 
-/// The `ymera` binary: `YMERA_BIN`, else the one cargo built beside this test binary
-/// (`target/<profile>/ymera`; `cargo test --workspace` builds it).
+/// The `ymera` binary cargo built for this test from the checkout under test
+/// (`CARGO_BIN_EXE_ymera`), refused when it was built from other sources (see
+/// [`check_binary`]). Nothing overrides it: the suite tests the commit it is run from.
 pub fn ymera() -> Command {
-    let bin = std::env::var_os("YMERA_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            let exe = std::env::current_exe().expect("test binary path");
-            let profile_dir = exe
-                .parent()
-                .and_then(Path::parent)
-                .expect("target/<profile>/deps");
-            profile_dir.join("ymera")
-        });
-    assert!(
-        bin.exists(),
-        "{} is missing: build it with `cargo build -p ymera-cli` (scripts/test does)",
-        bin.display()
-    );
+    static CHECKED: OnceLock<Result<(), String>> = OnceLock::new();
+    let bin = Path::new(env!("CARGO_BIN_EXE_ymera"));
+    if let Err(e) = CHECKED.get_or_init(|| check_binary(bin, &repo())) {
+        panic!("{e}");
+    }
     Command::new(bin)
+}
+
+/// Whether `bin` was built from the sources under `root`: the source hash it embeds (shown
+/// by `--version`) against the hash of the files there now. Content, not modification
+/// times: a clone gives every file the same time, so a shared build cache can look fresh
+/// for a binary of another commit.
+pub fn check_binary(bin: &Path, root: &Path) -> Result<(), String> {
+    let out = Command::new(bin)
+        .arg("--version")
+        .output()
+        .map_err(|e| format!("{}: cannot run --version: {e}", bin.display()))?;
+    let version = String::from_utf8_lossy(&out.stdout);
+    let built = version
+        .split("(source ")
+        .nth(1)
+        .and_then(|rest| rest.split(')').next())
+        .ok_or_else(|| {
+            format!(
+                "{}: --version printed {:?}, with no source hash: not a binary of this tree",
+                bin.display(),
+                version.trim()
+            )
+        })?;
+    let tree = crate::source_hash::source_hash(root)
+        .map_err(|e| format!("hashing the sources under {}: {e}", root.display()))?;
+    let tree = crate::source_hash::short(&tree);
+    if built != tree {
+        return Err(format!(
+            "{} is stale: built from sources {built}, but the tree at {} hashes to {tree}; \
+             a build cache kept it from another checkout or commit. Rebuild it with \
+             `cargo test -p ymera-cli --test e2e` (scripts/test does)",
+            bin.display(),
+            root.display()
+        ));
+    }
+    Ok(())
 }
 
 /// `ymera run ARGS DIR` against `brokers`, writing into `lake` (a path or URL), health on
@@ -573,8 +601,9 @@ pub fn wait_for(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
 /// The repository root.
 pub fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("the tests package sits in the repository")
+        .ancestors()
+        .nth(2)
+        .expect("crates/cli sits two levels below the repository root")
         .to_path_buf()
 }
 

@@ -30,7 +30,8 @@ pub const EXIT_CONFIG: u8 = 78;
 #[derive(Parser, Debug)]
 #[command(
     name = "ymera",
-    version,
+    // The source hash names the exact tree this binary was built from (build/source_hash.rs).
+    version = concat!(env!("CARGO_PKG_VERSION"), " (source ", env!("YMERA_SOURCE_HASH"), ")"),
     about = "Streaming data and ML pipelines: Kafka -> SQL -> Parquet lake"
 )]
 struct Cli {
