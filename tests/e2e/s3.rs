@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
+use ymera_common::Secret;
 use ymera_lake::{Lake, Published};
 
 use crate::support::*;
@@ -40,12 +41,12 @@ fn create_bucket(name: &str) {
     );
 }
 
-fn s3_settings() -> Vec<(String, String)> {
-    let mut v: Vec<(String, String)> = CREDS
+fn s3_settings() -> Vec<(String, Secret)> {
+    let mut v: Vec<(String, Secret)> = CREDS
         .iter()
-        .map(|(k, v)| (k.to_ascii_lowercase(), v.to_string()))
+        .map(|(k, v)| (k.to_ascii_lowercase(), Secret::new(*v)))
         .collect();
-    v.push(("aws_endpoint".into(), endpoint()));
+    v.push(("aws_endpoint".into(), Secret::new(endpoint())));
     v
 }
 

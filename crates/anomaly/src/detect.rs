@@ -145,6 +145,12 @@ pub struct DetectorConfig {
 /// memory and CPU one detector can take (configs also arrive over HTTP).
 pub const MAX_CONFIG_POINTS: usize = 100_000;
 
+/// Points between two seasonal refits for a season of `period` points: `refit_points`
+/// (default one season), never under a quarter season.
+pub fn refit_cadence(cfg: &SeasonalConfig, period: usize) -> usize {
+    cfg.refit_points.unwrap_or(period).max(period / 4).max(1)
+}
+
 impl DetectorConfig {
     /// Every out-of-range tunable, named by its path (`robust_z.clip`), or Ok.
     pub fn validate(&self) -> Result<(), String> {
@@ -216,6 +222,15 @@ impl DetectorConfig {
             if let Some(v) = v.filter(|v| *v > MAX_CONFIG_POINTS) {
                 bad.push(format!("{name} = {v}: at most {MAX_CONFIG_POINTS}"));
             }
+        }
+        if let (Some(season), Some(refit)) =
+            (self.seasonal.season_points, self.seasonal.refit_points)
+            && refit < season / 4
+        {
+            bad.push(format!(
+                "seasonal.refit_points = {refit}: at least a quarter season ({} of season_points {season}); each refit decomposes the whole history",
+                season / 4
+            ));
         }
         let season = self.seasonal.season_points.unwrap_or(288).max(1);
         if self.seasonal.history_seasons == 0
@@ -299,7 +314,9 @@ impl Default for RobustZConfig {
 pub struct SeasonalConfig {
     /// Season length in points; `None`: one day of points at the series' own step.
     pub season_points: Option<usize>,
-    /// Refit every this many points; `None`: once a season.
+    /// Refit every this many points; `None`: once a season. At least a quarter season
+    /// (`validate` refuses less when the season is given; a season inferred from the step
+    /// raises a smaller value to that floor).
     pub refit_points: Option<usize>,
     /// The trailing window the decomposition is fitted on, in seasons (at least 2).
     pub history_seasons: usize,
@@ -1041,7 +1058,7 @@ impl Seasonal {
             );
             return;
         }
-        let cadence = cfg.refit_points.unwrap_or(period).max(1);
+        let cadence = refit_cadence(cfg, period);
         if self.model.is_some() && self.since_fit < cadence {
             return;
         }

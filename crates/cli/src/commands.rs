@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
+use ymera_common::Secret;
 use ymera_common::health::Health;
 use ymera_ingest::generator::{self, GenConfig};
 use ymera_ingest::{embedded, produce};
@@ -69,7 +70,7 @@ pub fn open_lake(settings: &Settings) -> Result<Lake, String> {
 }
 
 /// object_store S3 settings from the standard `AWS_*` environment variables.
-pub fn s3_settings() -> Vec<(String, String)> {
+pub fn s3_settings() -> Vec<(String, Secret)> {
     const AWS: &[&str] = &[
         "AWS_ACCESS_KEY_ID",
         "AWS_SECRET_ACCESS_KEY",
@@ -81,7 +82,7 @@ pub fn s3_settings() -> Vec<(String, String)> {
         "AWS_ALLOW_HTTP",
         "AWS_VIRTUAL_HOSTED_STYLE_REQUEST",
     ];
-    let s3: Vec<(String, String)> = AWS
+    let s3: Vec<(String, Secret)> = AWS
         .iter()
         .filter_map(|k| std::env::var(k).ok().map(|v| (k.to_ascii_lowercase(), v)))
         .map(|(k, v)| {
@@ -93,7 +94,7 @@ pub fn s3_settings() -> Vec<(String, String)> {
                 } else {
                     k
                 },
-                v,
+                Secret::new(v),
             )
         })
         .collect();
@@ -109,7 +110,7 @@ pub async fn connect_warehouse(
 ) -> Result<Warehouse, String> {
     let mut backoff = Duration::from_millis(500);
     loop {
-        match Warehouse::connect(&settings.warehouse.url).await {
+        match Warehouse::connect(settings.warehouse.url.expose()).await {
             Ok(wh) => {
                 health.set("warehouse", None);
                 return Ok(wh);
@@ -150,7 +151,7 @@ pub async fn migrate(wh: &Warehouse, settings: &Settings) -> Result<(), String> 
 /// `ymera warehouse migrate`
 pub async fn warehouse_migrate(settings: &Settings) -> u8 {
     let result = async {
-        let wh = Warehouse::connect(&settings.warehouse.url)
+        let wh = Warehouse::connect(settings.warehouse.url.expose())
             .await
             .map_err(|e| e.to_string())?;
         migrate(&wh, settings).await?;
@@ -200,7 +201,7 @@ async fn warehouse_diagnostics(
                 .map_err(|e| format!("{e} (validate --no-environment checks warehouse sinks against the migrations)"))?;
             Ok::<Warehouse, String>(wh)
         } else {
-            Warehouse::connect(&settings.warehouse.url)
+            Warehouse::connect(settings.warehouse.url.expose())
                 .await
                 .map_err(|e| e.to_string())
         }
@@ -959,7 +960,7 @@ async fn clear_previous_demo(settings: &Settings, pipelines: &[Pipeline]) -> Res
         }
     }
     if pipelines.iter().any(|p| !p.warehouse_sinks.is_empty()) {
-        let wh = Warehouse::connect(&settings.warehouse.url)
+        let wh = Warehouse::connect(settings.warehouse.url.expose())
             .await
             .map_err(|e| e.to_string())?;
         for p in pipelines {

@@ -52,7 +52,7 @@ async fn load(
     since: Option<i64>,
 ) -> Result<Vec<(&'static str, DeadLetter)>, String> {
     let lake = crate::commands::open_lake(settings)?;
-    let wh = match Warehouse::connect(&settings.warehouse.url).await {
+    let wh = match Warehouse::connect(settings.warehouse.url.expose()).await {
         Ok(w) => Some(w),
         Err(e) if p.warehouse_sinks.is_empty() => {
             tracing::debug!(error = %e, "no warehouse");
@@ -302,7 +302,7 @@ pub async fn replay(settings: &Settings, pipeline: &str, dir: &Path, since: Opti
             None
         } else {
             Some(
-                Warehouse::connect(&settings.warehouse.url)
+                Warehouse::connect(settings.warehouse.url.expose())
                     .await
                     .map_err(|e| e.to_string())?,
             )

@@ -11,7 +11,7 @@ use crate::settings::Settings;
 use crate::{EXIT_FAILURE, EXIT_OK};
 
 async fn open(settings: &Settings) -> Result<Warehouse, u8> {
-    Warehouse::connect(&settings.warehouse.url)
+    Warehouse::connect(settings.warehouse.url.expose())
         .await
         .map_err(|e| {
             eprintln!("error: {e}");

@@ -262,7 +262,7 @@ async fn audit(
     detail: serde_json::Value,
 ) {
     let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
-    match Warehouse::connect(&settings.warehouse.url).await {
+    match Warehouse::connect(settings.warehouse.url.expose()).await {
         Ok(wh) => {
             let entry = AuditEntry {
                 actor: format!("cli:{user}"),
@@ -448,7 +448,7 @@ pub async fn serve(settings: &Settings) -> u8 {
         Ok(r) => r,
         Err(e) => return fail(EXIT_FAILURE, e),
     };
-    let warehouse = match Warehouse::connect(&settings.warehouse.url).await {
+    let warehouse = match Warehouse::connect(settings.warehouse.url.expose()).await {
         Ok(w) => w,
         Err(e) => {
             eprintln!("error: the warehouse holds keys and the audit log: {e}");

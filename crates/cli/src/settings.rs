@@ -51,8 +51,9 @@ impl Default for LakeSettings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct WarehouseSettings {
-    /// `sqlite://./warehouse.db` (default) or `postgres://user:password@host/db`.
-    pub url: String,
+    /// `sqlite://./warehouse.db` (default) or `postgres://user:password@host/db`. Shown
+    /// without its password wherever settings are printed.
+    pub url: ymera_common::SecretUrl,
     /// Directory of the versioned migrations (default `sql/migrations`).
     pub migrations: std::path::PathBuf,
     /// Apply pending migrations when `ymera run` starts (default false: run
@@ -63,7 +64,7 @@ pub struct WarehouseSettings {
 impl Default for WarehouseSettings {
     fn default() -> Self {
         WarehouseSettings {
-            url: "sqlite://./warehouse.db".into(),
+            url: ymera_common::SecretUrl::new("sqlite://./warehouse.db"),
             migrations: "sql/migrations".into(),
             migrate_on_start: false,
         }
@@ -236,4 +237,34 @@ pub fn load(explicit: Option<&Path>) -> Result<Settings, String> {
             .collect::<Vec<_>>()
             .join("\n")
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn printed_settings_hold_no_warehouse_password() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("ymera.yaml");
+        std::fs::write(
+            &file,
+            "warehouse:\n  url: postgres://ymera:hunter2@db:5432/prod?sslpassword=hunter3\n",
+        )
+        .unwrap();
+        let settings = load(Some(&file)).unwrap();
+        let shown = format!("{settings:?}");
+        assert!(
+            !shown.contains("hunter2") && !shown.contains("hunter3"),
+            "{shown}"
+        );
+        assert!(
+            shown.contains("postgres://ymera:***@db:5432/prod"),
+            "{shown}"
+        );
+        assert_eq!(
+            settings.warehouse.url.expose(),
+            "postgres://ymera:hunter2@db:5432/prod?sslpassword=hunter3"
+        );
+    }
 }

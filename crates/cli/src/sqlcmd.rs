@@ -68,7 +68,7 @@ pub async fn sql(
 /// The lake, plus the warehouse when it exists (a missing SQLite file is not created).
 pub async fn open(settings: &Settings) -> Result<Analyst, String> {
     let lake = crate::commands::open_lake(settings)?;
-    let url = &settings.warehouse.url;
+    let url = settings.warehouse.url.expose();
     let sqlite_missing = url
         .strip_prefix("sqlite://")
         .map(|p| p.split('?').next().unwrap_or(p))

@@ -18,6 +18,7 @@ use object_store::local::LocalFileSystem;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 use url::Url;
+use ymera_common::Secret;
 
 use crate::error::{LakeError, Result};
 
@@ -39,7 +40,7 @@ pub struct Lake {
     /// Set for a local lake: the directory on disk.
     local_root: Option<PathBuf>,
     /// S3 settings the lake was opened with (reused for the SQL catalog).
-    s3: Vec<(String, String)>,
+    s3: Vec<(String, Secret)>,
 }
 
 impl std::fmt::Debug for Lake {
@@ -64,7 +65,7 @@ impl Lake {
     /// `("aws_region", ...)`, `("aws_endpoint", ...)`. The caller gathers them (the binary
     /// reads them from the standard `AWS_*` environment variables); this crate reads no
     /// environment.
-    pub fn open_with(location: &str, s3: &[(String, String)]) -> Result<Lake> {
+    pub fn open_with(location: &str, s3: &[(String, Secret)]) -> Result<Lake> {
         let url_err = |message: String| LakeError::Url {
             url: location.to_string(),
             message,
@@ -79,7 +80,7 @@ impl Lake {
                 let key: AmazonS3ConfigKey = k
                     .parse()
                     .map_err(|e| url_err(format!("S3 setting `{k}`: {e}")))?;
-                builder = builder.with_config(key, v);
+                builder = builder.with_config(key, v.expose());
             }
             let store = builder
                 .with_bucket_name(bucket)
@@ -127,7 +128,7 @@ impl Lake {
     }
 
     /// The S3 settings the lake was opened with.
-    pub fn s3_settings(&self) -> &[(String, String)] {
+    pub fn s3_settings(&self) -> &[(String, Secret)] {
         &self.s3
     }
 

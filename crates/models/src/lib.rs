@@ -56,6 +56,9 @@ pub enum ModelError {
     /// The object store.
     #[error("{0}")]
     Storage(String),
+    /// Work that ran past its deadline (or whose caller went away) and was stopped.
+    #[error("{0}")]
+    Deadline(String),
 }
 
 fn available_list(a: &[String]) -> String {

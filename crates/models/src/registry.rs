@@ -201,7 +201,7 @@ fn check_name(kind: &str, s: &str) -> Result<(), ModelError> {
 
 impl Registry {
     /// Opens the registry at `url` (a path, `file://` or `s3://`; `s3` as for the lake).
-    pub fn open(url: &str, s3: &[(String, String)]) -> Result<Registry, ModelError> {
+    pub fn open(url: &str, s3: &[(String, ymera_common::Secret)]) -> Result<Registry, ModelError> {
         Ok(Registry {
             store: Lake::open_with(url, s3)?,
         })

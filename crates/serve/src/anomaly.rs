@@ -8,13 +8,17 @@
 //! timestamps, scored in time order and answered in the caller's order) and the detectors
 //! that could not run on this much history, with why.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use ymera_anomaly::detect::{Detector, DetectorConfig};
+use ymera_anomaly::detect::{Detector, DetectorConfig, Kind, refit_cadence};
 use ymera_anomaly::iforest::IForestDetector;
 use ymera_models::{ModelError, Registry};
 
@@ -24,6 +28,41 @@ use crate::models::error_response;
 
 /// Largest series one request may score.
 const MAX_POINTS: usize = 100_000;
+/// The most seasonal refitting one request may cause, in points decomposed: refits times
+/// the history each decomposes (a robust STL over `history_seasons` seasons). The defaults
+/// on 100,000 five-minute points take 0.7M.
+const MAX_REFIT_POINTS: usize = 5_000_000;
+/// How long one request may score before its work is stopped (below the default
+/// `serve.request_timeout` of 30 s; a request cancelled earlier stops then).
+const DEADLINE: Duration = Duration::from_secs(20);
+/// Points scored between two looks at the deadline and the cancel flag.
+const CHECK_EVERY: usize = 64;
+
+/// Set when the request's future is dropped (the server's timeout answered, or the client
+/// went away), so the blocking loop stops within [`CHECK_EVERY`] points.
+struct CancelOnDrop(Arc<AtomicBool>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Whether the blocking loop must stop: `Err` saying why.
+fn check_budget(deadline: Instant, cancelled: &AtomicBool, done: usize) -> Result<(), ModelError> {
+    if cancelled.load(Ordering::Relaxed) {
+        return Err(ModelError::Deadline(format!(
+            "scoring stopped after {done} points: the request was cancelled"
+        )));
+    }
+    if Instant::now() > deadline {
+        return Err(ModelError::Deadline(format!(
+            "scoring stopped after {done} points: over the {}s budget of a request; send a shorter series or fewer refits",
+            DEADLINE.as_secs()
+        )));
+    }
+    Ok(())
+}
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -88,6 +127,16 @@ async fn score(body: &[u8]) -> Result<Value, ModelError> {
 }
 
 async fn score_with(registry: Option<&Registry>, body: &[u8]) -> Result<Value, ModelError> {
+    score_within(registry, body, Instant::now() + DEADLINE).await
+}
+
+async fn score_within(
+    registry: Option<&Registry>,
+    body: &[u8],
+    deadline: Instant,
+) -> Result<Value, ModelError> {
+    let cancelled = Arc::new(AtomicBool::new(false));
+    let _cancel = CancelOnDrop(cancelled.clone());
     let req: DetectRequest = serde_json::from_slice(body)
         .map_err(|e| ModelError::Input(format!("malformed request: {e}")))?;
     if req.timestamps.len() != req.values.len() {
@@ -141,6 +190,28 @@ async fn score_with(registry: Option<&Registry>, body: &[u8]) -> Result<Value, M
             10 * MAX_POINTS
         )));
     }
+    // the season the seasonal detector will use, and how often it refits over this series
+    let season = cfg
+        .seasonal
+        .season_points
+        .unwrap_or_else(|| (86_400.0 / median_step as f64).round() as usize);
+    if cfg.detectors.contains(&Kind::Seasonal) && season >= 4 {
+        if let Some(r) = cfg.seasonal.refit_points.filter(|r| *r < season / 4) {
+            return Err(ModelError::Input(format!(
+                "detector: seasonal.refit_points = {r}: at least a quarter season ({} points of a {season}-point season at a {median_step}s step)",
+                season / 4
+            )));
+        }
+        let refits = values.len() / refit_cadence(&cfg.seasonal, season);
+        let history = season.saturating_mul(cfg.seasonal.history_seasons.max(2));
+        if refits.saturating_mul(history) > MAX_REFIT_POINTS {
+            return Err(ModelError::Input(format!(
+                "detector: {} points with seasonal.refit_points = {} make {refits} refits of {history} points each; at most {MAX_REFIT_POINTS} points refitted a request (raise refit_points, lower history_seasons or send fewer points)",
+                values.len(),
+                refit_cadence(&cfg.seasonal, season)
+            )));
+        }
+    }
     if let Some(name) = &req.model {
         let registry = registry.ok_or_else(|| ModelError::Model("no registry".into()))?;
         let threshold = req.threshold.unwrap_or(0.95);
@@ -163,15 +234,19 @@ async fn score_with(registry: Option<&Registry>, body: &[u8]) -> Result<Value, M
             ))
         })?;
         forest.reset();
+        let cancel = cancelled.clone();
         let scores = tokio::task::spawn_blocking(move || {
             let mut out = vec![0.0; values.len()];
-            for &i in &order {
+            for (done, &i) in order.iter().enumerate() {
+                if done % CHECK_EVERY == 0 {
+                    check_budget(deadline, &cancel, done)?;
+                }
                 out[i] = forest.score(values[i]);
             }
-            out
+            Ok::<_, ModelError>(out)
         })
         .await
-        .map_err(|e| ModelError::Model(format!("the scoring task failed: {e}")))?;
+        .map_err(|e| ModelError::Model(format!("the scoring task failed: {e}")))??;
         let points: Vec<Value> = scores
             .iter()
             .map(|&s| json!({"anomaly_score": s, "is_anomaly": s >= threshold}))
@@ -184,20 +259,24 @@ async fn score_with(registry: Option<&Registry>, body: &[u8]) -> Result<Value, M
             "not_ready": [],
         }));
     }
+    let cancel = cancelled.clone();
     let (scored, not_ready) = tokio::task::spawn_blocking(move || {
         let mut d = Detector::new(&cfg);
         let mut scored = vec![None; ts.len()];
-        for &i in &order {
+        for (done, &i) in order.iter().enumerate() {
+            if done % CHECK_EVERY == 0 {
+                check_budget(deadline, &cancel, done)?;
+            }
             scored[i] = Some(d.update(ts[i], values[i]));
         }
         let scored: Vec<_> = scored
             .into_iter()
             .map(|s| s.expect("every index scored"))
             .collect();
-        (scored, d.not_ready())
+        Ok::<_, ModelError>((scored, d.not_ready()))
     })
     .await
-    .map_err(|e| ModelError::Model(format!("the scoring task failed: {e}")))?;
+    .map_err(|e| ModelError::Model(format!("the scoring task failed: {e}")))??;
     let points: Vec<Value> = scored
         .iter()
         .map(|s| {
@@ -334,5 +413,46 @@ mod tests {
             score_with(Some(&registry), bad.as_bytes()).await,
             Err(ModelError::NotFound { .. })
         ));
+    }
+
+    #[tokio::test]
+    async fn refits_are_bounded_and_the_deadline_stops_the_work() {
+        // one refit a point (a held-out attack): refused, named, before any work
+        let (ts, values) = series(usize::MAX);
+        let body = json!({"timestamps": ts, "values": values,
+                          "detector": {"seasonal": {"refit_points": 1}}})
+        .to_string();
+        let e = score(body.as_bytes()).await.unwrap_err();
+        assert!(matches!(e, ModelError::Input(_)), "{e}");
+        assert!(e.to_string().contains("seasonal.refit_points = 1"), "{e}");
+        // so is the same with the season given (the detector's own validation)
+        let body = json!({"timestamps": ts, "values": values,
+                          "detector": {"seasonal": {"refit_points": 10, "season_points": 288}}})
+        .to_string();
+        let e = score(body.as_bytes()).await.unwrap_err().to_string();
+        assert!(e.contains("at least a quarter season"), "{e}");
+        // a quarter season is fine
+        let body = json!({"timestamps": ts, "values": values,
+                          "detector": {"seasonal": {"refit_points": 72}}})
+        .to_string();
+        assert!(score(body.as_bytes()).await.is_ok());
+        // 100,000 points refitting a 30-day history every quarter day: too much refitting
+        let n = 100_000i64;
+        let many = json!({"timestamps": (0..n).map(|i| i * 300).collect::<Vec<_>>(),
+                          "values": (0..n).map(|i| (i % 288) as f64).collect::<Vec<_>>(),
+                          "detector": {"seasonal": {"refit_points": 72, "history_seasons": 30}}})
+        .to_string();
+        let e = score(many.as_bytes()).await.unwrap_err().to_string();
+        assert!(e.contains("1388 refits of 8640 points each"), "{e}");
+        // a deadline already passed stops the loop at once: a 503, not a result
+        let body = json!({"timestamps": ts, "values": values}).to_string();
+        let e = score_within(None, body.as_bytes(), Instant::now())
+            .await
+            .unwrap_err();
+        assert!(matches!(e, ModelError::Deadline(_)), "{e}");
+        assert_eq!(
+            crate::models::error_response(&e).status(),
+            axum::http::StatusCode::SERVICE_UNAVAILABLE
+        );
     }
 }

@@ -8,8 +8,9 @@
 //!   (`_ymera_api_keys`). A key found is cached for [`KEY_CACHE_TTL`], so a revocation
 //!   takes effect within that time; a key not found is looked up again each time;
 //! - anything else is a JWT, accepted only when `auth.jwt` is configured: the algorithm
-//!   follows the public key (Ed25519 -> EdDSA, RSA -> RS256, nothing else); `exp`, `iss`
-//!   and `aud` are required; the role is the `role` claim, the subject `sub` (or `jwt`).
+//!   follows the public key (Ed25519 -> EdDSA, RSA -> RS256, nothing else); `exp`, `iss`,
+//!   `aud` and `sub` are required, `nbf` is checked when present (60 s leeway, as for
+//!   `exp`); the role is the `role` claim, the caller `jwt:<sub>`.
 //!
 //! Missing or bad credentials: 401 with `WWW-Authenticate: Bearer`. A credential without
 //! the route's role: 403. Too many requests for one credential (a governor keyed limiter,
@@ -43,6 +44,21 @@ use tracing::{error, warn};
 use ymera_warehouse::{AuditEntry, KEY_PREFIX, Warehouse, WarehouseError};
 
 pub use limits::{ServeLimits, check_cors_origins, harden};
+
+/// The most of a request path (or any other caller-chosen text) an audit row keeps.
+pub const AUDIT_TEXT_MAX: usize = 256;
+
+/// The first `max` bytes of `s`, cut at a character boundary.
+pub fn clip(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
 
 /// How long an API key found in the warehouse is trusted without asking again: a revoked
 /// key keeps working for at most this long on a server that used it just before.
@@ -96,7 +112,7 @@ impl FromStr for Role {
 /// (`axum::Extension<Principal>`). Public routes get none.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Principal {
-    /// The API key's id, or the JWT's `sub` claim (`jwt` when absent).
+    /// The API key's id, or `jwt:` and the JWT's `sub` claim (never mistaken for a key id).
     pub subject: String,
     pub role: Role,
 }
@@ -227,7 +243,7 @@ struct JwtVerifier {
 
 #[derive(Deserialize)]
 struct Claims {
-    sub: Option<String>,
+    sub: String,
     role: Option<String>,
 }
 
@@ -283,8 +299,9 @@ impl Auth {
 
     /// Appends an action of `principal` to the audit log (promotions, SQL queries, ...).
     /// `action` is dotted (`models.promote`), `target` what it acted on, `outcome` an HTTP
-    /// status or `ok`; `detail` must not hold secrets. A failure to write is logged as an
-    /// error (the action already happened; the response is not changed).
+    /// status or `ok`; `detail` must not hold secrets. `target` is clipped to
+    /// [`AUDIT_TEXT_MAX`] bytes. A failure to write is logged as an error (the action
+    /// already happened; the response is not changed).
     pub async fn audit(
         &self,
         principal: &Principal,
@@ -297,7 +314,7 @@ impl Auth {
             actor: principal.subject.clone(),
             role: principal.role.to_string(),
             action: action.to_string(),
-            target: target.to_string(),
+            target: clip(target, AUDIT_TEXT_MAX).to_string(),
             outcome: outcome.to_string(),
             detail: detail.to_string(),
         };
@@ -365,8 +382,11 @@ impl Auth {
             .role
             .ok_or_else(|| "invalid token: no `role` claim".to_string())?;
         let role = Role::from_str(&role).map_err(|e| format!("invalid token: {e}"))?;
+        if data.claims.sub.trim().is_empty() {
+            return Err("invalid token: empty `sub` claim".into());
+        }
         Ok(Principal {
-            subject: data.claims.sub.unwrap_or_else(|| "jwt".into()),
+            subject: format!("jwt:{}", data.claims.sub),
             role,
         })
     }
@@ -383,11 +403,12 @@ impl Auth {
             .map_err(|not_until| not_until.wait_time_from(self.limiter.clock().now()))
     }
 
-    /// Records a refused request in the audit log without delaying the response.
+    /// Records a refused request in the audit log without delaying the response: the
+    /// route template as the target, and at most [`AUDIT_TEXT_MAX`] bytes of the path.
     fn audit_failure(
         &self,
         principal: Option<&Principal>,
-        target: String,
+        request: &RequestTarget,
         status: StatusCode,
         reason: &str,
     ) {
@@ -398,7 +419,10 @@ impl Auth {
             return;
         }
         let skipped = self.failures_not_audited.swap(0, Ordering::Relaxed);
-        let mut detail = json!({ "reason": reason });
+        let mut detail = json!({ "reason": clip(reason, AUDIT_TEXT_MAX), "path": request.path });
+        if request.path_len > request.path.len() {
+            detail["path_bytes"] = json!(request.path_len);
+        }
         if skipped > 0 {
             detail["failures_not_audited_before"] = json!(skipped);
         }
@@ -406,7 +430,7 @@ impl Auth {
             actor: principal.map_or_else(|| "anonymous".into(), |p| p.subject.clone()),
             role: principal.map(|p| p.role.to_string()).unwrap_or_default(),
             action: "auth.failure".into(),
-            target,
+            target: request.route.clone(),
             outcome: status.as_u16().to_string(),
             detail: detail.to_string(),
         };
@@ -446,10 +470,11 @@ fn load_jwt(c: &JwtConfig) -> Result<JwtVerifier, AuthError> {
         ));
     }
     let mut validation = Validation::new(alg);
-    validation.set_required_spec_claims(&["exp", "iss", "aud"]);
+    validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
     validation.set_issuer(&[&c.issuer]);
     validation.set_audience(&[&c.audience]);
     validation.validate_exp = true;
+    validation.validate_nbf = true;
     Ok(JwtVerifier { key, validation })
 }
 
@@ -460,12 +485,20 @@ fn jwt_reason(e: &jsonwebtoken::errors::Error) -> &'static str {
         K::ExpiredSignature => "expired",
         K::InvalidIssuer => "wrong issuer",
         K::InvalidAudience => "wrong audience",
-        K::MissingRequiredClaim(_) => "a required claim (exp, iss, aud) is missing",
+        K::MissingRequiredClaim(_) => "a required claim (exp, iss, aud, sub) is missing",
         K::InvalidAlgorithm | K::InvalidAlgorithmName => "algorithm not accepted",
         K::InvalidSignature => "bad signature",
         K::ImmatureSignature => "not valid yet",
         _ => "malformed",
     }
+}
+
+/// What an audit row records of a request: `METHOD /route/{template}`, and the path
+/// clipped to [`AUDIT_TEXT_MAX`] bytes with its full length.
+struct RequestTarget {
+    route: String,
+    path: String,
+    path_len: usize,
 }
 
 /// `{"error": message}` with `status`.
@@ -504,7 +537,13 @@ async fn guard(State(auth): State<Arc<Auth>>, mut req: Request, next: Next) -> R
         .get::<MatchedPath>()
         .map(|m| m.as_str().to_string());
     let method = req.method().clone();
-    let target = format!("{method} {}", req.uri().path());
+    let path = req.uri().path();
+    let request = RequestTarget {
+        route: format!("{method} {}", template.as_deref().unwrap_or("?")),
+        path: clip(path, AUDIT_TEXT_MAX).to_string(),
+        path_len: path.len(),
+    };
+    let target = format!("{method} {}", request.path);
     let Some(rule) = template.as_deref().and_then(|t| rule_for(&method, t)) else {
         // a method the policy has no rule for on a route it knows: 405, whatever the
         // router has (a handler added without its rule stays unreachable)
@@ -535,7 +574,7 @@ async fn guard(State(auth): State<Arc<Auth>>, mut req: Request, next: Next) -> R
     };
     let Some(token) = bearer(&req) else {
         let reason = "missing `Authorization: Bearer` credentials";
-        auth.audit_failure(None, target, StatusCode::UNAUTHORIZED, reason);
+        auth.audit_failure(None, &request, StatusCode::UNAUTHORIZED, reason);
         return unauthorized(reason);
     };
     let kind = if token.starts_with(KEY_PREFIX) {
@@ -546,13 +585,13 @@ async fn guard(State(auth): State<Arc<Auth>>, mut req: Request, next: Next) -> R
     let principal = match auth.authenticate(token).await {
         Ok(p) => p,
         Err(reason) => {
-            auth.audit_failure(None, target, StatusCode::UNAUTHORIZED, &reason);
+            auth.audit_failure(None, &request, StatusCode::UNAUTHORIZED, &reason);
             return unauthorized(&reason);
         }
     };
     if !roles.contains(&principal.role) {
         let reason = format!("role {} may not {target}", principal.role);
-        auth.audit_failure(Some(&principal), target, StatusCode::FORBIDDEN, &reason);
+        auth.audit_failure(Some(&principal), &request, StatusCode::FORBIDDEN, &reason);
         return error_response(StatusCode::FORBIDDEN, reason);
     }
     if let Err(wait) = auth.rate_limit(&principal, kind) {

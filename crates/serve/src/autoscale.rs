@@ -651,7 +651,11 @@ pub async fn respond(
     };
     if let Some(r) = &reason {
         let kind = r.split(':').next().unwrap_or("other").to_string();
-        metrics::counter!("ymera_forecast_fallback_total", "service" => service.to_string(), "reason" => kind)
+        // a service name becomes a label only once it resolved (configured, or with
+        // samples in the lake): a caller's bogus names cannot grow the series count
+        let known = scaling.is_some() || observed.is_some();
+        let label = if known { service } else { "unknown" };
+        metrics::counter!("ymera_forecast_fallback_total", "service" => label.to_string(), "reason" => kind)
             .increment(1);
     }
     let replicas = defaults

@@ -55,7 +55,7 @@ pub fn error_response(e: &ModelError) -> Response {
         ModelError::Conflict(_) => StatusCode::CONFLICT,
         ModelError::Gate(_) => StatusCode::UNPROCESSABLE_ENTITY,
         ModelError::Integrity(_) | ModelError::Model(_) => StatusCode::INTERNAL_SERVER_ERROR,
-        ModelError::Storage(_) => StatusCode::SERVICE_UNAVAILABLE,
+        ModelError::Storage(_) | ModelError::Deadline(_) => StatusCode::SERVICE_UNAVAILABLE,
     };
     error_json(status, e.to_string())
 }
@@ -293,6 +293,10 @@ pub async fn predict_rows(
     .map_err(|e| ModelError::Model(format!("prediction task failed: {e}")))?
 }
 
+/// The `model` label of a request whose model did not resolve: a caller-chosen name never
+/// becomes a label value, so bogus names cannot grow the number of series.
+pub const UNRESOLVED: &str = "unknown";
+
 /// Records `ymera_model_request_duration_seconds`.
 pub fn observe(
     model: &str,
@@ -343,7 +347,7 @@ pub async fn predict(
         Ok(m) => m,
         Err(e) => {
             let r = error_response(&e);
-            observe(name, "", "v1_predict", r.status(), started);
+            observe(UNRESOLVED, "", "v1_predict", r.status(), started);
             return r;
         }
     };

@@ -27,8 +27,8 @@ use crate::models::error_json;
 #[derive(Debug, Clone)]
 pub struct SqlConfig {
     pub lake_url: String,
-    pub s3: Vec<(String, String)>,
-    pub warehouse_url: Option<String>,
+    pub s3: Vec<(String, ymera_common::Secret)>,
+    pub warehouse_url: Option<ymera_common::SecretUrl>,
     pub limits: Limits,
     /// Worker threads of the SQL runtime.
     pub threads: usize,
@@ -102,7 +102,7 @@ async fn session(config: &SqlConfig, catalog: &Catalog) -> Result<Arc<Analyst>, 
         .map_err(|e| QueryError::Execution(format!("opening the lake: {e}")))?;
     let warehouse = match &config.warehouse_url {
         Some(url) => Some(
-            Warehouse::connect(url)
+            Warehouse::connect(url.expose())
                 .await
                 .map_err(|e| QueryError::Execution(format!("connecting to the warehouse: {e}")))?,
         ),
@@ -163,6 +163,8 @@ pub async fn post_sql(
             (status, error_json(status, e.to_string()), 0)
         }
     };
+    // the text's first 4,000 characters for reading, and the whole text's sha256 and
+    // length, so a row proves which query ran without holding megabytes of it
     let sql_text: String = req.sql.chars().take(4000).collect();
     app.auth
         .audit(
@@ -170,7 +172,13 @@ pub async fn post_sql(
             "sql.query",
             "/v1/sql",
             status.as_str(),
-            json!({"sql": sql_text, "rows": rows, "ms": started.elapsed().as_millis() as u64}),
+            json!({
+                "sql": sql_text,
+                "sql_sha256": ymera_warehouse::sha256_hex(&req.sql),
+                "sql_bytes": req.sql.len(),
+                "rows": rows,
+                "ms": started.elapsed().as_millis() as u64,
+            }),
         )
         .await;
     response

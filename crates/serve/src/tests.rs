@@ -270,6 +270,25 @@ async fn oip_v2_errors_are_4xx_with_an_error_field() {
             "must have shape [N, 2]",
         ),
         (json!({"inputs": "x"}), "`inputs` must be an array"),
+        // the shape of a held-out attack (its element count wrapped to the data's length):
+        // more rows than a request may have, refused before anything is allocated
+        (
+            json!({"inputs": [{"name": "input", "shape": [6148914691236517206u64, 3], "datatype": "FP64", "data": [1.0, 2.0]}]}),
+            "rows in one request; at most 10000",
+        ),
+        (
+            json!({"inputs": [{"name": "input", "shape": [1_000_000_000, 2], "datatype": "FP64", "data": [1.0, 2.0]}]}),
+            "rows in one request; at most 10000",
+        ),
+        // element counts that overflow 64 bits (2^64 - 2, and 2^64 wrapping to 0)
+        (
+            json!({"inputs": [{"name": "input", "shape": [2, 9223372036854775807u64], "datatype": "FP64", "data": [1.0, 2.0]}]}),
+            "too many elements",
+        ),
+        (
+            json!({"inputs": [{"name": "burn_rate", "shape": [1, 4611686018427387904u64, 4], "datatype": "FP64", "data": []}]}),
+            "too many elements",
+        ),
     ];
     for (body, expect) in cases {
         let (s, v) = call(&app, "POST", "/v2/models/risk/infer", Some(body)).await;
@@ -346,4 +365,54 @@ async fn v1_predict_batches_explains_and_rejects_bad_input() {
     let (s, v) = call(&app, "GET", "/v1/models", None).await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(v["models"][0]["aliases"], json!({"champion": "1"}));
+}
+
+/// Lines of the Prometheus text for the model request metric (one per series and
+/// quantile/bucket).
+fn model_series(text: &str) -> usize {
+    text.lines()
+        .filter(|l| l.starts_with("ymera_model_request_duration_seconds"))
+        .count()
+}
+
+#[test]
+fn bogus_model_names_and_versions_add_no_metric_series() {
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let handle = recorder.handle();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    metrics::with_local_recorder(&recorder, || {
+        rt.block_on(async {
+            let dir = tempfile::tempdir().unwrap();
+            let app = app(dir.path()).await;
+            let good = json!({"instances": [{"burn_rate": 1.0, "churn": 1}]});
+            let (s, _) = call(&app, "POST", "/v1/models/risk:predict", Some(good.clone())).await;
+            assert_eq!(s, StatusCode::OK);
+            let (s, _) = call(&app, "POST", "/v1/models/nope:predict", Some(good.clone())).await;
+            assert_eq!(s, StatusCode::NOT_FOUND);
+            let v2 = json!({"inputs": [{"name": "input", "shape": [1, 2], "datatype": "FP64", "data": [1.0, 1.0]}]});
+            let (s, _) = call(&app, "POST", "/v2/models/nope/infer", Some(v2.clone())).await;
+            assert_eq!(s, StatusCode::NOT_FOUND);
+            let before = model_series(&handle.render());
+            assert!(before > 0, "{}", handle.render());
+            for i in 0..10_000 {
+                let (s, _) = call(
+                    &app,
+                    "POST",
+                    &format!("/v1/models/bogus-{i}:predict"),
+                    Some(good.clone()),
+                )
+                .await;
+                assert_eq!(s, StatusCode::NOT_FOUND);
+            }
+            for i in 0..1_000 {
+                let path = format!("/v2/models/bogus-{i}/versions/{i}/infer");
+                let (s, _) = call(&app, "POST", &path, Some(v2.clone())).await;
+                assert_eq!(s, StatusCode::NOT_FOUND);
+            }
+            assert_eq!(model_series(&handle.render()), before);
+        })
+    });
 }

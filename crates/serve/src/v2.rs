@@ -19,7 +19,7 @@ use ymera_models::model::Estimate;
 use ymera_models::{LoadedModel, ModelError, Task};
 
 use crate::AppState;
-use crate::models::{MAX_INSTANCES, error_response, observe, predict_rows};
+use crate::models::{MAX_INSTANCES, UNRESOLVED, error_response, observe, predict_rows};
 
 /// `GET /v2`: server metadata.
 pub async fn server_metadata() -> Response {
@@ -147,7 +147,7 @@ async fn infer_with(app: AppState, name: String, version: Option<String>, body: 
     let model = match resolve(&app, &name, version.as_deref()).await {
         Ok(m) => m,
         Err(r) => {
-            observe(&name, "", "v2_infer", r.status(), started);
+            observe(UNRESOLVED, "", "v2_infer", r.status(), started);
             return r;
         }
     };
@@ -275,6 +275,25 @@ async fn infer_model(model: Arc<LoadedModel>, body: &[u8]) -> Result<Value, Mode
             .and_then(Value::as_str)
             .ok_or_else(|| bad(format!("input `{name}` has no `datatype`")))?;
         let shape = shape_of(t, name)?;
+        // the instance limit, and the element count in u64 with overflow checked, before
+        // anything is sized from the shape (a wrapped product once matched a short `data`)
+        if let Some(&n) = shape.first()
+            && n as u64 > MAX_INSTANCES as u64
+        {
+            return Err(bad(format!(
+                "input `{name}`: {n} rows in one request; at most {MAX_INSTANCES}"
+            )));
+        }
+        let count = shape
+            .iter()
+            .try_fold(1u64, |acc, &d| acc.checked_mul(d as u64))
+            .filter(|&c| c <= (MAX_INSTANCES * schema.0.len().max(1)) as u64)
+            .ok_or_else(|| {
+                bad(format!(
+                    "input `{name}`: shape {shape:?} has too many elements (at most {MAX_INSTANCES} rows of the model's {} features)",
+                    schema.0.len()
+                ))
+            })?;
         let data = t.get("data").ok_or_else(|| {
             bad(format!(
                 "input `{name}` has no `data` (the binary data extension is not supported)"
@@ -282,8 +301,7 @@ async fn infer_model(model: Arc<LoadedModel>, body: &[u8]) -> Result<Value, Mode
         })?;
         let mut flat = Vec::new();
         flatten(data, &mut flat);
-        let count: i64 = shape.iter().product();
-        if count as usize != flat.len() {
+        if count != flat.len() as u64 {
             return Err(bad(format!(
                 "input `{name}`: shape {shape:?} holds {count} elements but `data` has {}",
                 flat.len()

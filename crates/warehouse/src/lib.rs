@@ -86,19 +86,8 @@ impl std::fmt::Debug for Warehouse {
     }
 }
 
-/// A URL without its password, for messages and logs.
-pub fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => {
-            let cred = &url[s + 3..at];
-            match cred.split_once(':') {
-                Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
-                None => url.to_string(),
-            }
-        }
-        _ => url.to_string(),
-    }
-}
+/// A URL without its secrets, for messages and logs.
+pub use ymera_common::redact;
 
 /// Checks a table or column name: `[A-Za-z_][A-Za-z0-9_]*`, at most 63 bytes. Names are
 /// also double-quoted in statements; this check keeps quoting trivially safe.

@@ -389,6 +389,14 @@ async fn jwt_refusals_and_roles() {
     let mut c = claims("analyst");
     c.as_object_mut().unwrap().remove("iss");
     refused.push(("no iss", ed_token(&c)));
+    // not valid for another hour
+    let mut c = claims("analyst");
+    c["nbf"] = json!(now() + 3600);
+    refused.push(("nbf an hour ahead", ed_token(&c)));
+    // no subject: nobody to audit or rate-limit
+    let mut c = claims("analyst");
+    c.as_object_mut().unwrap().remove("sub");
+    refused.push(("no sub", ed_token(&c)));
     // a valid signature over another payload
     let parts: Vec<&str> = good.split('.').collect();
     let tampered = format!("{}.{}.{}", parts[0], payload(&claims("admin")), parts[2]);
@@ -410,9 +418,27 @@ async fn jwt_refusals_and_roles() {
         let msg = body_json(resp).await["error"].as_str().unwrap().to_string();
         assert!(msg.starts_with("invalid token"), "{what}: {msg}");
     }
+    // an `nbf` already passed is fine
+    let mut c = claims("analyst");
+    c["nbf"] = json!(now() - 60);
+    assert_eq!(sql(ed_token(&c)).await.0, StatusCode::OK);
     // API keys still work beside JWTs
     let admin = &env.keys.iter().find(|(r, _)| *r == Role::Admin).unwrap().1;
     assert_eq!(status(&app, "PUT", put, Some(admin)).await, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_jwt_caller_is_audited_as_jwt_and_its_subject() {
+    let env = env().await;
+    let auth = Auth::new(config(Some("ed25519-public.pem")), env.wh.clone()).unwrap();
+    let who = auth
+        .authenticate(&ed_token(&claims("analyst")))
+        .await
+        .unwrap();
+    assert_eq!(who.subject, "jwt:svc-reporting");
+    auth.audit(&who, "sql.query", "lake", "ok", json!({})).await;
+    let rows = env.wh.audit_rows(0, 10).await.unwrap();
+    assert_eq!(rows[0].entry.actor, "jwt:svc-reporting");
 }
 
 #[tokio::test]
@@ -596,6 +622,55 @@ async fn failures_are_audited_without_the_token() {
     let forbidden = rows.iter().find(|r| r.entry.outcome == "403").unwrap();
     assert_eq!(forbidden.entry.role, "agent");
     assert!(env.wh.audit_verify().await.unwrap().first_bad.is_none());
+}
+
+#[tokio::test]
+async fn audit_rows_keep_the_route_and_a_bounded_path() {
+    let env = env().await;
+    let app = app(&env, config(None));
+    // 10,000 refused calls on bogus model names, one of them 8 KiB long
+    let long = format!("/v1/models/{}:predict", "x".repeat(8192));
+    assert_eq!(
+        status(&app, "POST", &long, None).await,
+        StatusCode::UNAUTHORIZED
+    );
+    for i in 0..9_999 {
+        let path = format!("/v1/models/bogus-{i}:predict");
+        assert_eq!(
+            status(&app, "POST", &path, None).await,
+            StatusCode::UNAUTHORIZED
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let rows = env.wh.audit_rows(0, 20_000).await.unwrap();
+    // the failure audit is rate limited (a burst of 200), and no row is large
+    assert!(!rows.is_empty() && rows.len() <= 260, "{} rows", rows.len());
+    for r in &rows {
+        assert_eq!(r.entry.target, "POST /v1/models/{name}");
+    }
+    // written in the background, so in any order: find the long one
+    let detail: serde_json::Value = rows
+        .iter()
+        .map(|r| serde_json::from_str::<serde_json::Value>(&r.entry.detail).unwrap())
+        .find(|d| d.get("path_bytes").is_some())
+        .expect("the long path's row");
+    let path = detail["path"].as_str().unwrap();
+    assert!(
+        path.len() <= AUDIT_TEXT_MAX && path.starts_with("/v1/models/xxx"),
+        "{path}"
+    );
+    assert_eq!(detail["path_bytes"], json!(long.len()));
+    for r in &rows {
+        let bytes = r.entry.target.len() + r.entry.detail.len() + r.entry.actor.len();
+        assert!(bytes < 600, "{} bytes: {:?}", bytes, r.entry);
+    }
+}
+
+#[test]
+fn clip_cuts_at_a_character_boundary() {
+    assert_eq!(clip("abc", 5), "abc");
+    assert_eq!(clip("ééé", 3), "é");
+    assert_eq!(clip("ééé", 4), "éé");
 }
 
 #[tokio::test]
