@@ -44,30 +44,15 @@ pub(crate) fn watched_paths(root: &Path) -> io::Result<Vec<PathBuf>> {
     Ok(paths)
 }
 
-/// Every source file under `root`, as paths relative to it with `/` separators, sorted.
+/// Every source file under `root` (the files of [`watched_paths`], directories walked), as
+/// paths relative to it with `/` separators, sorted.
 pub(crate) fn source_files(root: &Path) -> io::Result<Vec<String>> {
     let mut files = Vec::new();
-    for file in ROOT_FILES {
-        if root.join(file).is_file() {
-            files.push((*file).to_string());
-        }
-    }
-    for dir in ROOT_DIRS {
-        walk(root, &root.join(dir), &mut files)?;
-    }
-    for krate in sorted_entries(&root.join("crates"))? {
-        if !krate.is_dir() {
-            continue;
-        }
-        for entry in sorted_entries(&krate)? {
-            if !counts(&entry, true) {
-                continue;
-            }
-            if entry.is_dir() {
-                walk(root, &entry, &mut files)?;
-            } else {
-                files.push(relative(root, &entry));
-            }
+    for path in watched_paths(root)? {
+        if path.is_dir() {
+            walk(root, &path, &mut files)?;
+        } else if path.is_file() {
+            files.push(relative(root, &path));
         }
     }
     files.sort();

@@ -202,13 +202,14 @@ async fn score_within(
                 season / 4
             )));
         }
-        let refits = values.len() / refit_cadence(&cfg.seasonal, season);
+        let cadence = refit_cadence(&cfg.seasonal, season);
+        let refits = values.len() / cadence;
         let history = season.saturating_mul(cfg.seasonal.history_seasons.max(2));
         if refits.saturating_mul(history) > MAX_REFIT_POINTS {
             return Err(ModelError::Input(format!(
                 "detector: {} points with seasonal.refit_points = {} make {refits} refits of {history} points each; at most {MAX_REFIT_POINTS} points refitted a request (raise refit_points, lower history_seasons or send fewer points)",
                 values.len(),
-                refit_cadence(&cfg.seasonal, season)
+                cadence
             )));
         }
     }
