@@ -14,6 +14,7 @@ mod autoscale;
 mod cli;
 mod dlq;
 mod exactly_once;
+mod hostile;
 mod interop;
 mod keys;
 mod models;

@@ -60,10 +60,12 @@ async fn load(
         }
         Err(e) => return Err(e.to_string()),
     };
+    // a replay reads every dead letter of the pipeline: no row or result cap
     let limits = Limits {
-        memory: settings.sql.memory_limit.0 as usize,
         timeout: Duration::from_secs(600),
         max_rows: usize::MAX,
+        max_result_bytes: usize::MAX,
+        ..settings.sql.limits()
     };
     let (analyst, _) = Analyst::open(&lake, wh.as_ref(), limits)
         .await

@@ -459,31 +459,50 @@ pub async fn serve(settings: &Settings) -> u8 {
         Ok(a) => Arc::new(a),
         Err(e) => return fail(EXIT_CONFIG, e),
     };
-    let sql = match ymera_serve::sql::SqlService::start(ymera_serve::sql::SqlConfig {
-        lake_url: settings.lake.url.clone(),
-        s3: crate::commands::s3_settings(),
-        warehouse_url: Some(settings.warehouse.url.clone()),
-        limits: Limits {
-            memory: settings.sql.memory_limit.0 as usize,
-            timeout: settings.sql.timeout,
-            max_rows: settings.sql.max_rows,
-        },
-        threads: settings.serve.sql_threads,
-        catalog_ttl: Duration::from_secs(30),
-    }) {
-        Ok(s) => Some(s),
-        Err(e) => {
-            eprintln!("error: cannot start the SQL runtime: {e}");
-            return EXIT_FAILURE;
-        }
-    };
+    if settings.sql.timeout >= settings.serve.request_timeout {
+        eprintln!(
+            "settings: sql.timeout ({:?}) must be below serve.request_timeout ({:?}), so a slow query is stopped and answered 503 before the request times out",
+            settings.sql.timeout, settings.serve.request_timeout
+        );
+        return EXIT_CONFIG;
+    }
     if let Err(e) = settings.autoscale.validate() {
         eprintln!("error: {e}");
         return EXIT_CONFIG;
     }
+    // analysts and the autoscaler each get a SQL runtime, memory pool and session of their
+    // own: a heavy analyst query cannot hold up KEDA's forecasts
+    let sql_config = ymera_serve::sql::SqlConfig {
+        lake_url: settings.lake.url.clone(),
+        s3: crate::commands::s3_settings(),
+        warehouse_url: Some(settings.warehouse.url.clone()),
+        limits: settings.sql.limits(),
+        threads: settings.serve.sql_threads,
+        catalog_ttl: Duration::from_secs(30),
+        max_per_caller: settings.sql.max_concurrent_per_credential,
+    };
+    let autoscale_sql = ymera_serve::sql::SqlConfig {
+        warehouse_url: None,
+        threads: 1,
+        limits: Limits {
+            memory: sql_config.limits.memory / 4,
+            ..sql_config.limits
+        },
+        ..sql_config.clone()
+    };
+    let (sql, autoscale_sql) = match (
+        ymera_serve::sql::SqlService::start(sql_config),
+        ymera_serve::sql::SqlService::start(autoscale_sql),
+    ) {
+        (Ok(s), Ok(a)) => (Some(s), Some(a)),
+        (Err(e), _) | (_, Err(e)) => {
+            eprintln!("error: cannot start the SQL runtime: {e}");
+            return EXIT_FAILURE;
+        }
+    };
     let autoscale = Arc::new(ymera_serve::autoscale::Autoscaler::new(
         settings.autoscale.clone(),
-        sql.clone(),
+        autoscale_sql,
         registry.clone(),
     ));
     let store = Arc::new(ymera_serve::models::ModelStore::new(

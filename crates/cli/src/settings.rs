@@ -71,26 +71,48 @@ impl Default for WarehouseSettings {
     }
 }
 
-/// `sql.*`: bounds of one analyst query.
+/// `sql.*`: bounds of analyst SQL (`ymera sql`, `POST /v1/sql`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SqlSettings {
-    /// Memory the query's operators may hold (default 1GiB); past it the query fails
-    /// (nothing spills to disk).
+    /// Memory all analyst queries of the process hold together (default 512MiB); past it
+    /// a query fails (nothing spills to disk). One call of a function that builds values
+    /// (`repeat`, `lpad`, `range`, ...) may make at most a sixteenth of it per batch.
     pub memory_limit: ymera_common::ByteSize,
-    /// Wall-clock limit (default 60s).
+    /// Wall-clock limit (default 25s); under `ymera serve` it must be below
+    /// `serve.request_timeout`.
     #[serde(with = "ymera_common::units::duration")]
     pub timeout: std::time::Duration,
     /// Rows returned at most (default 100000); the rest is cut with a warning.
     pub max_rows: usize,
+    /// Largest result (default 64MiB, as Arrow data and again as the JSON body of
+    /// `POST /v1/sql`); a larger one is refused (413), never cut silently.
+    pub max_result_bytes: ymera_common::ByteSize,
+    /// Queries one credential may run at once on `POST /v1/sql` (default 2); more get 429.
+    pub max_concurrent_per_credential: usize,
 }
 
 impl Default for SqlSettings {
     fn default() -> Self {
+        let limits = ymera_query::Limits::default();
         SqlSettings {
-            memory_limit: ymera_common::ByteSize(1 << 30),
-            timeout: std::time::Duration::from_secs(60),
-            max_rows: 100_000,
+            memory_limit: ymera_common::ByteSize(limits.memory as u64),
+            timeout: limits.timeout,
+            max_rows: limits.max_rows,
+            max_result_bytes: ymera_common::ByteSize(limits.max_result_bytes as u64),
+            max_concurrent_per_credential: 2,
+        }
+    }
+}
+
+impl SqlSettings {
+    /// The bounds of one query.
+    pub fn limits(&self) -> ymera_query::Limits {
+        ymera_query::Limits {
+            memory: usize::try_from(self.memory_limit.0).unwrap_or(usize::MAX),
+            timeout: self.timeout,
+            max_rows: self.max_rows,
+            max_result_bytes: usize::try_from(self.max_result_bytes.0).unwrap_or(usize::MAX),
         }
     }
 }

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use arrow::record_batch::RecordBatch;
-use ymera_query::{Analyst, Limits, Output, QueryError, Source};
+use ymera_query::{Analyst, Output, QueryError, Source};
 use ymera_warehouse::Warehouse;
 
 use crate::settings::Settings;
@@ -84,11 +84,7 @@ pub async fn open(settings: &Settings) -> Result<Analyst, String> {
             }
         }
     };
-    let limits = Limits {
-        memory: settings.sql.memory_limit.0 as usize,
-        timeout: settings.sql.timeout,
-        max_rows: settings.sql.max_rows,
-    };
+    let limits = settings.sql.limits();
     let (analyst, warnings) = Analyst::open(&lake, warehouse.as_ref(), limits)
         .await
         .map_err(|e| e.to_string())?;

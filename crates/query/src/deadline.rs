@@ -1,10 +1,12 @@
 //! A time limit that reaches inside a running plan. DataFusion's join operators do not
 //! yield to the runtime (apache/datafusion#19358), so a `tokio::time::timeout` around a
 //! cross join may never get to fire. Every node of the physical plan is wrapped so that
-//! each batch it hands up checks the deadline and turns into an error past it.
+//! each batch it hands up checks the deadline and turns into an error past it, or once
+//! the query was cancelled ([`Cancel`]).
 
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use datafusion::common::tree_node::{Transformed, TreeNode};
@@ -18,11 +20,67 @@ use futures::StreamExt;
 
 /// The message of the error a passed deadline raises.
 pub(crate) const PASSED: &str = "ymera: query time limit reached";
+/// The message of the error a cancelled query raises.
+pub(crate) const CANCELLED: &str = "ymera: query cancelled";
+
+/// Stops a query from outside the task that runs it. A task in the middle of an operator
+/// that does not yield is never polled again, so neither dropping its future nor aborting
+/// it takes effect; its operators check this flag with every batch instead.
+#[derive(Debug, Clone, Default)]
+pub struct Cancel(Arc<AtomicBool>);
+
+/// Cancels its [`Cancel`] when dropped: held by whoever waits for the answer.
+#[derive(Debug)]
+pub struct CancelOnDrop(Cancel);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.cancel();
+    }
+}
+
+impl Cancel {
+    pub fn cancel(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    /// A guard that cancels when dropped.
+    pub fn on_drop(&self) -> CancelOnDrop {
+        CancelOnDrop(self.clone())
+    }
+}
+
+/// When a query's operators stop: at the deadline, or once cancelled.
+#[derive(Debug, Clone)]
+pub(crate) struct Stop {
+    deadline: Instant,
+    cancel: Cancel,
+}
+
+impl Stop {
+    pub(crate) fn new(deadline: Instant, cancel: Cancel) -> Stop {
+        Stop { deadline, cancel }
+    }
+
+    fn check(&self) -> Result<()> {
+        if self.cancel.is_cancelled() {
+            Err(DataFusionError::Execution(CANCELLED.into()))
+        } else if Instant::now() >= self.deadline {
+            Err(DataFusionError::Execution(PASSED.into()))
+        } else {
+            Ok(())
+        }
+    }
+}
 
 #[derive(Debug)]
 struct DeadlineExec {
     input: Arc<dyn ExecutionPlan>,
-    deadline: Instant,
+    stop: Stop,
 }
 
 impl DisplayAs for DeadlineExec {
@@ -71,7 +129,7 @@ impl ExecutionPlan for DeadlineExec {
             .ok_or_else(|| DataFusionError::Internal("DeadlineExec needs one child".into()))?;
         Ok(Arc::new(DeadlineExec {
             input,
-            deadline: self.deadline,
+            stop: self.stop.clone(),
         }))
     }
 
@@ -82,14 +140,8 @@ impl ExecutionPlan for DeadlineExec {
     ) -> Result<SendableRecordBatchStream> {
         let inner = self.input.execute(partition, context)?;
         let schema = inner.schema();
-        let deadline = self.deadline;
-        let checked = inner.map(move |b| {
-            if Instant::now() >= deadline {
-                Err(DataFusionError::Execution(PASSED.into()))
-            } else {
-                b
-            }
-        });
+        let stop = self.stop.clone();
+        let checked = inner.map(move |b| stop.check().and(b));
         Ok(Box::pin(RecordBatchStreamAdapter::new(schema, checked)))
     }
 }
@@ -97,12 +149,12 @@ impl ExecutionPlan for DeadlineExec {
 /// Wraps every node of `plan`.
 pub(crate) fn with_deadline(
     plan: Arc<dyn ExecutionPlan>,
-    deadline: Instant,
+    stop: Stop,
 ) -> Result<Arc<dyn ExecutionPlan>> {
     plan.transform_up(|node| {
         Ok(Transformed::yes(Arc::new(DeadlineExec {
             input: node,
-            deadline,
+            stop: stop.clone(),
         }) as Arc<dyn ExecutionPlan>))
     })
     .map(|t| t.data)

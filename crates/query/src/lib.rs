@@ -5,9 +5,12 @@
 //! one) is accepted; the plan is then checked by DataFusion's `SQLOptions` (no DDL, DML or
 //! statements anywhere in it, subqueries and CTEs included). No table can name a file or
 //! URL: URL tables are not enabled and no file-reading table function is registered. The
-//! memory pool is bounded and spilling is disabled, so a query that needs more fails with a
-//! clear error instead of growing; results are streamed and cut at `max_rows`; the whole
-//! query runs under a timeout.
+//! memory pool is bounded (one pool for every query of a session, or of a server with
+//! [`Analyst::open_in`]) and spilling is disabled, so a query that needs more fails with a
+//! clear error instead of growing; the functions that allocate outside the pool are
+//! capped ([`capped`]); results are streamed, cut at `max_rows` and refused past
+//! `max_result_bytes`; the whole query runs under a deadline checked by every operator
+//! ([`deadline`]), and stops when the caller drops it.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,6 +21,7 @@ use datafusion::error::DataFusionError;
 use datafusion::execution::context::SQLOptions;
 use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
 use datafusion::execution::memory_pool::{GreedyMemoryPool, TrackConsumersPool};
+pub use datafusion::execution::memory_pool::MemoryPool;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion::sql::parser::{DFParser, Statement as DfStatement};
@@ -35,14 +39,17 @@ pub struct Limits {
     pub timeout: Duration,
     /// Rows returned at most; the rest is cut (and said so).
     pub max_rows: usize,
+    /// Bytes of result (Arrow) at most: past it the query is refused, not cut.
+    pub max_result_bytes: usize,
 }
 
 impl Default for Limits {
     fn default() -> Self {
         Limits {
-            memory: 1 << 30,
-            timeout: Duration::from_secs(60),
+            memory: 512 << 20,
+            timeout: Duration::from_secs(25),
             max_rows: 100_000,
+            max_result_bytes: 64 << 20,
         }
     }
 }
@@ -56,9 +63,16 @@ pub enum QueryError {
     /// Unknown table or column, syntax, types.
     #[error("{0}")]
     Invalid(String),
-    /// The memory limit or the timeout stopped it.
+    /// It needs more memory than `sql.memory_limit`, or its result is larger than
+    /// `sql.max_result_bytes`.
     #[error("{0}")]
-    Limit(String),
+    TooLarge(String),
+    /// `sql.timeout` stopped it.
+    #[error("{0}")]
+    Timeout(String),
+    /// The caller already runs as many queries as it may at once.
+    #[error("{0}")]
+    Busy(String),
     /// Reading a table failed.
     #[error("{0}")]
     Execution(String),
@@ -155,6 +169,15 @@ pub fn check_read_only(sql: &str) -> Result<(), QueryError> {
     check(&statements[0])
 }
 
+/// A memory pool of `bytes` for [`Analyst::open_in`]; its errors name the three largest
+/// consumers.
+pub fn memory_pool(bytes: usize) -> Arc<dyn MemoryPool> {
+    Arc::new(TrackConsumersPool::new(
+        GreedyMemoryPool::new(bytes),
+        std::num::NonZeroUsize::new(3).expect("3 > 0"),
+    ))
+}
+
 fn looks_like_a_path(name: &str) -> bool {
     name.contains('/')
         || name.contains("://")
@@ -173,16 +196,23 @@ impl Analyst {
         warehouse: Option<&Warehouse>,
         limits: Limits,
     ) -> Result<(Analyst, Vec<String>), QueryError> {
+        Analyst::open_in(lake, warehouse, limits, memory_pool(limits.memory)).await
+    }
+
+    /// [`Analyst::open`] with the memory pool given: sessions that share one pool hold
+    /// `limits.memory` together (a server's sessions over time, say).
+    pub async fn open_in(
+        lake: &Lake,
+        warehouse: Option<&Warehouse>,
+        limits: Limits,
+        pool: Arc<dyn MemoryPool>,
+    ) -> Result<(Analyst, Vec<String>), QueryError> {
         let mut config = SessionConfig::new()
             .with_information_schema(false)
             .with_target_partitions(std::thread::available_parallelism().map_or(2, |n| n.get()));
         config.options_mut().execution.time_zone = Some("UTC".to_string());
-        let pool = TrackConsumersPool::new(
-            GreedyMemoryPool::new(limits.memory),
-            std::num::NonZeroUsize::new(3).expect("3 > 0"),
-        );
         let runtime = RuntimeEnvBuilder::new()
-            .with_memory_pool(Arc::new(pool))
+            .with_memory_pool(pool)
             .with_disk_manager_builder(
                 DiskManagerBuilder::default().with_mode(DiskManagerMode::Disabled),
             )
@@ -190,6 +220,7 @@ impl Analyst {
             .map_err(|e| QueryError::Execution(e.strip_backtrace()))?;
         let ctx = SessionContext::new_with_config_rt(config, runtime);
         ymera_transform::register_udfs(&ctx);
+        capped::register(&ctx, capped::budget(limits.memory));
         let mut tables = Vec::new();
         for t in ymera_lake::catalog::register_lake_tables(&ctx, lake)
             .await
@@ -308,18 +339,21 @@ impl Analyst {
                     ))
                 }
             }
-            DataFusionError::Execution(m) if m == deadline::PASSED => QueryError::Limit(format!(
+            DataFusionError::Execution(m) if m == deadline::CANCELLED => {
+                QueryError::Execution("the query was cancelled".into())
+            }
+            DataFusionError::Execution(m) if m == deadline::PASSED => QueryError::Timeout(format!(
                 "the query ran longer than the time limit of {:?} (sql.timeout) and was stopped",
                 self.limits.timeout
             )),
-            DataFusionError::ResourcesExhausted(m) => QueryError::Limit(format!(
+            DataFusionError::ResourcesExhausted(m) => QueryError::TooLarge(format!(
                 "the query needs more than the memory limit of {} MiB (sql.memory_limit): {m}",
                 self.limits.memory >> 20
             )),
             DataFusionError::Execution(m)
                 if m.contains("disk manager") || m.contains("DiskManager") =>
             {
-                QueryError::Limit(format!(
+                QueryError::TooLarge(format!(
                     "the query needs more than the memory limit of {} MiB (sql.memory_limit) and spilling to disk is disabled",
                     self.limits.memory >> 20
                 ))
@@ -361,8 +395,23 @@ impl Analyst {
 
     /// Runs one read-only query within the limits.
     pub async fn query(&self, sql: &str) -> Result<Output, QueryError> {
+        let cancel = Cancel::default();
+        let _cancel_on_drop = cancel.on_drop();
+        self.query_cancellable(sql, &cancel).await
+    }
+
+    /// [`Analyst::query`], stopped at the next batch of any operator once `cancel` is
+    /// cancelled (say by a [`CancelOnDrop`] held by the task waiting for the answer).
+    pub async fn query_cancellable(
+        &self,
+        sql: &str,
+        cancel: &Cancel,
+    ) -> Result<Output, QueryError> {
         check_read_only(sql)?;
         let limits = self.limits;
+        // every operator checks it: past the deadline or once cancelled, the work stops
+        // at the next batch
+        let stop = deadline::Stop::new(Instant::now() + limits.timeout, cancel.clone());
         let work = async {
             let opts = SQLOptions::new()
                 .with_allow_ddl(false)
@@ -389,24 +438,34 @@ impl Analyst {
                 .create_physical_plan()
                 .await
                 .map_err(|e| self.explain_error(e))?;
-            let plan = deadline::with_deadline(plan, Instant::now() + limits.timeout)
+            let plan = deadline::with_deadline(plan, stop.clone())
                 .map_err(|e| self.explain_error(e))?;
             let mut stream = datafusion::physical_plan::execute_stream(plan, task)
                 .map_err(|e| self.explain_error(e))?;
             let mut batches = Vec::new();
             let mut rows = 0;
+            let mut bytes = 0;
             let mut truncated = false;
             while let Some(b) = stream.next().await {
-                let b = b.map_err(|e| self.explain_error(e))?;
+                let mut b = b.map_err(|e| self.explain_error(e))?;
                 let room = limits.max_rows - rows;
                 if b.num_rows() > room {
-                    batches.push(b.slice(0, room));
-                    rows += room;
+                    b = b.slice(0, room);
                     truncated = true;
-                    break;
+                }
+                bytes += batch_bytes(&b);
+                if bytes > limits.max_result_bytes {
+                    return Err(QueryError::TooLarge(format!(
+                        "the result is larger than {} MiB (sql.max_result_bytes) after {rows} rows: \
+                         select fewer columns or rows, or aggregate",
+                        limits.max_result_bytes >> 20
+                    )));
                 }
                 rows += b.num_rows();
                 batches.push(b);
+                if truncated {
+                    break;
+                }
             }
             Ok(Output {
                 schema,
@@ -417,7 +476,7 @@ impl Analyst {
         };
         match tokio::time::timeout(limits.timeout, work).await {
             Ok(r) => r,
-            Err(_) => Err(QueryError::Limit(format!(
+            Err(_) => Err(QueryError::Timeout(format!(
                 "the query ran longer than the time limit of {:?} (sql.timeout) and was cancelled",
                 limits.timeout
             ))),
@@ -425,7 +484,18 @@ impl Analyst {
     }
 }
 
+/// Bytes of the rows of `b` (a slice counts only its rows).
+pub fn batch_bytes(b: &RecordBatch) -> usize {
+    b.columns()
+        .iter()
+        .map(|c| c.to_data().get_slice_memory_size().unwrap_or(0))
+        .sum()
+}
+
+mod capped;
 mod deadline;
+
+pub use deadline::{Cancel, CancelOnDrop};
 
 #[cfg(test)]
 mod tests;

@@ -135,12 +135,16 @@ async fn query_bomb_stops_at_the_memory_limit_or_timeout_and_the_session_stays_u
         memory: 16 << 20,
         timeout: Duration::from_secs(3),
         max_rows: 1000,
+        ..Limits::default()
     };
     let a = analyst(&lake, limits).await;
     // a sort of a cross join must hold its input: the memory limit stops it
     let started = std::time::Instant::now();
     let e = a.query("SELECT x.id, y.id FROM big x CROSS JOIN big y ORDER BY x.service, y.service, x.id DESC LIMIT 5").await.unwrap_err();
-    assert!(matches!(e, QueryError::Limit(_)), "{e:?}");
+    assert!(
+        matches!(e, QueryError::TooLarge(_) | QueryError::Timeout(_)),
+        "{e:?}"
+    );
     assert!(
         e.to_string().contains("memory limit") || e.to_string().contains("time limit"),
         "{e}"
@@ -150,7 +154,7 @@ async fn query_bomb_stops_at_the_memory_limit_or_timeout_and_the_session_stays_u
         .query("SELECT count(*) FROM big x CROSS JOIN big y WHERE x.id + y.id >= 0")
         .await
         .unwrap_err();
-    assert!(matches!(e, QueryError::Limit(_)), "{e:?}");
+    assert!(matches!(e, QueryError::Timeout(_)), "{e:?}");
     assert!(started.elapsed() < Duration::from_secs(20));
     let o = a
         .query("SELECT service, count(*) AS n FROM events GROUP BY service ORDER BY service")
@@ -219,4 +223,121 @@ async fn hive_partitions_are_pruned() {
         .await
         .unwrap();
     assert!(pretty(&o).contains("| 50 |"));
+}
+
+/// CPU time (user + system) this process has used.
+fn cpu_time() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+    // the fields after the command name, which is in parentheses
+    let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    Duration::from_millis(ticks * 10)
+}
+
+#[tokio::test]
+async fn functions_that_build_values_outside_the_pool_are_capped() {
+    let (_dir, lake) = lake(10);
+    let a = analyst(
+        &lake,
+        Limits {
+            memory: 64 << 20,
+            ..Limits::default()
+        },
+    )
+    .await;
+    // each of these would allocate gigabytes outside DataFusion's memory pool
+    for sql in [
+        "SELECT repeat('x', 20000) FROM range(100000)",
+        "SELECT length(repeat('x', 2000000000))",
+        "SELECT cardinality(range(0, 500000000))",
+        "SELECT cardinality(generate_series(1, 500000000))",
+        "SELECT cardinality(range(-500000000, 500000000, 2))",
+        "SELECT cardinality(range(DATE '1970-01-01', DATE '2100-01-01', INTERVAL '1 second'))",
+        "SELECT cardinality(range(TIMESTAMP '2000-01-01 00:00:00', TIMESTAMP '2001-01-01 00:00:00', INTERVAL '1 millisecond'))",
+        "SELECT length(lpad('x', 1000000000))",
+        "SELECT length(rpad('x', 1000000000, 'ab'))",
+        "SELECT cardinality(array_repeat(1, 1000000000))",
+        "SELECT cardinality(array_resize([1], 1000000000))",
+        "SELECT length(replace(repeat('x', 1000000), 'x', repeat('y', 1000)))",
+        "SELECT length(regexp_replace(repeat('x', 1000000), '', repeat('y', 1000), 'g'))",
+        "SELECT length(repeat(service, 10000000)) FROM events",
+        "SELECT length(string_agg(repeat('x', 1000), ',')) FROM range(1000000)",
+        "SELECT cardinality(array_agg(repeat('x', 1000))) FROM range(1000000)",
+    ] {
+        let e = a.query(sql).await.unwrap_err();
+        assert!(matches!(e, QueryError::TooLarge(_)), "{sql}: {e:?}");
+    }
+    // what they are for still works
+    let o = a
+        .query("SELECT repeat('ab', 3) AS r, lpad('7', 3, '0') AS p, cardinality(range(5)) AS n, \
+                cardinality(range(DATE '2026-01-01', DATE '2026-02-01', INTERVAL '1 day')) AS d, \
+                array_repeat(1, 2) AS a, replace('aXa', 'X', 'yy') AS s")
+        .await
+        .unwrap();
+    let shown = pretty(&o);
+    assert!(shown.contains("| ababab | 007 | 5 | 31 | [1, 1] | ayya |"), "{shown}");
+}
+
+#[tokio::test]
+async fn a_result_past_max_result_bytes_is_refused_not_cut() {
+    let (_dir, lake) = lake(10);
+    let a = analyst(
+        &lake,
+        Limits {
+            max_rows: 1_000_000,
+            max_result_bytes: 1 << 20,
+            ..Limits::default()
+        },
+    )
+    .await;
+    let e = a
+        .query("SELECT repeat('x', 1000) FROM range(100000)")
+        .await
+        .unwrap_err();
+    assert!(matches!(e, QueryError::TooLarge(_)), "{e:?}");
+    assert!(e.to_string().contains("sql.max_result_bytes"), "{e}");
+    let o = a.query("SELECT repeat('x', 1000) FROM range(500)").await.unwrap();
+    assert_eq!(o.rows, 500);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_or_timed_out_query_stops_working_within_a_second() {
+    let (_dir, lake) = lake(200_000);
+    let a = Arc::new(
+        analyst(
+            &lake,
+            Limits {
+                timeout: Duration::from_secs(2),
+                ..Limits::default()
+            },
+        )
+        .await,
+    );
+    let bomb = "SELECT count(*) FROM big x CROSS JOIN big y WHERE x.id + y.id >= 0";
+    // dropped by its caller (a closed connection): the guard the caller held is dropped
+    let cancel = Cancel::default();
+    let guard = cancel.on_drop();
+    let running = {
+        let a = a.clone();
+        tokio::spawn(async move { a.query_cancellable(bomb, &cancel).await })
+    };
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    drop(guard);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before = cpu_time();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let used = cpu_time() - before;
+    eprintln!("CPU in the second after the drop: {used:?}");
+    assert!(used < Duration::from_millis(300), "still working: {used:?}");
+    let e = running.await.unwrap().unwrap_err();
+    assert!(e.to_string().contains("cancelled"), "{e}");
+    // stopped by its deadline
+    let e = a.query(bomb).await.unwrap_err();
+    assert!(matches!(e, QueryError::Timeout(_)), "{e:?}");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before = cpu_time();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let used = cpu_time() - before;
+    eprintln!("CPU in the second after the timeout: {used:?}");
+    assert!(used < Duration::from_millis(300), "still working: {used:?}");
 }

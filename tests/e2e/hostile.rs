@@ -1,0 +1,275 @@
+//! `ymera serve` under hostile input, through HTTP against the binary (no broker: analyst
+//! SQL over `range()` needs no table; the warehouse is a SQLite file). Each test prints the
+//! figure the issue asks for: status codes, the server's RSS growth, its CPU after the
+//! answers, a valid key's p99 during a flood.
+
+use std::path::Path;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::support::*;
+
+/// A server on an empty lake, and an analyst key.
+struct Server {
+    work: tempfile::TempDir,
+    child: Child,
+    port: u16,
+    analyst: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn env_of(work: &Path) -> Vec<(String, String)> {
+    vec![
+        (
+            "YMERA__LAKE__URL".into(),
+            work.join("lake").display().to_string(),
+        ),
+        (
+            "YMERA__WAREHOUSE__URL".into(),
+            format!("sqlite://{}/warehouse.db", work.display()),
+        ),
+        (
+            "YMERA__AUTH__ADMIN_KEY_FILE".into(),
+            work.join("admin.key").display().to_string(),
+        ),
+        ("YMERA__LOG__LEVEL".into(), "warn".into()),
+    ]
+}
+
+impl Server {
+    /// `ymera serve` with the settings given (`YMERA__…` pairs) on top of the defaults.
+    fn start(settings: &[(&str, &str)]) -> Server {
+        let work = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(work.path().join("lake")).unwrap();
+        let env = env_of(work.path());
+        let out = ymera()
+            .args(["keys", "create", "--role", "analyst"])
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let analyst = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        let port = free_port();
+        let log = std::fs::File::create(work.path().join("serve.log")).unwrap();
+        let child = ymera()
+            .arg("serve")
+            .current_dir(work.path())
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .env("YMERA__SERVE__LISTEN", format!("127.0.0.1:{port}"))
+            .envs(settings.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let server = Server {
+            work,
+            child,
+            port,
+            analyst,
+        };
+        assert!(
+            wait_for(Duration::from_secs(60), || {
+                http_get(port, "/health/ready").is_some_and(|(s, _)| s == 200)
+            }),
+            "ymera serve did not become ready: {}",
+            server.log()
+        );
+        server
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.work.path().join("serve.log")).unwrap_or_default()
+    }
+
+    fn sql(&self, sql: &str) -> (u16, Value) {
+        let (s, b) = http(
+            self.port,
+            "POST",
+            "/v1/sql",
+            Some(&self.analyst),
+            Some(&json!({ "sql": sql }).to_string()),
+        )
+        .expect("request");
+        (s, serde_json::from_str(&b).unwrap_or(Value::String(b)))
+    }
+
+    /// The server's CPU time over `window`, starting now.
+    fn cpu_over(&self, window: Duration) -> Duration {
+        let before = cpu_time(self.child.id());
+        std::thread::sleep(window);
+        cpu_time(self.child.id()) - before
+    }
+}
+
+/// User plus system CPU time of process `pid`.
+fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    Duration::from_millis(ticks * 10)
+}
+
+/// Resident set size of process `pid`, in bytes.
+fn rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .unwrap()
+        * 1024
+}
+
+#[test]
+fn sql_bombs_are_refused_within_the_memory_limit_and_stop_when_their_time_is_up() {
+    let server = Server::start(&[("YMERA__SQL__TIMEOUT", "3s")]);
+    let pid = server.child.id();
+    let (s, body) = server.sql("SELECT 1 AS one");
+    assert_eq!((s, &body["rows"]), (200, &json!([{"one": 1}])), "{body}");
+    let rss_before = rss(pid);
+
+    // what grew the predecessor's RSS by 19 GB: four of each at once
+    let peak = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(rss_before));
+    let sampling = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let sampler = {
+        let (peak, sampling) = (peak.clone(), sampling.clone());
+        std::thread::spawn(move || {
+            while sampling.load(std::sync::atomic::Ordering::Relaxed) {
+                peak.fetch_max(rss(pid), std::sync::atomic::Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+    };
+    let bombs = [
+        "SELECT repeat('x', 20000) FROM range(100000)",
+        "SELECT cardinality(range(0, 500000000))",
+    ];
+    let answers: Vec<(u16, Value)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = bombs
+            .iter()
+            .cycle()
+            .take(8)
+            .map(|sql| {
+                let server = &server;
+                scope.spawn(move || {
+                    // a credential runs two at once: a 429 is asked again
+                    loop {
+                        let (s, b) = server.sql(sql);
+                        if s != 429 {
+                            return (s, b);
+                        }
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    sampling.store(false, std::sync::atomic::Ordering::Relaxed);
+    sampler.join().unwrap();
+    let growth = peak.load(std::sync::atomic::Ordering::Relaxed) - rss_before;
+    eprintln!(
+        "figure: 4x repeat + 4x range bombs -> {:?}; server RSS growth {} MiB",
+        answers.iter().map(|a| a.0).collect::<Vec<_>>(),
+        growth >> 20
+    );
+    for (s, body) in &answers {
+        assert_eq!(*s, 413, "{body}");
+        assert!(body["error"].as_str().is_some(), "a JSON error: {body}");
+    }
+    assert!(growth < 512 << 20, "RSS grew by {} MiB", growth >> 20);
+
+    // a result too large for sql.max_result_bytes: 413 before any body
+    let (s, body) = server.sql("SELECT repeat('x', 1000) AS x FROM range(100000)");
+    eprintln!("figure: 100 MB result -> {s}");
+    assert_eq!(s, 413, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("sql.max_result_bytes"),
+        "{body}"
+    );
+
+    // a cross join stopped by sql.timeout: 503, and the server idle a second later
+    let started = Instant::now();
+    let (s, body) =
+        server.sql("SELECT count(*) FROM range(50000000) a CROSS JOIN range(50000000) b");
+    let took = started.elapsed();
+    std::thread::sleep(Duration::from_secs(1));
+    let cpu = server.cpu_over(Duration::from_secs(1));
+    eprintln!("figure: cross join of range(5e7) -> {s} after {took:?}; server CPU in the second after: {cpu:?}");
+    assert_eq!(s, 503, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("sql.timeout"), "{body}");
+    assert!(took < Duration::from_secs(6), "{took:?}");
+    assert!(cpu < Duration::from_millis(300), "still busy: {cpu:?}");
+
+    // the client goes away mid-query: the work stops too
+    {
+        use std::io::Write;
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+        let body = json!({"sql": "SELECT count(*) FROM range(50000000) a CROSS JOIN range(50000000) b"}).to_string();
+        write!(
+            s,
+            "POST /v1/sql HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            server.analyst,
+            body.len()
+        )
+        .unwrap();
+        std::thread::sleep(Duration::from_millis(500));
+        let busy = server.cpu_over(Duration::from_millis(500));
+        assert!(busy > Duration::from_millis(200), "the query was not running: {busy:?}");
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let cpu = server.cpu_over(Duration::from_secs(1));
+    eprintln!("figure: client closed mid-query; server CPU in the second after: {cpu:?}");
+    assert!(cpu < Duration::from_millis(300), "still busy: {cpu:?}");
+
+    // three slow queries of one credential at once: the third is refused (429)
+    let codes: Vec<u16> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..3)
+            .map(|_| {
+                let server = &server;
+                scope.spawn(move || {
+                    server
+                        .sql("SELECT count(*) FROM range(50000000) a CROSS JOIN range(50000000) b")
+                        .0
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    eprintln!("figure: three slow queries of one key at once -> {codes:?}");
+    let mut sorted = codes.clone();
+    sorted.sort();
+    assert_eq!(sorted, [429, 503, 503], "{codes:?}");
+
+    // the server is alive and answers
+    let (s, body) = server.sql("SELECT 40 + 2 AS n");
+    assert_eq!((s, &body["rows"]), (200, &json!([{"n": 42}])), "{body}");
+}
+
+#[test]
+fn a_sql_timeout_not_below_the_request_timeout_is_a_settings_error() {
+    let work = tempfile::tempdir().unwrap();
+    let out = ymera()
+        .arg("serve")
+        .current_dir(work.path())
+        .envs(env_of(work.path()))
+        .env("YMERA__SERVE__LISTEN", format!("127.0.0.1:{}", free_port()))
+        .env("YMERA__SQL__TIMEOUT", "30s")
+        .env("YMERA__SERVE__REQUEST_TIMEOUT", "30s")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{stderr}");
+    assert!(
+        stderr.contains("sql.timeout") && stderr.contains("serve.request_timeout"),
+        "{stderr}"
+    );
+}
