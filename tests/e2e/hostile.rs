@@ -273,3 +273,62 @@ fn a_sql_timeout_not_below_the_request_timeout_is_a_settings_error() {
         "{stderr}"
     );
 }
+
+/// The `q` quantile of `v` (sorted in place).
+fn quantile(v: &mut [Duration], q: f64) -> Duration {
+    v.sort();
+    v[((v.len() - 1) as f64 * q).round() as usize]
+}
+
+#[test]
+fn a_flood_of_bad_keys_does_not_slow_a_valid_one() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    let server = Server::start(&[]);
+    let (s, _) = http(server.port, "GET", "/v1/models", Some(&server.analyst), None).unwrap();
+    assert_eq!(s, 200);
+    let flooding = AtomicBool::new(true);
+    let bad_answers = AtomicU64::new(0);
+    let mut latencies = Vec::new();
+    let mut refused = 0;
+    std::thread::scope(|scope| {
+        for client in 0..256 {
+            let (flooding, bad_answers, port) = (&flooding, &bad_answers, server.port);
+            scope.spawn(move || {
+                let mut n = 0u64;
+                while flooding.load(Ordering::Relaxed) {
+                    n += 1;
+                    let token = format!("ymk_{client:04}{n:012}bogusbogusbogusbogus");
+                    if http(port, "GET", "/v1/models", Some(&token), None).is_some() {
+                        bad_answers.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            });
+        }
+        std::thread::sleep(Duration::from_secs(1));
+        let until = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < until {
+            let started = Instant::now();
+            let (s, body) =
+                http(server.port, "GET", "/v1/models", Some(&server.analyst), None).unwrap();
+            latencies.push(started.elapsed());
+            if s != 200 {
+                if refused == 0 {
+                    eprintln!("the valid key refused: {s} {body}");
+                }
+                refused += 1;
+            }
+            // 40 a second, within the key's own rate limit (50/s)
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        flooding.store(false, Ordering::Relaxed);
+    });
+    let n = latencies.len();
+    let p50 = quantile(&mut latencies, 0.5);
+    let p99 = quantile(&mut latencies, 0.99);
+    eprintln!(
+        "figure: 256 clients with bad keys for 10 s ({} bad answers): valid key {n} requests, {refused} refused, p50 {p50:?}, p99 {p99:?}",
+        bad_answers.load(Ordering::Relaxed)
+    );
+    assert_eq!(refused, 0, "a valid key was refused");
+    assert!(p99 < Duration::from_millis(50), "p99 {p99:?}");
+}

@@ -455,8 +455,17 @@ pub async fn serve(settings: &Settings) -> u8 {
             return EXIT_FAILURE;
         }
     };
+    // key lookups get a connection pool of their own: a flood of bad keys cannot take
+    // the connections the audit log needs
+    let key_lookups = match Warehouse::connect(settings.warehouse.url.expose()).await {
+        Ok(w) => w,
+        Err(e) => {
+            eprintln!("error: the warehouse holds keys and the audit log: {e}");
+            return EXIT_FAILURE;
+        }
+    };
     let auth = match crate::keyscmd::build_auth(settings, warehouse.clone()).await {
-        Ok(a) => Arc::new(a),
+        Ok(a) => Arc::new(a.with_key_lookups(key_lookups)),
         Err(e) => return fail(EXIT_CONFIG, e),
     };
     if settings.sql.timeout >= settings.serve.request_timeout {
@@ -540,7 +549,11 @@ pub async fn serve(settings: &Settings) -> u8 {
     });
     let token = tokio_util::sync::CancellationToken::new();
     crate::commands::on_signals(token.clone());
-    let served = axum::serve(listener, router.into_make_service())
+    // the client address, for the per-address throttle of key lookups
+    let served = axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<SocketAddr>(),
+    )
         .with_graceful_shutdown(async move { token.cancelled().await })
         .await;
     match served {

@@ -23,6 +23,7 @@ pub mod limits;
 
 use std::collections::HashMap;
 use std::fmt;
+use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -31,7 +32,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::{ConnectInfo, MatchedPath, Request, State};
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -63,6 +64,10 @@ pub fn clip(s: &str, max: usize) -> &str {
 /// How long an API key found in the warehouse is trusted without asking again: a revoked
 /// key keeps working for at most this long on a server that used it just before.
 pub const KEY_CACHE_TTL: Duration = Duration::from_secs(5);
+
+/// Lookups of keys not found before that one client address may cause per second (twice
+/// as many in a burst) before its lookups take turns in one lane.
+pub const LOOKUPS_PER_ADDRESS_PER_SECOND: u32 = 20;
 
 /// Who may call what.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -255,6 +260,15 @@ pub struct Auth {
     /// SHA-256 of a key found -> who it is, and when it was found.
     key_cache: Mutex<HashMap<String, (Principal, Instant)>>,
     key_cache_ttl: Duration,
+    /// Where keys are looked up: a connection pool of its own, so a flood of bad keys
+    /// cannot take the connections the audit log and the registry need.
+    keys: Warehouse,
+    /// Lookups of keys not found before, per client address.
+    lookups_by_address: DefaultKeyedRateLimiter<IpAddr>,
+    /// An address past its allowance looks keys up in this one lane, in turn.
+    throttled_lane: tokio::sync::Semaphore,
+    /// Lookups that waited for the lane.
+    throttled: AtomicU64,
     /// Bounds the audit writes unauthenticated callers can cause.
     failure_audit: DefaultDirectRateLimiter,
     failures_not_audited: AtomicU64,
@@ -273,7 +287,15 @@ impl Auth {
             .allow_burst(nonzero(config.burst, "burst")?);
         let failure_quota = Quota::per_second(NonZeroU32::new(50).expect("50 > 0"))
             .allow_burst(NonZeroU32::new(200).expect("200 > 0"));
+        let lookup_quota = Quota::per_second(
+            NonZeroU32::new(LOOKUPS_PER_ADDRESS_PER_SECOND).expect("a constant above 0"),
+        )
+        .allow_burst(NonZeroU32::new(2 * LOOKUPS_PER_ADDRESS_PER_SECOND).expect("above 0"));
         Ok(Auth {
+            keys: warehouse.clone(),
+            lookups_by_address: RateLimiter::keyed(lookup_quota),
+            throttled_lane: tokio::sync::Semaphore::new(1),
+            throttled: AtomicU64::new(0),
             warehouse,
             jwt,
             limiter: RateLimiter::keyed(quota),
@@ -290,6 +312,18 @@ impl Auth {
     pub fn with_key_cache_ttl(mut self, ttl: Duration) -> Auth {
         self.key_cache_ttl = ttl;
         self
+    }
+
+    /// Looks keys up through `keys` (the same warehouse, on a connection pool of its own)
+    /// instead of the warehouse the audit log is written to.
+    pub fn with_key_lookups(mut self, keys: Warehouse) -> Auth {
+        self.keys = keys;
+        self
+    }
+
+    /// Key lookups that waited for the throttled lane so far.
+    pub fn throttled(&self) -> u64 {
+        self.throttled.load(Ordering::Relaxed)
     }
 
     /// The warehouse holding keys and the audit log.
@@ -325,21 +359,50 @@ impl Auth {
 
     /// Who `token` is, or why it is refused (a message for the client).
     pub async fn authenticate(&self, token: &str) -> Result<Principal, String> {
+        self.authenticate_from(token, IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED))
+            .await
+    }
+
+    /// [`Auth::authenticate`] for a client at `address`: an address that keeps sending
+    /// keys this server has not found before (more than [`LOOKUPS_PER_ADDRESS_PER_SECOND`])
+    /// has its lookups wait in one lane, one at a time, for all such addresses together.
+    /// A key found before (even if its cache entry expired) never waits there, and no
+    /// key is refused by it: a flood is slowed, and costs the warehouse one connection.
+    pub async fn authenticate_from(
+        &self,
+        token: &str,
+        address: IpAddr,
+    ) -> Result<Principal, String> {
         if token.starts_with(KEY_PREFIX) {
-            self.api_key(token).await
+            self.api_key(token, address).await
         } else {
             self.jwt(token)
         }
     }
 
-    async fn api_key(&self, token: &str) -> Result<Principal, String> {
+    async fn api_key(&self, token: &str, address: IpAddr) -> Result<Principal, String> {
         let digest = ymera_warehouse::sha256_hex(token);
-        if let Some((p, at)) = self.cache().get(&digest)
-            && at.elapsed() < self.key_cache_ttl
-        {
-            return Ok(p.clone());
+        let known = match self.cache().get(&digest) {
+            Some((p, at)) if at.elapsed() < self.key_cache_ttl => return Ok(p.clone()),
+            Some(_) => true,
+            None => false,
+        };
+        if self.checks.fetch_add(1, Ordering::Relaxed) % 4096 == 4095 {
+            self.lookups_by_address.retain_recent();
         }
-        let record = match self.warehouse.find_key(token).await {
+        let _turn = if !known && self.lookups_by_address.check_key(&address).is_err() {
+            metrics::counter!("ymera_http_auth_throttled_total").increment(1);
+            self.throttled.fetch_add(1, Ordering::Relaxed);
+            Some(
+                self.throttled_lane
+                    .acquire()
+                    .await
+                    .map_err(|_| "API keys cannot be checked right now".to_string())?,
+            )
+        } else {
+            None
+        };
+        let record = match self.keys.find_key(token).await {
             Ok(Some(r)) => r,
             Ok(None) => return Err("invalid or revoked API key".into()),
             Err(e) => {
@@ -582,7 +645,11 @@ async fn guard(State(auth): State<Arc<Auth>>, mut req: Request, next: Next) -> R
     } else {
         "jwt"
     };
-    let principal = match auth.authenticate(token).await {
+    let address = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), |c| c.0.ip());
+    let principal = match auth.authenticate_from(token, address).await {
         Ok(p) => p,
         Err(reason) => {
             auth.audit_failure(None, &request, StatusCode::UNAUTHORIZED, &reason);

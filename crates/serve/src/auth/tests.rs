@@ -738,3 +738,42 @@ async fn bootstrap_admin_key_once() {
     assert!(err.to_string().contains("exists"), "{err}");
     assert!(!other.has_keys().await.unwrap());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_address_flooding_bad_keys_takes_turns_and_a_valid_key_still_passes() {
+    let dir = tempfile::tempdir().unwrap();
+    let wh = Warehouse::connect(&format!("sqlite://{}/w.db", dir.path().display()))
+        .await
+        .unwrap();
+    let (_, valid) = wh.create_key("analyst", "flood").await.unwrap();
+    let auth = Arc::new(Auth::new(config(None), wh).unwrap());
+    let flooder: IpAddr = "10.0.0.1".parse().unwrap();
+    let other: IpAddr = "10.0.0.2".parse().unwrap();
+    let bad = |i: usize| format!("{KEY_PREFIX}{i:040}");
+    // the allowance of one address: lookups run side by side
+    let burst = 2 * LOOKUPS_PER_ADDRESS_PER_SECOND as usize;
+    for i in 0..burst {
+        assert!(auth.authenticate_from(&bad(i), flooder).await.is_err());
+    }
+    assert_eq!(auth.throttled(), 0);
+    // past it: the address's lookups wait for the one lane, in turn, and are still
+    // answered
+    let tasks: Vec<_> = (0..64)
+        .map(|i| {
+            let (auth, token) = (auth.clone(), bad(burst + i));
+            tokio::spawn(async move { auth.authenticate_from(&token, flooder).await })
+        })
+        .collect();
+    for t in tasks {
+        assert!(t.await.unwrap().is_err());
+    }
+    assert!(auth.throttled() >= 60, "{}", auth.throttled());
+    // a valid key from the throttled address is not refused, nor one from elsewhere
+    assert_eq!(
+        auth.authenticate_from(&valid, flooder).await.unwrap().role,
+        Role::Analyst
+    );
+    let before = auth.throttled();
+    assert!(auth.authenticate_from(&bad(999), other).await.is_err());
+    assert_eq!(auth.throttled(), before, "another address is not throttled");
+}
