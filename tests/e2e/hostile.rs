@@ -332,3 +332,36 @@ fn a_flood_of_bad_keys_does_not_slow_a_valid_one() {
     assert_eq!(refused, 0, "a valid key was refused");
     assert!(p99 < Duration::from_millis(50), "p99 {p99:?}");
 }
+
+/// Runs `sql` on the server's SQLite warehouse with python3's sqlite3 module.
+fn sqlite_exec(server: &Server, sql: &str) {
+    let out = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import sqlite3, sys\nc = sqlite3.connect(sys.argv[1])\nc.executescript(sys.argv[2])\nc.commit()\n",
+        ])
+        .arg(server.work.path().join("warehouse.db"))
+        .arg(sql)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn a_query_that_cannot_be_audited_is_withheld() {
+    let block = "CREATE TRIGGER no_audit BEFORE INSERT ON _ymera_audit \
+                 BEGIN SELECT RAISE(ABORT, 'audit writes blocked by the test'); END;";
+    let server = Server::start(&[]);
+    assert_eq!(server.sql("SELECT 1 AS one").0, 200);
+    sqlite_exec(&server, block);
+    let (s, body) = server.sql("SELECT 1 AS one");
+    eprintln!("figure: audit write failing, sql_fail_closed=true -> {s}");
+    assert_eq!(s, 503, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("audit"), "{body}");
+    drop(server);
+    // configured open: answered, the failure logged
+    let server = Server::start(&[("YMERA__AUDIT__SQL_FAIL_CLOSED", "false")]);
+    sqlite_exec(&server, block);
+    let (s, body) = server.sql("SELECT 1 AS one");
+    assert_eq!(s, 200, "{body}");
+}

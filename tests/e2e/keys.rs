@@ -202,3 +202,125 @@ fn keys_and_audit_verify_on_sqlite() {
 fn keys_and_audit_verify_on_postgres() {
     keys_and_audit(postgres_db());
 }
+
+/// The audit rows as JSON, read with psql.
+fn audit_rows(db: &Db) -> Vec<serde_json::Value> {
+    let text = (db.exec)(
+        "SELECT json_agg(t ORDER BY seq) FROM (SELECT seq, at, actor, role, action, target, \
+         outcome, detail, prev_hash, hash FROM _ymera_audit) t",
+    );
+    serde_json::from_str(&text).unwrap()
+}
+
+/// What someone with write access to the database but not the key can do: rewrite rows
+/// from `from` on with `detail` changed and every hash recomputed in the public, plain
+/// form.
+fn rewrite_from(db: &Db, from: i64) {
+    let rows = audit_rows(db);
+    let mut prev = rows
+        .iter()
+        .find(|r| r["seq"] == from - 1)
+        .map_or(ymera_warehouse::GENESIS_HASH.to_string(), |r| {
+            r["hash"].as_str().unwrap().to_string()
+        });
+    for r in rows.iter().filter(|r| r["seq"].as_i64().unwrap() >= from) {
+        let s = |k: &str| r[k].as_str().unwrap().to_string();
+        let entry = ymera_warehouse::AuditEntry {
+            actor: s("actor"),
+            role: s("role"),
+            action: s("action"),
+            target: s("target"),
+            outcome: s("outcome"),
+            detail: r"{}".to_string(),
+        };
+        let seq = r["seq"].as_i64().unwrap();
+        let hash = ymera_warehouse::audit_hash(&prev, seq, &s("at"), &entry);
+        (db.exec)(&format!(
+            "UPDATE _ymera_audit SET detail = '{{}}', prev_hash = '{prev}', hash = '{hash}' WHERE seq = {seq}"
+        ));
+        prev = hash;
+    }
+}
+
+#[test]
+fn a_signed_audit_log_detects_a_rewrite_through_psql() {
+    let db = postgres_db();
+    let cwd = tempfile::tempdir().unwrap();
+    let secrets = tempfile::tempdir().unwrap();
+    let key_file = secrets.path().join("audit.key");
+    std::fs::write(&key_file, "0f".repeat(32)).unwrap();
+    let run = |args: &[&str], key: bool| {
+        let mut c = ymera();
+        c.args(args)
+            .current_dir(cwd.path())
+            .env("YMERA__WAREHOUSE__URL", &db.url)
+            .env("YMERA__LAKE__URL", cwd.path().join("lake"))
+            .env("YMERA__LOG__LEVEL", "warn");
+        if key {
+            c.env("YMERA__AUDIT__HMAC_KEY_FILE", &key_file);
+        }
+        c.output().unwrap()
+    };
+    for role in ["analyst", "agent", "admin", "analyst"] {
+        let out = run(&["keys", "create", "--role", role], true);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+    }
+    let rows = audit_rows(&db);
+    assert_eq!(rows.len(), 4);
+    assert!(
+        rows.iter()
+            .all(|r| r["hash"].as_str().unwrap().starts_with("hmac-sha256:")),
+        "{rows:?}"
+    );
+    let out = run(&["audit", "verify"], true);
+    let said = text(&out.stdout);
+    assert!(out.status.success(), "{said}{}", text(&out.stderr));
+    assert!(said.contains("4 signed"), "{said}");
+    let anchor = said
+        .lines()
+        .find_map(|l| l.strip_prefix("anchor: "))
+        .unwrap_or_else(|| panic!("no anchor: {said}"))
+        .to_string();
+    // without the key, signed rows cannot be vouched for
+    let out = run(&["audit", "verify"], false);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+    assert!(text(&out.stdout).contains("cannot be checked without the key"));
+
+    // rows 3.. rewritten with plain hashes that chain correctly
+    rewrite_from(&db, 3);
+    let out = run(&["audit", "verify"], true);
+    let said = text(&out.stdout);
+    eprintln!("figure: rewrite from seq 3 through psql -> exit {:?}: {said}", out.status.code());
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(said.contains("tampered at seq 3") && said.contains("unsigned"), "{said}");
+    // every row rewritten: nothing is signed any more
+    rewrite_from(&db, 1);
+    let out = run(&["audit", "verify"], true);
+    let said = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(said.contains("no row is signed"), "{said}");
+    // the anchor kept off the host still names the rewrite
+    let out = run(&["audit", "verify", "--anchor", &anchor], false);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+    assert!(text(&out.stdout).contains("rewritten"), "{}", text(&out.stdout));
+    // and a truncated tail
+    (db.exec)("DELETE FROM _ymera_audit WHERE seq = 4");
+    let out = run(&["audit", "verify", "--anchor", &anchor], false);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+    assert!(text(&out.stdout).contains("truncated"), "{}", text(&out.stdout));
+
+    // a key kept under the lake is refused
+    std::fs::create_dir_all(cwd.path().join("lake")).unwrap();
+    let inside = cwd.path().join("lake/audit.key");
+    std::fs::write(&inside, "0f".repeat(32)).unwrap();
+    let out = ymera()
+        .args(["audit", "verify"])
+        .current_dir(cwd.path())
+        .env("YMERA__WAREHOUSE__URL", &db.url)
+        .env("YMERA__LAKE__URL", cwd.path().join("lake"))
+        .env("YMERA__AUDIT__HMAC_KEY_FILE", &inside)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("under the lake"), "{}", text(&out.stderr));
+}

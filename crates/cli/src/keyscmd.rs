@@ -5,18 +5,63 @@
 use ymera_serve::auth::{
     Auth, AuthConfig, JwtConfig, Role, ServeLimits, bootstrap_admin_key, check_cors_origins,
 };
-use ymera_warehouse::{AuditEntry, Warehouse};
+use ymera_warehouse::{AuditEntry, AuditKey, Warehouse};
 
 use crate::settings::Settings;
 use crate::{EXIT_FAILURE, EXIT_OK};
 
 async fn open(settings: &Settings) -> Result<Warehouse, u8> {
-    Warehouse::connect(settings.warehouse.url.expose())
+    audit_warehouse(settings).await.map_err(|e| {
+        eprintln!("error: {e}");
+        EXIT_FAILURE
+    })
+}
+
+/// The warehouse, with the audit key of `audit.hmac_key_file` when one is set: what
+/// every command that writes or checks audit rows connects with.
+pub async fn audit_warehouse(settings: &Settings) -> Result<Warehouse, String> {
+    let key = audit_key(settings)?;
+    let wh = Warehouse::connect(settings.warehouse.url.expose())
         .await
-        .map_err(|e| {
-            eprintln!("error: {e}");
-            EXIT_FAILURE
-        })
+        .map_err(|e| e.to_string())?;
+    Ok(match key {
+        Some(k) => wh.with_audit_key(k),
+        None => wh,
+    })
+}
+
+/// Reads `audit.hmac_key_file`, refusing one kept under the lake or beside a SQLite
+/// warehouse (whoever can rewrite those could then rewrite the log too).
+fn audit_key(settings: &Settings) -> Result<Option<AuditKey>, String> {
+    let Some(path) = &settings.audit.hmac_key_file else {
+        return Ok(None);
+    };
+    let shown = path.display();
+    let bytes =
+        std::fs::read(path).map_err(|e| format!("audit.hmac_key_file {shown}: {e}"))?;
+    let file = std::fs::canonicalize(path).map_err(|e| format!("audit.hmac_key_file {shown}: {e}"))?;
+    let mut near = Vec::new();
+    if let Ok(lake) = ymera_lake::Lake::open(&settings.lake.url)
+        && let Some(root) = lake.local_root()
+        && let Ok(root) = std::fs::canonicalize(root)
+    {
+        near.push(("the lake", root));
+    }
+    if let Some(db) = settings.warehouse.url.expose().strip_prefix("sqlite://")
+        && let Some(dir) = std::path::Path::new(db.split('?').next().unwrap_or(db)).parent()
+        && let Ok(dir) = std::fs::canonicalize(if dir.as_os_str().is_empty() { std::path::Path::new(".") } else { dir })
+    {
+        near.push(("the SQLite warehouse's directory", dir));
+    }
+    if let Some((what, root)) = near.iter().find(|(_, root)| file.starts_with(root)) {
+        return Err(format!(
+            "audit.hmac_key_file {shown} is under {what} ({}): keep the key where the data's writers cannot read it (a mounted Secret)",
+            root.display()
+        ));
+    }
+    AuditKey::from_file_contents(&bytes)
+        .map(Some)
+        .map_err(|e| format!("audit.hmac_key_file {shown}: {e}"))
 }
 
 /// Appends a CLI action to the audit log; a failure is reported, not fatal (the action
@@ -148,8 +193,21 @@ pub async fn revoke(settings: &Settings, id: &str) -> u8 {
     code
 }
 
-/// `ymera audit verify`: exit 0 when the chain is intact, 1 naming the first bad row.
-pub async fn audit_verify(settings: &Settings) -> u8 {
+/// `ymera audit verify [--anchor SEQ:HASH]`: exit 0 when the chain is intact (every signed
+/// row checked with the key, the anchor found), 1 naming what is not.
+pub async fn audit_verify(settings: &Settings, anchor: Option<&str>) -> u8 {
+    let anchor = match anchor.map(|a| {
+        a.split_once(':')
+            .and_then(|(seq, hash)| Some((seq.parse::<i64>().ok()?, hash.to_string())))
+            .ok_or_else(|| format!("--anchor `{a}` is not SEQ:HASH as printed by `ymera audit verify`"))
+    }) {
+        None => None,
+        Some(Ok(a)) => Some(a),
+        Some(Err(e)) => {
+            eprintln!("error: {e}");
+            return crate::EXIT_USAGE;
+        }
+    };
     let wh = match open(settings).await {
         Ok(w) => w,
         Err(code) => return code,
@@ -161,21 +219,65 @@ pub async fn audit_verify(settings: &Settings) -> u8 {
             return EXIT_FAILURE;
         }
     };
-    wh.close().await;
-    println!("{} audit rows checked", report.rows);
-    match report.first_bad {
-        None => {
-            match report.last {
-                Some((seq, hash)) => println!("audit log intact (last seq {seq}, hash {hash})"),
-                None => println!("audit log intact (empty)"),
+    let anchored = match &anchor {
+        Some((seq, _)) => match wh.audit_rows(seq - 1, 1).await {
+            Ok(rows) => Some(rows.into_iter().next().filter(|r| r.seq == *seq)),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return EXIT_FAILURE;
             }
-            EXIT_OK
-        }
-        Some((seq, why)) => {
-            println!("audit log tampered at seq {seq}: {why}");
-            EXIT_FAILURE
+        },
+        None => None,
+    };
+    wh.close().await;
+    let keyed = settings.audit.hmac_key_file.is_some();
+    println!(
+        "{} audit rows checked ({} signed{})",
+        report.rows,
+        report.signed,
+        if keyed { ", HMACs checked with audit.hmac_key_file" } else { "" }
+    );
+    if let Some((seq, why)) = report.first_bad {
+        println!("audit log tampered at seq {seq}: {why}");
+        return EXIT_FAILURE;
+    }
+    if report.unchecked > 0 {
+        println!(
+            "audit log not verified: {} signed rows cannot be checked without the key (set audit.hmac_key_file)",
+            report.unchecked
+        );
+        return EXIT_FAILURE;
+    }
+    if keyed && report.rows > 0 && report.signed == 0 {
+        println!(
+            "audit log not verified: no row is signed with audit.hmac_key_file (written before the key was set, or rewritten without it)"
+        );
+        return EXIT_FAILURE;
+    }
+    if let (Some((seq, hash)), Some(found)) = (&anchor, anchored) {
+        match found {
+            Some(row) if &row.hash == hash => {}
+            Some(row) => {
+                println!(
+                    "audit log rewritten: seq {seq} has hash {}, the anchor says {hash}",
+                    row.hash
+                );
+                return EXIT_FAILURE;
+            }
+            None => {
+                println!("audit log truncated: seq {seq} of the anchor is gone");
+                return EXIT_FAILURE;
+            }
         }
     }
+    match report.last {
+        Some((seq, hash)) => {
+            println!("audit log intact (last seq {seq}, hash {hash})");
+            println!("anchor: {seq}:{hash}");
+        }
+        None => println!("audit log intact (empty)"),
+    }
+    EXIT_OK
 }
 
 /// The security of `ymera serve` from the settings. When no JWT is configured and the

@@ -289,9 +289,15 @@ enum KeysAction {
 
 #[derive(Subcommand, Debug)]
 enum AuditAction {
-    /// Check the hash chain of the audit log: exit 0 when intact, 1 naming the first bad
-    /// row.
-    Verify,
+    /// Check the hash chain of the audit log (and each row's HMAC with
+    /// `audit.hmac_key_file`): exit 0 when intact, 1 naming the first bad row. The last
+    /// row's `SEQ:HASH` is printed: keep it off this host and pass it to `--anchor` later
+    /// to find a truncated or rewritten tail.
+    Verify {
+        /// A `SEQ:HASH` printed by an earlier verify: the row must still have that hash.
+        #[arg(long, value_name = "SEQ:HASH")]
+        anchor: Option<String>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -431,8 +437,8 @@ fn main() -> ExitCode {
                 KeysAction::Revoke { id } => keyscmd::revoke(&settings, &id).await,
             },
             Command::Audit {
-                action: AuditAction::Verify,
-            } => keyscmd::audit_verify(&settings).await,
+                action: AuditAction::Verify { anchor },
+            } => keyscmd::audit_verify(&settings, anchor.as_deref()).await,
             Command::Broker { topics } => commands::broker(&topics).await,
             Command::Train { spec } => modelscmd::train_cmd(&settings, &spec).await,
             Command::Serve => modelscmd::serve(&settings).await,

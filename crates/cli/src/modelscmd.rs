@@ -262,7 +262,7 @@ async fn audit(
     detail: serde_json::Value,
 ) {
     let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
-    match Warehouse::connect(settings.warehouse.url.expose()).await {
+    match crate::keyscmd::audit_warehouse(settings).await {
         Ok(wh) => {
             let entry = AuditEntry {
                 actor: format!("cli:{user}"),
@@ -448,7 +448,7 @@ pub async fn serve(settings: &Settings) -> u8 {
         Ok(r) => r,
         Err(e) => return fail(EXIT_FAILURE, e),
     };
-    let warehouse = match Warehouse::connect(settings.warehouse.url.expose()).await {
+    let warehouse = match crate::keyscmd::audit_warehouse(settings).await {
         Ok(w) => w,
         Err(e) => {
             eprintln!("error: the warehouse holds keys and the audit log: {e}");
@@ -489,6 +489,7 @@ pub async fn serve(settings: &Settings) -> u8 {
         threads: settings.serve.sql_threads,
         catalog_ttl: Duration::from_secs(30),
         max_per_caller: settings.sql.max_concurrent_per_credential,
+        audit_fail_closed: settings.audit.sql_fail_closed,
     };
     let autoscale_sql = ymera_serve::sql::SqlConfig {
         warehouse_url: None,

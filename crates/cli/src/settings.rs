@@ -27,6 +27,8 @@ pub struct Settings {
     pub sql: SqlSettings,
     /// Logging.
     pub log: LogSettings,
+    /// The audit log's key and what a failed audit write does.
+    pub audit: AuditSettings,
     /// The autoscaler's forecasts (`GET /v1/autoscale/{service}/forecast`).
     pub autoscale: ymera_serve::autoscale::AutoscaleConfig,
 }
@@ -232,6 +234,29 @@ impl Default for RunSettings {
 pub struct RegistrySettings {
     /// Where model versions live (default: the lake's `_models/`).
     pub url: Option<String>,
+}
+
+/// `audit.*`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditSettings {
+    /// A file holding the key audit rows are signed with (HMAC-SHA256; 64+ hex digits or
+    /// 32+ raw bytes, e.g. `openssl rand -hex 32`). It must not live under the lake or
+    /// beside the warehouse: mount it from a Secret. Default none: rows are hash-chained
+    /// but not signed.
+    pub hmac_key_file: Option<std::path::PathBuf>,
+    /// `POST /v1/sql` withholds a result (503) when its audit row cannot be written
+    /// (default true).
+    pub sql_fail_closed: bool,
+}
+
+impl Default for AuditSettings {
+    fn default() -> Self {
+        AuditSettings {
+            hmac_key_file: None,
+            sql_fail_closed: true,
+        }
+    }
 }
 
 /// `log.*`

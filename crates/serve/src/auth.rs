@@ -344,6 +344,24 @@ impl Auth {
         outcome: &str,
         detail: serde_json::Value,
     ) {
+        if let Err(e) = self
+            .audit_checked(principal, action, target, outcome, detail)
+            .await
+        {
+            error!(error = %e, action, target, actor = %principal.subject, "cannot write the audit log");
+        }
+    }
+
+    /// [`Auth::audit`] that says whether the row was written, for actions that must not
+    /// complete unaudited.
+    pub async fn audit_checked(
+        &self,
+        principal: &Principal,
+        action: &str,
+        target: &str,
+        outcome: &str,
+        detail: serde_json::Value,
+    ) -> Result<(), WarehouseError> {
         let entry = AuditEntry {
             actor: principal.subject.clone(),
             role: principal.role.to_string(),
@@ -352,9 +370,7 @@ impl Auth {
             outcome: outcome.to_string(),
             detail: detail.to_string(),
         };
-        if let Err(e) = self.warehouse.audit_append(&entry).await {
-            error!(error = %e, action, target, actor = %entry.actor, "cannot write the audit log");
-        }
+        self.warehouse.audit_append(&entry).await.map(|_| ())
     }
 
     /// Who `token` is, or why it is refused (a message for the client).

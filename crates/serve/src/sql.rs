@@ -41,6 +41,8 @@ pub struct SqlConfig {
     pub catalog_ttl: Duration,
     /// Queries one caller of [`SqlService::query_as`] may run at once.
     pub max_per_caller: usize,
+    /// `POST /v1/sql` withholds a result whose audit row cannot be written.
+    pub audit_fail_closed: bool,
 }
 
 type Job = (String, Cancel, oneshot::Sender<Result<Output, QueryError>>);
@@ -55,6 +57,7 @@ pub struct SqlService {
     running: Arc<Mutex<HashMap<String, usize>>>,
     max_per_caller: usize,
     limits: Limits,
+    audit_fail_closed: bool,
 }
 
 /// One running query of a caller; dropping it frees the slot.
@@ -89,6 +92,7 @@ impl SqlService {
             running: Arc::default(),
             max_per_caller: config.max_per_caller.max(1),
             limits: config.limits,
+            audit_fail_closed: config.audit_fail_closed,
         };
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(config.threads.max(1))
@@ -241,8 +245,9 @@ pub async fn post_sql(
     // the text's first 4,000 characters for reading, and the whole text's sha256 and
     // length, so a row proves which query ran without holding megabytes of it
     let sql_text: String = req.sql.chars().take(4000).collect();
-    app.auth
-        .audit(
+    let written = app
+        .auth
+        .audit_checked(
             &who,
             "sql.query",
             "/v1/sql",
@@ -256,7 +261,20 @@ pub async fn post_sql(
             }),
         )
         .await;
-    response
+    match written {
+        Err(e) if sql_service.audit_fail_closed => {
+            tracing::error!(error = %e, actor = %who.subject, "cannot audit a SQL query: its result is withheld (audit.sql_fail_closed)");
+            error_json(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the query could not be recorded in the audit log, so its result is withheld (audit.sql_fail_closed): retry later",
+            )
+        }
+        Err(e) => {
+            tracing::error!(error = %e, actor = %who.subject, "cannot audit a SQL query");
+            response
+        }
+        Ok(()) => response,
+    }
 }
 
 /// Why a query has no answer: its message, and the status it gets.

@@ -35,7 +35,7 @@ pub use error::{Result, WarehouseError};
 pub use schema::{Column, SqlKind, TableInfo, closest, fit};
 pub use security::{
     API_KEYS_TABLE, AUDIT_TABLE, AuditEntry, AuditReport, AuditRow, GENESIS_HASH, KEY_PREFIX,
-    KeyRecord, audit_hash, sha256_hex,
+    AuditKey, HMAC_PREFIX, KeyRecord, audit_hash, sha256_hex,
 };
 pub use write::{Commit, Committed, Mode, OnReject, Origin, Rejected, TableWrite, WriteMethod};
 
@@ -76,6 +76,8 @@ pub struct Warehouse {
     pool: Pool,
     /// The URL with any password removed (for messages).
     shown: String,
+    /// The key audit rows are signed with (`audit.hmac_key_file`), if any.
+    audit_key: Option<security::AuditKey>,
 }
 
 impl std::fmt::Debug for Warehouse {
@@ -154,7 +156,11 @@ impl Warehouse {
                 "warehouse.url `{shown}` must start with sqlite:// or postgres://"
             )));
         };
-        let wh = Warehouse { pool, shown };
+        let wh = Warehouse {
+            pool,
+            shown,
+            audit_key: None,
+        };
         wh.ensure_ledger().await?;
         wh.ensure_security_tables().await?;
         Ok(wh)

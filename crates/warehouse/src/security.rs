@@ -10,6 +10,12 @@
 //!   deleting or reordering a row breaks the chain at that row; [`Warehouse::audit_verify`]
 //!   names the first broken row. Truncating the tail is not detectable from the table
 //!   alone: keep the last `(seq, hash)` somewhere else to check it.
+//! - With an audit key ([`Warehouse::with_audit_key`], `audit.hmac_key_file`, kept away
+//!   from the lake and the warehouse), a row's hash is
+//!   `hmac-sha256:<hex of HMAC-SHA256(key, the same text)>` instead: whoever can write to
+//!   the database but does not hold the key cannot rewrite a row and its successors with
+//!   matching hashes. Rows written before a key was configured stay plain; a plain row
+//!   after a signed one is a rewrite.
 //!
 //! Roles are plain text here: the vocabulary (`agent`, `analyst`, ...) belongs to `serve`.
 
@@ -87,11 +93,63 @@ pub struct AuditRow {
     pub hash: String,
 }
 
+/// The secret audit rows are signed with. Never shown by `Debug`.
+#[derive(Clone)]
+pub struct AuditKey(std::sync::Arc<Vec<u8>>);
+
+impl std::fmt::Debug for AuditKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AuditKey(<redacted>)")
+    }
+}
+
+/// The prefix of a signed row's hash.
+pub const HMAC_PREFIX: &str = "hmac-sha256:";
+
+impl AuditKey {
+    /// A key from the contents of a key file: 64 or more hex digits, or 32 or more raw
+    /// bytes (surrounding whitespace ignored).
+    pub fn from_file_contents(bytes: &[u8]) -> std::result::Result<AuditKey, String> {
+        let text = String::from_utf8_lossy(bytes);
+        let trimmed = text.trim();
+        let key = if trimmed.len() >= 64
+            && trimmed.len() % 2 == 0
+            && trimmed.bytes().all(|b| b.is_ascii_hexdigit())
+        {
+            (0..trimmed.len())
+                .step_by(2)
+                .map(|i| u8::from_str_radix(&trimmed[i..i + 2], 16).expect("hex digits"))
+                .collect()
+        } else {
+            bytes.to_vec()
+        };
+        if key.len() < 32 {
+            return Err(format!(
+                "an audit key needs at least 32 bytes (or 64 hex digits); this one has {}: \
+                 create one with `openssl rand -hex 32`",
+                key.len()
+            ));
+        }
+        Ok(AuditKey(std::sync::Arc::new(key)))
+    }
+
+    fn sign(&self, text: &str) -> String {
+        use hmac::{Hmac, Mac};
+        let mut mac = Hmac::<Sha256>::new_from_slice(&self.0).expect("HMAC takes any key length");
+        mac.update(text.as_bytes());
+        format!("{HMAC_PREFIX}{}", hex(&mac.finalize().into_bytes()))
+    }
+}
+
 /// The result of [`Warehouse::audit_verify`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuditReport {
     /// Rows checked.
     pub rows: u64,
+    /// Rows whose hash is an HMAC (the rest were written before a key was configured).
+    pub signed: u64,
+    /// Signed rows whose HMAC could not be checked (no key given).
+    pub unchecked: u64,
     /// The first row that breaks the chain, and why.
     pub first_bad: Option<(i64, String)>,
     /// The last row's seq and hash (record it elsewhere to detect a truncated tail).
@@ -126,6 +184,11 @@ fn random_bytes(n: usize) -> Result<Vec<u8>> {
 
 /// The hash of an audit row (see the module docs for the canonical form).
 pub fn audit_hash(prev_hash: &str, seq: i64, at: &str, e: &AuditEntry) -> String {
+    sha256_hex(&audit_text(prev_hash, seq, at, e))
+}
+
+/// The text an audit row's hash is taken of.
+fn audit_text(prev_hash: &str, seq: i64, at: &str, e: &AuditEntry) -> String {
     let mut text = String::from(prev_hash);
     text.push('\n');
     let seq = seq.to_string();
@@ -144,7 +207,16 @@ pub fn audit_hash(prev_hash: &str, seq: i64, at: &str, e: &AuditEntry) -> String
         text.push_str(field);
         text.push('\n');
     }
-    sha256_hex(&text)
+    text
+}
+
+/// The hash a row gets: signed with `key` when there is one.
+fn row_hash(key: Option<&AuditKey>, prev_hash: &str, seq: i64, at: &str, e: &AuditEntry) -> String {
+    let text = audit_text(prev_hash, seq, at, e);
+    match key {
+        Some(k) => k.sign(&text),
+        None => sha256_hex(&text),
+    }
 }
 
 fn now() -> String {
@@ -361,7 +433,7 @@ impl Warehouse {
                 Some((s, h)) => (s + 1, h),
                 None => (1, GENESIS_HASH.to_string()),
             };
-            let hash = audit_hash(&prev_hash, seq, &at, entry);
+            let hash = row_hash(self.audit_key.as_ref(), &prev_hash, seq, &at, entry);
             sqlx::query(&insert)
                 .bind(seq)
                 .bind(&at)
@@ -404,13 +476,22 @@ impl Warehouse {
         Ok(rows.into_iter().map(audit_row).collect())
     }
 
+    /// Signs the audit rows this handle appends with `key`, and checks signed rows with it.
+    pub fn with_audit_key(mut self, key: AuditKey) -> Warehouse {
+        self.audit_key = Some(key);
+        self
+    }
+
     /// Walks the audit log in seq order and finds the first row whose seq does not follow
-    /// the previous one, whose `prev_hash` is not the previous row's hash, or whose hash
-    /// does not match its fields.
+    /// the previous one, whose `prev_hash` is not the previous row's hash, whose hash does
+    /// not match its fields (its HMAC, for a signed row, when this handle has the key), or
+    /// that is plain after a signed one.
     pub async fn audit_verify(&self) -> Result<AuditReport> {
         const PAGE: i64 = 1000;
         let mut report = AuditReport {
             rows: 0,
+            signed: 0,
+            unchecked: 0,
             first_bad: None,
             last: None,
         };
@@ -421,10 +502,26 @@ impl Warehouse {
             let full = page.len() as i64 == PAGE;
             for row in page {
                 report.rows += 1;
-                if report.first_bad.is_none()
-                    && let Some(why) = check_row(prev.as_ref(), &row)
-                {
-                    report.first_bad = Some((row.seq, why));
+                let signed = row.hash.starts_with(HMAC_PREFIX);
+                if report.first_bad.is_none() {
+                    let why = if !signed && report.signed > 0 {
+                        Some(
+                            "a plain (unsigned) hash after signed rows: the row was rewritten by \
+                             someone without the audit key"
+                                .to_string(),
+                        )
+                    } else {
+                        check_row(prev.as_ref(), &row, self.audit_key.as_ref())
+                    };
+                    if let Some(why) = why {
+                        report.first_bad = Some((row.seq, why));
+                    }
+                }
+                if signed {
+                    report.signed += 1;
+                    if self.audit_key.is_none() {
+                        report.unchecked += 1;
+                    }
                 }
                 prev = Some((row.seq, row.hash));
             }
@@ -437,8 +534,13 @@ impl Warehouse {
     }
 }
 
-/// Why `row` does not follow `prev` (None for the first row), if it does not.
-fn check_row(prev: Option<&(i64, String)>, row: &AuditRow) -> Option<String> {
+/// Why `row` does not follow `prev` (None for the first row), if it does not. A signed
+/// row's HMAC is checked when `key` is given.
+fn check_row(
+    prev: Option<&(i64, String)>,
+    row: &AuditRow,
+    key: Option<&AuditKey>,
+) -> Option<String> {
     let (want_seq, want_prev) = match prev {
         Some((s, h)) => (s + 1, h.as_str()),
         None => (1, GENESIS_HASH),
@@ -462,7 +564,15 @@ fn check_row(prev: Option<&(i64, String)>, row: &AuditRow) -> Option<String> {
             row.prev_hash
         ));
     }
-    let hash = audit_hash(&row.prev_hash, row.seq, &row.at, &row.entry);
+    let hash = if row.hash.starts_with(HMAC_PREFIX) {
+        match key {
+            Some(k) => k.sign(&audit_text(&row.prev_hash, row.seq, &row.at, &row.entry)),
+            // cannot be checked without the key: the report counts it
+            None => return None,
+        }
+    } else {
+        audit_hash(&row.prev_hash, row.seq, &row.at, &row.entry)
+    };
     if row.hash != hash {
         return Some(format!(
             "the row's fields do not match its hash (stored {}, computed {hash}): it was edited",
