@@ -372,6 +372,71 @@ pub fn fit_kmeans(x: &Matrix, params: &Params) -> Result<Vec<Vec<f64>>, ModelErr
         .collect())
 }
 
+/// Checks the trees of a stored forest (the artifact's JSON, as read) before anything is
+/// built from it: every child index must point at a later node of the same tree (so no
+/// index is out of range and no walk loops) and every split must use a column of the
+/// `width` an encoded row has. An artifact that fails is refused at load; without this,
+/// a corrupt or hostile artifact panics or spins at predict time.
+pub fn check_trees(artifact: &serde_json::Value, width: usize) -> Result<(), String> {
+    use serde_json::Value;
+    fn walk(v: &Value, width: usize, at: &str) -> Result<(), String> {
+        match v {
+            Value::Object(map) => {
+                if let Some(Value::Array(nodes)) = map.get("nodes")
+                    && nodes
+                        .iter()
+                        .any(|n| n.get("true_child").is_some() || n.get("false_child").is_some())
+                {
+                    check_nodes(nodes, width, at)?;
+                }
+                for (k, child) in map {
+                    walk(child, width, &format!("{at}.{k}"))?;
+                }
+                Ok(())
+            }
+            Value::Array(items) => {
+                for (i, child) in items.iter().enumerate() {
+                    walk(child, width, &format!("{at}[{i}]"))?;
+                }
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+    fn check_nodes(nodes: &[Value], width: usize, at: &str) -> Result<(), String> {
+        for (i, n) in nodes.iter().enumerate() {
+            let mut split = false;
+            for side in ["true_child", "false_child"] {
+                match n.get(side) {
+                    None | Some(Value::Null) => {}
+                    Some(c) => {
+                        split = true;
+                        let c = c.as_u64().ok_or_else(|| {
+                            format!("{at}.nodes[{i}].{side} is not a node index: {c}")
+                        })?;
+                        if c as usize <= i || c as usize >= nodes.len() {
+                            return Err(format!(
+                                "{at}.nodes[{i}].{side} is {c}, not a later node of this tree (it has {})",
+                                nodes.len()
+                            ));
+                        }
+                    }
+                }
+            }
+            if split {
+                let f = n.get("split_feature").and_then(Value::as_u64);
+                if f.is_none_or(|f| f as usize >= width) {
+                    return Err(format!(
+                        "{at}.nodes[{i}].split_feature {f:?} is not one of the {width} encoded columns"
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+    walk(artifact, width, "artifact")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -454,5 +519,45 @@ mod tests {
             (a - 2.0).abs() < 0.25 && (b + 1.0).abs() < 0.2,
             "a={a} b={b}"
         );
+    }
+
+    #[test]
+    fn a_forest_with_a_bad_child_index_or_split_column_is_refused_before_use() {
+        let values: Vec<f64> = (0..200).flat_map(|i| [i as f64, (i % 7) as f64]).collect();
+        let y: Vec<f64> = (0..200).map(|i| (i % 10) as f64).collect();
+        let params = Params {
+            trees: Some(3),
+            ..Params::default()
+        };
+        let forest = fit_forest(&Matrix { values, cols: 2 }, &y, &params).unwrap();
+        let good = serde_json::to_value(&forest).unwrap();
+        check_trees(&good, 2).unwrap();
+        // find the first split of the first tree and break it three ways
+        fn first_split(v: &mut serde_json::Value) -> Option<&mut serde_json::Value> {
+            match v {
+                serde_json::Value::Object(m) => {
+                    let has_split = matches!(m.get("nodes"), Some(serde_json::Value::Array(nodes))
+                        if nodes.iter().any(|n| n["true_child"].is_u64()));
+                    if has_split {
+                        let nodes = m.get_mut("nodes")?.as_array_mut()?;
+                        return nodes.iter_mut().find(|n| n["true_child"].is_u64());
+                    }
+                    m.values_mut().find_map(first_split)
+                }
+                serde_json::Value::Array(a) => a.iter_mut().find_map(first_split),
+                _ => None,
+            }
+        }
+        for (field, value, says) in [
+            ("true_child", serde_json::json!(1_000_000), "not a later node"),
+            ("false_child", serde_json::json!(0), "not a later node"),
+            ("split_feature", serde_json::json!(7), "encoded columns"),
+        ] {
+            let mut bad = good.clone();
+            first_split(&mut bad).expect("a split")[field] = value;
+            let e = check_trees(&bad, 2).unwrap_err();
+            assert!(e.contains(says), "{field}: {e}");
+        }
+        assert!(check_trees(&good, 1).is_err(), "a split on column 1 of a 1-column row");
     }
 }

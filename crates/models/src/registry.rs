@@ -377,8 +377,16 @@ impl Registry {
                 manifest.artifact.sha256
             )));
         }
-        let artifact: Artifact = serde_json::from_slice(&abytes)
-            .map_err(|e| ModelError::Integrity(format!("{apath}: unreadable artifact: {e}")))?;
+        let width = manifest.features.width();
+        let artifact: Artifact = tokio::task::spawn_blocking(move || {
+            let value: serde_json::Value = serde_json::from_slice(&abytes)
+                .map_err(|e| format!("unreadable artifact: {e}"))?;
+            crate::model::check_trees(&value, width)?;
+            serde_json::from_value(value).map_err(|e| format!("unreadable artifact: {e}"))
+        })
+        .await
+        .map_err(|e| ModelError::Model(format!("artifact check task failed: {e}")))?
+        .map_err(|e| ModelError::Integrity(format!("{apath}: {e}; refusing it")))?;
         if artifact.name != manifest.name
             || artifact.version != manifest.version
             || artifact.features != manifest.features
