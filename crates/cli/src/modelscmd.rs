@@ -30,7 +30,14 @@ pub fn open_registry(settings: &Settings) -> Result<Registry, String> {
             format!("{}/_models", base.trim_end_matches('/'))
         }
     };
-    Registry::open(&url, &crate::commands::s3_settings()).map_err(|e| e.to_string())
+    let signing = ymera_models::registry::Signing::from_files(
+        settings.registry.signing_key_file.as_deref(),
+        settings.registry.public_key_file.as_deref(),
+    )
+    .map_err(|e| e.to_string())?;
+    Ok(Registry::open(&url, &crate::commands::s3_settings())
+        .map_err(|e| e.to_string())?
+        .with_signing(signing))
 }
 
 /// Prints `error: …` and gives `code` (the early returns of the command bodies).

@@ -234,6 +234,13 @@ impl Default for RunSettings {
 pub struct RegistrySettings {
     /// Where model versions live (default: the lake's `_models/`).
     pub url: Option<String>,
+    /// PEM PKCS#8 Ed25519 private key that signs manifests and alias records as they are
+    /// written (`ymera train`, promotions, rollbacks). Default none: nothing is signed.
+    pub signing_key_file: Option<std::path::PathBuf>,
+    /// PEM Ed25519 public key: every manifest and current alias record loaded must carry
+    /// a signature it verifies (`ymera serve` refuses the version otherwise). Defaults
+    /// to the signing key's public half when only that is set.
+    pub public_key_file: Option<std::path::PathBuf>,
 }
 
 /// `audit.*`

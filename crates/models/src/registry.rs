@@ -14,6 +14,14 @@
 //! moving it creates record `seq + 1`, which fails if another move got there first — a
 //! compare-and-swap that works on stores without conditional overwrite (object_store's
 //! local store has no `PutMode::Update`) and that keeps the history for free.
+//!
+//! With an Ed25519 key ([`Signing`], `registry.signing_key_file`), each manifest and
+//! alias record is signed before it is published: `<file>.<first 16 hex of its
+//! sha256>.sig` holds the hex signature of its exact bytes (named by content, so two
+//! movers racing for one alias record never collide). A registry opened with the public
+//! key (`registry.public_key_file`) refuses a manifest or current alias record whose
+//! signature is missing or does not verify; the manifest carries the artifact's sha256,
+//! so its signature covers the artifact too.
 
 use std::collections::BTreeMap;
 
@@ -179,6 +187,82 @@ pub struct RecipeModel {
 #[derive(Debug, Clone)]
 pub struct Registry {
     store: Lake,
+    signing: Signing,
+}
+
+/// The registry's Ed25519 keys: what this process signs with, what it verifies with.
+#[derive(Clone, Default)]
+pub struct Signing {
+    signer: Option<std::sync::Arc<ed25519_dalek::SigningKey>>,
+    verifier: Option<ed25519_dalek::VerifyingKey>,
+}
+
+impl std::fmt::Debug for Signing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Signing")
+            .field("signs", &self.signer.is_some())
+            .field("verifies", &self.verifier.is_some())
+            .finish()
+    }
+}
+
+impl Signing {
+    /// Keys from PEM files: a PKCS#8 Ed25519 private key (`openssl genpkey -algorithm
+    /// ed25519`) to sign with, and/or its public key (`openssl pkey -pubout`) to verify
+    /// with. A private key alone also verifies; given both, they must be a pair.
+    pub fn from_files(
+        signing_key_file: Option<&std::path::Path>,
+        public_key_file: Option<&std::path::Path>,
+    ) -> Result<Signing, ModelError> {
+        use ed25519_dalek::pkcs8::{DecodePrivateKey, DecodePublicKey};
+        let read = |setting: &str, p: &std::path::Path| {
+            std::fs::read_to_string(p)
+                .map_err(|e| ModelError::Input(format!("{setting} {}: {e}", p.display())))
+        };
+        let signer = signing_key_file
+            .map(|p| {
+                let pem = read("registry.signing_key_file", p)?;
+                ed25519_dalek::SigningKey::from_pkcs8_pem(&pem).map_err(|e| {
+                    ModelError::Input(format!(
+                        "registry.signing_key_file {}: not a PEM PKCS#8 Ed25519 private key ({e})",
+                        p.display()
+                    ))
+                })
+            })
+            .transpose()?;
+        let verifier = public_key_file
+            .map(|p| {
+                let pem = read("registry.public_key_file", p)?;
+                ed25519_dalek::VerifyingKey::from_public_key_pem(&pem).map_err(|e| {
+                    ModelError::Input(format!(
+                        "registry.public_key_file {}: not a PEM Ed25519 public key ({e})",
+                        p.display()
+                    ))
+                })
+            })
+            .transpose()?;
+        if let (Some(s), Some(v)) = (&signer, &verifier)
+            && s.verifying_key() != *v
+        {
+            return Err(ModelError::Input(
+                "registry.signing_key_file and registry.public_key_file are not a key pair".into(),
+            ));
+        }
+        Ok(Signing {
+            verifier: verifier.or_else(|| signer.as_ref().map(|s| s.verifying_key())),
+            signer: signer.map(std::sync::Arc::new),
+        })
+    }
+
+    /// Whether loads check signatures.
+    pub fn verifies(&self) -> bool {
+        self.verifier.is_some()
+    }
+}
+
+/// Where the signature of `path` with content `bytes` lives.
+fn sig_path(path: &str, bytes: &[u8]) -> String {
+    format!("{path}.{}.sig", &sha256_hex(bytes)[..16])
 }
 
 pub fn sha256_hex(b: &[u8]) -> String {
@@ -204,7 +288,59 @@ impl Registry {
     pub fn open(url: &str, s3: &[(String, ymera_common::Secret)]) -> Result<Registry, ModelError> {
         Ok(Registry {
             store: Lake::open_with(url, s3)?,
+            signing: Signing::default(),
         })
+    }
+
+    /// Signs what this registry writes and/or verifies what it loads with `signing`.
+    pub fn with_signing(mut self, signing: Signing) -> Registry {
+        self.signing = signing;
+        self
+    }
+
+    /// Publishes the signature of `path`'s `bytes` (before `path` itself), when signing.
+    async fn sign(&self, path: &str, bytes: &[u8]) -> Result<(), ModelError> {
+        use ed25519_dalek::Signer;
+        let Some(key) = &self.signing.signer else {
+            return Ok(());
+        };
+        let sig = hex::encode(key.sign(bytes).to_bytes());
+        // named by content: an existing file already holds this very signature
+        self.store
+            .publish(&sig_path(path, bytes), Bytes::from(sig))
+            .await?;
+        Ok(())
+    }
+
+    /// Checks the signature of `path`'s `bytes`, when verifying.
+    async fn check_signature(&self, path: &str, bytes: &[u8]) -> Result<(), ModelError> {
+        let Some(key) = &self.signing.verifier else {
+            return Ok(());
+        };
+        let spath = sig_path(path, bytes);
+        let text = match self.store.get(&spath).await {
+            Ok(b) => b,
+            Err(ymera_lake::LakeError::Store {
+                source: object_store::Error::NotFound { .. },
+                ..
+            }) => {
+                return Err(ModelError::Integrity(format!(
+                    "{path} is not signed (no {spath}): refusing it (registry.public_key_file is set)"
+                )));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let bad = || {
+            ModelError::Integrity(format!(
+                "{path}: its signature {spath} does not verify with registry.public_key_file: refusing it"
+            ))
+        };
+        let raw: [u8; 64] = hex::decode(String::from_utf8_lossy(&text).trim())
+            .ok()
+            .and_then(|b| b.try_into().ok())
+            .ok_or_else(bad)?;
+        key.verify_strict(bytes, &ed25519_dalek::Signature::from_bytes(&raw))
+            .map_err(|_| bad())
     }
 
     /// The registry's URL.
@@ -298,10 +434,9 @@ impl Registry {
         }
         let bytes = serde_json::to_vec_pretty(&manifest)
             .map_err(|e| ModelError::Model(format!("serialising the manifest: {e}")))?;
-        match self
-            .store
-            .publish(&format!("{name}/{v}/manifest.json"), Bytes::from(bytes))
-            .await?
+        let mpath = format!("{name}/{v}/manifest.json");
+        self.sign(&mpath, &bytes).await?;
+        match self.store.publish(&mpath, Bytes::from(bytes)).await?
         {
             Published::Created => Ok(manifest),
             Published::AlreadyExisted => Err(ModelError::Integrity(format!(
@@ -356,6 +491,7 @@ impl Registry {
             }
             Err(e) => return Err(e.into()),
         };
+        self.check_signature(&mpath, &mbytes).await?;
         let manifest_sha256 = sha256_hex(&mbytes);
         let manifest: Manifest = serde_json::from_slice(&mbytes)
             .map_err(|e| ModelError::Integrity(format!("{mpath}: unreadable manifest: {e}")))?;
@@ -435,11 +571,16 @@ impl Registry {
 
     /// The current record of `alias`, if it was ever set (one listing, one read: the
     /// server calls this for every alias on every reload tick).
+    /// With a public key, the record's signature is checked.
     pub async fn alias(&self, name: &str, alias: &str) -> Result<Option<AliasRecord>, ModelError> {
-        match self.record_paths(name, alias).await?.last() {
-            Some(f) => Ok(Some(self.record(f).await?)),
-            None => Ok(None),
-        }
+        let Some(f) = self.record_paths(name, alias).await?.pop() else {
+            return Ok(None);
+        };
+        let b = self.store.get(&f).await?;
+        self.check_signature(&f, &b).await?;
+        serde_json::from_slice(&b)
+            .map(Some)
+            .map_err(|e| ModelError::Integrity(format!("{f}: unreadable alias record: {e}")))
     }
 
     /// The current record of every alias of `name`.
@@ -651,13 +792,9 @@ impl Registry {
         };
         let bytes = serde_json::to_vec_pretty(&record)
             .map_err(|e| ModelError::Model(format!("serialising the alias record: {e}")))?;
-        match self
-            .store
-            .publish(
-                &format!("{name}/_aliases/{alias}/{seq:010}.json"),
-                Bytes::from(bytes),
-            )
-            .await?
+        let rpath = format!("{name}/_aliases/{alias}/{seq:010}.json");
+        self.sign(&rpath, &bytes).await?;
+        match self.store.publish(&rpath, Bytes::from(bytes)).await?
         {
             Published::Created => Ok(record),
             Published::AlreadyExisted => Err(ModelError::Conflict(format!(
@@ -697,3 +834,7 @@ impl Registry {
         .await
     }
 }
+
+#[cfg(test)]
+#[path = "registry_tests.rs"]
+mod tests;
