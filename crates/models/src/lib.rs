@@ -59,6 +59,9 @@ pub enum ModelError {
     /// Work that ran past its deadline (or whose caller went away) and was stopped.
     #[error("{0}")]
     Deadline(String),
+    /// A bound the server keeps is reached (forecasters tracked, ...): try again later.
+    #[error("{0}")]
+    Busy(String),
 }
 
 fn available_list(a: &[String]) -> String {

@@ -152,6 +152,9 @@ const BACKTEST_HORIZON_SECS: i64 = 3600;
 /// Forecast horizon fitted past the newest data: a day and an hour.
 const FIT_HORIZON_SECS: i64 = 25 * 3600;
 
+/// The most (service, metric) forecasters one server tracks.
+pub const MAX_ENTRIES: usize = 1024;
+
 /// Fitted forecasters, one per (service, metric), refreshed on demand.
 pub struct Autoscaler {
     config: AutoscaleConfig,
@@ -204,13 +207,42 @@ impl Autoscaler {
         }
     }
 
-    fn entry(&self, service: &str, metric: &str) -> Arc<tokio::sync::Mutex<Entry>> {
+    /// The entry of (service, metric). The map holds at most [`MAX_ENTRIES`]: when full,
+    /// entries nobody is using that never fitted (names with no data, most likely
+    /// made up) make room; if none can go, the request is refused rather than the map
+    /// growing with every name a caller invents.
+    fn entry(
+        &self,
+        service: &str,
+        metric: &str,
+    ) -> Result<Arc<tokio::sync::Mutex<Entry>>, ModelError> {
+        let mut entries = self
+            .entries
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let key = (service.to_string(), metric.to_string());
+        if let Some(e) = entries.get(&key) {
+            return Ok(e.clone());
+        }
+        if entries.len() >= MAX_ENTRIES {
+            entries.retain(|_, e| {
+                Arc::strong_count(e) > 1 || e.try_lock().map_or(true, |g| g.fit.is_some())
+            });
+            if entries.len() >= MAX_ENTRIES {
+                return Err(ModelError::Busy(format!(
+                    "the autoscaler already tracks {MAX_ENTRIES} (service, metric) forecasts"
+                )));
+            }
+        }
+        Ok(entries.entry(key).or_default().clone())
+    }
+
+    /// (service, metric) pairs tracked now.
+    pub fn tracked(&self) -> usize {
         self.entries
             .lock()
-            .expect("autoscaler entries lock")
-            .entry((service.to_string(), metric.to_string()))
-            .or_default()
-            .clone()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .len()
     }
 
     fn step_secs(&self) -> i64 {
@@ -565,7 +597,7 @@ pub async fn respond(
         )));
     }
 
-    let entry = auto.entry(service, &metric);
+    let entry = auto.entry(service, &metric)?;
     let mut e = entry.lock().await;
     auto.refresh(&entry, &mut e, service, &metric, now).await;
 

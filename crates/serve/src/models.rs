@@ -55,7 +55,9 @@ pub fn error_response(e: &ModelError) -> Response {
         ModelError::Conflict(_) => StatusCode::CONFLICT,
         ModelError::Gate(_) => StatusCode::UNPROCESSABLE_ENTITY,
         ModelError::Integrity(_) | ModelError::Model(_) => StatusCode::INTERNAL_SERVER_ERROR,
-        ModelError::Storage(_) | ModelError::Deadline(_) => StatusCode::SERVICE_UNAVAILABLE,
+        ModelError::Storage(_) | ModelError::Deadline(_) | ModelError::Busy(_) => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
     };
     error_json(status, e.to_string())
 }

@@ -416,3 +416,28 @@ fn bogus_model_names_and_versions_add_no_metric_series() {
         })
     });
 }
+
+#[tokio::test]
+async fn made_up_service_names_do_not_grow_the_autoscaler_without_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let auto = Arc::new(crate::autoscale::Autoscaler::new(
+        crate::autoscale::AutoscaleConfig::default(),
+        None,
+        registry(dir.path()).await,
+    ));
+    let now = chrono::Utc::now().timestamp();
+    let mut refused = 0;
+    for i in 0..(crate::autoscale::MAX_ENTRIES + 500) {
+        let q = serde_json::from_value(json!({})).unwrap();
+        match crate::autoscale::respond(&auto, &format!("bogus-{i}"), q, now).await {
+            Err(ymera_models::ModelError::Busy(_)) => refused += 1,
+            _ => {}
+        }
+    }
+    assert_eq!(refused, 0, "entries that never fitted make room");
+    assert!(
+        auto.tracked() <= crate::autoscale::MAX_ENTRIES,
+        "{} entries",
+        auto.tracked()
+    );
+}
