@@ -17,6 +17,7 @@ struct Server {
     child: Child,
     port: u16,
     analyst: String,
+    agent: String,
 }
 
 impl Drop for Server {
@@ -50,13 +51,16 @@ impl Server {
         let work = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(work.path().join("lake")).unwrap();
         let env = env_of(work.path());
-        let out = ymera()
-            .args(["keys", "create", "--role", "analyst"])
-            .envs(env.iter().map(|(k, v)| (k, v)))
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        let analyst = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        let key = |role: &str| {
+            let out = ymera()
+                .args(["keys", "create", "--role", role])
+                .envs(env.iter().map(|(k, v)| (k, v)))
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            String::from_utf8_lossy(&out.stdout).trim().to_string()
+        };
+        let (analyst, agent) = (key("analyst"), key("agent"));
         let port = free_port();
         let log = std::fs::File::create(work.path().join("serve.log")).unwrap();
         let child = ymera()
@@ -74,6 +78,7 @@ impl Server {
             child,
             port,
             analyst,
+            agent,
         };
         assert!(
             wait_for(Duration::from_secs(60), || {
@@ -364,4 +369,29 @@ fn a_query_that_cannot_be_audited_is_withheld() {
     sqlite_exec(&server, block);
     let (s, body) = server.sql("SELECT 1 AS one");
     assert_eq!(s, 200, "{body}");
+}
+
+#[test]
+fn anomaly_requests_that_would_refit_per_point_are_refused_and_leave_the_cpu_idle() {
+    let server = Server::start(&[]);
+    // two days of 5-minute points (a 288-point season), refitting at every point
+    let n = 2 * 288;
+    let ts: Vec<i64> = (0..n).map(|i| 1_700_000_000 + 300 * i as i64).collect();
+    let values: Vec<f64> = (0..n).map(|i| (i % 288) as f64).collect();
+    let body = json!({"timestamps": ts, "values": values,
+                      "detector": {"seasonal": {"refit_points": 1}}})
+    .to_string();
+    let started = Instant::now();
+    let (s, answer) = http(server.port, "POST", "/v1/anomaly/detect", Some(&server.agent), Some(&body)).unwrap();
+    let took = started.elapsed();
+    std::thread::sleep(Duration::from_secs(1));
+    let cpu = server.cpu_over(Duration::from_secs(1));
+    eprintln!("figure: /v1/anomaly/detect with seasonal.refit_points 1 -> {s} after {took:?}; server CPU in the second after: {cpu:?}");
+    assert_eq!(s, 400, "{answer}");
+    assert!(answer.contains("refit_points"), "{answer}");
+    assert!(cpu < Duration::from_millis(300), "still busy: {cpu:?}");
+    // the same series with the default cadence is scored
+    let body = json!({"timestamps": ts, "values": values}).to_string();
+    let (s, answer) = http(server.port, "POST", "/v1/anomaly/detect", Some(&server.agent), Some(&body)).unwrap();
+    assert_eq!(s, 200, "{answer}");
 }
