@@ -57,7 +57,11 @@ impl Server {
                 .envs(env.iter().map(|(k, v)| (k, v)))
                 .output()
                 .unwrap();
-            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
             String::from_utf8_lossy(&out.stdout).trim().to_string()
         };
         let (analyst, agent) = (key("analyst"), key("agent"));
@@ -197,7 +201,10 @@ fn sql_bombs_are_refused_within_the_memory_limit_and_stop_when_their_time_is_up(
     eprintln!("figure: 100 MB result -> {s}");
     assert_eq!(s, 413, "{body}");
     assert!(
-        body["error"].as_str().unwrap().contains("sql.max_result_bytes"),
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("sql.max_result_bytes"),
         "{body}"
     );
 
@@ -208,9 +215,14 @@ fn sql_bombs_are_refused_within_the_memory_limit_and_stop_when_their_time_is_up(
     let took = started.elapsed();
     std::thread::sleep(Duration::from_secs(1));
     let cpu = server.cpu_over(Duration::from_secs(1));
-    eprintln!("figure: cross join of range(5e7) -> {s} after {took:?}; server CPU in the second after: {cpu:?}");
+    eprintln!(
+        "figure: cross join of range(5e7) -> {s} after {took:?}; server CPU in the second after: {cpu:?}"
+    );
     assert_eq!(s, 503, "{body}");
-    assert!(body["error"].as_str().unwrap().contains("sql.timeout"), "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("sql.timeout"),
+        "{body}"
+    );
     assert!(took < Duration::from_secs(6), "{took:?}");
     assert!(cpu < Duration::from_millis(300), "still busy: {cpu:?}");
 
@@ -218,7 +230,9 @@ fn sql_bombs_are_refused_within_the_memory_limit_and_stop_when_their_time_is_up(
     {
         use std::io::Write;
         let mut s = std::net::TcpStream::connect(("127.0.0.1", server.port)).unwrap();
-        let body = json!({"sql": "SELECT count(*) FROM range(50000000) a CROSS JOIN range(50000000) b"}).to_string();
+        let body =
+            json!({"sql": "SELECT count(*) FROM range(50000000) a CROSS JOIN range(50000000) b"})
+                .to_string();
         write!(
             s,
             "POST /v1/sql HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
@@ -228,7 +242,10 @@ fn sql_bombs_are_refused_within_the_memory_limit_and_stop_when_their_time_is_up(
         .unwrap();
         std::thread::sleep(Duration::from_millis(500));
         let busy = server.cpu_over(Duration::from_millis(500));
-        assert!(busy > Duration::from_millis(200), "the query was not running: {busy:?}");
+        assert!(
+            busy > Duration::from_millis(200),
+            "the query was not running: {busy:?}"
+        );
     }
     std::thread::sleep(Duration::from_secs(1));
     let cpu = server.cpu_over(Duration::from_secs(1));
@@ -289,7 +306,14 @@ fn quantile(v: &mut [Duration], q: f64) -> Duration {
 fn a_flood_of_bad_keys_does_not_slow_a_valid_one() {
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
     let server = Server::start(&[]);
-    let (s, _) = http(server.port, "GET", "/v1/models", Some(&server.analyst), None).unwrap();
+    let (s, _) = http(
+        server.port,
+        "GET",
+        "/v1/models",
+        Some(&server.analyst),
+        None,
+    )
+    .unwrap();
     assert_eq!(s, 200);
     let flooding = AtomicBool::new(true);
     let bad_answers = AtomicU64::new(0);
@@ -313,8 +337,14 @@ fn a_flood_of_bad_keys_does_not_slow_a_valid_one() {
         let until = Instant::now() + Duration::from_secs(10);
         while Instant::now() < until {
             let started = Instant::now();
-            let (s, body) =
-                http(server.port, "GET", "/v1/models", Some(&server.analyst), None).unwrap();
+            let (s, body) = http(
+                server.port,
+                "GET",
+                "/v1/models",
+                Some(&server.analyst),
+                None,
+            )
+            .unwrap();
             latencies.push(started.elapsed());
             if s != 200 {
                 if refused == 0 {
@@ -349,7 +379,11 @@ fn sqlite_exec(server: &Server, sql: &str) {
         .arg(sql)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
@@ -382,16 +416,32 @@ fn anomaly_requests_that_would_refit_per_point_are_refused_and_leave_the_cpu_idl
                       "detector": {"seasonal": {"refit_points": 1}}})
     .to_string();
     let started = Instant::now();
-    let (s, answer) = http(server.port, "POST", "/v1/anomaly/detect", Some(&server.agent), Some(&body)).unwrap();
+    let (s, answer) = http(
+        server.port,
+        "POST",
+        "/v1/anomaly/detect",
+        Some(&server.agent),
+        Some(&body),
+    )
+    .unwrap();
     let took = started.elapsed();
     std::thread::sleep(Duration::from_secs(1));
     let cpu = server.cpu_over(Duration::from_secs(1));
-    eprintln!("figure: /v1/anomaly/detect with seasonal.refit_points 1 -> {s} after {took:?}; server CPU in the second after: {cpu:?}");
+    eprintln!(
+        "figure: /v1/anomaly/detect with seasonal.refit_points 1 -> {s} after {took:?}; server CPU in the second after: {cpu:?}"
+    );
     assert_eq!(s, 400, "{answer}");
     assert!(answer.contains("refit_points"), "{answer}");
     assert!(cpu < Duration::from_millis(300), "still busy: {cpu:?}");
     // the same series with the default cadence is scored
     let body = json!({"timestamps": ts, "values": values}).to_string();
-    let (s, answer) = http(server.port, "POST", "/v1/anomaly/detect", Some(&server.agent), Some(&body)).unwrap();
+    let (s, answer) = http(
+        server.port,
+        "POST",
+        "/v1/anomaly/detect",
+        Some(&server.agent),
+        Some(&body),
+    )
+    .unwrap();
     assert_eq!(s, 200, "{answer}");
 }

@@ -290,9 +290,15 @@ fn a_signed_audit_log_detects_a_rewrite_through_psql() {
     rewrite_from(&db, 3);
     let out = run(&["audit", "verify"], true);
     let said = text(&out.stdout);
-    eprintln!("figure: rewrite from seq 3 through psql -> exit {:?}: {said}", out.status.code());
+    eprintln!(
+        "figure: rewrite from seq 3 through psql -> exit {:?}: {said}",
+        out.status.code()
+    );
     assert_eq!(out.status.code(), Some(1), "{said}");
-    assert!(said.contains("tampered at seq 3") && said.contains("unsigned"), "{said}");
+    assert!(
+        said.contains("tampered at seq 3") && said.contains("unsigned"),
+        "{said}"
+    );
     // every row rewritten: nothing is signed any more
     rewrite_from(&db, 1);
     let out = run(&["audit", "verify"], true);
@@ -302,12 +308,20 @@ fn a_signed_audit_log_detects_a_rewrite_through_psql() {
     // the anchor kept off the host still names the rewrite
     let out = run(&["audit", "verify", "--anchor", &anchor], false);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
-    assert!(text(&out.stdout).contains("rewritten"), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stdout).contains("rewritten"),
+        "{}",
+        text(&out.stdout)
+    );
     // and a truncated tail
     (db.exec)("DELETE FROM _ymera_audit WHERE seq = 4");
     let out = run(&["audit", "verify", "--anchor", &anchor], false);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
-    assert!(text(&out.stdout).contains("truncated"), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stdout).contains("truncated"),
+        "{}",
+        text(&out.stdout)
+    );
 
     // a key kept under the lake is refused
     std::fs::create_dir_all(cwd.path().join("lake")).unwrap();
@@ -322,5 +336,9 @@ fn a_signed_audit_log_detects_a_rewrite_through_psql() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
-    assert!(text(&out.stderr).contains("under the lake"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("under the lake"),
+        "{}",
+        text(&out.stderr)
+    );
 }

@@ -37,9 +37,9 @@ fn audit_key(settings: &Settings) -> Result<Option<AuditKey>, String> {
         return Ok(None);
     };
     let shown = path.display();
-    let bytes =
-        std::fs::read(path).map_err(|e| format!("audit.hmac_key_file {shown}: {e}"))?;
-    let file = std::fs::canonicalize(path).map_err(|e| format!("audit.hmac_key_file {shown}: {e}"))?;
+    let bytes = std::fs::read(path).map_err(|e| format!("audit.hmac_key_file {shown}: {e}"))?;
+    let file =
+        std::fs::canonicalize(path).map_err(|e| format!("audit.hmac_key_file {shown}: {e}"))?;
     let mut near = Vec::new();
     if let Ok(lake) = ymera_lake::Lake::open(&settings.lake.url)
         && let Some(root) = lake.local_root()
@@ -49,7 +49,11 @@ fn audit_key(settings: &Settings) -> Result<Option<AuditKey>, String> {
     }
     if let Some(db) = settings.warehouse.url.expose().strip_prefix("sqlite://")
         && let Some(dir) = std::path::Path::new(db.split('?').next().unwrap_or(db)).parent()
-        && let Ok(dir) = std::fs::canonicalize(if dir.as_os_str().is_empty() { std::path::Path::new(".") } else { dir })
+        && let Ok(dir) = std::fs::canonicalize(if dir.as_os_str().is_empty() {
+            std::path::Path::new(".")
+        } else {
+            dir
+        })
     {
         near.push(("the SQLite warehouse's directory", dir));
     }
@@ -199,7 +203,9 @@ pub async fn audit_verify(settings: &Settings, anchor: Option<&str>) -> u8 {
     let anchor = match anchor.map(|a| {
         a.split_once(':')
             .and_then(|(seq, hash)| Some((seq.parse::<i64>().ok()?, hash.to_string())))
-            .ok_or_else(|| format!("--anchor `{a}` is not SEQ:HASH as printed by `ymera audit verify`"))
+            .ok_or_else(|| {
+                format!("--anchor `{a}` is not SEQ:HASH as printed by `ymera audit verify`")
+            })
     }) {
         None => None,
         Some(Ok(a)) => Some(a),
@@ -235,7 +241,11 @@ pub async fn audit_verify(settings: &Settings, anchor: Option<&str>) -> u8 {
         "{} audit rows checked ({} signed{})",
         report.rows,
         report.signed,
-        if keyed { ", HMACs checked with audit.hmac_key_file" } else { "" }
+        if keyed {
+            ", HMACs checked with audit.hmac_key_file"
+        } else {
+            ""
+        }
     );
     if let Some((seq, why)) = report.first_bad {
         println!("audit log tampered at seq {seq}: {why}");

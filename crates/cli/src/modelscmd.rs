@@ -562,8 +562,8 @@ pub async fn serve(settings: &Settings) -> u8 {
         listener,
         router.into_make_service_with_connect_info::<SocketAddr>(),
     )
-        .with_graceful_shutdown(async move { token.cancelled().await })
-        .await;
+    .with_graceful_shutdown(async move { token.cancelled().await })
+    .await;
     match served {
         Ok(()) => EXIT_OK,
         Err(e) => {

@@ -549,7 +549,11 @@ mod tests {
             }
         }
         for (field, value, says) in [
-            ("true_child", serde_json::json!(1_000_000), "not a later node"),
+            (
+                "true_child",
+                serde_json::json!(1_000_000),
+                "not a later node",
+            ),
             ("false_child", serde_json::json!(0), "not a later node"),
             ("split_feature", serde_json::json!(7), "encoded columns"),
         ] {
@@ -558,6 +562,9 @@ mod tests {
             let e = check_trees(&bad, 2).unwrap_err();
             assert!(e.contains(says), "{field}: {e}");
         }
-        assert!(check_trees(&good, 1).is_err(), "a split on column 1 of a 1-column row");
+        assert!(
+            check_trees(&good, 1).is_err(),
+            "a split on column 1 of a 1-column row"
+        );
     }
 }

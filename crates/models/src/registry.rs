@@ -436,8 +436,7 @@ impl Registry {
             .map_err(|e| ModelError::Model(format!("serialising the manifest: {e}")))?;
         let mpath = format!("{name}/{v}/manifest.json");
         self.sign(&mpath, &bytes).await?;
-        match self.store.publish(&mpath, Bytes::from(bytes)).await?
-        {
+        match self.store.publish(&mpath, Bytes::from(bytes)).await? {
             Published::Created => Ok(manifest),
             Published::AlreadyExisted => Err(ModelError::Integrity(format!(
                 "{name}/{v}/manifest.json already existed although this process created the artifact"
@@ -515,8 +514,8 @@ impl Registry {
         }
         let width = manifest.features.width();
         let artifact: Artifact = tokio::task::spawn_blocking(move || {
-            let value: serde_json::Value = serde_json::from_slice(&abytes)
-                .map_err(|e| format!("unreadable artifact: {e}"))?;
+            let value: serde_json::Value =
+                serde_json::from_slice(&abytes).map_err(|e| format!("unreadable artifact: {e}"))?;
             crate::model::check_trees(&value, width)?;
             serde_json::from_value(value).map_err(|e| format!("unreadable artifact: {e}"))
         })
@@ -794,8 +793,7 @@ impl Registry {
             .map_err(|e| ModelError::Model(format!("serialising the alias record: {e}")))?;
         let rpath = format!("{name}/_aliases/{alias}/{seq:010}.json");
         self.sign(&rpath, &bytes).await?;
-        match self.store.publish(&rpath, Bytes::from(bytes)).await?
-        {
+        match self.store.publish(&rpath, Bytes::from(bytes)).await? {
             Published::Created => Ok(record),
             Published::AlreadyExisted => Err(ModelError::Conflict(format!(
                 "{name}@{alias} was moved by someone else at the same time (record {seq} exists); look again and retry"

@@ -10,14 +10,24 @@ fn openssl(args: &[&str]) {
         .args(args)
         .output()
         .expect("openssl makes the test's keys");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// A private key and its public key, as PEM files in `dir`.
 fn keypair(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
     let private = dir.join(format!("{name}.pem"));
     let public = dir.join(format!("{name}.pub.pem"));
-    openssl(&["genpkey", "-algorithm", "ed25519", "-out", private.to_str().unwrap()]);
+    openssl(&[
+        "genpkey",
+        "-algorithm",
+        "ed25519",
+        "-out",
+        private.to_str().unwrap(),
+    ]);
     openssl(&[
         "pkey",
         "-in",
@@ -72,11 +82,17 @@ async fn a_verifying_registry_refuses_unsigned_and_mis_signed_versions_and_alias
     verifier.load_resolved("load", "champion").await.unwrap();
 
     // written without a key: refused by number
-    unsigned.register_recipe_model(recipe("load")).await.unwrap();
+    unsigned
+        .register_recipe_model(recipe("load"))
+        .await
+        .unwrap();
     let e = verifier.load("load", "2").await.unwrap_err().to_string();
     assert!(e.contains("not signed"), "{e}");
     // written with another key: refused
-    intruder.register_recipe_model(recipe("load")).await.unwrap();
+    intruder
+        .register_recipe_model(recipe("load"))
+        .await
+        .unwrap();
     let e = verifier.load("load", "3").await.unwrap_err().to_string();
     assert!(e.contains("does not verify"), "{e}");
     // an alias record moved without the key: refused, as is a record signed by another
@@ -107,6 +123,8 @@ async fn a_verifying_registry_refuses_unsigned_and_mis_signed_versions_and_alias
         .unwrap_err()
         .to_string();
     assert!(e.contains("not a key pair"), "{e}");
-    let e = Signing::from_files(Some(&public), None).unwrap_err().to_string();
+    let e = Signing::from_files(Some(&public), None)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("private key"), "{e}");
 }

@@ -99,10 +99,7 @@ impl ScalarUDFImpl for Capped {
         self.inner.return_type(arg_types)
     }
 
-    fn with_updated_config(
-        &self,
-        config: &datafusion::config::ConfigOptions,
-    ) -> Option<ScalarUDF> {
+    fn with_updated_config(&self, config: &datafusion::config::ConfigOptions) -> Option<ScalarUDF> {
         let inner = self.inner.inner().with_updated_config(config)?;
         Some(ScalarUDF::new_from_impl(Capped {
             inner,
@@ -311,7 +308,11 @@ fn output_bytes(kind: Kind, args: &[ColumnarValue], rows: usize, budget: usize) 
                     interval_nanos(arg(args, 2)),
                 )
             } else if args.len() == 1 {
-                (PerRow::One(Some(0)), ints(arg(args, 0))?, PerRow::One(Some(1)))
+                (
+                    PerRow::One(Some(0)),
+                    ints(arg(args, 0))?,
+                    PerRow::One(Some(1)),
+                )
             } else {
                 let step = if args.len() > 2 {
                     ints(arg(args, 2))?

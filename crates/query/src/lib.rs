@@ -20,8 +20,8 @@ use arrow::record_batch::RecordBatch;
 use datafusion::error::DataFusionError;
 use datafusion::execution::context::SQLOptions;
 use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
-use datafusion::execution::memory_pool::{GreedyMemoryPool, TrackConsumersPool};
 pub use datafusion::execution::memory_pool::MemoryPool;
+use datafusion::execution::memory_pool::{GreedyMemoryPool, TrackConsumersPool};
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion::sql::parser::{DFParser, Statement as DfStatement};
@@ -438,8 +438,8 @@ impl Analyst {
                 .create_physical_plan()
                 .await
                 .map_err(|e| self.explain_error(e))?;
-            let plan = deadline::with_deadline(plan, stop.clone())
-                .map_err(|e| self.explain_error(e))?;
+            let plan =
+                deadline::with_deadline(plan, stop.clone()).map_err(|e| self.explain_error(e))?;
             let mut stream = datafusion::physical_plan::execute_stream(plan, task)
                 .map_err(|e| self.explain_error(e))?;
             let mut batches = Vec::new();

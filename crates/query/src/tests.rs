@@ -269,13 +269,18 @@ async fn functions_that_build_values_outside_the_pool_are_capped() {
     }
     // what they are for still works
     let o = a
-        .query("SELECT repeat('ab', 3) AS r, lpad('7', 3, '0') AS p, cardinality(range(5)) AS n, \
+        .query(
+            "SELECT repeat('ab', 3) AS r, lpad('7', 3, '0') AS p, cardinality(range(5)) AS n, \
                 cardinality(range(DATE '2026-01-01', DATE '2026-02-01', INTERVAL '1 day')) AS d, \
-                array_repeat(1, 2) AS a, replace('aXa', 'X', 'yy') AS s")
+                array_repeat(1, 2) AS a, replace('aXa', 'X', 'yy') AS s",
+        )
         .await
         .unwrap();
     let shown = pretty(&o);
-    assert!(shown.contains("| ababab | 007 | 5 | 31 | [1, 1] | ayya |"), "{shown}");
+    assert!(
+        shown.contains("| ababab | 007 | 5 | 31 | [1, 1] | ayya |"),
+        "{shown}"
+    );
 }
 
 #[tokio::test]
@@ -296,7 +301,10 @@ async fn a_result_past_max_result_bytes_is_refused_not_cut() {
         .unwrap_err();
     assert!(matches!(e, QueryError::TooLarge(_)), "{e:?}");
     assert!(e.to_string().contains("sql.max_result_bytes"), "{e}");
-    let o = a.query("SELECT repeat('x', 1000) FROM range(500)").await.unwrap();
+    let o = a
+        .query("SELECT repeat('x', 1000) FROM range(500)")
+        .await
+        .unwrap();
     assert_eq!(o.rows, 500);
 }
 

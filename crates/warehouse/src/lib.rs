@@ -34,8 +34,8 @@ use sqlx::sqlite::{
 pub use error::{Result, WarehouseError};
 pub use schema::{Column, SqlKind, TableInfo, closest, fit};
 pub use security::{
-    API_KEYS_TABLE, AUDIT_TABLE, AuditEntry, AuditReport, AuditRow, GENESIS_HASH, KEY_PREFIX,
-    AuditKey, HMAC_PREFIX, KeyRecord, audit_hash, sha256_hex,
+    API_KEYS_TABLE, AUDIT_TABLE, AuditEntry, AuditKey, AuditReport, AuditRow, GENESIS_HASH,
+    HMAC_PREFIX, KEY_PREFIX, KeyRecord, audit_hash, sha256_hex,
 };
 pub use write::{Commit, Committed, Mode, OnReject, Origin, Rejected, TableWrite, WriteMethod};
 

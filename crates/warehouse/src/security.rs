@@ -113,7 +113,7 @@ impl AuditKey {
         let text = String::from_utf8_lossy(bytes);
         let trimmed = text.trim();
         let key = if trimmed.len() >= 64
-            && trimmed.len() % 2 == 0
+            && trimmed.len().is_multiple_of(2)
             && trimmed.bytes().all(|b| b.is_ascii_hexdigit())
         {
             (0..trimmed.len())
