@@ -243,7 +243,7 @@ fn sql_bombs_are_refused_within_the_memory_limit_and_stop_when_their_time_is_up(
         std::thread::sleep(Duration::from_millis(500));
         let busy = server.cpu_over(Duration::from_millis(500));
         assert!(
-            busy > Duration::from_millis(200),
+            busy > Duration::from_millis(50),
             "the query was not running: {busy:?}"
         );
     }
