@@ -126,3 +126,65 @@ fn a_binary_built_from_other_sources_is_refused() {
     std::fs::write(&lock, text).unwrap();
     assert!(check_binary(bin, copy.path()).is_err());
 }
+
+#[test]
+fn the_demo_runs_in_an_empty_directory_and_writes_out_its_examples() {
+    let dir = tempfile::tempdir().unwrap();
+    let started = std::time::Instant::now();
+    let out = ymera()
+        .args(["demo", "--days", "1"])
+        .current_dir(dir.path())
+        .env("YMERA__LOG__LEVEL", "warn")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    eprintln!(
+        "figure: ymera demo --days 1 in an empty directory: {:?}",
+        started.elapsed()
+    );
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("built into ymera"), "{stdout}");
+    assert!(stdout.contains("metric_events"), "{stdout}");
+    assert!(
+        stdout.contains("| api"),
+        "the closing query's table: {stdout}"
+    );
+    assert!(dir.path().join("lake/metric_events").is_dir());
+    assert!(dir.path().join("warehouse.db").is_file());
+
+    // the same files as the repository's, and never over existing ones
+    let examples = dir.path().join("examples");
+    let out = ymera()
+        .args(["demo", "--write-examples"])
+        .arg(&examples)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for sub in ["pipelines", "models", "sql/migrations"] {
+        for entry in std::fs::read_dir(repo().join(sub)).unwrap() {
+            let path = entry.unwrap().path();
+            let written = examples.join(sub).join(path.file_name().unwrap());
+            assert_eq!(
+                std::fs::read(&path).unwrap(),
+                std::fs::read(&written).unwrap_or_default(),
+                "{} differs from the built-in example",
+                path.display()
+            );
+        }
+    }
+    let out = ymera()
+        .args(["demo", "--write-examples"])
+        .arg(&examples)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("exists"));
+}

@@ -19,7 +19,7 @@ use sha2::{Digest, Sha256};
 /// Files at the repository root that go into the binary.
 pub(crate) const ROOT_FILES: &[&str] = &["Cargo.toml", "Cargo.lock"];
 /// Directories at the repository root whose files all go into the binary.
-pub(crate) const ROOT_DIRS: &[&str] = &[];
+pub(crate) const ROOT_DIRS: &[&str] = &["pipelines", "models", "sql/migrations"];
 /// Subdirectories of a crate that never go into the binary.
 const NOT_SOURCES: &[&str] = &["tests", "benches", "examples", "target"];
 

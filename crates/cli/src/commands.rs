@@ -791,7 +791,84 @@ fn write_jsonl(dir: &Path, events: &[generator::Event]) -> Result<(), String> {
     Ok(())
 }
 
-pub async fn demo(settings: &Settings, days: u32, pipelines_dir: &Path) -> u8 {
+/// `ymera demo --write-examples DIR`
+pub fn write_examples(dir: &Path) -> u8 {
+    match crate::examples::write(dir) {
+        Ok(paths) => {
+            for p in &paths {
+                println!("wrote {}", p.display());
+            }
+            println!(
+                "next: cd {} && ymera demo (runs these pipelines), ymera validate pipelines/*.yaml, ymera train models/risk.yaml",
+                dir.display()
+            );
+            EXIT_OK
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            EXIT_FAILURE
+        }
+    }
+}
+
+/// The example files the demo falls back on, written to a directory of this process that
+/// is removed when dropped.
+struct BuiltInExamples(PathBuf);
+
+impl BuiltInExamples {
+    fn write() -> Result<BuiltInExamples, String> {
+        let dir = std::env::temp_dir().join(format!("ymera-demo-examples-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        crate::examples::write(&dir)?;
+        Ok(BuiltInExamples(dir))
+    }
+}
+
+impl Drop for BuiltInExamples {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// `ymera demo`: the given pipelines directory, else `pipelines/` when it exists, else the
+/// examples built into the binary; the built-in migrations when `warehouse.migrations` is
+/// not a directory here.
+pub async fn demo(settings: &Settings, days: u32, pipelines_dir: Option<&Path>) -> u8 {
+    let default_dir = Path::new("pipelines");
+    let pipelines_missing = pipelines_dir.is_none() && !default_dir.is_dir();
+    let migrations_missing = !settings.warehouse.migrations.is_dir();
+    let built_in = if pipelines_missing || migrations_missing {
+        match BuiltInExamples::write() {
+            Ok(b) => Some(b),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return EXIT_FAILURE;
+            }
+        }
+    } else {
+        None
+    };
+    let mut settings = settings.clone();
+    if let Some(b) = built_in.as_ref().filter(|_| migrations_missing) {
+        settings.warehouse.migrations = b.0.join("sql/migrations");
+    }
+    let pipelines_dir = match (pipelines_dir, &built_in) {
+        (Some(d), _) => d.to_path_buf(),
+        (None, Some(b)) if pipelines_missing => {
+            println!(
+                "== no pipelines/ here: running the example pipelines built into ymera \
+                 (`ymera demo --write-examples DIR` writes them out)"
+            );
+            b.0.join("pipelines")
+        }
+        (None, _) => default_dir.to_path_buf(),
+    };
+    let code = demo_in(&settings, days, &pipelines_dir).await;
+    drop(built_in);
+    code
+}
+
+async fn demo_in(settings: &Settings, days: u32, pipelines_dir: &Path) -> u8 {
     // SAFETY of intent: the demo process points every pipeline at its own embedded broker.
     let brokers = match embedded::bootstrap_servers() {
         Ok(b) => b,

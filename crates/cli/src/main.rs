@@ -9,6 +9,7 @@ mod bench;
 mod commands;
 mod dlqcmd;
 mod evalcmd;
+mod examples;
 mod forecastcmd;
 mod keyscmd;
 mod modelscmd;
@@ -76,9 +77,14 @@ enum Command {
         /// Days of generated history.
         #[arg(long, default_value_t = 3)]
         days: u32,
-        /// Directory of the pipelines to run.
-        #[arg(long, default_value = "pipelines")]
-        pipelines: PathBuf,
+        /// Directory of the pipelines to run (default `pipelines/` when it exists, else
+        /// the examples built into ymera).
+        #[arg(long)]
+        pipelines: Option<PathBuf>,
+        /// Write the built-in example pipelines, training specs and migrations into this
+        /// directory (which must not hold them yet) and exit.
+        #[arg(long, value_name = "DIR")]
+        write_examples: Option<PathBuf>,
     },
     /// Read-only SQL over every lake and warehouse table: one query, or an interactive
     /// session (history, multi-line statements, `\d`, `\d TABLE`, `\timing`) when no query is
@@ -381,7 +387,14 @@ fn main() -> ExitCode {
                 stop_when_idle,
                 paths,
             } => commands::run(&settings, &paths, stop_when_idle).await,
-            Command::Demo { days, pipelines } => commands::demo(&settings, days, &pipelines).await,
+            Command::Demo {
+                days,
+                pipelines,
+                write_examples,
+            } => match write_examples {
+                Some(dir) => commands::write_examples(&dir),
+                None => commands::demo(&settings, days, pipelines.as_deref()).await,
+            },
             Command::Sql {
                 query,
                 format,
