@@ -74,12 +74,26 @@ async fn ready(State(s): State<HealthState>) -> Response {
     }
 }
 
+/// The process's own figures (`process_cpu_seconds_total`, `process_resident_memory_bytes`,
+/// `process_open_fds`, `process_max_fds`, `process_threads`, ...), read from /proc when
+/// `/metrics` is scraped.
+fn collect_process_metrics() {
+    static COLLECTOR: std::sync::OnceLock<metrics_process::Collector> = std::sync::OnceLock::new();
+    COLLECTOR
+        .get_or_init(|| {
+            let c = metrics_process::Collector::default();
+            c.describe();
+            c
+        })
+        .collect();
+}
+
 async fn render_metrics(State(s): State<HealthState>) -> Response {
     match &s.metrics {
-        Some(h) => (
-            [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-            h.render(),
-        )
+        Some(h) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], {
+            collect_process_metrics();
+            h.render()
+        })
             .into_response(),
         None => (
             StatusCode::NOT_FOUND,
@@ -134,5 +148,41 @@ mod tests {
         );
         health.set("pipeline:tasks", None);
         assert_eq!(get(&router, "/health/ready").await.0, StatusCode::OK);
+    }
+
+    #[test]
+    fn metrics_carry_the_process_own_figures() {
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let text = metrics::with_local_recorder(&recorder, || {
+            rt.block_on(async {
+                let router = health_router(Arc::new(Health::default()), Some(handle));
+                let resp = router
+                    .oneshot(Request::get("/metrics").body(Body::empty()).unwrap())
+                    .await
+                    .unwrap();
+                assert_eq!(resp.status(), StatusCode::OK);
+                let body = resp.into_body().collect().await.unwrap().to_bytes();
+                String::from_utf8(body.to_vec()).unwrap()
+            })
+        });
+        for name in [
+            "process_cpu_seconds_total",
+            "process_resident_memory_bytes",
+            "process_open_fds",
+            "process_max_fds",
+            "process_threads",
+        ] {
+            let line = text
+                .lines()
+                .find(|l| l.starts_with(name) && !l.starts_with('#'))
+                .unwrap_or_else(|| panic!("no {name}: {text}"));
+            let value: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+            assert!(value > 0.0 || name == "process_cpu_seconds_total", "{line}");
+        }
     }
 }
