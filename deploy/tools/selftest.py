@@ -16,6 +16,12 @@ import tempfile
 
 # (name, file under deploy/, text to find, replacement, words the FAIL line must contain)
 CASES = [
+    ("an alert rule on an invented metric", "prometheus/ymera-alerts.yaml",
+     "rate(ymera_dlq_events_total[5m])", "rate(ymera_dead_letters_total[5m])",
+     "metric ymera_dead_letters_total is not emitted anywhere in crates/"),
+    ("an alert rule without a severity", "prometheus/ymera-alerts.yaml",
+     "        for: 5m\n        labels:\n          severity: critical\n", "        for: 5m\n        labels:\n          team: data\n",
+     "labels.severity: must be info, warning or critical"),
     ("unknown field in a container", "base/serve.yaml",
      "          imagePullPolicy: IfNotPresent\n          args: [\"--config\", \"/etc/ymera/ymera.yaml\", \"serve\"]",
      "          imagePullPolicy: IfNotPresent\n          restartPolicyy: Always\n          args: [\"--config\", \"/etc/ymera/ymera.yaml\", \"serve\"]",

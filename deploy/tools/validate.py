@@ -599,6 +599,53 @@ def check_dashboard(report, path, repo):
                     report.fail(label, None, f"{where}.targets", f"metric {metric} is not emitted anywhere in crates/ (invented or renamed?)")
 
 
+def check_alert_rules(report, path, repo):
+    """A Prometheus rule file: groups with unique names, each rule an alert with expr,
+    `for`, a severity label and a summary, and every ymera_* metric emitted by crates/."""
+    label = str(path)
+    try:
+        doc = yaml.load(path.read_text(), Loader=YAML_LOADER)
+    except yaml.YAMLError as e:
+        report.fail(label, None, "", f"not YAML: {e}")
+        return
+    groups = (doc or {}).get("groups")
+    if not isinstance(groups, list) or not groups:
+        report.fail(label, None, "groups", "a rule file needs a non-empty list of groups")
+        return
+    known = metric_names_in_code(repo) if repo and (repo / "crates").exists() else None
+    seen_groups, seen_alerts = set(), set()
+    for gi, g in enumerate(groups):
+        name = g.get("name")
+        if not name or name in seen_groups:
+            report.fail(label, None, f"groups[{gi}].name", f"missing or repeated ({name!r})")
+        seen_groups.add(name)
+        for ri, r in enumerate(g.get("rules") or []):
+            where = f"groups[{gi}].rules[{ri}] {r.get('alert')!r}"
+            extra = set(r) - {"alert", "expr", "for", "labels", "annotations", "keep_firing_for"}
+            if extra:
+                report.fail(label, None, where, f"unknown keys {sorted(extra)}")
+            if not r.get("alert"):
+                report.fail(label, None, where, "not an alerting rule (no `alert`)")
+            elif r["alert"] in seen_alerts:
+                report.fail(label, None, where, "alert name repeated")
+            seen_alerts.add(r.get("alert"))
+            expr = str(r.get("expr") or "")
+            if not expr:
+                report.fail(label, None, f"{where}.expr", "missing")
+            if not re.fullmatch(r"\d+[smhd]", str(r.get("for") or "")):
+                report.fail(label, None, f"{where}.for", f"should be a duration like 10m, is {r.get('for')!r}")
+            if (r.get("labels") or {}).get("severity") not in ("info", "warning", "critical"):
+                report.fail(label, None, f"{where}.labels.severity", "must be info, warning or critical")
+            if not (r.get("annotations") or {}).get("summary"):
+                report.fail(label, None, f"{where}.annotations.summary", "missing")
+            if expr.count("(") != expr.count(")"):
+                report.fail(label, None, f"{where}.expr", "unbalanced parentheses")
+            for metric in sorted(set(re.findall(r"\b(ymera_[a-z0-9_]+)", expr))):
+                base = re.sub(r"_(bucket|sum|count)$", "", metric)
+                if known is not None and metric not in known and base not in known:
+                    report.fail(label, None, f"{where}.expr", f"metric {metric} is not emitted anywhere in crates/ (invented or renamed?)")
+
+
 def check_pipelines_copy(report, root, repo):
     if not repo or not (repo / "pipelines").is_dir():
         return
@@ -660,6 +707,11 @@ def main():
             lines.append(f"ok   {label}: {len(objs)} objects valid ({summary})")
     for path in sorted((args.root / "grafana").glob("*.json")):
         check_dashboard(report, path, repo)
+    rule_files = sorted((args.root / "prometheus").glob("*.y*ml"))
+    for path in rule_files:
+        check_alert_rules(report, path, repo)
+    if rule_files and not report.failures:
+        lines.append(f"ok   prometheus: {len(rule_files)} rule file(s) valid")
     check_pipelines_copy(report, args.root, repo)
 
     for line in report.failures:
