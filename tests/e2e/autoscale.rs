@@ -156,21 +156,8 @@ fn forecast_endpoint_serves_fresh_forecasts_and_falls_back_on_stale_and_poor_dat
     let status = wait_timeout(&mut run, Duration::from_secs(300)).expect("ymera run hung");
     assert!(status.success(), "ymera run failed");
 
-    let key = |role: &str| -> String {
-        let out = ymera()
-            .args(["keys", "create", "--role", role])
-            .envs(env.iter().map(|(k, v)| (k, v)))
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
-    };
-    let autoscaler = key("autoscaler");
-    let agent = key("agent");
+    let autoscaler = create_key(&env, "autoscaler");
+    let agent = create_key(&env, "agent");
 
     let port = free_port();
     let log = work.path().join("serve.log");

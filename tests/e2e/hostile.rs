@@ -51,20 +51,7 @@ impl Server {
         let work = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(work.path().join("lake")).unwrap();
         let env = env_of(work.path());
-        let key = |role: &str| {
-            let out = ymera()
-                .args(["keys", "create", "--role", role])
-                .envs(env.iter().map(|(k, v)| (k, v)))
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            String::from_utf8_lossy(&out.stdout).trim().to_string()
-        };
-        let (analyst, agent) = (key("analyst"), key("agent"));
+        let (analyst, agent) = (create_key(&env, "analyst"), create_key(&env, "agent"));
         let port = free_port();
         let log = std::fs::File::create(work.path().join("serve.log")).unwrap();
         let child = ymera()
@@ -98,15 +85,19 @@ impl Server {
         std::fs::read_to_string(self.work.path().join("serve.log")).unwrap_or_default()
     }
 
+    /// `GET path` with the analyst key.
+    fn get(&self, path: &str) -> (u16, String) {
+        http(self.port, "GET", path, Some(&self.analyst), None).expect("request")
+    }
+
+    /// `POST path` with `token` and a JSON `body`.
+    fn post(&self, path: &str, token: &str, body: &str) -> (u16, String) {
+        http(self.port, "POST", path, Some(token), Some(body)).expect("request")
+    }
+
     fn sql(&self, sql: &str) -> (u16, Value) {
-        let (s, b) = http(
-            self.port,
-            "POST",
-            "/v1/sql",
-            Some(&self.analyst),
-            Some(&json!({ "sql": sql }).to_string()),
-        )
-        .expect("request");
+        let body = json!({ "sql": sql }).to_string();
+        let (s, b) = self.post("/v1/sql", &self.analyst, &body);
         (s, serde_json::from_str(&b).unwrap_or(Value::String(b)))
     }
 
@@ -306,15 +297,7 @@ fn quantile(v: &mut [Duration], q: f64) -> Duration {
 fn a_flood_of_bad_keys_does_not_slow_a_valid_one() {
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
     let server = Server::start(&[]);
-    let (s, _) = http(
-        server.port,
-        "GET",
-        "/v1/models",
-        Some(&server.analyst),
-        None,
-    )
-    .unwrap();
-    assert_eq!(s, 200);
+    assert_eq!(server.get("/v1/models").0, 200);
     let flooding = AtomicBool::new(true);
     let bad_answers = AtomicU64::new(0);
     let mut latencies = Vec::new();
@@ -337,14 +320,7 @@ fn a_flood_of_bad_keys_does_not_slow_a_valid_one() {
         let until = Instant::now() + Duration::from_secs(10);
         while Instant::now() < until {
             let started = Instant::now();
-            let (s, body) = http(
-                server.port,
-                "GET",
-                "/v1/models",
-                Some(&server.analyst),
-                None,
-            )
-            .unwrap();
+            let (s, body) = server.get("/v1/models");
             latencies.push(started.elapsed());
             if s != 200 {
                 if refused == 0 {
@@ -379,11 +355,7 @@ fn sqlite_exec(server: &Server, sql: &str) {
         .arg(sql)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    succeeded(out);
 }
 
 #[test]
@@ -416,14 +388,7 @@ fn anomaly_requests_that_would_refit_per_point_are_refused_and_leave_the_cpu_idl
                       "detector": {"seasonal": {"refit_points": 1}}})
     .to_string();
     let started = Instant::now();
-    let (s, answer) = http(
-        server.port,
-        "POST",
-        "/v1/anomaly/detect",
-        Some(&server.agent),
-        Some(&body),
-    )
-    .unwrap();
+    let (s, answer) = server.post("/v1/anomaly/detect", &server.agent, &body);
     let took = started.elapsed();
     std::thread::sleep(Duration::from_secs(1));
     let cpu = server.cpu_over(Duration::from_secs(1));
@@ -435,13 +400,6 @@ fn anomaly_requests_that_would_refit_per_point_are_refused_and_leave_the_cpu_idl
     assert!(cpu < Duration::from_millis(300), "still busy: {cpu:?}");
     // the same series with the default cadence is scored
     let body = json!({"timestamps": ts, "values": values}).to_string();
-    let (s, answer) = http(
-        server.port,
-        "POST",
-        "/v1/anomaly/detect",
-        Some(&server.agent),
-        Some(&body),
-    )
-    .unwrap();
+    let (s, answer) = server.post("/v1/anomaly/detect", &server.agent, &body);
     assert_eq!(s, 200, "{answer}");
 }

@@ -675,3 +675,21 @@ pub fn http(
         .unwrap_or_default();
     Some((status, body))
 }
+
+/// The stdout of a command that must have succeeded (its stderr in the panic otherwise).
+pub fn succeeded(out: std::process::Output) -> String {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `ymera keys create --role ROLE` with `env`: the key printed.
+pub fn create_key<K: AsRef<std::ffi::OsStr>, V: AsRef<std::ffi::OsStr>>(
+    env: &[(K, V)],
+    role: &str,
+) -> String {
+    let mut c = ymera();
+    c.args(["keys", "create", "--role", role]);
+    c.envs(env.iter().map(|(k, v)| (k, v)));
+    succeeded(c.output().unwrap()).trim().to_string()
+}
