@@ -158,16 +158,14 @@ fn the_demo_runs_in_an_empty_directory_and_writes_out_its_examples() {
 
     // the same files as the repository's, and never over existing ones
     let examples = dir.path().join("examples");
-    let out = ymera()
-        .args(["demo", "--write-examples"])
-        .arg(&examples)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let write = || {
+        ymera()
+            .args(["demo", "--write-examples"])
+            .arg(&examples)
+            .output()
+            .unwrap()
+    };
+    succeeded(write());
     for sub in ["pipelines", "models", "sql/migrations"] {
         for entry in std::fs::read_dir(repo().join(sub)).unwrap() {
             let path = entry.unwrap().path();
@@ -180,11 +178,7 @@ fn the_demo_runs_in_an_empty_directory_and_writes_out_its_examples() {
             );
         }
     }
-    let out = ymera()
-        .args(["demo", "--write-examples"])
-        .arg(&examples)
-        .output()
-        .unwrap();
+    let out = write();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("exists"));
 }
