@@ -379,7 +379,8 @@ pub fn fit_kmeans(x: &Matrix, params: &Params) -> Result<Vec<Vec<f64>>, ModelErr
 /// a corrupt or hostile artifact panics or spins at predict time.
 pub fn check_trees(artifact: &serde_json::Value, width: usize) -> Result<(), String> {
     use serde_json::Value;
-    fn walk(v: &Value, width: usize, at: &str) -> Result<(), String> {
+    /// Walks the JSON once; trees are numbered in the order met, for the message only.
+    fn walk(v: &Value, width: usize, trees: &mut usize) -> Result<(), String> {
         match v {
             Value::Object(map) => {
                 if let Some(Value::Array(nodes)) = map.get("nodes")
@@ -387,23 +388,17 @@ pub fn check_trees(artifact: &serde_json::Value, width: usize) -> Result<(), Str
                         .iter()
                         .any(|n| n.get("true_child").is_some() || n.get("false_child").is_some())
                 {
-                    check_nodes(nodes, width, at)?;
+                    check_nodes(nodes, width, *trees)?;
+                    *trees += 1;
+                    return Ok(());
                 }
-                for (k, child) in map {
-                    walk(child, width, &format!("{at}.{k}"))?;
-                }
-                Ok(())
+                map.values().try_for_each(|child| walk(child, width, trees))
             }
-            Value::Array(items) => {
-                for (i, child) in items.iter().enumerate() {
-                    walk(child, width, &format!("{at}[{i}]"))?;
-                }
-                Ok(())
-            }
+            Value::Array(items) => items.iter().try_for_each(|child| walk(child, width, trees)),
             _ => Ok(()),
         }
     }
-    fn check_nodes(nodes: &[Value], width: usize, at: &str) -> Result<(), String> {
+    fn check_nodes(nodes: &[Value], width: usize, tree: usize) -> Result<(), String> {
         for (i, n) in nodes.iter().enumerate() {
             let mut split = false;
             for side in ["true_child", "false_child"] {
@@ -412,11 +407,11 @@ pub fn check_trees(artifact: &serde_json::Value, width: usize) -> Result<(), Str
                     Some(c) => {
                         split = true;
                         let c = c.as_u64().ok_or_else(|| {
-                            format!("{at}.nodes[{i}].{side} is not a node index: {c}")
+                            format!("tree {tree}: node {i}: {side} is not a node index: {c}")
                         })?;
                         if c as usize <= i || c as usize >= nodes.len() {
                             return Err(format!(
-                                "{at}.nodes[{i}].{side} is {c}, not a later node of this tree (it has {})",
+                                "tree {tree}: node {i}: {side} is {c}, not a later node of this tree (it has {})",
                                 nodes.len()
                             ));
                         }
@@ -427,14 +422,14 @@ pub fn check_trees(artifact: &serde_json::Value, width: usize) -> Result<(), Str
                 let f = n.get("split_feature").and_then(Value::as_u64);
                 if f.is_none_or(|f| f as usize >= width) {
                     return Err(format!(
-                        "{at}.nodes[{i}].split_feature {f:?} is not one of the {width} encoded columns"
+                        "tree {tree}: node {i}: split_feature {f:?} is not one of the {width} encoded columns"
                     ));
                 }
             }
         }
         Ok(())
     }
-    walk(artifact, width, "artifact")
+    walk(artifact, width, &mut 0)
 }
 
 #[cfg(test)]

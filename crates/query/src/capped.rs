@@ -117,7 +117,7 @@ impl ScalarUDFImpl for Capped {
     }
 
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
-        let bytes = output_bytes(self.kind, &args.args, args.number_rows, self.budget)?;
+        let bytes = output_bytes(self.kind, &args.args, args.number_rows, self.budget);
         if bytes > self.budget as u128 {
             return Err(DataFusionError::ResourcesExhausted(format!(
                 "`{}` would produce {} MiB for one batch of {} rows, more than the {} MiB one call may use (a sixteenth of sql.memory_limit)",
@@ -154,14 +154,10 @@ impl PerRow {
     }
 }
 
-fn arg(args: &[ColumnarValue], i: usize) -> Option<&ColumnarValue> {
-    args.get(i)
-}
-
 /// The argument as integers (`None`: absent or not a number, which the function itself
 /// refuses).
-fn ints(v: Option<&ColumnarValue>) -> Result<PerRow> {
-    Ok(match v {
+fn ints(v: Option<&ColumnarValue>) -> PerRow {
+    match v {
         None => PerRow::One(None),
         Some(ColumnarValue::Scalar(s)) => match s.cast_to(&DataType::Int64) {
             Ok(ScalarValue::Int64(x)) => PerRow::One(x),
@@ -171,13 +167,13 @@ fn ints(v: Option<&ColumnarValue>) -> Result<PerRow> {
             Ok(c) => PerRow::Many(c.as_primitive::<Int64Type>().clone()),
             Err(_) => PerRow::One(None),
         },
-    })
+    }
 }
 
 /// Timestamps and dates as nanoseconds since the epoch.
-fn nanos(v: Option<&ColumnarValue>) -> Result<PerRow> {
+fn nanos(v: Option<&ColumnarValue>) -> PerRow {
     let ts = DataType::Timestamp(TimeUnit::Nanosecond, None);
-    Ok(match v {
+    match v {
         None => PerRow::One(None),
         Some(ColumnarValue::Scalar(s)) => match s.cast_to(&ts) {
             Ok(ScalarValue::TimestampNanosecond(x, _)) => PerRow::One(x),
@@ -189,7 +185,7 @@ fn nanos(v: Option<&ColumnarValue>) -> Result<PerRow> {
             Ok(c) => PerRow::Many(c.as_primitive::<Int64Type>().clone()),
             Err(_) => PerRow::One(None),
         },
-    })
+    }
 }
 
 /// An interval step as (roughly) nanoseconds: a month as 28 days, so the element count is
@@ -219,8 +215,8 @@ fn interval_nanos(v: Option<&ColumnarValue>) -> PerRow {
 }
 
 /// Byte lengths of a string or binary argument.
-fn lens(v: Option<&ColumnarValue>) -> Result<PerRow> {
-    Ok(match v {
+fn lens(v: Option<&ColumnarValue>) -> PerRow {
+    match v {
         None => PerRow::One(None),
         Some(ColumnarValue::Scalar(s)) => PerRow::One(match s {
             ScalarValue::Utf8(x) | ScalarValue::LargeUtf8(x) | ScalarValue::Utf8View(x) => {
@@ -237,7 +233,7 @@ fn lens(v: Option<&ColumnarValue>) -> Result<PerRow> {
             Ok(l) => PerRow::Many(l.as_primitive::<Int64Type>().clone()),
             Err(_) => PerRow::One(None),
         },
-    })
+    }
 }
 
 /// Bytes of one element of an argument of any type (its share of the batch).
@@ -258,38 +254,34 @@ fn range_len(start: i64, stop: i64, step: i64) -> u128 {
 }
 
 /// The bytes one call of `kind` makes for its batch, stopping once past `budget`.
-fn output_bytes(kind: Kind, args: &[ColumnarValue], rows: usize, budget: usize) -> Result<u128> {
+fn output_bytes(kind: Kind, args: &[ColumnarValue], rows: usize, budget: usize) -> u128 {
     let pos = |v: Option<i64>| v.unwrap_or(0).max(0) as u128;
     let per_row: Box<dyn Fn(usize) -> u128> = match kind {
         Kind::Repeat => {
-            let (s, n) = (lens(arg(args, 0))?, ints(arg(args, 1))?);
+            let (s, n) = (lens(args.get(0)), ints(args.get(1)));
             Box::new(move |r| pos(s.at(r)) * pos(n.at(r)))
         }
         Kind::Pad => {
-            let n = ints(arg(args, 1))?;
+            let n = ints(args.get(1));
             Box::new(move |r| 4 * pos(n.at(r)))
         }
         Kind::ArrayRepeat => {
-            let (x, n) = (element_bytes(arg(args, 0), rows), ints(arg(args, 1))?);
+            let (x, n) = (element_bytes(args.get(0), rows), ints(args.get(1)));
             Box::new(move |r| pos(x.at(r)).max(8) * pos(n.at(r)))
         }
         Kind::ArrayResize => {
-            let n = ints(arg(args, 1))?;
+            let n = ints(args.get(1));
             Box::new(move |r| 16 * pos(n.at(r)))
         }
         Kind::Replace => {
-            let (s, from, to) = (
-                lens(arg(args, 0))?,
-                lens(arg(args, 1))?,
-                lens(arg(args, 2))?,
-            );
+            let (s, from, to) = (lens(args.get(0)), lens(args.get(1)), lens(args.get(2)));
             Box::new(move |r| {
                 let s = pos(s.at(r));
                 s + s / pos(from.at(r)).max(1) * pos(to.at(r))
             })
         }
         Kind::RegexpReplace => {
-            let (s, to) = (lens(arg(args, 0))?, lens(arg(args, 2))?);
+            let (s, to) = (lens(args.get(0)), lens(args.get(2)));
             Box::new(move |r| {
                 let s = pos(s.at(r));
                 s + (s + 1) * pos(to.at(r))
@@ -303,23 +295,23 @@ fn output_bytes(kind: Kind, args: &[ColumnarValue], rows: usize, budget: usize) 
             );
             let (start, stop, step) = if timed {
                 (
-                    nanos(arg(args, 0))?,
-                    nanos(arg(args, 1))?,
-                    interval_nanos(arg(args, 2)),
+                    nanos(args.get(0)),
+                    nanos(args.get(1)),
+                    interval_nanos(args.get(2)),
                 )
             } else if args.len() == 1 {
                 (
                     PerRow::One(Some(0)),
-                    ints(arg(args, 0))?,
+                    ints(args.get(0)),
                     PerRow::One(Some(1)),
                 )
             } else {
                 let step = if args.len() > 2 {
-                    ints(arg(args, 2))?
+                    ints(args.get(2))
                 } else {
                     PerRow::One(Some(1))
                 };
-                (ints(arg(args, 0))?, ints(arg(args, 1))?, step)
+                (ints(args.get(0)), ints(args.get(1)), step)
             };
             Box::new(move |r| match (start.at(r), stop.at(r), step.at(r)) {
                 (Some(a), Some(b), Some(s)) => 8 * range_len(a, b, s),
@@ -334,7 +326,7 @@ fn output_bytes(kind: Kind, args: &[ColumnarValue], rows: usize, budget: usize) 
             break;
         }
     }
-    Ok(total)
+    total
 }
 
 #[cfg(test)]
@@ -359,14 +351,11 @@ mod tests {
             ColumnarValue::Scalar(ScalarValue::Utf8(Some("ab".into()))),
             ColumnarValue::Scalar(ScalarValue::Int64(Some(1000))),
         ];
-        assert_eq!(
-            output_bytes(Kind::Repeat, &args, 10, usize::MAX).unwrap(),
-            20_000
-        );
+        assert_eq!(output_bytes(Kind::Repeat, &args, 10, usize::MAX), 20_000);
         let args = [
             ColumnarValue::Array(Arc::new(arrow::array::StringArray::from(vec!["x", "yyy"]))),
             ColumnarValue::Array(Arc::new(Int64Array::from(vec![Some(5), None]))),
         ];
-        assert_eq!(output_bytes(Kind::Repeat, &args, 2, usize::MAX).unwrap(), 5);
+        assert_eq!(output_bytes(Kind::Repeat, &args, 2, usize::MAX), 5);
     }
 }

@@ -261,8 +261,9 @@ pub async fn post_sql(
             }),
         )
         .await;
+    // only a result is withheld: a refusal discloses no data and keeps its own status
     match written {
-        Err(e) if sql_service.audit_fail_closed => {
+        Err(e) if sql_service.audit_fail_closed && status == StatusCode::OK => {
             tracing::error!(error = %e, actor = %who.subject, "cannot audit a SQL query: its result is withheld (audit.sql_fail_closed)");
             error_json(
                 StatusCode::SERVICE_UNAVAILABLE,
