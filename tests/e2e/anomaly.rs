@@ -259,3 +259,178 @@ fn a_spike_is_scored_alerted_once_and_a_restart_resumes_the_same_scores() {
     assert_eq!(scores(&whole), split_scores);
     assert_eq!(alerts(&whole), once);
 }
+
+/// The detector's alert through the alerts API of `ymera serve` (this lake, a SQLite
+/// warehouse; broker: `ymera broker`'s mock cluster): listed open, acknowledged, resolved,
+/// each change audited and kept in the warehouse; refusals name the problem.
+#[test]
+fn the_alerts_api_lists_acknowledges_and_resolves_the_detectors_alert() {
+    let rt = runtime();
+    let topic = unique("metrics");
+    let broker = DevBroker::start(&[(&topic, 1)]);
+    let (url, _posted) = webhook();
+    let work = tempfile::tempdir().unwrap();
+    let lake = work.path().join("lake");
+    produce_to(
+        &rt,
+        &broker.bootstrap,
+        &topic,
+        &(0..400).map(sample).collect::<Vec<_>>(),
+    );
+    let dir = pipeline_dir(&yaml(&topic, &unique("g"), &url));
+    run_until_idle_on(&broker.bootstrap, dir.path(), &lake);
+    let id = alerts(&lake)[0].0.clone();
+    let server = Server::start_in(work, &[]);
+    let call = |method: &str, path: &str, token: &str| -> (u16, serde_json::Value) {
+        let body = (method == "POST").then_some(r#"{"note": "paged the on-call"}"#);
+        let (s, b) = http(server.port, method, path, Some(token), body).expect("request");
+        (
+            s,
+            serde_json::from_str(&b).unwrap_or(serde_json::Value::String(b)),
+        )
+    };
+    let agent = server.agent.clone();
+    let listed = |state: &str| {
+        let (s, body) = call("GET", &format!("/v1/alerts?state={state}"), &agent);
+        assert_eq!(s, 200, "{body}");
+        body["alerts"].as_array().unwrap().clone()
+    };
+
+    let (s, body) = call("GET", "/v1/alerts", &agent);
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(body["count"], 1, "{body}");
+    let a = &body["alerts"][0];
+    assert_eq!(a["alert_id"], id.as_str());
+    assert_eq!(
+        (&a["state"], &a["key"], &a["stage"], &a["table"]),
+        (
+            &"open".into(),
+            &"api".into(),
+            &"scored".into(),
+            &"anomaly_alerts".into()
+        )
+    );
+    // the spike starts at minute 330 and has held a minute at 331 (05:31)
+    assert_eq!(a["opened_at"], "2026-11-01T05:31:00Z", "{a}");
+    assert!(a["closed_at"].is_string(), "the spike ended: {a}");
+    assert!(a["peak_score"].as_f64().unwrap() >= 0.9, "{a}");
+    assert_eq!(listed("acknowledged").len(), 0);
+
+    let ack = format!("/v1/alerts/{id}/acknowledge");
+    let resolve = format!("/v1/alerts/{id}/resolve");
+    let (s, body) = call("POST", &ack, &server.analyst);
+    assert_eq!(s, 403, "analysts read alerts, agents act on them: {body}");
+    let (s, body) = call("POST", &ack, &agent);
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(body["changed"], true);
+    assert_eq!(body["alert"]["state"], "acknowledged");
+    assert_eq!(body["alert"]["note"], "paged the on-call");
+    let by = body["alert"]["acknowledged_by"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        agent.contains(&by),
+        "acknowledged by the agent's key id: {by}"
+    );
+    let (s, body) = call("POST", &ack, &agent);
+    assert_eq!(
+        (s, &body["changed"]),
+        (200, &false.into()),
+        "a retry changes nothing"
+    );
+    assert_eq!(listed("open").len(), 0);
+    assert_eq!(listed("acknowledged").len(), 1);
+    let (s, body) = call("POST", &resolve, &agent);
+    assert_eq!(
+        (s, &body["alert"]["state"]),
+        (200, &"resolved".into()),
+        "{body}"
+    );
+    assert_eq!(
+        body["alert"]["acknowledged_by"],
+        by.as_str(),
+        "kept: {body}"
+    );
+    let (s, body) = call("POST", &ack, &agent);
+    assert_eq!(s, 409, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("is resolved"),
+        "{body}"
+    );
+    assert_eq!(listed("resolved").len(), 1);
+    // an analyst lists them too
+    let (s, body) = server.get("/v1/alerts?state=resolved&limit=5");
+    assert_eq!(s, 200, "{body}");
+
+    for (method, path, status, says) in [
+        (
+            "POST",
+            "/v1/alerts/ffffffffffffffff/resolve",
+            404,
+            "no alert `ffffffffffffffff`",
+        ),
+        ("POST", "/v1/alerts/../resolve", 404, ""),
+        (
+            "POST",
+            "/v1/alerts/1%27%20OR%201=1/resolve",
+            404,
+            "16 hex digits",
+        ),
+        (
+            "GET",
+            "/v1/alerts?state=closed",
+            400,
+            "expected open, acknowledged or resolved",
+        ),
+        ("GET", "/v1/alerts?limit=0", 400, "limit 0"),
+        (
+            "GET",
+            "/v1/alerts?colour=red",
+            400,
+            "query parameters are `state` and `limit`",
+        ),
+    ] {
+        let (s, body) = call(method, path, &agent);
+        assert_eq!(s, status, "{method} {path}: {body}");
+        assert!(body.to_string().contains(says), "{method} {path}: {body}");
+    }
+
+    // the states are the warehouse's (analysts can read them), each change audited
+    let out = succeeded(
+        ymera()
+            .args(["sql", "--format", "csv"])
+            .arg("SELECT alert_id, state, acknowledged_by, resolved_by FROM _ymera_alert_states")
+            .current_dir(server.work.path())
+            .envs(env_of(server.work.path()))
+            .output()
+            .unwrap(),
+    );
+    assert!(out.contains(&format!("{id},resolved,{by},{by}")), "{out}");
+    let audit = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(
+            "import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); \
+             print('\\n'.join(f'{a} {t} {o}' for a,t,o in c.execute(\"SELECT action,target,outcome FROM _ymera_audit WHERE action LIKE 'alerts.%' ORDER BY seq\")))",
+        )
+        .arg(server.work.path().join("warehouse.db"))
+        .output()
+        .unwrap();
+    let audit = succeeded(audit);
+    assert_eq!(
+        audit.lines().collect::<Vec<_>>(),
+        [
+            format!("alerts.acknowledge {id} 200"),
+            format!("alerts.acknowledge {id} 200"),
+            format!("alerts.resolve {id} 200"),
+            format!("alerts.acknowledge {id} 409"),
+        ],
+        "{audit}"
+    );
+
+    // the API document, public, names these routes
+    let (s, doc) = http(server.port, "GET", "/openapi.json", None, None).unwrap();
+    assert_eq!(s, 200);
+    let doc: serde_json::Value = serde_json::from_str(&doc).unwrap();
+    assert!(doc["paths"]["/v1/alerts/{id}/acknowledge"]["post"].is_object());
+}

@@ -1,6 +1,8 @@
 //! The CLI's contract: exit codes and messages of validate and test.
 
 use crate::support::*;
+use std::process::Stdio;
+use std::time::Duration;
 
 #[test]
 fn validate_reports_every_problem_with_position_and_exits_78() {
@@ -127,34 +129,94 @@ fn a_binary_built_from_other_sources_is_refused() {
     assert!(check_binary(bin, copy.path()).is_err());
 }
 
+/// The whole loop through the binary in an empty directory (broker: the demo's own
+/// embedded librdkafka mock cluster): pipelines, three models trained and promoted, a
+/// served prediction with `model_version`, a forecast with points and a plot, the
+/// detector's alert on an injected incident, and `--keep-serving` answering afterwards.
 #[test]
-fn the_demo_runs_in_an_empty_directory_and_writes_out_its_examples() {
+fn the_demo_runs_the_whole_loop_in_an_empty_directory_and_writes_out_its_examples() {
+    use std::io::BufRead;
     let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
     let started = std::time::Instant::now();
-    let out = ymera()
-        .args(["demo", "--days", "1"])
+    let mut child = ymera()
+        .args(["demo", "--keep-serving"])
         .current_dir(dir.path())
         .env("YMERA__LOG__LEVEL", "warn")
-        .output()
+        .env("YMERA__SERVE__LISTEN", format!("127.0.0.1:{port}"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    let mut printed = String::new();
+    let deadline = started + Duration::from_secs(300);
+    while !printed.contains("keeps serving") {
+        let wait = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(wait) {
+            Ok(line) => printed.push_str(&(line + "\n")),
+            Err(_) => {
+                let _ = child.kill();
+                let out = child.wait_with_output().unwrap();
+                panic!("{printed}{}", String::from_utf8_lossy(&out.stderr));
+            }
+        }
+    }
     eprintln!(
-        "figure: ymera demo --days 1 in an empty directory: {:?}",
+        "figure: ymera demo (whole loop) in an empty directory: {:?}",
         started.elapsed()
     );
+    let has = |s: &str| assert!(printed.contains(s), "`{s}` missing from:\n{printed}");
+    has("built into ymera");
+    has("| api");
+    for model in ["risk", "effort", "segments"] {
+        has(&format!("{model}@champion → 1 (was unset"));
+    }
+    has("risk/1: probability");
+    has("why: base");
+    let alert = printed
+        .lines()
+        .find(|l| l.contains(" opened ") && l.contains("peak"))
+        .unwrap_or_else(|| panic!("no alert listed:\n{printed}"));
     assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
+        alert.contains("the injected"),
+        "the alert is on an injected incident: {alert}"
     );
-    assert!(stdout.contains("built into ymera"), "{stdout}");
-    assert!(stdout.contains("metric_events"), "{stdout}");
+    let forecast = std::fs::read_to_string(dir.path().join("demo/forecast-api.csv")).unwrap();
     assert!(
-        stdout.contains("| api"),
-        "the closing query's table: {stdout}"
+        forecast.starts_with("timestamp,p50,lo80,hi80,lo95,hi95"),
+        "{forecast}"
     );
-    assert!(dir.path().join("lake/metric_events").is_dir());
-    assert!(dir.path().join("warehouse.db").is_file());
+    assert!(
+        forecast.lines().count() >= 12,
+        "an hour of 5-minute points: {forecast}"
+    );
+    let png = std::fs::read(dir.path().join("demo/forecast-api.png")).unwrap();
+    assert!(png.starts_with(b"\x89PNG"), "a PNG plot");
+
+    // still serving the demo's data, with the key it wrote
+    let key = std::fs::read_to_string(dir.path().join("demo/agent.key")).unwrap();
+    let (status, body) = http(port, "GET", "/v1/alerts", Some(key.trim()), None).unwrap();
+    assert_eq!(status, 200, "{body}");
+    let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert!(body["count"].as_u64().unwrap() >= 1, "{body}");
+    let (status, _) = http(port, "GET", "/v1/models", Some(key.trim()), None).unwrap();
+    assert_eq!(status, 200);
+    std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let status = wait_timeout(&mut child, Duration::from_secs(30)).expect("stops on SIGTERM");
+    assert!(status.success(), "{status:?}");
 
     // the same files as the repository's, and never over existing ones
     let examples = dir.path().join("examples");

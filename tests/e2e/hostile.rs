@@ -3,98 +3,13 @@
 //! figure the issue asks for: status codes, the server's RSS growth, its CPU after the
 //! answers, a valid key's p99 during a flood.
 
-use std::path::Path;
-use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
 use crate::support::*;
 
-/// A server on an empty lake, and an analyst key.
-struct Server {
-    work: tempfile::TempDir,
-    child: Child,
-    port: u16,
-    analyst: String,
-    agent: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn env_of(work: &Path) -> Vec<(String, String)> {
-    vec![
-        (
-            "YMERA__LAKE__URL".into(),
-            work.join("lake").display().to_string(),
-        ),
-        (
-            "YMERA__WAREHOUSE__URL".into(),
-            format!("sqlite://{}/warehouse.db", work.display()),
-        ),
-        (
-            "YMERA__AUTH__ADMIN_KEY_FILE".into(),
-            work.join("admin.key").display().to_string(),
-        ),
-        ("YMERA__LOG__LEVEL".into(), "warn".into()),
-    ]
-}
-
 impl Server {
-    /// `ymera serve` with the settings given (`YMERA__…` pairs) on top of the defaults.
-    fn start(settings: &[(&str, &str)]) -> Server {
-        let work = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(work.path().join("lake")).unwrap();
-        let env = env_of(work.path());
-        let (analyst, agent) = (create_key(&env, "analyst"), create_key(&env, "agent"));
-        let port = free_port();
-        let log = std::fs::File::create(work.path().join("serve.log")).unwrap();
-        let child = ymera()
-            .arg("serve")
-            .current_dir(work.path())
-            .envs(env.iter().map(|(k, v)| (k, v)))
-            .env("YMERA__SERVE__LISTEN", format!("127.0.0.1:{port}"))
-            .envs(settings.iter().copied())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        let server = Server {
-            work,
-            child,
-            port,
-            analyst,
-            agent,
-        };
-        assert!(
-            wait_for(Duration::from_secs(60), || {
-                http_get(port, "/health/ready").is_some_and(|(s, _)| s == 200)
-            }),
-            "ymera serve did not become ready: {}",
-            server.log()
-        );
-        server
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.work.path().join("serve.log")).unwrap_or_default()
-    }
-
-    /// `GET path` with the analyst key.
-    fn get(&self, path: &str) -> (u16, String) {
-        http(self.port, "GET", path, Some(&self.analyst), None).expect("request")
-    }
-
-    /// `POST path` with `token` and a JSON `body`.
-    fn post(&self, path: &str, token: &str, body: &str) -> (u16, String) {
-        http(self.port, "POST", path, Some(token), Some(body)).expect("request")
-    }
-
     fn sql(&self, sql: &str) -> (u16, Value) {
         let body = json!({ "sql": sql }).to_string();
         let (s, b) = self.post("/v1/sql", &self.analyst, &body);

@@ -693,3 +693,95 @@ pub fn create_key<K: AsRef<std::ffi::OsStr>, V: AsRef<std::ffi::OsStr>>(
     c.envs(env.iter().map(|(k, v)| (k, v)));
     succeeded(c.output().unwrap()).trim().to_string()
 }
+
+/// `ymera serve` (SQLite warehouse, the lake under `work/lake`) with an analyst and an
+/// agent key.
+pub struct Server {
+    pub work: tempfile::TempDir,
+    pub child: Child,
+    pub port: u16,
+    pub analyst: String,
+    pub agent: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn env_of(work: &Path) -> Vec<(String, String)> {
+    vec![
+        (
+            "YMERA__LAKE__URL".into(),
+            work.join("lake").display().to_string(),
+        ),
+        (
+            "YMERA__WAREHOUSE__URL".into(),
+            format!("sqlite://{}/warehouse.db", work.display()),
+        ),
+        (
+            "YMERA__AUTH__ADMIN_KEY_FILE".into(),
+            work.join("admin.key").display().to_string(),
+        ),
+        ("YMERA__LOG__LEVEL".into(), "warn".into()),
+    ]
+}
+
+impl Server {
+    /// `ymera serve` on an empty lake with the settings given (`YMERA__…` pairs) on top
+    /// of the defaults.
+    pub fn start(settings: &[(&str, &str)]) -> Server {
+        let work = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(work.path().join("lake")).unwrap();
+        Server::start_in(work, settings)
+    }
+
+    /// `ymera serve` on `work/lake` as it is.
+    pub fn start_in(work: tempfile::TempDir, settings: &[(&str, &str)]) -> Server {
+        let env = env_of(work.path());
+        let (analyst, agent) = (create_key(&env, "analyst"), create_key(&env, "agent"));
+        let port = free_port();
+        let log = std::fs::File::create(work.path().join("serve.log")).unwrap();
+        let child = ymera()
+            .arg("serve")
+            .current_dir(work.path())
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .env("YMERA__SERVE__LISTEN", format!("127.0.0.1:{port}"))
+            .envs(settings.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let server = Server {
+            work,
+            child,
+            port,
+            analyst,
+            agent,
+        };
+        assert!(
+            wait_for(Duration::from_secs(60), || {
+                http_get(port, "/health/ready").is_some_and(|(s, _)| s == 200)
+            }),
+            "ymera serve did not become ready: {}",
+            server.log()
+        );
+        server
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.work.path().join("serve.log")).unwrap_or_default()
+    }
+
+    /// `GET path` with the analyst key.
+    pub fn get(&self, path: &str) -> (u16, String) {
+        http(self.port, "GET", path, Some(&self.analyst), None).expect("request")
+    }
+
+    /// `POST path` with `token` and a JSON `body`.
+    pub fn post(&self, path: &str, token: &str, body: &str) -> (u16, String) {
+        http(self.port, "POST", path, Some(token), Some(body)).expect("request")
+    }
+}

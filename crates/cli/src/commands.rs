@@ -41,7 +41,7 @@ pub fn init_logging(settings: &Settings) {
 }
 
 /// Every pipeline file named by `paths`: files as given, directories' `*.yaml`/`*.yml`.
-fn pipeline_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, String> {
+pub(crate) fn pipeline_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, String> {
     let mut files = Vec::new();
     for p in paths {
         if p.is_dir() {
@@ -227,7 +227,7 @@ async fn warehouse_diagnostics(
     (errors, warnings)
 }
 
-fn env_lookup(var: &str) -> Option<String> {
+pub(crate) fn env_lookup(var: &str) -> Option<String> {
     std::env::var(var).ok()
 }
 
@@ -468,7 +468,15 @@ pub fn on_signals(token: CancellationToken) {
     });
 }
 
+/// The process's Prometheus recorder, installed on the first call.
 pub fn metrics_recorder() -> Option<metrics_exporter_prometheus::PrometheusHandle> {
+    // one recorder per process: `ymera demo` runs pipelines and then serves
+    static RECORDER: std::sync::OnceLock<Option<metrics_exporter_prometheus::PrometheusHandle>> =
+        std::sync::OnceLock::new();
+    RECORDER.get_or_init(install_recorder).clone()
+}
+
+fn install_recorder() -> Option<metrics_exporter_prometheus::PrometheusHandle> {
     use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
     let buckets = [
         0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -608,7 +616,12 @@ pub async fn run(settings: &Settings, paths: &[PathBuf], stop_when_idle: Option<
     }
 }
 
-fn gen_config(days: u32, seed: u64, projects: usize, start: &str) -> Result<GenConfig, String> {
+pub(crate) fn gen_config(
+    days: u32,
+    seed: u64,
+    projects: usize,
+    start: &str,
+) -> Result<GenConfig, String> {
     let start = if start == "live" {
         // ends at the present minute: the newest metric sample is at most a step old
         let now = chrono::Utc::now().timestamp();
@@ -676,7 +689,7 @@ impl GenWorld {
 }
 
 /// Creates the topics and produces the events; returns events per topic.
-async fn produce_events(
+pub(crate) async fn produce_events(
     brokers: &str,
     events: &[generator::Event],
     partitions: i32,
@@ -791,208 +804,6 @@ fn write_jsonl(dir: &Path, events: &[generator::Event]) -> Result<(), String> {
     Ok(())
 }
 
-/// `ymera demo --write-examples DIR`
-pub fn write_examples(dir: &Path) -> u8 {
-    match crate::examples::write(dir) {
-        Ok(paths) => {
-            for p in &paths {
-                println!("wrote {}", p.display());
-            }
-            println!(
-                "next: cd {} && ymera demo (runs these pipelines), ymera validate pipelines/*.yaml, ymera train models/risk.yaml",
-                dir.display()
-            );
-            EXIT_OK
-        }
-        Err(e) => {
-            eprintln!("error: {e}");
-            EXIT_FAILURE
-        }
-    }
-}
-
-/// The example files the demo falls back on, written to a directory of this process that
-/// is removed when dropped.
-struct BuiltInExamples(PathBuf);
-
-impl BuiltInExamples {
-    fn write() -> Result<BuiltInExamples, String> {
-        let dir = std::env::temp_dir().join(format!("ymera-demo-examples-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        crate::examples::write(&dir)?;
-        Ok(BuiltInExamples(dir))
-    }
-}
-
-impl Drop for BuiltInExamples {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// `ymera demo`: the given pipelines directory, else `pipelines/` when it exists, else the
-/// examples built into the binary; the built-in migrations when `warehouse.migrations` is
-/// not a directory here.
-pub async fn demo(settings: &Settings, days: u32, pipelines_dir: Option<&Path>) -> u8 {
-    let default_dir = Path::new("pipelines");
-    let pipelines_missing = pipelines_dir.is_none() && !default_dir.is_dir();
-    let migrations_missing = !settings.warehouse.migrations.is_dir();
-    let built_in = if pipelines_missing || migrations_missing {
-        match BuiltInExamples::write() {
-            Ok(b) => Some(b),
-            Err(e) => {
-                eprintln!("error: {e}");
-                return EXIT_FAILURE;
-            }
-        }
-    } else {
-        None
-    };
-    let mut settings = settings.clone();
-    if let Some(b) = built_in.as_ref().filter(|_| migrations_missing) {
-        settings.warehouse.migrations = b.0.join("sql/migrations");
-    }
-    let pipelines_dir = match (pipelines_dir, &built_in) {
-        (Some(d), _) => d.to_path_buf(),
-        (None, Some(b)) if pipelines_missing => {
-            println!(
-                "== no pipelines/ here: running the example pipelines built into ymera \
-                 (`ymera demo --write-examples DIR` writes them out)"
-            );
-            b.0.join("pipelines")
-        }
-        (None, _) => default_dir.to_path_buf(),
-    };
-    let code = demo_in(&settings, days, &pipelines_dir).await;
-    drop(built_in);
-    code
-}
-
-async fn demo_in(settings: &Settings, days: u32, pipelines_dir: &Path) -> u8 {
-    // SAFETY of intent: the demo process points every pipeline at its own embedded broker.
-    let brokers = match embedded::bootstrap_servers() {
-        Ok(b) => b,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return EXIT_FAILURE;
-        }
-    };
-    let lookup = |var: &str| {
-        if var == "YMERA_BROKERS" {
-            Some("embedded".to_string())
-        } else {
-            env_lookup(var)
-        }
-    };
-    let files = match pipeline_files(&[pipelines_dir.to_path_buf()]) {
-        Ok(f) => f,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return EXIT_CONFIG;
-        }
-    };
-    let mut pipelines = Vec::new();
-    for f in files {
-        let mut loaded = load_file(&f, Some(&lookup));
-        match check(&mut loaded).await {
-            Some(p) => pipelines.push(p),
-            None => {
-                for d in loaded.diagnostics {
-                    eprintln!("{d}");
-                }
-                return EXIT_CONFIG;
-            }
-        }
-    }
-    let cfg = match gen_config(days, 42, 40, "2026-11-01") {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return EXIT_FAILURE;
-        }
-    };
-    println!("== generating {days} days of events (seed 42) into the embedded broker");
-    let events = match tokio::task::spawn_blocking(move || generator::generate(&cfg)).await {
-        Ok(e) => e,
-        Err(e) => {
-            eprintln!("error: generator failed: {e}");
-            return EXIT_FAILURE;
-        }
-    };
-    match produce_events(&brokers, &events, 4).await {
-        Ok(per_topic) => {
-            for (t, n) in per_topic {
-                println!("   {t:<16} {n:>7} events");
-            }
-        }
-        Err(e) => {
-            eprintln!("error: {e}");
-            return EXIT_FAILURE;
-        }
-    }
-    // The embedded broker lives and dies with this process, so a previous demo's output
-    // (and its commit log, which would point past the new broker's logs) is replaced.
-    match clear_previous_demo(settings, &pipelines).await {
-        Ok(0) => {}
-        Ok(n) => println!(
-            "   replaced the previous demo output ({n} files) in {}",
-            settings.lake.url
-        ),
-        Err(e) => {
-            eprintln!("error: cannot clear the previous demo output: {e}");
-            return EXIT_FAILURE;
-        }
-    }
-    println!(
-        "== running {} pipelines into {}",
-        pipelines.len(),
-        settings.lake.url
-    );
-    let results = match run_pipelines(
-        settings,
-        pipelines,
-        Some(Duration::from_secs(3)),
-        false,
-        true,
-    )
-    .await
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return EXIT_FAILURE;
-        }
-    };
-    println!(
-        "{:<16} {:>10} {:>8} {:>10} {:>10} {:>8}",
-        "pipeline", "records", "files", "lake rows", "warehouse", "dlq"
-    );
-    for (name, s) in &results {
-        let rows: u64 = s
-            .rows_written
-            .iter()
-            .filter(|(t, _)| !t.starts_with("_dlq") && *t != "warehouse")
-            .map(|(_, r)| r)
-            .sum();
-        let wh = s.rows_written.get("warehouse").copied().unwrap_or(0);
-        println!(
-            "{:<16} {:>10} {:>8} {:>10} {:>10} {:>8}",
-            name, s.records_in, s.files_written, rows, wh, s.dead_lettered
-        );
-    }
-    let query = "SELECT service, count(*) AS points, round(avg(requests_per_s), 1) AS avg_rps, \
-                 round(max(latency_p95_ms), 1) AS max_p95_ms, sum(CAST(latency_skewed AS INT)) AS skewed_minutes \
-                 FROM metric_events GROUP BY service ORDER BY service";
-    println!("== ymera sql \"{query}\"");
-    crate::sqlcmd::sql(
-        settings,
-        Some(query.to_string()),
-        crate::sqlcmd::Format::Table,
-        None,
-    )
-    .await
-}
-
 pub async fn broker(topics: &[String]) -> u8 {
     let bootstrap = match embedded::bootstrap_servers() {
         Ok(b) => b,
@@ -1019,34 +830,4 @@ pub async fn broker(topics: &[String]) -> u8 {
     on_signals(token.clone());
     token.cancelled().await;
     EXIT_OK
-}
-
-/// Deletes what the demo pipelines wrote in an earlier demo: their tables, DLQ tables and
-/// commit logs. Returns how many objects were removed.
-async fn clear_previous_demo(settings: &Settings, pipelines: &[Pipeline]) -> Result<usize, String> {
-    let lake = open_lake(settings)?;
-    let mut removed = 0;
-    for p in pipelines {
-        let mut prefixes = p.tables();
-        prefixes.push(format!("_ymera/commits/{}", p.spec.name));
-        for prefix in prefixes {
-            for path in lake.list(&prefix).await.map_err(|e| e.to_string())? {
-                lake.delete(&path).await.map_err(|e| e.to_string())?;
-                removed += 1;
-            }
-        }
-    }
-    if pipelines.iter().any(|p| !p.warehouse_sinks.is_empty()) {
-        let wh = Warehouse::connect(settings.warehouse.url.expose())
-            .await
-            .map_err(|e| e.to_string())?;
-        for p in pipelines {
-            let tables: Vec<String> = p.warehouse_sinks.iter().map(|s| s.table.clone()).collect();
-            wh.reset(&p.spec.name, &tables)
-                .await
-                .map_err(|e| e.to_string())?;
-        }
-        wh.close().await;
-    }
-    Ok(removed)
 }

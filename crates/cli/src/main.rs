@@ -7,6 +7,7 @@
 mod anomalycmd;
 mod bench;
 mod commands;
+mod democmd;
 mod dlqcmd;
 mod evalcmd;
 mod examples;
@@ -71,10 +72,13 @@ enum Command {
         #[arg(required = true)]
         paths: Vec<PathBuf>,
     },
-    /// Start an in-process broker, fill it with generated events, run pipelines/ into
-    /// ./lake, and show a summary and a query.
+    /// The whole loop on generated data up to now: an in-process broker, the pipelines
+    /// into ./lake and the warehouse, the risk/effort/segments models trained and promoted,
+    /// `ymera serve` answering a prediction and listing the detector's alert, a forecast
+    /// with its plot under ./demo/. Works in any directory (built-in examples).
     Demo {
-        /// Days of generated history.
+        /// Days of service metrics, at least 2 (the year of projects the models learn from is
+        /// fixed).
         #[arg(long, default_value_t = 3)]
         days: u32,
         /// Directory of the pipelines to run (default `pipelines/` when it exists, else
@@ -85,6 +89,10 @@ enum Command {
         /// directory (which must not hold them yet) and exit.
         #[arg(long, value_name = "DIR")]
         write_examples: Option<PathBuf>,
+        /// Leave `ymera serve` running on the demo's data (on `serve.listen`) until
+        /// SIGINT/SIGTERM.
+        #[arg(long)]
+        keep_serving: bool,
     },
     /// Read-only SQL over every lake and warehouse table: one query, or an interactive
     /// session (history, multi-line statements, `\d`, `\d TABLE`, `\timing`) when no query is
@@ -391,9 +399,17 @@ fn main() -> ExitCode {
                 days,
                 pipelines,
                 write_examples,
+                keep_serving,
             } => match write_examples {
-                Some(dir) => commands::write_examples(&dir),
-                None => commands::demo(&settings, days, pipelines.as_deref()).await,
+                Some(dir) => democmd::write_examples(&dir),
+                None => {
+                    let opts = democmd::DemoOptions {
+                        days,
+                        pipelines,
+                        keep_serving,
+                    };
+                    democmd::demo(&settings, opts).await
+                }
             },
             Command::Sql {
                 query,

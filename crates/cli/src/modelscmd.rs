@@ -74,27 +74,35 @@ async fn training_analyst(settings: &Settings) -> Result<Analyst, String> {
 
 /// `ymera train SPEC`.
 pub async fn train_cmd(settings: &Settings, spec_path: &Path) -> u8 {
+    match train_spec(settings, spec_path).await {
+        Ok(m) => {
+            print_trained(&m);
+            EXIT_OK
+        }
+        Err(code) => code,
+    }
+}
+
+/// Trains `spec_path` and registers the version (a progress bar on a terminal); errors are
+/// printed and given as the exit code.
+pub async fn train_spec(
+    settings: &Settings,
+    spec_path: &Path,
+) -> Result<ymera_models::Manifest, u8> {
     let loaded = match load_spec(spec_path) {
         Ok(l) => l,
         Err(diags) => {
             for d in diags {
                 eprintln!("{d}");
             }
-            return EXIT_CONFIG;
+            return Err(EXIT_CONFIG);
         }
     };
-    let registry = match open_registry(settings) {
-        Ok(r) => r,
-        Err(e) => return fail(EXIT_FAILURE, e),
-    };
-    let lake = match crate::commands::open_lake(settings) {
-        Ok(l) => l,
-        Err(e) => return fail(EXIT_FAILURE, e),
-    };
-    let analyst = match training_analyst(settings).await {
-        Ok(a) => a,
-        Err(e) => return fail(EXIT_FAILURE, e),
-    };
+    let registry = open_registry(settings).map_err(|e| fail(EXIT_FAILURE, e))?;
+    let lake = crate::commands::open_lake(settings).map_err(|e| fail(EXIT_FAILURE, e))?;
+    let analyst = training_analyst(settings)
+        .await
+        .map_err(|e| fail(EXIT_FAILURE, e))?;
     let bar = if std::io::stderr().is_terminal() {
         let b = ProgressBar::new(STAGES.len() as u64);
         b.set_style(
@@ -120,46 +128,45 @@ pub async fn train_cmd(settings: &Settings, spec_path: &Path) -> u8 {
     if let Some(b) = &bar {
         b.finish_and_clear();
     }
-    match result {
-        Ok(m) => {
-            println!(
-                "registered {}/{} ({}, {} rows: {} train, {} calibration, {} holdout; fit {:.2}s)",
-                m.name,
-                m.version,
-                m.algorithm,
-                m.lineage.rows,
-                m.lineage.train_rows,
-                m.lineage.calibration_rows,
-                m.lineage.holdout_rows,
-                m.fit_seconds
-            );
-            if let Some(c) = &m.calibration {
-                println!("  calibration: {c}");
-            }
-            for (k, v) in &m.metrics {
-                println!("  {k:<15} {v:.4}");
-            }
-            if m.gate.is_empty() {
-                println!("  gate: none configured");
-            } else if m.gate_passed {
-                println!("  gate: passed ({})", gate_text(&m));
-            } else {
-                println!(
-                    "  gate: FAILED ({}) — this version cannot be promoted",
-                    gate_text(&m)
-                );
-            }
-            println!("  uri: models:/{}/{}", m.name, m.version);
-            EXIT_OK
-        }
-        Err(e) => {
-            eprintln!("error: training {name}: {e}");
-            exit_for(&e)
-        }
-    }
+    result.map_err(|e| {
+        eprintln!("error: training {name}: {e}");
+        exit_for(&e)
+    })
 }
 
-fn gate_text(m: &ymera_models::Manifest) -> String {
+/// What `ymera train` prints about a registered version.
+fn print_trained(m: &ymera_models::Manifest) {
+    println!(
+        "registered {}/{} ({}, {} rows: {} train, {} calibration, {} holdout; fit {:.2}s)",
+        m.name,
+        m.version,
+        m.algorithm,
+        m.lineage.rows,
+        m.lineage.train_rows,
+        m.lineage.calibration_rows,
+        m.lineage.holdout_rows,
+        m.fit_seconds
+    );
+    if let Some(c) = &m.calibration {
+        println!("  calibration: {c}");
+    }
+    for (k, v) in &m.metrics {
+        println!("  {k:<15} {v:.4}");
+    }
+    if m.gate.is_empty() {
+        println!("  gate: none configured");
+    } else if m.gate_passed {
+        println!("  gate: passed ({})", gate_text(m));
+    } else {
+        println!(
+            "  gate: FAILED ({}) — this version cannot be promoted",
+            gate_text(m)
+        );
+    }
+    println!("  uri: models:/{}/{}", m.name, m.version);
+}
+
+pub fn gate_text(m: &ymera_models::Manifest) -> String {
     m.gate
         .iter()
         .map(|g| {
@@ -440,10 +447,8 @@ pub async fn evaluate_cmd(settings: &Settings, spec_path: &Path, reference: Opti
     finish(run.await)
 }
 
-/// `ymera serve`: the HTTP API until SIGINT/SIGTERM.
+/// `ymera serve`: the HTTP API on `serve.listen` until SIGINT/SIGTERM.
 pub async fn serve(settings: &Settings) -> u8 {
-    let health = Arc::new(Health::default());
-    let metrics = crate::commands::metrics_recorder();
     let addr: SocketAddr = match settings.serve.listen.parse() {
         Ok(a) => a,
         Err(e) => {
@@ -451,6 +456,30 @@ pub async fn serve(settings: &Settings) -> u8 {
             return EXIT_CONFIG;
         }
     };
+    let listener = match tokio::net::TcpListener::bind(addr).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("error: cannot listen on {addr}: {e}");
+            return EXIT_FAILURE;
+        }
+    };
+    let token = tokio_util::sync::CancellationToken::new();
+    crate::commands::on_signals(token.clone());
+    serve_on(settings, listener, token).await
+}
+
+/// The HTTP API of `ymera serve` on `listener` until `token` is cancelled (`ymera demo`
+/// serves its data this way too).
+pub async fn serve_on(
+    settings: &Settings,
+    listener: tokio::net::TcpListener,
+    token: tokio_util::sync::CancellationToken,
+) -> u8 {
+    let health = Arc::new(Health::default());
+    let metrics = crate::commands::metrics_recorder();
+    let addr = listener
+        .local_addr()
+        .map_or_else(|_| settings.serve.listen.clone(), |a| a.to_string());
     let registry = match open_registry(settings) {
         Ok(r) => r,
         Err(e) => return fail(EXIT_FAILURE, e),
@@ -527,12 +556,21 @@ pub async fn serve(settings: &Settings) -> u8 {
         settings.serve.models.clone(),
         health.clone(),
     ));
-    let listener = match tokio::net::TcpListener::bind(addr).await {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!("error: cannot listen on {addr}: {e}");
-            return EXIT_FAILURE;
+    // alerts: read from the lake through the analysts' SQL service, states kept in the
+    // warehouse beside the audit log
+    let alerts = match sql.clone().map(|sql| {
+        ymera_serve::alerts::AlertService::new(
+            sql,
+            warehouse.clone(),
+            settings.serve.alert_tables.clone(),
+        )
+    }) {
+        Some(Ok(a)) => Some(Arc::new(a)),
+        Some(Err(e)) => {
+            eprintln!("settings: {e}");
+            return EXIT_CONFIG;
         }
+        None => None,
     };
     let state = ymera_serve::AppState {
         models: store.clone(),
@@ -540,6 +578,7 @@ pub async fn serve(settings: &Settings) -> u8 {
         sql,
         health: health.clone(),
         autoscale: Some(autoscale),
+        alerts,
     };
     let router = ymera_serve::serve_router(state, metrics, crate::keyscmd::serve_limits(settings));
     info!(listen = %addr, registry = %store.registry().url(), "serving");
@@ -555,8 +594,6 @@ pub async fn serve(settings: &Settings) -> u8 {
         pin_health.set_started();
         pin_store.spawn_reloader(reload_every);
     });
-    let token = tokio_util::sync::CancellationToken::new();
-    crate::commands::on_signals(token.clone());
     // the client address, for the per-address throttle of key lookups
     let served = axum::serve(
         listener,

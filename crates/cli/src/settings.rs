@@ -142,6 +142,9 @@ pub struct ListenSettings {
     pub reload_interval: std::time::Duration,
     /// Worker threads of the separate runtime that runs `POST /v1/sql` (default 1).
     pub sql_threads: usize,
+    /// Lake tables `GET /v1/alerts` reads alerts from (default `[anomaly_alerts]`, the
+    /// table of `pipelines/metric_anomalies.yaml`).
+    pub alert_tables: Vec<String>,
 }
 
 impl Default for ListenSettings {
@@ -154,6 +157,7 @@ impl Default for ListenSettings {
             models: Vec::new(),
             reload_interval: std::time::Duration::from_secs(2),
             sql_threads: 1,
+            alert_tables: vec!["anomaly_alerts".into()],
         }
     }
 }

@@ -65,12 +65,13 @@ pub struct Checkpoint {
     pub notified: VecDeque<String>,
 }
 
-fn dir(pipeline: &str) -> String {
+/// The lake prefix of a pipeline's checkpoints.
+pub fn state_dir(pipeline: &str) -> String {
     format!("_state/{pipeline}")
 }
 
 fn object(pipeline: &str, tp: &TopicPartition, next: i64) -> String {
-    format!("{}/{}+{}+{next:020}.json", dir(pipeline), tp.0, tp.1)
+    format!("{}/{}+{}+{next:020}.json", state_dir(pipeline), tp.0, tp.1)
 }
 
 /// (topic, partition, next_offset) of a checkpoint object's path.
@@ -86,7 +87,7 @@ fn parse(path: &str) -> Option<(TopicPartition, i64)> {
 /// The partition's checkpoints, oldest first.
 async fn list(lake: &Lake, pipeline: &str, tp: &TopicPartition) -> Result<Vec<i64>, LakeError> {
     let mut found: Vec<i64> = lake
-        .list(&dir(pipeline))
+        .list(&state_dir(pipeline))
         .await?
         .iter()
         .filter_map(|p| parse(p))

@@ -160,6 +160,8 @@ pub const POLICY: &[Rule] = &[
     rule("GET", "/health", Allow::Public),
     rule("GET", "/health/startup", Allow::Public),
     rule("GET", "/health/ready", Allow::Public),
+    // the API document holds no data
+    rule("GET", "/openapi.json", Allow::Public),
     rule("GET", "/metrics", ADMIN),
     // Open Inference Protocol V2
     rule("GET", "/v2", AGENT),
@@ -181,6 +183,9 @@ pub const POLICY: &[Rule] = &[
     rule("POST", "/v1/sql", ANALYST),
     rule("GET", "/v1/autoscale/{service}/forecast", AUTOSCALER),
     rule("POST", "/v1/anomaly/detect", AGENT),
+    rule("GET", "/v1/alerts", READER),
+    rule("POST", "/v1/alerts/{id}/acknowledge", AGENT),
+    rule("POST", "/v1/alerts/{id}/resolve", AGENT),
 ];
 
 /// The rule of `method` on the route template `path` (HEAD is checked as GET, which

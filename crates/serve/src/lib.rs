@@ -4,11 +4,14 @@
 //! of [`auth`].
 
 pub mod access;
+pub mod alerts;
 pub mod anomaly;
 pub mod auth;
 pub mod autoscale;
+pub mod client;
 pub mod health;
 pub mod models;
+pub mod openapi;
 pub mod sql;
 pub mod v2;
 
@@ -30,6 +33,8 @@ pub struct AppState {
     pub health: Arc<Health>,
     /// The autoscaler's forecasts (None: no lake to read metric events from).
     pub autoscale: Option<Arc<autoscale::Autoscaler>>,
+    /// The alerts API (None: no lake or warehouse to read them from).
+    pub alerts: Option<Arc<alerts::AlertService>>,
 }
 
 /// The whole API of `ymera serve`, unprotected: [`serve_router`] adds the credentials.
@@ -71,6 +76,10 @@ pub fn api_router(state: AppState, metrics: Option<PrometheusHandle>) -> Router 
             get(autoscale::get_forecast),
         )
         .route("/v1/anomaly/detect", post(anomaly::detect))
+        .route("/openapi.json", get(openapi::get_openapi))
+        .route("/v1/alerts", get(alerts::list_alerts))
+        .route("/v1/alerts/{id}/acknowledge", post(alerts::acknowledge))
+        .route("/v1/alerts/{id}/resolve", post(alerts::resolve))
         .with_state(state)
         .merge(health_router(health, metrics))
 }

@@ -279,9 +279,9 @@ pub async fn post_sql(
 }
 
 /// Why a query has no answer: its message, and the status it gets.
-struct Failure {
-    text: String,
-    status: StatusCode,
+pub(crate) struct Failure {
+    pub(crate) text: String,
+    pub(crate) status: StatusCode,
 }
 
 impl From<QueryError> for Failure {

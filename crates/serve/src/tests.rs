@@ -92,7 +92,7 @@ async fn registry(dir: &std::path::Path) -> Registry {
     reg
 }
 
-async fn app(dir: &std::path::Path) -> Router {
+pub(crate) async fn app(dir: &std::path::Path) -> Router {
     let health = Arc::new(Health::default());
     let store = Arc::new(ModelStore::new(
         registry(dir).await,
@@ -112,6 +112,7 @@ async fn app(dir: &std::path::Path) -> Router {
             sql: None,
             health,
             autoscale: None,
+            alerts: None,
         },
         None,
     )

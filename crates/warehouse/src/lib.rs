@@ -10,11 +10,27 @@
 //!   one transaction (exactly-once), via COPY on PostgreSQL and prepared statements on
 //!   SQLite;
 //! - [`provider::WarehouseTable`] is a DataFusion `TableProvider` that streams a table;
-//! - `security.rs`: API keys (only their hash) and the hash-chained audit log.
+//! - `security.rs`: API keys (only their hash) and the hash-chained audit log;
+//! - `alerts.rs`: who acknowledged or resolved which alert (the lake's alert tables are
+//!   append-only; this is the state the alerts API changes).
 //!
 //! No SQL text is built from values: identifiers are validated ([`ident`]) and quoted,
 //! values are bound (or, for COPY, encoded as COPY text data).
 
+#[macro_use]
+mod macros {
+    /// Runs `$body` with `$p` bound to the pool of either dialect.
+    macro_rules! on_pool {
+        ($wh:expr, $p:ident => $body:expr) => {
+            match &$wh.pool {
+                Pool::Sqlite($p) => $body,
+                Pool::Postgres($p) => $body,
+            }
+        };
+    }
+}
+
+mod alerts;
 mod error;
 pub mod provider;
 mod schema;
@@ -31,6 +47,7 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 
+pub use alerts::{ALERT_STATES_TABLE, AlertChange, AlertState};
 pub use error::{Result, WarehouseError};
 pub use schema::{Column, SqlKind, TableInfo, closest, fit};
 pub use security::{
@@ -163,6 +180,7 @@ impl Warehouse {
         };
         wh.ensure_ledger().await?;
         wh.ensure_security_tables().await?;
+        wh.ensure_alert_states().await?;
         Ok(wh)
     }
 

@@ -42,16 +42,6 @@ pub const GENESIS_HASH: &str = "000000000000000000000000000000000000000000000000
 /// Attempts of [`Warehouse::audit_append`] when another writer took the same `seq`.
 const APPEND_ATTEMPTS: u32 = 8;
 
-/// Runs `$body` with `$p` bound to the pool of either dialect.
-macro_rules! on_pool {
-    ($wh:expr, $p:ident => $body:expr) => {
-        match &$wh.pool {
-            Pool::Sqlite($p) => $body,
-            Pool::Postgres($p) => $body,
-        }
-    };
-}
-
 /// One API key as stored (never the key itself, never its hash).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyRecord {
@@ -219,7 +209,7 @@ fn row_hash(key: Option<&AuditKey>, prev_hash: &str, seq: i64, at: &str, e: &Aud
     }
 }
 
-fn now() -> String {
+pub(crate) fn now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
 }
 

@@ -157,7 +157,12 @@ async fn migrations_apply_once_and_refuse_edits(db: Db) {
     assert_eq!(e.unique_keys, vec![vec!["event_id".to_string()]]);
     assert_eq!(
         db.wh.tables().await.unwrap(),
-        vec!["_ymera_dead_letters", "events", "tasks"]
+        vec![
+            "_ymera_alert_states",
+            "_ymera_dead_letters",
+            "events",
+            "tasks"
+        ]
     );
     // an applied migration that changed is refused
     std::fs::write(
@@ -331,7 +336,7 @@ async fn lake_and_warehouse_tables_join(db: Db) {
     )
     .unwrap();
     let (tables, _) = provider::register_tables(&ctx, &db.wh).await.unwrap();
-    assert_eq!(tables.len(), 3); // tasks, events, _ymera_dead_letters
+    assert_eq!(tables.len(), 4); // tasks, events, _ymera_dead_letters, _ymera_alert_states
     let b = ctx
         .sql("SELECT p.team, sum(t.hours) AS h, count(*) AS n FROM tasks t JOIN projects p USING (project_id) GROUP BY p.team ORDER BY p.team")
         .await

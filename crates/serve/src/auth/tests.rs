@@ -53,6 +53,10 @@ const ROUTES: &[(&str, &str, &str)] = &[
         "autoscaler admin",
     ),
     ("POST", "/v1/anomaly/detect", "agent admin"),
+    ("GET", "/v1/alerts", "agent analyst admin"),
+    ("POST", "/v1/alerts/{id}/acknowledge", "agent admin"),
+    ("POST", "/v1/alerts/{id}/resolve", "agent admin"),
+    ("GET", "/openapi.json", "public"),
 ];
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
@@ -69,7 +73,8 @@ fn concrete(method: &str, template: &str) -> String {
         .replace("{name}", "churn")
         .replace("{version}", "3")
         .replace("{alias}", "champion")
-        .replace("{service}", "api");
+        .replace("{service}", "api")
+        .replace("{id}", "00112233445566ff");
     if method == "POST" && template == "/v1/models/{name}" {
         path.replace("churn", "churn:predict")
     } else {
