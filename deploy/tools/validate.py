@@ -655,6 +655,79 @@ def check_pipelines_copy(report, root, repo):
             report.fail(f"base/pipelines/{path.name}", None, "", f"differs from pipelines/{path.name}: copy it again (cp pipelines/{path.name} deploy/base/pipelines/)")
 
 
+def workspace_version(repo):
+    if not repo or not (repo / "Cargo.toml").exists():
+        return None
+    m = re.search(r'(?ms)^\[workspace\.package\].*?^version\s*=\s*"([^"]+)"', (repo / "Cargo.toml").read_text())
+    return m.group(1) if m else None
+
+
+def check_dockerfile(report, root, repo, images):
+    """deploy/Dockerfile: multi-stage; the last stage distroless (no shell, so no RUN and an
+    exec-form ENTRYPOINT of /usr/local/bin/ymera), a numeric non-root USER, the workspace
+    version as its OCI version label; and every ymera image the manifests render is
+    registry.example.com/ymera/ymera at that version (base exactly, overlays as a prefix)."""
+    path = root / "Dockerfile"
+    label = "Dockerfile"
+    if not path.exists():
+        report.fail(label, None, "", "deploy/Dockerfile is missing: nothing builds the image the manifests run")
+        return
+    lines, cont = [], ""
+    for raw in path.read_text().splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        cont += line[:-1] + " " if line.endswith("\\") else line
+        if not line.endswith("\\"):
+            lines.append(cont)
+            cont = ""
+    stages, current = [], None
+    for line in lines:
+        word, _, rest = line.partition(" ")
+        word = word.upper()
+        if word == "FROM":
+            current = {"from": rest.split()[0], "ops": []}
+            stages.append(current)
+        elif current is not None:
+            current["ops"].append((word, rest.strip()))
+    if len(stages) < 2:
+        report.fail(label, None, "FROM", "must be multi-stage: a build stage and a run stage")
+        return
+    final = stages[-1]
+    if not final["from"].startswith("gcr.io/distroless/"):
+        report.fail(label, None, "FROM (last)", f"the run stage must be distroless (no shell at run time), is {final['from']}")
+    ops = final["ops"]
+    if any(w == "RUN" for w, _ in ops):
+        report.fail(label, None, "RUN (last stage)", "the run stage has no shell: RUN belongs in the build stage")
+    users = [r for w, r in ops if w == "USER"]
+    if not users or not re.fullmatch(r"[1-9]\d*(:[1-9]\d*)?", users[-1]):
+        report.fail(label, None, "USER", f"the run stage needs a numeric non-root USER (uid:gid), has {users[-1] if users else 'none'}")
+    entry = [r for w, r in ops if w == "ENTRYPOINT"]
+    try:
+        argv = json.loads(entry[-1]) if entry else None
+    except json.JSONDecodeError:
+        argv = None
+    if not isinstance(argv, list) or not argv or argv[0] != "/usr/local/bin/ymera":
+        report.fail(label, None, "ENTRYPOINT", "must be the exec form [\"/usr/local/bin/ymera\", …] (no shell to run a string)")
+    if not any(w == "COPY" and "--from=" in r and r.rstrip().endswith("/usr/local/bin/ymera") for w, r in ops):
+        report.fail(label, None, "COPY", "the run stage must copy the built binary to /usr/local/bin/ymera")
+    build = " ".join(r for st in stages[:-1] for w, r in st["ops"] if w == "RUN")
+    for needed in ("cargo build --release", "--locked", "strip"):
+        if needed not in build:
+            report.fail(label, None, "RUN (build stage)", f"the build must use `{needed}`")
+    version = workspace_version(repo)
+    labels = " ".join(r for w, r in ops if w == "LABEL")
+    m = re.search(r'org\.opencontainers\.image\.version="([^"]+)"', labels)
+    if version and (not m or m.group(1) != version):
+        report.fail(label, None, "LABEL org.opencontainers.image.version", f"must be the workspace version {version}, is {m.group(1) if m else 'missing'}")
+    for target, image in images:
+        name, _, tag = image.rpartition(":")
+        if name != "registry.example.com/ymera/ymera":
+            report.fail(target, None, "image", f"{image}: the Dockerfile's image is registry.example.com/ymera/ymera")
+        elif version and (tag != version if target == "base" else not tag.startswith(version)):
+            report.fail(target, None, "image", f"{image}: the tag must be the workspace version {version}" + ("" if target == "base" else " (or start with it)"))
+
+
 # ---------------------------------------------------------------------------------------
 
 
@@ -674,6 +747,7 @@ def main():
     routes = health_routes(repo)
     structs = settings_structs(repo)
     lines = []
+    images = []
     for item in args.rendered:
         label, _, file = item.partition("=")
         before = len(report.failures)
@@ -694,6 +768,10 @@ def main():
                 if structs is not None:
                     check_settings(report, label, o, structs)
         for o in objs:
+            containers = (pod_spec(o).get("containers") or []) if o.get("kind") in WORKLOAD_KINDS else []
+            for c in containers:
+                if re.search(r"(^|/)ymera(:|@|$)", c.get("image") or ""):
+                    images.append((label, c["image"]))
             if o.get("kind") in WORKLOAD_KINDS:
                 check_workload(report, label, o, service_accounts)
                 check_ymera_container(report, label, o, objs, routes)
@@ -713,6 +791,10 @@ def main():
     if rule_files and not report.failures:
         lines.append(f"ok   prometheus: {len(rule_files)} rule file(s) valid")
     check_pipelines_copy(report, args.root, repo)
+    before = len(report.failures)
+    check_dockerfile(report, args.root, repo, images)
+    if len(report.failures) == before:
+        lines.append(f"ok   Dockerfile: multi-stage, distroless non-root run stage; {len(images)} ymera image reference(s) at the workspace version")
 
     for line in report.failures:
         print(line)
