@@ -256,9 +256,7 @@ async fn generate_and_produce(brokers: &str, days: u32) -> Step<Vec<Incident>> {
     let events = tokio::task::spawn_blocking(move || {
         let mut all: Vec<Event> = generator::generate(&projects);
         all.extend(generator::generate(&metrics));
-        all.sort_by(|a, b| {
-            (a.ts_micros, a.topic, a.key.as_str()).cmp(&(b.ts_micros, b.topic, b.key.as_str()))
-        });
+        generator::sort_events(&mut all);
         all
     })
     .await
@@ -534,11 +532,9 @@ fn generator_time(us: i64) -> String {
 /// A new `agent` key for the demo's requests, kept in `demo/agent.key` (0600) for the
 /// commands it prints.
 async fn agent_key(settings: &Settings) -> Step<String> {
-    let wh = Warehouse::connect(settings.warehouse.url.expose())
+    let (id, key, _) = crate::keyscmd::create_key(settings, ymera_serve::auth::Role::Agent, "demo")
         .await
-        .map_err(|e| failed(format!("the warehouse holds the API keys: {e}")))?;
-    let (id, key) = wh.create_key("agent", "demo").await.map_err(failed)?;
-    wh.close().await;
+        .map_err(|code| Failed(code, "creating the demo's agent key".into()))?;
     let path = Path::new(OUT_DIR).join("agent.key");
     write_private(&path, &key)
         .map_err(|e| failed(format!("cannot write {}: {e}", path.display())))?;

@@ -92,18 +92,30 @@ async fn audit(
 
 /// `ymera keys create --role R [--name N]`: the key on stdout, once.
 pub async fn create(settings: &Settings, role: Role, name: Option<String>) -> u8 {
-    let wh = match open(settings).await {
-        Ok(w) => w,
-        Err(code) => return code,
-    };
-    let name = name.unwrap_or_default();
-    let (id, key) = match wh.create_key(role.as_str(), &name).await {
-        Ok(k) => k,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return EXIT_FAILURE;
+    match create_key(settings, role, &name.unwrap_or_default()).await {
+        Ok((id, key, shown)) => {
+            println!("{key}");
+            eprintln!(
+                "created key {id} (role {role}) in {shown}; this is the only time the key is shown: only its hash is stored"
+            );
+            EXIT_OK
         }
-    };
+        Err(code) => code,
+    }
+}
+
+/// Creates a key and writes its `keys.create` audit row; (id, key, the warehouse as shown).
+/// Errors are printed and given as the exit code.
+pub async fn create_key(
+    settings: &Settings,
+    role: Role,
+    name: &str,
+) -> Result<(String, String, String), u8> {
+    let wh = open(settings).await?;
+    let (id, key) = wh.create_key(role.as_str(), name).await.map_err(|e| {
+        eprintln!("error: {e}");
+        EXIT_FAILURE
+    })?;
     audit(
         &wh,
         "keys.create",
@@ -112,13 +124,9 @@ pub async fn create(settings: &Settings, role: Role, name: Option<String>) -> u8
         serde_json::json!({"role": role, "name": name}),
     )
     .await;
-    println!("{key}");
-    eprintln!(
-        "created key {id} (role {role}) in {}; this is the only time the key is shown: only its hash is stored",
-        wh.url()
-    );
+    let shown = wh.url().to_string();
     wh.close().await;
-    EXIT_OK
+    Ok((id, key, shown))
 }
 
 /// `ymera keys list`: id, role, name, created, revoked (never a key or a hash).

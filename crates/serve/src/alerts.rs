@@ -283,7 +283,10 @@ async fn change(app: AppState, id: String, who: Principal, body: Bytes, verb: &s
     if id.len() != 16 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
         return error_json(
             StatusCode::NOT_FOUND,
-            format!("no alert `{}`: alert ids are 16 hex digits", clip(&id)),
+            format!(
+                "no alert `{}`: alert ids are 16 hex digits",
+                crate::auth::clip(&id, 40)
+            ),
         );
     }
     let body: ChangeBody = if body.iter().all(u8::is_ascii_whitespace) {
@@ -350,12 +353,4 @@ async fn change(app: AppState, id: String, who: Principal, body: Bytes, verb: &s
         return (status, axum::Json(json!({"error": error, "alert": alert}))).into_response();
     }
     axum::Json(json!({"changed": changed, "alert": alert})).into_response()
-}
-
-fn clip(s: &str) -> &str {
-    let mut end = s.len().min(40);
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
 }

@@ -103,10 +103,6 @@ impl Warehouse {
         Ok(out)
     }
 
-    async fn alert_state(&self, id: &str) -> Result<Option<AlertState>> {
-        Ok(self.alert_states(&[id.to_string()]).await?.remove(id))
-    }
-
     /// Marks alert `id` acknowledged by `actor`; refused once it is resolved.
     pub async fn acknowledge_alert(
         &self,
@@ -117,23 +113,14 @@ impl Warehouse {
         let d = self.dialect();
         let sql = format!(
             "INSERT INTO {ALERT_STATES_TABLE} ({COLUMNS})
-             VALUES ({}, 'acknowledged', {}, {}, NULL, NULL, {})
+             VALUES ({p1}, 'acknowledged', {p2}, {p3}, NULL, NULL, {p4})
              ON CONFLICT (alert_id) DO NOTHING",
-            d.ph(1),
-            d.ph(2),
-            d.ph(3),
-            d.ph(4)
+            p1 = d.ph(1),
+            p2 = d.ph(2),
+            p3 = d.ph(3),
+            p4 = d.ph(4)
         );
-        let n = on_pool!(self, p => sqlx::query(&sql)
-            .bind(id)
-            .bind(now())
-            .bind(actor)
-            .bind(note)
-            .execute(p)
-            .await
-            .map(|r| r.rows_affected()))
-        .map_err(|e| WarehouseError::from_sqlx(e, &self.shown))?;
-        let row = self.stored(id).await?;
+        let (n, row) = self.write_state(&sql, id, actor, note).await?;
         Ok(match (n, row.state.as_str()) {
             (1, _) => AlertChange::Changed(row),
             (_, "acknowledged") => AlertChange::Unchanged(row),
@@ -164,7 +151,24 @@ impl Warehouse {
             p3 = d.ph(3),
             p4 = d.ph(4)
         );
-        let n = on_pool!(self, p => sqlx::query(&sql)
+        let (n, row) = self.write_state(&sql, id, actor, note).await?;
+        Ok(if n == 1 {
+            AlertChange::Changed(row)
+        } else {
+            AlertChange::Unchanged(row)
+        })
+    }
+
+    /// Runs one state change (`sql` binds id, time, actor, note) and reads the row back:
+    /// (rows changed, the row). A concurrent delete is the only way to miss the row.
+    async fn write_state(
+        &self,
+        sql: &str,
+        id: &str,
+        actor: &str,
+        note: Option<&str>,
+    ) -> Result<(u64, AlertState)> {
+        let n = on_pool!(self, p => sqlx::query(sql)
             .bind(id)
             .bind(now())
             .bind(actor)
@@ -173,22 +177,17 @@ impl Warehouse {
             .await
             .map(|r| r.rows_affected()))
         .map_err(|e| WarehouseError::from_sqlx(e, &self.shown))?;
-        let row = self.stored(id).await?;
-        Ok(if n == 1 {
-            AlertChange::Changed(row)
-        } else {
-            AlertChange::Unchanged(row)
-        })
-    }
-
-    /// The row just written for `id` (a concurrent delete is the only way to miss it).
-    async fn stored(&self, id: &str) -> Result<AlertState> {
-        self.alert_state(id).await?.ok_or_else(|| {
-            WarehouseError::Database(format!(
-                "warehouse {}: the state of alert {id} vanished after it was written",
-                self.shown
-            ))
-        })
+        let row = self
+            .alert_states(&[id.to_string()])
+            .await?
+            .remove(id)
+            .ok_or_else(|| {
+                WarehouseError::Database(format!(
+                    "warehouse {}: the state of alert {id} vanished after it was written",
+                    self.shown
+                ))
+            })?;
+        Ok((n, row))
     }
 }
 

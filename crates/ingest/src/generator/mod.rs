@@ -289,10 +289,16 @@ pub fn generate(cfg: &GenConfig) -> Vec<Event> {
         }
     }
     out.retain(|e| e.ts_micros >= win.start_micros && e.ts_micros < win.end_micros());
-    out.sort_by(|a, b| {
+    sort_events(&mut out);
+    out
+}
+
+/// The order [`generate`] gives: by `ts_micros`, then topic, then key (stable), so the
+/// events of several configs can be merged into one stream.
+pub fn sort_events(events: &mut [Event]) {
+    events.sort_by(|a, b| {
         (a.ts_micros, a.topic, a.key.as_str()).cmp(&(b.ts_micros, b.topic, b.key.as_str()))
     });
-    out
 }
 
 /// The metric incidents injected by [`generate`] for this config, sorted by start then
