@@ -506,6 +506,8 @@ def check_scaledobject(report, label, so, objs):
             continue  # some other API
         service = m.group(1)
         query = urllib.parse.parse_qs(url.query)
+        if service == "ymera-run":
+            check_ymera_run_scaling(report, label, so, at, query)
         for p in ("metric", "horizon", "step", "lead", "q"):
             if p not in query:
                 report.fail(label, so, f"{at}.metadata.url", f"forecast URL lacks the `{p}` parameter")
@@ -541,6 +543,32 @@ def check_scaledobject(report, label, so, objs):
                 lead = svc_cfg.get("lead")
                 if lead and query.get("lead") and query["lead"][0] != lead:
                     report.fail(label, so, f"{at}.metadata.url", f"lead={query['lead'][0]} differs from autoscale.services.{service}.lead = {lead}")
+
+
+def check_ymera_run_scaling(report, label, so, at, query):
+    """`ymera run` scaled on its own input: one trigger (KEDA takes the maximum over
+    triggers, which would undo the lag folded into keda.value), the ymera-run Deployment
+    as target, and HPA behaviour that jumps straight to the even counts ymera answers."""
+    spec = so.get("spec") or {}
+    if len(spec.get("triggers") or []) != 1 or (spec.get("advanced") or {}).get("scalingModifiers"):
+        report.fail(label, so, "spec.triggers", "ymera-run scales on one trigger, ymera's forecast with the lag folded in (KEDA takes the maximum over triggers)")
+    target = spec.get("scaleTargetRef") or {}
+    if target.get("kind", "Deployment") != "Deployment" or target.get("name") != "ymera-run":
+        report.fail(label, so, "spec.scaleTargetRef", f"the ymera-run forecast scales the Deployment ymera-run, not {target.get('kind', 'Deployment')} {target.get('name')}")
+    if query.get("metric", ["records_per_s"])[0] != "records_per_s":
+        report.fail(label, so, f"{at}.metadata.url", "ymera-run's metric is records_per_s")
+    most = spec.get("maxReplicaCount")
+    behavior = ((spec.get("advanced") or {}).get("horizontalPodAutoscalerConfig") or {}).get("behavior") or {}
+    for direction in ("scaleUp", "scaleDown"):
+        rules = behavior.get(direction) or {}
+        pods = [p.get("value") for p in rules.get("policies") or [] if p.get("type") == "Pods"]
+        if rules.get("selectPolicy") in ("Min", "Disabled") or not isinstance(most, int) or not any(isinstance(v, int) and v >= most for v in pods):
+            report.fail(label, so, f"spec.advanced.horizontalPodAutoscalerConfig.behavior.{direction}",
+                        f"needs a Pods policy of at least maxReplicaCount ({most}) so the HPA goes straight to the count ymera answers, not through counts that split the partitions unevenly")
+    fallback = (spec.get("fallback") or {}).get("replicas")
+    for field, n in (("spec.fallback.replicas", fallback), ("spec.minReplicaCount", spec.get("minReplicaCount", 0))):
+        if isinstance(n, int) and n > 0 and isinstance(most, int) and most % n:
+            report.fail(label, so, field, f"{n} does not divide maxReplicaCount {most} (the partition count)")
 
 
 # ---------------------------------------------------------------------------------------

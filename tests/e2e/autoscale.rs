@@ -319,3 +319,159 @@ fn forecast_endpoint_serves_fresh_forecasts_and_falls_back_on_stale_and_poor_dat
     let _ = serve.kill();
     let _ = serve.wait();
 }
+
+/// `ymera run` records its own input, and the autoscaler turns it into a replica count
+/// for `ymera run` that divides the partitions. Broker: `ymera broker` (librdkafka's
+/// mock cluster), one topic of 4 partitions, ~450 records/s for ~2.5 minutes.
+#[test]
+fn ymera_run_records_its_input_rate_and_the_autoscaler_answers_even_replica_counts() {
+    let broker = DevBroker::start(&[("rate-in", 4)]);
+    let work = tempfile::tempdir().unwrap();
+    let lake = work.path().join("lake");
+    let dir = pipeline_dir(&pipeline_yaml(
+        "rate",
+        "rate-in",
+        "rate-group",
+        "{ path: _dlq/rate }",
+        "",
+    ));
+    // 500 records every 1.1 s until the run has written its first minutes
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let producer = {
+        let (bootstrap, stop) = (broker.bootstrap.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let rt = runtime();
+            let t0 = std::time::Instant::now();
+            let mut seq = 0i64;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) && seq < 500_000 {
+                let batch: Vec<_> = (seq..seq + 500).map(seq_record).collect();
+                produce_to(&rt, &bootstrap, "rate-in", &batch);
+                seq += 500;
+                let due = t0 + Duration::from_millis(1100 * (seq / 500) as u64);
+                std::thread::sleep(due.saturating_duration_since(std::time::Instant::now()));
+            }
+        })
+    };
+    let mut run = spawn_run_env(
+        &broker.bootstrap,
+        dir.path(),
+        &lake,
+        &[],
+        &[("YMERA__RUN__INPUT_RATE_FLUSH", "1m".into())],
+    );
+    let table = lake.join("ymera_run_input");
+    // the first rows: at most three minute boundaries after the start (the first reading
+    // may come before the assignment)
+    let recorded = wait_for(Duration::from_secs(240), || {
+        !parquet_files(&table).is_empty()
+    });
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    producer.join().unwrap();
+    std::process::Command::new("kill")
+        .args(["-TERM", &run.id().to_string()])
+        .status()
+        .unwrap();
+    let status =
+        wait_timeout(&mut run, Duration::from_secs(60)).expect("ymera run stops on SIGTERM");
+    assert!(status.success(), "{status:?}");
+    assert!(recorded, "no file in {}", table.display());
+
+    // one row per owned partition per minute; a full minute of ~454 records/s
+    let out = ymera()
+        .args(["sql", "--format", "csv"])
+        .arg(
+            "SELECT ts, count(*) AS rows, max(partitions) AS partitions, sum(records) AS records, \
+             sum(records / seconds) AS per_s, min(pipeline) AS pipeline, max(member) AS member \
+             FROM ymera_run_input GROUP BY ts ORDER BY ts",
+        )
+        .env("YMERA__LAKE__URL", &lake)
+        .env(
+            "YMERA__WAREHOUSE__URL",
+            format!("sqlite://{}/wh.db", work.path().display()),
+        )
+        .output()
+        .unwrap();
+    let csv = succeeded(out);
+    let rows: Vec<Vec<&str>> = csv
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').collect())
+        .collect();
+    assert!(!rows.is_empty(), "{csv}");
+    for r in &rows {
+        assert_eq!(r[1], "4", "every partition has its row: {csv}");
+        assert_eq!(r[2], "4", "{csv}");
+        assert_eq!(r[5], "rate", "{csv}");
+    }
+    // every recorded minute is inside the production: 500 / 1.1 s ≈ 455 records/s, give
+    // or take the statistics' 5 s
+    let per_s: f64 = rows[0][4].parse().unwrap();
+    assert!((300.0..600.0).contains(&per_s), "{per_s} records/s: {csv}");
+
+    // the autoscaler: capacity 200 records/s per replica → ceil(455 / 200) = 3 replicas,
+    // which does not divide 4 partitions: it answers 4, as 4 × 200 for KEDA
+    let env: Vec<(String, OsString)> = vec![
+        ("YMERA__LAKE__URL".into(), lake.clone().into()),
+        (
+            "YMERA__WAREHOUSE__URL".into(),
+            format!("sqlite://{}/wh.db", work.path().display()).into(),
+        ),
+        ("YMERA__LOG__LEVEL".into(), "warn".into()),
+        (
+            "YMERA__AUTH__ADMIN_KEY_FILE".into(),
+            work.path().join("admin.key").into(),
+        ),
+        (
+            "YMERA__AUTOSCALE__SERVICES__YMERA-RUN__CAPACITY_PER_REPLICA".into(),
+            "200".into(),
+        ),
+        (
+            "YMERA__AUTOSCALE__SERVICES__YMERA-RUN__MAX_REPLICAS".into(),
+            "12".into(),
+        ),
+        // the rows are from before now: not stale for this check
+        ("YMERA__AUTOSCALE__STALE_AFTER".into(), "1h".into()),
+    ];
+    let autoscaler = create_key(&env, "autoscaler");
+    let port = free_port();
+    let mut serve: Child = ymera()
+        .arg("serve")
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .env("YMERA__SERVE__LISTEN", format!("127.0.0.1:{port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    assert!(wait_for(Duration::from_secs(60), || {
+        http_get(port, "/health/ready").is_some_and(|(s, _)| s == 200)
+    }));
+    let path = "/v1/autoscale/ymera-run/forecast?metric=records_per_s&horizon=PT30M&step=PT1M&lead=PT5M&q=0.9";
+    let (s, body) = get(port, path, Some(&autoscaler));
+    // one pipeline's input, and a metric ymera-run does not have
+    let (s_one, one) = get(port, &format!("{path}&pipeline=rate"), Some(&autoscaler));
+    let (s_bad, bad) = get(
+        port,
+        "/v1/autoscale/ymera-run/forecast?metric=rps",
+        Some(&autoscaler),
+    );
+    let _ = serve.kill();
+    let _ = serve.wait();
+    assert_eq!(s, 200, "{body:#}");
+    assert_eq!(s_one, 200, "{one:#}");
+    assert_eq!(one["backlog"]["pipelines"], json!(["rate"]), "{one:#}");
+    assert_eq!(s_bad, 404, "{bad:#}");
+    assert_eq!(body["service"], "ymera-run", "{body:#}");
+    assert_eq!(body["backlog"]["partitions"], 4, "{body:#}");
+    assert_eq!(body["backlog"]["pipelines"], json!(["rate"]), "{body:#}");
+    let load = body["keda"]["load"].as_f64().unwrap();
+    assert!((200.0..800.0).contains(&load), "{body:#}");
+    let replicas = body["recommended_replicas"].as_u64().unwrap();
+    let wanted = (load / 200.0).ceil() as u64;
+    let even = (wanted..=4).find(|d| 4 % d == 0).unwrap();
+    assert_eq!(replicas, even, "{body:#}");
+    assert_eq!(
+        body["keda"]["value"].as_f64().unwrap(),
+        replicas as f64 * 200.0,
+        "{body:#}"
+    );
+}

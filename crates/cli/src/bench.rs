@@ -221,6 +221,7 @@ async fn end_to_end(brokers: &str, events: &[Vec<u8>]) -> Result<(), String> {
         shutdown: tokio_util::sync::CancellationToken::new(),
         health: Default::default(),
         progress: Default::default(),
+        input_rate: None,
     };
     let t = Instant::now();
     let stats = ymera_pipeline::run::run(std::sync::Arc::new(p), resolved, opts)

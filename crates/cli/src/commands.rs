@@ -548,6 +548,11 @@ pub async fn run_pipelines(
     if std::io::stderr().is_terminal() {
         show_progress(progress.clone(), shutdown.clone());
     }
+    // `ymera run` records its own input rate for the autoscaler (pipeline::rate)
+    let flush = settings.run.input_rate_flush;
+    let input_rate = (serve_health && !flush.is_zero()).then(|| {
+        ymera_pipeline::rate::InputRate::new(ymera_pipeline::rate::InputRate::member_name())
+    });
     let mut tasks = tokio::task::JoinSet::new();
     for p in pipelines {
         let brokers = embedded::resolve_brokers(&p.spec.source.kafka.brokers)?;
@@ -558,11 +563,18 @@ pub async fn run_pipelines(
             shutdown: shutdown.clone(),
             health: health.clone(),
             progress: progress.clone(),
+            input_rate: input_rate.clone(),
         };
         let name = p.spec.name.clone();
         let p = Arc::new(p);
         tasks.spawn(async move { (name, ymera_pipeline::run::run(p, brokers, opts).await) });
     }
+    let recorder = input_rate.map(|r| {
+        // its own token: it writes its last rows after the pipelines stopped
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(r.record(lake.clone(), flush, stop.clone()));
+        (stop, task)
+    });
     health.set_started();
     let mut results = Vec::new();
     let mut failures = Vec::new();
@@ -583,6 +595,10 @@ pub async fn run_pipelines(
     }
     results.sort_by(|a, b| a.0.cmp(&b.0));
     shutdown.cancel();
+    if let Some((stop, task)) = recorder {
+        stop.cancel();
+        let _ = task.await;
+    }
     if failures.is_empty() {
         Ok(results)
     } else {

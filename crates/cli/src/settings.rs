@@ -222,12 +222,18 @@ impl Default for RateLimitSettings {
 pub struct RunSettings {
     /// Address of the health and metrics routes of `ymera run` (default 127.0.0.1:9464).
     pub listen: String,
+    /// How often `ymera run` writes the input rate it records of itself per pipeline per
+    /// minute to the lake table `ymera_run_input` (default 1m: the lag the autoscaler folds in
+    /// is at most this old; one file per replica per flush; `0s`: not recorded).
+    #[serde(with = "ymera_common::units::duration")]
+    pub input_rate_flush: std::time::Duration,
 }
 
 impl Default for RunSettings {
     fn default() -> Self {
         RunSettings {
             listen: "127.0.0.1:9464".into(),
+            input_rate_flush: std::time::Duration::from_secs(60),
         }
     }
 }

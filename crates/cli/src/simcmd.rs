@@ -42,6 +42,13 @@ pub struct SimulateArgs {
     /// 1 is the most faithful and the slowest).
     #[arg(long, default_value_t = 1)]
     pub refit_steps: usize,
+    /// Replay `ymera run` itself: the series is its input (records/s, e.g. from the lake
+    /// table `ymera_run_input`), what the ready replicas cannot take waits as lag, both
+    /// policies stop at this many replicas (the partitions), and the forecast policy is
+    /// deploy/'s ScaledObject for ymera-run: lag folded into the value, counts that divide
+    /// the partitions, straight jumps. Adds backlog and uneven-count columns.
+    #[arg(long)]
+    pub partitions: Option<u32>,
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -60,6 +67,7 @@ pub fn simulate_scaling(
         max_replicas: args.max_replicas,
         target_utilization: args.target_utilization,
         metric_lag_s: args.metric_lag.as_secs_f64(),
+        partitions: args.partitions,
         ..ScalingConfig::new(args.capacity_per_replica, args.startup.as_secs_f64())
     };
     cfg.validate().map_err(|e| e.to_string())?;
@@ -116,13 +124,26 @@ fn table(
         secs(cfg.metric_lag_s),
         secs(cfg.lead_s),
     ));
+    if let Some(n) = cfg.partitions {
+        out.push_str(&format!(
+            "ymera run on {n} partitions: lag builds while the input exceeds ready capacity; \
+             forecast = lag folded in over the lead, counts dividing {n}\n\n"
+        ));
+    }
     out.push_str(&format!(
-        "{:<10} {:>14} {:>14} {:>6} {:>10} {:>12}\n",
+        "{:<10} {:>14} {:>14} {:>6} {:>10} {:>12}",
         "policy", "breach_min", "replica_hours", "peak", "scale_ups", "scale_downs"
     ));
+    if cfg.partitions.is_some() {
+        out.push_str(&format!(
+            " {:>12} {:>12} {:>12}",
+            "max_backlog", "backlog_min", "uneven_min"
+        ));
+    }
+    out.push('\n');
     for p in policies {
         out.push_str(&format!(
-            "{:<10} {:>14.1} {:>14.1} {:>6} {:>10} {:>12}\n",
+            "{:<10} {:>14.1} {:>14.1} {:>6} {:>10} {:>12}",
             p.policy,
             p.breach_minutes,
             p.replica_hours,
@@ -130,6 +151,10 @@ fn table(
             p.scale_ups,
             p.scale_downs
         ));
+        if let (Some(b), Some(bm), Some(u)) = (p.max_backlog, p.backlog_minutes, p.uneven_minutes) {
+            out.push_str(&format!(" {b:>12.0} {bm:>12.1} {u:>12.1}"));
+        }
+        out.push('\n');
     }
     out
 }

@@ -167,6 +167,60 @@ pub struct SourceSettings {
     pub max_wait: Duration,
     /// Report [`SourceEvent::Idle`] after this long with nothing new.
     pub stop_when_idle: Option<Duration>,
+    /// Where the statistics callback leaves each owned partition's high watermark and lag
+    /// (the input rate `ymera run` records of itself).
+    pub probe: Option<Arc<Probe>>,
+}
+
+/// What librdkafka's statistics (every `statistics.interval.ms`, 5 s) last said about the
+/// source's partitions: per owned partition its high watermark and consumer lag, and per
+/// topic how many partitions it has.
+#[derive(Debug, Default)]
+pub struct Probe {
+    last: std::sync::Mutex<ProbeReading>,
+}
+
+/// One statistics report, as [`Probe::reading`] returns it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ProbeReading {
+    /// Per partition this consumer fetches: (high watermark, consumer lag).
+    pub owned: BTreeMap<TopicPartition, (i64, i64)>,
+    /// Partitions per topic, from the metadata.
+    pub partitions: BTreeMap<String, u32>,
+}
+
+impl Probe {
+    /// The newest report (empty before the first).
+    pub fn reading(&self) -> ProbeReading {
+        self.last
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// `owned`: the partitions the fence says this process owns (a revoked partition can
+    /// linger in the statistics with its last figures).
+    fn update(&self, stats: &Statistics, owned: &HashMap<TopicPartition, u64>) {
+        let mut r = ProbeReading::default();
+        for (topic, t) in &stats.topics {
+            let known = || {
+                t.partitions
+                    .values()
+                    .filter(|p| p.partition >= 0 && !p.unknown)
+            };
+            r.partitions.insert(topic.clone(), known().count() as u32);
+            for p in known().filter(|p| p.hi_offset >= 0 && p.consumer_lag >= 0) {
+                let tp = (topic.clone(), p.partition);
+                if owned.contains_key(&tp) {
+                    r.owned.insert(tp, (p.hi_offset, p.consumer_lag));
+                }
+            }
+        }
+        *self
+            .last
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = r;
+    }
 }
 
 /// An assignment change seen in a callback: partitions with their start offset when assigned.
@@ -177,6 +231,7 @@ enum Change {
 
 struct Ctx {
     pipeline: String,
+    probe: Option<Arc<Probe>>,
     fence: Arc<Fence>,
     resolver: Arc<dyn Resolver>,
     start: StartFrom,
@@ -218,6 +273,13 @@ impl ClientContext for Ctx {
     }
 
     fn stats(&self, stats: Statistics) {
+        // the callback runs on the poll thread; a publication may hold the fence (read),
+        // a revocation cannot (it runs on this thread too): skip a report rather than wait
+        if let Some(probe) = &self.probe
+            && let Ok(owned) = self.fence.owned.try_read()
+        {
+            probe.update(&stats, &owned);
+        }
         for (topic, t) in &stats.topics {
             for (p, part) in &t.partitions {
                 if *p >= 0 && part.consumer_lag >= 0 {
@@ -365,6 +427,7 @@ impl KafkaSource {
         let ctx = Ctx {
             stop: stop.clone(),
             pipeline: settings.pipeline.clone(),
+            probe: settings.probe.clone(),
             fence: fence.clone(),
             resolver,
             start: settings.start,

@@ -190,6 +190,12 @@ pub struct ScalingConfig {
     /// A metric read at `t` describes the load at `t − metric_lag_s` (`--metric-lag`,
     /// default 30 s: one sample window).
     pub metric_lag_s: f64,
+    /// `ymera run` (`--partitions`): the load is a Kafka input; what the ready replicas
+    /// cannot take waits as consumer lag. Both policies are capped at the partition count;
+    /// the forecast policy is `ymera run`'s ScaledObject: the backlog folded into the value
+    /// (worked off within `lead`), counts that divide the partitions, and HPA behaviour
+    /// that jumps straight to them (a Pods policy of the partition count).
+    pub partitions: Option<u32>,
 }
 
 impl ScalingConfig {
@@ -207,6 +213,7 @@ impl ScalingConfig {
             stabilization_s: 300.0,
             tolerance: 0.1,
             metric_lag_s: 30.0,
+            partitions: None,
         }
     }
 
@@ -231,6 +238,9 @@ impl ScalingConfig {
             if !non_negative(v) {
                 problems.push(format!("{flag} must not be negative, got {v}"));
             }
+        }
+        if self.partitions == Some(0) {
+            problems.push("--partitions must be at least 1, got 0".to_string());
         }
         if self.min_replicas < 1 {
             problems.push("--min-replicas must be at least 1, got 0".to_string());
@@ -264,6 +274,13 @@ impl ScalingConfig {
     fn target(&self) -> f64 {
         self.capacity_per_replica * self.target_utilization
     }
+
+    /// The most replicas: `max_replicas`, and never more than partitions.
+    fn ceiling(&self) -> u32 {
+        self.partitions
+            .map_or(self.max_replicas, |n| self.max_replicas.min(n))
+            .max(self.min_replicas.min(self.max_replicas))
+    }
 }
 
 /// How one policy did over the whole series.
@@ -281,6 +298,16 @@ pub struct PolicyReport {
     pub scale_ups: u32,
     /// Syncs that removed replicas.
     pub scale_downs: u32,
+    /// With `partitions`: the most records waiting at once.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_backlog: Option<f64>,
+    /// With `partitions`: minutes during which records waited.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backlog_minutes: Option<f64>,
+    /// With `partitions`: minutes at a replica count that does not divide them (some
+    /// replicas own more partitions than others).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uneven_minutes: Option<f64>,
 }
 
 /// Kubernetes' HPA on the observed per-replica load (a Pods metric, `AverageValue`
@@ -289,7 +316,7 @@ pub fn simulate_reactive(load: &Regular, cfg: &ScalingConfig) -> Result<PolicyRe
     let curve = Curve::new(load)?;
     cfg.validate()?;
     let (lag, target, tol) = (cfg.metric_lag_s, cfg.target(), cfg.tolerance);
-    let run = simulate(&curve, cfg, "reactive", |t, fleet| {
+    let run = simulate(&curve, cfg, "reactive", |t, fleet, _| {
         pods_metric_replicas(
             curve.at(t - lag),
             target,
@@ -329,7 +356,7 @@ fn simulate_forecast_run(
     let mut seen = 0usize;
     // knots[0] is the last observed point (index seen − 1), then the forecast.
     let mut knots: Vec<f64> = Vec::new();
-    simulate(curve, cfg, "forecast", |t, fleet| {
+    simulate(curve, cfg, "forecast", |t, fleet, backlog| {
         // points observed by now: i·step + lag ≤ t (the first one is known from the start)
         let observed = (((t - lag) / step).floor() + 1.0).clamp(1.0, n as f64) as usize;
         if observed != seen {
@@ -346,8 +373,26 @@ fn simulate_forecast_run(
         let origin = (seen - 1) as f64 * step;
         let forecast = max_over(&knots, origin, step, t, t + lead);
         let value = forecast.max(curve.at(t - lag));
-        external_average_value_replicas(value, target, fleet.total(), tol)
+        match cfg.partitions {
+            None => external_average_value_replicas(value, target, fleet.total(), tol),
+            Some(n) => {
+                // the endpoint: backlog worked off within the lead, rounded up to a count
+                // that divides the partitions; it answers that count × target, so the
+                // HPA's ceil(value / target) lands on it
+                let folded = value + backlog / lead.max(60.0);
+                let wanted = ceil_count(folded / target).clamp(cfg.min_replicas, cfg.ceiling());
+                let even = even_count(wanted, n);
+                external_average_value_replicas(even as f64 * target, target, fleet.total(), tol)
+            }
+        }
     })
+}
+
+/// The smallest count at or above `wanted` that divides `partitions` (at most
+/// `partitions`): every replica then owns as many partitions as every other.
+pub fn even_count(wanted: u32, partitions: u32) -> u32 {
+    let n = partitions.max(1);
+    (wanted.clamp(1, n)..=n).find(|d| n % d == 0).unwrap_or(n)
 }
 
 /// `ceil` for replica counts, forgiving float noise just above an integer.
@@ -528,6 +573,9 @@ impl Fleet {
 /// The HPA's memory: recommendations for stabilization, scale events for rate limits.
 struct Hpa<'a> {
     cfg: &'a ScalingConfig,
+    /// Pods a scale-up may add per period (the default policy's 4; `ymera run`'s
+    /// ScaledObject: the partition count, so it jumps straight to an even count).
+    up_pods: u32,
     recommendations: VecDeque<(f64, u32)>,
     /// (time, replicas added or removed) within the last scale-up period.
     events: VecDeque<(f64, i64)>,
@@ -560,11 +608,14 @@ impl Hpa<'_> {
         {
             self.events.pop_front();
         }
-        let (min, max) = (self.cfg.min_replicas, self.cfg.max_replicas);
+        let (min, max) = (
+            self.cfg.min_replicas.min(self.cfg.ceiling()),
+            self.cfg.ceiling(),
+        );
         let next = if stabilized > current {
             let changed: i64 = self.events.iter().map(|&(_, d)| d).sum();
             let period_start = (current as i64 - changed).max(0) as f64;
-            let by_pods = period_start + SCALE_UP_PODS as f64;
+            let by_pods = period_start + self.up_pods as f64;
             let by_percent = (period_start * (1.0 + SCALE_UP_PERCENT / 100.0)).ceil();
             let limit = (by_pods.max(by_percent) as u32).max(current);
             stabilized.min(limit).min(max)
@@ -593,17 +644,25 @@ fn simulate(
     curve: &Curve<'_>,
     cfg: &ScalingConfig,
     policy: &str,
-    mut desired: impl FnMut(f64, &Fleet) -> u32,
+    mut desired: impl FnMut(f64, &Fleet, f64) -> u32,
 ) -> Run {
     let end = curve.end();
-    let initial =
-        ceil_count(curve.at(0.0) / cfg.target()).clamp(cfg.min_replicas, cfg.max_replicas);
+    let initial = ceil_count(curve.at(0.0) / cfg.target())
+        .clamp(cfg.min_replicas.min(cfg.ceiling()), cfg.ceiling());
+    let initial = match (cfg.partitions, policy) {
+        (Some(n), "forecast") => even_count(initial, n),
+        _ => initial,
+    };
     let mut fleet = Fleet {
         ready: initial,
         starting: VecDeque::new(),
     };
     let mut hpa = Hpa {
         cfg,
+        up_pods: match (cfg.partitions, policy) {
+            (Some(n), "forecast") => n,
+            _ => SCALE_UP_PODS,
+        },
         recommendations: VecDeque::new(),
         events: VecDeque::new(),
     };
@@ -614,8 +673,13 @@ fn simulate(
         peak_replicas: initial,
         scale_ups: 0,
         scale_downs: 0,
+        max_backlog: None,
+        backlog_minutes: None,
+        uneven_minutes: None,
     };
     let (mut breach_s, mut replica_s) = (0.0, 0.0);
+    // ymera run: records waiting, integrated in 1 s steps
+    let (mut backlog, mut max_backlog, mut backlog_s, mut uneven_s) = (0.0f64, 0.0f64, 0.0, 0.0);
     let mut replicas = Vec::new();
     let mut sync = 0u64;
     loop {
@@ -625,7 +689,7 @@ fn simulate(
         }
         fleet.promote(t);
         let current = fleet.total();
-        let next = hpa.normalize(t, current, desired(t, &fleet));
+        let next = hpa.normalize(t, current, desired(t, &fleet, backlog));
         if next > current {
             report.scale_ups += 1;
         } else if next < current {
@@ -637,6 +701,24 @@ fn simulate(
 
         let t2 = (t + cfg.sync_s).min(end);
         replica_s += next as f64 * (t2 - t);
+        if let Some(n) = cfg.partitions {
+            if next == 0 || n % next != 0 {
+                uneven_s += t2 - t;
+            }
+            let mut s = t;
+            while s < t2 {
+                let dt = (t2 - s).min(1.0);
+                let ready =
+                    fleet.ready as f64 + fleet.starting.iter().filter(|&&r| r <= s).count() as f64;
+                backlog =
+                    (backlog + (curve.at(s) - ready * cfg.capacity_per_replica) * dt).max(0.0);
+                if backlog > 0.0 {
+                    backlog_s += dt;
+                }
+                max_backlog = max_backlog.max(backlog);
+                s += dt;
+            }
+        }
         let mut s = t;
         while let Some(&r) = fleet.starting.front().filter(|&&r| r < t2) {
             breach_s += curve.time_above(s, r, fleet.ready as f64 * cfg.capacity_per_replica);
@@ -648,6 +730,11 @@ fn simulate(
     }
     report.breach_minutes = breach_s / 60.0;
     report.replica_hours = replica_s / 3600.0;
+    if cfg.partitions.is_some() {
+        report.max_backlog = Some(max_backlog);
+        report.backlog_minutes = Some(backlog_s / 60.0);
+        report.uneven_minutes = Some(uneven_s / 60.0);
+    }
     Run { report, replicas }
 }
 
@@ -675,7 +762,7 @@ mod tests {
     fn reactive_run(load: &Regular, cfg: &ScalingConfig) -> Run {
         let curve = Curve::new(load).unwrap();
         let (lag, target, tol) = (cfg.metric_lag_s, cfg.target(), cfg.tolerance);
-        simulate(&curve, cfg, "reactive", |t, fleet| {
+        simulate(&curve, cfg, "reactive", |t, fleet, _| {
             pods_metric_replicas(
                 curve.at(t - lag),
                 target,
@@ -749,6 +836,51 @@ mod tests {
     }
 
     #[test]
+    fn even_counts_divide_the_partitions() {
+        assert_eq!(even_count(5, 12), 6);
+        assert_eq!(even_count(7, 12), 12);
+        assert_eq!(even_count(13, 12), 12);
+        assert_eq!(even_count(0, 12), 1);
+        assert_eq!(even_count(3, 7), 7);
+        assert_eq!(even_count(4, 4), 4);
+    }
+
+    #[test]
+    fn ymera_run_scales_to_counts_that_split_the_partitions_and_drains_its_backlog() {
+        // an input of 1 replica's worth, then 7 for two hours, then 1 again, on 12
+        // partitions: the forecast policy jumps to 12 (the first even count ≥ 7) before
+        // the rise; the reactive HPA climbs 1 → 5 → 7 behind it, uneven on the way
+        let mut values = vec![100.0; 24];
+        values.extend(vec![700.0; 24]);
+        values.extend(vec![100.0; 24]);
+        let load = series(300, values);
+        let cfg = ScalingConfig {
+            partitions: Some(12),
+            ..ScalingConfig::new(100.0, 120.0)
+        };
+        let reactive = reactive_run(&load, &cfg);
+        let forecast = forecast_run(&load, &cfg, &mut Oracle::new(&load));
+        assert!(
+            forecast.replicas.iter().all(|r| 12 % r == 0),
+            "{:?}",
+            forecast.replicas
+        );
+        assert_eq!(forecast.report.uneven_minutes, Some(0.0));
+        assert_eq!(forecast.report.peak_replicas, 12);
+        assert!(reactive.replicas.contains(&5) && reactive.replicas.contains(&7));
+        assert!(reactive.report.uneven_minutes.unwrap() > 0.0);
+        assert!(reactive.report.peak_replicas <= 12);
+        let (fb, rb) = (
+            forecast.report.max_backlog.unwrap(),
+            reactive.report.max_backlog.unwrap(),
+        );
+        assert!(fb < rb, "forecast backlog {fb} vs reactive {rb}");
+        assert!(
+            forecast.report.backlog_minutes.unwrap() < reactive.report.backlog_minutes.unwrap()
+        );
+    }
+
+    #[test]
     fn constant_load_costs_replicas_times_hours_and_never_breaches() {
         // 250 for 2 hours on 100 per replica: 3 replicas, 6 replica-hours
         let load = series(300, vec![250.0; 25]);
@@ -760,6 +892,9 @@ mod tests {
             peak_replicas: 3,
             scale_ups: 0,
             scale_downs: 0,
+            max_backlog: None,
+            backlog_minutes: None,
+            uneven_minutes: None,
         };
         assert_eq!(
             simulate_reactive(&load, &cfg).unwrap(),

@@ -7,6 +7,7 @@ pub mod checkpoint;
 pub mod dlq;
 pub mod load;
 pub mod notify;
+pub mod rate;
 pub mod replay;
 pub mod run;
 pub mod spec;

@@ -87,6 +87,9 @@ pub struct RunOptions {
     pub health: Arc<Health>,
     /// Live totals over every pipeline of the process (for progress displays).
     pub progress: Arc<Progress>,
+    /// Where the source reports its partitions' high watermarks and lag (`ymera run`
+    /// records its input rate from them; crate::rate).
+    pub input_rate: Option<Arc<crate::rate::InputRate>>,
 }
 
 /// Running totals, readable while pipelines run.
@@ -311,6 +314,7 @@ pub async fn run(
         max_bytes: p.spec.batch.max_bytes.0 as usize,
         max_wait: p.spec.batch.max_wait,
         stop_when_idle: opts.stop_when_idle,
+        probe: opts.input_rate.as_ref().map(|r| r.register(&name)),
     };
     let warehouse = if p.warehouse_sinks.is_empty() {
         None

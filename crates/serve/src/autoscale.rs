@@ -30,6 +30,7 @@ use serde_json::{Value, json};
 use tracing::{info, warn};
 use ymera_common::series::{Regular, Series, regularize};
 use ymera_models::forecast::{self, Backtest, Forecast, Recipe};
+use ymera_models::scaling::even_count;
 use ymera_models::{ModelError, Registry};
 
 use crate::AppState;
@@ -62,6 +63,9 @@ pub struct AutoscaleConfig {
     pub stale_after: Duration,
     /// Fall back to the observed load when the recent MASE is at least this (default 1).
     pub max_mase: f64,
+    /// The lake table `ymera run` records its input rate in (default `ymera_run_input`):
+    /// the series of the service `ymera-run`.
+    pub run_table: String,
 }
 
 impl AutoscaleConfig {
@@ -117,6 +121,7 @@ impl Default for AutoscaleConfig {
             backtest_interval: Duration::from_secs(3600),
             stale_after: Duration::from_secs(900),
             max_mase: 1.0,
+            run_table: "ymera_run_input".into(),
         }
     }
 }
@@ -143,6 +148,53 @@ impl Default for ServiceScaling {
             lead: Duration::from_secs(300),
         }
     }
+}
+
+/// The service whose load is `ymera run`'s own input (records/s), from `run_table`.
+pub const RUN_SERVICE: &str = "ymera-run";
+/// Its one metric.
+pub const RUN_METRIC: &str = "records_per_s";
+/// How far back the newest minute of `ymera run`'s lag may be to be folded in.
+const BACKLOG_WINDOW_SECS: i64 = 600;
+
+/// `ymera run`'s consumer lag, as [`Autoscaler::run_backlog`] estimates it.
+#[derive(Debug, Clone, PartialEq)]
+struct Backlog {
+    records: f64,
+    /// The oldest of the pipelines' newest minutes (epoch seconds).
+    at: i64,
+    /// The most partitions of any pipeline counted.
+    partitions: u32,
+    pipelines: Vec<String>,
+}
+
+/// The pipeline an entry of `ymera-run` is about (`records_per_s-<pipeline>`), None for all.
+fn run_pipeline(metric_key: &str) -> Option<&str> {
+    metric_key
+        .strip_prefix(RUN_METRIC)
+        .and_then(|rest| rest.strip_prefix('-'))
+}
+
+/// The analyst-SQL query of `ymera run`'s input rate in `step_seconds` slots from `from`
+/// on: per minute and pipeline the records/s over the partitions with a row, scaled to
+/// all of the pipeline's partitions; summed over pipelines; averaged per slot.
+fn run_series_sql(table: &str, pipeline: Option<&str>, from: i64, step_seconds: i64) -> String {
+    let from_ts = DateTime::<Utc>::from_timestamp(from, 0).unwrap_or_default();
+    let filter = pipeline.map_or(String::new(), |p| format!(" AND pipeline = '{p}'"));
+    format!(
+        "SELECT CAST(to_unixtime(date_bin(INTERVAL '{step_seconds} seconds', ts, TIMESTAMP '1970-01-01T00:00:00')) AS BIGINT) AS slot, \
+                avg(rate) AS value, count(*) AS samples, \
+                CAST(to_unixtime(max(ts)) AS BIGINT) + 60 AS newest \
+         FROM (SELECT ts, sum(rate) AS rate FROM ( \
+                 SELECT ts, pipeline, \
+                        sum(CAST(records AS DOUBLE) / seconds) * max(partitions) / count(*) AS rate \
+                 FROM {table} \
+                 WHERE ts >= TIMESTAMP '{}' AND dt >= DATE '{}'{filter} \
+                 GROUP BY ts, pipeline) GROUP BY ts) \
+         GROUP BY 1 ORDER BY 1",
+        from_ts.format("%Y-%m-%dT%H:%M:%S"),
+        from_ts.format("%Y-%m-%d"),
+    )
 }
 
 /// Backtest origins (one per horizon) over the last day.
@@ -261,22 +313,35 @@ impl Autoscaler {
             .sql
             .as_ref()
             .ok_or("the lake is not readable by this server (no SQL service)")?;
-        let column = forecast::metric_column(metric).map_err(|e| e.to_string())?;
         let step = self.step_secs();
         let from = now - self.config.window.as_secs() as i64;
-        let query = forecast::series_sql(&self.config.table, service, column, from, step);
+        let (table, column, query) = if service == RUN_SERVICE {
+            let table = &self.config.run_table;
+            let pipeline = run_pipeline(metric);
+            (
+                table,
+                "records",
+                run_series_sql(table, pipeline, from, step),
+            )
+        } else {
+            let column = forecast::metric_column(metric).map_err(|e| e.to_string())?;
+            let table = &self.config.table;
+            (
+                table,
+                column,
+                forecast::series_sql(table, service, column, from, step),
+            )
+        };
         let out = sql
             .query(query.clone())
             .await
-            .map_err(|e| format!("reading {}: {e}", self.config.table))?;
+            .map_err(|e| format!("reading {table}: {e}"))?;
         let mut series: Series =
             forecast::series_from_batches(&format!("{service}/{metric}"), &out.batches)
                 .map_err(|e| e.to_string())?;
         let Some(&last_ts) = series.ts.last() else {
             return Err(format!(
-                "no `{}` samples for service `{service}` in {} since {}",
-                column,
-                self.config.table,
+                "no `{column}` samples for service `{service}` in {table} since {}",
                 rfc3339(from)
             ));
         };
@@ -290,6 +355,87 @@ impl Autoscaler {
         }
         let grid = regularize(&series, Some(step)).map_err(|e| e.to_string())?;
         Ok((grid, observed, query))
+    }
+
+    /// The consumer lag of `ymera run` now: per pipeline its newest minute in the last
+    /// [`BACKLOG_WINDOW_SECS`], estimated from the partitions that have a row (scaled by
+    /// `partitions / rows`; exact once every replica has flushed), summed over the
+    /// pipelines. None when no minute is that recent.
+    async fn run_backlog(
+        &self,
+        pipeline: Option<&str>,
+        now: i64,
+    ) -> Result<Option<Backlog>, String> {
+        use arrow::array::{Array, Float64Array, Int64Array, StringArray};
+        use arrow::datatypes::DataType;
+        let sql = self
+            .sql
+            .as_ref()
+            .ok_or("the lake is not readable by this server (no SQL service)")?;
+        let table = &self.config.run_table;
+        let from =
+            DateTime::<Utc>::from_timestamp(now - BACKLOG_WINDOW_SECS, 0).unwrap_or_default();
+        let filter = pipeline.map_or(String::new(), |p| format!(" AND pipeline = '{p}'"));
+        let query = format!(
+            "SELECT pipeline, CAST(to_unixtime(ts) AS BIGINT) AS t, \
+                    CAST(sum(lag) AS DOUBLE) * max(partitions) / count(*) AS lag, \
+                    max(partitions) AS partitions \
+             FROM {table} \
+             WHERE ts >= TIMESTAMP '{}' AND dt >= DATE '{}'{filter} \
+             GROUP BY pipeline, ts ORDER BY pipeline, ts",
+            from.format("%Y-%m-%dT%H:%M:%S"),
+            from.format("%Y-%m-%d"),
+        );
+        let out = sql
+            .query(query)
+            .await
+            .map_err(|e| format!("reading {table}: {e}"))?;
+        // per pipeline, its newest minute (rows come ordered by time)
+        let mut newest: BTreeMap<String, (i64, f64, i64)> = BTreeMap::new();
+        // the reader's own types (strings come as views from Parquet): cast to ours
+        let column = |b: &arrow::array::RecordBatch, i: usize, to: &DataType| {
+            arrow::compute::cast(b.column(i), to)
+                .map_err(|e| format!("reading {table}: column {i}: {e}"))
+        };
+        for b in &out.batches {
+            let (p, t, lag, parts) = (
+                column(b, 0, &DataType::Utf8)?,
+                column(b, 1, &DataType::Int64)?,
+                column(b, 2, &DataType::Float64)?,
+                column(b, 3, &DataType::Int64)?,
+            );
+            let (Some(p), Some(t), Some(lag), Some(parts)) = (
+                p.as_any().downcast_ref::<StringArray>(),
+                t.as_any().downcast_ref::<Int64Array>(),
+                lag.as_any().downcast_ref::<Float64Array>(),
+                parts.as_any().downcast_ref::<Int64Array>(),
+            ) else {
+                return Err(format!("reading {table}: unexpected column types"));
+            };
+            for i in 0..b.num_rows() {
+                if p.is_null(i) || t.is_null(i) || lag.is_null(i) || parts.is_null(i) {
+                    continue;
+                }
+                newest.insert(
+                    p.value(i).to_string(),
+                    (t.value(i), lag.value(i), parts.value(i)),
+                );
+            }
+        }
+        if newest.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(Backlog {
+            records: newest.values().map(|(_, lag, _)| lag).sum(),
+            at: newest.values().map(|(t, _, _)| *t).min().unwrap_or(now),
+            partitions: newest
+                .values()
+                .map(|(_, _, n)| *n)
+                .max()
+                .unwrap_or(0)
+                .clamp(0, i64::from(u32::MAX)) as u32,
+            pipelines: newest.keys().cloned().collect(),
+        }))
     }
 
     /// Refits (and re-runs the backtest) when due.
@@ -525,6 +671,8 @@ pub struct ForecastQuery {
     pub step: Option<String>,
     pub lead: Option<String>,
     pub q: Option<f64>,
+    /// `ymera-run` only: one pipeline's input (default: all of them).
+    pub pipeline: Option<String>,
 }
 
 fn duration_param(name: &str, v: Option<&str>, default: Duration) -> Result<Duration, ModelError> {
@@ -577,8 +725,37 @@ pub async fn respond(
     now: i64,
 ) -> Result<Value, ModelError> {
     forecast::check_service(service)?;
-    let metric = q.metric.unwrap_or_else(|| "rps".into());
-    forecast::metric_column(&metric)?;
+    let is_run = service == RUN_SERVICE;
+    let metric = q
+        .metric
+        .unwrap_or_else(|| if is_run { RUN_METRIC } else { "rps" }.into());
+    if is_run {
+        if metric != RUN_METRIC {
+            return Err(ModelError::NotFound {
+                what: format!("metric `{metric}` of {RUN_SERVICE}"),
+                available: vec![RUN_METRIC.into()],
+            });
+        }
+    } else {
+        forecast::metric_column(&metric)?;
+        if q.pipeline.is_some() {
+            return Err(ModelError::Input(format!(
+                "`pipeline` is a parameter of {RUN_SERVICE} only"
+            )));
+        }
+    }
+    if let Some(p) = &q.pipeline {
+        forecast::check_service(p).map_err(|_| {
+            ModelError::Input(format!(
+                "pipeline `{p}`: letters, digits, `_`, `-` and `.` only"
+            ))
+        })?;
+    }
+    // the forecaster's entry: one per pipeline of ymera-run
+    let key = match &q.pipeline {
+        Some(p) => format!("{metric}-{p}"),
+        None => metric.clone(),
+    };
     let scaling = auto.config.services.get(service).cloned();
     let defaults = scaling.clone().unwrap_or_default();
     let horizon = duration_param("horizon", q.horizon.as_deref(), Duration::from_secs(1800))?;
@@ -597,14 +774,43 @@ pub async fn respond(
         )));
     }
 
-    let entry = auto.entry(service, &metric)?;
+    // ymera run: the backlog folds into the one value KEDA reads (KEDA takes the maximum
+    // over triggers, so a second, lag trigger would undo the forecast's lead): the rate
+    // that works it off within `lead`, on top of the forecast input
+    let mut notes: Vec<String> = Vec::new();
+    let mut backlog_json = Value::Null;
+    let mut backlog_rate = 0.0;
+    let mut partitions = None;
+    if is_run {
+        match auto.run_backlog(q.pipeline.as_deref(), now).await {
+            Ok(Some(b)) => {
+                let drain = lead.max(60) as f64;
+                backlog_rate = b.records / drain;
+                partitions = Some(b.partitions).filter(|n| *n > 0);
+                backlog_json = json!({
+                    "lag": b.records,
+                    "at": rfc3339(b.at),
+                    "drain_seconds": drain,
+                    "records_per_s": b.records / drain,
+                    "partitions": b.partitions,
+                    "pipelines": b.pipelines,
+                });
+            }
+            Ok(None) => notes.push(format!(
+                "no consumer lag in {} over the last {} min: nothing folded in",
+                auto.config.run_table,
+                BACKLOG_WINDOW_SECS / 60
+            )),
+            Err(err) => notes.push(format!("consumer lag not folded in: {err}")),
+        }
+    }
+    let entry = auto.entry(service, &key)?;
     let mut e = entry.lock().await;
-    auto.refresh(&entry, &mut e, service, &metric, now).await;
+    auto.refresh(&entry, &mut e, service, &key, now).await;
 
     // points at multiples of `step` from now on, interpolated from the forecaster's grid
     let mut points = Vec::new();
     let mut lead_max: Option<f64> = None;
-    let mut notes: Vec<String> = Vec::new();
     if let Some(f) = e.fit.as_ref().filter(|f| !f.forecast.bands.is_empty()) {
         let b = &f.forecast.bands;
         let (g0, gs) = (f.data.end(), f.data.step);
@@ -675,12 +881,14 @@ pub async fn respond(
     {
         notes.push(format!("no quality figures yet: {p}"));
     }
-    let value = match (&reason, lead_max, observed) {
+    let mut value = match (&reason, lead_max, observed) {
         (None, Some(v), _) => v,
         (Some(_), _, Some((_, v))) => v,
         (Some(_), _, None) => 0.0,
         (None, None, _) => unreachable!("no forecast is a fallback reason"),
     };
+    value += backlog_rate;
+    let load = value;
     if let Some(r) = &reason {
         let kind = r.split(':').next().unwrap_or("other").to_string();
         // a service name becomes a label only once it resolved (configured, or with
@@ -694,10 +902,21 @@ pub async fn respond(
         .capacity_per_replica
         .filter(|c| *c > 0.0)
         .map(|cap| {
-            ((value / cap).ceil().max(0.0) as u64)
+            let n = ((value / cap).ceil().max(0.0) as u64)
                 .max(defaults.min_replicas as u64)
-                .min(defaults.max_replicas as u64)
+                .min(defaults.max_replicas as u64);
+            match partitions {
+                // KEDA #2401: a count that does not divide the partitions leaves some
+                // replicas with more work, and each step on the way is a rebalance
+                Some(parts) => u64::from(even_count(n.min(u64::from(parts)) as u32, parts)),
+                None => n,
+            }
         });
+    if let (true, Some(n), Some(cap)) = (is_run, replicas, defaults.capacity_per_replica) {
+        // KEDA's AverageValue with targetValue = capacity yields ceil(value / capacity)
+        // replicas: the load that count carries makes it land on the even count
+        value = n as f64 * cap;
+    }
     if scaling
         .as_ref()
         .and_then(|s| s.capacity_per_replica)
@@ -715,12 +934,14 @@ pub async fn respond(
         "horizon": format!("PT{horizon}S"),
         "points": points,
         "observed": observed.map(|(ts, v)| json!({"ts": rfc3339(ts), "value": v})),
-        "keda": { "value": value, "q": quantile, "band": band, "lead": format!("PT{lead}S") },
+        "keda": { "value": value, "load": load, "q": quantile, "band": band, "lead": format!("PT{lead}S") },
+        "backlog": backlog_json,
         "recommended_replicas": replicas,
         "scaling": {
             "capacity_per_replica": defaults.capacity_per_replica,
             "min_replicas": defaults.min_replicas,
             "max_replicas": defaults.max_replicas,
+            "partitions": partitions,
         },
         "quality": quality.zip(served).map(|(q, a)| json!({
             "mase": finite(a.mase),
@@ -734,7 +955,7 @@ pub async fn respond(
             "model_version": q.version,
         })),
         "model": e.fit.as_ref().map(|f| json!({
-            "name": forecast::registry_name(service, &metric),
+            "name": forecast::registry_name(service, &key),
             "algorithm": f.forecast.plan.model,
             "periods": f.forecast.plan.periods,
             "step_seconds": f.data.step,
@@ -757,4 +978,24 @@ fn served_accuracy(q: &Quality) -> forecast::Accuracy {
 
 fn finite(v: f64) -> Option<f64> {
     v.is_finite().then_some(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ymera_run_entries_are_per_pipeline() {
+        assert_eq!(run_pipeline("records_per_s"), None);
+        assert_eq!(
+            run_pipeline("records_per_s-task_events"),
+            Some("task_events")
+        );
+        let q = run_series_sql("ymera_run_input", Some("p"), 1_700_000_000, 300);
+        assert!(
+            q.contains("pipeline = 'p'") && q.contains("FROM ymera_run_input"),
+            "{q}"
+        );
+        assert!(!run_series_sql("t", None, 0, 60).contains("pipeline ="));
+    }
 }
