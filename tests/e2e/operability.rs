@@ -152,3 +152,105 @@ fn unreachable_broker_is_retried_reported_and_never_crash_loops() {
         "the log does not say the broker is retried:\n{log}"
     );
 }
+
+/// An OTLP/HTTP collector in the test: every body POSTed to `/v1/traces`.
+fn collector(rt: &tokio::runtime::Runtime) -> (u16, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    let got: std::sync::Arc<std::sync::Mutex<Vec<String>>> = Default::default();
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let sink = got.clone();
+    let app = axum::Router::new().route(
+        "/v1/traces",
+        axum::routing::post(move |body: String| {
+            let sink = sink.clone();
+            async move {
+                sink.lock().unwrap().push(body);
+                ""
+            }
+        }),
+    );
+    rt.spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (port, got)
+}
+
+/// Traces over OTLP: a request to `ymera serve` with a W3C `traceparent` is a span of
+/// the caller's trace carrying the request id, and its own `traceparent` comes back; a
+/// segment publication of `ymera run` is a trace of its own. Broker: `ymera broker`.
+#[test]
+fn requests_and_publications_are_exported_as_otlp_traces_with_w3c_context() {
+    use std::io::Write;
+    let rt = runtime();
+    let (port, got) = collector(&rt);
+    let endpoint = format!("http://127.0.0.1:{port}/v1/traces");
+    let otel = [
+        ("YMERA__LOG__OTLP_ENDPOINT", endpoint.as_str()),
+        ("YMERA__LOG__LEVEL", "info"),
+        ("OTEL_BSP_SCHEDULE_DELAY", "200"),
+    ];
+    let server = Server::start(&otel);
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+    write!(
+        conn,
+        "GET /health HTTP/1.1\r\nHost: localhost\r\ntraceparent: 00-{trace_id}-00f067aa0ba902b7-01\r\n\
+         x-request-id: otel-check-1\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = String::new();
+    conn.read_to_string(&mut answer).unwrap();
+    let back = answer
+        .lines()
+        .find_map(|l| l.strip_prefix("traceparent: "))
+        .unwrap_or_else(|| panic!("no traceparent in the answer: {answer}"));
+    assert!(back.starts_with(&format!("00-{trace_id}-")), "{back}");
+    assert!(
+        !back.contains("00f067aa0ba902b7"),
+        "the server's own span: {back}"
+    );
+    let exported = |needles: &[&str]| {
+        got.lock()
+            .unwrap()
+            .iter()
+            .any(|body| needles.iter().all(|n| body.contains(n)))
+    };
+    assert!(
+        wait_for(Duration::from_secs(30), || exported(&[
+            trace_id,
+            "otel-check-1",
+            "\"request\""
+        ])),
+        "no span of trace {trace_id} with the request id reached the collector: {:?}\n{}",
+        got.lock().unwrap(),
+        server.log()
+    );
+
+    // ymera run: one trace per segment publication
+    let broker = DevBroker::start(&[("otel-in", 2)]);
+    produce_to(
+        &rt,
+        &broker.bootstrap,
+        "otel-in",
+        &(0..2000).map(seq_record).collect::<Vec<_>>(),
+    );
+    let dir = pipeline_dir(&pipeline_yaml(
+        "otel_seq",
+        "otel-in",
+        "otel-g",
+        "{ path: _dlq/otel_seq }",
+        "",
+    ));
+    let lake = tempfile::tempdir().unwrap();
+    let env: Vec<(&str, std::ffi::OsString)> = otel.iter().map(|(k, v)| (*k, v.into())).collect();
+    run_until_idle_env(&broker.bootstrap, dir.path(), lake.path(), &env);
+    assert!(
+        wait_for(Duration::from_secs(30), || exported(&[
+            "\"publish\"",
+            "otel_seq"
+        ])),
+        "no publication span reached the collector"
+    );
+}

@@ -20,9 +20,17 @@ use ymera_warehouse::Warehouse;
 use crate::settings::Settings;
 use crate::{EXIT_CONFIG, EXIT_FAILURE, EXIT_OK};
 
-/// JSON logs when stderr is not a terminal (or `log.format: json`), text otherwise.
-pub fn init_logging(settings: &Settings) {
+/// JSON logs when stderr is not a terminal (or `log.format: json`), text otherwise; with
+/// `log.otlp_endpoint`, spans also go out as OpenTelemetry traces (one per HTTP request of
+/// `ymera serve`, one per segment publication of `ymera run`). Call it outside the async
+/// runtime (the exporter's blocking HTTP client must not be made or dropped on it), and
+/// shut the returned provider down the same way: that flushes the last spans.
+pub fn init_logging(settings: &Settings) -> Option<opentelemetry_sdk::trace::SdkTracerProvider> {
+    use opentelemetry::trace::TracerProvider as _;
     use tracing_subscriber::EnvFilter;
+    use tracing_subscriber::Layer as _;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let level = settings.log.level.clone().unwrap_or_else(|| "info".into());
     let filter = EnvFilter::try_new(&level).unwrap_or_else(|_| EnvFilter::new("info"));
     let json = match settings.log.format.as_deref() {
@@ -30,14 +38,53 @@ pub fn init_logging(settings: &Settings) {
         Some(_) => false,
         None => !std::io::stderr().is_terminal(),
     };
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if json {
-        let _ = builder.json().flatten_event(true).try_init();
+    let provider = settings.log.otlp_endpoint.as_deref().and_then(|url| {
+        tracer_provider(url)
+            .map_err(|e| eprintln!("warning: log.otlp_endpoint {url}: {e}; no traces are exported"))
+            .ok()
+    });
+    // spans at info and above are traced whatever `log.level` keeps of the log lines
+    let otel = provider.as_ref().map(|p| {
+        tracing_opentelemetry::layer()
+            .with_tracer(p.tracer("ymera"))
+            .with_filter(tracing_subscriber::filter::LevelFilter::INFO)
+    });
+    let registry = tracing_subscriber::registry().with(otel);
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let _ = if json {
+        registry
+            .with(fmt.json().flatten_event(true).with_filter(filter))
+            .try_init()
     } else {
-        let _ = builder.compact().try_init();
+        registry.with(fmt.compact().with_filter(filter)).try_init()
+    };
+    provider
+}
+
+/// The OTLP/HTTP (JSON) exporter to `endpoint` behind the SDK's batch processor, and W3C
+/// trace context as the propagator (`traceparent` in and out).
+fn tracer_provider(endpoint: &str) -> Result<opentelemetry_sdk::trace::SdkTracerProvider, String> {
+    use opentelemetry_otlp::{Protocol, WithExportConfig};
+    if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
+        return Err("an http:// or https:// URL of a collector's traces endpoint".into());
     }
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .with_protocol(Protocol::HttpJson)
+        .with_endpoint(endpoint)
+        .with_timeout(Duration::from_secs(10))
+        .build()
+        .map_err(|e| e.to_string())?;
+    opentelemetry::global::set_text_map_propagator(
+        opentelemetry_sdk::propagation::TraceContextPropagator::new(),
+    );
+    let resource = opentelemetry_sdk::Resource::builder()
+        .with_service_name("ymera")
+        .build();
+    Ok(opentelemetry_sdk::trace::SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        .with_resource(resource)
+        .build())
 }
 
 /// Every pipeline file named by `paths`: files as given, directories' `*.yaml`/`*.yml`.

@@ -372,7 +372,7 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    commands::init_logging(&settings);
+    let traces = commands::init_logging(&settings);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -526,6 +526,11 @@ fn main() -> ExitCode {
         }
     });
     runtime.shutdown_timeout(std::time::Duration::from_secs(5));
+    if let Some(provider) = traces
+        && let Err(e) = provider.shutdown()
+    {
+        eprintln!("warning: the last traces were not exported: {e}");
+    }
     ExitCode::from(code)
 }
 

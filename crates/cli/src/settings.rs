@@ -284,6 +284,9 @@ pub struct LogSettings {
     pub format: Option<String>,
     /// An `EnvFilter` directive such as `info` or `ymera=debug` (default `info`).
     pub level: Option<String>,
+    /// Where OpenTelemetry traces go over OTLP/HTTP (JSON): the traces URL of a
+    /// collector, e.g. `http://otel-collector:4318/v1/traces`. Unset: no traces.
+    pub otlp_endpoint: Option<String>,
 }
 
 /// Loads the settings. A missing default `ymera.yaml` is fine; a missing `--config` is not.

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
+use tracing::{Instrument, error, info, warn};
 use ymera_anomaly::alerts::AlertEvent;
 use ymera_common::health::Health;
 use ymera_ingest::decode::{JsonDecoder, UnknownFields};
@@ -1021,7 +1021,24 @@ impl Runner {
     /// Publishes a partition's open segment — the warehouse part (rows + offsets in one
     /// transaction), then the lake part (files, then commit record) — and commits the
     /// lowest position over the sinks to Kafka. Transient errors are retried with backoff.
+    /// Publishes a partition's open segment, as one trace (a root span `publish`: the
+    /// checkpoint, the warehouse and lake commits, notifications and the offset commit).
     async fn publish(&mut self, tp: &TopicPartition) -> Result<(), RunError> {
+        let Some(seg) = self.segments.get(tp) else {
+            return Ok(());
+        };
+        let span = tracing::info_span!(
+            parent: None,
+            "publish",
+            pipeline = %self.p.spec.name,
+            topic = %tp.0,
+            partition = tp.1,
+            last_offset = seg.last,
+        );
+        self.publish_segment(tp).instrument(span).await
+    }
+
+    async fn publish_segment(&mut self, tp: &TopicPartition) -> Result<(), RunError> {
         let Some(mut seg) = self.segments.remove(tp) else {
             return Ok(());
         };

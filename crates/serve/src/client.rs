@@ -116,6 +116,17 @@ impl ApiClient {
             None => self.http.get(&url),
         };
         req = req.bearer_auth(&self.key);
+        // the caller's trace goes on (W3C traceparent), when there is one
+        let mut headers = reqwest::header::HeaderMap::new();
+        let context =
+            tracing_opentelemetry::OpenTelemetrySpanExt::context(&tracing::Span::current());
+        opentelemetry::global::get_text_map_propagator(|p| {
+            p.inject_context(
+                &context,
+                &mut opentelemetry_http::HeaderInjector(&mut headers),
+            )
+        });
+        req = req.headers(headers);
         let resp = req.send().await.map_err(transport)?;
         let status = resp.status();
         let text = resp.text().await.map_err(transport)?;
