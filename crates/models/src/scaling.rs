@@ -639,7 +639,14 @@ struct Run {
     replicas: Vec<u32>,
 }
 
-/// Runs one policy: `desired(t, fleet)` is the metric-derived recommendation at a sync.
+/// Whether a policy is `ymera run`'s ScaledObject on `partitions`: it starts at an even
+/// count and may jump straight to any count (a Pods policy of the partition count).
+fn even_partitions(cfg: &ScalingConfig, policy: &str) -> Option<u32> {
+    cfg.partitions.filter(|_| policy == "forecast")
+}
+
+/// Runs one policy: `desired(t, fleet, backlog)` is the metric-derived recommendation at a
+/// sync.
 fn simulate(
     curve: &Curve<'_>,
     cfg: &ScalingConfig,
@@ -647,22 +654,17 @@ fn simulate(
     mut desired: impl FnMut(f64, &Fleet, f64) -> u32,
 ) -> Run {
     let end = curve.end();
+    let even = even_partitions(cfg, policy);
     let initial = ceil_count(curve.at(0.0) / cfg.target())
         .clamp(cfg.min_replicas.min(cfg.ceiling()), cfg.ceiling());
-    let initial = match (cfg.partitions, policy) {
-        (Some(n), "forecast") => even_count(initial, n),
-        _ => initial,
-    };
+    let initial = even.map_or(initial, |n| even_count(initial, n));
     let mut fleet = Fleet {
         ready: initial,
         starting: VecDeque::new(),
     };
     let mut hpa = Hpa {
         cfg,
-        up_pods: match (cfg.partitions, policy) {
-            (Some(n), "forecast") => n,
-            _ => SCALE_UP_PODS,
-        },
+        up_pods: even.unwrap_or(SCALE_UP_PODS),
         recommendations: VecDeque::new(),
         events: VecDeque::new(),
     };
