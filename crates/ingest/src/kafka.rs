@@ -141,6 +141,25 @@ impl Fence {
         }
     }
 
+    /// Records `tps` as owned under a new epoch and returns it, as the rebalance callback
+    /// does (for a runtime driven without a broker, e.g. in tests).
+    pub async fn assign(&self, tps: &[TopicPartition]) -> u64 {
+        let epoch = self.next_epoch.fetch_add(1, Ordering::SeqCst) + 1;
+        let mut owned = self.owned.write().await;
+        for tp in tps {
+            owned.insert(tp.clone(), epoch);
+        }
+        epoch
+    }
+
+    /// Forgets `tps`, as the rebalance callback does on revocation.
+    pub async fn revoke(&self, tps: &[TopicPartition]) {
+        let mut owned = self.owned.write().await;
+        for tp in tps {
+            owned.remove(tp);
+        }
+    }
+
     /// A guard that keeps `tp` owned under `epoch` while held, or None when it is not.
     pub async fn hold(
         &self,

@@ -3,7 +3,7 @@
 //! just before the sinks commit the segment that ends at `next_offset - 1`. On assignment
 //! the newest checkpoint at or before the position the sinks resume from is loaded and the
 //! source starts at its offset; records between it and the sinks' position go through the
-//! stages again without being written (see run.rs). Later checkpoints belong to commits
+//! stages again without being written (see `run::resolver`). Later checkpoints belong to commits
 //! that never happened and are deleted. The newest [`KEEP`] per partition are kept.
 
 use std::collections::VecDeque;

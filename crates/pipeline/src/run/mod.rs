@@ -1,0 +1,423 @@
+//! The runtime of one pipeline: Kafka chunks -> strict decode -> SQL stages -> open
+//! segments -> publication -> commit record -> Kafka commit.
+//!
+//! Invariants:
+//! - a partition's segment is published only while this process owns the partition under
+//!   the epoch the records were read in (the source's fence);
+//! - the Kafka offset committed for a partition is always the next offset after a
+//!   segment whose commit record is durable;
+//! - a failed publication is retried with backoff and consumption waits meanwhile.
+
+mod alerts;
+mod process;
+mod publish;
+mod resolver;
+mod segment;
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+use ymera_common::health::Health;
+use ymera_ingest::decode::{JsonDecoder, UnknownFields};
+use ymera_ingest::kafka::{
+    Fence, KafkaSource, SourceEvent, SourceSettings, StartFrom, TopicPartition,
+};
+use ymera_ingest::produce::Producer;
+use ymera_lake::Lake;
+use ymera_warehouse::Warehouse;
+
+use crate::chain::Chain;
+use crate::spec::{Start, UnknownFieldsSpec};
+use crate::validate::Pipeline;
+use alerts::TpState;
+use resolver::{CheckpointMap, Held, HeldMap, SinkResolver};
+use segment::Segment;
+
+/// Why a pipeline stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("pipeline `{pipeline}`: {message}")]
+    Source { pipeline: String, message: String },
+    #[error(
+        "pipeline `{pipeline}`: bad record at {topic}/{partition}/{offset} ({stage}): {message} (on_bad_record: fail)"
+    )]
+    BadRecord {
+        pipeline: String,
+        topic: String,
+        partition: i32,
+        offset: i64,
+        stage: &'static str,
+        message: String,
+    },
+    #[error("pipeline `{pipeline}`: {0}", pipeline = .1)]
+    Transform(ymera_transform::TransformError, String),
+    #[error("pipeline `{pipeline}`: lake: {source}")]
+    Lake {
+        pipeline: String,
+        source: ymera_lake::LakeError,
+    },
+    #[error("pipeline `{pipeline}`: {source}")]
+    Warehouse {
+        pipeline: String,
+        source: ymera_warehouse::WarehouseError,
+    },
+}
+
+/// What a run did.
+#[derive(Debug, Clone, Default)]
+pub struct RunStats {
+    pub records_in: u64,
+    pub rows_written: HashMap<String, u64>,
+    pub files_written: u64,
+    pub dead_lettered: u64,
+    pub dropped: u64,
+    pub skipped_duplicates: u64,
+    /// When the last segment was committed (for throughput figures without idle time).
+    pub last_commit_at: Option<Instant>,
+}
+
+/// How to run.
+#[derive(Clone)]
+pub struct RunOptions {
+    pub lake: Lake,
+    /// The warehouse, required when the pipeline has warehouse sinks.
+    pub warehouse: Option<Warehouse>,
+    pub stop_when_idle: Option<Duration>,
+    pub shutdown: CancellationToken,
+    pub health: Arc<Health>,
+    /// Live totals over every pipeline of the process (for progress displays).
+    pub progress: Arc<Progress>,
+    /// Where the source reports its partitions' high watermarks and lag (`ymera run`
+    /// records its input rate from them; crate::rate).
+    pub input_rate: Option<Arc<crate::rate::InputRate>>,
+}
+
+/// Running totals, readable while pipelines run.
+#[derive(Debug, Default)]
+pub struct Progress {
+    pub records_in: std::sync::atomic::AtomicU64,
+    pub files_written: std::sync::atomic::AtomicU64,
+    pub dead_lettered: std::sync::atomic::AtomicU64,
+}
+
+impl Progress {
+    fn add(counter: &std::sync::atomic::AtomicU64, n: u64) {
+        counter.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Runs a pipeline until shutdown, idleness (`stop_when_idle`) or an error.
+pub async fn run(
+    p: Arc<Pipeline>,
+    brokers: String,
+    opts: RunOptions,
+) -> Result<RunStats, RunError> {
+    let name = p.spec.name.clone();
+    let component = format!("pipeline:{name}");
+    opts.health.set(&component, Some("starting".into()));
+    match opts.lake.clean_staging(Duration::from_secs(15 * 60)).await {
+        Ok(n) if n > 0 => info!(
+            pipeline = name,
+            removed = n,
+            "removed orphaned staging files"
+        ),
+        Ok(_) => {}
+        Err(e) => warn!(pipeline = name, error = %e, "cannot clean the staging directory"),
+    }
+    let src = &p.spec.source;
+    let settings = SourceSettings {
+        pipeline: name.clone(),
+        brokers: brokers.clone(),
+        topics: src.kafka.topics.clone(),
+        group_id: src.kafka.group_id.clone(),
+        start: match src.kafka.start {
+            Start::Earliest => StartFrom::Earliest,
+            Start::Latest => StartFrom::Latest,
+            Start::Committed => StartFrom::Committed,
+        },
+        client: src.kafka.client.clone(),
+        max_records: p.spec.batch.max_records,
+        max_bytes: p.spec.batch.max_bytes.0 as usize,
+        max_wait: p.spec.batch.max_wait,
+        stop_when_idle: opts.stop_when_idle,
+        probe: opts.input_rate.as_ref().map(|r| r.register(&name)),
+    };
+    let warehouse = if p.warehouse_sinks.is_empty() {
+        None
+    } else {
+        Some(opts.warehouse.clone().ok_or_else(|| RunError::Source {
+            pipeline: name.clone(),
+            message: "the pipeline has warehouse sinks but no warehouse is configured".into(),
+        })?)
+    };
+    let held: HeldMap = Arc::default();
+    let checkpoints: CheckpointMap = Arc::default();
+    let chain = p.chain();
+    let alert_producer = if chain.anomaly_stages().any(|a| a.notify.topic.is_some()) {
+        Some(
+            ymera_ingest::produce::producer(&brokers, &src.kafka.client).map_err(|e| {
+                RunError::Source {
+                    pipeline: name.clone(),
+                    message: format!("cannot create the alerts producer: {e}"),
+                }
+            })?,
+        )
+    } else {
+        None
+    };
+    let resolver = Arc::new(SinkResolver {
+        lake: opts.lake.clone(),
+        warehouse: warehouse.clone(),
+        pipeline: name.clone(),
+        tables: p.tables(),
+        held: held.clone(),
+        from_earliest: src.kafka.start == Start::Earliest,
+        handle: tokio::runtime::Handle::current(),
+        stateful: p.has_state(),
+        checkpoints: checkpoints.clone(),
+    });
+    let dlq_producer = match p.spec.dlq.as_ref().and_then(|d| d.topic.clone()) {
+        Some(topic) => Some((
+            topic,
+            ymera_ingest::produce::producer(&brokers, &src.kafka.client).map_err(|e| {
+                RunError::Source {
+                    pipeline: name.clone(),
+                    message: format!("cannot create the DLQ producer: {e}"),
+                }
+            })?,
+        )),
+        None => None,
+    };
+    let (source, mut events) =
+        KafkaSource::start(settings, resolver).map_err(|e| RunError::Source {
+            pipeline: name.clone(),
+            message: format!("cannot start the Kafka consumer: {e}"),
+        })?;
+    let source = Arc::new(source);
+    let mut runner = Runner::new(
+        p.clone(),
+        opts.clone(),
+        source.clone(),
+        warehouse,
+        (held, checkpoints),
+        alert_producer,
+        dlq_producer,
+    );
+    let result = runner.drive(&mut events).await;
+    if let Err(e) = &result {
+        error!(pipeline = name, error = %e, "pipeline stopped");
+        opts.health.set(&component, Some(e.to_string()));
+    }
+    // final commit (synchronous), then leave the group
+    let commits: Vec<(TopicPartition, i64)> = runner
+        .parts
+        .iter()
+        .filter_map(|(tp, p)| Some((tp.clone(), p.next?)))
+        .collect();
+    let stats = std::mem::take(&mut runner.stats);
+    // dropping a producer flushes it: not on a runtime thread
+    let dlq_producer = runner.dlq_producer.take();
+    let alert_producer = runner.alert_producer.take();
+    drop(runner);
+    drop(events);
+    let closing = source;
+    let _ = tokio::task::spawn_blocking(move || {
+        drop(dlq_producer);
+        drop(alert_producer);
+        if !commits.is_empty()
+            && let Err(e) = closing.commit(&commits, true) {
+                warn!(error = %e, "final offset commit failed (the lake's commit log still holds the position)");
+            }
+        match Arc::try_unwrap(closing) {
+            Ok(source) => source.close(),
+            Err(_) => warn!("the Kafka source is still shared at shutdown; not closing it"),
+        }
+    })
+    .await;
+    result.map(|()| stats)
+}
+
+/// Everything the runner keeps of one assigned partition.
+#[derive(Default)]
+struct Partition {
+    /// The rows read since the last publication.
+    segment: Option<Segment>,
+    /// The next offset after what every sink holds (the Kafka commit); `None` until known.
+    next: Option<i64>,
+    /// What each sink group holds durably.
+    held: Held,
+    /// Anomaly-stage state and the alerts to notify.
+    anomaly: TpState,
+}
+
+/// What the runner asks of its source besides events: the fence, offset commits and a
+/// stop (`KafkaSource`; a scripted source in the unit tests).
+trait SourceHandle: Send + Sync {
+    fn fence(&self) -> Arc<Fence>;
+    fn commit(&self, offsets: &[(TopicPartition, i64)], sync: bool) -> Result<(), String>;
+    fn has_assignment(&self) -> bool;
+    fn request_stop(&self);
+}
+
+impl SourceHandle for KafkaSource {
+    fn fence(&self) -> Arc<Fence> {
+        KafkaSource::fence(self)
+    }
+
+    fn commit(&self, offsets: &[(TopicPartition, i64)], sync: bool) -> Result<(), String> {
+        KafkaSource::commit(self, offsets, sync).map_err(|e| e.to_string())
+    }
+
+    fn has_assignment(&self) -> bool {
+        KafkaSource::has_assignment(self)
+    }
+
+    fn request_stop(&self) {
+        KafkaSource::request_stop(self)
+    }
+}
+
+struct Runner {
+    p: Arc<Pipeline>,
+    opts: RunOptions,
+    chain: Chain,
+    /// What the runner keeps of each assigned partition.
+    parts: HashMap<TopicPartition, Partition>,
+    /// What the resolver loaded at assignment.
+    checkpoints: CheckpointMap,
+    alert_producer: Option<Producer>,
+    decoder: JsonDecoder,
+    source: Arc<dyn SourceHandle>,
+    /// What the resolver found at assignment, per partition.
+    held_shared: HeldMap,
+    warehouse: Option<Warehouse>,
+    stats: RunStats,
+    dlq_producer: Option<(String, Producer)>,
+    component: String,
+    /// Records with ignored unknown fields already counted in the metric.
+    unknown_counted: u64,
+}
+
+impl Runner {
+    /// A runner of `p` fed by `source`; `shared` is what its resolver fills at assignment.
+    fn new(
+        p: Arc<Pipeline>,
+        opts: RunOptions,
+        source: Arc<dyn SourceHandle>,
+        warehouse: Option<Warehouse>,
+        shared: (HeldMap, CheckpointMap),
+        alert_producer: Option<Producer>,
+        dlq_producer: Option<(String, Producer)>,
+    ) -> Runner {
+        let unknown = match p.spec.source.unknown_fields {
+            UnknownFieldsSpec::Ignore => UnknownFields::Ignore,
+            UnknownFieldsSpec::Dlq => UnknownFields::Dlq,
+        };
+        Runner {
+            decoder: JsonDecoder::new(&p.fields, unknown),
+            chain: p.chain(),
+            component: format!("pipeline:{}", p.spec.name),
+            p,
+            opts,
+            parts: HashMap::new(),
+            checkpoints: shared.1,
+            alert_producer,
+            source,
+            held_shared: shared.0,
+            warehouse,
+            stats: RunStats::default(),
+            dlq_producer,
+            unknown_counted: 0,
+        }
+    }
+
+    fn name(&self) -> &str {
+        &self.p.spec.name
+    }
+
+    async fn drive(
+        &mut self,
+        events: &mut tokio::sync::mpsc::Receiver<SourceEvent>,
+    ) -> Result<(), RunError> {
+        let source = self.source.clone();
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        let mut stopping = false;
+        let shutdown = self.opts.shutdown.clone();
+        loop {
+            tokio::select! {
+                ev = events.recv() => match ev {
+                    Some(SourceEvent::Chunk(chunk)) => self.on_chunk(chunk).await?,
+                    Some(SourceEvent::Revoked(tps)) => {
+                        for tp in tps {
+                            if self.parts.remove(&tp).is_some_and(|p| p.segment.is_some()) {
+                                info!(pipeline = self.name(), topic = tp.0, partition = tp.1, "dropped the unpublished segment of a revoked partition");
+                            }
+                        }
+                    }
+                    Some(SourceEvent::Assigned(starts)) => {
+                        // the runner continues each partition from where its sinks say
+                        let shared = self.held_shared.lock().map(|h| h.clone()).unwrap_or_default();
+                        let mut loaded = self.checkpoints.lock().map(|mut c| std::mem::take(&mut *c)).unwrap_or_default();
+                        for (tp, start) in starts {
+                            let anomaly = if self.p.has_state() {
+                                let c = loaded.remove(&tp).flatten().unwrap_or_default();
+                                TpState {
+                                    chain: c.chain,
+                                    fresh: Vec::new(),
+                                    pending: c.pending,
+                                    notified: c.notified,
+                                }
+                            } else {
+                                TpState::default()
+                            };
+                            let held = shared.get(&tp).copied().unwrap_or_default();
+                            self.parts.insert(tp, Partition { segment: None, next: start, held, anomaly });
+                        }
+                    }
+                    Some(SourceEvent::Idle) | Some(SourceEvent::Stopped) => {
+                        self.publish_all().await?;
+                        let tps: Vec<TopicPartition> = self.parts.keys().cloned().collect();
+                        for tp in tps {
+                            self.notify_pending(&tp).await;
+                        }
+                        return Ok(());
+                    }
+                    Some(SourceEvent::Fatal(message)) => {
+                        // publish what was read correctly, then stop
+                        self.publish_all().await?;
+                        return Err(RunError::Source { pipeline: self.name().to_string(), message });
+                    }
+                    None => {
+                        self.publish_all().await?;
+                        return Err(RunError::Source {
+                            pipeline: self.name().to_string(),
+                            message: "the Kafka poll thread stopped unexpectedly".into(),
+                        });
+                    }
+                },
+                _ = tick.tick() => {
+                    self.publish_due().await?;
+                    if source.has_assignment() {
+                        self.opts.health.set(&self.component, None);
+                    } else if !stopping {
+                        self.opts.health.set(&self.component, Some("waiting for a partition assignment (is the broker reachable?)".into()));
+                    }
+                }
+                _ = shutdown.cancelled(), if !stopping => {
+                    info!(pipeline = self.name(), "shutting down: flushing, publishing and committing");
+                    stopping = true;
+                    source.request_stop();
+                }
+            }
+        }
+    }
+
+    fn has_lake(&self) -> bool {
+        !self.p.sinks.is_empty() || self.p.dlq_table.is_some()
+    }
+}

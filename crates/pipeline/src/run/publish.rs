@@ -1,0 +1,393 @@
+//! Publication of a partition's segment: the anomaly checkpoint, the warehouse part (rows
+//! and offsets in one transaction), the lake part (files, then the commit record), then the
+//! Kafka commit of the lowest position over the sink groups. External errors are retried.
+
+use std::time::{Duration, Instant};
+
+use tracing::{Instrument, info, warn};
+use ymera_ingest::kafka::TopicPartition;
+use ymera_lake::{SegmentId, TableWriter, ledger};
+
+use super::segment::{LakePart, WarehousePart};
+use super::{Progress, RunError, Runner};
+use crate::checkpoint::{self, Checkpoint};
+use crate::spec::OnBadRecord;
+
+impl Runner {
+    pub(super) async fn publish_due(&mut self) -> Result<(), RunError> {
+        let due: Vec<TopicPartition> = self
+            .parts
+            .keys()
+            .filter(|tp| self.is_full(tp))
+            .cloned()
+            .collect();
+        for tp in due {
+            self.publish(&tp).await?;
+        }
+        Ok(())
+    }
+
+    pub(super) async fn publish_all(&mut self) -> Result<(), RunError> {
+        let all: Vec<TopicPartition> = self
+            .parts
+            .iter()
+            .filter(|(_, p)| p.segment.is_some())
+            .map(|(tp, _)| tp.clone())
+            .collect();
+        for tp in all {
+            self.publish(&tp).await?;
+        }
+        Ok(())
+    }
+
+    /// The lowest position over the pipeline's sink groups: where the source resumes and
+    /// what Kafka may be told (`None` while a group holds nothing of the partition).
+    fn low_water(&self, tp: &TopicPartition) -> Option<i64> {
+        let held = self.parts.get(tp).map(|p| p.held).unwrap_or_default();
+        held.low_water(self.has_lake(), !self.p.warehouse_sinks.is_empty())
+    }
+
+    /// Publishes a partition's open segment — the warehouse part (rows + offsets in one
+    /// transaction), then the lake part (files, then commit record) — and commits the
+    /// lowest position over the sinks to Kafka. Transient errors are retried with backoff.
+    /// One trace per publication: a root span `publish` over the checkpoint, the warehouse
+    /// and lake commits, notifications and the offset commit.
+    pub(super) async fn publish(&mut self, tp: &TopicPartition) -> Result<(), RunError> {
+        let Some(seg) = self.segment(tp) else {
+            return Ok(());
+        };
+        let span = tracing::info_span!(
+            parent: None,
+            "publish",
+            pipeline = %self.p.spec.name,
+            topic = %tp.0,
+            partition = tp.1,
+            last_offset = seg.last,
+        );
+        self.publish_segment(tp).instrument(span).await
+    }
+
+    pub(super) async fn publish_segment(&mut self, tp: &TopicPartition) -> Result<(), RunError> {
+        let Some(mut seg) = self.parts.get_mut(tp).and_then(|p| p.segment.take()) else {
+            return Ok(());
+        };
+        let started = Instant::now();
+        let mut published = false;
+        let will_publish = seg.warehouse.as_ref().is_some_and(|p| seg.last >= p.first)
+            || seg.lake.as_ref().is_some_and(|p| seg.last >= p.first);
+        if will_publish && self.p.has_state() {
+            self.save_checkpoint(tp, seg.last + 1).await?;
+        }
+        if let Some(part) = seg.warehouse.take().filter(|p| seg.last >= p.first) {
+            if !self
+                .publish_warehouse(tp, seg.epoch, seg.last, part)
+                .await?
+            {
+                return Ok(());
+            }
+            published = true;
+        }
+        if let Some(part) = seg.lake.take().filter(|p| seg.last >= p.first) {
+            if !self.publish_lake(tp, seg.epoch, seg.last, part).await? {
+                return Ok(());
+            }
+            published = true;
+        }
+        if !published {
+            return Ok(());
+        }
+        if let Some(st) = self.parts.get_mut(tp).map(|p| &mut p.anomaly) {
+            let fresh = std::mem::take(&mut st.fresh);
+            st.pending.extend(fresh);
+        }
+        self.notify_pending(tp).await;
+        let name = self.name().to_string();
+        self.stats.last_commit_at = Some(Instant::now());
+        if let Some(next) = self.low_water(tp) {
+            self.parts.entry(tp.clone()).or_default().next = Some(next);
+            if let Err(e) = self.source.commit(&[(tp.clone(), next)], false) {
+                warn!(pipeline = name, topic = tp.0, partition = tp.1, error = %e, "offset commit failed (the sinks hold the position)");
+            }
+        }
+        metrics::histogram!("ymera_batch_commit_seconds", "pipeline" => name)
+            .record(started.elapsed().as_secs_f64());
+        self.opts.health.set(&self.component, None);
+        Ok(())
+    }
+
+    /// Writes the partition's anomaly state at `next` (before its sinks commit), retrying
+    /// external errors like a publication.
+    pub(super) async fn save_checkpoint(
+        &mut self,
+        tp: &TopicPartition,
+        next: i64,
+    ) -> Result<(), RunError> {
+        let name = self.name().to_string();
+        let st = &self.parts.entry(tp.clone()).or_default().anomaly;
+        let c = Checkpoint {
+            topic: tp.0.clone(),
+            partition: tp.1,
+            next_offset: next,
+            chain: st.chain.clone(),
+            pending: st.pending.iter().chain(&st.fresh).cloned().collect(),
+            notified: st.notified.clone(),
+        };
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            match checkpoint::save(&self.opts.lake, &name, &c).await {
+                Ok(()) => return Ok(()),
+                Err(e) if e.class().retry() == ymera_common::Retry::Yes => {
+                    if !self.backoff(&mut backoff, "lake", e.to_string()).await {
+                        return Err(RunError::Lake {
+                            pipeline: name,
+                            source: e,
+                        });
+                    }
+                }
+                Err(e) => {
+                    return Err(RunError::Lake {
+                        pipeline: name,
+                        source: e,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Waits before retrying an external error; false on shutdown once backoff is long.
+    pub(super) fn backoff(
+        &self,
+        backoff: &mut Duration,
+        what: &str,
+        message: String,
+    ) -> impl std::future::Future<Output = bool> + Send + 'static {
+        warn!(pipeline = self.name(), error = message, retry_in = ?*backoff, "cannot write to the {what}; consumption paused, offsets not committed");
+        self.opts.health.set(
+            &self.component,
+            Some(format!("{what} unwritable: {message}")),
+        );
+        let (wait, shutdown) = (*backoff, self.opts.shutdown.clone());
+        *backoff = (*backoff * 2).min(Duration::from_secs(30));
+        async move {
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => true,
+                _ = shutdown.cancelled(), if wait >= Duration::from_secs(5) => false,
+            }
+        }
+    }
+
+    /// Returns false when the partition is no longer owned (the segment is dropped).
+    pub(super) async fn publish_warehouse(
+        &mut self,
+        tp: &TopicPartition,
+        epoch: u64,
+        last: i64,
+        part: WarehousePart,
+    ) -> Result<bool, RunError> {
+        let name = self.name().to_string();
+        let Some(wh) = self.warehouse.clone() else {
+            return Err(RunError::Source {
+                pipeline: name,
+                message: "internal: warehouse rows without a warehouse".into(),
+            });
+        };
+        let writes = self
+            .p
+            .warehouse_sinks
+            .iter()
+            .zip(part.batches.into_iter().zip(part.origins))
+            .map(|(s, (batches, origins))| ymera_warehouse::TableWrite {
+                table: s.table.clone(),
+                mode: s.mode.clone(),
+                batches,
+                origins,
+            })
+            .collect();
+        let commit = ymera_warehouse::Commit {
+            pipeline: name.clone(),
+            topic: tp.0.clone(),
+            partition: tp.1,
+            first: part.first,
+            next: last + 1,
+            writes,
+            on_reject: match self.p.spec.source.on_bad_record {
+                OnBadRecord::Dlq => ymera_warehouse::OnReject::DeadLetter,
+                OnBadRecord::Drop => ymera_warehouse::OnReject::Skip,
+                OnBadRecord::Fail => ymera_warehouse::OnReject::Abort,
+            },
+        };
+        let fence = self.source.fence();
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            let Some(guard) = fence.hold(tp, epoch).await else {
+                info!(
+                    pipeline = name,
+                    topic = tp.0,
+                    partition = tp.1,
+                    "partition no longer owned; segment dropped"
+                );
+                return Ok(false);
+            };
+            let outcome = wh.commit(&commit).await;
+            drop(guard);
+            match outcome {
+                Ok(done) => {
+                    for r in &done.rejected {
+                        metrics::counter!("ymera_component_errors_total", "pipeline" => name.clone(), "stage" => "sink", "error_type" => "constraint").increment(1);
+                        warn!(
+                            pipeline = name,
+                            topic = tp.0,
+                            partition = tp.1,
+                            error = r.message,
+                            "row refused by the warehouse: {}",
+                            if commit.on_reject == ymera_warehouse::OnReject::Skip {
+                                "dropped (on_bad_record: drop)"
+                            } else {
+                                "dead-lettered in _ymera_dead_letters"
+                            }
+                        );
+                    }
+                    if commit.on_reject == ymera_warehouse::OnReject::DeadLetter {
+                        let n = done.rejected.len() as u64;
+                        self.stats.dead_lettered += n;
+                        Progress::add(&self.opts.progress.dead_lettered, n);
+                        metrics::counter!("ymera_dlq_events_total", "pipeline" => name.clone())
+                            .increment(n);
+                    } else {
+                        self.stats.dropped += done.rejected.len() as u64;
+                    }
+                    metrics::counter!("ymera_component_sent_events_total", "pipeline" => name.clone(), "component" => "warehouse").increment(done.rows);
+                    *self
+                        .stats
+                        .rows_written
+                        .entry("warehouse".into())
+                        .or_insert(0) += done.rows;
+                    self.parts.entry(tp.clone()).or_default().held.warehouse = Some(last + 1);
+                    return Ok(true);
+                }
+                Err(ymera_warehouse::WarehouseError::Fenced(m)) => {
+                    // Our own earlier attempt may have committed with its reply lost: then
+                    // the stored position is exactly this segment's end.
+                    let stored = wh
+                        .read_positions(&name)
+                        .await
+                        .ok()
+                        .and_then(|p| p.get(tp).copied());
+                    if stored == Some(last + 1) {
+                        info!(
+                            pipeline = name,
+                            topic = tp.0,
+                            partition = tp.1,
+                            "the warehouse already holds this segment (an earlier attempt committed)"
+                        );
+                        self.parts.entry(tp.clone()).or_default().held.warehouse = Some(last + 1);
+                        return Ok(true);
+                    }
+                    // another writer moved it: stop, so that a restart resolves afresh
+                    return Err(RunError::Warehouse {
+                        pipeline: name,
+                        source: ymera_warehouse::WarehouseError::Fenced(m),
+                    });
+                }
+                Err(e) if e.class().retry() == ymera_common::Retry::Yes => {
+                    metrics::counter!("ymera_component_errors_total", "pipeline" => name.clone(), "stage" => "sink", "error_type" => "warehouse_write").increment(1);
+                    if !self.backoff(&mut backoff, "warehouse", e.to_string()).await {
+                        return Err(RunError::Warehouse {
+                            pipeline: name,
+                            source: e,
+                        });
+                    }
+                }
+                Err(e) => {
+                    return Err(RunError::Warehouse {
+                        pipeline: name,
+                        source: e,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Returns false when the partition is no longer owned (the segment is dropped).
+    pub(super) async fn publish_lake(
+        &mut self,
+        tp: &TopicPartition,
+        epoch: u64,
+        last: i64,
+        part: LakePart,
+    ) -> Result<bool, RunError> {
+        let name = self.name().to_string();
+        let id = SegmentId {
+            topic: tp.0.clone(),
+            partition: tp.1,
+            first: part.first,
+            last,
+        };
+        let file_name = id.file_name();
+        let mut files = Vec::new();
+        let mut rows_by_table: Vec<(String, u64, u64)> = Vec::new();
+        // Parquet encoding and compression are CPU work: off the runtime threads
+        let writers: Vec<TableWriter> = part.writers.into_iter().chain(part.dlq).collect();
+        let finished = tokio::task::spawn_blocking(move || {
+            writers
+                .into_iter()
+                .map(|w| {
+                    let table = w.table().to_string();
+                    w.finish(&file_name).map(|done| (table, done))
+                })
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .await
+        .map_err(|e| RunError::Source {
+            pipeline: name.clone(),
+            message: format!("internal: encoding task failed: {e}"),
+        })?
+        .map_err(|e| RunError::Lake {
+            pipeline: name.clone(),
+            source: e,
+        })?;
+        for (table, done) in finished {
+            rows_by_table.push((table, done.iter().map(|f| f.2).sum(), done.len() as u64));
+            files.extend(done);
+        }
+        let fence = self.source.fence();
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            let Some(guard) = fence.hold(tp, epoch).await else {
+                info!(pipeline = name, segment = %id, "partition no longer owned; segment dropped");
+                return Ok(false);
+            };
+            let outcome = ledger::publish_segment(&self.opts.lake, &name, &id, files.clone()).await;
+            drop(guard);
+            match outcome {
+                Ok(record) => {
+                    let n_files = record.files.len() as u64;
+                    self.stats.files_written += n_files;
+                    Progress::add(&self.opts.progress.files_written, n_files);
+                    for (table, rows, n) in rows_by_table {
+                        metrics::counter!("ymera_component_sent_events_total", "pipeline" => name.clone(), "component" => table.clone()).increment(rows);
+                        metrics::counter!("ymera_lake_files_written_total", "pipeline" => name.clone(), "table" => table.clone()).increment(n);
+                        *self.stats.rows_written.entry(table).or_insert(0) += rows;
+                    }
+                    self.parts.entry(tp.clone()).or_default().held.lake = Some(last + 1);
+                    return Ok(true);
+                }
+                Err(e) if e.class().retry() == ymera_common::Retry::Yes => {
+                    metrics::counter!("ymera_component_errors_total", "pipeline" => name.clone(), "stage" => "sink", "error_type" => "lake_write").increment(1);
+                    if !self.backoff(&mut backoff, "lake", e.to_string()).await {
+                        return Err(RunError::Lake {
+                            pipeline: name,
+                            source: e,
+                        });
+                    }
+                }
+                Err(e) => {
+                    return Err(RunError::Lake {
+                        pipeline: name,
+                        source: e,
+                    });
+                }
+            }
+        }
+    }
+}

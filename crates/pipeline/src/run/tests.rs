@@ -1,0 +1,271 @@
+//! The runtime driven by a scripted source (events on a channel, a fence of its own,
+//! commits recorded) over a lake in a temporary directory: no broker.
+
+use std::sync::Mutex;
+
+use tokio::sync::mpsc;
+use ymera_ingest::kafka::{Chunk, Record};
+use ymera_lake::ledger;
+
+use super::*;
+use crate::load::Loaded;
+
+const PIPELINE: &str = r#"
+name: unit
+source:
+  kafka: { brokers: "127.0.0.1:1", topics: [events], group_id: unit }
+  schema: { id: int64, name: utf8 }
+  on_bad_record: dlq
+transforms:
+  - name: out
+    sql: "SELECT id, upper(name) AS name FROM input"
+sinks:
+  - lake: { table: people, input: out, rolling: { max_rows: 1000000, max_interval: 1h } }
+dlq: { path: _dlq/unit }
+"#;
+
+/// A source whose events the test sends; it records the offsets committed to it.
+#[derive(Default)]
+struct Scripted {
+    fence: Arc<Fence>,
+    commits: Mutex<Vec<(TopicPartition, i64)>>,
+}
+
+impl SourceHandle for Scripted {
+    fn fence(&self) -> Arc<Fence> {
+        self.fence.clone()
+    }
+
+    fn commit(&self, offsets: &[(TopicPartition, i64)], _sync: bool) -> Result<(), String> {
+        self.commits.lock().unwrap().extend_from_slice(offsets);
+        Ok(())
+    }
+
+    fn has_assignment(&self) -> bool {
+        true
+    }
+
+    fn request_stop(&self) {}
+}
+
+fn tp() -> TopicPartition {
+    ("events".to_string(), 0)
+}
+
+async fn pipeline() -> Arc<Pipeline> {
+    let mut loaded = Loaded {
+        file: "unit.yaml".into(),
+        spec: None,
+        positions: Default::default(),
+        diagnostics: Vec::new(),
+        warnings: Vec::new(),
+    };
+    crate::load::load_str(&mut loaded, PIPELINE, None);
+    let p = crate::check(&mut loaded).await;
+    Arc::new(p.unwrap_or_else(|| panic!("{:?}", loaded.diagnostics)))
+}
+
+fn options(lake: &Lake) -> RunOptions {
+    RunOptions {
+        lake: lake.clone(),
+        warehouse: None,
+        stop_when_idle: None,
+        shutdown: CancellationToken::new(),
+        health: Arc::default(),
+        progress: Arc::default(),
+        input_rate: None,
+    }
+}
+
+/// Offsets with these values; `None` is a record that does not decode.
+fn chunk(epoch: u64, records: &[(i64, Option<&str>)]) -> SourceEvent {
+    let records: Vec<Record> = records
+        .iter()
+        .map(|(offset, name)| Record {
+            key: None,
+            value: Some(match name {
+                Some(n) => format!(r#"{{"id": {offset}, "name": "{n}"}}"#).into_bytes(),
+                None => b"{not json".to_vec(),
+            }),
+            offset: *offset,
+            timestamp_ms: None,
+            headers: Vec::new(),
+        })
+        .collect();
+    SourceEvent::Chunk(Chunk {
+        topic: "events".into(),
+        partition: 0,
+        epoch,
+        bytes: records
+            .iter()
+            .map(|r| r.value.as_ref().map_or(0, Vec::len))
+            .sum(),
+        records,
+    })
+}
+
+/// Runs a runner over `events` (the resolver's findings as given) to its end.
+async fn drive(
+    lake: &Lake,
+    source: &Arc<Scripted>,
+    held: Held,
+    events: Vec<SourceEvent>,
+) -> (Result<(), RunError>, RunStats) {
+    let shared: (HeldMap, CheckpointMap) = Default::default();
+    shared.0.lock().unwrap().insert(tp(), held);
+    let mut runner = Runner::new(
+        pipeline().await,
+        options(lake),
+        source.clone(),
+        None,
+        shared,
+        None,
+        None,
+    );
+    let (tx, mut rx) = mpsc::channel(events.len() + 1);
+    for ev in events {
+        tx.send(ev).await.unwrap();
+    }
+    drop(tx);
+    let result = runner.drive(&mut rx).await;
+    (result, std::mem::take(&mut runner.stats))
+}
+
+/// Rows committed per table of the pipeline.
+async fn committed_rows(lake: &Lake) -> HashMap<String, u64> {
+    let mut rows = HashMap::new();
+    for record in ledger::read_records(lake, "unit").await.unwrap() {
+        for f in record.files {
+            let table = f.path.split("/dt=").next().unwrap_or(&f.path);
+            let table = table
+                .split('/')
+                .filter(|s| !s.contains('+'))
+                .collect::<Vec<_>>()
+                .join("/");
+            *rows.entry(table).or_insert(0) += f.rows;
+        }
+    }
+    rows
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_segment_is_published_once_and_kafka_told_the_next_offset() {
+    let dir = tempfile::tempdir().unwrap();
+    let lake = Lake::open(dir.path().to_str().unwrap()).unwrap();
+    let source = Arc::new(Scripted::default());
+    let epoch = source.fence.assign(&[tp()]).await;
+    let (result, stats) = drive(
+        &lake,
+        &source,
+        Held::default(),
+        vec![
+            SourceEvent::Assigned(vec![(tp(), None)]),
+            chunk(
+                epoch,
+                &[(0, Some("a")), (1, Some("b")), (2, None), (3, Some("d"))],
+            ),
+            // the broker hands 2 and 3 out again
+            chunk(epoch, &[(2, None), (3, Some("d")), (4, Some("e"))]),
+            SourceEvent::Stopped,
+        ],
+    )
+    .await;
+    result.unwrap();
+    assert_eq!(stats.records_in, 5);
+    assert_eq!(stats.skipped_duplicates, 2);
+    assert_eq!(stats.dead_lettered, 1);
+    let positions = ledger::read_positions(&lake, "unit").await.unwrap();
+    assert_eq!(positions.get(&tp()), Some(&5));
+    assert_eq!(*source.commits.lock().unwrap(), vec![(tp(), 5)]);
+    let rows = committed_rows(&lake).await;
+    assert_eq!(rows.get("people"), Some(&4), "{rows:?}");
+    assert_eq!(rows.get("_dlq/unit"), Some(&1), "{rows:?}");
+
+    // a restart where the lake holds up to 5 writes only what is past it
+    let source = Arc::new(Scripted::default());
+    let epoch = source.fence.assign(&[tp()]).await;
+    let held = Held {
+        lake: Some(5),
+        warehouse: None,
+    };
+    let (result, stats) = drive(
+        &lake,
+        &source,
+        held,
+        vec![
+            SourceEvent::Assigned(vec![(tp(), Some(5))]),
+            chunk(
+                epoch,
+                &[
+                    (3, Some("d")),
+                    (4, Some("e")),
+                    (5, Some("f")),
+                    (6, Some("g")),
+                ],
+            ),
+            SourceEvent::Stopped,
+        ],
+    )
+    .await;
+    result.unwrap();
+    assert_eq!((stats.records_in, stats.skipped_duplicates), (2, 2));
+    let positions = ledger::read_positions(&lake, "unit").await.unwrap();
+    assert_eq!(positions.get(&tp()), Some(&7));
+    assert_eq!(*source.commits.lock().unwrap(), vec![(tp(), 7)]);
+    assert_eq!(committed_rows(&lake).await.get("people"), Some(&6));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_segment_read_under_an_older_assignment_is_never_published() {
+    let dir = tempfile::tempdir().unwrap();
+    let lake = Lake::open(dir.path().to_str().unwrap()).unwrap();
+    let source = Arc::new(Scripted::default());
+    let epoch = source.fence.assign(&[tp()]).await;
+    // the partition moves on (another owner, then back) before the publication
+    source.fence.revoke(&[tp()]).await;
+    let newer = source.fence.assign(&[tp()]).await;
+    assert_ne!(epoch, newer);
+    let (result, _) = drive(
+        &lake,
+        &source,
+        Held::default(),
+        vec![
+            SourceEvent::Assigned(vec![(tp(), None)]),
+            chunk(epoch, &[(0, Some("a")), (1, Some("b"))]),
+            SourceEvent::Stopped,
+        ],
+    )
+    .await;
+    result.unwrap();
+    assert!(
+        ledger::read_positions(&lake, "unit")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(source.commits.lock().unwrap().is_empty());
+
+    // a revoked partition's open segment is dropped, not published
+    let source = Arc::new(Scripted::default());
+    let epoch = source.fence.assign(&[tp()]).await;
+    let (result, _) = drive(
+        &lake,
+        &source,
+        Held::default(),
+        vec![
+            SourceEvent::Assigned(vec![(tp(), None)]),
+            chunk(epoch, &[(0, Some("a"))]),
+            SourceEvent::Revoked(vec![tp()]),
+            SourceEvent::Stopped,
+        ],
+    )
+    .await;
+    result.unwrap();
+    assert!(
+        ledger::read_positions(&lake, "unit")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(source.commits.lock().unwrap().is_empty());
+}
