@@ -5,6 +5,7 @@
 use std::time::{Duration, Instant};
 
 use tracing::{Instrument, info, warn};
+use ymera_common::Retry;
 use ymera_ingest::kafka::TopicPartition;
 use ymera_lake::{SegmentId, TableWriter, ledger};
 
@@ -133,24 +134,41 @@ impl Runner {
             notified: st.notified.clone(),
         };
         let mut backoff = Duration::from_millis(200);
-        loop {
-            match checkpoint::save(&self.opts.lake, &name, &c).await {
-                Ok(()) => return Ok(()),
-                Err(e) if e.class().retry() == ymera_common::Retry::Yes => {
-                    if !self.backoff(&mut backoff, "lake", e.to_string()).await {
-                        return Err(RunError::Lake {
-                            pipeline: name,
-                            source: e,
-                        });
-                    }
-                }
-                Err(e) => {
-                    return Err(RunError::Lake {
-                        pipeline: name,
-                        source: e,
-                    });
-                }
+        while let Err(e) = checkpoint::save(&self.opts.lake, &name, &c).await {
+            let retry = e.class().retry() == Retry::Yes;
+            self.retry_after(&mut backoff, "lake", None, retry, e)
+                .await
+                .map_err(|source| RunError::Lake {
+                    pipeline: name.clone(),
+                    source,
+                })?;
+        }
+        Ok(())
+    }
+
+    /// After an external write failed with `error`: a retryable one is counted (as
+    /// `error_type`, when given) and waited out with [`Runner::backoff`], and `Ok` means
+    /// try again; any other error, or a long wait that shutdown cuts short, is given back.
+    pub(super) fn retry_after<E: std::fmt::Display + Send + 'static>(
+        &self,
+        backoff: &mut Duration,
+        what: &str,
+        error_type: Option<&'static str>,
+        retryable: bool,
+        error: E,
+    ) -> impl std::future::Future<Output = Result<(), E>> + Send + 'static {
+        let wait = retryable.then(|| {
+            if let Some(error_type) = error_type {
+                metrics::counter!("ymera_component_errors_total", "pipeline" => self.name().to_string(), "stage" => "sink", "error_type" => error_type).increment(1);
             }
+            self.backoff(backoff, what, error.to_string())
+        });
+        async move {
+            let again = match wait {
+                Some(wait) => wait.await,
+                None => false,
+            };
+            if again { Ok(()) } else { Err(error) }
         }
     }
 
@@ -289,20 +307,14 @@ impl Runner {
                         source: ymera_warehouse::WarehouseError::Fenced(m),
                     });
                 }
-                Err(e) if e.class().retry() == ymera_common::Retry::Yes => {
-                    metrics::counter!("ymera_component_errors_total", "pipeline" => name.clone(), "stage" => "sink", "error_type" => "warehouse_write").increment(1);
-                    if !self.backoff(&mut backoff, "warehouse", e.to_string()).await {
-                        return Err(RunError::Warehouse {
-                            pipeline: name,
-                            source: e,
-                        });
-                    }
-                }
                 Err(e) => {
-                    return Err(RunError::Warehouse {
-                        pipeline: name,
-                        source: e,
-                    });
+                    let retry = e.class().retry() == Retry::Yes;
+                    self.retry_after(&mut backoff, "warehouse", Some("warehouse_write"), retry, e)
+                        .await
+                        .map_err(|source| RunError::Warehouse {
+                            pipeline: name.clone(),
+                            source,
+                        })?;
                 }
             }
         }
@@ -372,20 +384,14 @@ impl Runner {
                     self.parts.entry(tp.clone()).or_default().held.lake = Some(last + 1);
                     return Ok(true);
                 }
-                Err(e) if e.class().retry() == ymera_common::Retry::Yes => {
-                    metrics::counter!("ymera_component_errors_total", "pipeline" => name.clone(), "stage" => "sink", "error_type" => "lake_write").increment(1);
-                    if !self.backoff(&mut backoff, "lake", e.to_string()).await {
-                        return Err(RunError::Lake {
-                            pipeline: name,
-                            source: e,
-                        });
-                    }
-                }
                 Err(e) => {
-                    return Err(RunError::Lake {
-                        pipeline: name,
-                        source: e,
-                    });
+                    let retry = e.class().retry() == Retry::Yes;
+                    self.retry_after(&mut backoff, "lake", Some("lake_write"), retry, e)
+                        .await
+                        .map_err(|source| RunError::Lake {
+                            pipeline: name.clone(),
+                            source,
+                        })?;
                 }
             }
         }
