@@ -413,6 +413,24 @@ impl std::fmt::Debug for KafkaSource {
     }
 }
 
+/// librdkafka settings a pipeline's `source.kafka.client` may not set, and why: the
+/// exactly-once design rests on them (`client_config` sets the first three).
+pub const RESERVED_CLIENT_KEYS: &[(&str, &str)] = &[
+    ("group.id", "the consumer group is `source.kafka.group_id`"),
+    (
+        "enable.auto.commit",
+        "offsets are committed only after the sinks hold the records",
+    ),
+    (
+        "enable.auto.offset.store",
+        "offsets are stored only after the sinks hold the records",
+    ),
+    (
+        "isolation.level",
+        "the source reads committed transactions only (read_committed); aborted records must never reach a sink",
+    ),
+];
+
 /// The librdkafka configuration of a source (exposed for `validate`'s broker check).
 pub fn client_config(
     brokers: &str,

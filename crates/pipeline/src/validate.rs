@@ -158,6 +158,18 @@ pub async fn check(loaded: &mut Loaded) -> Option<Pipeline> {
     if src.kafka.group_id.trim().is_empty() {
         loaded.error_at("source.kafka.group_id", "group_id must not be empty");
     }
+    for key in src.kafka.client.keys() {
+        if let Some((_, why)) = ymera_ingest::kafka::RESERVED_CLIENT_KEYS
+            .iter()
+            .find(|(k, _)| k == key)
+        {
+            loaded.error_at_key(
+                "source.kafka.client",
+                key,
+                format!("`{key}` cannot be set in `client`: {why}"),
+            );
+        }
+    }
 
     // the declared schema
     let mut fields = Vec::new();
