@@ -141,9 +141,6 @@ enum Command {
         #[arg(long)]
         churn_scale: Option<f64>,
     },
-    /// Serve the embedded Kafka-protocol broker (librdkafka's mock cluster) in this
-    /// process until SIGINT/SIGTERM; prints its bootstrap address on the first line.
-    /// For local development and tests that must kill consumers without losing the broker.
     /// Dead-lettered records of a pipeline: `inspect` (counts by error and stage, samples
     /// with their source position) and `replay` (through the current pipeline, after a fix).
     Dlq {
@@ -198,6 +195,9 @@ enum Command {
         #[command(subcommand)]
         action: EvalAction,
     },
+    /// Serve the embedded Kafka-protocol broker (librdkafka's mock cluster) in this
+    /// process until SIGINT/SIGTERM; prints its bootstrap address on the first line.
+    /// For local development and tests that must kill consumers without losing the broker.
     Broker {
         /// Topics to create, as NAME:PARTITIONS (repeatable).
         #[arg(long = "topic")]
@@ -552,5 +552,34 @@ async fn blocking_report(f: impl FnOnce() -> Result<String, String> + Send + 'st
             eprintln!("error: the task failed: {e}");
             EXIT_FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::Cli;
+
+    #[test]
+    fn each_verb_has_its_own_description_in_help() {
+        let cli = Cli::command();
+        let about = |verb: &str| {
+            cli.find_subcommand(verb)
+                .and_then(|c| c.get_about())
+                .map(|s| s.to_string())
+                .unwrap_or_default()
+        };
+        assert!(
+            about("broker").starts_with("Serve the embedded Kafka-protocol broker"),
+            "{}",
+            about("broker")
+        );
+        assert!(
+            about("dlq").starts_with("Dead-lettered records"),
+            "{}",
+            about("dlq")
+        );
+        cli.debug_assert();
     }
 }
