@@ -201,6 +201,7 @@ pub async fn run(
     let source = Arc::new(source);
     let mut runner = Runner::new(
         p.clone(),
+        chain,
         opts.clone(),
         source.clone(),
         warehouse,
@@ -304,9 +305,11 @@ struct Runner {
 }
 
 impl Runner {
-    /// A runner of `p` fed by `source`; `shared` is what its resolver fills at assignment.
+    /// A runner of `p` (its stage chain `chain`) fed by `source`; `shared` is what its
+    /// resolver fills at assignment.
     fn new(
         p: Arc<Pipeline>,
+        chain: Chain,
         opts: RunOptions,
         source: Arc<dyn SourceHandle>,
         warehouse: Option<Warehouse>,
@@ -320,7 +323,7 @@ impl Runner {
         };
         Runner {
             decoder: JsonDecoder::new(&p.fields, unknown),
-            chain: p.chain(),
+            chain,
             component: format!("pipeline:{}", p.spec.name),
             p,
             opts,

@@ -113,8 +113,10 @@ async fn drive(
 ) -> (Result<(), RunError>, RunStats) {
     let shared: (HeldMap, CheckpointMap) = Default::default();
     shared.0.lock().unwrap().insert(tp(), held);
+    let p = pipeline().await;
     let mut runner = Runner::new(
-        pipeline().await,
+        p.clone(),
+        p.chain(),
         options(lake),
         source.clone(),
         None,
@@ -146,6 +148,13 @@ async fn committed_rows(lake: &Lake) -> HashMap<String, u64> {
         }
     }
     rows
+}
+
+/// The lake holds no position of the pipeline and Kafka was told nothing.
+async fn assert_nothing_published(lake: &Lake, source: &Scripted) {
+    let positions = ledger::read_positions(lake, "unit").await.unwrap();
+    assert!(positions.is_empty(), "{positions:?}");
+    assert!(source.commits.lock().unwrap().is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -237,13 +246,7 @@ async fn a_segment_read_under_an_older_assignment_is_never_published() {
     )
     .await;
     result.unwrap();
-    assert!(
-        ledger::read_positions(&lake, "unit")
-            .await
-            .unwrap()
-            .is_empty()
-    );
-    assert!(source.commits.lock().unwrap().is_empty());
+    assert_nothing_published(&lake, &source).await;
 
     // a revoked partition's open segment is dropped, not published
     let source = Arc::new(Scripted::default());
@@ -261,11 +264,5 @@ async fn a_segment_read_under_an_older_assignment_is_never_published() {
     )
     .await;
     result.unwrap();
-    assert!(
-        ledger::read_positions(&lake, "unit")
-            .await
-            .unwrap()
-            .is_empty()
-    );
-    assert!(source.commits.lock().unwrap().is_empty());
+    assert_nothing_published(&lake, &source).await;
 }
