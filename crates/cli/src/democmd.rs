@@ -615,14 +615,13 @@ fn print_next_steps(settings: &Settings, listen: &str, laps: &Laps) {
     println!("   ymera forecast --service api --horizon 2h --plot {OUT_DIR}/forecast-api.png");
 }
 
-/// Deletes what the demo pipelines wrote in an earlier demo: their tables, DLQ tables and
-/// commit logs and detector checkpoints. Returns how many objects were removed.
+/// Deletes what the demo pipelines wrote in an earlier demo: their tables (Delta logs
+/// included), DLQ tables and detector checkpoints. Returns how many objects were removed.
 async fn clear_previous_demo(settings: &Settings, pipelines: &[Pipeline]) -> Result<usize, String> {
     let lake = open_lake(settings)?;
     let mut removed = 0;
     for p in pipelines {
         let mut prefixes = p.tables();
-        prefixes.push(format!("_ymera/commits/{}", p.spec.name));
         // anomaly detectors' checkpoints hold offsets of the old broker too
         prefixes.push(ymera_pipeline::checkpoint::state_dir(&p.spec.name));
         for prefix in prefixes {

@@ -1,10 +1,11 @@
-//! Registers every lake table in a DataFusion session, with Hive partition directories as
-//! columns (`dt` as a date, the others as strings) so filters on them prune files.
+//! Registers every lake table in a DataFusion session: each is a Delta table, read at its
+//! latest snapshot through delta-rs's table provider, which prunes files by partition values
+//! and by the statistics in the log.
 
-use arrow::datatypes::DataType;
-use datafusion::prelude::{ParquetReadOptions, SessionContext};
-use url::Url;
+use datafusion::prelude::SessionContext;
+use tracing::warn;
 
+use crate::delta;
 use crate::error::{LakeError, Result};
 use crate::layout::is_internal;
 use crate::store::Lake;
@@ -16,13 +17,13 @@ pub struct LakeTable {
     pub name: String,
     /// Directory relative to the lake.
     pub dir: String,
-    /// Hive partition columns in path order.
+    /// Partition columns in path order.
     pub partition_cols: Vec<String>,
 }
 
-/// Finds the tables of the lake: every top-level directory that is not internal, plus
-/// `_dlq/<pipeline>` dead-letter tables. Empty directories are skipped.
-pub async fn discover(lake: &Lake) -> Result<Vec<LakeTable>> {
+/// The directories of the lake that may hold tables, with their SQL names: every top-level
+/// directory that is not internal, plus `_dlq/<pipeline>` dead-letter tables.
+pub async fn candidates(lake: &Lake) -> Result<Vec<(String, String)>> {
     let mut dirs = Vec::new();
     for top in lake.top_level_dirs().await? {
         if top == "_dlq" {
@@ -34,64 +35,42 @@ pub async fn discover(lake: &Lake) -> Result<Vec<LakeTable>> {
             dirs.push((top.clone(), top));
         }
     }
+    dirs.sort();
+    Ok(dirs)
+}
+
+/// Registers every Delta table of the lake in `ctx` and returns them. A directory without
+/// a Delta log is skipped with a warning (a lake of the pre-Delta layout, or stray files).
+pub async fn register_lake_tables(ctx: &SessionContext, lake: &Lake) -> Result<Vec<LakeTable>> {
     let mut tables = Vec::new();
-    for (name, dir) in dirs {
-        let files = lake.list(&dir).await?;
-        let Some(sample) = files.iter().find(|p| p.ends_with(".parquet")) else {
+    for (name, dir) in candidates(lake).await? {
+        let Some(table) = delta::open(lake, &dir).await? else {
+            if lake.list(&dir).await?.iter().any(|p| p.ends_with(".parquet")) {
+                warn!(dir, "lake directory holds Parquet files but no Delta log (`_delta_log/`): not a table; skipped");
+            }
             continue;
         };
-        let rel = sample.strip_prefix(&format!("{dir}/")).unwrap_or(sample);
-        let partition_cols = rel
-            .split('/')
-            .filter_map(|seg| seg.split_once('=').map(|(k, _)| k.to_string()))
-            .collect();
+        let delta_err = |e: &dyn std::fmt::Display| LakeError::Delta {
+            table: dir.clone(),
+            message: e.to_string(),
+            external: false,
+        };
+        table
+            .update_datafusion_session(&ctx.state())
+            .map_err(|e| delta_err(&e))?;
+        let partition_cols = table
+            .snapshot()
+            .map_err(|e| delta_err(&e))?
+            .metadata()
+            .partition_columns()
+            .to_vec();
+        let provider = table.table_provider().await.map_err(|e| delta_err(&e))?;
+        ctx.register_table(name.as_str(), provider)?;
         tables.push(LakeTable {
             name,
             dir,
             partition_cols,
         });
-    }
-    tables.sort_by(|a, b| a.name.cmp(&b.name));
-    Ok(tables)
-}
-
-/// Registers every table of the lake in `ctx` and returns them.
-pub async fn register_lake_tables(ctx: &SessionContext, lake: &Lake) -> Result<Vec<LakeTable>> {
-    let url = lake.url().clone();
-    if url.scheme() != "file" {
-        let base = Url::parse(&format!(
-            "{}://{}",
-            url.scheme(),
-            url.host_str().unwrap_or_default()
-        ))
-        .map_err(|e| LakeError::Url {
-            url: url.to_string(),
-            message: e.to_string(),
-        })?;
-        // The lake's store is rooted at the prefix; DataFusion resolves full URLs against the
-        // bucket root, so register an unprefixed store for the bucket.
-        let bucket_store = Lake::open_with(base.as_str(), lake.s3_settings())?.store();
-        ctx.register_object_store(&base, bucket_store);
-    }
-    let tables = discover(lake).await?;
-    for t in &tables {
-        let cols: Vec<(String, DataType)> = t
-            .partition_cols
-            .iter()
-            .map(|c| {
-                (
-                    c.clone(),
-                    if c == "dt" {
-                        DataType::Date32
-                    } else {
-                        DataType::Utf8
-                    },
-                )
-            })
-            .collect();
-        let opts = ParquetReadOptions::default().table_partition_cols(cols);
-        ctx.register_parquet(t.name.as_str(), lake.dir_url(&t.dir), opts)
-            .await?;
     }
     Ok(tables)
 }

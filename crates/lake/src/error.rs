@@ -34,6 +34,13 @@ pub enum LakeError {
         #[source]
         source: arrow::error::ArrowError,
     },
+    #[error("delta table `{table}`: {message}")]
+    Delta {
+        table: String,
+        message: String,
+        /// Contention or a transient log-store failure: worth retrying.
+        external: bool,
+    },
     #[error("sql catalog error: {0}")]
     DataFusion(#[from] datafusion::error::DataFusionError),
     #[error("{0}")]
@@ -47,6 +54,8 @@ impl LakeError {
     pub fn class(&self) -> ErrorClass {
         match self {
             LakeError::Url { .. } | LakeError::Invalid(_) => ErrorClass::User,
+            LakeError::Delta { external: true, .. } => ErrorClass::External,
+            LakeError::Delta { .. } => ErrorClass::User,
             LakeError::Store { .. } | LakeError::Io { .. } => ErrorClass::External,
             LakeError::Parquet { .. } | LakeError::Arrow { .. } | LakeError::DataFusion(_) => {
                 ErrorClass::Internal

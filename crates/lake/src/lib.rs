@@ -1,21 +1,24 @@
-//! The Parquet lake: table files laid out Hive-style on an object store (local or S3),
-//! published so that readers never see a partial file, with a per-pipeline commit log that
-//! makes a replay after a crash rewrite exactly what was lost and nothing twice.
+//! The lake: Delta Lake tables laid out Hive-style on an object store (local or S3).
+//! Data files are published so that readers never see a partial file; each publication is
+//! one atomic Delta commit per table that carries the Kafka positions it brings the table to,
+//! so a replay after a crash rewrites exactly what was lost and nothing twice.
 //!
 //! Layout (interfaces.md "Lake layout"):
+//! `<lake>/<table>/_delta_log/` and
 //! `<lake>/<table>/dt=YYYY-MM-DD/<col>=<value>/<topic>+<partition>+<first>-<last>.parquet`,
-//! commit records under `<lake>/_ymera/commits/<pipeline>/`, local staging under
-//! `<lake>/_staging/`.
+//! local staging under `<lake>/_staging/`.
 
 pub mod catalog;
+pub mod delta;
 pub mod error;
 pub mod layout;
-pub mod ledger;
 pub mod store;
 pub mod writer;
 
 pub use error::{LakeError, Result};
 pub use layout::SegmentId;
-pub use ledger::{CommitRecord, Positions, TopicPartition};
 pub use store::{Lake, Published};
 pub use writer::{TableSpec, TableWriter};
+
+/// A Kafka topic and partition.
+pub type TopicPartition = (String, i32);

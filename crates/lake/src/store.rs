@@ -37,6 +37,8 @@ pub enum Published {
 pub struct Lake {
     url: Url,
     store: Arc<dyn ObjectStore>,
+    /// The same store unprefixed (the file system root, or the bucket): what delta-rs wants.
+    root: Arc<dyn ObjectStore>,
     /// Set for a local lake: the directory on disk.
     local_root: Option<PathBuf>,
     /// S3 settings the lake was opened with (reused for the SQL catalog).
@@ -88,14 +90,16 @@ impl Lake {
                 .build()
                 .map_err(|e| url_err(e.to_string()))?;
             let prefix = url.path().trim_matches('/').to_string();
+            let root: Arc<dyn ObjectStore> = Arc::new(store);
             let store: Arc<dyn ObjectStore> = if prefix.is_empty() {
-                Arc::new(store)
+                root.clone()
             } else {
-                Arc::new(object_store::prefix::PrefixStore::new(store, prefix))
+                Arc::new(object_store::prefix::PrefixStore::new(root.clone(), prefix))
             };
             return Ok(Lake {
                 url,
                 store,
+                root,
                 local_root: None,
                 s3: s3.to_vec(),
             });
@@ -117,6 +121,7 @@ impl Lake {
         Ok(Lake {
             url,
             store: Arc::new(store),
+            root: Arc::new(LocalFileSystem::new()),
             local_root: Some(root),
             s3: Vec::new(),
         })
@@ -135,6 +140,11 @@ impl Lake {
     /// The object store, rooted at the lake.
     pub fn store(&self) -> Arc<dyn ObjectStore> {
         self.store.clone()
+    }
+
+    /// The store the lake lives in, unprefixed: the file system root or the bucket.
+    pub fn root_store(&self) -> Arc<dyn ObjectStore> {
+        self.root.clone()
     }
 
     /// The directory of a local lake.

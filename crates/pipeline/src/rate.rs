@@ -239,20 +239,20 @@ fn batch(rows: &[RateRow]) -> Result<RecordBatch, arrow::error::ArrowError> {
 }
 
 /// Writes the rows as one file per `dt` directory, named after the replica and the first
-/// minute (`<member>+<µs>.parquet`); returns how many files. Publication never replaces a
-/// file, so a retried flush cannot write a minute twice under the same name.
+/// minute (`<member>+<µs>.parquet`), in one Delta commit whose txn
+/// (`ymera:ymera_run_input:<member>:0`) is the last minute written, so a retried flush
+/// cannot add a minute twice; returns how many files.
 pub async fn write_rows(lake: &Lake, member: &str, rows: &[RateRow]) -> Result<usize, String> {
     let first = rows.iter().map(|r| r.ts).min().unwrap_or_default();
-    let mut writer = TableWriter::new(
-        TableSpec {
-            table: TABLE.into(),
-            partition_by: vec!["dt".into()],
-            event_time: Some("ts".into()),
-            zstd_level: 3,
-        },
-        Vec::new(),
-    )
-    .map_err(|e| e.to_string())?;
+    let last = rows.iter().map(|r| r.ts).max().unwrap_or_default();
+    let spec = TableSpec {
+        table: TABLE.into(),
+        partition_by: vec!["dt".into()],
+        event_time: Some("ts".into()),
+        zstd_level: 3,
+        schema: schema(),
+    };
+    let mut writer = TableWriter::new(spec.clone(), Vec::new()).map_err(|e| e.to_string())?;
     let b = batch(rows).map_err(|e| format!("{TABLE}: {e}"))?;
     writer.write(&b).map_err(|e| e.to_string())?;
     let name = format!(
@@ -261,11 +261,12 @@ pub async fn write_rows(lake: &Lake, member: &str, rows: &[RateRow]) -> Result<u
     );
     let files = writer.finish(&name).map_err(|e| e.to_string())?;
     let n = files.len();
-    for (path, bytes, _) in files {
-        lake.publish(&path, bytes)
-            .await
-            .map_err(|e| e.to_string())?;
-    }
+    let txn = (ymera_lake::delta::app_id(TABLE, member, 0), first, last);
+    let commit = ymera_lake::delta::TableCommit::new(&spec, files, vec![txn]);
+    ymera_lake::delta::Tables::new(lake.clone())
+        .commit(&commit)
+        .await
+        .map_err(|e| e.to_string())?;
     Ok(n)
 }
 
@@ -335,7 +336,17 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(n, 2);
-        let mut files = lake.list(TABLE).await.unwrap();
+        // a retried flush (the first one's outcome unknown) adds nothing
+        write_rows(&lake, "pod/a", &[row(day - 60_000_000), row(day)])
+            .await
+            .unwrap();
+        let mut files: Vec<String> = lake
+            .list(TABLE)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|f| f.ends_with(".parquet"))
+            .collect();
         files.sort();
         assert_eq!(
             files,

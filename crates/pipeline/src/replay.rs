@@ -296,13 +296,18 @@ async fn write_replay(
         let mut w = TableWriter::new(s.table.clone(), meta.clone()).map_err(|e| e.to_string())?;
         w.write(batch).map_err(|e| e.to_string())?;
         let files = w.finish(&file_name).map_err(|e| e.to_string())?;
-        let mut rows = 0;
-        for (path, bytes, n) in files {
-            lake.publish(&path, bytes)
-                .await
-                .map_err(|e| e.to_string())?;
-            rows += n;
-        }
+        // one txn per replay: a replay run again adds nothing
+        let txn = (
+            ymera_lake::delta::app_id(&format!("{name}#replay"), &id, 0),
+            0,
+            0,
+        );
+        let commit = ymera_lake::delta::TableCommit::new(&s.table, files, vec![txn]);
+        let rows = commit.rows();
+        ymera_lake::delta::Tables::new(lake.clone())
+            .commit(&commit)
+            .await
+            .map_err(|e| e.to_string())?;
         out.rows.push((s.table.table.clone(), rows));
     }
     publish_record(lake, &record, ".json").await?;

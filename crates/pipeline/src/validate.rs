@@ -5,7 +5,7 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use arrow::datatypes::{DataType, SchemaRef, TimeUnit};
+use arrow::datatypes::{DataType, Schema, SchemaRef, TimeUnit};
 use ymera_anomaly::stage::StageError;
 use ymera_common::FieldType;
 use ymera_common::schema::{DeclaredField, arrow_schema};
@@ -442,7 +442,7 @@ pub async fn check(loaded: &mut Loaded) -> Option<Pipeline> {
                 ),
             );
         }
-        if let Some(schema) = schema {
+        if let Some(schema) = &schema {
             for col in &l.partition_by {
                 if col == "dt" && !event_time_ok {
                     continue; // already reported at source.event_time
@@ -476,14 +476,19 @@ pub async fn check(loaded: &mut Loaded) -> Option<Pipeline> {
                 }
             }
         }
+        let table = TableSpec {
+            table: l.table.clone(),
+            partition_by: l.partition_by.clone(),
+            event_time: src.event_time.clone(),
+            zstd_level: level.unwrap_or(3),
+            schema: schema.unwrap_or_else(|| Arc::new(Schema::empty())),
+        };
+        if let Err(e) = ymera_lake::delta::delta_schema(&table.table, &table.table_schema()) {
+            loaded.error_at(&format!("{at}.input"), e.to_string());
+        }
         sinks.push(Sink {
             input,
-            table: TableSpec {
-                table: l.table.clone(),
-                partition_by: l.partition_by.clone(),
-                event_time: src.event_time.clone(),
-                zstd_level: level.unwrap_or(3),
-            },
+            table,
             rolling: l.rolling.clone(),
             path: format!("{at}.table"),
         });
@@ -526,6 +531,7 @@ pub async fn check(loaded: &mut Loaded) -> Option<Pipeline> {
                 partition_by: vec!["dt".into()],
                 event_time: Some("at".into()),
                 zstd_level: 3,
+                schema: ymera_anomaly::stage::alerts_schema(),
             },
             rolling: alert_rolling.clone(),
             path: at,
@@ -571,6 +577,7 @@ pub async fn check(loaded: &mut Loaded) -> Option<Pipeline> {
                             partition_by: vec!["dt".into()],
                             event_time: Some(crate::dlq::FAILED_AT.into()),
                             zstd_level: 3,
+                            schema: crate::dlq::schema(),
                         });
                     }
                 }

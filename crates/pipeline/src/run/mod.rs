@@ -297,6 +297,8 @@ struct Runner {
     /// What the resolver found at assignment, per partition.
     held_shared: HeldMap,
     warehouse: Option<Warehouse>,
+    /// The Delta tables this runner commits to.
+    tables: ymera_lake::delta::Tables,
     stats: RunStats,
     dlq_producer: Option<(String, Producer)>,
     component: String,
@@ -317,6 +319,7 @@ impl Runner {
         alert_producer: Option<Producer>,
         dlq_producer: Option<(String, Producer)>,
     ) -> Runner {
+        let lake = opts.lake.clone();
         let unknown = match p.spec.source.unknown_fields {
             UnknownFieldsSpec::Ignore => UnknownFields::Ignore,
             UnknownFieldsSpec::Dlq => UnknownFields::Dlq,
@@ -333,6 +336,7 @@ impl Runner {
             source,
             held_shared: shared.0,
             warehouse,
+            tables: ymera_lake::delta::Tables::new(lake),
             stats: RunStats::default(),
             dlq_producer,
             unknown_counted: 0,
@@ -378,7 +382,7 @@ impl Runner {
                             } else {
                                 TpState::default()
                             };
-                            let held = shared.get(&tp).copied().unwrap_or_default();
+                            let held = shared.get(&tp).cloned().unwrap_or_default();
                             self.parts.insert(tp, Partition { segment: None, next: start, held, anomaly });
                         }
                     }
@@ -420,7 +424,28 @@ impl Runner {
         }
     }
 
-    fn has_lake(&self) -> bool {
-        !self.p.sinks.is_empty() || self.p.dlq_table.is_some()
+    /// How many lake tables the pipeline writes, one sink group each: its sinks' tables,
+    /// then the DLQ table ([`Pipeline::tables`] order).
+    fn lake_tables(&self) -> usize {
+        self.p.sinks.len() + usize::from(self.p.dlq_table.is_some())
+    }
+
+    /// The sink groups: the lake tables, then the warehouse when the pipeline has one.
+    fn groups(&self) -> usize {
+        self.lake_tables() + usize::from(!self.p.warehouse_sinks.is_empty())
+    }
+
+    /// The group of the DLQ table, when the pipeline has one.
+    fn dlq_group(&self) -> Option<usize> {
+        self.p.dlq_table.as_ref().map(|_| self.p.sinks.len())
+    }
+
+    /// The table of lake group `g`.
+    fn table_spec(&self, g: usize) -> Option<&ymera_lake::TableSpec> {
+        match self.p.sinks.get(g) {
+            Some(s) => Some(&s.table),
+            None if g == self.p.sinks.len() => self.p.dlq_table.as_ref(),
+            None => None,
+        }
     }
 }

@@ -19,23 +19,21 @@ fn now_micros() -> i64 {
 
 impl Runner {
     /// Decodes and transforms a run of records and adds the results to the parts of the
-    /// sink groups that need them.
+    /// sink groups that need them (`needs[g]`; groups as in [`Held`]).
     pub(super) async fn process(
         &mut self,
         tp: &TopicPartition,
         records: Vec<Record>,
-        to_lake: bool,
-        to_wh: bool,
-        held: Held,
+        needs: &[bool],
+        held: &Held,
     ) -> Result<(), RunError> {
         let name = self.name().to_string();
         let (run_first, run_last) = (records[0].offset, records[records.len() - 1].offset);
         // open the parts this run starts (contiguous with what the group holds)
-        let (need_lake_part, need_wh_part) = match self.segment(tp) {
-            Some(seg) => (
-                to_lake && seg.lake.is_none(),
-                to_wh && seg.warehouse.is_none(),
-            ),
+        let to_open: Vec<usize> = match self.segment(tp) {
+            Some(seg) => (0..needs.len())
+                .filter(|&g| needs[g] && !seg.is_open(g))
+                .collect(),
             None => {
                 return Err(RunError::Source {
                     pipeline: name,
@@ -43,20 +41,24 @@ impl Runner {
                 });
             }
         };
-        if need_lake_part {
-            let first = held.lake.unwrap_or(run_first).min(run_first);
-            let part = self.lake_part(first, &format!("{}+{}+{first}", tp.0, tp.1))?;
-            if let Some(seg) = self.segment_mut(tp) {
-                seg.lake = Some(part);
+        let n_tables = self.lake_tables();
+        for g in to_open {
+            let first = held.at(g).unwrap_or(run_first).min(run_first);
+            if g < n_tables {
+                let part = self.table_part(g, first, &format!("{}+{}+{first}", tp.0, tp.1))?;
+                if let Some(slot) = self.segment_mut(tp).and_then(|s| s.tables.get_mut(g)) {
+                    *slot = Some(part);
+                }
+            } else {
+                let part = self.warehouse_part(first);
+                if let Some(seg) = self.segment_mut(tp) {
+                    seg.warehouse = Some(part);
+                }
             }
         }
-        if need_wh_part {
-            let first = held.warehouse.unwrap_or(run_first).min(run_first);
-            let part = self.warehouse_part(first);
-            if let Some(seg) = self.segment_mut(tp) {
-                seg.warehouse = Some(part);
-            }
-        }
+        let to_wh = needs.get(n_tables).copied().unwrap_or(false);
+        let dlq_group = self.dlq_group();
+        let dlq_needs = dlq_group.is_some_and(|g| needs[g]);
 
         // decode, strictly, record by record
         let mut letters = Vec::new();
@@ -85,7 +87,7 @@ impl Runner {
             .run(&mut st.chain, batch, true)
             .await
             .map_err(|e| RunError::Transform(e, name.clone()))?;
-        let warm = !to_lake && !to_wh;
+        let warm = !needs.iter().any(|n| *n);
         for a in alerts {
             let AlertEvent::Opened(alert) = a.event else {
                 continue;
@@ -176,9 +178,9 @@ impl Runner {
                 }),
             }
         }
-        // dead letters of a lake DLQ table belong to the lake's part: a run the lake
+        // dead letters of a lake DLQ table belong to its part: a run the DLQ table
         // already holds had its dead letters published with it
-        if !dead.is_empty() && (to_lake || self.dlq_producer.is_some()) {
+        if !dead.is_empty() && (dlq_needs || self.dlq_producer.is_some()) {
             self.dead_letter(&dead, tp).await?;
         }
 
@@ -195,25 +197,27 @@ impl Runner {
                 pipeline: name.clone(),
                 message: "internal: segment vanished".into(),
             })?;
-        if to_lake && let Some(part) = seg.lake.as_mut() {
-            // encoding may run here when a row group fills: CPU work, let the runtime move
-            // other tasks off this thread meanwhile
-            tokio::task::block_in_place(|| {
-                for (sink, writer) in self.p.sinks.iter().zip(part.writers.iter_mut()) {
-                    if let Some(batch) = outputs.get(&sink.input) {
-                        writer.write(batch)?;
-                    }
+        // encoding may run here when a row group fills: CPU work, let the runtime move
+        // other tasks off this thread meanwhile
+        tokio::task::block_in_place(|| {
+            for (g, sink) in self.p.sinks.iter().enumerate() {
+                let part = seg.tables.get_mut(g).and_then(Option::as_mut);
+                if let (true, Some(part), Some(batch)) = (needs[g], part, outputs.get(&sink.input))
+                {
+                    part.writer.write(batch)?;
                 }
-                Ok(())
-            })
-            .map_err(lake_err)?;
-            if let (Some(w), false) = (part.dlq.as_mut(), dead.is_empty()) {
-                let batch = crate::dlq::to_batch(&dead).map_err(|e| RunError::Source {
-                    pipeline: name.clone(),
-                    message: format!("internal: cannot build DLQ rows: {e}"),
-                })?;
-                w.write(&batch).map_err(lake_err)?;
             }
+            Ok(())
+        })
+        .map_err(lake_err)?;
+        if let Some(g) = dlq_group.filter(|_| dlq_needs && !dead.is_empty())
+            && let Some(part) = seg.tables.get_mut(g).and_then(Option::as_mut)
+        {
+            let batch = crate::dlq::to_batch(&dead).map_err(|e| RunError::Source {
+                pipeline: name.clone(),
+                message: format!("internal: cannot build DLQ rows: {e}"),
+            })?;
+            part.writer.write(&batch).map_err(lake_err)?;
         }
         if to_wh && let Some(part) = seg.warehouse.as_mut() {
             for (i, sink) in self.p.warehouse_sinks.iter().enumerate() {

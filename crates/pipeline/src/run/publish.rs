@@ -1,15 +1,17 @@
 //! Publication of a partition's segment: the anomaly checkpoint, the warehouse part (rows
-//! and offsets in one transaction), the lake part (files, then the commit record), then the
-//! Kafka commit of the lowest position over the sink groups. External errors are retried.
+//! and offsets in one transaction), each lake table's part (one Delta commit of its files
+//! and the partition's txn), then the Kafka commit of the lowest position over the sink
+//! groups. External errors are retried.
 
 use std::time::{Duration, Instant};
 
 use tracing::{Instrument, info, warn};
 use ymera_common::Retry;
 use ymera_ingest::kafka::TopicPartition;
-use ymera_lake::{SegmentId, TableWriter, ledger};
+use ymera_lake::SegmentId;
+use ymera_lake::delta::{self, Committed, TableCommit};
 
-use super::segment::{LakePart, WarehousePart};
+use super::segment::{TablePart, WarehousePart};
 use super::{Progress, RunError, Runner};
 use crate::checkpoint::{self, Checkpoint};
 use crate::spec::OnBadRecord;
@@ -44,8 +46,7 @@ impl Runner {
     /// The lowest position over the pipeline's sink groups: where the source resumes and
     /// what Kafka may be told (`None` while a group holds nothing of the partition).
     fn low_water(&self, tp: &TopicPartition) -> Option<i64> {
-        let held = self.parts.get(tp).map(|p| p.held).unwrap_or_default();
-        held.low_water(self.has_lake(), !self.p.warehouse_sinks.is_empty())
+        self.parts.get(tp).and_then(|p| p.held.low_water())
     }
 
     /// Publishes a partition's open segment — the warehouse part (rows + offsets in one
@@ -74,8 +75,7 @@ impl Runner {
         };
         let started = Instant::now();
         let mut published = false;
-        let will_publish = seg.warehouse.as_ref().is_some_and(|p| seg.last >= p.first)
-            || seg.lake.as_ref().is_some_and(|p| seg.last >= p.first);
+        let will_publish = (0..self.groups()).any(|g| seg.first(g).is_some_and(|f| seg.last >= f));
         if will_publish && self.p.has_state() {
             self.save_checkpoint(tp, seg.last + 1).await?;
         }
@@ -88,8 +88,14 @@ impl Runner {
             }
             published = true;
         }
-        if let Some(part) = seg.lake.take().filter(|p| seg.last >= p.first) {
-            if !self.publish_lake(tp, seg.epoch, seg.last, part).await? {
+        let parts: Vec<(usize, TablePart)> = std::mem::take(&mut seg.tables)
+            .into_iter()
+            .enumerate()
+            .filter_map(|(g, p)| Some((g, p?)))
+            .filter(|(_, p)| seg.last >= p.first)
+            .collect();
+        if !parts.is_empty() {
+            if !self.publish_lake(tp, seg.epoch, seg.last, parts).await? {
                 return Ok(());
             }
             published = true;
@@ -280,7 +286,8 @@ impl Runner {
                         .rows_written
                         .entry("warehouse".into())
                         .or_insert(0) += done.rows;
-                    self.parts.entry(tp.clone()).or_default().held.warehouse = Some(last + 1);
+                    let g = self.lake_tables();
+                    self.parts.entry(tp.clone()).or_default().held.set(g, last + 1);
                     return Ok(true);
                 }
                 Err(ymera_warehouse::WarehouseError::Fenced(m)) => {
@@ -298,7 +305,8 @@ impl Runner {
                             partition = tp.1,
                             "the warehouse already holds this segment (an earlier attempt committed)"
                         );
-                        self.parts.entry(tp.clone()).or_default().held.warehouse = Some(last + 1);
+                        let g = self.lake_tables();
+                    self.parts.entry(tp.clone()).or_default().held.set(g, last + 1);
                         return Ok(true);
                     }
                     // another writer moved it: stop, so that a restart resolves afresh
@@ -320,34 +328,45 @@ impl Runner {
         }
     }
 
-    /// Returns false when the partition is no longer owned (the segment is dropped).
+    /// Commits each lake table's part, one Delta commit per table (its files and the
+    /// partition's txn; a part with no rows still records the position). Returns false when
+    /// the partition is no longer owned (the rest of the segment is dropped).
     pub(super) async fn publish_lake(
         &mut self,
         tp: &TopicPartition,
         epoch: u64,
         last: i64,
-        part: LakePart,
+        parts: Vec<(usize, TablePart)>,
     ) -> Result<bool, RunError> {
         let name = self.name().to_string();
-        let id = SegmentId {
-            topic: tp.0.clone(),
-            partition: tp.1,
-            first: part.first,
-            last,
-        };
-        let file_name = id.file_name();
-        let mut files = Vec::new();
-        let mut rows_by_table: Vec<(String, u64, u64)> = Vec::new();
+        let app_id = delta::app_id(&name, &tp.0, tp.1);
         // Parquet encoding and compression are CPU work: off the runtime threads
-        let writers: Vec<TableWriter> = part.writers.into_iter().chain(part.dlq).collect();
-        let finished = tokio::task::spawn_blocking(move || {
-            writers
+        let specs: Vec<_> = parts
+            .iter()
+            .map(|(g, _)| self.table_spec(*g).cloned())
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| RunError::Source {
+                pipeline: name.clone(),
+                message: "internal: a segment part has no lake table".into(),
+            })?;
+        let topic = tp.0.clone();
+        let partition = tp.1;
+        let encoded = tokio::task::spawn_blocking(move || {
+            parts
                 .into_iter()
-                .map(|w| {
-                    let table = w.table().to_string();
-                    w.finish(&file_name).map(|done| (table, done))
+                .zip(specs)
+                .map(|((g, part), spec)| {
+                    let id = SegmentId {
+                        topic: topic.clone(),
+                        partition,
+                        first: part.first,
+                        last,
+                    };
+                    let files = part.writer.finish(&id.file_name())?;
+                    let txn = (app_id.clone(), part.first, last);
+                    Ok((g, TableCommit::new(&spec, files, vec![txn])))
                 })
-                .collect::<Result<Vec<_>, _>>()
+                .collect::<Result<Vec<_>, ymera_lake::LakeError>>()
         })
         .await
         .map_err(|e| RunError::Source {
@@ -358,30 +377,55 @@ impl Runner {
             pipeline: name.clone(),
             source: e,
         })?;
-        for (table, done) in finished {
-            rows_by_table.push((table, done.iter().map(|f| f.2).sum(), done.len() as u64));
-            files.extend(done);
+        for (g, commit) in encoded {
+            if !self.commit_table(tp, epoch, last, g, &commit).await? {
+                return Ok(false);
+            }
         }
+        Ok(true)
+    }
+
+    /// One table's Delta commit under the fence, retried while the lake is unwritable.
+    async fn commit_table(
+        &mut self,
+        tp: &TopicPartition,
+        epoch: u64,
+        last: i64,
+        g: usize,
+        commit: &TableCommit,
+    ) -> Result<bool, RunError> {
+        let name = self.name().to_string();
         let fence = self.source.fence();
         let mut backoff = Duration::from_millis(200);
         loop {
             let Some(guard) = fence.hold(tp, epoch).await else {
-                info!(pipeline = name, segment = %id, "partition no longer owned; segment dropped");
+                info!(pipeline = name, table = commit.table, topic = tp.0, partition = tp.1, "partition no longer owned; segment dropped");
                 return Ok(false);
             };
-            let outcome = ledger::publish_segment(&self.opts.lake, &name, &id, files.clone()).await;
+            let outcome = self.tables.commit(commit).await;
             drop(guard);
             match outcome {
-                Ok(record) => {
-                    let n_files = record.files.len() as u64;
-                    self.stats.files_written += n_files;
-                    Progress::add(&self.opts.progress.files_written, n_files);
-                    for (table, rows, n) in rows_by_table {
-                        metrics::counter!("ymera_component_sent_events_total", "pipeline" => name.clone(), "component" => table.clone()).increment(rows);
-                        metrics::counter!("ymera_lake_files_written_total", "pipeline" => name.clone(), "table" => table.clone()).increment(n);
-                        *self.stats.rows_written.entry(table).or_insert(0) += rows;
+                Ok(done) => {
+                    match done {
+                        Committed::Version(version) => {
+                            let (rows, n) = (commit.rows(), commit.files.len() as u64);
+                            self.stats.files_written += n;
+                            Progress::add(&self.opts.progress.files_written, n);
+                            let table = commit.table.clone();
+                            metrics::counter!("ymera_component_sent_events_total", "pipeline" => name.clone(), "component" => table.clone()).increment(rows);
+                            metrics::counter!("ymera_lake_files_written_total", "pipeline" => name.clone(), "table" => table.clone()).increment(n);
+                            *self.stats.rows_written.entry(table).or_insert(0) += rows;
+                            tracing::debug!(pipeline = name, table = commit.table, version, rows, "committed");
+                        }
+                        Committed::AlreadyHeld => info!(
+                            pipeline = name,
+                            table = commit.table,
+                            topic = tp.0,
+                            partition = tp.1,
+                            "the table already holds this segment (an earlier attempt or another writer committed it)"
+                        ),
                     }
-                    self.parts.entry(tp.clone()).or_default().held.lake = Some(last + 1);
+                    self.parts.entry(tp.clone()).or_default().held.set(g, last + 1);
                     return Ok(true);
                 }
                 Err(e) => {

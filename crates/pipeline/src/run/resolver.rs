@@ -6,52 +6,52 @@ use std::sync::Arc;
 
 use tracing::{info, warn};
 use ymera_ingest::kafka::{Resolver, TopicPartition};
-use ymera_lake::{Lake, ledger};
+use ymera_lake::{Lake, delta};
 use ymera_warehouse::Warehouse;
 
 use crate::checkpoint::{self, Checkpoint};
 
-/// The next offset each group of sinks has durably recorded for a partition (`None`: the
-/// group has nothing of it; the group is absent when the pipeline has no such sinks).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub(super) struct Held {
-    pub(super) lake: Option<i64>,
-    pub(super) warehouse: Option<i64>,
-}
+/// The next offset each group of sinks has durably recorded for a partition: one entry
+/// per lake table (in [`crate::validate::Pipeline::tables`] order: sinks, then the DLQ
+/// table), then the warehouse's when the pipeline has warehouse sinks. `None`: the group
+/// holds nothing of the partition.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(super) struct Held(pub(super) Vec<Option<i64>>);
 
 impl Held {
-    /// Where the source resumes the partition, given which sink groups the pipeline has:
-    /// the lowest position over them. A group with nothing of the partition needs it from
-    /// `start`: with `earliest` that is the beginning of the log (`None`), otherwise it
-    /// joins at the lowest position another group holds (so that group loses nothing).
-    pub(super) fn resume_at(self, lake: bool, warehouse: bool, from_earliest: bool) -> Option<i64> {
-        let mut known = Vec::new();
-        let mut missing = false;
-        for (present, pos) in [(lake, self.lake), (warehouse, self.warehouse)] {
-            match (present, pos) {
-                (true, Some(p)) => known.push(p),
-                (true, None) => missing = true,
-                (false, _) => {}
-            }
-        }
+    /// Where the source resumes the partition: the lowest position over the groups. A
+    /// group with nothing of the partition needs it from `start`: with `earliest` that is
+    /// the beginning of the log (`None`), otherwise it joins at the lowest position another
+    /// group holds (so that group loses nothing).
+    pub(super) fn resume_at(&self, from_earliest: bool) -> Option<i64> {
+        let missing = self.0.iter().any(Option::is_none);
         if missing && from_earliest {
             None
         } else {
-            known.into_iter().min()
+            self.0.iter().flatten().copied().min()
         }
     }
 
-    /// What Kafka may be told for the partition: the lowest position over the sink groups
-    /// the pipeline has, `None` while one of them holds nothing of it.
-    pub(super) fn low_water(self, lake: bool, warehouse: bool) -> Option<i64> {
-        let mut low = Some(i64::MAX);
-        if lake {
-            low = low.zip(self.lake).map(|(a, b)| a.min(b));
+    /// What Kafka may be told for the partition: the lowest position over the groups,
+    /// `None` while one of them holds nothing of it.
+    pub(super) fn low_water(&self) -> Option<i64> {
+        if self.0.iter().any(Option::is_none) {
+            return None;
         }
-        if warehouse {
-            low = low.zip(self.warehouse).map(|(a, b)| a.min(b));
+        self.0.iter().flatten().copied().min()
+    }
+
+    /// What group `g` holds.
+    pub(super) fn at(&self, g: usize) -> Option<i64> {
+        self.0.get(g).copied().flatten()
+    }
+
+    /// Records that group `g` now holds everything before `next`.
+    pub(super) fn set(&mut self, g: usize, next: i64) {
+        if self.0.len() <= g {
+            self.0.resize(g + 1, None);
         }
-        low.filter(|l| *l != i64::MAX)
+        self.0[g] = Some(next);
     }
 }
 
@@ -84,52 +84,50 @@ impl Resolver for SinkResolver {
         partitions: &[TopicPartition],
     ) -> Result<HashMap<TopicPartition, Option<i64>>, String> {
         self.handle.block_on(async {
-            let lake_positions = if self.tables.is_empty() {
-                HashMap::new()
-            } else {
-                let positions = ledger::read_positions(&self.lake, &self.pipeline)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                let owned = |tp: &TopicPartition| partitions.contains(tp);
-                ledger::remove_uncommitted(
-                    &self.lake,
-                    &self.pipeline,
-                    &self.tables,
-                    &positions,
-                    &owned,
-                )
-                .await
-                .map_err(|e| e.to_string())?;
-                positions
-            };
+            // one snapshot read per table: every assigned partition's txn at once
+            let ids: Vec<String> = partitions
+                .iter()
+                .map(|tp| delta::app_id(&self.pipeline, &tp.0, tp.1))
+                .collect();
+            let mut per_table = Vec::with_capacity(self.tables.len());
+            for table in &self.tables {
+                per_table.push(
+                    delta::positions(&self.lake, table, &ids)
+                        .await
+                        .map_err(|e| e.to_string())?,
+                );
+            }
             let wh_positions = match &self.warehouse {
-                Some(wh) => wh
-                    .read_positions(&self.pipeline)
-                    .await
-                    .map_err(|e| e.to_string())?,
-                None => HashMap::new(),
+                Some(wh) => Some(
+                    wh.read_positions(&self.pipeline)
+                        .await
+                        .map_err(|e| e.to_string())?,
+                ),
+                None => None,
             };
             let starts: HashMap<TopicPartition, Option<i64>> = {
-            let mut held = self
-                .held
-                .lock()
-                .map_err(|_| "internal: poisoned lock".to_string())?;
-            partitions
-                .iter()
-                .map(|tp| {
-                    let h = Held {
-                        lake: lake_positions.get(tp).copied(),
-                        warehouse: wh_positions.get(tp).copied(),
-                    };
-                    held.insert(tp.clone(), h);
-                    let start = h.resume_at(
-                        !self.tables.is_empty(),
-                        self.warehouse.is_some(),
-                        self.from_earliest,
-                    );
-                    (tp.clone(), start)
-                })
-                .collect()
+                let mut held = self
+                    .held
+                    .lock()
+                    .map_err(|_| "internal: poisoned lock".to_string())?;
+                partitions
+                    .iter()
+                    .zip(&ids)
+                    .map(|(tp, id)| {
+                        let mut h = Held(
+                            per_table
+                                .iter()
+                                .map(|t| t.get(id).map(|last| last + 1))
+                                .collect(),
+                        );
+                        if let Some(wh) = &wh_positions {
+                            h.0.push(wh.get(tp).copied());
+                        }
+                        let start = h.resume_at(self.from_earliest);
+                        held.insert(tp.clone(), h);
+                        (tp.clone(), start)
+                    })
+                    .collect()
             };
             if !self.stateful {
                 return Ok(starts);
@@ -170,45 +168,43 @@ impl Resolver for SinkResolver {
 mod tests {
     use super::Held;
 
-    fn held(lake: Option<i64>, warehouse: Option<i64>) -> Held {
-        Held { lake, warehouse }
+    fn held(groups: &[Option<i64>]) -> Held {
+        Held(groups.to_vec())
     }
 
     #[test]
     fn the_source_resumes_at_the_lowest_position_over_the_sink_groups() {
+        assert_eq!(held(&[Some(40), Some(25)]).resume_at(false), Some(25));
+        assert_eq!(held(&[Some(40), Some(25)]).resume_at(true), Some(25));
+        // three lake tables, one behind the others after a crash between their commits
         assert_eq!(
-            held(Some(40), Some(25)).resume_at(true, true, false),
-            Some(25)
+            held(&[Some(40), Some(31), Some(40)]).resume_at(true),
+            Some(31)
         );
-        assert_eq!(
-            held(Some(40), Some(25)).resume_at(true, true, true),
-            Some(25)
-        );
-        // a group the pipeline does not have does not count
-        assert_eq!(
-            held(Some(40), Some(25)).resume_at(true, false, true),
-            Some(40)
-        );
-        assert_eq!(held(None, Some(25)).resume_at(false, true, true), Some(25));
+        assert_eq!(held(&[Some(40)]).resume_at(true), Some(40));
     }
 
     #[test]
     fn a_group_with_nothing_reads_from_the_beginning_only_with_start_earliest() {
-        // the warehouse holds nothing yet: with `earliest` it needs the whole log
-        assert_eq!(held(Some(40), None).resume_at(true, true, true), None);
-        // otherwise it joins where the lake is, and the lake loses nothing
-        assert_eq!(held(Some(40), None).resume_at(true, true, false), Some(40));
+        // one group holds nothing yet: with `earliest` it needs the whole log
+        assert_eq!(held(&[Some(40), None]).resume_at(true), None);
+        // otherwise it joins where the others are, and they lose nothing
+        assert_eq!(held(&[Some(40), None]).resume_at(false), Some(40));
         // nothing anywhere: `start` decides
-        assert_eq!(held(None, None).resume_at(true, true, false), None);
-        assert_eq!(held(None, None).resume_at(true, false, true), None);
+        assert_eq!(held(&[None, None]).resume_at(false), None);
+        assert_eq!(held(&[None]).resume_at(true), None);
     }
 
     #[test]
     fn kafka_is_told_the_lowest_position_only_once_every_group_holds_one() {
-        assert_eq!(held(Some(40), Some(25)).low_water(true, true), Some(25));
-        assert_eq!(held(Some(40), None).low_water(true, true), None);
-        assert_eq!(held(Some(40), None).low_water(true, false), Some(40));
-        assert_eq!(held(None, Some(7)).low_water(false, true), Some(7));
-        assert_eq!(held(None, None).low_water(false, false), None);
+        assert_eq!(held(&[Some(40), Some(25)]).low_water(), Some(25));
+        assert_eq!(held(&[Some(40), None]).low_water(), None);
+        assert_eq!(held(&[Some(40)]).low_water(), Some(40));
+        assert_eq!(held(&[]).low_water(), None);
+        let mut h = held(&[None, Some(3)]);
+        h.set(0, 7);
+        assert_eq!(h.low_water(), Some(3));
+        h.set(2, 1);
+        assert_eq!(h, held(&[Some(7), Some(3), Some(1)]));
     }
 }

@@ -11,21 +11,22 @@ use ymera_lake::TableWriter;
 use super::{Progress, RunError, Runner};
 
 /// One partition's open segment: the rows read since the last publication. Each group of
-/// sinks that records its own position (the lake's commit log; the warehouse's offsets
-/// table) has its own part, starting where that group's position is: after a crash
-/// between the two, one part starts later than the other until they meet.
+/// sinks that records its own position (each lake table in its Delta log; the warehouse in
+/// its offsets table) has its own part, starting where that group's position is: after a
+/// crash between two commits, one part starts later than another until they meet.
 pub(super) struct Segment {
     pub(super) epoch: u64,
     pub(super) last: i64,
     pub(super) opened: Instant,
-    pub(super) lake: Option<LakePart>,
+    /// Per lake table (sinks, then the DLQ table): its part, once open.
+    pub(super) tables: Vec<Option<TablePart>>,
     pub(super) warehouse: Option<WarehousePart>,
 }
 
-pub(super) struct LakePart {
+/// The rows of one lake table since `first`.
+pub(super) struct TablePart {
     pub(super) first: i64,
-    pub(super) writers: Vec<TableWriter>,
-    pub(super) dlq: Option<TableWriter>,
+    pub(super) writer: TableWriter,
 }
 
 pub(super) struct WarehousePart {
@@ -35,6 +36,24 @@ pub(super) struct WarehousePart {
     pub(super) origins: Vec<Vec<ymera_warehouse::Origin>>,
     pub(super) rows: u64,
     pub(super) bytes: u64,
+}
+
+impl Segment {
+    /// Whether group `g` (a lake table, or the warehouse after them) has its part open.
+    pub(super) fn is_open(&self, g: usize) -> bool {
+        match self.tables.get(g) {
+            Some(part) => part.is_some(),
+            None => self.warehouse.is_some(),
+        }
+    }
+
+    /// Where group `g`'s part starts, when it is open.
+    pub(super) fn first(&self, g: usize) -> Option<i64> {
+        match self.tables.get(g) {
+            Some(part) => part.as_ref().map(|p| p.first),
+            None => self.warehouse.as_ref().map(|p| p.first),
+        }
+    }
 }
 
 impl Runner {
@@ -47,31 +66,24 @@ impl Runner {
         self.parts.get_mut(tp).and_then(|p| p.segment.as_mut())
     }
 
-    pub(super) fn lake_part(&self, first: i64, seg_name: &str) -> Result<LakePart, RunError> {
+    /// The part of lake table `g`, starting at `first`.
+    pub(super) fn table_part(&self, g: usize, first: i64, seg_name: &str) -> Result<TablePart, RunError> {
         let meta = vec![
             ("ymera.pipeline".to_string(), self.name().to_string()),
             ("ymera.segment".to_string(), seg_name.to_string()),
         ];
-        let lake_err = |e| RunError::Lake {
+        let spec = self
+            .table_spec(g)
+            .ok_or_else(|| RunError::Source {
+                pipeline: self.name().to_string(),
+                message: format!("internal: no lake table for sink group {g}"),
+            })?
+            .clone();
+        let writer = TableWriter::new(spec, meta).map_err(|e| RunError::Lake {
             pipeline: self.name().to_string(),
             source: e,
-        };
-        let writers = self
-            .p
-            .sinks
-            .iter()
-            .map(|s| TableWriter::new(s.table.clone(), meta.clone()))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(lake_err)?;
-        let dlq = match &self.p.dlq_table {
-            Some(t) => Some(TableWriter::new(t.clone(), meta).map_err(lake_err)?),
-            None => None,
-        };
-        Ok(LakePart {
-            first,
-            writers,
-            dlq,
-        })
+        })?;
+        Ok(TablePart { first, writer })
     }
 
     pub(super) fn warehouse_part(&self, first: i64) -> WarehousePart {
@@ -122,26 +134,27 @@ impl Runner {
         metrics::counter!("ymera_component_received_events_total", "pipeline" => name.clone(), "component" => "source").increment(received);
         self.stats.records_in += received;
         Progress::add(&self.opts.progress.records_in, received);
+        let (n_tables, n_groups) = (self.lake_tables(), self.groups());
         let part = self.parts.entry(tp.clone()).or_default();
         let seg = part.segment.get_or_insert_with(|| Segment {
             epoch: chunk.epoch,
             last: expected.unwrap_or(records[0].offset) - 1,
             opened: Instant::now(),
-            lake: None,
+            tables: (0..n_tables).map(|_| None).collect(),
             warehouse: None,
         });
         // Which sink groups need which records: a group whose part is open needs all of
         // them; otherwise those at or after its recorded position (all, with none).
-        let (lake_open, wh_open) = (seg.lake.is_some(), seg.warehouse.is_some());
-        let held = part.held;
-        let lake_from = threshold(self.has_lake(), lake_open, held.lake);
-        let wh_from = threshold(!self.p.warehouse_sinks.is_empty(), wh_open, held.warehouse);
-        let runs = split_runs(records, lake_from, wh_from);
-        for (to_lake, to_wh, rs) in runs {
+        let held = part.held.clone();
+        let from: Vec<i64> = (0..n_groups)
+            .map(|g| threshold(seg.is_open(g), held.at(g)))
+            .collect();
+        let runs = split_runs(records, &from);
+        for (needs, rs) in runs {
             let last = rs[rs.len() - 1].offset;
             // records every sink holds still feed stateful stages (from their checkpoint)
-            if to_lake || to_wh || self.p.has_state() {
-                self.process(&tp, rs, to_lake, to_wh, held).await?;
+            if needs.iter().any(|n| *n) || self.p.has_state() {
+                self.process(&tp, rs, &needs, &held).await?;
             }
             if let Some(seg) = self.segment_mut(&tp) {
                 seg.last = last;
@@ -157,12 +170,11 @@ impl Runner {
         let Some(seg) = self.segment(tp) else {
             return false;
         };
-        let lake_full =
-            seg.lake.as_ref().is_some_and(|part| {
-                self.p.sinks.iter().zip(&part.writers).any(|(s, w)| {
-                    w.rows() >= s.rolling.max_rows || w.bytes() >= s.rolling.max_bytes.0
-                })
-            });
+        let lake_full = self.p.sinks.iter().zip(&seg.tables).any(|(s, part)| {
+            part.as_ref().is_some_and(|p| {
+                p.writer.rows() >= s.rolling.max_rows || p.writer.bytes() >= s.rolling.max_bytes.0
+            })
+        });
         let wh_full = seg.warehouse.as_ref().is_some_and(|part| {
             self.p
                 .warehouse_sinks
@@ -221,29 +233,21 @@ pub(super) fn past(expected: Option<i64>, records: Vec<Record>) -> Fresh {
     fresh
 }
 
-/// The lowest offset a sink group needs: none for a group the pipeline lacks, all once its
-/// part is open, else from its recorded position (all, with none).
-fn threshold(present: bool, open: bool, pos: Option<i64>) -> i64 {
-    match (present, open) {
-        (false, _) => i64::MAX,
-        (true, true) => i64::MIN,
-        (true, false) => pos.unwrap_or(i64::MIN),
-    }
+/// The lowest offset a sink group needs: all once its part is open, else from its
+/// recorded position (all, with none).
+fn threshold(open: bool, pos: Option<i64>) -> i64 {
+    if open { i64::MIN } else { pos.unwrap_or(i64::MIN) }
 }
 
-/// Cuts records (in offset order) where a sink group starts needing them: at most three
-/// runs of `(to_lake, to_warehouse, records)`.
-pub(super) fn split_runs(
-    records: Vec<Record>,
-    lake_from: i64,
-    wh_from: i64,
-) -> Vec<(bool, bool, Vec<Record>)> {
-    let mut runs: Vec<(bool, bool, Vec<Record>)> = Vec::new();
+/// Cuts records (in offset order) where a sink group starts needing them: runs of
+/// `(which groups need them, records)`, `from[g]` being the lowest offset group `g` needs.
+pub(super) fn split_runs(records: Vec<Record>, from: &[i64]) -> Vec<(Vec<bool>, Vec<Record>)> {
+    let mut runs: Vec<(Vec<bool>, Vec<Record>)> = Vec::new();
     for r in records {
-        let need = (r.offset >= lake_from, r.offset >= wh_from);
+        let need: Vec<bool> = from.iter().map(|f| r.offset >= *f).collect();
         match runs.last_mut() {
-            Some((l, w, rs)) if (*l, *w) == need => rs.push(r),
-            _ => runs.push((need.0, need.1, vec![r])),
+            Some((n, rs)) if *n == need => rs.push(r),
+            _ => runs.push((need, vec![r])),
         }
     }
     runs
@@ -285,31 +289,30 @@ mod tests {
 
     #[test]
     fn runs_are_cut_where_a_sink_group_starts_needing_records() {
-        // the warehouse holds up to 12, the lake up to 15: three runs
-        let lake = threshold(true, false, Some(15));
-        let wh = threshold(true, false, Some(12));
-        let runs = split_runs(records(&[10, 11, 12, 13, 14, 15, 16]), lake, wh);
-        let shape: Vec<(bool, bool, Vec<i64>)> = runs
-            .iter()
-            .map(|(l, w, rs)| (*l, *w, offsets(rs)))
-            .collect();
+        // the warehouse holds up to 12, the lake table up to 15: three runs
+        let from = [threshold(false, Some(15)), threshold(false, Some(12))];
+        let runs = split_runs(records(&[10, 11, 12, 13, 14, 15, 16]), &from);
+        let shape: Vec<(Vec<bool>, Vec<i64>)> =
+            runs.iter().map(|(n, rs)| (n.clone(), offsets(rs))).collect();
         assert_eq!(
             shape,
             vec![
-                (false, false, vec![10, 11]),
-                (false, true, vec![12, 13, 14]),
-                (true, true, vec![15, 16]),
+                (vec![false, false], vec![10, 11]),
+                (vec![false, true], vec![12, 13, 14]),
+                (vec![true, true], vec![15, 16]),
             ]
         );
     }
 
     #[test]
-    fn an_open_part_takes_everything_and_a_missing_group_nothing() {
-        assert_eq!(threshold(true, true, Some(100)), i64::MIN);
-        assert_eq!(threshold(true, false, None), i64::MIN);
-        assert_eq!(threshold(false, true, Some(1)), i64::MAX);
-        let runs = split_runs(records(&[1, 2]), threshold(true, true, Some(100)), i64::MAX);
-        assert_eq!(runs.len(), 1);
-        assert!(runs[0].0 && !runs[0].1);
+    fn an_open_part_takes_everything_and_a_group_with_nothing_too() {
+        assert_eq!(threshold(true, Some(100)), i64::MIN);
+        assert_eq!(threshold(false, None), i64::MIN);
+        // a table behind the others (a crash between two tables' commits) gets its run
+        let from = [threshold(true, Some(100)), threshold(false, Some(2))];
+        let runs = split_runs(records(&[1, 2]), &from);
+        assert_eq!(runs.len(), 2);
+        assert_eq!(runs[0].0, vec![true, false]);
+        assert_eq!(runs[1].0, vec![true, true]);
     }
 }

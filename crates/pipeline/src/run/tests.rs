@@ -5,7 +5,7 @@ use std::sync::Mutex;
 
 use tokio::sync::mpsc;
 use ymera_ingest::kafka::{Chunk, Record};
-use ymera_lake::ledger;
+use ymera_lake::delta;
 
 use super::*;
 use crate::load::Loaded;
@@ -133,27 +133,54 @@ async fn drive(
     (result, std::mem::take(&mut runner.stats))
 }
 
-/// Rows committed per table of the pipeline.
+/// Rows committed per table of the pipeline, read back through SQL over the Delta tables;
+/// refuses duplicate ids.
 async fn committed_rows(lake: &Lake) -> HashMap<String, u64> {
+    let ctx = datafusion::prelude::SessionContext::new();
     let mut rows = HashMap::new();
-    for record in ledger::read_records(lake, "unit").await.unwrap() {
-        for f in record.files {
-            let table = f.path.split("/dt=").next().unwrap_or(&f.path);
-            let table = table
-                .split('/')
-                .filter(|s| !s.contains('+'))
-                .collect::<Vec<_>>()
-                .join("/");
-            *rows.entry(table).or_insert(0) += f.rows;
-        }
+    for t in ymera_lake::catalog::register_lake_tables(&ctx, lake).await.unwrap() {
+        let (column, dir) = if t.dir.starts_with("_dlq") {
+            ("ymera_source_offset", t.dir.clone())
+        } else {
+            ("id", t.dir.clone())
+        };
+        let sql = format!("SELECT count(*), count(DISTINCT {column}) FROM {}", t.name);
+        let batches = ctx.sql(&sql).await.unwrap().collect().await.unwrap();
+        let count = |i: usize| {
+            batches[0]
+                .column(i)
+                .as_any()
+                .downcast_ref::<arrow::array::Int64Array>()
+                .unwrap()
+                .value(0) as u64
+        };
+        assert_eq!(count(0), count(1), "duplicate rows in {dir}");
+        rows.insert(dir, count(0));
     }
     rows
 }
 
+/// The next offset each table of the pipeline holds for the partition: `(people, DLQ)`.
+async fn positions(lake: &Lake) -> (Option<i64>, Option<i64>) {
+    let id = delta::app_id("unit", "events", 0);
+    let mut out = Vec::new();
+    for table in ["people", "_dlq/unit"] {
+        let pos = delta::positions(lake, table, std::slice::from_ref(&id))
+            .await
+            .unwrap();
+        out.push(pos.get(&id).map(|last| last + 1));
+    }
+    (out[0], out[1])
+}
+
+/// Nothing held by either table.
+fn nothing() -> Held {
+    Held(vec![None, None])
+}
+
 /// The lake holds no position of the pipeline and Kafka was told nothing.
 async fn assert_nothing_published(lake: &Lake, source: &Scripted) {
-    let positions = ledger::read_positions(lake, "unit").await.unwrap();
-    assert!(positions.is_empty(), "{positions:?}");
+    assert_eq!(positions(lake).await, (None, None));
     assert!(source.commits.lock().unwrap().is_empty());
 }
 
@@ -166,7 +193,7 @@ async fn a_segment_is_published_once_and_kafka_told_the_next_offset() {
     let (result, stats) = drive(
         &lake,
         &source,
-        Held::default(),
+        nothing(),
         vec![
             SourceEvent::Assigned(vec![(tp(), None)]),
             chunk(
@@ -183,8 +210,7 @@ async fn a_segment_is_published_once_and_kafka_told_the_next_offset() {
     assert_eq!(stats.records_in, 5);
     assert_eq!(stats.skipped_duplicates, 2);
     assert_eq!(stats.dead_lettered, 1);
-    let positions = ledger::read_positions(&lake, "unit").await.unwrap();
-    assert_eq!(positions.get(&tp()), Some(&5));
+    assert_eq!(positions(&lake).await, (Some(5), Some(5)));
     assert_eq!(*source.commits.lock().unwrap(), vec![(tp(), 5)]);
     let rows = committed_rows(&lake).await;
     assert_eq!(rows.get("people"), Some(&4), "{rows:?}");
@@ -193,10 +219,7 @@ async fn a_segment_is_published_once_and_kafka_told_the_next_offset() {
     // a restart where the lake holds up to 5 writes only what is past it
     let source = Arc::new(Scripted::default());
     let epoch = source.fence.assign(&[tp()]).await;
-    let held = Held {
-        lake: Some(5),
-        warehouse: None,
-    };
+    let held = Held(vec![Some(5), Some(5)]);
     let (result, stats) = drive(
         &lake,
         &source,
@@ -218,8 +241,7 @@ async fn a_segment_is_published_once_and_kafka_told_the_next_offset() {
     .await;
     result.unwrap();
     assert_eq!((stats.records_in, stats.skipped_duplicates), (2, 2));
-    let positions = ledger::read_positions(&lake, "unit").await.unwrap();
-    assert_eq!(positions.get(&tp()), Some(&7));
+    assert_eq!(positions(&lake).await, (Some(7), Some(7)));
     assert_eq!(*source.commits.lock().unwrap(), vec![(tp(), 7)]);
     assert_eq!(committed_rows(&lake).await.get("people"), Some(&6));
 }
@@ -237,7 +259,7 @@ async fn a_segment_read_under_an_older_assignment_is_never_published() {
     let (result, _) = drive(
         &lake,
         &source,
-        Held::default(),
+        nothing(),
         vec![
             SourceEvent::Assigned(vec![(tp(), None)]),
             chunk(epoch, &[(0, Some("a")), (1, Some("b"))]),
@@ -254,7 +276,7 @@ async fn a_segment_read_under_an_older_assignment_is_never_published() {
     let (result, _) = drive(
         &lake,
         &source,
-        Held::default(),
+        nothing(),
         vec![
             SourceEvent::Assigned(vec![(tp(), None)]),
             chunk(epoch, &[(0, Some("a"))]),
@@ -265,4 +287,60 @@ async fn a_segment_read_under_an_older_assignment_is_never_published() {
     .await;
     result.unwrap();
     assert_nothing_published(&lake, &source).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_behind_the_others_gets_only_what_it_lacks() {
+    let dir = tempfile::tempdir().unwrap();
+    let lake = Lake::open(dir.path().to_str().unwrap()).unwrap();
+    let source = Arc::new(Scripted::default());
+    let epoch = source.fence.assign(&[tp()]).await;
+    let (result, _) = drive(
+        &lake,
+        &source,
+        nothing(),
+        vec![
+            SourceEvent::Assigned(vec![(tp(), None)]),
+            chunk(epoch, &[(0, Some("a")), (1, Some("b"))]),
+            SourceEvent::Stopped,
+        ],
+    )
+    .await;
+    result.unwrap();
+    assert_eq!(positions(&lake).await, (Some(2), Some(2)));
+
+    // As after a crash between the two tables' commits: `people` holds up to 5, the DLQ
+    // table up to 2. The source resumes at 2; `people` skips 2..=4, the DLQ table gets the
+    // bad record at 3, and both end at 7.
+    let source = Arc::new(Scripted::default());
+    let epoch = source.fence.assign(&[tp()]).await;
+    let held = Held(vec![Some(5), Some(2)]);
+    assert_eq!(held.resume_at(false), Some(2));
+    let (result, stats) = drive(
+        &lake,
+        &source,
+        held,
+        vec![
+            SourceEvent::Assigned(vec![(tp(), Some(2))]),
+            chunk(
+                epoch,
+                &[
+                    (2, Some("c")),
+                    (3, None),
+                    (4, Some("e")),
+                    (5, Some("f")),
+                    (6, Some("g")),
+                ],
+            ),
+            SourceEvent::Stopped,
+        ],
+    )
+    .await;
+    result.unwrap();
+    assert_eq!(stats.dead_lettered, 1);
+    assert_eq!(positions(&lake).await, (Some(7), Some(7)));
+    assert_eq!(*source.commits.lock().unwrap(), vec![(tp(), 7)]);
+    let rows = committed_rows(&lake).await;
+    assert_eq!(rows.get("people"), Some(&4), "{rows:?}");
+    assert_eq!(rows.get("_dlq/unit"), Some(&1), "{rows:?}");
 }
