@@ -16,10 +16,15 @@ use crate::support::*;
 const RECORDS: i64 = 20_000;
 const PARTITIONS: i32 = 4;
 
-/// Commit records the lake holds for `pipeline` (each one a published segment).
-fn commit_records(lake: &std::path::Path, pipeline: &str) -> usize {
-    std::fs::read_dir(lake.join("_ymera/commits").join(pipeline))
-        .map(|d| d.count())
+/// Commits in the Delta log of `table` (each one a published segment of one partition,
+/// after the table's creation).
+fn commit_records(lake: &std::path::Path, table: &str) -> usize {
+    std::fs::read_dir(lake.join(table).join("_delta_log"))
+        .map(|d| {
+            d.flatten()
+                .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
+                .count()
+        })
         .unwrap_or(0)
 }
 

@@ -1,37 +1,105 @@
-//! The lake is readable by other engines with nothing but `hive_partitioning`: DuckDB and
-//! pyarrow (installed by scripts/test from PyPI), run as separate processes; and by
+//! Every lake table is a Delta table that other engines read unchanged: DuckDB 1.4.4's
+//! `delta_scan` (the `duckdb-ext-delta` wheel, loaded offline) and the Python `deltalake`
+//! package, installed by scripts/test from PyPI and run as separate processes; and
 //! `ymera sql`, with the Hive partitions as columns.
 
 use std::process::Command;
+use std::sync::Arc;
+
+use arrow::array::{Int64Array, RecordBatch, StringArray};
+use arrow::datatypes::{DataType, Field, Schema};
 
 use crate::support::*;
 
-#[test]
-fn duckdb_and_pyarrow_read_the_lake() {
-    let lake = seq_lake("interop", 1000, 2).lake;
-    let script = r#"
-import sys, duckdb, pyarrow.dataset as ds
-lake = sys.argv[1]
-rows = duckdb.sql(f"SELECT count(*), count(DISTINCT seq), min(dt)::VARCHAR, typeof(min(dt)), typeof(min(ts)) FROM read_parquet('{lake}/interop/**/*.parquet', hive_partitioning=true)").fetchall()[0]
-t = ds.dataset(f"{lake}/interop", format="parquet", partitioning="hive").to_table()
-print(rows[0], rows[1], rows[2], rows[3], rows[4], t.num_rows, t.schema.field("ts").type)
+/// Python prelude: `con`, a DuckDB connection with the delta extension loaded from the
+/// `duckdb-ext-delta` wheel (no download), and `deltalake`.
+const PRELUDE: &str = r#"
+import sys, glob, os, duckdb, deltalake
+site = os.path.dirname(os.path.dirname(duckdb.__file__))
+ext = glob.glob(os.path.join(site, "duckdb_ext", "extensions", "v1.4.4", "*", "delta.duckdb_extension"))
+assert ext, "duckdb-ext-delta is not installed (scripts/test installs it)"
+con = duckdb.connect(config={"allow_unsigned_extensions": "true"})
+con.execute(f"LOAD '{ext[0]}'")
 "#;
+
+fn python(script: &str, args: &[&std::path::Path]) -> String {
     let out = Command::new("python3")
         .arg("-c")
-        .arg(script)
-        .arg(lake.path())
+        .arg(format!("{PRELUDE}\n{script}"))
+        .args(args)
         .output()
         .expect("python3");
-    let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
-        "python3 with duckdb and pyarrow failed (scripts/test installs them): {}",
+        "python3 with duckdb and deltalake failed (scripts/test installs them): {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[test]
+fn duckdb_and_deltalake_read_the_lake() {
+    let lake = seq_lake("interop", 1000, 2).lake;
+    let table = lake.path().join("interop");
+    let dlq = lake.path().join("_dlq/interop");
+    let script = r#"
+table, dlq = sys.argv[1], sys.argv[2]
+rows = con.sql(f"SELECT count(*), count(DISTINCT seq), min(dt)::VARCHAR, typeof(min(dt)), typeof(min(ts)) FROM delta_scan('{table}')").fetchall()[0]
+t = deltalake.DeltaTable(table)
+p = t.protocol()
+pa = t.to_pyarrow_table()
+empty = con.sql(f"SELECT count(*) FROM delta_scan('{dlq}')").fetchall()[0][0]
+print(rows[0], rows[1], rows[2], rows[3], rows[4], pa.num_rows, pa.schema.field("ts").type, p.min_reader_version, p.min_writer_version, t.metadata().partition_columns, empty, len(deltalake.DeltaTable(dlq).files()))
+"#;
     assert_eq!(
-        stdout.trim(),
-        "1000 1000 2025-11-25 DATE TIMESTAMP WITH TIME ZONE 1000 timestamp[us, tz=UTC]",
-        "DuckDB/pyarrow saw the lake differently"
+        python(script, &[&table, &dlq]),
+        "1000 1000 2025-11-25 DATE TIMESTAMP WITH TIME ZONE 1000 timestamp[us, tz=UTC] 1 2 ['dt'] 0 0",
+        "DuckDB/deltalake saw the lake differently"
+    );
+}
+
+/// Partition values with `/`, space, `%` and `:` (delta-rs#3577) read back as written.
+#[test]
+fn partition_values_with_reserved_characters_read_back() {
+    let values = ["a/b", "c d", "50%", "x:y", "plain"];
+    let tmp = tempfile::tempdir().unwrap();
+    let lake = ymera_lake::Lake::open(tmp.path().to_str().unwrap()).unwrap();
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("service", DataType::Utf8, true),
+        Field::new("n", DataType::Int64, false),
+    ]));
+    let spec = ymera_lake::TableSpec {
+        table: "odd".into(),
+        partition_by: vec!["service".into()],
+        event_time: None,
+        zstd_level: 3,
+        schema: schema.clone(),
+    };
+    let batch = RecordBatch::try_new(
+        schema,
+        vec![
+            Arc::new(StringArray::from(values.to_vec())),
+            Arc::new(Int64Array::from_iter_values(0..values.len() as i64)),
+        ],
+    )
+    .unwrap();
+    let mut w = ymera_lake::TableWriter::new(spec.clone(), Vec::new()).unwrap();
+    w.write(&batch).unwrap();
+    let files = w.finish("t+0+0-4.parquet").unwrap();
+    let commit = ymera_lake::delta::TableCommit::new(&spec, files, Vec::new());
+    runtime()
+        .block_on(ymera_lake::delta::Tables::new(lake).commit(&commit))
+        .unwrap();
+    let script = r#"
+table = sys.argv[1]
+duck = con.sql(f"SELECT service, n FROM delta_scan('{table}') ORDER BY n").fetchall()
+py = sorted(zip(*[deltalake.DeltaTable(table).to_pyarrow_table().column(c).to_pylist() for c in ("n", "service")]))
+print(repr([s for s, _ in duck]), repr([s for _, s in py]))
+"#;
+    let expected = format!("{values:?}").replace('"', "'");
+    assert_eq!(
+        python(script, &[&tmp.path().join("odd")]),
+        format!("{expected} {expected}")
     );
 }
 

@@ -327,9 +327,16 @@ pub fn wait_timeout(child: &mut Child, limit: Duration) -> Option<std::process::
     None
 }
 
-/// `<topic>+<partition>+<first>-<last>.parquet` parsed by the test itself.
+/// `<topic>+<partition>+<first>-<last>.parquet` parsed by the test itself (a name taken by
+/// an orphan gets a `.<16 hex>` suffix before `.parquet`).
 pub fn parse_name(name: &str) -> Option<(String, i32, i64, i64)> {
-    let stem = name.strip_suffix(".parquet")?;
+    let mut stem = name.strip_suffix(".parquet")?;
+    if let Some((head, tail)) = stem.rsplit_once('.')
+        && tail.len() == 16
+        && tail.chars().all(|c| c.is_ascii_hexdigit())
+    {
+        stem = head;
+    }
     let (rest, range) = stem.rsplit_once('+')?;
     let (topic, partition) = rest.rsplit_once('+')?;
     let (a, b) = range.split_once('-')?;
@@ -341,25 +348,20 @@ pub fn parse_name(name: &str) -> Option<(String, i32, i64, i64)> {
     ))
 }
 
-/// Every Parquet file under `dir`, recursively.
+/// The Parquet files of the Delta table at `dir` that its latest snapshot references (a
+/// listing would also find files of commits that never happened), sorted; none when
+/// there is no table yet.
 pub fn parquet_files(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in entries.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if p.extension().is_some_and(|x| x == "parquet") {
-                out.push(p);
-            }
-        }
+    if !dir.join("_delta_log").is_dir() {
+        return Vec::new();
     }
-    out.sort();
-    out
+    let parent = dir.parent().expect("table dir has a parent");
+    let table = dir.file_name().and_then(|n| n.to_str()).expect("table name");
+    let lake = ymera_lake::Lake::open(parent.to_str().expect("utf-8 path")).expect("open lake");
+    let files = runtime()
+        .block_on(ymera_lake::delta::live_files(&lake, table))
+        .expect("read the Delta log");
+    files.into_iter().map(|f| dir.join(f)).collect()
 }
 
 /// Reads every batch of a Parquet file with the parquet crate.

@@ -217,6 +217,23 @@ pub async fn positions(lake: &Lake, table: &str, app_ids: &[String]) -> Result<H
     txn_versions(table, &t, app_ids).await
 }
 
+/// The data files of the table's latest snapshot (paths relative to the table), sorted;
+/// empty when there is no table. Only these are the table: a listing of the directory also
+/// finds files of commits that never happened.
+pub async fn live_files(lake: &Lake, table: &str) -> Result<Vec<String>> {
+    let Some(t) = open(lake, table).await? else {
+        return Ok(Vec::new());
+    };
+    let snapshot = t.snapshot().map_err(|e| delta_err(table, e))?;
+    let mut files: Vec<String> = snapshot
+        .log_data()
+        .into_iter()
+        .map(|add| add.object_store_path().to_string())
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
 async fn txn_versions(
     table: &str,
     t: &DeltaTable,
