@@ -1,6 +1,6 @@
 //! The lake on an S3-compatible object store (moto's S3 server, started by scripts/test,
-//! endpoint in `YMERA_TEST_S3_ENDPOINT`): create-only publication and a pipeline run with
-//! resume from the commit log kept in the bucket.
+//! endpoint in `YMERA_TEST_S3_ENDPOINT`): create-only publication, a pipeline run with
+//! resume from the Delta logs kept in the bucket, and two writers racing one log version.
 
 use std::time::Duration;
 
@@ -132,7 +132,83 @@ fn pipeline_runs_into_an_s3_lake_and_resumes_from_it() {
     };
     run(&unique("g"));
     assert_eq!(count(), "n,d\n800,800");
-    // a new consumer group (no group offsets at all) resumes from the bucket's commit log
+    // a new consumer group (no group offsets at all) resumes from the tables' Delta logs
     run(&unique("g"));
     assert_eq!(count(), "n,d\n800,800");
+}
+
+/// Two writers commit to one Delta table on S3 at the same moment (conditional PUT of the
+/// same log version): for the same partition's offsets exactly one commit wins and the other
+/// finds them held; for different partitions both land, one after a retry.
+#[test]
+fn two_writers_racing_one_version_on_s3_never_duplicate() {
+    use std::sync::Arc;
+
+    use arrow::array::{Int64Array, RecordBatch};
+    use arrow::datatypes::{DataType, Field, Schema};
+    use ymera_lake::delta::{Committed, TableCommit, Tables, app_id};
+
+    let bucket = unique("race").to_ascii_lowercase();
+    create_bucket(&bucket);
+    let rt = runtime();
+    let lake = Lake::open_with(&format!("s3://{bucket}/lake"), &s3_settings()).unwrap();
+    let schema = Arc::new(Schema::new(vec![Field::new("seq", DataType::Int64, false)]));
+    let spec = ymera_lake::TableSpec {
+        table: "race".into(),
+        partition_by: Vec::new(),
+        event_time: None,
+        zstd_level: 3,
+        schema: schema.clone(),
+    };
+    let segment = |partition: i32, first: i64, last: i64| {
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![Arc::new(Int64Array::from_iter_values(first..=last))],
+        )
+        .unwrap();
+        let mut w = ymera_lake::TableWriter::new(spec.clone(), Vec::new()).unwrap();
+        w.write(&batch).unwrap();
+        let name = ymera_lake::SegmentId {
+            topic: "t".into(),
+            partition,
+            first,
+            last,
+        }
+        .file_name();
+        let files = w.finish(&name).unwrap();
+        TableCommit::new(&spec, files, vec![(app_id("p", "t", partition), first, last)])
+    };
+    // the table exists before the race (both writers then load the same version)
+    rt.block_on(Tables::new(lake.clone()).commit(&segment(0, 0, 9)))
+        .unwrap();
+    let race = |a: TableCommit, b: TableCommit| {
+        let (mut wa, mut wb) = (Tables::new(lake.clone()), Tables::new(lake.clone()));
+        rt.block_on(async {
+            // both load the table first, so both build on the same snapshot
+            let warm = segment(0, 0, 9);
+            wa.commit(&warm).await.unwrap();
+            wb.commit(&warm).await.unwrap();
+            let (ra, rb) = tokio::join!(wa.commit(&a), wb.commit(&b));
+            (ra.unwrap(), rb.unwrap())
+        })
+    };
+    let (ra, rb) = race(segment(0, 10, 19), segment(0, 10, 19));
+    let won = [ra, rb]
+        .iter()
+        .filter(|r| matches!(r, Committed::Version(_)))
+        .count();
+    assert_eq!(won, 1, "{ra:?} {rb:?}");
+    assert!(
+        [ra, rb].contains(&Committed::AlreadyHeld),
+        "{ra:?} {rb:?}"
+    );
+    let (ra, rb) = race(segment(0, 20, 29), segment(1, 0, 9));
+    assert!(
+        matches!((ra, rb), (Committed::Version(_), Committed::Version(_))),
+        "{ra:?} {rb:?}"
+    );
+    let files = rt
+        .block_on(ymera_lake::delta::live_files(&lake, "race"))
+        .unwrap();
+    assert_eq!(files.len(), 4, "{files:?}");
 }

@@ -268,6 +268,94 @@ async fn end_to_end(brokers: &str, events: &[Vec<u8>]) -> Result<(), String> {
     Ok(())
 }
 
+/// Partitions of the synthetic table of [`bench_delta_log`].
+const LOG_PARTITIONS: i32 = 32;
+
+/// For each size: a table with that many commits (one 10-row file and one partition's txn
+/// each, partitions round-robin, delta-rs's checkpoint every 100 commits), then the time
+/// to read every partition's position from it as an assignment does (load the latest
+/// checkpoint and the log after it, then one txn lookup per partition), median of 5.
+pub async fn bench_delta_log(sizes: &[usize]) -> u8 {
+    match delta_log(sizes).await {
+        Ok(()) => EXIT_OK,
+        Err(e) => {
+            eprintln!("error: {e}");
+            EXIT_FAILURE
+        }
+    }
+}
+
+async fn delta_log(sizes: &[usize]) -> Result<(), String> {
+    use std::sync::Arc;
+
+    use arrow::array::Int64Array;
+    use arrow::datatypes::{DataType, Field, Schema};
+    use ymera_lake::delta::{TableCommit, Tables, app_id, positions};
+
+    let schema = Arc::new(Schema::new(vec![Field::new("seq", DataType::Int64, false)]));
+    let spec = TableSpec {
+        table: "log".into(),
+        partition_by: Vec::new(),
+        event_time: None,
+        zstd_level: 3,
+        schema: schema.clone(),
+    };
+    let ids: Vec<String> = (0..LOG_PARTITIONS).map(|p| app_id("bench", "events", p)).collect();
+    for &n in sizes {
+        let dir = tempdir()?;
+        let lake = ymera_lake::Lake::open(&format!("{dir}/log-{n}")).map_err(|e| e.to_string())?;
+        let mut tables = Tables::new(lake.clone());
+        let started = Instant::now();
+        let mut next = vec![0i64; LOG_PARTITIONS as usize];
+        for i in 0..n {
+            let p = (i % LOG_PARTITIONS as usize) as i32;
+            let first = next[p as usize];
+            let last = first + 9;
+            next[p as usize] = last + 1;
+            let batch = RecordBatch::try_new(
+                schema.clone(),
+                vec![Arc::new(Int64Array::from_iter_values(first..=last))],
+            )
+            .map_err(|e| e.to_string())?;
+            let mut w = TableWriter::new(spec.clone(), Vec::new()).map_err(|e| e.to_string())?;
+            w.write(&batch).map_err(|e| e.to_string())?;
+            let name = ymera_lake::SegmentId {
+                topic: "events".into(),
+                partition: p,
+                first,
+                last,
+            }
+            .file_name();
+            let files = w.finish(&name).map_err(|e| e.to_string())?;
+            let txn = (ids[p as usize].clone(), first, last);
+            tables
+                .commit(&TableCommit::new(&spec, files, vec![txn]))
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        let built = started.elapsed();
+        let mut times = Vec::new();
+        for _ in 0..5 {
+            let t = Instant::now();
+            let pos = positions(&lake, "log", &ids).await.map_err(|e| e.to_string())?;
+            times.push(t.elapsed());
+            if pos.len() != ids.len() {
+                return Err(format!("{} of {} positions found", pos.len(), ids.len()));
+            }
+        }
+        times.sort();
+        println!(
+            "delta log of {n} commits ({:.1} ms per commit to build): positions of {LOG_PARTITIONS} partitions in {:.1} ms (median of 5; min {:.1}, max {:.1})",
+            built.as_secs_f64() * 1e3 / n as f64,
+            times[2].as_secs_f64() * 1e3,
+            times[0].as_secs_f64() * 1e3,
+            times[4].as_secs_f64() * 1e3,
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    Ok(())
+}
+
 fn tempdir() -> Result<String, String> {
     let dir = std::env::temp_dir().join(format!("ymera-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;

@@ -226,6 +226,11 @@ enum Command {
         /// directory (NAB layout), one thread, horizon one day.
         #[arg(long, value_name = "DIR")]
         forecast: Option<PathBuf>,
+        /// Instead, time what a partition assignment reads (every table position from the
+        /// Delta log) for a table with this many commits (repeatable: `--delta-log 1000
+        /// --delta-log 10000`); each commit adds one small file and one partition's txn.
+        #[arg(long = "delta-log", value_name = "COMMITS")]
+        delta_log: Vec<usize>,
     },
 }
 
@@ -517,6 +522,9 @@ fn main() -> ExitCode {
             Command::Bench {
                 warehouses, rows, ..
             } if !warehouses.is_empty() => bench::bench_warehouse(&warehouses, rows).await,
+            Command::Bench { delta_log, .. } if !delta_log.is_empty() => {
+                bench::bench_delta_log(&delta_log).await
+            }
             Command::Bench {
                 events,
                 brokers,

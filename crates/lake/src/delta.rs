@@ -92,9 +92,35 @@ pub fn table_schema(input: &Schema, partition_by: &[String]) -> SchemaRef {
     Arc::new(Schema::new(fields))
 }
 
+/// A timestamp type other than µs UTC somewhere in `t` (Delta's `timestamp` is µs UTC;
+/// anything else would need `timestamp_ntz`, a newer protocol, or change its unit).
+fn odd_timestamp(t: &DataType) -> Option<&DataType> {
+    match t {
+        DataType::Timestamp(arrow::datatypes::TimeUnit::Microsecond, Some(tz))
+            if tz.eq_ignore_ascii_case("utc") =>
+        {
+            None
+        }
+        DataType::Timestamp(..) => Some(t),
+        DataType::List(f) | DataType::LargeList(f) | DataType::FixedSizeList(f, _) => {
+            odd_timestamp(f.data_type())
+        }
+        DataType::Struct(fields) => fields.iter().find_map(|f| odd_timestamp(f.data_type())),
+        DataType::Map(f, _) => odd_timestamp(f.data_type()),
+        _ => None,
+    }
+}
+
 /// The Delta form of a table schema; an error names the column Delta cannot hold.
 pub fn delta_schema(table: &str, schema: &Schema) -> Result<StructType> {
     for f in schema.fields() {
+        if let Some(t) = odd_timestamp(f.data_type()) {
+            return Err(LakeError::Invalid(format!(
+                "table `{table}`: column `{}` holds {t}; lake tables hold timestamps as µs UTC (Delta `timestamp`): cast it, e.g. `arrow_cast({}, 'Timestamp(Microsecond, Some(\"UTC\"))')`",
+                f.name(),
+                f.name()
+            )));
+        }
         let one = Schema::new(vec![f.as_ref().clone()]);
         let converted: std::result::Result<StructType, _> = (&one).try_into_kernel();
         if let Err(e) = converted {
@@ -716,6 +742,13 @@ mod tests {
             true,
         )]);
         let err = delta_schema("t", &schema).unwrap_err().to_string();
-        assert!(err.contains("column `at`"), "{err}");
+        assert!(err.contains("column `at` holds Timestamp(ns"), "{err}");
+        // no time zone would need `timestamp_ntz` (reader 3 / writer 7): refused too
+        let schema = Schema::new(vec![Field::new(
+            "local",
+            DataType::Timestamp(TimeUnit::Microsecond, None),
+            true,
+        )]);
+        assert!(delta_schema("t", &schema).is_err());
     }
 }

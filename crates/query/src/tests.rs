@@ -1,29 +1,47 @@
 //! The forbidden-SQL corpus, the query bomb, limits and error messages, on a real lake
-//! directory of Parquet files.
+//! of Delta tables.
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use arrow::array::{Int64Array, StringArray};
-use arrow::datatypes::{DataType, Field, Schema};
+use arrow::array::{Int64Array, StringArray, TimestampMicrosecondArray};
+use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use arrow::record_batch::RecordBatch;
 
 use super::*;
 
-fn write_parquet(path: &Path, batch: &RecordBatch) {
-    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    let f = std::fs::File::create(path).unwrap();
-    let mut w = parquet::arrow::ArrowWriter::try_new(f, batch.schema(), None).unwrap();
+/// Writes `batch` to a new Delta table `table` of the lake, as one commit.
+async fn write_table(lake: &Lake, table: &str, partition_by: &[&str], batch: &RecordBatch) {
+    let spec = ymera_lake::TableSpec {
+        table: table.into(),
+        partition_by: partition_by.iter().map(|c| c.to_string()).collect(),
+        event_time: Some("ts".into()),
+        zstd_level: 3,
+        schema: batch.schema(),
+    };
+    let mut w = ymera_lake::TableWriter::new(spec.clone(), Vec::new()).unwrap();
     w.write(batch).unwrap();
-    w.close().unwrap();
+    let files = w.finish("t+0+0-1.parquet").unwrap();
+    let commit = ymera_lake::delta::TableCommit::new(&spec, files, Vec::new());
+    ymera_lake::delta::Tables::new(lake.clone())
+        .commit(&commit)
+        .await
+        .unwrap();
 }
 
-fn events(n: i64, offset: i64) -> RecordBatch {
+/// `n` rows with ids from `offset`, one a second from midnight of day `day` (0 is
+/// 2026-01-01).
+fn events(n: i64, offset: i64, day: i64) -> RecordBatch {
     let schema = Arc::new(Schema::new(vec![
         Field::new("id", DataType::Int64, false),
         Field::new("service", DataType::Utf8, false),
+        Field::new(
+            "ts",
+            DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+            false,
+        ),
     ]));
+    let day0 = 1_767_225_600_000_000i64; // 2026-01-01T00:00:00Z
     RecordBatch::try_new(
         schema,
         vec![
@@ -31,26 +49,31 @@ fn events(n: i64, offset: i64) -> RecordBatch {
             Arc::new(StringArray::from_iter_values(
                 (0..n).map(|i| ["api", "auth", "search"][i as usize % 3]),
             )),
+            Arc::new(
+                TimestampMicrosecondArray::from_iter_values(
+                    (0..n).map(|i| day0 + day * 86_400_000_000 + i * 1_000_000),
+                )
+                .with_timezone("UTC"),
+            ),
         ],
     )
     .unwrap()
 }
 
-/// A lake with `events` (two `dt` partitions, 100 rows) and `big` (`rows` rows).
-fn lake(rows: i64) -> (tempfile::TempDir, Lake) {
+/// A lake with `events` (two `dt` partitions, 100 rows) and `big` (`rows` rows), both
+/// Delta tables, and a file outside it.
+async fn lake(rows: i64) -> (tempfile::TempDir, Lake) {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("lake");
-    write_parquet(
-        &root.join("events/dt=2026-01-01/t+0+00000000000000000000-00000000000000000049.parquet"),
-        &events(50, 0),
-    );
-    write_parquet(
-        &root.join("events/dt=2026-01-02/t+0+00000000000000000050-00000000000000000099.parquet"),
-        &events(50, 50),
-    );
-    write_parquet(&root.join("big/t+0+0-1.parquet"), &events(rows, 0));
-    std::fs::write(dir.path().join("secret.csv"), "a\n1\n").unwrap();
     let lake = Lake::open(root.to_str().unwrap()).unwrap();
+    let both = arrow::compute::concat_batches(
+        &events(1, 0, 0).schema(),
+        &[events(50, 0, 0), events(50, 50, 1)],
+    )
+    .unwrap();
+    write_table(&lake, "events", &["dt"], &both).await;
+    write_table(&lake, "big", &[], &events(rows, 0, 0)).await;
+    std::fs::write(dir.path().join("secret.csv"), "a\n1\n").unwrap();
     (dir, lake)
 }
 
@@ -66,7 +89,7 @@ fn pretty(o: &Output) -> String {
 
 #[tokio::test]
 async fn forbidden_sql_is_refused_and_touches_no_file() {
-    let (dir, lake) = lake(10);
+    let (dir, lake) = lake(10).await;
     let a = analyst(&lake, Limits::default()).await;
     let tmp = dir.path().display().to_string();
     let corpus = [
@@ -130,7 +153,7 @@ async fn forbidden_sql_is_refused_and_touches_no_file() {
 
 #[tokio::test]
 async fn query_bomb_stops_at_the_memory_limit_or_timeout_and_the_session_stays_usable() {
-    let (_dir, lake) = lake(200_000);
+    let (_dir, lake) = lake(200_000).await;
     let limits = Limits {
         memory: 16 << 20,
         timeout: Duration::from_secs(3),
@@ -165,7 +188,7 @@ async fn query_bomb_stops_at_the_memory_limit_or_timeout_and_the_session_stays_u
 
 #[tokio::test]
 async fn rows_are_capped_and_names_get_suggestions() {
-    let (_dir, lake) = lake(10);
+    let (_dir, lake) = lake(10).await;
     let a = analyst(
         &lake,
         Limits {
@@ -204,7 +227,7 @@ async fn rows_are_capped_and_names_get_suggestions() {
 
 #[tokio::test]
 async fn hive_partitions_are_pruned() {
-    let (_dir, lake) = lake(10);
+    let (_dir, lake) = lake(10).await;
     let a = analyst(&lake, Limits::default()).await;
     let t = a.table("events").unwrap();
     assert_eq!(t.partitions, ["dt"]);
@@ -227,7 +250,7 @@ async fn hive_partitions_are_pruned() {
 
 #[tokio::test]
 async fn functions_that_build_values_outside_the_pool_are_capped() {
-    let (_dir, lake) = lake(10);
+    let (_dir, lake) = lake(10).await;
     let a = analyst(
         &lake,
         Limits {
@@ -276,7 +299,7 @@ async fn functions_that_build_values_outside_the_pool_are_capped() {
 
 #[tokio::test]
 async fn a_result_past_max_result_bytes_is_refused_not_cut() {
-    let (_dir, lake) = lake(10);
+    let (_dir, lake) = lake(10).await;
     let a = analyst(
         &lake,
         Limits {

@@ -35,7 +35,7 @@ use crate::chain::Chain;
 use crate::spec::{Start, UnknownFieldsSpec};
 use crate::validate::Pipeline;
 use alerts::TpState;
-use resolver::{CheckpointMap, Held, HeldMap, SinkResolver};
+use resolver::{CheckpointMap, Held, HeldMap, SinkResolver, Trouble};
 use segment::Segment;
 
 /// Why a pipeline stopped with an error.
@@ -120,6 +120,8 @@ pub async fn run(
     let name = p.spec.name.clone();
     let component = format!("pipeline:{name}");
     opts.health.set(&component, Some("starting".into()));
+    // present from the start, at zero, so a pipeline that has read nothing yet shows it
+    metrics::counter!("ymera_component_received_events_total", "pipeline" => name.clone(), "component" => "source").increment(0);
     match opts.lake.clean_staging(Duration::from_secs(15 * 60)).await {
         Ok(n) if n > 0 => info!(
             pipeline = name,
@@ -157,6 +159,7 @@ pub async fn run(
     };
     let held: HeldMap = Arc::default();
     let checkpoints: CheckpointMap = Arc::default();
+    let trouble: Trouble = Arc::default();
     let chain = p.chain();
     let alert_producer = if chain.anomaly_stages().any(|a| a.notify.topic.is_some()) {
         Some(
@@ -180,6 +183,7 @@ pub async fn run(
         handle: tokio::runtime::Handle::current(),
         stateful: p.has_state(),
         checkpoints: checkpoints.clone(),
+        trouble: trouble.clone(),
     });
     let dlq_producer = match p.spec.dlq.as_ref().and_then(|d| d.topic.clone()) {
         Some(topic) => Some((
@@ -205,7 +209,7 @@ pub async fn run(
         opts.clone(),
         source.clone(),
         warehouse,
-        (held, checkpoints),
+        (held, checkpoints, trouble),
         alert_producer,
         dlq_producer,
     );
@@ -296,6 +300,8 @@ struct Runner {
     source: Arc<dyn SourceHandle>,
     /// What the resolver found at assignment, per partition.
     held_shared: HeldMap,
+    /// Why the resolver cannot resolve the assignment, while it cannot.
+    trouble: Trouble,
     warehouse: Option<Warehouse>,
     /// The Delta tables this runner commits to.
     tables: ymera_lake::delta::Tables,
@@ -315,7 +321,7 @@ impl Runner {
         opts: RunOptions,
         source: Arc<dyn SourceHandle>,
         warehouse: Option<Warehouse>,
-        shared: (HeldMap, CheckpointMap),
+        shared: (HeldMap, CheckpointMap, Trouble),
         alert_producer: Option<Producer>,
         dlq_producer: Option<(String, Producer)>,
     ) -> Runner {
@@ -335,6 +341,7 @@ impl Runner {
             alert_producer,
             source,
             held_shared: shared.0,
+            trouble: shared.2,
             warehouse,
             tables: ymera_lake::delta::Tables::new(lake),
             stats: RunStats::default(),
@@ -412,7 +419,11 @@ impl Runner {
                     if source.has_assignment() {
                         self.opts.health.set(&self.component, None);
                     } else if !stopping {
-                        self.opts.health.set(&self.component, Some("waiting for a partition assignment (is the broker reachable?)".into()));
+                        let why = match self.trouble.lock().ok().and_then(|t| t.clone()) {
+                            Some(trouble) => format!("the assignment waits: {trouble}"),
+                            None => "waiting for a partition assignment (is the broker reachable?)".into(),
+                        };
+                        self.opts.health.set(&self.component, Some(why));
                     }
                 }
                 _ = shutdown.cancelled(), if !stopping => {

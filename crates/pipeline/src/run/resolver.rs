@@ -57,6 +57,10 @@ impl Held {
 
 pub(super) type HeldMap = Arc<std::sync::Mutex<HashMap<TopicPartition, Held>>>;
 
+/// Why the last resolution failed (`None` once one succeeds): readiness says it while the
+/// assignment waits.
+pub(super) type Trouble = Arc<std::sync::Mutex<Option<String>>>;
+
 /// The anomaly-state checkpoint the resolver chose per assigned partition (`None`: start
 /// from fresh detectors).
 pub(super) type CheckpointMap = Arc<std::sync::Mutex<HashMap<TopicPartition, Option<Checkpoint>>>>;
@@ -76,10 +80,27 @@ pub(super) struct SinkResolver {
     /// The pipeline has anomaly stages: their checkpoints move the start back.
     pub(super) stateful: bool,
     pub(super) checkpoints: CheckpointMap,
+    pub(super) trouble: Trouble,
 }
 
 impl Resolver for SinkResolver {
     fn resolve(
+        &self,
+        partitions: &[TopicPartition],
+    ) -> Result<HashMap<TopicPartition, Option<i64>>, String> {
+        let result = self.resolve_now(partitions);
+        if result.is_err() {
+            metrics::counter!("ymera_component_errors_total", "pipeline" => self.pipeline.clone(), "stage" => "source", "error_type" => "resolve").increment(1);
+        }
+        if let Ok(mut t) = self.trouble.lock() {
+            *t = result.as_ref().err().cloned();
+        }
+        result
+    }
+}
+
+impl SinkResolver {
+    fn resolve_now(
         &self,
         partitions: &[TopicPartition],
     ) -> Result<HashMap<TopicPartition, Option<i64>>, String> {
@@ -94,14 +115,14 @@ impl Resolver for SinkResolver {
                 per_table.push(
                     delta::positions(&self.lake, table, &ids)
                         .await
-                        .map_err(|e| e.to_string())?,
+                        .map_err(|e| format!("lake unreadable: {e}"))?,
                 );
             }
             let wh_positions = match &self.warehouse {
                 Some(wh) => Some(
                     wh.read_positions(&self.pipeline)
                         .await
-                        .map_err(|e| e.to_string())?,
+                        .map_err(|e| format!("warehouse unreadable: {e}"))?,
                 ),
                 None => None,
             };

@@ -111,7 +111,7 @@ async fn drive(
     held: Held,
     events: Vec<SourceEvent>,
 ) -> (Result<(), RunError>, RunStats) {
-    let shared: (HeldMap, CheckpointMap) = Default::default();
+    let shared: (HeldMap, CheckpointMap, Trouble) = Default::default();
     shared.0.lock().unwrap().insert(tp(), held);
     let p = pipeline().await;
     let mut runner = Runner::new(
