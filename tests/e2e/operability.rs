@@ -81,12 +81,18 @@ fn unwritable_lake_pauses_without_committing_then_recovers_with_probes_and_metri
         "/health/ready"
     )
     .is_some_and(|(s, _)| s == 200)));
-    let (_, metrics) = http_get(port, "/metrics").unwrap();
-    for name in [
+    // ready once the partitions are assigned; the first publication follows within
+    // `rolling.max_interval`
+    let names = [
         "ymera_component_sent_events_total",
         "ymera_lake_files_written_total",
         "ymera_batch_commit_seconds",
-    ] {
+    ];
+    wait_for(Duration::from_secs(30), || {
+        http_get(port, "/metrics").is_some_and(|(_, m)| names.iter().all(|n| m.contains(n)))
+    });
+    let (_, metrics) = http_get(port, "/metrics").unwrap();
+    for name in names {
         assert!(metrics.contains(name), "metric {name} missing:\n{metrics}");
     }
     let status = wait_timeout(&mut child, Duration::from_secs(90))
