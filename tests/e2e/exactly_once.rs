@@ -238,3 +238,63 @@ fn group_commits_land_on_tansu() {
         );
     }
 }
+
+/// A zombie writer: replica A is frozen (SIGSTOP) past its session while it holds the only
+/// partition, B takes the partition over and commits, then A thaws with its open segment
+/// and tries to publish it. The Delta txn check stops A's overlap (its commit is dropped, or
+/// A stops with an error); a restart finishes the topic: nothing twice, nothing lost.
+/// On `ymera broker` (librdkafka's mock cluster), which expels a frozen member on time.
+#[test]
+fn a_frozen_replica_that_thaws_after_losing_its_partition_writes_nothing_twice() {
+    let topic = unique("zombie");
+    let broker = DevBroker::start(&[(&topic, 1)]);
+    let bootstrap = broker.bootstrap.clone();
+    let name = "zombie_seq";
+    let dir = pipeline_dir(&with_short_session(&pipeline_yaml(
+        name,
+        &topic,
+        &unique("g"),
+        "{ path: _dlq/zombie_seq }",
+        "batch: { max_records: 100, max_wait: 100ms }",
+    )));
+    let lake = tempfile::tempdir().unwrap();
+    let n = 12_000; // about 26 s of production: past the freeze and the takeover
+    let producer = steady_producer(&bootstrap, &topic, n);
+    let signal = |pid: u32, sig: &str| {
+        let ok = std::process::Command::new("kill")
+            .args([sig, &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(ok.success(), "kill {sig} {pid}");
+    };
+    let mut a = spawn_run_on(&bootstrap, dir.path(), lake.path(), &[]);
+    // A owns the partition and publishes
+    let started = Instant::now();
+    while commit_records(lake.path(), name) < 3 {
+        assert!(started.elapsed() < Duration::from_secs(60), "A never published");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(400)); // mid-segment
+    signal(a.id(), "-STOP");
+    let frozen_at = commit_records(lake.path(), name);
+    // B joins; once A's session has expired the partition is B's
+    let mut b = spawn_run_on(&bootstrap, dir.path(), lake.path(), &[]);
+    let started = Instant::now();
+    while commit_records(lake.path(), name) < frozen_at + 2 {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "B never took over from the frozen A"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // A thaws with its open segment and publishes or learns of the loss
+    signal(a.id(), "-CONT");
+    std::thread::sleep(Duration::from_secs(5));
+    producer.join().unwrap();
+    for child in [&mut a, &mut b] {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    run_until_idle_on(&bootstrap, dir.path(), lake.path());
+    assert_exactly_once(&lake.path().join(name), n);
+}

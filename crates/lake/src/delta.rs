@@ -448,8 +448,13 @@ impl Tables {
             }) => {
                 // another commit moved one of our partitions: re-read and decide
                 warn!(table = c.table, %conflict, "a concurrent commit touched the same source partitions; re-reading the table");
-                t.update_state().await.map_err(|e| classify(&c.table, e))?;
-                let now = txn_versions(&c.table, t, &ids).await?;
+                // a fresh load, not an incremental one: the decision rests on it
+                self.open.remove(&c.table);
+                let Some(fresh) = open(&lake, &c.table).await? else {
+                    return Err(LakeError::Internal(format!("table `{}` vanished", c.table)));
+                };
+                let now = txn_versions(&c.table, &fresh, &ids).await?;
+                self.open.insert(c.table.clone(), fresh);
                 if held(&c.table, &now, &c.txns)? {
                     for path in created {
                         lake.delete(&path).await?;
@@ -457,8 +462,8 @@ impl Tables {
                     return Ok(Committed::AlreadyHeld);
                 }
                 Err(LakeError::Invalid(format!(
-                    "table `{}`: a concurrent commit conflicts with ours ({conflict}) and does not hold our offsets; the partition is resolved again on restart",
-                    c.table
+                    "table `{}`: a concurrent commit conflicts with ours ({conflict}); the table holds {now:?}, our commit covers {:?}; the partition is resolved again on restart",
+                    c.table, c.txns
                 )))
             }
             Err(e) => {
