@@ -218,6 +218,52 @@ fn the_demo_runs_the_whole_loop_in_an_empty_directory_and_writes_out_its_example
     let status = wait_timeout(&mut child, Duration::from_secs(30)).expect("stops on SIGTERM");
     assert!(status.success(), "{status:?}");
 
+    // every table of the demo lake reads the same in DuckDB (`delta_scan`), Python
+    // `deltalake` and `ymera sql`
+    let lake = dir.path().join("lake");
+    let script = r#"
+lake = sys.argv[1]
+for root, dirs, files in sorted(os.walk(lake)):
+    if "_delta_log" in dirs:
+        rel = os.path.relpath(root, lake)
+        duck = con.sql(f"SELECT count(*) FROM delta_scan('{root}')").fetchall()[0][0]
+        py = deltalake.DeltaTable(root).to_pyarrow_table().num_rows
+        print(rel, duck, py)
+"#;
+    let seen = crate::interop::python(script, &[&lake]);
+    let tables: Vec<(String, u64, u64)> = seen
+        .lines()
+        .map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            (f[0].to_string(), f[1].parse().unwrap(), f[2].parse().unwrap())
+        })
+        .collect();
+    assert!(tables.len() >= 4, "the demo lake's tables: {seen}");
+    let sql_name = |dir: &str| match dir.strip_prefix("_dlq/") {
+        Some(p) => format!("dlq_{p}"),
+        None => dir.to_string(),
+    };
+    let union = tables
+        .iter()
+        .map(|(d, _, _)| format!("SELECT '{d}' AS t, count(*) AS n FROM {}", sql_name(d)))
+        .collect::<Vec<_>>()
+        .join(" UNION ALL ");
+    let out = ymera()
+        .args(["sql", "--format", "csv", &format!("SELECT * FROM ({union}) ORDER BY t")])
+        .current_dir(dir.path())
+        .env("YMERA__LOG__LEVEL", "warn")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let ours = String::from_utf8_lossy(&out.stdout).to_string();
+    for (d, duck, py) in &tables {
+        assert_eq!(duck, py, "{d}: DuckDB {duck} rows, deltalake {py}");
+        assert!(
+            ours.lines().any(|l| l == format!("{d},{duck}")),
+            "{d}: DuckDB and deltalake read {duck} rows, ymera sql says:\n{ours}"
+        );
+    }
+
     // the same files as the repository's, and never over existing ones
     let examples = dir.path().join("examples");
     let write = || {

@@ -13,7 +13,7 @@ use crate::support::*;
 
 /// Python prelude: `con`, a DuckDB connection with the delta extension loaded from the
 /// `duckdb-ext-delta` wheel (no download), and `deltalake`.
-const PRELUDE: &str = r#"
+pub const PRELUDE: &str = r#"
 import sys, glob, os, duckdb, deltalake
 site = os.path.dirname(os.path.dirname(duckdb.__file__))
 ext = glob.glob(os.path.join(site, "duckdb_ext", "extensions", "v1.4.4", "*", "delta.duckdb_extension"))
@@ -25,9 +25,10 @@ con.execute(f"LOAD '{ext[0]}'")
 /// Python epilogue: deltalake 1.6.6 aborts at interpreter exit after `to_pyarrow_table()`
 /// ("terminate called without an active exception", exit 134) once its answer is out:
 /// leave without running the interpreter's teardown.
-const EPILOGUE: &str = "sys.stdout.flush()\nos._exit(0)\n";
+pub const EPILOGUE: &str = "sys.stdout.flush()\nos._exit(0)\n";
 
-fn python(script: &str, args: &[&std::path::Path]) -> String {
+/// Runs `script` between [`PRELUDE`] and [`EPILOGUE`] with `args`; its stdout, trimmed.
+pub fn python(script: &str, args: &[&std::path::Path]) -> String {
     let out = Command::new("python3")
         .arg("-c")
         .arg(format!("{PRELUDE}\n{script}\n{EPILOGUE}"))
@@ -88,12 +89,15 @@ fn partition_values_with_reserved_characters_read_back() {
         ],
     )
     .unwrap();
-    let mut w = ymera_lake::TableWriter::new(spec.clone(), Vec::new()).unwrap();
-    w.write(&batch).unwrap();
-    let files = w.finish("t+0+0-4.parquet").unwrap();
-    let commit = ymera_lake::delta::TableCommit::new(&spec, files, Vec::new());
     runtime()
-        .block_on(ymera_lake::delta::Tables::new(lake).commit(&commit))
+        .block_on(ymera_lake::delta::append(
+            &lake,
+            &spec,
+            vec![batch],
+            "t+0+0-4.parquet",
+            Vec::new(),
+            Vec::new(),
+        ))
         .unwrap();
     let script = r#"
 table = sys.argv[1]

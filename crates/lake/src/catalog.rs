@@ -19,6 +19,8 @@ pub struct LakeTable {
     pub dir: String,
     /// Partition columns in path order.
     pub partition_cols: Vec<String>,
+    /// The table version registered: every query of the session reads this snapshot.
+    pub version: u64,
 }
 
 /// The directories of the lake that may hold tables, with their SQL names: every top-level
@@ -64,12 +66,14 @@ pub async fn register_lake_tables(ctx: &SessionContext, lake: &Lake) -> Result<V
             .metadata()
             .partition_columns()
             .to_vec();
+        let version = table.version().unwrap_or_default();
         let provider = table.table_provider().await.map_err(|e| delta_err(&e))?;
         ctx.register_table(name.as_str(), provider)?;
         tables.push(LakeTable {
             name,
             dir,
             partition_cols,
+            version,
         });
     }
     Ok(tables)

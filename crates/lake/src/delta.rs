@@ -11,10 +11,13 @@
 //!   delta-rs's conflict checker refuses the commit (`ConcurrentTransaction`) when a newer
 //!   commit carries the same appId; the table is then re-read: positions that cover ours mean
 //!   the segment is already in ([`Committed::AlreadyHeld`]), a position inside ours is an
-//!   overlap and an error, never a second copy;
+//!   overlap and one before our first offset a gap: errors, never a second copy or a hole;
+//!   other conflicts (a metadata change, a stale view of our own) commit again from a
+//!   fresh load;
 //! - a data file is published without replacing anything: when its name is taken (an orphan
 //!   of an earlier attempt, or a file another writer committed) it gets a unique suffix, so no
-//!   file is ever referenced twice, and only files this call created are deleted on a drop;
+//!   file is ever referenced twice, and on a drop only files this call created that no commit
+//!   references are deleted;
 //! - tables stay at reader 1 / writer 2 with no table features, and a table whose
 //!   `delta.setTransactionRetentionDuration` is set is refused (it would expire positions).
 
@@ -136,6 +139,36 @@ pub fn delta_schema(table: &str, schema: &Schema) -> Result<StructType> {
     })
 }
 
+/// Writes `batches` for `spec` as one set of files named `file_name` (one per partition
+/// directory; `metadata` in each file's key-value metadata) and commits them, with `txns`
+/// (`(app id, first, last)`), in one commit: the whole publication for callers that hold
+/// every row at once (replays, the input-rate table, tests). Encoding runs off the async
+/// threads. Returns the outcome and the rows and files it added.
+pub async fn append(
+    lake: &Lake,
+    spec: &TableSpec,
+    batches: Vec<arrow::array::RecordBatch>,
+    file_name: &str,
+    txns: Vec<(String, i64, i64)>,
+    metadata: Vec<(String, String)>,
+) -> Result<(Committed, u64, usize)> {
+    let (writer_spec, name) = (spec.clone(), file_name.to_string());
+    let files = tokio::task::spawn_blocking(move || {
+        let mut w = crate::writer::TableWriter::new(writer_spec, metadata)?;
+        for b in &batches {
+            w.write(b)?;
+        }
+        w.finish(&name)
+    })
+    .await
+    .map_err(|e| LakeError::Internal(format!("encoding task failed: {e}")))??;
+    let commit = TableCommit::new(spec, files, txns);
+    match Tables::new(lake.clone()).commit(&commit).await? {
+        Committed::AlreadyHeld => Ok((Committed::AlreadyHeld, 0, 0)),
+        done => Ok((done, commit.rows(), commit.files.len())),
+    }
+}
+
 /// S3 log stores: the default log store over our own client, whose `PutMode::Create` is a
 /// conditional PUT (`If-None-Match: *`): no DynamoDB, no AWS SDK.
 struct ConditionalPutLogStores;
@@ -193,7 +226,7 @@ pub async fn open(lake: &Lake, table: &str) -> Result<Option<DeltaTable>> {
     if !store
         .is_delta_table_location()
         .await
-        .map_err(|e| delta_err(table, e))?
+        .map_err(|e| classify(table, e))?
     {
         return Ok(None);
     }
@@ -222,6 +255,13 @@ fn classify(table: &str, e: DeltaTableError) -> LakeError {
             source: TransactionError::ObjectStore { source },
         } => LakeError::store(table, source),
         DeltaTableError::Io { source } => LakeError::io(table, source),
+        DeltaTableError::KernelError(
+            e @ (delta_kernel::Error::ObjectStore(_) | delta_kernel::Error::IOError(_)),
+        ) => LakeError::Delta {
+            table: table.to_string(),
+            message: format!("reading the log: {e}"),
+            external: true,
+        },
         DeltaTableError::VersionAlreadyExists(_)
         | DeltaTableError::Transaction {
             source: TransactionError::MaxCommitAttempts(_) | TransactionError::VersionAlreadyExists(_),
@@ -255,6 +295,27 @@ pub async fn live_files(lake: &Lake, table: &str) -> Result<Vec<String>> {
         .log_data()
         .into_iter()
         .map(|add| add.object_store_path().to_string())
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+/// The data files of `table` at `version`, with their sizes (paths relative to the lake).
+pub async fn files_at(lake: &Lake, table: &str, version: u64) -> Result<Vec<(String, u64)>> {
+    let mut t = DeltaTable::new(log_store(lake, table)?);
+    t.load_version(version)
+        .await
+        .map_err(|e| classify(table, e))?;
+    let snapshot = t.snapshot().map_err(|e| delta_err(table, e))?;
+    let mut files: Vec<(String, u64)> = snapshot
+        .log_data()
+        .into_iter()
+        .map(|add| {
+            (
+                format!("{table}/{}", add.object_store_path()),
+                u64::try_from(add.size()).unwrap_or_default(),
+            )
+        })
         .collect();
     files.sort();
     Ok(files)
@@ -340,9 +401,10 @@ impl Tables {
         &self.lake
     }
 
-    /// Forgets a table's cached state (after an error whose outcome is unknown).
-    pub fn forget(&mut self, table: &str) {
-        self.open.remove(table);
+    /// Forgets every cached table: their next commit starts from a fresh load (after an
+    /// assignment, whose positions the resolver read from the log).
+    pub fn forget_all(&mut self) {
+        self.open.clear();
     }
 
     /// Opens `table`, creating it with `schema` when it does not exist, and checks that its
@@ -394,86 +456,109 @@ impl Tables {
     pub async fn commit(&mut self, c: &TableCommit) -> Result<Committed> {
         let lake = self.lake.clone();
         let ids: Vec<String> = c.txns.iter().map(|t| t.0.clone()).collect();
-        let t = self.table(&c.table, &c.schema, &c.partition_by).await?;
-        if held(&c.table, &txn_versions(&c.table, t, &ids).await?, &c.txns)? {
-            return Ok(Committed::AlreadyHeld);
-        }
-        // publish the files, each under a name nobody else uses
-        let mut created = Vec::with_capacity(c.files.len());
-        let mut adds = Vec::with_capacity(c.files.len());
+        // files this call published (paths relative to the lake) and their Add actions
+        let mut created: Vec<String> = Vec::new();
+        let mut adds: Vec<Action> = Vec::new();
         let now_ms = chrono::Utc::now().timestamp_millis();
-        for f in &c.files {
-            let path = publish_unique(&lake, &c.table, &f.path, &f.bytes).await?;
-            created.push(format!("{}/{path}", c.table));
-            adds.push(Action::Add(Add {
-                path,
-                partition_values: f.partition_values.iter().cloned().collect(),
-                size: f.bytes.len() as i64,
-                modification_time: now_ms,
-                data_change: true,
-                stats: Some(f.stats.clone()),
-                tags: None,
-                deletion_vector: None,
-                base_row_id: None,
-                default_row_commit_version: None,
-                clustering_provider: None,
-            }));
-        }
-        let txns = c
-            .txns
-            .iter()
-            .map(|(id, _, last)| Transaction::new_with_last_update(id, *last, Some(now_ms)))
-            .collect();
-        let props = CommitProperties::default()
-            .with_application_transactions(txns)
-            .with_max_retries(15);
-        let operation = DeltaOperation::Write {
-            mode: SaveMode::Append,
-            partition_by: (!c.partition_by.is_empty()).then(|| c.partition_by.clone()),
-            predicate: None,
-        };
-        let snapshot = t.snapshot().map_err(|e| delta_err(&c.table, e))?;
-        let outcome = CommitBuilder::from(props)
-            .with_actions(adds)
-            .build(Some(snapshot), t.log_store(), operation)
-            .await;
-        match outcome {
-            Ok(done) => {
-                let version = done.version();
-                t.state = Some(done.snapshot());
-                Ok(Committed::Version(version))
-            }
-            Err(DeltaTableError::Transaction {
-                source: TransactionError::CommitConflict(conflict),
-            }) => {
-                // another commit moved one of our partitions: re-read and decide
-                warn!(table = c.table, %conflict, "a concurrent commit touched the same source partitions; re-reading the table");
-                // a fresh load, not an incremental one: the decision rests on it
+        let mut conflicts = 0;
+        loop {
+            let fresh = !self.open.contains_key(&c.table);
+            let t = self.table(&c.table, &c.schema, &c.partition_by).await?;
+            let versions = txn_versions(&c.table, t, &ids).await?;
+            // a cached view is older than the log: what looks like a gap may be commits it
+            // has not seen (the partition was elsewhere meanwhile); a fresh load decides
+            if !fresh && gap(&versions, &c.txns) {
                 self.open.remove(&c.table);
-                let Some(fresh) = open(&lake, &c.table).await? else {
-                    return Err(LakeError::Internal(format!("table `{}` vanished", c.table)));
-                };
-                let now = txn_versions(&c.table, &fresh, &ids).await?;
-                self.open.insert(c.table.clone(), fresh);
-                if held(&c.table, &now, &c.txns)? {
-                    for path in created {
-                        lake.delete(&path).await?;
+                continue;
+            }
+            if held(&c.table, &versions, &c.txns)? {
+                if !created.is_empty() {
+                    // ours only if no commit references them (a lost acknowledgement can
+                    // make our own commit the one that holds these offsets)
+                    let live: std::collections::HashSet<String> = t
+                        .snapshot()
+                        .map_err(|e| delta_err(&c.table, e))?
+                        .log_data()
+                        .into_iter()
+                        .map(|add| format!("{}/{}", c.table, add.object_store_path()))
+                        .collect();
+                    for path in created.iter().filter(|p| !live.contains(*p)) {
+                        lake.delete(path).await?;
                     }
-                    return Ok(Committed::AlreadyHeld);
                 }
-                Err(LakeError::Invalid(format!(
-                    "table `{}`: a concurrent commit conflicts with ours ({conflict}); the table holds {now:?}, our commit covers {:?}; the partition is resolved again on restart",
-                    c.table, c.txns
-                )))
+                return Ok(Committed::AlreadyHeld);
             }
-            Err(e) => {
-                // the outcome is unknown (the commit may have landed): re-read next time
-                let err = classify(&c.table, e);
-                self.open.remove(&c.table);
-                Err(err)
+            if adds.is_empty() && !c.files.is_empty() {
+                // publish the files, each under a name nobody else uses
+                for f in &c.files {
+                    let path = publish_unique(&lake, &c.table, &f.path, &f.bytes).await?;
+                    created.push(format!("{}/{path}", c.table));
+                    adds.push(Action::Add(Add {
+                        path,
+                        partition_values: f.partition_values.iter().cloned().collect(),
+                        size: f.bytes.len() as i64,
+                        modification_time: now_ms,
+                        data_change: true,
+                        stats: Some(f.stats.clone()),
+                        tags: None,
+                        deletion_vector: None,
+                        base_row_id: None,
+                        default_row_commit_version: None,
+                        clustering_provider: None,
+                    }));
+                }
+            }
+            let txns = c
+                .txns
+                .iter()
+                .map(|(id, _, last)| Transaction::new_with_last_update(id, *last, Some(now_ms)))
+                .collect();
+            // checkpoints every 100 commits (delta-rs's default interval) keep a reader's
+            // replay short; expired-log cleanup lists the whole log: not on every commit
+            let props = CommitProperties::default()
+                .with_application_transactions(txns)
+                .with_max_retries(15)
+                .with_cleanup_expired_logs(Some(false));
+            let operation = DeltaOperation::Write {
+                mode: SaveMode::Append,
+                partition_by: (!c.partition_by.is_empty()).then(|| c.partition_by.clone()),
+                predicate: None,
+            };
+            let snapshot = t.snapshot().map_err(|e| delta_err(&c.table, e))?;
+            let outcome = CommitBuilder::from(props)
+                .with_actions(adds.clone())
+                .build(Some(snapshot), t.log_store(), operation)
+                .await;
+            match outcome {
+                Ok(done) => {
+                    let version = done.version();
+                    t.state = Some(done.snapshot());
+                    return Ok(Committed::Version(version));
+                }
+                Err(DeltaTableError::Transaction {
+                    source: TransactionError::CommitConflict(conflict),
+                }) if conflicts < 3 => {
+                    // another commit got in first: the same partitions (another writer, or
+                    // our own commit whose acknowledgement was lost), or a metadata change.
+                    // Decide again on a fresh load, not an incremental one.
+                    warn!(table = c.table, %conflict, "a concurrent commit got in first; re-reading the table");
+                    conflicts += 1;
+                    self.open.remove(&c.table);
+                }
+                Err(e) => {
+                    // the outcome is unknown (the commit may have landed): re-read next time
+                    self.open.remove(&c.table);
+                    return Err(classify(&c.table, e));
+                }
             }
         }
     }
+}
+
+/// True when a partition of `txns` starts past the offset after what `versions` hold.
+fn gap(versions: &HashMap<String, i64>, txns: &[(String, i64, i64)]) -> bool {
+    txns.iter()
+        .any(|(id, first, _)| versions.get(id).is_some_and(|v| *v < *first - 1))
 }
 
 /// True when `versions` (txn versions read from the table) hold every partition of `txns`
@@ -487,6 +572,13 @@ fn held(table: &str, versions: &HashMap<String, i64>, txns: &[(String, i64, i64)
             Some(v) if *v >= *first => {
                 return Err(LakeError::Invalid(format!(
                     "table `{table}` holds `{id}` up to offset {v}, inside the range {first}..={last} being committed: another writer wrote part of it; the partition is resolved again on restart"
+                )));
+            }
+            Some(v) if *v < *first - 1 => {
+                return Err(LakeError::Invalid(format!(
+                    "table `{table}` holds `{id}` up to offset {v}, but the range being committed starts at {first}: offsets {} to {} would be missing; the partition is resolved again on restart",
+                    v + 1,
+                    first - 1
                 )));
             }
             _ => all = false,
@@ -700,6 +792,27 @@ mod tests {
         let files = lake.list("events").await.unwrap();
         let data: Vec<_> = files.iter().filter(|p| p.ends_with(".parquet")).collect();
         assert_eq!(data.len(), 2, "{data:?}");
+    }
+
+    #[tokio::test]
+    async fn a_partition_that_comes_back_commits_from_a_fresh_view() {
+        let (_tmp, lake) = lake();
+        // A writes, the partition moves to B, B writes, the partition comes back to A
+        let mut a = Tables::new(lake.clone());
+        a.commit(&commit(0, 9)).await.unwrap();
+        Tables::new(lake.clone())
+            .commit(&commit(10, 19))
+            .await
+            .unwrap();
+        // A's view still says 9: its next range, 20..=29, follows what the log says
+        assert!(matches!(
+            a.commit(&commit(20, 29)).await.unwrap(),
+            Committed::Version(3)
+        ));
+        // a range that would leave a hole is refused
+        let err = a.commit(&commit(40, 49)).await.unwrap_err();
+        assert!(err.to_string().contains("would be missing"), "{err}");
+        assert_eq!(rows(&lake).await, 30);
     }
 
     #[tokio::test]

@@ -170,7 +170,7 @@ impl Lake {
                     .map_err(|e| LakeError::Internal(format!("publish task failed: {e}")))?
             }
             None => {
-                let path = Path::from(rel);
+                let path = object_path(rel);
                 let opts = PutOptions {
                     mode: PutMode::Create,
                     ..Default::default()
@@ -231,7 +231,7 @@ impl Lake {
 
     /// Reads a whole object.
     pub async fn get(&self, rel: &str) -> Result<Bytes> {
-        let path = Path::from(rel);
+        let path = object_path(rel);
         let got = self
             .store
             .get(&path)
@@ -242,7 +242,7 @@ impl Lake {
 
     /// Deletes an object; a missing object is not an error.
     pub async fn delete(&self, rel: &str) -> Result<()> {
-        match self.store.delete(&Path::from(rel)).await {
+        match self.store.delete(&object_path(rel)).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(LakeError::store(rel, e)),
         }
@@ -285,6 +285,13 @@ impl Lake {
         .await
         .map_err(|e| LakeError::Internal(format!("staging cleanup task failed: {e}")))?
     }
+}
+
+/// The object of a path relative to the lake, taken as it is: a Hive-escaped directory
+/// (`service=a%2Fb`) names the same object a Delta reader asks for after decoding the log's
+/// path (`Path::from` would escape the `%` once more).
+fn object_path(rel: &str) -> Path {
+    Path::parse(rel).unwrap_or_else(|_| Path::from(rel))
 }
 
 /// Local publication: staging file, fsync, hard link (fails if the name exists), fsync the

@@ -314,13 +314,16 @@ fn dates(array: &ArrayRef, name: &str, table: &str) -> Result<Vec<Option<String>
         .collect())
 }
 
-/// Statistics for the first [`STATS_COLUMNS`] columns of a file's schema: min/max where
-/// Delta readers use them (numbers, strings, dates, timestamps), null counts for all.
+/// Statistics for the first [`STATS_COLUMNS`] columns of a file's schema that are not
+/// nested: min/max where Delta readers use them (numbers, strings, dates, timestamps), null
+/// counts for all of them.
 fn column_stats(schema: &Schema) -> Vec<ColumnStats> {
     schema
         .fields()
         .iter()
         .take(STATS_COLUMNS)
+        // nested columns would need their statistics nested leaf by leaf: left out
+        .filter(|f| !f.data_type().is_nested())
         .map(|f| {
             let ordered = matches!(
                 f.data_type(),

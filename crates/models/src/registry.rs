@@ -62,7 +62,10 @@ pub struct TableLineage {
     pub name: String,
     /// `lake` or `warehouse`.
     pub source: String,
-    /// Lake tables: every data file under the table when training started, with its size.
+    /// Lake tables: the Delta version the training query read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<u64>,
+    /// Lake tables: the data files of that version, with their sizes.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub files: Vec<FileRef>,
 }

@@ -5,7 +5,6 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 use chrono::{DateTime, Utc};
-use futures::TryStreamExt;
 use ymera_lake::Lake;
 use ymera_query::{Analyst, Source};
 
@@ -99,33 +98,28 @@ pub async fn train(
         .map_err(|e| ModelError::Data(format!("data.query: {e}")))?;
     let mut tables = Vec::new();
     for t in &read {
-        let mut files = Vec::new();
-        if t.source == Source::Lake {
-            let prefix = object_store::path::Path::from(t.name.as_str());
-            let metas: Vec<_> = lake
-                .store()
-                .list(Some(&prefix))
-                .try_collect()
-                .await
-                .map_err(|e| {
-                    ModelError::Storage(format!("listing lake table `{}`: {e}", t.name))
-                })?;
-            files = metas
-                .into_iter()
-                .filter(|m| m.location.as_ref().ends_with(".parquet"))
-                .map(|m| FileRef {
-                    path: m.location.to_string(),
-                    bytes: m.size,
-                })
-                .collect();
-            files.sort_by(|a, b| a.path.cmp(&b.path));
-        }
+        // the version the session registered is the snapshot the query reads
+        let (version, files) = match (&t.source, &t.delta) {
+            (Source::Lake, Some((dir, version))) => {
+                let files = ymera_lake::delta::files_at(lake, dir, *version)
+                    .await
+                    .map_err(|e| {
+                        ModelError::Storage(format!("reading lake table `{}`: {e}", t.name))
+                    })?
+                    .into_iter()
+                    .map(|(path, bytes)| FileRef { path, bytes })
+                    .collect();
+                (Some(*version), files)
+            }
+            _ => (None, Vec::new()),
+        };
         tables.push(TableLineage {
             name: t.name.clone(),
             source: match t.source {
                 Source::Lake => "lake".into(),
                 Source::Warehouse => "warehouse".into(),
             },
+            version,
             files,
         });
     }

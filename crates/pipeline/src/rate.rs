@@ -26,7 +26,7 @@ use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 use ymera_ingest::kafka::{Probe, ProbeReading};
-use ymera_lake::{Lake, TableSpec, TableWriter};
+use ymera_lake::{Lake, TableSpec};
 
 /// The lake table of input rates.
 pub const TABLE: &str = "ymera_run_input";
@@ -243,6 +243,23 @@ fn batch(rows: &[RateRow]) -> Result<RecordBatch, arrow::error::ArrowError> {
 /// (`ymera:ymera_run_input:<member>:0`) is the last minute written, so a retried flush
 /// cannot add a minute twice; returns how many files.
 pub async fn write_rows(lake: &Lake, member: &str, rows: &[RateRow]) -> Result<usize, String> {
+    // rows the table already holds (a flush whose outcome was unknown and landed) go: a
+    // range starting inside the stored position would be refused as an overlap
+    let id = ymera_lake::delta::app_id(TABLE, member, 0);
+    let stored = ymera_lake::delta::positions(lake, TABLE, std::slice::from_ref(&id))
+        .await
+        .map_err(|e| e.to_string())?
+        .get(&id)
+        .copied();
+    let rows: Vec<RateRow> = rows
+        .iter()
+        .filter(|r| stored.is_none_or(|v| r.ts > v))
+        .cloned()
+        .collect();
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let rows = rows.as_slice();
     let first = rows.iter().map(|r| r.ts).min().unwrap_or_default();
     let last = rows.iter().map(|r| r.ts).max().unwrap_or_default();
     let spec = TableSpec {
@@ -252,19 +269,14 @@ pub async fn write_rows(lake: &Lake, member: &str, rows: &[RateRow]) -> Result<u
         zstd_level: 3,
         schema: schema(),
     };
-    let mut writer = TableWriter::new(spec.clone(), Vec::new()).map_err(|e| e.to_string())?;
     let b = batch(rows).map_err(|e| format!("{TABLE}: {e}"))?;
-    writer.write(&b).map_err(|e| e.to_string())?;
     let name = format!(
         "{}+{first:020}.parquet",
         ymera_lake::layout::escape_partition_value(member)
     );
-    let files = writer.finish(&name).map_err(|e| e.to_string())?;
-    let n = files.len();
-    let txn = (ymera_lake::delta::app_id(TABLE, member, 0), first, last);
-    let commit = ymera_lake::delta::TableCommit::new(&spec, files, vec![txn]);
-    ymera_lake::delta::Tables::new(lake.clone())
-        .commit(&commit)
+    // the txn covers everything after the stored minute (minutes are not contiguous offsets)
+    let txn = (id, stored.map_or(first, |v| v + 1), last);
+    let (_, _, n) = ymera_lake::delta::append(lake, &spec, vec![b], &name, vec![txn], Vec::new())
         .await
         .map_err(|e| e.to_string())?;
     Ok(n)
@@ -337,9 +349,10 @@ mod tests {
             .unwrap();
         assert_eq!(n, 2);
         // a retried flush (the first one's outcome unknown) adds nothing
-        write_rows(&lake, "pod/a", &[row(day - 60_000_000), row(day)])
+        let n = write_rows(&lake, "pod/a", &[row(day - 60_000_000), row(day)])
             .await
             .unwrap();
+        assert_eq!(n, 0);
         let mut files: Vec<String> = lake
             .list(TABLE)
             .await
@@ -361,5 +374,16 @@ mod tests {
                 ),
             ]
         );
+        // held rows that landed, retried with the next minute: only the new minute is added
+        let n = write_rows(
+            &lake,
+            "pod/a",
+            &[row(day - 60_000_000), row(day), row(day + 60_000_000)],
+        )
+        .await
+        .unwrap();
+        assert_eq!(n, 1);
+        let live = ymera_lake::delta::live_files(&lake, TABLE).await.unwrap();
+        assert_eq!(live.len(), 3, "{live:?}");
     }
 }

@@ -4,12 +4,13 @@
 //! - Records that fail again stay where they are, in the DLQ; nothing new is written for
 //!   them.
 //! - Replaying twice adds nothing twice. A replay is identified by the sha256 of the
-//!   source positions it writes; its lake files are named `replay-<id>.parquet` (published
-//!   create-only), its warehouse rows commit with a ledger row of their own
+//!   source positions it writes; its lake files are named `replay-<id>.parquet`, committed
+//!   per table with the txn `ymera:<pipeline>#replay:<id>:0` (a second commit of the same
+//!   replay adds nothing), its warehouse rows commit with a ledger row of their own
 //!   (`<pipeline>#replay`, topic `<id>`). `_ymera/replays/<pipeline>/<id>.pending.json`
 //!   lists the positions before any sink is written, `<id>.json` after all are. Positions
 //!   of a finished replay are never replayed again; a replay cut short is finished by the
-//!   next one with its own positions and id (existing files are left as they are and the
+//!   next one with its own positions and id (tables that hold its txn add nothing and the
 //!   warehouse ledger refuses a second commit), before anything new.
 
 use std::collections::{BTreeSet, HashMap};
@@ -19,7 +20,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use ymera_ingest::decode::{JsonDecoder, UnknownFields};
-use ymera_lake::{Lake, TableWriter};
+use ymera_lake::Lake;
 use ymera_warehouse::Warehouse;
 
 use crate::dlq::{DeadLetter, ErrorStage};
@@ -293,21 +294,22 @@ async fn write_replay(
         let Some(batch) = outputs.get(&s.input) else {
             continue;
         };
-        let mut w = TableWriter::new(s.table.clone(), meta.clone()).map_err(|e| e.to_string())?;
-        w.write(batch).map_err(|e| e.to_string())?;
-        let files = w.finish(&file_name).map_err(|e| e.to_string())?;
         // one txn per replay: a replay run again adds nothing
         let txn = (
             ymera_lake::delta::app_id(&format!("{name}#replay"), &id, 0),
             0,
             0,
         );
-        let commit = ymera_lake::delta::TableCommit::new(&s.table, files, vec![txn]);
-        let rows = commit.rows();
-        ymera_lake::delta::Tables::new(lake.clone())
-            .commit(&commit)
-            .await
-            .map_err(|e| e.to_string())?;
+        let (_, rows, _) = ymera_lake::delta::append(
+            lake,
+            &s.table,
+            vec![batch.clone()],
+            &file_name,
+            vec![txn],
+            meta.clone(),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
         out.rows.push((s.table.table.clone(), rows));
     }
     publish_record(lake, &record, ".json").await?;

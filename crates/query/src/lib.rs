@@ -93,6 +93,9 @@ pub struct Table {
     /// Hive partition columns (lake tables).
     pub partitions: Vec<String>,
     pub schema: SchemaRef,
+    /// Lake tables: the directory in the lake and the Delta version every query of this
+    /// session reads.
+    pub delta: Option<(String, u64)>,
 }
 
 /// A query's result.
@@ -236,6 +239,7 @@ impl Analyst {
                 source: Source::Lake,
                 partitions: t.partition_cols,
                 schema,
+                delta: Some((t.dir, t.version)),
             });
         }
         let mut warnings = Vec::new();
@@ -249,6 +253,7 @@ impl Analyst {
                     name: info.name,
                     source: Source::Warehouse,
                     partitions: Vec::new(),
+                    delta: None,
                 });
             }
             for name in shadowed {

@@ -19,12 +19,7 @@ async fn write_table(lake: &Lake, table: &str, partition_by: &[&str], batch: &Re
         zstd_level: 3,
         schema: batch.schema(),
     };
-    let mut w = ymera_lake::TableWriter::new(spec.clone(), Vec::new()).unwrap();
-    w.write(batch).unwrap();
-    let files = w.finish("t+0+0-1.parquet").unwrap();
-    let commit = ymera_lake::delta::TableCommit::new(&spec, files, Vec::new());
-    ymera_lake::delta::Tables::new(lake.clone())
-        .commit(&commit)
+    ymera_lake::delta::append(lake, &spec, vec![batch.clone()], "t+0+0-1.parquet", Vec::new(), Vec::new())
         .await
         .unwrap();
 }

@@ -44,11 +44,7 @@ async fn lake(rows: i64) -> (tempfile::TempDir, Lake) {
         zstd_level: 3,
         schema,
     };
-    let mut w = ymera_lake::TableWriter::new(spec.clone(), Vec::new()).unwrap();
-    w.write(&batch).unwrap();
-    let files = w.finish("t+0+0-1.parquet").unwrap();
-    ymera_lake::delta::Tables::new(lake.clone())
-        .commit(&ymera_lake::delta::TableCommit::new(&spec, files, Vec::new()))
+    ymera_lake::delta::append(&lake, &spec, vec![batch], "t+0+0-1.parquet", Vec::new(), Vec::new())
         .await
         .unwrap();
     (dir, lake)

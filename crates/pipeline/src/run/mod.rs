@@ -374,6 +374,8 @@ impl Runner {
                         }
                     }
                     Some(SourceEvent::Assigned(starts)) => {
+                        // positions now come from the log: so must the next commits' view
+                        self.tables.forget_all();
                         // the runner continues each partition from where its sinks say
                         let shared = self.held_shared.lock().map(|h| h.clone()).unwrap_or_default();
                         let mut loaded = self.checkpoints.lock().map(|mut c| std::mem::take(&mut *c)).unwrap_or_default();

@@ -309,9 +309,24 @@ async fn a_table_behind_the_others_gets_only_what_it_lacks() {
     result.unwrap();
     assert_eq!(positions(&lake).await, (Some(2), Some(2)));
 
-    // As after a crash between the two tables' commits: `people` holds up to 5, the DLQ
-    // table up to 2. The source resumes at 2; `people` skips 2..=4, the DLQ table gets the
-    // bad record at 3, and both end at 7.
+    // As after a crash between the two tables' commits: `people` holds up to 5 (offsets
+    // 2..=4 committed to it alone), the DLQ table up to 2. The source resumes at 2; `people`
+    // skips 2..=4, the DLQ table gets the bad record at 3, and both end at 7.
+    let p = pipeline().await;
+    let people = &p.sinks[0].table;
+    let batch = arrow::array::RecordBatch::try_new(
+        people.schema.clone(),
+        vec![
+            Arc::new(arrow::array::Int64Array::from(vec![2, 4])),
+            Arc::new(arrow::array::StringArray::from(vec!["C", "E"])),
+        ],
+    )
+    .unwrap();
+    let txn = (delta::app_id("unit", "events", 0), 2, 4);
+    delta::append(&lake, people, vec![batch], "events+0+2-4.parquet", vec![txn], Vec::new())
+        .await
+        .unwrap();
+    assert_eq!(positions(&lake).await, (Some(5), Some(2)));
     let source = Arc::new(Scripted::default());
     let epoch = source.fence.assign(&[tp()]).await;
     let held = Held(vec![Some(5), Some(2)]);
@@ -341,6 +356,6 @@ async fn a_table_behind_the_others_gets_only_what_it_lacks() {
     assert_eq!(positions(&lake).await, (Some(7), Some(7)));
     assert_eq!(*source.commits.lock().unwrap(), vec![(tp(), 7)]);
     let rows = committed_rows(&lake).await;
-    assert_eq!(rows.get("people"), Some(&4), "{rows:?}");
+    assert_eq!(rows.get("people"), Some(&6), "{rows:?}");
     assert_eq!(rows.get("_dlq/unit"), Some(&1), "{rows:?}");
 }
