@@ -235,7 +235,11 @@ for root, dirs, files in sorted(os.walk(lake)):
         .lines()
         .map(|l| {
             let f: Vec<&str> = l.split(' ').collect();
-            (f[0].to_string(), f[1].parse().unwrap(), f[2].parse().unwrap())
+            (
+                f[0].to_string(),
+                f[1].parse().unwrap(),
+                f[2].parse().unwrap(),
+            )
         })
         .collect();
     assert!(tables.len() >= 4, "the demo lake's tables: {seen}");
@@ -249,12 +253,21 @@ for root, dirs, files in sorted(os.walk(lake)):
         .collect::<Vec<_>>()
         .join(" UNION ALL ");
     let out = ymera()
-        .args(["sql", "--format", "csv", &format!("SELECT * FROM ({union}) ORDER BY t")])
+        .args([
+            "sql",
+            "--format",
+            "csv",
+            &format!("SELECT * FROM ({union}) ORDER BY t"),
+        ])
         .current_dir(dir.path())
         .env("YMERA__LOG__LEVEL", "warn")
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let ours = String::from_utf8_lossy(&out.stdout).to_string();
     for (d, duck, py) in &tables {
         assert_eq!(duck, py, "{d}: DuckDB {duck} rows, deltalake {py}");

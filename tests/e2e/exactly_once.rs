@@ -271,7 +271,10 @@ fn a_frozen_replica_that_thaws_after_losing_its_partition_writes_nothing_twice()
     // A owns the partition and publishes
     let started = Instant::now();
     while commit_records(lake.path(), name) < 3 {
-        assert!(started.elapsed() < Duration::from_secs(60), "A never published");
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "A never published"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     std::thread::sleep(Duration::from_millis(400)); // mid-segment

@@ -203,7 +203,10 @@ fn train_register_serve_predict_with_reload_tamper_and_kill_9() {
     assert!(lineage["rows"].as_u64().unwrap() > 200, "{lineage}");
     assert_eq!(lineage["content_sha256"].as_str().unwrap().len(), 64);
     // the Delta version the query read, and that version's files
-    assert!(lineage["tables"][0]["version"].as_u64().unwrap() >= 1, "{lineage}");
+    assert!(
+        lineage["tables"][0]["version"].as_u64().unwrap() >= 1,
+        "{lineage}"
+    );
     let files = lineage["tables"][0]["files"].as_array().unwrap();
     assert!(
         !files.is_empty()

@@ -176,7 +176,11 @@ fn two_writers_racing_one_version_on_s3_never_duplicate() {
         }
         .file_name();
         let files = w.finish(&name).unwrap();
-        TableCommit::new(&spec, files, vec![(app_id("p", "t", partition), first, last)])
+        TableCommit::new(
+            &spec,
+            files,
+            vec![(app_id("p", "t", partition), first, last)],
+        )
     };
     // the table exists before the race (both writers then load the same version)
     rt.block_on(Tables::new(lake.clone()).commit(&segment(0, 0, 9)))
@@ -198,10 +202,7 @@ fn two_writers_racing_one_version_on_s3_never_duplicate() {
         .filter(|r| matches!(r, Committed::Version(_)))
         .count();
     assert_eq!(won, 1, "{ra:?} {rb:?}");
-    assert!(
-        [ra, rb].contains(&Committed::AlreadyHeld),
-        "{ra:?} {rb:?}"
-    );
+    assert!([ra, rb].contains(&Committed::AlreadyHeld), "{ra:?} {rb:?}");
     let (ra, rb) = race(segment(0, 20, 29), segment(1, 0, 9));
     assert!(
         matches!((ra, rb), (Committed::Version(_), Committed::Version(_))),

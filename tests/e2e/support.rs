@@ -356,7 +356,10 @@ pub fn parquet_files(dir: &Path) -> Vec<PathBuf> {
         return Vec::new();
     }
     let parent = dir.parent().expect("table dir has a parent");
-    let table = dir.file_name().and_then(|n| n.to_str()).expect("table name");
+    let table = dir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .expect("table name");
     let lake = ymera_lake::Lake::open(parent.to_str().expect("utf-8 path")).expect("open lake");
     let files = runtime()
         .block_on(ymera_lake::delta::live_files(&lake, table))

@@ -300,7 +300,9 @@ async fn delta_log(sizes: &[usize]) -> Result<(), String> {
         zstd_level: 3,
         schema: schema.clone(),
     };
-    let ids: Vec<String> = (0..LOG_PARTITIONS).map(|p| app_id("bench", "events", p)).collect();
+    let ids: Vec<String> = (0..LOG_PARTITIONS)
+        .map(|p| app_id("bench", "events", p))
+        .collect();
     for &n in sizes {
         let dir = tempdir()?;
         let lake = ymera_lake::Lake::open(&format!("{dir}/log-{n}")).map_err(|e| e.to_string())?;
@@ -337,7 +339,9 @@ async fn delta_log(sizes: &[usize]) -> Result<(), String> {
         let mut times = Vec::new();
         for _ in 0..5 {
             let t = Instant::now();
-            let pos = positions(&lake, "log", &ids).await.map_err(|e| e.to_string())?;
+            let pos = positions(&lake, "log", &ids)
+                .await
+                .map_err(|e| e.to_string())?;
             times.push(t.elapsed());
             if pos.len() != ids.len() {
                 return Err(format!("{} of {} positions found", pos.len(), ids.len()));

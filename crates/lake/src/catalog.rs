@@ -47,8 +47,16 @@ pub async fn register_lake_tables(ctx: &SessionContext, lake: &Lake) -> Result<V
     let mut tables = Vec::new();
     for (name, dir) in candidates(lake).await? {
         let Some(table) = delta::open(lake, &dir).await? else {
-            if lake.list(&dir).await?.iter().any(|p| p.ends_with(".parquet")) {
-                warn!(dir, "lake directory holds Parquet files but no Delta log (`_delta_log/`): not a table; skipped");
+            if lake
+                .list(&dir)
+                .await?
+                .iter()
+                .any(|p| p.ends_with(".parquet"))
+            {
+                warn!(
+                    dir,
+                    "lake directory holds Parquet files but no Delta log (`_delta_log/`): not a table; skipped"
+                );
             }
             continue;
         };

@@ -264,7 +264,8 @@ fn classify(table: &str, e: DeltaTableError) -> LakeError {
         },
         DeltaTableError::VersionAlreadyExists(_)
         | DeltaTableError::Transaction {
-            source: TransactionError::MaxCommitAttempts(_) | TransactionError::VersionAlreadyExists(_),
+            source:
+                TransactionError::MaxCommitAttempts(_) | TransactionError::VersionAlreadyExists(_),
         } => LakeError::Delta {
             table: table.to_string(),
             message: format!("{e}: too many concurrent commits"),
@@ -276,7 +277,11 @@ fn classify(table: &str, e: DeltaTableError) -> LakeError {
 
 /// Reads each app id's position (the txn version) from the table's latest snapshot, in one
 /// load of the log. Ids the table has no txn for are absent.
-pub async fn positions(lake: &Lake, table: &str, app_ids: &[String]) -> Result<HashMap<String, i64>> {
+pub async fn positions(
+    lake: &Lake,
+    table: &str,
+    app_ids: &[String],
+) -> Result<HashMap<String, i64>> {
     let Some(t) = open(lake, table).await? else {
         return Ok(HashMap::new());
     };
@@ -635,8 +640,17 @@ async fn publish_unique(lake: &Lake, table: &str, rel: &str, bytes: &Bytes) -> R
     let stem = rel.strip_suffix(".parquet").unwrap_or(rel);
     for _ in 0..8 {
         let alt = format!("{stem}.{:016x}.parquet", rand_u64());
-        if lake.publish(&format!("{table}/{alt}"), bytes.clone()).await? == Published::Created {
-            warn!(table, taken = rel, used = alt, "a data file of that name exists (left by an earlier attempt); writing under a unique name");
+        if lake
+            .publish(&format!("{table}/{alt}"), bytes.clone())
+            .await?
+            == Published::Created
+        {
+            warn!(
+                table,
+                taken = rel,
+                used = alt,
+                "a data file of that name exists (left by an earlier attempt); writing under a unique name"
+            );
             return Ok(alt);
         }
     }
@@ -711,7 +725,9 @@ mod tests {
 
     async fn rows(lake: &Lake) -> usize {
         let ctx = datafusion::prelude::SessionContext::new();
-        crate::catalog::register_lake_tables(&ctx, lake).await.unwrap();
+        crate::catalog::register_lake_tables(&ctx, lake)
+            .await
+            .unwrap();
         let batches = ctx
             .sql("SELECT count(*) AS n, count(DISTINCT seq) AS d FROM events")
             .await

@@ -193,7 +193,9 @@ impl TableWriter {
             file.rows += part.num_rows() as u64;
             for st in &mut file.stats {
                 if let Some(col) = part.column_by_name(&st.name) {
-                    st.update(col).map_err(|e| LakeError::Internal(format!("statistics of column `{}`: {e}", st.name)))?;
+                    st.update(col).map_err(|e| {
+                        LakeError::Internal(format!("statistics of column `{}`: {e}", st.name))
+                    })?;
                 }
             }
         }
@@ -230,7 +232,10 @@ impl TableWriter {
     /// The partition directory of every row, and the raw partition values per column
     /// (`None`: null).
     #[allow(clippy::type_complexity)]
-    fn partition_dirs(&self, batch: &RecordBatch) -> Result<(Vec<String>, Vec<Vec<Option<String>>>)> {
+    fn partition_dirs(
+        &self,
+        batch: &RecordBatch,
+    ) -> Result<(Vec<String>, Vec<Vec<Option<String>>>)> {
         let n = batch.num_rows();
         let mut dirs = vec![String::new(); n];
         let mut raw = Vec::with_capacity(self.spec.partition_by.len());
@@ -499,7 +504,10 @@ mod tests {
         assert_eq!(
             paths,
             vec![
-                ("dt=1970-01-01/service=__HIVE_DEFAULT_PARTITION__/f.parquet", 1),
+                (
+                    "dt=1970-01-01/service=__HIVE_DEFAULT_PARTITION__/f.parquet",
+                    1
+                ),
                 ("dt=1970-01-01/service=a%2Fb/f.parquet", 1),
                 ("dt=1970-01-02/service=x/f.parquet", 1),
             ]

@@ -19,9 +19,16 @@ async fn write_table(lake: &Lake, table: &str, partition_by: &[&str], batch: &Re
         zstd_level: 3,
         schema: batch.schema(),
     };
-    ymera_lake::delta::append(lake, &spec, vec![batch.clone()], "t+0+0-1.parquet", Vec::new(), Vec::new())
-        .await
-        .unwrap();
+    ymera_lake::delta::append(
+        lake,
+        &spec,
+        vec![batch.clone()],
+        "t+0+0-1.parquet",
+        Vec::new(),
+        Vec::new(),
+    )
+    .await
+    .unwrap();
 }
 
 /// `n` rows with ids from `offset`, one a second from midnight of day `day` (0 is

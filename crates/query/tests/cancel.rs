@@ -44,9 +44,16 @@ async fn lake(rows: i64) -> (tempfile::TempDir, Lake) {
         zstd_level: 3,
         schema,
     };
-    ymera_lake::delta::append(&lake, &spec, vec![batch], "t+0+0-1.parquet", Vec::new(), Vec::new())
-        .await
-        .unwrap();
+    ymera_lake::delta::append(
+        &lake,
+        &spec,
+        vec![batch],
+        "t+0+0-1.parquet",
+        Vec::new(),
+        Vec::new(),
+    )
+    .await
+    .unwrap();
     (dir, lake)
 }
 

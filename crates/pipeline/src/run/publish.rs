@@ -287,7 +287,11 @@ impl Runner {
                         .entry("warehouse".into())
                         .or_insert(0) += done.rows;
                     let g = self.lake_tables();
-                    self.parts.entry(tp.clone()).or_default().held.set(g, last + 1);
+                    self.parts
+                        .entry(tp.clone())
+                        .or_default()
+                        .held
+                        .set(g, last + 1);
                     return Ok(true);
                 }
                 Err(ymera_warehouse::WarehouseError::Fenced(m)) => {
@@ -306,7 +310,11 @@ impl Runner {
                             "the warehouse already holds this segment (an earlier attempt committed)"
                         );
                         let g = self.lake_tables();
-                    self.parts.entry(tp.clone()).or_default().held.set(g, last + 1);
+                        self.parts
+                            .entry(tp.clone())
+                            .or_default()
+                            .held
+                            .set(g, last + 1);
                         return Ok(true);
                     }
                     // another writer moved it: stop, so that a restart resolves afresh
@@ -399,7 +407,13 @@ impl Runner {
         let mut backoff = Duration::from_millis(200);
         loop {
             let Some(guard) = fence.hold(tp, epoch).await else {
-                info!(pipeline = name, table = commit.table, topic = tp.0, partition = tp.1, "partition no longer owned; segment dropped");
+                info!(
+                    pipeline = name,
+                    table = commit.table,
+                    topic = tp.0,
+                    partition = tp.1,
+                    "partition no longer owned; segment dropped"
+                );
                 return Ok(false);
             };
             let outcome = self.tables.commit(commit).await;
@@ -415,7 +429,13 @@ impl Runner {
                             metrics::counter!("ymera_component_sent_events_total", "pipeline" => name.clone(), "component" => table.clone()).increment(rows);
                             metrics::counter!("ymera_lake_files_written_total", "pipeline" => name.clone(), "table" => table.clone()).increment(n);
                             *self.stats.rows_written.entry(table).or_insert(0) += rows;
-                            tracing::debug!(pipeline = name, table = commit.table, version, rows, "committed");
+                            tracing::debug!(
+                                pipeline = name,
+                                table = commit.table,
+                                version,
+                                rows,
+                                "committed"
+                            );
                         }
                         Committed::AlreadyHeld => info!(
                             pipeline = name,
@@ -425,7 +445,11 @@ impl Runner {
                             "the table already holds this segment (an earlier attempt or another writer committed it)"
                         ),
                     }
-                    self.parts.entry(tp.clone()).or_default().held.set(g, last + 1);
+                    self.parts
+                        .entry(tp.clone())
+                        .or_default()
+                        .held
+                        .set(g, last + 1);
                     return Ok(true);
                 }
                 Err(e) => {

@@ -67,7 +67,12 @@ impl Runner {
     }
 
     /// The part of lake table `g`, starting at `first`.
-    pub(super) fn table_part(&self, g: usize, first: i64, seg_name: &str) -> Result<TablePart, RunError> {
+    pub(super) fn table_part(
+        &self,
+        g: usize,
+        first: i64,
+        seg_name: &str,
+    ) -> Result<TablePart, RunError> {
         let meta = vec![
             ("ymera.pipeline".to_string(), self.name().to_string()),
             ("ymera.segment".to_string(), seg_name.to_string()),
@@ -236,7 +241,11 @@ pub(super) fn past(expected: Option<i64>, records: Vec<Record>) -> Fresh {
 /// The lowest offset a sink group needs: all once its part is open, else from its
 /// recorded position (all, with none).
 fn threshold(open: bool, pos: Option<i64>) -> i64 {
-    if open { i64::MIN } else { pos.unwrap_or(i64::MIN) }
+    if open {
+        i64::MIN
+    } else {
+        pos.unwrap_or(i64::MIN)
+    }
 }
 
 /// Cuts records (in offset order) where a sink group starts needing them: runs of
@@ -292,8 +301,10 @@ mod tests {
         // the warehouse holds up to 12, the lake table up to 15: three runs
         let from = [threshold(false, Some(15)), threshold(false, Some(12))];
         let runs = split_runs(records(&[10, 11, 12, 13, 14, 15, 16]), &from);
-        let shape: Vec<(Vec<bool>, Vec<i64>)> =
-            runs.iter().map(|(n, rs)| (n.clone(), offsets(rs))).collect();
+        let shape: Vec<(Vec<bool>, Vec<i64>)> = runs
+            .iter()
+            .map(|(n, rs)| (n.clone(), offsets(rs)))
+            .collect();
         assert_eq!(
             shape,
             vec![

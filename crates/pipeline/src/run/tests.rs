@@ -138,7 +138,10 @@ async fn drive(
 async fn committed_rows(lake: &Lake) -> HashMap<String, u64> {
     let ctx = datafusion::prelude::SessionContext::new();
     let mut rows = HashMap::new();
-    for t in ymera_lake::catalog::register_lake_tables(&ctx, lake).await.unwrap() {
+    for t in ymera_lake::catalog::register_lake_tables(&ctx, lake)
+        .await
+        .unwrap()
+    {
         let (column, dir) = if t.dir.starts_with("_dlq") {
             ("ymera_source_offset", t.dir.clone())
         } else {
@@ -323,9 +326,16 @@ async fn a_table_behind_the_others_gets_only_what_it_lacks() {
     )
     .unwrap();
     let txn = (delta::app_id("unit", "events", 0), 2, 4);
-    delta::append(&lake, people, vec![batch], "events+0+2-4.parquet", vec![txn], Vec::new())
-        .await
-        .unwrap();
+    delta::append(
+        &lake,
+        people,
+        vec![batch],
+        "events+0+2-4.parquet",
+        vec![txn],
+        Vec::new(),
+    )
+    .await
+    .unwrap();
     assert_eq!(positions(&lake).await, (Some(5), Some(2)));
     let source = Arc::new(Scripted::default());
     let epoch = source.fence.assign(&[tp()]).await;
