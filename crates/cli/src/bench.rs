@@ -272,7 +272,8 @@ async fn end_to_end(brokers: &str, events: &[Vec<u8>]) -> Result<(), String> {
 const LOG_PARTITIONS: i32 = 32;
 
 /// For each size: a table with that many commits (one 10-row file and one partition's txn
-/// each, partitions round-robin, delta-rs's checkpoint every 100 commits), then the time
+/// each, partitions round-robin, a checkpoint every 100 commits), the time of the first and
+/// the last commits, then the time
 /// to read every partition's position from it as an assignment does (load the latest
 /// checkpoint and the log after it, then one txn lookup per partition), median of 5.
 pub async fn bench_delta_log(sizes: &[usize]) -> u8 {
@@ -309,6 +310,9 @@ async fn delta_log(sizes: &[usize]) -> Result<(), String> {
         let mut tables = Tables::new(lake.clone());
         let started = Instant::now();
         let mut next = vec![0i64; LOG_PARTITIONS as usize];
+        // the cost of one commit, early and late: flat when it does not grow with the table
+        let window = 100.min(n / 2).max(1);
+        let (mut early, mut late) = (Duration::ZERO, Duration::ZERO);
         for i in 0..n {
             let p = (i % LOG_PARTITIONS as usize) as i32;
             let first = next[p as usize];
@@ -330,11 +334,18 @@ async fn delta_log(sizes: &[usize]) -> Result<(), String> {
             .file_name();
             let files = w.finish(&name).map_err(|e| e.to_string())?;
             let txn = (ids[p as usize].clone(), first, last);
+            let t = Instant::now();
             tables
                 .commit(&TableCommit::new(&spec, files, vec![txn]))
                 .await
                 .map_err(|e| e.to_string())?;
+            if i < window {
+                early += t.elapsed();
+            } else if i >= n - window {
+                late += t.elapsed();
+            }
         }
+        tables.settle().await;
         let built = started.elapsed();
         let mut times = Vec::new();
         for _ in 0..5 {
@@ -349,8 +360,10 @@ async fn delta_log(sizes: &[usize]) -> Result<(), String> {
         }
         times.sort();
         println!(
-            "delta log of {n} commits ({:.1} ms per commit to build): positions of {LOG_PARTITIONS} partitions in {:.1} ms (median of 5; min {:.1}, max {:.1})",
+            "delta log of {n} commits ({:.1} ms per commit to build; commits 1-{window}: {:.1} ms each, the last {window}: {:.1} ms each): positions of {LOG_PARTITIONS} partitions in {:.1} ms (median of 5; min {:.1}, max {:.1})",
             built.as_secs_f64() * 1e3 / n as f64,
+            early.as_secs_f64() * 1e3 / window as f64,
+            late.as_secs_f64() * 1e3 / window as f64,
             times[2].as_secs_f64() * 1e3,
             times[0].as_secs_f64() * 1e3,
             times[4].as_secs_f64() * 1e3,

@@ -27,10 +27,10 @@ use std::sync::{Arc, Once};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use bytes::Bytes;
 use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
-use deltalake::kernel::transaction::{CommitBuilder, CommitProperties, TransactionError};
+use deltalake::kernel::transaction::{CommitData, CommitProperties, TransactionError};
 use deltalake::kernel::{Action, Add, StructType, Transaction};
 use deltalake::logstore::{
-    LogStore, LogStoreFactory, LogStoreRef, StorageConfig, default_logstore, logstore_factories,
+    CommitOrBytes, LogStore, LogStoreFactory, LogStoreRef, StorageConfig, default_logstore, logstore_factories,
     logstore_with,
 };
 use deltalake::operations::create::CreateBuilder;
@@ -38,6 +38,8 @@ use deltalake::protocol::{DeltaOperation, SaveMode};
 use deltalake::{DeltaTable, DeltaTableError, ObjectStore};
 use tracing::{info, warn};
 use url::Url;
+
+use delta_kernel::snapshot::SnapshotRef as KernelSnapshotRef;
 
 use crate::error::{LakeError, Result};
 use crate::store::{Lake, Published};
@@ -163,7 +165,10 @@ pub async fn append(
     .await
     .map_err(|e| LakeError::Internal(format!("encoding task failed: {e}")))??;
     let commit = TableCommit::new(spec, files, txns);
-    match Tables::new(lake.clone()).commit(&commit).await? {
+    let mut tables = Tables::new(lake.clone());
+    let committed = tables.commit(&commit).await;
+    tables.settle().await;
+    match committed? {
         Committed::AlreadyHeld => Ok((Committed::AlreadyHeld, 0, 0)),
         done => Ok((done, commit.rows(), commit.files.len())),
     }
@@ -236,15 +241,15 @@ pub async fn open(lake: &Lake, table: &str) -> Result<Option<DeltaTable>> {
     Ok(Some(t))
 }
 
-/// Refuses tables whose settings would break positions.
+/// Refuses tables ymera cannot write correctly ([`check_writable`]).
 fn check_table(table: &str, t: &DeltaTable) -> Result<()> {
     let snapshot = t.snapshot().map_err(|e| delta_err(table, e))?;
-    if let Some(v) = snapshot.metadata().configuration().get(TXN_RETENTION) {
-        return Err(LakeError::Invalid(format!(
-            "table `{table}` sets `{TXN_RETENTION}={v}`, which expires the Kafka positions ymera keeps in it: unset it (ALTER TABLE ... UNSET TBLPROPERTIES)"
-        )));
-    }
-    Ok(())
+    check_writable(
+        table,
+        snapshot.protocol(),
+        snapshot.metadata().configuration(),
+        &snapshot.schema(),
+    )
 }
 
 /// delta-rs errors: object-store trouble is external (retried), the rest says what is wrong.
@@ -275,17 +280,18 @@ fn classify(table: &str, e: DeltaTableError) -> LakeError {
     }
 }
 
-/// Reads each app id's position (the txn version) from the table's latest snapshot, in one
-/// load of the log. Ids the table has no txn for are absent.
+/// Reads each app id's position (the txn version) from the table's latest snapshot: its
+/// metadata and the txns of its checkpoint and the log after it, never its file list. Ids the
+/// table has no txn for are absent.
 pub async fn positions(
     lake: &Lake,
     table: &str,
     app_ids: &[String],
 ) -> Result<HashMap<String, i64>> {
-    let Some(t) = open(lake, table).await? else {
+    let Some(mut t) = Followed::load(lake, table).await? else {
         return Ok(HashMap::new());
     };
-    txn_versions(table, &t, app_ids).await
+    t.positions(table, app_ids).await
 }
 
 /// The data files of the table's latest snapshot (paths relative to the table), sorted;
@@ -326,31 +332,214 @@ pub async fn files_at(lake: &Lake, table: &str, version: u64) -> Result<Vec<(Str
     Ok(files)
 }
 
-async fn txn_versions(
-    table: &str,
-    t: &DeltaTable,
-    app_ids: &[String],
-) -> Result<HashMap<String, i64>> {
-    let snapshot = t.snapshot().map_err(|e| delta_err(table, e))?;
-    let store = t.log_store();
-    let mut out = HashMap::new();
-    for id in app_ids {
-        if let Some(v) = snapshot
-            .transaction_version(store.as_ref(), id)
+/// The URL the kernel reads a table at: the table root, with the trailing slash its path
+/// joins need.
+fn kernel_root(store: &LogStoreRef) -> Url {
+    let mut root = store.config().location().clone();
+    if !root.path().ends_with('/') {
+        let path = format!("{}/", root.path());
+        root.set_path(&path);
+    }
+    root
+}
+
+/// A table a writer follows: its metadata loaded once, without its file list, then each
+/// commit it makes or reads past. A commit costs the same however many files the table holds
+/// (delta-rs's own commit path re-materialises every file's statistics after each commit).
+struct Followed {
+    log_store: LogStoreRef,
+    /// The snapshot loaded: metadata, protocol, and positions as of its version.
+    loaded: KernelSnapshotRef,
+    /// The newest version whose content this writer knows.
+    version: u64,
+    /// Positions by app id: read from `loaded` when first asked for, then moved by every
+    /// commit made or read past.
+    positions: HashMap<String, Option<i64>>,
+    /// Write a checkpoint at every version divisible by this (`delta.checkpointInterval`).
+    checkpoint_interval: u64,
+}
+
+/// What a commit another writer made means for ours.
+enum Passed {
+    /// It touches nothing we write: our commit goes after it.
+    Clear,
+    /// It moves one of our partitions or changes the table's metadata: decide again on a
+    /// fresh load.
+    Conflict(String),
+}
+
+impl Followed {
+    /// Loads the latest snapshot of `table` (metadata and protocol only); `None` when there is
+    /// no Delta table. Refuses a table ymera cannot write correctly.
+    async fn load(lake: &Lake, table: &str) -> Result<Option<Followed>> {
+        let log_store = log_store(lake, table)?;
+        if !log_store
+            .is_delta_table_location()
             .await
             .map_err(|e| classify(table, e))?
         {
-            out.insert(id.clone(), v);
+            return Ok(None);
         }
+        let (engine, root) = (log_store.engine(None), kernel_root(&log_store));
+        let loaded = tokio::task::spawn_blocking(move || {
+            delta_kernel::Snapshot::builder_for(root).build(engine.as_ref())
+        })
+        .await
+        .map_err(|e| LakeError::Internal(format!("loading a snapshot failed: {e}")))?
+        .map_err(|e| classify(table, DeltaTableError::from(e)))?;
+        let config = loaded.table_configuration();
+        check_writable(
+            table,
+            config.protocol(),
+            config.metadata().configuration(),
+            &loaded.schema(),
+        )?;
+        let checkpoint_interval = loaded
+            .table_properties()
+            .checkpoint_interval
+            .map_or(100, |n| n.get());
+        Ok(Some(Followed {
+            log_store,
+            version: loaded.version(),
+            loaded,
+            positions: HashMap::new(),
+            checkpoint_interval,
+        }))
     }
-    Ok(out)
+
+    /// The positions of `ids` this writer knows of (ids without a txn are absent).
+    async fn positions(&mut self, table: &str, ids: &[String]) -> Result<HashMap<String, i64>> {
+        let unknown: Vec<String> = ids
+            .iter()
+            .filter(|id| !self.positions.contains_key(*id))
+            .cloned()
+            .collect();
+        if !unknown.is_empty() {
+            let (snapshot, engine) = (self.loaded.clone(), self.log_store.engine(None));
+            let read = tokio::task::spawn_blocking(move || {
+                unknown
+                    .into_iter()
+                    .map(|id| {
+                        let v = snapshot.get_app_id_version(&id, engine.as_ref())?;
+                        Ok((id, v))
+                    })
+                    .collect::<std::result::Result<Vec<_>, delta_kernel::Error>>()
+            })
+            .await
+            .map_err(|e| LakeError::Internal(format!("reading positions failed: {e}")))?
+            .map_err(|e| classify(table, DeltaTableError::from(e)))?;
+            self.positions.extend(read);
+        }
+        Ok(ids
+            .iter()
+            .filter_map(|id| Some((id.clone(), (*self.positions.get(id)?)?)))
+            .collect())
+    }
+
+    /// Reads commit `version`, made by another writer after the last one this writer knows,
+    /// and says whether ours can go after it.
+    async fn read_past(&mut self, table: &str, version: u64, ids: &[String]) -> Result<Passed> {
+        let Some(bytes) = self
+            .log_store
+            .read_commit_entry(version)
+            .await
+            .map_err(|e| classify(table, e))?
+        else {
+            return Ok(Passed::Conflict(format!(
+                "commit {version} exists but cannot be read yet"
+            )));
+        };
+        let mut moved = Vec::new();
+        for line in bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+            let Ok(action) = serde_json::from_slice::<Action>(line) else {
+                return Ok(Passed::Conflict(format!(
+                    "commit {version} holds an action ymera does not know"
+                )));
+            };
+            match action {
+                Action::Txn(txn) if ids.contains(&txn.app_id) => {
+                    return Ok(Passed::Conflict(format!(
+                        "commit {version} moves `{}` to offset {}",
+                        txn.app_id, txn.version
+                    )));
+                }
+                Action::Txn(txn) => moved.push((txn.app_id, txn.version)),
+                Action::Metadata(_) | Action::Protocol(_) => {
+                    return Ok(Passed::Conflict(format!(
+                        "commit {version} changes the table's metadata or protocol"
+                    )));
+                }
+                _ => {}
+            }
+        }
+        for (id, v) in moved {
+            self.positions.insert(id, Some(v));
+        }
+        self.version = version;
+        Ok(Passed::Clear)
+    }
 }
 
-/// The tables a writer has open: each loaded once, then kept at the version of its last
-/// commit (a commit is checked against every newer version by delta-rs itself).
+/// Refuses a table whose settings would break positions, or whose protocol asks writers for
+/// more than ymera does (it writes plain Parquet files with the columns by name, and checks no
+/// constraint).
+fn check_writable(
+    table: &str,
+    protocol: &deltalake::kernel::Protocol,
+    configuration: &HashMap<String, String>,
+    schema: &StructType,
+) -> Result<()> {
+    if let Some(v) = configuration.get(TXN_RETENTION) {
+        return Err(LakeError::Invalid(format!(
+            "table `{table}` sets `{TXN_RETENTION}={v}`, which expires the Kafka positions ymera keeps in it: unset it (ALTER TABLE ... UNSET TBLPROPERTIES)"
+        )));
+    }
+    let names = |features: Option<&[delta_kernel::table_features::TableFeature]>,
+                 allowed: &[&str]| {
+        features
+            .unwrap_or_default()
+            .iter()
+            .map(|f| f.as_ref().to_string())
+            .filter(|f| !allowed.contains(&f.as_str()))
+            .collect::<Vec<_>>()
+    };
+    let (reader, writer) = (protocol.min_reader_version(), protocol.min_writer_version());
+    let mut asks = Vec::new();
+    match reader {
+        1 => {}
+        3 => asks.extend(names(protocol.reader_features(), &[])),
+        v => asks.push(format!("reader version {v}")),
+    }
+    match writer {
+        1 | 2 => {}
+        7 => asks.extend(names(
+            protocol.writer_features(),
+            &["appendOnly", "invariants"],
+        )),
+        v => asks.push(format!("writer version {v}")),
+    }
+    if let Some(f) = schema
+        .fields()
+        .find(|f| f.metadata.contains_key("delta.invariants"))
+    {
+        asks.push(format!("the invariant on column `{}`", f.name()));
+    }
+    if !asks.is_empty() {
+        return Err(LakeError::Invalid(format!(
+            "table `{table}` needs what ymera cannot write ({}); ymera writes reader 1 / writer 2 tables without constraints: point the sink at another table",
+            asks.join(", ")
+        )));
+    }
+    Ok(())
+}
+
+/// The tables a writer has open: each loaded once (metadata only), then followed commit by
+/// commit. Checkpoints are written in the background.
 pub struct Tables {
     lake: Lake,
-    open: HashMap<String, DeltaTable>,
+    open: HashMap<String, Followed>,
+    /// The checkpoint being written per table, if any: at most one at a time each.
+    checkpoints: HashMap<String, tokio::task::JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for Tables {
@@ -393,11 +582,15 @@ impl TableCommit {
     }
 }
 
+/// Commits by other writers a commit may go after before the table is loaded afresh instead.
+const MAX_PASSED: usize = 64;
+
 impl Tables {
     pub fn new(lake: Lake) -> Tables {
         Tables {
             lake,
             open: HashMap::new(),
+            checkpoints: HashMap::new(),
         }
     }
 
@@ -412,6 +605,13 @@ impl Tables {
         self.open.clear();
     }
 
+    /// Waits for the checkpoints being written (a one-shot writer before it returns, tests).
+    pub async fn settle(&mut self) {
+        for (_, h) in self.checkpoints.drain() {
+            let _ = h.await;
+        }
+    }
+
     /// Opens `table`, creating it with `schema` when it does not exist, and checks that its
     /// columns are what we write.
     async fn table(
@@ -419,10 +619,10 @@ impl Tables {
         table: &str,
         schema: &Schema,
         partition_by: &[String],
-    ) -> Result<&mut DeltaTable> {
+    ) -> Result<&mut Followed> {
         if !self.open.contains_key(table) {
             let ours = delta_schema(table, schema)?;
-            let t = match open(&self.lake, table).await? {
+            let t = match Followed::load(&self.lake, table).await? {
                 Some(t) => t,
                 None => {
                     let created = CreateBuilder::new()
@@ -436,19 +636,23 @@ impl Tables {
                         )
                         .await;
                     match created {
-                        Ok(t) => {
-                            info!(table, "created the Delta table");
-                            t
-                        }
-                        // another writer created it first
-                        Err(e) => match open(&self.lake, table).await? {
-                            Some(t) => t,
-                            None => return Err(classify(table, e)),
-                        },
+                        Ok(_) => info!(table, "created the Delta table"),
+                        // another writer may have created it first: the load below decides
+                        Err(e) => warn!(table, error = %e, "creating the Delta table failed"),
                     }
+                    Followed::load(&self.lake, table).await?.ok_or_else(|| {
+                        delta_err(table, "the table could not be created (see the log)")
+                    })?
                 }
             };
-            check_columns(table, &t, &ours, partition_by)?;
+            let config = t.loaded.table_configuration();
+            check_columns(
+                table,
+                &t.loaded.schema(),
+                config.metadata().partition_columns(),
+                &ours,
+                partition_by,
+            )?;
             self.open.insert(table.to_string(), t);
         }
         self.open
@@ -466,26 +670,26 @@ impl Tables {
         let mut adds: Vec<Action> = Vec::new();
         let now_ms = chrono::Utc::now().timestamp_millis();
         let mut conflicts = 0;
-        loop {
+        'decide: loop {
             let fresh = !self.open.contains_key(&c.table);
             let t = self.table(&c.table, &c.schema, &c.partition_by).await?;
-            let versions = txn_versions(&c.table, t, &ids).await?;
-            // a cached view is older than the log: what looks like a gap may be commits it
-            // has not seen (the partition was elsewhere meanwhile); a fresh load decides
-            if !fresh && gap(&versions, &c.txns) {
+            let versions = t.positions(&c.table, &ids).await?;
+            let decision = held(&c.table, &versions, &c.txns);
+            // a view older than the log may show a gap or an overlap where there are only
+            // commits it has not seen (the partition was elsewhere meanwhile): a fresh load
+            // decides
+            if !fresh && (gap(&versions, &c.txns) || decision.is_err()) {
                 self.open.remove(&c.table);
                 continue;
             }
-            if held(&c.table, &versions, &c.txns)? {
+            if decision? {
                 if !created.is_empty() {
                     // ours only if no commit references them (a lost acknowledgement can
                     // make our own commit the one that holds these offsets)
-                    let live: std::collections::HashSet<String> = t
-                        .snapshot()
-                        .map_err(|e| delta_err(&c.table, e))?
-                        .log_data()
+                    let live: std::collections::HashSet<String> = live_files(&lake, &c.table)
+                        .await?
                         .into_iter()
-                        .map(|add| format!("{}/{}", c.table, add.object_store_path()))
+                        .map(|p| format!("{}/{p}", c.table))
                         .collect();
                     for path in created.iter().filter(|p| !live.contains(*p)) {
                         lake.delete(path).await?;
@@ -518,45 +722,110 @@ impl Tables {
                 .iter()
                 .map(|(id, _, last)| Transaction::new_with_last_update(id, *last, Some(now_ms)))
                 .collect();
-            // checkpoints every 100 commits (delta-rs's default interval) keep a reader's
-            // replay short; expired-log cleanup lists the whole log: not on every commit
-            let props = CommitProperties::default()
-                .with_application_transactions(txns)
-                .with_max_retries(15)
-                .with_cleanup_expired_logs(Some(false));
             let operation = DeltaOperation::Write {
                 mode: SaveMode::Append,
                 partition_by: (!c.partition_by.is_empty()).then(|| c.partition_by.clone()),
                 predicate: None,
             };
-            let snapshot = t.snapshot().map_err(|e| delta_err(&c.table, e))?;
-            let outcome = CommitBuilder::from(props)
-                .with_actions(adds.clone())
-                .build(Some(snapshot), t.log_store(), operation)
-                .await;
-            match outcome {
-                Ok(done) => {
-                    let version = done.version();
-                    t.state = Some(done.snapshot());
-                    return Ok(Committed::Version(version));
-                }
-                Err(DeltaTableError::Transaction {
-                    source: TransactionError::CommitConflict(conflict),
-                }) if conflicts < 3 => {
-                    // another commit got in first: the same partitions (another writer, or
-                    // our own commit whose acknowledgement was lost), or a metadata change.
-                    // Decide again on a fresh load, not an incremental one.
-                    warn!(table = c.table, %conflict, "a concurrent commit got in first; re-reading the table");
-                    conflicts += 1;
-                    self.open.remove(&c.table);
-                }
-                Err(e) => {
-                    // the outcome is unknown (the commit may have landed): re-read next time
-                    self.open.remove(&c.table);
-                    return Err(classify(&c.table, e));
+            // delta-rs's serialisation of the commit (its commitInfo first, the txns last)
+            let bytes = CommitData::new(adds.clone(), operation, HashMap::new(), txns)
+                .get_bytes()
+                .map_err(|e| delta_err(&c.table, e))?;
+            let mut passed = 0;
+            loop {
+                let next = t.version + 1;
+                let written = t
+                    .log_store
+                    .write_commit_entry(
+                        next,
+                        CommitOrBytes::LogBytes(bytes.clone()),
+                        uuid::Uuid::new_v4(),
+                    )
+                    .await;
+                match written {
+                    Ok(()) => {
+                        t.version = next;
+                        for (id, _, last) in &c.txns {
+                            t.positions.insert(id.clone(), Some(*last));
+                        }
+                        if next % t.checkpoint_interval == 0 {
+                            let store = t.log_store.clone();
+                            self.checkpoint(&c.table, store, next);
+                        }
+                        return Ok(Committed::Version(next));
+                    }
+                    Err(TransactionError::VersionAlreadyExists(_)) => {
+                        match t.read_past(&c.table, next, &ids).await? {
+                            Passed::Clear if passed < MAX_PASSED => passed += 1,
+                            Passed::Clear => {
+                                // far behind: a fresh load is cheaper than reading on
+                                self.open.remove(&c.table);
+                                continue 'decide;
+                            }
+                            Passed::Conflict(why) if conflicts < 3 => {
+                                // the same partitions (another writer, or our own commit whose
+                                // acknowledgement was lost), or a metadata change
+                                warn!(table = c.table, why, "a concurrent commit got in first; re-reading the table");
+                                conflicts += 1;
+                                self.open.remove(&c.table);
+                                continue 'decide;
+                            }
+                            Passed::Conflict(why) => {
+                                self.open.remove(&c.table);
+                                return Err(LakeError::Delta {
+                                    table: c.table.clone(),
+                                    message: format!("{why}: too many concurrent commits"),
+                                    external: true,
+                                });
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        // the outcome is unknown (the commit may have landed): re-read next time
+                        self.open.remove(&c.table);
+                        return Err(classify(
+                            &c.table,
+                            DeltaTableError::Transaction { source: e },
+                        ));
+                    }
                 }
             }
         }
+    }
+
+    /// Writes a checkpoint of `table` at `version` in the background, unless one is being
+    /// written: readers (and the next load) then replay the log from there. A failed
+    /// checkpoint costs readers time, not data.
+    fn checkpoint(&mut self, table: &str, store: LogStoreRef, version: u64) {
+        if self
+            .checkpoints
+            .get(table)
+            .is_some_and(|h| !h.is_finished())
+        {
+            return;
+        }
+        let name = table.to_string();
+        let task = tokio::spawn(async move {
+            let (engine, root) = (store.engine(None), kernel_root(&store));
+            let started = std::time::Instant::now();
+            let written = tokio::task::spawn_blocking(move || {
+                let snapshot = delta_kernel::Snapshot::builder_for(root)
+                    .at_version(version)
+                    .build(engine.as_ref())?;
+                snapshot.checkpoint(engine.as_ref(), None).map(|_| ())
+            })
+            .await;
+            match written {
+                Ok(Ok(())) => {
+                    info!(table = name, version, elapsed_ms = started.elapsed().as_millis() as u64, "wrote a checkpoint")
+                }
+                Ok(Err(e)) => {
+                    warn!(table = name, version, error = %e, "could not write a checkpoint; readers replay more of the log until the next one")
+                }
+                Err(e) => warn!(table = name, version, error = %e, "the checkpoint task failed"),
+            }
+        });
+        self.checkpoints.insert(table.to_string(), task);
     }
 }
 
@@ -596,12 +865,11 @@ fn held(table: &str, versions: &HashMap<String, i64>, txns: &[(String, i64, i64)
 /// same partition columns.
 fn check_columns(
     table: &str,
-    t: &DeltaTable,
+    theirs: &StructType,
+    parts: &[String],
     ours: &StructType,
     partition_by: &[String],
 ) -> Result<()> {
-    let snapshot = t.snapshot().map_err(|e| delta_err(table, e))?;
-    let theirs = snapshot.schema();
     for f in ours.fields() {
         match theirs.field(f.name()) {
             None => {
@@ -621,8 +889,7 @@ fn check_columns(
             Some(_) => {}
         }
     }
-    let parts = snapshot.metadata().partition_columns();
-    if parts[..] != *partition_by {
+    if parts != partition_by {
         return Err(LakeError::Invalid(format!(
             "table `{table}` in the lake is partitioned by {parts:?}, the pipeline partitions it by {partition_by:?}"
         )));
@@ -689,8 +956,14 @@ mod tests {
 
     /// The files of offsets `first..=last` of partition 0 (one row per offset).
     fn commit(first: i64, last: i64) -> TableCommit {
+        commit_on(0, first, last)
+    }
+
+    /// The files of offsets `first..=last` of `partition` (one row per offset, `seq` unique
+    /// across partitions below 1000 offsets each).
+    fn commit_on(partition: i32, first: i64, last: i64) -> TableCommit {
         let spec = spec();
-        let seq: Vec<i64> = (first..=last).collect();
+        let seq: Vec<i64> = (first..=last).map(|o| o + 1000 * partition as i64).collect();
         let ts: Vec<i64> = seq.iter().map(|s| s * 1_000_000).collect();
         let batch = RecordBatch::try_new(
             spec.schema.clone(),
@@ -704,7 +977,7 @@ mod tests {
         w.write(&batch).unwrap();
         let seg = crate::SegmentId {
             topic: "t".into(),
-            partition: 0,
+            partition,
             first,
             last,
         };
@@ -713,8 +986,30 @@ mod tests {
             schema: spec.table_schema(),
             partition_by: spec.partition_by.clone(),
             files: w.finish(&seg.file_name()).unwrap(),
-            txns: vec![(app_id("p", "t", 0), first, last)],
+            txns: vec![(app_id("p", "t", partition), first, last)],
         }
+    }
+
+    /// Writes version 0 of `events` by hand: `protocol` and `metaData` as another tool would.
+    async fn hand_made_table(lake: &Lake, protocol: &str, field_metadata: &str) {
+        let schema = format!(
+            r#"{{"type":"struct","fields":[{{"name":"ts","type":"timestamp","nullable":true,"metadata":{{}}}},{{"name":"seq","type":"long","nullable":true,"metadata":{field_metadata}}},{{"name":"dt","type":"date","nullable":true,"metadata":{{}}}}]}}"#
+        );
+        let metadata = serde_json::json!({"metaData": {
+            "id": "00000000-0000-0000-0000-000000000001",
+            "format": {"provider": "parquet", "options": {}},
+            "schemaString": schema,
+            "partitionColumns": ["dt"],
+            "configuration": {},
+            "createdTime": 0,
+        }});
+        let log = format!("{{\"protocol\":{protocol}}}\n{metadata}\n");
+        lake.publish(
+            "events/_delta_log/00000000000000000000.json",
+            Bytes::from(log),
+        )
+        .await
+        .unwrap();
     }
 
     fn lake() -> (tempfile::TempDir, Lake) {
@@ -797,8 +1092,8 @@ mod tests {
             owner.commit(&commit(10, 19)).await.unwrap(),
             Committed::Version(2)
         );
-        // the zombie, still at version 1, commits the same range: delta-rs's conflict
-        // check sees the same appId, the zombie re-reads and finds it held
+        // the zombie, still at version 1, commits the same range: version 2 is taken and
+        // carries the same appId, so the zombie re-reads and finds the range held
         assert_eq!(
             zombie.commit(&commit(10, 19)).await.unwrap(),
             Committed::AlreadyHeld
@@ -866,6 +1161,98 @@ mod tests {
             .await
             .unwrap_err();
         assert!(err.to_string().contains(TXN_RETENTION), "{err}");
+    }
+
+    #[tokio::test]
+    async fn writers_of_other_partitions_commit_after_each_other_without_reloading() {
+        let (_tmp, lake) = lake();
+        let (mut a, mut b) = (Tables::new(lake.clone()), Tables::new(lake.clone()));
+        a.commit(&commit_on(0, 0, 9)).await.unwrap();
+        b.commit(&commit_on(1, 0, 9)).await.unwrap();
+        b.commit(&commit_on(1, 10, 19)).await.unwrap();
+        // A knows version 1 only: it reads versions 2 and 3 past (partition 1) and goes after
+        assert_eq!(
+            a.commit(&commit_on(0, 10, 19)).await.unwrap(),
+            Committed::Version(4)
+        );
+        assert_eq!(a.open["events"].positions[&app_id("p", "t", 1)], Some(19));
+        let ids = [app_id("p", "t", 0), app_id("p", "t", 1)];
+        let pos = positions(&lake, "events", &ids).await.unwrap();
+        assert_eq!((pos[&ids[0]], pos[&ids[1]]), (19, 19));
+        assert_eq!(rows(&lake).await, 40);
+    }
+
+    #[tokio::test]
+    async fn checkpoints_follow_the_table_interval_and_readers_use_them() {
+        let (_tmp, lake) = lake();
+        let ours = delta_schema("events", &spec().table_schema()).unwrap();
+        CreateBuilder::new()
+            .with_log_store(log_store(&lake, "events").unwrap())
+            .with_columns(ours.fields().cloned())
+            .with_partition_columns(["dt"])
+            .with_configuration_property(deltalake::TableProperty::CheckpointInterval, Some("5"))
+            .await
+            .unwrap();
+        let mut tables = Tables::new(lake.clone());
+        for i in 0..12 {
+            tables.commit(&commit(i * 10, i * 10 + 9)).await.unwrap();
+            tables.settle().await;
+        }
+        let log = lake.list("events/_delta_log").await.unwrap();
+        let mut checkpoints: Vec<_> = log.iter().filter(|p| p.contains(".checkpoint.")).collect();
+        checkpoints.sort();
+        assert_eq!(checkpoints.len(), 2, "{log:?}");
+        assert!(checkpoints[1].ends_with("00000000000000000010.checkpoint.parquet"));
+        // a fresh reader starts from the checkpoint and still sees every position and row
+        let id = app_id("p", "t", 0);
+        let pos = positions(&lake, "events", std::slice::from_ref(&id)).await.unwrap();
+        assert_eq!(pos[&id], 119);
+        assert_eq!(rows(&lake).await, 120);
+        assert_eq!(
+            Tables::new(lake.clone()).commit(&commit(110, 119)).await.unwrap(),
+            Committed::AlreadyHeld
+        );
+    }
+
+    #[tokio::test]
+    async fn tables_that_ask_writers_for_more_are_refused_by_name() {
+        // generated columns (writer 4): ymera would write rows without computing them
+        let (_tmp, lake) = lake();
+        hand_made_table(&lake, r#"{"minReaderVersion":1,"minWriterVersion":4}"#, "{}").await;
+        let err = Tables::new(lake.clone()).commit(&commit(0, 9)).await.unwrap_err();
+        assert!(err.to_string().contains("writer version 4"), "{err}");
+        // an invariant on a column: ymera does not check it
+        let (_tmp, lake) = self::lake();
+        hand_made_table(
+            &lake,
+            r#"{"minReaderVersion":1,"minWriterVersion":2}"#,
+            r#"{"delta.invariants":"{\"expression\":{\"expression\":\"seq > 0\"}}"}"#,
+        )
+        .await;
+        let err = Tables::new(lake.clone()).commit(&commit(0, 9)).await.unwrap_err();
+        assert!(err.to_string().contains("invariant on column `seq`"), "{err}");
+        // table features: appendOnly is fine (ymera only appends), deletion vectors are not
+        let (_tmp, lake) = self::lake();
+        hand_made_table(
+            &lake,
+            r#"{"minReaderVersion":3,"minWriterVersion":7,"readerFeatures":["deletionVectors"],"writerFeatures":["appendOnly","deletionVectors"]}"#,
+            "{}",
+        )
+        .await;
+        let err = Tables::new(lake.clone()).commit(&commit(0, 9)).await.unwrap_err();
+        assert!(err.to_string().contains("deletionVectors"), "{err}");
+        let (_tmp, lake) = self::lake();
+        hand_made_table(
+            &lake,
+            r#"{"minReaderVersion":1,"minWriterVersion":7,"writerFeatures":["appendOnly"]}"#,
+            "{}",
+        )
+        .await;
+        assert_eq!(
+            Tables::new(lake.clone()).commit(&commit(0, 9)).await.unwrap(),
+            Committed::Version(1)
+        );
+        assert_eq!(rows(&lake).await, 10);
     }
 
     #[test]
