@@ -192,9 +192,9 @@ fn a_spike_is_scored_alerted_once_and_a_restart_resumes_the_same_scores() {
         "no anomaly-state checkpoint was written"
     );
     assert!(alerts(&split).is_empty(), "{:?}", alerts(&split));
-    // lose the newest checkpoint (as if the process died between writing it and the
-    // commit): the next run restores an older one and feeds the records from there to
-    // the sinks' position through the detector without writing them
+    // lose the newest checkpoint (as if the process died between the commit and writing
+    // it): the next run restores an older one and feeds the records from there to the
+    // sinks' position through the detector without writing them
     let mut states: Vec<_> = std::fs::read_dir(split.join("_state/anomalies"))
         .unwrap()
         .flatten()

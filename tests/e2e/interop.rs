@@ -147,3 +147,56 @@ fn ymera_sql_sees_partitions_as_columns_and_refuses_writes() {
     }
     assert!(lake.path().join("sqlq").is_dir());
 }
+
+/// A table ymera has written past a checkpoint, and that Python `deltalake` also appends to
+/// and compacts: ymera's next commit goes after theirs without a conflict, its position
+/// stays right, and DuckDB and deltalake read every row once.
+#[test]
+fn a_checkpointed_table_another_tool_also_writes_reads_the_same_everywhere() {
+    use ymera_lake::delta::{Committed, Tables, app_id, positions};
+
+    let tmp = tempfile::tempdir().unwrap();
+    let lake = ymera_lake::Lake::open(tmp.path().to_str().unwrap()).unwrap();
+    let spec = seq_spec("shared");
+    let id = app_id("interop", "t", 0);
+    let commit = |first: i64, last: i64| seq_commit(&spec, "interop", 0, first, last);
+    let rt = runtime();
+    let mut tables = Tables::new(lake.clone());
+    // 105 commits of one row each: a checkpoint at version 100 (version 0 creates the table)
+    rt.block_on(async {
+        for i in 0..105 {
+            tables.commit(&commit(i, i)).await.unwrap();
+        }
+        tables.settle().await;
+    });
+    let table = tmp.path().join("shared");
+    assert!(
+        table
+            .join("_delta_log/00000000000000000100.checkpoint.parquet")
+            .exists(),
+        "no checkpoint at version 100"
+    );
+    // another tool appends five rows and compacts the table
+    let script = r#"
+import pyarrow as pa
+table = sys.argv[1]
+deltalake.write_deltalake(table, pa.table({"seq": pa.array(range(1000, 1005), type=pa.int64())}), mode="append")
+m = deltalake.DeltaTable(table).optimize.compact()
+print(m["numFilesRemoved"] > 100)
+"#;
+    assert_eq!(python(script, &[&table]), "True");
+    // ymera, still following the table from version 105, goes after both
+    let done = rt.block_on(tables.commit(&commit(105, 109))).unwrap();
+    assert!(matches!(done, Committed::Version(108)), "{done:?}");
+    let pos = rt
+        .block_on(positions(&lake, "shared", std::slice::from_ref(&id)))
+        .unwrap();
+    assert_eq!(pos.get(&id), Some(&109));
+    let script = r#"
+table = sys.argv[1]
+d = con.sql(f"SELECT count(*), count(DISTINCT seq) FROM delta_scan('{table}')").fetchall()[0]
+t = deltalake.DeltaTable(table)
+print(d[0], d[1], t.to_pyarrow_table().num_rows, t.transaction_version("ymera:interop:t:0"))
+"#;
+    assert_eq!(python(script, &[&table]), "115 115 115 109");
+}

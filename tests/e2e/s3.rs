@@ -142,46 +142,15 @@ fn pipeline_runs_into_an_s3_lake_and_resumes_from_it() {
 /// finds them held; for different partitions both land, one after a retry.
 #[test]
 fn two_writers_racing_one_version_on_s3_never_duplicate() {
-    use std::sync::Arc;
-
-    use arrow::array::{Int64Array, RecordBatch};
-    use arrow::datatypes::{DataType, Field, Schema};
     use ymera_lake::delta::{Committed, TableCommit, Tables, app_id};
 
     let bucket = unique("race").to_ascii_lowercase();
     create_bucket(&bucket);
     let rt = runtime();
     let lake = Lake::open_with(&format!("s3://{bucket}/lake"), &s3_settings()).unwrap();
-    let schema = Arc::new(Schema::new(vec![Field::new("seq", DataType::Int64, false)]));
-    let spec = ymera_lake::TableSpec {
-        table: "race".into(),
-        partition_by: Vec::new(),
-        event_time: None,
-        zstd_level: 3,
-        schema: schema.clone(),
-    };
-    let segment = |partition: i32, first: i64, last: i64| {
-        let batch = RecordBatch::try_new(
-            schema.clone(),
-            vec![Arc::new(Int64Array::from_iter_values(first..=last))],
-        )
-        .unwrap();
-        let mut w = ymera_lake::TableWriter::new(spec.clone(), Vec::new()).unwrap();
-        w.write(&batch).unwrap();
-        let name = ymera_lake::SegmentId {
-            topic: "t".into(),
-            partition,
-            first,
-            last,
-        }
-        .file_name();
-        let files = w.finish(&name).unwrap();
-        TableCommit::new(
-            &spec,
-            files,
-            vec![(app_id("p", "t", partition), first, last)],
-        )
-    };
+    let spec = seq_spec("race");
+    let segment =
+        |partition: i32, first: i64, last: i64| seq_commit(&spec, "p", partition, first, last);
     // the table exists before the race (both writers then load the same version)
     rt.block_on(Tables::new(lake.clone()).commit(&segment(0, 0, 9)))
         .unwrap();

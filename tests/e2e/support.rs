@@ -790,3 +790,45 @@ impl Server {
         http(self.port, "POST", path, Some(token), Some(body)).expect("request")
     }
 }
+
+/// A lake table of one `seq` column, written directly through `ymera_lake` (no pipeline).
+pub fn seq_spec(table: &str) -> ymera_lake::TableSpec {
+    ymera_lake::TableSpec {
+        table: table.into(),
+        partition_by: Vec::new(),
+        event_time: None,
+        zstd_level: 3,
+        schema: std::sync::Arc::new(arrow::datatypes::Schema::new(vec![
+            arrow::datatypes::Field::new("seq", arrow::datatypes::DataType::Int64, false),
+        ])),
+    }
+}
+
+/// The commit of `seq` values `first..=last` to `spec`'s table as offsets of topic `t`'s
+/// `partition`, with that partition's txn for `pipeline`.
+pub fn seq_commit(
+    spec: &ymera_lake::TableSpec,
+    pipeline: &str,
+    partition: i32,
+    first: i64,
+    last: i64,
+) -> ymera_lake::delta::TableCommit {
+    let batch = RecordBatch::try_new(
+        spec.schema.clone(),
+        vec![std::sync::Arc::new(Int64Array::from_iter_values(
+            first..=last,
+        ))],
+    )
+    .unwrap();
+    let mut w = ymera_lake::TableWriter::new(spec.clone(), Vec::new()).unwrap();
+    w.write(&batch).unwrap();
+    let name = ymera_lake::SegmentId {
+        topic: "t".into(),
+        partition,
+        first,
+        last,
+    }
+    .file_name();
+    let id = ymera_lake::delta::app_id(pipeline, "t", partition);
+    ymera_lake::delta::TableCommit::new(spec, w.finish(&name).unwrap(), vec![(id, first, last)])
+}

@@ -1,8 +1,10 @@
 //! Registers every lake table in a DataFusion session: each is a Delta table, read at its
 //! latest snapshot through delta-rs's table provider, which prunes files by partition values
-//! and by the statistics in the log.
+//! and by the statistics in the log. Registration reads metadata only; a scan reads the files.
 
 use datafusion::prelude::SessionContext;
+use deltalake::DeltaTable;
+use deltalake::kernel::Snapshot;
 use tracing::warn;
 
 use crate::delta;
@@ -41,12 +43,25 @@ pub async fn candidates(lake: &Lake) -> Result<Vec<(String, String)>> {
     Ok(dirs)
 }
 
-/// Registers every Delta table of the lake in `ctx` and returns them. A directory without
-/// a Delta log is skipped with a warning (a lake of the pre-Delta layout, or stray files).
+/// Registers every Delta table of the lake in `ctx` and returns them. Each is registered
+/// from its metadata alone (protocol, schema, version): its file list is read by the query
+/// that scans it, so a one-shot query pays nothing for the tables it does not touch. A
+/// directory without a Delta log is skipped with a warning (a lake of the pre-Delta layout,
+/// or stray files).
 pub async fn register_lake_tables(ctx: &SessionContext, lake: &Lake) -> Result<Vec<LakeTable>> {
     let mut tables = Vec::new();
     for (name, dir) in candidates(lake).await? {
-        let Some(table) = delta::open(lake, &dir).await? else {
+        let delta_err = |e: &dyn std::fmt::Display| LakeError::Delta {
+            table: dir.clone(),
+            message: e.to_string(),
+            external: false,
+        };
+        let store = delta::log_store(lake, &dir)?;
+        if !store
+            .is_delta_table_location()
+            .await
+            .map_err(|e| delta_err(&e))?
+        {
             if lake
                 .list(&dir)
                 .await?
@@ -59,23 +74,22 @@ pub async fn register_lake_tables(ctx: &SessionContext, lake: &Lake) -> Result<V
                 );
             }
             continue;
-        };
-        let delta_err = |e: &dyn std::fmt::Display| LakeError::Delta {
-            table: dir.clone(),
-            message: e.to_string(),
-            external: false,
-        };
+        }
+        let snapshot = Snapshot::try_new(store.as_ref(), None)
+            .await
+            .map_err(|e| delta_err(&e))?;
+        // an unloaded table: its log store, for the session's object store and the provider
+        let table = DeltaTable::new(store);
         table
             .update_datafusion_session(&ctx.state())
             .map_err(|e| delta_err(&e))?;
-        let partition_cols = table
-            .snapshot()
-            .map_err(|e| delta_err(&e))?
-            .metadata()
-            .partition_columns()
-            .to_vec();
-        let version = table.version().unwrap_or_default();
-        let provider = table.table_provider().await.map_err(|e| delta_err(&e))?;
+        let partition_cols = snapshot.metadata().partition_columns().to_vec();
+        let version = snapshot.version();
+        let provider = table
+            .table_provider()
+            .with_snapshot(snapshot)
+            .await
+            .map_err(|e| delta_err(&e))?;
         ctx.register_table(name.as_str(), provider)?;
         tables.push(LakeTable {
             name,

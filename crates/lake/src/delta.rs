@@ -30,8 +30,8 @@ use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
 use deltalake::kernel::transaction::{CommitData, CommitProperties, TransactionError};
 use deltalake::kernel::{Action, Add, StructType, Transaction};
 use deltalake::logstore::{
-    CommitOrBytes, LogStore, LogStoreFactory, LogStoreRef, StorageConfig, default_logstore, logstore_factories,
-    logstore_with,
+    CommitOrBytes, LogStore, LogStoreFactory, LogStoreRef, StorageConfig, default_logstore,
+    logstore_factories, logstore_with,
 };
 use deltalake::operations::create::CreateBuilder;
 use deltalake::protocol::{DeltaOperation, SaveMode};
@@ -765,7 +765,10 @@ impl Tables {
                             Passed::Conflict(why) if conflicts < 3 => {
                                 // the same partitions (another writer, or our own commit whose
                                 // acknowledgement was lost), or a metadata change
-                                warn!(table = c.table, why, "a concurrent commit got in first; re-reading the table");
+                                warn!(
+                                    table = c.table,
+                                    why, "a concurrent commit got in first; re-reading the table"
+                                );
                                 conflicts += 1;
                                 self.open.remove(&c.table);
                                 continue 'decide;
@@ -817,7 +820,12 @@ impl Tables {
             .await;
             match written {
                 Ok(Ok(())) => {
-                    info!(table = name, version, elapsed_ms = started.elapsed().as_millis() as u64, "wrote a checkpoint")
+                    info!(
+                        table = name,
+                        version,
+                        elapsed_ms = started.elapsed().as_millis() as u64,
+                        "wrote a checkpoint"
+                    )
                 }
                 Ok(Err(e)) => {
                     warn!(table = name, version, error = %e, "could not write a checkpoint; readers replay more of the log until the next one")
@@ -963,7 +971,9 @@ mod tests {
     /// across partitions below 1000 offsets each).
     fn commit_on(partition: i32, first: i64, last: i64) -> TableCommit {
         let spec = spec();
-        let seq: Vec<i64> = (first..=last).map(|o| o + 1000 * partition as i64).collect();
+        let seq: Vec<i64> = (first..=last)
+            .map(|o| o + 1000 * partition as i64)
+            .collect();
         let ts: Vec<i64> = seq.iter().map(|s| s * 1_000_000).collect();
         let batch = RecordBatch::try_new(
             spec.schema.clone(),
@@ -1182,6 +1192,61 @@ mod tests {
         assert_eq!(rows(&lake).await, 40);
     }
 
+    /// The table holds partition 0 up to `last`, read from the log afresh, and a writer with
+    /// a fresh view drops a replay of the last ten offsets.
+    async fn assert_holds(lake: &Lake, last: i64) {
+        let id = app_id("p", "t", 0);
+        let pos = positions(lake, "events", std::slice::from_ref(&id))
+            .await
+            .unwrap();
+        assert_eq!(pos[&id], last);
+        assert_eq!(
+            Tables::new(lake.clone())
+                .commit(&commit(last - 9, last))
+                .await
+                .unwrap(),
+            Committed::AlreadyHeld
+        );
+    }
+
+    #[tokio::test]
+    async fn a_table_another_tool_writes_and_compacts_keeps_our_commits_and_positions() {
+        use arrow::array::Date32Array;
+        let (_tmp, lake) = lake();
+        let mut ours = Tables::new(lake.clone());
+        ours.commit(&commit(0, 9)).await.unwrap();
+        ours.commit(&commit(10, 19)).await.unwrap();
+        // another tool appends rows of its own (delta-rs's writer), then compacts the table
+        // (delta-rs's optimize: removes and adds with dataChange=false)
+        let schema = spec().table_schema();
+        let theirs = RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(
+                    TimestampMicrosecondArray::from(vec![5_000_000_000i64; 5]).with_timezone("UTC"),
+                ),
+                Arc::new(Int64Array::from_iter_values(5000..5005)),
+                Arc::new(Date32Array::from(vec![0; 5])),
+            ],
+        )
+        .unwrap();
+        let t = open(&lake, "events").await.unwrap().unwrap();
+        let t = t
+            .write([theirs])
+            .with_save_mode(SaveMode::Append)
+            .await
+            .unwrap();
+        let (_, metrics) = t.optimize().await.unwrap();
+        assert!(metrics.num_files_removed >= 2, "{metrics:?}");
+        // ours goes after both from its old view, without a conflict and without a reload
+        assert_eq!(
+            ours.commit(&commit(20, 29)).await.unwrap(),
+            Committed::Version(5)
+        );
+        assert_holds(&lake, 29).await;
+        assert_eq!(rows(&lake).await, 35);
+    }
+
     #[tokio::test]
     async fn checkpoints_follow_the_table_interval_and_readers_use_them() {
         let (_tmp, lake) = lake();
@@ -1204,22 +1269,24 @@ mod tests {
         assert_eq!(checkpoints.len(), 2, "{log:?}");
         assert!(checkpoints[1].ends_with("00000000000000000010.checkpoint.parquet"));
         // a fresh reader starts from the checkpoint and still sees every position and row
-        let id = app_id("p", "t", 0);
-        let pos = positions(&lake, "events", std::slice::from_ref(&id)).await.unwrap();
-        assert_eq!(pos[&id], 119);
+        assert_holds(&lake, 119).await;
         assert_eq!(rows(&lake).await, 120);
-        assert_eq!(
-            Tables::new(lake.clone()).commit(&commit(110, 119)).await.unwrap(),
-            Committed::AlreadyHeld
-        );
     }
 
     #[tokio::test]
     async fn tables_that_ask_writers_for_more_are_refused_by_name() {
         // generated columns (writer 4): ymera would write rows without computing them
         let (_tmp, lake) = lake();
-        hand_made_table(&lake, r#"{"minReaderVersion":1,"minWriterVersion":4}"#, "{}").await;
-        let err = Tables::new(lake.clone()).commit(&commit(0, 9)).await.unwrap_err();
+        hand_made_table(
+            &lake,
+            r#"{"minReaderVersion":1,"minWriterVersion":4}"#,
+            "{}",
+        )
+        .await;
+        let err = Tables::new(lake.clone())
+            .commit(&commit(0, 9))
+            .await
+            .unwrap_err();
         assert!(err.to_string().contains("writer version 4"), "{err}");
         // an invariant on a column: ymera does not check it
         let (_tmp, lake) = self::lake();
@@ -1229,8 +1296,14 @@ mod tests {
             r#"{"delta.invariants":"{\"expression\":{\"expression\":\"seq > 0\"}}"}"#,
         )
         .await;
-        let err = Tables::new(lake.clone()).commit(&commit(0, 9)).await.unwrap_err();
-        assert!(err.to_string().contains("invariant on column `seq`"), "{err}");
+        let err = Tables::new(lake.clone())
+            .commit(&commit(0, 9))
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("invariant on column `seq`"),
+            "{err}"
+        );
         // table features: appendOnly is fine (ymera only appends), deletion vectors are not
         let (_tmp, lake) = self::lake();
         hand_made_table(
@@ -1239,7 +1312,10 @@ mod tests {
             "{}",
         )
         .await;
-        let err = Tables::new(lake.clone()).commit(&commit(0, 9)).await.unwrap_err();
+        let err = Tables::new(lake.clone())
+            .commit(&commit(0, 9))
+            .await
+            .unwrap_err();
         assert!(err.to_string().contains("deletionVectors"), "{err}");
         let (_tmp, lake) = self::lake();
         hand_made_table(
@@ -1249,7 +1325,10 @@ mod tests {
         )
         .await;
         assert_eq!(
-            Tables::new(lake.clone()).commit(&commit(0, 9)).await.unwrap(),
+            Tables::new(lake.clone())
+                .commit(&commit(0, 9))
+                .await
+                .unwrap(),
             Committed::Version(1)
         );
         assert_eq!(rows(&lake).await, 10);

@@ -1,10 +1,14 @@
 //! Checkpoints of the anomaly stages' state, one object per Kafka partition and position:
 //! `_state/<pipeline>/<topic>+<partition>+<next_offset:020>.json`, written create-only
-//! just before the sinks commit the segment that ends at `next_offset - 1`. On assignment
+//! once the sinks committed the segment that ends at `next_offset - 1`, and only by the
+//! writer whose commits did it: one that found the offsets already held (an earlier attempt,
+//! or a zombie that lost the race to the partition's new owner) writes none, so the state at
+//! a position is always that of the writer whose rows the lake holds there. On assignment
 //! the newest checkpoint at or before the position the sinks resume from is loaded and the
 //! source starts at its offset; records between it and the sinks' position go through the
-//! stages again without being written (see `run::resolver`). Later checkpoints belong to commits
-//! that never happened and are deleted. The newest [`KEEP`] per partition are kept.
+//! stages again without being written (see `run::resolver`), which also finds again the
+//! alerts not yet notified. Later checkpoints (of an older release, which wrote them before
+//! committing) are deleted. The newest [`KEEP`] per partition are kept.
 
 use std::collections::VecDeque;
 

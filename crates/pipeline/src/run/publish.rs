@@ -75,16 +75,17 @@ impl Runner {
         };
         let started = Instant::now();
         let mut published = false;
-        let will_publish = (0..self.groups()).any(|g| seg.first(g).is_some_and(|f| seg.last >= f));
-        if will_publish && self.p.has_state() {
-            self.save_checkpoint(tp, seg.last + 1).await?;
-        }
+        // whether every commit of this segment is ours: only then is the anomaly state at
+        // its end written (below), so a writer that found the offsets already held (a zombie
+        // that lost the race, say) never leaves a state the owner would restore
+        let mut ours = true;
         if let Some(part) = seg.warehouse.take().filter(|p| seg.last >= p.first) {
-            if !self
+            match self
                 .publish_warehouse(tp, seg.epoch, seg.last, part)
                 .await?
             {
-                return Ok(());
+                None => return Ok(()),
+                Some(made) => ours &= made,
             }
             published = true;
         }
@@ -95,8 +96,9 @@ impl Runner {
             .filter(|(_, p)| seg.last >= p.first)
             .collect();
         if !parts.is_empty() {
-            if !self.publish_lake(tp, seg.epoch, seg.last, parts).await? {
-                return Ok(());
+            match self.publish_lake(tp, seg.epoch, seg.last, parts).await? {
+                None => return Ok(()),
+                Some(made) => ours &= made,
             }
             published = true;
         }
@@ -106,6 +108,12 @@ impl Runner {
         if let Some(st) = self.parts.get_mut(tp).map(|p| &mut p.anomaly) {
             let fresh = std::mem::take(&mut st.fresh);
             st.pending.extend(fresh);
+        }
+        // the state after the segment, with its alerts pending until notified; a crash
+        // before this line restores an older state and runs the records since through the
+        // stages again, which finds the same alerts pending
+        if ours && self.p.has_state() {
+            self.save_checkpoint(tp, seg.last + 1).await?;
         }
         self.notify_pending(tp).await;
         let name = self.name().to_string();
@@ -122,8 +130,8 @@ impl Runner {
         Ok(())
     }
 
-    /// Writes the partition's anomaly state at `next` (before its sinks commit), retrying
-    /// external errors like a publication.
+    /// Writes the partition's anomaly state at `next` (after this writer's commits brought
+    /// every sink there), retrying external errors like a publication.
     pub(super) async fn save_checkpoint(
         &mut self,
         tp: &TopicPartition,
@@ -200,14 +208,15 @@ impl Runner {
         }
     }
 
-    /// Returns false when the partition is no longer owned (the segment is dropped).
+    /// Returns `None` when the partition is no longer owned (the segment is dropped), else
+    /// whether this call's commit made the position (not an earlier attempt's).
     pub(super) async fn publish_warehouse(
         &mut self,
         tp: &TopicPartition,
         epoch: u64,
         last: i64,
         part: WarehousePart,
-    ) -> Result<bool, RunError> {
+    ) -> Result<Option<bool>, RunError> {
         let name = self.name().to_string();
         let Some(wh) = self.warehouse.clone() else {
             return Err(RunError::Source {
@@ -250,7 +259,7 @@ impl Runner {
                     partition = tp.1,
                     "partition no longer owned; segment dropped"
                 );
-                return Ok(false);
+                return Ok(None);
             };
             let outcome = wh.commit(&commit).await;
             drop(guard);
@@ -292,7 +301,7 @@ impl Runner {
                         .or_default()
                         .held
                         .set(g, last + 1);
-                    return Ok(true);
+                    return Ok(Some(true));
                 }
                 Err(ymera_warehouse::WarehouseError::Fenced(m)) => {
                     // Our own earlier attempt may have committed with its reply lost: then
@@ -315,7 +324,7 @@ impl Runner {
                             .or_default()
                             .held
                             .set(g, last + 1);
-                        return Ok(true);
+                        return Ok(Some(false));
                     }
                     // another writer moved it: stop, so that a restart resolves afresh
                     return Err(RunError::Warehouse {
@@ -337,15 +346,16 @@ impl Runner {
     }
 
     /// Commits each lake table's part, one Delta commit per table (its files and the
-    /// partition's txn; a part with no rows still records the position). Returns false when
-    /// the partition is no longer owned (the rest of the segment is dropped).
+    /// partition's txn; a part with no rows still records the position). Returns `None` when
+    /// the partition is no longer owned (the rest of the segment is dropped), else whether
+    /// every table took this call's commit (none already held the offsets).
     pub(super) async fn publish_lake(
         &mut self,
         tp: &TopicPartition,
         epoch: u64,
         last: i64,
         parts: Vec<(usize, TablePart)>,
-    ) -> Result<bool, RunError> {
+    ) -> Result<Option<bool>, RunError> {
         let name = self.name().to_string();
         let app_id = delta::app_id(&name, &tp.0, tp.1);
         // Parquet encoding and compression are CPU work: off the runtime threads
@@ -385,15 +395,18 @@ impl Runner {
             pipeline: name.clone(),
             source: e,
         })?;
+        let mut made = true;
         for (g, commit) in encoded {
-            if !self.commit_table(tp, epoch, last, g, &commit).await? {
-                return Ok(false);
+            match self.commit_table(tp, epoch, last, g, &commit).await? {
+                None => return Ok(None),
+                Some(done) => made &= matches!(done, Committed::Version(_)),
             }
         }
-        Ok(true)
+        Ok(Some(made))
     }
 
-    /// One table's Delta commit under the fence, retried while the lake is unwritable.
+    /// One table's Delta commit under the fence, retried while the lake is unwritable;
+    /// `None` when the partition is no longer owned.
     async fn commit_table(
         &mut self,
         tp: &TopicPartition,
@@ -401,7 +414,7 @@ impl Runner {
         last: i64,
         g: usize,
         commit: &TableCommit,
-    ) -> Result<bool, RunError> {
+    ) -> Result<Option<Committed>, RunError> {
         let name = self.name().to_string();
         let fence = self.source.fence();
         let mut backoff = Duration::from_millis(200);
@@ -414,7 +427,7 @@ impl Runner {
                     partition = tp.1,
                     "partition no longer owned; segment dropped"
                 );
-                return Ok(false);
+                return Ok(None);
             };
             let outcome = self.tables.commit(commit).await;
             drop(guard);
@@ -450,7 +463,7 @@ impl Runner {
                         .or_default()
                         .held
                         .set(g, last + 1);
-                    return Ok(true);
+                    return Ok(Some(done));
                 }
                 Err(e) => {
                     let retry = e.class().retry() == Retry::Yes;

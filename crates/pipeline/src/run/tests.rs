@@ -53,6 +53,10 @@ fn tp() -> TopicPartition {
 }
 
 async fn pipeline() -> Arc<Pipeline> {
+    pipeline_from(PIPELINE).await
+}
+
+async fn pipeline_from(yaml: &str) -> Arc<Pipeline> {
     let mut loaded = Loaded {
         file: "unit.yaml".into(),
         spec: None,
@@ -60,7 +64,7 @@ async fn pipeline() -> Arc<Pipeline> {
         diagnostics: Vec::new(),
         warnings: Vec::new(),
     };
-    crate::load::load_str(&mut loaded, PIPELINE, None);
+    crate::load::load_str(&mut loaded, yaml, None);
     let p = crate::check(&mut loaded).await;
     Arc::new(p.unwrap_or_else(|| panic!("{:?}", loaded.diagnostics)))
 }
@@ -92,6 +96,11 @@ fn chunk(epoch: u64, records: &[(i64, Option<&str>)]) -> SourceEvent {
             headers: Vec::new(),
         })
         .collect();
+    chunk_of(epoch, records)
+}
+
+/// Partition 0's `records` as read under `epoch`.
+fn chunk_of(epoch: u64, records: Vec<Record>) -> SourceEvent {
     SourceEvent::Chunk(Chunk {
         topic: "events".into(),
         partition: 0,
@@ -111,9 +120,19 @@ async fn drive(
     held: Held,
     events: Vec<SourceEvent>,
 ) -> (Result<(), RunError>, RunStats) {
+    drive_with(pipeline().await, lake, source, held, events).await
+}
+
+/// [`drive`] for the pipeline `p`.
+async fn drive_with(
+    p: Arc<Pipeline>,
+    lake: &Lake,
+    source: &Arc<Scripted>,
+    held: Held,
+    events: Vec<SourceEvent>,
+) -> (Result<(), RunError>, RunStats) {
     let shared: (HeldMap, CheckpointMap, Trouble) = Default::default();
     shared.0.lock().unwrap().insert(tp(), held);
-    let p = pipeline().await;
     let mut runner = Runner::new(
         p.clone(),
         p.chain(),
@@ -368,4 +387,79 @@ async fn a_table_behind_the_others_gets_only_what_it_lacks() {
     let rows = committed_rows(&lake).await;
     assert_eq!(rows.get("people"), Some(&6), "{rows:?}");
     assert_eq!(rows.get("_dlq/unit"), Some(&1), "{rows:?}");
+}
+
+/// [`PIPELINE`] with an anomaly stage: its detector state is checkpointed under `_state/`.
+const ANOMALY_PIPELINE: &str = r#"
+name: unit
+source:
+  kafka: { brokers: "127.0.0.1:1", topics: [events], group_id: unit }
+  schema: { id: int64, name: utf8, ts: timestamp_us, v: float64 }
+  on_bad_record: dlq
+transforms:
+  - name: scored
+    anomaly: { key: [name], time: ts, value: v, detector: { detectors: [robust_z], threshold: 0.9 } }
+sinks:
+  - lake: { table: people, input: scored, rolling: { max_rows: 1000000, max_interval: 1h } }
+dlq: { path: _dlq/unit }
+"#;
+
+/// Metrics at offsets `offsets` (one a minute, key `a`).
+fn metrics(epoch: u64, offsets: std::ops::Range<i64>) -> SourceEvent {
+    let records: Vec<Record> = offsets
+        .map(|o| Record {
+            key: None,
+            value: Some(
+                format!(
+                    r#"{{"id": {o}, "name": "a", "ts": "2026-01-01T00:{o:02}:00Z", "v": {}}}"#,
+                    10.0 + (o % 3) as f64
+                )
+                .into_bytes(),
+            ),
+            offset: o,
+            timestamp_ms: None,
+            headers: Vec::new(),
+        })
+        .collect();
+    chunk_of(epoch, records)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writer_that_finds_its_offsets_held_leaves_no_anomaly_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let lake = Lake::open(dir.path().to_str().unwrap()).unwrap();
+    let p = pipeline_from(ANOMALY_PIPELINE).await;
+    let state = "_state/unit/events+0+00000000000000000005.json";
+    let run = |held: Held| {
+        let (p, lake) = (p.clone(), lake.clone());
+        async move {
+            let source = Arc::new(Scripted::default());
+            let epoch = source.fence.assign(&[tp()]).await;
+            let events = vec![
+                SourceEvent::Assigned(vec![(tp(), None)]),
+                metrics(epoch, 0..5),
+                SourceEvent::Stopped,
+            ];
+            drive_with(p, &lake, &source, held, events).await
+        }
+    };
+    // the partition's owner commits offsets 0..=4 and the state after them
+    let (result, _) = run(nothing()).await;
+    result.unwrap();
+    assert_eq!(positions(&lake).await, (Some(5), Some(5)));
+    let has_state = || async {
+        let objects = lake.list("_state/unit").await.unwrap();
+        objects.iter().any(|p| p.ends_with(state))
+    };
+    assert!(has_state().await, "no state after the owner's commit");
+    lake.delete(state).await.unwrap();
+    // a zombie that resolved the partition before that commit processes the same records:
+    // both tables already hold them, so it adds no rows and writes no state of its own
+    let (result, _) = run(nothing()).await;
+    result.unwrap();
+    assert_eq!(committed_rows(&lake).await.get("people"), Some(&5));
+    assert!(
+        !has_state().await,
+        "a writer whose offsets were already held wrote the state at them"
+    );
 }
