@@ -142,7 +142,7 @@ fn pipeline_runs_into_an_s3_lake_and_resumes_from_it() {
 /// finds them held; for different partitions both land, one after a retry.
 #[test]
 fn two_writers_racing_one_version_on_s3_never_duplicate() {
-    use ymera_lake::delta::{Committed, TableCommit, Tables, app_id};
+    use ymera_lake::delta::{Committed, TableCommit, Tables};
 
     let bucket = unique("race").to_ascii_lowercase();
     create_bucket(&bucket);

@@ -31,7 +31,12 @@ pub fn init_logging(settings: &Settings) -> Option<opentelemetry_sdk::trace::Sdk
     use tracing_subscriber::Layer as _;
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
-    let level = settings.log.level.clone().unwrap_or_else(|| "info".into());
+    let mut level = settings.log.level.clone().unwrap_or_else(|| "info".into());
+    // the Delta kernel and delta-rs log every snapshot they build at info, with the whole
+    // log segment: warnings only, unless the level names them
+    if !level.contains("kernel") && !level.contains("deltalake") {
+        level.push_str(",buoyant_kernel=warn,deltalake_core=warn");
+    }
     let filter = EnvFilter::try_new(&level).unwrap_or_else(|_| EnvFilter::new("info"));
     let json = match settings.log.format.as_deref() {
         Some("json") => true,

@@ -282,7 +282,8 @@ impl Default for AuditSettings {
 pub struct LogSettings {
     /// `json`, `text`, or unset: JSON when stderr is not a terminal.
     pub format: Option<String>,
-    /// An `EnvFilter` directive such as `info` or `ymera=debug` (default `info`).
+    /// An `EnvFilter` directive such as `info` or `ymera=debug` (default `info`); the Delta
+    /// kernel and delta-rs stay at `warn` unless it names them.
     pub level: Option<String>,
     /// Where OpenTelemetry traces go over OTLP/HTTP (JSON): the traces URL of a
     /// collector, e.g. `http://otel-collector:4318/v1/traces`. Unset: no traces.

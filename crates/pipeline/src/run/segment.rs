@@ -46,14 +46,6 @@ impl Segment {
             None => self.warehouse.is_some(),
         }
     }
-
-    /// Where group `g`'s part starts, when it is open.
-    pub(super) fn first(&self, g: usize) -> Option<i64> {
-        match self.tables.get(g) {
-            Some(part) => part.as_ref().map(|p| p.first),
-            None => self.warehouse.as_ref().map(|p| p.first),
-        }
-    }
 }
 
 impl Runner {
