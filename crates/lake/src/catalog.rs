@@ -60,7 +60,7 @@ pub async fn register_lake_tables(ctx: &SessionContext, lake: &Lake) -> Result<V
         if !store
             .is_delta_table_location()
             .await
-            .map_err(|e| delta_err(&e))?
+            .map_err(|e| delta::classify(&dir, e))?
         {
             if lake
                 .list(&dir)

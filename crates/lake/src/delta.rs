@@ -253,7 +253,7 @@ fn check_table(table: &str, t: &DeltaTable) -> Result<()> {
 }
 
 /// delta-rs errors: object-store trouble is external (retried), the rest says what is wrong.
-fn classify(table: &str, e: DeltaTableError) -> LakeError {
+pub(crate) fn classify(table: &str, e: DeltaTableError) -> LakeError {
     match e {
         DeltaTableError::ObjectStore { source } => LakeError::store(table, source),
         DeltaTableError::Transaction {
@@ -357,7 +357,15 @@ struct Followed {
     positions: HashMap<String, Option<i64>>,
     /// Write a checkpoint at every version divisible by this (`delta.checkpointInterval`).
     checkpoint_interval: u64,
+    /// When the log last confirmed this view (load, a commit made or read past).
+    touched: std::time::Instant,
 }
+
+/// A view the log has not confirmed for this long is loaded afresh before a commit: another
+/// tool's log cleanup could have deleted the versions after it (they expire after
+/// `delta.logRetentionDuration`, 30 days by default), and a commit written into that hole
+/// would sit under a checkpoint where no reader sees it.
+const MAX_VIEW_AGE: std::time::Duration = std::time::Duration::from_secs(15 * 60);
 
 /// What a commit another writer made means for ours.
 enum Passed {
@@ -404,6 +412,7 @@ impl Followed {
             loaded,
             positions: HashMap::new(),
             checkpoint_interval,
+            touched: std::time::Instant::now(),
         }))
     }
 
@@ -476,13 +485,71 @@ impl Followed {
             self.positions.insert(id, Some(v));
         }
         self.version = version;
+        self.touched = std::time::Instant::now();
         Ok(Passed::Clear)
     }
 }
 
-/// Refuses a table whose settings would break positions, or whose protocol asks writers for
-/// more than ymera does (it writes plain Parquet files with the columns by name, and checks no
-/// constraint).
+/// Table features a writer that only appends new files can leave alone as long as the table
+/// does not use them; the ones a table may use are checked in [`check_writable`].
+const HARMLESS_TO_APPENDS: &[&str] = &[
+    "appendOnly",
+    "deletionVectors",
+    "timestampNtz",
+    "domainMetadata",
+    "vacuumProtocolCheck",
+    "checkpointProtection",
+    "typeWidening",
+    "variantType",
+];
+
+/// The features a legacy protocol version implies (Delta's PROTOCOL.md, "Table Features").
+fn legacy_features(reader: i32, writer: i32) -> Vec<&'static str> {
+    let mut implied = Vec::new();
+    if reader == 2 {
+        implied.push("columnMapping");
+    }
+    let by_writer = [
+        (2, "appendOnly"),
+        (2, "invariants"),
+        (3, "checkConstraints"),
+        (4, "changeDataFeed"),
+        (4, "generatedColumns"),
+        (5, "columnMapping"),
+        (6, "identityColumns"),
+    ];
+    if writer < 7 {
+        implied.extend(
+            by_writer
+                .iter()
+                .filter(|(v, _)| writer >= *v)
+                .map(|(_, f)| *f),
+        );
+    }
+    implied
+}
+
+/// Every field of `fields`, nested structs included, with its dotted path.
+fn all_fields<'a>(
+    fields: impl Iterator<Item = &'a deltalake::kernel::StructField>,
+    prefix: &str,
+    out: &mut Vec<(String, &'a deltalake::kernel::StructField)>,
+) {
+    for f in fields {
+        let path = format!("{prefix}{}", f.name());
+        if let deltalake::kernel::DataType::Struct(inner) = f.data_type() {
+            all_fields(inner.fields(), &format!("{path}."), out);
+        }
+        out.push((path, f));
+    }
+}
+
+/// Refuses a table whose settings would break positions, or that asks writers for something
+/// ymera does not do: it appends plain Parquet files, every column nullable, with the columns
+/// by name, and checks no constraint. Table features it can leave alone (deletion vectors,
+/// `timestampNtz`, ...) are fine; features that constrain writers are fine while the table
+/// does not use them (no CHECK constraint, generated or identity column, change data feed,
+/// column mapping, row tracking or in-commit timestamps).
 fn check_writable(
     table: &str,
     protocol: &deltalake::kernel::Protocol,
@@ -494,40 +561,87 @@ fn check_writable(
             "table `{table}` sets `{TXN_RETENTION}={v}`, which expires the Kafka positions ymera keeps in it: unset it (ALTER TABLE ... UNSET TBLPROPERTIES)"
         )));
     }
-    let names = |features: Option<&[delta_kernel::table_features::TableFeature]>,
-                 allowed: &[&str]| {
-        features
-            .unwrap_or_default()
+    let (reader, writer) = (protocol.min_reader_version(), protocol.min_writer_version());
+    let mut features: Vec<String> = legacy_features(reader, writer)
+        .into_iter()
+        .map(str::to_string)
+        .collect();
+    for f in protocol
+        .reader_features()
+        .unwrap_or_default()
+        .iter()
+        .chain(protocol.writer_features().unwrap_or_default())
+    {
+        features.push(f.as_ref().to_string());
+    }
+    features.sort();
+    features.dedup();
+    let on = |key: &str| {
+        configuration
+            .get(key)
+            .is_some_and(|v| v.eq_ignore_ascii_case("true"))
+    };
+    let mut fields = Vec::new();
+    all_fields(schema.fields(), "", &mut fields);
+    let columns_with = |key: &str| {
+        fields
             .iter()
-            .map(|f| f.as_ref().to_string())
-            .filter(|f| !allowed.contains(&f.as_str()))
+            .filter(|(_, f)| f.metadata.keys().any(|k| k.starts_with(key)))
+            .map(|(p, _)| format!("`{p}`"))
             .collect::<Vec<_>>()
     };
-    let (reader, writer) = (protocol.min_reader_version(), protocol.min_writer_version());
     let mut asks = Vec::new();
-    match reader {
-        1 => {}
-        3 => asks.extend(names(protocol.reader_features(), &[])),
-        v => asks.push(format!("reader version {v}")),
+    if !(1..=3).contains(&reader) || !(1..=7).contains(&writer) {
+        asks.push(format!("protocol {reader}/{writer}"));
     }
-    match writer {
-        1 | 2 => {}
-        7 => asks.extend(names(
-            protocol.writer_features(),
-            &["appendOnly", "invariants"],
-        )),
-        v => asks.push(format!("writer version {v}")),
+    for feature in &features {
+        let used = match feature.as_str() {
+            f if HARMLESS_TO_APPENDS.contains(&f) => None,
+            "invariants" => {
+                let cols = columns_with("delta.invariants");
+                (!cols.is_empty()).then(|| format!("invariants on {}", cols.join(", ")))
+            }
+            "checkConstraints" => {
+                let names: Vec<_> = configuration
+                    .keys()
+                    .filter_map(|k| k.strip_prefix("delta.constraints."))
+                    .collect();
+                (!names.is_empty()).then(|| format!("CHECK constraints {}", names.join(", ")))
+            }
+            "generatedColumns" => {
+                let cols = columns_with("delta.generationExpression");
+                (!cols.is_empty()).then(|| format!("generated columns {}", cols.join(", ")))
+            }
+            "identityColumns" => {
+                let cols = columns_with("delta.identity.");
+                (!cols.is_empty()).then(|| format!("identity columns {}", cols.join(", ")))
+            }
+            "changeDataFeed" => on("delta.enableChangeDataFeed")
+                .then(|| "change data feed (`delta.enableChangeDataFeed`)".to_string()),
+            "inCommitTimestamp" => on("delta.enableInCommitTimestamps")
+                .then(|| "in-commit timestamps (`delta.enableInCommitTimestamps`)".to_string()),
+            "columnMapping" => configuration
+                .get("delta.columnMapping.mode")
+                .filter(|m| !m.eq_ignore_ascii_case("none"))
+                .map(|m| format!("column mapping (`delta.columnMapping.mode={m}`)")),
+            // row tracking binds writers once supported; v2 checkpoints, Iceberg
+            // compatibility and anything newer: not written by ymera
+            other => Some(format!("the table feature `{other}`")),
+        };
+        asks.extend(used);
     }
-    if let Some(f) = schema
-        .fields()
-        .find(|f| f.metadata.contains_key("delta.invariants"))
-    {
-        asks.push(format!("the invariant on column `{}`", f.name()));
+    let not_null: Vec<_> = fields
+        .iter()
+        .filter(|(_, f)| !f.is_nullable())
+        .map(|(p, _)| format!("`{p}`"))
+        .collect();
+    if !not_null.is_empty() {
+        asks.push(format!("NOT NULL columns {}", not_null.join(", ")));
     }
     if !asks.is_empty() {
         return Err(LakeError::Invalid(format!(
-            "table `{table}` needs what ymera cannot write ({}); ymera writes reader 1 / writer 2 tables without constraints: point the sink at another table",
-            asks.join(", ")
+            "table `{table}` asks writers for what ymera does not do ({}): ymera appends files with every column nullable and checks no constraint; point the sink at another table",
+            asks.join("; ")
         )));
     }
     Ok(())
@@ -671,6 +785,13 @@ impl Tables {
         let now_ms = chrono::Utc::now().timestamp_millis();
         let mut conflicts = 0;
         'decide: loop {
+            if self
+                .open
+                .get(&c.table)
+                .is_some_and(|t| t.touched.elapsed() > MAX_VIEW_AGE)
+            {
+                self.open.remove(&c.table);
+            }
             let fresh = !self.open.contains_key(&c.table);
             let t = self.table(&c.table, &c.schema, &c.partition_by).await?;
             let versions = t.positions(&c.table, &ids).await?;
@@ -745,6 +866,7 @@ impl Tables {
                 match written {
                     Ok(()) => {
                         t.version = next;
+                        t.touched = std::time::Instant::now();
                         for (id, _, last) in &c.txns {
                             t.positions.insert(id.clone(), Some(*last));
                         }
@@ -1000,10 +1122,11 @@ mod tests {
         }
     }
 
-    /// Writes version 0 of `events` by hand: `protocol` and `metaData` as another tool would.
-    async fn hand_made_table(lake: &Lake, protocol: &str, field_metadata: &str) {
+    /// Writes version 0 of `events` by hand, as another tool would: `protocol`, and a
+    /// `seq` column with `seq` as its remaining JSON (`"nullable":…,"metadata":…`).
+    async fn hand_made_table(lake: &Lake, protocol: &str, seq: &str) {
         let schema = format!(
-            r#"{{"type":"struct","fields":[{{"name":"ts","type":"timestamp","nullable":true,"metadata":{{}}}},{{"name":"seq","type":"long","nullable":true,"metadata":{field_metadata}}},{{"name":"dt","type":"date","nullable":true,"metadata":{{}}}}]}}"#
+            r#"{{"type":"struct","fields":[{{"name":"ts","type":"timestamp","nullable":true,"metadata":{{}}}},{{"name":"seq","type":"long",{seq}}},{{"name":"dt","type":"date","nullable":true,"metadata":{{}}}}]}}"#
         );
         let metadata = serde_json::json!({"metaData": {
             "id": "00000000-0000-0000-0000-000000000001",
@@ -1275,63 +1398,60 @@ mod tests {
 
     #[tokio::test]
     async fn tables_that_ask_writers_for_more_are_refused_by_name() {
-        // generated columns (writer 4): ymera would write rows without computing them
-        let (_tmp, lake) = lake();
-        hand_made_table(
-            &lake,
-            r#"{"minReaderVersion":1,"minWriterVersion":4}"#,
-            "{}",
-        )
-        .await;
-        let err = Tables::new(lake.clone())
-            .commit(&commit(0, 9))
-            .await
-            .unwrap_err();
-        assert!(err.to_string().contains("writer version 4"), "{err}");
-        // an invariant on a column: ymera does not check it
-        let (_tmp, lake) = self::lake();
-        hand_made_table(
-            &lake,
-            r#"{"minReaderVersion":1,"minWriterVersion":2}"#,
-            r#"{"delta.invariants":"{\"expression\":{\"expression\":\"seq > 0\"}}"}"#,
-        )
-        .await;
-        let err = Tables::new(lake.clone())
-            .commit(&commit(0, 9))
-            .await
-            .unwrap_err();
-        assert!(
-            err.to_string().contains("invariant on column `seq`"),
-            "{err}"
-        );
-        // table features: appendOnly is fine (ymera only appends), deletion vectors are not
-        let (_tmp, lake) = self::lake();
-        hand_made_table(
-            &lake,
-            r#"{"minReaderVersion":3,"minWriterVersion":7,"readerFeatures":["deletionVectors"],"writerFeatures":["appendOnly","deletionVectors"]}"#,
-            "{}",
-        )
-        .await;
-        let err = Tables::new(lake.clone())
-            .commit(&commit(0, 9))
-            .await
-            .unwrap_err();
-        assert!(err.to_string().contains("deletionVectors"), "{err}");
-        let (_tmp, lake) = self::lake();
-        hand_made_table(
-            &lake,
-            r#"{"minReaderVersion":1,"minWriterVersion":7,"writerFeatures":["appendOnly"]}"#,
-            "{}",
-        )
-        .await;
-        assert_eq!(
-            Tables::new(lake.clone())
+        const PLAIN: &str = r#""nullable":true,"metadata":{}"#;
+        let refused = [
+            // a generated column (writer 4): ymera would write rows without computing it
+            (
+                r#"{"minReaderVersion":1,"minWriterVersion":4}"#,
+                r#""nullable":true,"metadata":{"delta.generationExpression":"id * 2"}"#,
+                "generated columns `seq`",
+            ),
+            // an invariant: ymera does not check it
+            (
+                r#"{"minReaderVersion":1,"minWriterVersion":2}"#,
+                r#""nullable":true,"metadata":{"delta.invariants":"{\"expression\":{\"expression\":\"seq > 0\"}}"}"#,
+                "invariants on `seq`",
+            ),
+            // NOT NULL: ymera writes every column nullable
+            (
+                r#"{"minReaderVersion":1,"minWriterVersion":2}"#,
+                r#""nullable":false,"metadata":{}"#,
+                "NOT NULL columns `seq`",
+            ),
+            // row tracking binds every writer once the table supports it
+            (
+                r#"{"minReaderVersion":1,"minWriterVersion":7,"writerFeatures":["domainMetadata","rowTracking"]}"#,
+                PLAIN,
+                "the table feature `rowTracking`",
+            ),
+        ];
+        for (protocol, seq, named) in refused {
+            let (_tmp, lake) = self::lake();
+            hand_made_table(&lake, protocol, seq).await;
+            let err = Tables::new(lake.clone())
                 .commit(&commit(0, 9))
                 .await
-                .unwrap(),
-            Committed::Version(1)
-        );
-        assert_eq!(rows(&lake).await, 10);
+                .unwrap_err();
+            assert!(err.to_string().contains(named), "{protocol}: {err}");
+        }
+        // features a writer that appends can leave alone, and constraint features the
+        // table does not use, are fine: a legacy writer 4 table, deletion vectors
+        for protocol in [
+            r#"{"minReaderVersion":1,"minWriterVersion":4}"#,
+            r#"{"minReaderVersion":3,"minWriterVersion":7,"readerFeatures":["deletionVectors"],"writerFeatures":["appendOnly","deletionVectors","checkConstraints"]}"#,
+        ] {
+            let (_tmp, lake) = self::lake();
+            hand_made_table(&lake, protocol, PLAIN).await;
+            assert_eq!(
+                Tables::new(lake.clone())
+                    .commit(&commit(0, 9))
+                    .await
+                    .unwrap(),
+                Committed::Version(1),
+                "{protocol}"
+            );
+            assert_eq!(rows(&lake).await, 10);
+        }
     }
 
     #[test]
