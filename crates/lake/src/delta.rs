@@ -1145,6 +1145,18 @@ mod tests {
         .unwrap();
     }
 
+    /// Creates `events` (delta-rs's create) with the table property `key` set to `value`.
+    async fn create_with(lake: &Lake, key: deltalake::TableProperty, value: &str) {
+        let ours = delta_schema("events", &spec().table_schema()).unwrap();
+        CreateBuilder::new()
+            .with_log_store(log_store(lake, "events").unwrap())
+            .with_columns(ours.fields().cloned())
+            .with_partition_columns(["dt"])
+            .with_configuration_property(key, Some(value))
+            .await
+            .unwrap();
+    }
+
     fn lake() -> (tempfile::TempDir, Lake) {
         let tmp = tempfile::tempdir().unwrap();
         let lake = Lake::open(tmp.path().to_str().unwrap()).unwrap();
@@ -1278,17 +1290,12 @@ mod tests {
     #[tokio::test]
     async fn a_table_that_expires_positions_is_refused() {
         let (_tmp, lake) = lake();
-        let ours = delta_schema("events", &spec().table_schema()).unwrap();
-        CreateBuilder::new()
-            .with_log_store(log_store(&lake, "events").unwrap())
-            .with_columns(ours.fields().cloned())
-            .with_partition_columns(["dt"])
-            .with_configuration_property(
-                deltalake::TableProperty::SetTransactionRetentionDuration,
-                Some("interval 1 day"),
-            )
-            .await
-            .unwrap();
+        create_with(
+            &lake,
+            deltalake::TableProperty::SetTransactionRetentionDuration,
+            "interval 1 day",
+        )
+        .await;
         let err = Tables::new(lake.clone())
             .commit(&commit(0, 9))
             .await
@@ -1373,14 +1380,7 @@ mod tests {
     #[tokio::test]
     async fn checkpoints_follow_the_table_interval_and_readers_use_them() {
         let (_tmp, lake) = lake();
-        let ours = delta_schema("events", &spec().table_schema()).unwrap();
-        CreateBuilder::new()
-            .with_log_store(log_store(&lake, "events").unwrap())
-            .with_columns(ours.fields().cloned())
-            .with_partition_columns(["dt"])
-            .with_configuration_property(deltalake::TableProperty::CheckpointInterval, Some("5"))
-            .await
-            .unwrap();
+        create_with(&lake, deltalake::TableProperty::CheckpointInterval, "5").await;
         let mut tables = Tables::new(lake.clone());
         for i in 0..12 {
             tables.commit(&commit(i * 10, i * 10 + 9)).await.unwrap();
