@@ -263,12 +263,7 @@ for root, dirs, files in sorted(os.walk(lake)):
         .env("YMERA__LOG__LEVEL", "warn")
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let ours = String::from_utf8_lossy(&out.stdout).to_string();
+    let ours = succeeded(out);
     for (d, duck, py) in &tables {
         assert_eq!(duck, py, "{d}: DuckDB {duck} rows, deltalake {py}");
         assert!(

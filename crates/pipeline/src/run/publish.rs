@@ -208,6 +208,11 @@ impl Runner {
         }
     }
 
+    /// Records that sink group `g` now holds the partition up to (not including) `next`.
+    fn hold(&mut self, tp: &TopicPartition, g: usize, next: i64) {
+        self.parts.entry(tp.clone()).or_default().held.set(g, next);
+    }
+
     /// Returns `None` when the partition is no longer owned (the segment is dropped), else
     /// whether this call's commit made the position (not an earlier attempt's).
     pub(super) async fn publish_warehouse(
@@ -295,12 +300,7 @@ impl Runner {
                         .rows_written
                         .entry("warehouse".into())
                         .or_insert(0) += done.rows;
-                    let g = self.lake_tables();
-                    self.parts
-                        .entry(tp.clone())
-                        .or_default()
-                        .held
-                        .set(g, last + 1);
+                    self.hold(tp, self.lake_tables(), last + 1);
                     return Ok(Some(true));
                 }
                 Err(ymera_warehouse::WarehouseError::Fenced(m)) => {
@@ -318,12 +318,7 @@ impl Runner {
                             partition = tp.1,
                             "the warehouse already holds this segment (an earlier attempt committed)"
                         );
-                        let g = self.lake_tables();
-                        self.parts
-                            .entry(tp.clone())
-                            .or_default()
-                            .held
-                            .set(g, last + 1);
+                        self.hold(tp, self.lake_tables(), last + 1);
                         return Ok(Some(false));
                     }
                     // another writer moved it: stop, so that a restart resolves afresh
@@ -458,11 +453,7 @@ impl Runner {
                             "the table already holds this segment (an earlier attempt or another writer committed it)"
                         ),
                     }
-                    self.parts
-                        .entry(tp.clone())
-                        .or_default()
-                        .held
-                        .set(g, last + 1);
+                    self.hold(tp, g, last + 1);
                     return Ok(Some(done));
                 }
                 Err(e) => {
