@@ -2,6 +2,9 @@
 //! latest snapshot through delta-rs's table provider, which prunes files by partition values
 //! and by the statistics in the log. Registration reads metadata only; a scan reads the files.
 
+use std::sync::Arc;
+
+use datafusion::catalog::TableProvider;
 use datafusion::prelude::SessionContext;
 use deltalake::DeltaTable;
 use deltalake::kernel::Snapshot;
@@ -51,17 +54,7 @@ pub async fn candidates(lake: &Lake) -> Result<Vec<(String, String)>> {
 pub async fn register_lake_tables(ctx: &SessionContext, lake: &Lake) -> Result<Vec<LakeTable>> {
     let mut tables = Vec::new();
     for (name, dir) in candidates(lake).await? {
-        let delta_err = |e: &dyn std::fmt::Display| LakeError::Delta {
-            table: dir.clone(),
-            message: e.to_string(),
-            external: false,
-        };
-        let store = delta::log_store(lake, &dir)?;
-        if !store
-            .is_delta_table_location()
-            .await
-            .map_err(|e| delta::classify(&dir, e))?
-        {
+        let Some((provider, table)) = provider(ctx, lake, &name, &dir, None).await? else {
             if lake
                 .list(&dir)
                 .await?
@@ -74,29 +67,63 @@ pub async fn register_lake_tables(ctx: &SessionContext, lake: &Lake) -> Result<V
                 );
             }
             continue;
-        }
-        let snapshot = Snapshot::try_new(store.as_ref(), None)
-            .await
-            .map_err(|e| delta_err(&e))?;
-        // an unloaded table: its log store, for the session's object store and the provider
-        let table = DeltaTable::new(store);
-        table
-            .update_datafusion_session(&ctx.state())
-            .map_err(|e| delta_err(&e))?;
-        let partition_cols = snapshot.metadata().partition_columns().to_vec();
-        let version = snapshot.version();
-        let provider = table
-            .table_provider()
-            .with_snapshot(snapshot)
-            .await
-            .map_err(|e| delta_err(&e))?;
+        };
         ctx.register_table(name.as_str(), provider)?;
-        tables.push(LakeTable {
-            name,
-            dir,
-            partition_cols,
-            version,
-        });
+        tables.push(table);
     }
     Ok(tables)
+}
+
+/// The table provider of the Delta table at `dir` (relative to the lake) at `version` (the
+/// latest when `None`), read from its metadata alone; `None` when `dir` holds no Delta table.
+/// The lake's object store is registered in `ctx` for the scan.
+pub async fn provider(
+    ctx: &SessionContext,
+    lake: &Lake,
+    name: &str,
+    dir: &str,
+    version: Option<u64>,
+) -> Result<Option<(Arc<dyn TableProvider>, LakeTable)>> {
+    let delta_err = |e: &dyn std::fmt::Display| LakeError::Delta {
+        table: dir.to_string(),
+        message: e.to_string(),
+        external: false,
+    };
+    let store = delta::log_store(lake, dir)?;
+    if !store
+        .is_delta_table_location()
+        .await
+        .map_err(|e| delta::classify(dir, e))?
+    {
+        return Ok(None);
+    }
+    let snapshot = Snapshot::try_new(store.as_ref(), version)
+        .await
+        .map_err(|e| match version {
+            Some(v) => LakeError::Invalid(format!(
+                "table `{name}` has no version {v} that can still be read ({e}); `ymera lake history {dir}` lists its versions"
+            )),
+            None => delta_err(&e),
+        })?;
+    // an unloaded table: its log store, for the session's object store and the provider
+    let table = DeltaTable::new(store);
+    table
+        .update_datafusion_session(&ctx.state())
+        .map_err(|e| delta_err(&e))?;
+    let partition_cols = snapshot.metadata().partition_columns().to_vec();
+    let version = snapshot.version();
+    let provider = table
+        .table_provider()
+        .with_snapshot(snapshot)
+        .await
+        .map_err(|e| delta_err(&e))?;
+    Ok(Some((
+        provider,
+        LakeTable {
+            name: name.to_string(),
+            dir: dir.to_string(),
+            partition_cols,
+            version,
+        },
+    )))
 }

@@ -206,7 +206,7 @@ fn register_s3() {
     });
 }
 
-fn delta_err(table: &str, e: impl std::fmt::Display) -> LakeError {
+pub(crate) fn delta_err(table: &str, e: impl std::fmt::Display) -> LakeError {
     LakeError::Delta {
         table: table.to_string(),
         message: e.to_string(),
@@ -355,7 +355,8 @@ struct Followed {
     /// Positions by app id: read from `loaded` when first asked for, then moved by every
     /// commit made or read past.
     positions: HashMap<String, Option<i64>>,
-    /// Write a checkpoint at every version divisible by this (`delta.checkpointInterval`).
+    /// Write a checkpoint at every version divisible by this (`delta.checkpointInterval`,
+    /// else `lake.checkpoint_interval`).
     checkpoint_interval: u64,
     /// When the log last confirmed this view (load, a commit made or read past).
     touched: std::time::Instant,
@@ -405,7 +406,7 @@ impl Followed {
         let checkpoint_interval = loaded
             .table_properties()
             .checkpoint_interval
-            .map_or(100, |n| n.get());
+            .map_or(lake.checkpoint_interval(), |n| n.get());
         Ok(Some(Followed {
             log_store,
             version: loaded.version(),
@@ -696,6 +697,28 @@ impl TableCommit {
     }
 }
 
+/// Whether and how far back the log is cleaned up after a checkpoint: the table's
+/// `delta.enableExpiredLogCleanup` (default true) and `delta.logRetentionDuration` (default
+/// 30 days), as every Delta writer reads them.
+#[derive(Debug, Clone, Copy)]
+struct LogCleanup {
+    /// Commits older than this go; `None` when the table turns cleanup off.
+    retention: Option<std::time::Duration>,
+}
+
+impl LogCleanup {
+    fn of(snapshot: &KernelSnapshotRef) -> LogCleanup {
+        let props = snapshot.table_properties();
+        LogCleanup {
+            retention: props.enable_expired_log_cleanup.unwrap_or(true).then(|| {
+                props
+                    .log_retention_duration
+                    .unwrap_or(std::time::Duration::from_secs(30 * 24 * 3600))
+            }),
+        }
+    }
+}
+
 /// Commits by other writers a commit may go after before the table is loaded afresh instead.
 const MAX_PASSED: usize = 64;
 
@@ -872,7 +895,8 @@ impl Tables {
                         }
                         if next % t.checkpoint_interval == 0 {
                             let store = t.log_store.clone();
-                            self.checkpoint(&c.table, store, next);
+                            let cleanup = LogCleanup::of(&t.loaded);
+                            self.checkpoint(&c.table, store, next, cleanup);
                         }
                         return Ok(Committed::Version(next));
                     }
@@ -919,9 +943,12 @@ impl Tables {
     }
 
     /// Writes a checkpoint of `table` at `version` in the background, unless one is being
-    /// written: readers (and the next load) then replay the log from there. A failed
-    /// checkpoint costs readers time, not data.
-    fn checkpoint(&mut self, table: &str, store: LogStoreRef, version: u64) {
+    /// written: readers (and the next load) then replay the log from there. Then, unless the
+    /// table says otherwise, deletes the log's commits and checkpoints that are both older
+    /// than its log retention and before a checkpoint (delta-rs's log cleanup), so a load
+    /// lists and reads a bounded log. A failed checkpoint or cleanup costs readers time, not
+    /// data.
+    fn checkpoint(&mut self, table: &str, store: LogStoreRef, version: u64, cleanup: LogCleanup) {
         if self
             .checkpoints
             .get(table)
@@ -947,7 +974,27 @@ impl Tables {
                         version,
                         elapsed_ms = started.elapsed().as_millis() as u64,
                         "wrote a checkpoint"
-                    )
+                    );
+                    if let Some(retention) = cleanup.retention {
+                        let cutoff = chrono::Utc::now().timestamp_millis()
+                            - i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
+                        match deltalake::protocol::checkpoints::cleanup_expired_logs_for(
+                            version,
+                            store.as_ref(),
+                            cutoff,
+                            None,
+                        )
+                        .await
+                        {
+                            Ok(0) => {}
+                            Ok(n) => {
+                                info!(table = name, version, deleted = n, "cleaned up the log")
+                            }
+                            Err(e) => {
+                                warn!(table = name, version, error = %e, "could not clean up the log; it keeps its expired commits until the next checkpoint")
+                            }
+                        }
+                    }
                 }
                 Ok(Err(e)) => {
                     warn!(table = name, version, error = %e, "could not write a checkpoint; readers replay more of the log until the next one")
@@ -1061,13 +1108,13 @@ fn rand_u64() -> u64 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::writer::{TableSpec, TableWriter};
     use arrow::array::{Int64Array, RecordBatch, TimestampMicrosecondArray};
     use arrow::datatypes::TimeUnit;
 
-    fn spec() -> TableSpec {
+    pub(crate) fn spec() -> TableSpec {
         TableSpec {
             table: "events".into(),
             partition_by: vec!["dt".into()],
@@ -1085,13 +1132,13 @@ mod tests {
     }
 
     /// The files of offsets `first..=last` of partition 0 (one row per offset).
-    fn commit(first: i64, last: i64) -> TableCommit {
+    pub(crate) fn commit(first: i64, last: i64) -> TableCommit {
         commit_on(0, first, last)
     }
 
     /// The files of offsets `first..=last` of `partition` (one row per offset, `seq` unique
     /// across partitions below 1000 offsets each).
-    fn commit_on(partition: i32, first: i64, last: i64) -> TableCommit {
+    pub(crate) fn commit_on(partition: i32, first: i64, last: i64) -> TableCommit {
         let spec = spec();
         let seq: Vec<i64> = (first..=last)
             .map(|o| o + 1000 * partition as i64)
@@ -1146,7 +1193,7 @@ mod tests {
     }
 
     /// Creates `events` (delta-rs's create) with the table property `key` set to `value`.
-    async fn create_with(lake: &Lake, key: deltalake::TableProperty, value: &str) {
+    pub(crate) async fn create_with(lake: &Lake, key: deltalake::TableProperty, value: &str) {
         let ours = delta_schema("events", &spec().table_schema()).unwrap();
         CreateBuilder::new()
             .with_log_store(log_store(lake, "events").unwrap())
@@ -1157,13 +1204,13 @@ mod tests {
             .unwrap();
     }
 
-    fn lake() -> (tempfile::TempDir, Lake) {
+    pub(crate) fn lake() -> (tempfile::TempDir, Lake) {
         let tmp = tempfile::tempdir().unwrap();
         let lake = Lake::open(tmp.path().to_str().unwrap()).unwrap();
         (tmp, lake)
     }
 
-    async fn rows(lake: &Lake) -> usize {
+    pub(crate) async fn rows(lake: &Lake) -> usize {
         let ctx = datafusion::prelude::SessionContext::new();
         crate::catalog::register_lake_tables(&ctx, lake)
             .await

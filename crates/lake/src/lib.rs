@@ -12,6 +12,7 @@ pub mod catalog;
 pub mod delta;
 pub mod error;
 pub mod layout;
+pub mod maintain;
 pub mod store;
 pub mod writer;
 

@@ -43,7 +43,14 @@ pub struct Lake {
     local_root: Option<PathBuf>,
     /// S3 settings the lake was opened with (reused for the SQL catalog).
     s3: Vec<(String, Secret)>,
+    /// Writers checkpoint a table every this many commits, unless the table sets
+    /// `delta.checkpointInterval` (`lake.checkpoint_interval`).
+    checkpoint_interval: u64,
 }
+
+/// Commits between checkpoints unless `lake.checkpoint_interval` or the table says otherwise
+/// (Delta's own default).
+pub const DEFAULT_CHECKPOINT_INTERVAL: u64 = 100;
 
 impl std::fmt::Debug for Lake {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -102,6 +109,7 @@ impl Lake {
                 root,
                 local_root: None,
                 s3: s3.to_vec(),
+                checkpoint_interval: DEFAULT_CHECKPOINT_INTERVAL,
             });
         }
         let path = match location.strip_prefix("file://") {
@@ -124,7 +132,20 @@ impl Lake {
             root: Arc::new(LocalFileSystem::new()),
             local_root: Some(root),
             s3: Vec::new(),
+            checkpoint_interval: DEFAULT_CHECKPOINT_INTERVAL,
         })
+    }
+
+    /// The lake whose writers checkpoint every `commits` commits (at least 1) of a table that
+    /// does not set `delta.checkpointInterval`.
+    pub fn with_checkpoint_interval(mut self, commits: u64) -> Lake {
+        self.checkpoint_interval = commits.max(1);
+        self
+    }
+
+    /// Commits between checkpoints of a table that does not set its own.
+    pub fn checkpoint_interval(&self) -> u64 {
+        self.checkpoint_interval
     }
 
     /// The lake's URL (`file:///abs/path/` or `s3://bucket/prefix`).
