@@ -118,7 +118,9 @@ pub(crate) fn pipeline_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, String> 
 
 /// Opens `lake.url`, with S3 credentials from the standard `AWS_*` environment variables.
 pub fn open_lake(settings: &Settings) -> Result<Lake, String> {
-    Lake::open_with(&settings.lake.url, &s3_settings()).map_err(|e| e.to_string())
+    Lake::open_with(&settings.lake.url, &s3_settings())
+        .map(|l| l.with_checkpoint_interval(settings.lake.checkpoint_interval))
+        .map_err(|e| e.to_string())
 }
 
 /// object_store S3 settings from the standard `AWS_*` environment variables.

@@ -13,6 +13,7 @@ mod evalcmd;
 mod examples;
 mod forecastcmd;
 mod keyscmd;
+mod lakecmd;
 mod modelscmd;
 mod settings;
 mod simcmd;
@@ -146,6 +147,13 @@ enum Command {
     Dlq {
         #[command(subcommand)]
         action: DlqAction,
+    },
+    /// The lake's Delta tables: `optimize` (compact small files), `vacuum` (delete files no
+    /// version within the retention needs), `history` (versions, operations, Kafka
+    /// positions).
+    Lake {
+        #[command(subcommand)]
+        action: LakeAction,
     },
     /// The SQL warehouse: `ymera warehouse migrate` applies `warehouse.migrations`.
     Warehouse {
@@ -320,6 +328,53 @@ enum AuditAction {
 }
 
 #[derive(Subcommand, Debug)]
+enum LakeAction {
+    /// Bin-pack small files into files of about --target-size, committed with
+    /// dataChange=false: row counts never change (checked from the log after each table).
+    Optimize {
+        /// Tables (SQL names such as `tasks` or `dlq_<pipeline>`, or directories); every
+        /// table of the lake when none is given.
+        tables: Vec<String>,
+        /// Only partitions matching COLUMN=VALUE (or !=, <, <=, >, >=), e.g.
+        /// `dt=2026-12-01` (repeatable: all must match).
+        #[arg(long = "where", value_name = "PRED")]
+        predicates: Vec<String>,
+        /// Size compacted files are packed to.
+        #[arg(long, default_value = "128MiB")]
+        target_size: String,
+    },
+    /// Delete data files no version within the retention references: files compaction
+    /// removed, and orphans of commits that never happened.
+    Vacuum {
+        /// Tables (as for optimize); every table when none is given.
+        tables: Vec<String>,
+        /// Keep what versions of this age need (default: the table's
+        /// `delta.deletedFileRetentionDuration`, 7 days unless set; shorter is refused
+        /// unless --force).
+        #[arg(long, value_parser = parse_duration)]
+        retain: Option<std::time::Duration>,
+        /// List what would be deleted and delete nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Allow a retention shorter than the table's minimum: readers of older versions,
+        /// and writers about to commit files they have written, can then lose them.
+        #[arg(long)]
+        force: bool,
+    },
+    /// A table's versions, newest first: time, operation, files and rows added and removed,
+    /// and the Kafka positions each commit brought the table to.
+    History {
+        /// The table (SQL name or directory).
+        table: String,
+        /// Only the newest N versions (default: every version still in the log).
+        #[arg(long)]
+        limit: Option<usize>,
+        #[arg(long, value_enum, default_value = "table")]
+        format: lakecmd::HistoryFormat,
+    },
+}
+
+#[derive(Subcommand, Debug)]
 enum WarehouseAction {
     /// Apply the pending versioned migrations (`warehouse.migrations`, default
     /// `sql/migrations/`) to `warehouse.url`.
@@ -462,6 +517,24 @@ fn main() -> ExitCode {
                         since,
                     },
             } => dlqcmd::replay(&settings, &pipeline, &pipelines, since.as_deref()).await,
+            Command::Lake { action } => match action {
+                LakeAction::Optimize {
+                    tables,
+                    predicates,
+                    target_size,
+                } => lakecmd::optimize(&settings, &tables, &predicates, &target_size).await,
+                LakeAction::Vacuum {
+                    tables,
+                    retain,
+                    dry_run,
+                    force,
+                } => lakecmd::vacuum(&settings, &tables, retain, dry_run, force).await,
+                LakeAction::History {
+                    table,
+                    limit,
+                    format,
+                } => lakecmd::history(&settings, &table, limit, format).await,
+            },
             Command::Warehouse {
                 action: WarehouseAction::Migrate,
             } => commands::warehouse_migrate(&settings).await,

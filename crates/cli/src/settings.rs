@@ -39,12 +39,16 @@ pub struct Settings {
 pub struct LakeSettings {
     /// A path, `file://` or `s3://bucket/prefix` URL (default `./lake`).
     pub url: String,
+    /// Writers checkpoint a table every this many commits, then clean up the log's expired
+    /// commits, unless the table sets `delta.checkpointInterval` (default 100).
+    pub checkpoint_interval: u64,
 }
 
 impl Default for LakeSettings {
     fn default() -> Self {
         LakeSettings {
             url: "./lake".into(),
+            checkpoint_interval: ymera_lake::store::DEFAULT_CHECKPOINT_INTERVAL,
         }
     }
 }

@@ -113,6 +113,8 @@ pub struct Analyst {
     ctx: SessionContext,
     tables: Vec<Table>,
     limits: Limits,
+    /// For time travel: older snapshots of its tables.
+    lake: Lake,
 }
 
 impl std::fmt::Debug for Analyst {
@@ -268,6 +270,7 @@ impl Analyst {
                 ctx,
                 tables,
                 limits,
+                lake: lake.clone(),
             },
             warnings,
         ))
@@ -375,11 +378,13 @@ impl Analyst {
     pub async fn tables_read_by(&self, sql: &str) -> Result<Vec<Table>, QueryError> {
         use datafusion::common::tree_node::TreeNodeRecursion;
         use datafusion::logical_expr::LogicalPlan;
-        check_read_only(sql)?;
-        let plan = self
-            .ctx
+        let (sql, ctx, travelled) = self.travel(sql).await?;
+        check_read_only(&sql)?;
+        let plan = ctx
+            .as_ref()
+            .unwrap_or(&self.ctx)
             .state()
-            .create_logical_plan(sql)
+            .create_logical_plan(&sql)
             .await
             .map_err(|e| self.explain_error(e))?;
         let mut names = std::collections::BTreeSet::new();
@@ -393,9 +398,101 @@ impl Analyst {
         Ok(self
             .tables
             .iter()
+            .chain(&travelled)
             .filter(|t| names.contains(&t.name))
-            .cloned()
+            .map(|t| Table {
+                // an older snapshot is recorded under its table's name, at its version
+                name: t
+                    .name
+                    .split_once('@')
+                    .map_or(t.name.as_str(), |(n, _)| n)
+                    .to_string(),
+                ..t.clone()
+            })
             .collect())
+    }
+
+    /// `sql` with its time-travel clauses ([`travel`]) replaced by names of the snapshots
+    /// they ask for, with a session of its own where those are registered beside every table
+    /// (`None` when it asks for none: the shared session runs it), and those snapshots as
+    /// tables (named `<table>@v<version>`).
+    async fn travel(
+        &self,
+        sql: &str,
+    ) -> Result<(String, Option<SessionContext>, Vec<Table>), QueryError> {
+        let travels = travel::find(sql, &self.tables)?;
+        if travels.is_empty() {
+            return Ok((sql.to_string(), None, Vec::new()));
+        }
+        // a session of this query's own: the shared one never sees its snapshots
+        let catalog = datafusion::catalog::MemoryCatalogProvider::new();
+        datafusion::catalog::CatalogProvider::register_schema(
+            &catalog,
+            "public",
+            Arc::new(datafusion::catalog::MemorySchemaProvider::new()),
+        )
+        .map_err(|e| QueryError::Execution(e.strip_backtrace()))?;
+        let catalogs = Arc::new(datafusion::catalog::MemoryCatalogProviderList::new());
+        datafusion::catalog::CatalogProviderList::register_catalog(
+            catalogs.as_ref(),
+            "datafusion".to_string(),
+            Arc::new(catalog),
+        );
+        let state = datafusion::execution::SessionStateBuilder::new_from_existing(self.ctx.state())
+            .with_catalog_list(catalogs)
+            .build();
+        let ctx = SessionContext::new_with_state(state);
+        for t in &self.tables {
+            let provider = self
+                .ctx
+                .table_provider(t.name.as_str())
+                .await
+                .map_err(|e| QueryError::Execution(e.strip_backtrace()))?;
+            ctx.register_table(t.name.as_str(), provider)
+                .map_err(|e| QueryError::Execution(e.strip_backtrace()))?;
+        }
+        let mut names = Vec::with_capacity(travels.len());
+        let mut snapshots: Vec<Table> = Vec::new();
+        for tr in &travels {
+            let table = self.table(&tr.table)?;
+            let Some((dir, _)) = &table.delta else {
+                return Err(QueryError::Execution(format!(
+                    "internal error (this is a bug): lake table `{}` has no directory",
+                    table.name
+                )));
+            };
+            let version = match tr.at {
+                travel::At::Version(v) => v,
+                travel::At::Time(t) => ymera_lake::maintain::version_at(&self.lake, dir, t)
+                    .await
+                    .map_err(|e| QueryError::Invalid(e.to_string()))?,
+            };
+            let name = format!("{}@v{version}", table.name);
+            if !snapshots.iter().any(|s| s.name == name) {
+                let (provider, _) = ymera_lake::catalog::provider(
+                    &ctx,
+                    &self.lake,
+                    &table.name,
+                    dir,
+                    Some(version),
+                )
+                .await
+                .map_err(|e| QueryError::Invalid(e.to_string()))?
+                .ok_or_else(|| {
+                    QueryError::Invalid(format!("table `{}` is gone from the lake", table.name))
+                })?;
+                snapshots.push(Table {
+                    name: name.clone(),
+                    schema: provider.schema(),
+                    delta: Some((dir.clone(), version)),
+                    ..table.clone()
+                });
+                ctx.register_table(name.as_str(), provider)
+                    .map_err(|e| QueryError::Execution(e.strip_backtrace()))?;
+            }
+            names.push(name);
+        }
+        Ok((travel::rewrite(sql, &travels, &names), Some(ctx), snapshots))
     }
 
     /// Runs one read-only query within the limits.
@@ -412,6 +509,9 @@ impl Analyst {
         sql: &str,
         cancel: &Cancel,
     ) -> Result<Output, QueryError> {
+        let (sql, travelled, _) = self.travel(sql).await?;
+        let sql = sql.as_str();
+        let ctx = travelled.as_ref().unwrap_or(&self.ctx);
         check_read_only(sql)?;
         let limits = self.limits;
         // every operator checks it: past the deadline or once cancelled, the work stops
@@ -422,21 +522,15 @@ impl Analyst {
                 .with_allow_ddl(false)
                 .with_allow_dml(false)
                 .with_allow_statements(false);
-            let df = self
-                .ctx
-                .sql_with_options(sql, opts)
-                .await
-                .map_err(|e| match e {
-                    DataFusionError::Plan(m)
-                        if m.contains("not supported")
-                            && (m.contains("DDL")
-                                || m.contains("DML")
-                                || m.contains("Statement")) =>
-                    {
-                        QueryError::Refused(format!("{m}; {REFUSED_HINT}"))
-                    }
-                    e => self.explain_error(e),
-                })?;
+            let df = ctx.sql_with_options(sql, opts).await.map_err(|e| match e {
+                DataFusionError::Plan(m)
+                    if m.contains("not supported")
+                        && (m.contains("DDL") || m.contains("DML") || m.contains("Statement")) =>
+                {
+                    QueryError::Refused(format!("{m}; {REFUSED_HINT}"))
+                }
+                e => self.explain_error(e),
+            })?;
             let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
             let task = Arc::new(df.task_ctx());
             let plan = df
@@ -499,6 +593,7 @@ pub fn batch_bytes(b: &RecordBatch) -> usize {
 
 mod capped;
 mod deadline;
+mod travel;
 
 pub use deadline::{Cancel, CancelOnDrop};
 

@@ -1,0 +1,306 @@
+//! `ymera lake optimize|vacuum|history`: maintenance of the lake's Delta tables
+//! (interfaces.md "Lake layout"). The work is in `ymera_lake::maintain`; this resolves table
+//! names and prints.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use ymera_lake::Lake;
+use ymera_lake::maintain::{self, OptimizeOptions, PartitionPredicate};
+
+use crate::settings::Settings;
+use crate::{EXIT_CONFIG, EXIT_FAILURE, EXIT_OK};
+
+/// The tables named (by SQL name, `tasks` or `dlq_<pipeline>`, or by directory, `_dlq/<p>`),
+/// or every table of the lake when none is: `(name, dir)`.
+async fn tables(lake: &Lake, names: &[String]) -> Result<Vec<(String, String)>, String> {
+    let mut all = Vec::new();
+    for (name, dir) in ymera_lake::catalog::candidates(lake)
+        .await
+        .map_err(|e| e.to_string())?
+    {
+        let store = ymera_lake::delta::log_store(lake, &dir).map_err(|e| e.to_string())?;
+        if store.is_delta_table_location().await.unwrap_or(false) {
+            all.push((name, dir));
+        }
+    }
+    if names.is_empty() {
+        return Ok(all);
+    }
+    names
+        .iter()
+        .map(|n| {
+            let n = n.trim_end_matches('/');
+            all.iter()
+                .find(|(name, dir)| name == n || dir == n)
+                .cloned()
+                .ok_or_else(|| {
+                    let hint =
+                        ymera_warehouse::closest(n, all.iter().map(|(name, _)| name.as_str()))
+                            .map(|c| format!(" (did you mean `{c}`?)"))
+                            .unwrap_or_default();
+                    format!(
+                        "no table `{n}` in the lake at {}{hint} (tables: {})",
+                        lake.url(),
+                        all.iter()
+                            .map(|(name, _)| name.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
+                })
+        })
+        .collect()
+}
+
+fn open(settings: &Settings) -> Result<Lake, u8> {
+    crate::commands::open_lake(settings).map_err(|e| {
+        eprintln!("error: {e}");
+        EXIT_CONFIG
+    })
+}
+
+/// `ymera lake optimize [TABLE…] [--where PRED…] [--target-size SIZE]`.
+pub async fn optimize(
+    settings: &Settings,
+    names: &[String],
+    predicates: &[String],
+    target_size: &str,
+) -> u8 {
+    let lake = match open(settings) {
+        Ok(l) => l,
+        Err(code) => return code,
+    };
+    let parsed: Result<Vec<PartitionPredicate>, String> = predicates
+        .iter()
+        .map(|p| PartitionPredicate::parse(p).map_err(|e| format!("--where: {e}")))
+        .collect();
+    let target =
+        ymera_common::parse_byte_size(target_size).map_err(|e| format!("--target-size: {e}"));
+    let (predicates, target) = match (parsed, target) {
+        (Ok(p), Ok(t)) => (p, t),
+        (Err(e), _) | (_, Err(e)) => {
+            eprintln!("error: {e}");
+            return EXIT_CONFIG;
+        }
+    };
+    let tables = match tables(&lake, names).await {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return EXIT_CONFIG;
+        }
+    };
+    let opts = OptimizeOptions {
+        target_size: target,
+        concurrency: std::thread::available_parallelism().map_or(1, |n| n.get()),
+    };
+    let mut code = EXIT_OK;
+    for (name, dir) in tables {
+        // a predicate on a column a table does not partition by leaves that table alone
+        // when several tables are compacted at once
+        let started = std::time::Instant::now();
+        match maintain::optimize(&lake, &dir, &predicates, &opts).await {
+            Ok(o) if o.files_removed == 0 => {
+                println!("{name}: nothing to compact ({} files)", o.files_before)
+            }
+            Ok(o) => println!(
+                "{name}: {} files -> {} ({} compacted into {}, {} rows, {} partitions, version {}) in {:.1} s",
+                o.files_before,
+                o.files_after,
+                o.files_removed,
+                o.files_added,
+                o.rows_added,
+                o.partitions,
+                o.versions
+                    .iter()
+                    .map(u64::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                started.elapsed().as_secs_f64()
+            ),
+            Err(e) if names.is_empty() && e.to_string().contains("is not a partition column") => {
+                println!("{name}: skipped ({e})")
+            }
+            Err(e) => {
+                eprintln!("error: {name}: {e}");
+                code = EXIT_FAILURE;
+            }
+        }
+    }
+    code
+}
+
+/// `ymera lake vacuum [TABLE…] [--retain 7d] [--dry-run] [--force]`.
+pub async fn vacuum(
+    settings: &Settings,
+    names: &[String],
+    retain: Option<Duration>,
+    dry_run: bool,
+    force: bool,
+) -> u8 {
+    let lake = match open(settings) {
+        Ok(l) => l,
+        Err(code) => return code,
+    };
+    let tables = match tables(&lake, names).await {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return EXIT_CONFIG;
+        }
+    };
+    let mut code = EXIT_OK;
+    for (name, dir) in tables {
+        match maintain::vacuum(&lake, &dir, retain, dry_run, force).await {
+            Ok(v) => {
+                let verb = if dry_run { "would delete" } else { "deleted" };
+                println!("{name}: {verb} {} files", v.files.len());
+                if dry_run {
+                    for f in &v.files {
+                        println!("  {f}");
+                    }
+                }
+            }
+            Err(e) => {
+                eprintln!("error: {name}: {e}");
+                code = if e.class() == ymera_common::ErrorClass::User {
+                    EXIT_CONFIG
+                } else {
+                    EXIT_FAILURE
+                };
+            }
+        }
+    }
+    code
+}
+
+/// Output of `ymera lake history`.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum HistoryFormat {
+    Table,
+    Json,
+}
+
+/// `ymera lake history TABLE [--limit N] [--format table|json]`.
+pub async fn history(
+    settings: &Settings,
+    name: &str,
+    limit: Option<usize>,
+    format: HistoryFormat,
+) -> u8 {
+    let lake = match open(settings) {
+        Ok(l) => l,
+        Err(code) => return code,
+    };
+    let (_, dir) = match tables(&lake, &[name.to_string()]).await {
+        Ok(mut t) => t.remove(0),
+        Err(e) => {
+            eprintln!("error: {e}");
+            return EXIT_CONFIG;
+        }
+    };
+    let commits = match maintain::history(&lake, &dir, limit).await {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return EXIT_FAILURE;
+        }
+    };
+    match format {
+        HistoryFormat::Json => {
+            for c in &commits {
+                let line = serde_json::json!({
+                    "version": c.version,
+                    "timestamp": c.timestamp.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
+                    "operation": c.operation,
+                    "files_added": c.files_added,
+                    "files_removed": c.files_removed,
+                    "rows_added": c.rows_added,
+                    "rows_removed": c.rows_removed,
+                    "metadata_changed": c.metadata,
+                    "positions": c.positions.iter().map(|(id, v)| serde_json::json!({"app_id": id, "offset": v})).collect::<Vec<_>>(),
+                });
+                println!("{line}");
+            }
+        }
+        HistoryFormat::Table => print!("{}", history_table(&commits)),
+    }
+    EXIT_OK
+}
+
+/// Positions shown as `topic:partition=offset` (the app id's pipeline is the table's).
+fn positions(c: &maintain::Commit) -> String {
+    c.positions
+        .iter()
+        .map(|(id, v)| {
+            let short = id
+                .strip_prefix("ymera:")
+                .and_then(|rest| rest.split_once(':'))
+                .map_or(id.as_str(), |(_, tp)| tp);
+            format!("{short}={v}")
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn history_table(commits: &[maintain::Commit]) -> String {
+    let header = [
+        "version",
+        "time (UTC)",
+        "operation",
+        "files +",
+        "files -",
+        "rows +",
+        "rows -",
+        "positions",
+    ];
+    let rows: Vec<[String; 8]> = commits
+        .iter()
+        .map(|c| {
+            [
+                c.version.to_string(),
+                c.timestamp
+                    .map(|t| t.format("%Y-%m-%d %H:%M:%S%.3f").to_string())
+                    .unwrap_or_default(),
+                if c.metadata && !c.operation.is_empty() {
+                    format!("{} (metadata)", c.operation)
+                } else {
+                    c.operation.clone()
+                },
+                c.files_added.to_string(),
+                c.files_removed.to_string(),
+                c.rows_added.to_string(),
+                match (c.files_removed, c.rows_removed) {
+                    (0, _) => "0".into(),
+                    (_, Some(n)) => n.to_string(),
+                    (_, None) => "?".into(),
+                },
+                positions(c),
+            ]
+        })
+        .collect();
+    let mut widths = header.map(str::len);
+    for r in &rows {
+        for (w, cell) in widths.iter_mut().zip(r) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let line = |out: &mut String, cells: &[&str]| {
+        for (i, (cell, w)) in cells.iter().zip(widths).enumerate() {
+            // numbers right-aligned, text left; the last column unpadded
+            let _ = match i {
+                0 | 3..=6 => write!(out, "{cell:>w$}  "),
+                7 => write!(out, "{cell}"),
+                _ => write!(out, "{cell:<w$}  "),
+            };
+        }
+        out.truncate(out.trim_end().len());
+        out.push('\n');
+    };
+    line(&mut out, &header);
+    for r in &rows {
+        line(&mut out, &r.each_ref().map(String::as_str));
+    }
+    out
+}
