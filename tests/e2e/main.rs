@@ -17,6 +17,7 @@ mod exactly_once;
 mod hostile;
 mod interop;
 mod keys;
+mod maintenance;
 mod models;
 mod operability;
 mod poison;
