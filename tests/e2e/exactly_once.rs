@@ -28,6 +28,58 @@ fn commit_records(lake: &std::path::Path, table: &str) -> usize {
         .unwrap_or(0)
 }
 
+/// Runs `ymera run` on `dir` against `bootstrap` while `producer` produces, and kills it
+/// with SIGKILL a random moment after each run published something, at least `min_kills`
+/// times and until the producer is done; the kills that landed on a working process.
+fn kill_loop(
+    bootstrap: &str,
+    dir: &std::path::Path,
+    lake: &std::path::Path,
+    table: &str,
+    env: &[(&str, std::ffi::OsString)],
+    producer: &std::thread::JoinHandle<()>,
+    min_kills: usize,
+    seed: u64,
+) -> usize {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut kills = 0;
+    let started = Instant::now();
+    while kills < min_kills || !producer.is_finished() {
+        let before = commit_records(lake, table);
+        let mut child = spawn_run_env(bootstrap, dir, lake, &[], env);
+        // kill each run a moment after it published something, so every kill lands on a
+        // process that is working (earlier versions of this test killed runs that had
+        // not been assigned partitions yet)
+        let run_started = Instant::now();
+        let mut progressed = false;
+        while run_started.elapsed() < Duration::from_secs(60) {
+            std::thread::sleep(Duration::from_millis(100));
+            assert!(
+                child.try_wait().unwrap().is_none(),
+                "ymera run exited on its own"
+            );
+            if commit_records(lake, table) > before {
+                progressed = true;
+                break;
+            }
+            if producer.is_finished() && kills >= min_kills {
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(rng.random_range(0..1000)));
+        child.kill().unwrap(); // SIGKILL
+        let _ = child.wait();
+        if progressed {
+            kills += 1;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(300),
+            "crash loop took too long"
+        );
+    }
+    kills
+}
+
 #[test]
 fn kill_9_at_random_moments_loses_and_duplicates_nothing() {
     let rt = runtime();
@@ -46,49 +98,25 @@ fn kill_9_at_random_moments_loses_and_duplicates_nothing() {
 
     // a steady stream over all the kills, 44 s in all
     let producer = steady_producer(&bootstrap, &topic, RECORDS);
-    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
-    let mut kills = 0;
-    let started = Instant::now();
-    while kills < 6 || !producer.is_finished() {
-        let before = commit_records(lake.path(), name);
-        let mut child = spawn_run_on(&bootstrap, dir.path(), lake.path(), &[]);
-        // kill each run a moment after it published something, so every kill lands on a
-        // process that is working (earlier versions of this test killed runs that had
-        // not been assigned partitions yet)
-        let run_started = Instant::now();
-        let mut progressed = false;
-        while run_started.elapsed() < Duration::from_secs(60) {
-            std::thread::sleep(Duration::from_millis(100));
-            assert!(
-                child.try_wait().unwrap().is_none(),
-                "ymera run exited on its own"
-            );
-            if commit_records(lake.path(), name) > before {
-                progressed = true;
-                break;
-            }
-            if producer.is_finished() && kills >= 6 {
-                break;
-            }
-        }
-        std::thread::sleep(Duration::from_millis(rng.random_range(0..1000)));
-        child.kill().unwrap(); // SIGKILL
-        let _ = child.wait();
-        if progressed {
-            kills += 1;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(300),
-            "crash loop took too long"
-        );
-    }
+    // the file-name oracle below needs every file a segment: no compaction
+    let env = [("YMERA__LAKE__OPTIMIZE__ENABLED", "false".into())];
+    let kills = kill_loop(
+        &bootstrap,
+        dir.path(),
+        lake.path(),
+        name,
+        &env,
+        &producer,
+        6,
+        7,
+    );
     producer.join().unwrap();
     assert!(
         kills >= 5,
         "only {kills} kills landed on a process that was publishing"
     );
     let last_run = std::time::SystemTime::now();
-    run_until_idle_on(&bootstrap, dir.path(), lake.path());
+    run_until_idle_env(&bootstrap, dir.path(), lake.path(), &env);
     drop(rt);
     assert_exactly_once(&lake.path().join(name), RECORDS);
     // killed runs leave staging files (removed once 15 minutes old); the clean run none
@@ -106,6 +134,89 @@ fn kill_9_at_random_moments_loses_and_duplicates_nothing() {
         staging.is_empty(),
         "staging files left by the clean run: {staging:?}"
     );
+}
+
+/// Background compaction every second while ingest runs and SIGKILL lands at random
+/// moments (compactions killed mid-run included): every seq once, read from the content of
+/// the live files whatever their names (compacted files have others), the Kafka positions
+/// in the log cover every offset, and the table holds fewer files than ingest wrote.
+#[test]
+fn kill_9_during_background_compaction_loses_and_duplicates_nothing() {
+    const N: i64 = 12_000;
+    let rt = runtime();
+    let topic = unique("compact");
+    let broker = DevBroker::start(&[(&topic, PARTITIONS)]);
+    let bootstrap = broker.bootstrap.clone();
+    let name = "compact_seq";
+    let dir = pipeline_dir(&with_short_session(&pipeline_yaml(
+        name,
+        &topic,
+        &unique("g"),
+        "{ path: _dlq/compact_seq }",
+        "batch: { max_records: 200, max_wait: 200ms }",
+    )));
+    let lake = tempfile::tempdir().unwrap();
+    let env = [
+        ("YMERA__LAKE__OPTIMIZE__INTERVAL", "1s".into()),
+        ("YMERA__LAKE__OPTIMIZE__MIN_FILES", "3".into()),
+    ];
+    let producer = steady_producer(&bootstrap, &topic, N);
+    let kills = kill_loop(
+        &bootstrap,
+        dir.path(),
+        lake.path(),
+        name,
+        &env,
+        &producer,
+        6,
+        11,
+    );
+    producer.join().unwrap();
+    assert!(kills >= 5, "only {kills} kills landed on a working process");
+    run_until_idle_env(&bootstrap, dir.path(), lake.path(), &env);
+    drop(rt);
+    let table = lake.path().join(name);
+    // every seq once, from the files' content
+    let mut seen = std::collections::HashSet::new();
+    let mut rows = 0;
+    for f in parquet_files(&table) {
+        for b in read_parquet(&f) {
+            let seq = b
+                .column_by_name("seq")
+                .unwrap()
+                .as_any()
+                .downcast_ref::<arrow::array::Int64Array>()
+                .unwrap()
+                .clone();
+            rows += seq.len();
+            seen.extend(seq.values().iter().copied());
+        }
+    }
+    assert_eq!(rows, seen.len(), "duplicated records in the lake");
+    assert_eq!(seen, (0..N).collect(), "missing records in the lake");
+    // the positions committed with the files cover every offset of every partition
+    let store = ymera_lake::Lake::open(lake.path().to_str().unwrap()).unwrap();
+    let ids: Vec<String> = (0..PARTITIONS)
+        .map(|p| ymera_lake::delta::app_id(name, &topic, p))
+        .collect();
+    let pos = runtime()
+        .block_on(ymera_lake::delta::positions(&store, name, &ids))
+        .unwrap();
+    assert_eq!(pos.values().map(|last| last + 1).sum::<i64>(), N, "{pos:?}");
+    // compactions landed, and the table holds fewer files than ingest added
+    let history = runtime()
+        .block_on(ymera_lake::maintain::history(&store, name, None))
+        .unwrap();
+    let compactions = history.iter().filter(|c| c.operation == "OPTIMIZE").count();
+    let written: u64 = history
+        .iter()
+        .filter(|c| c.operation == "WRITE")
+        .map(|c| c.files_added)
+        .sum();
+    let live = parquet_files(&table).len() as u64;
+    assert!(compactions > 0, "no compaction landed");
+    assert!(live < written, "{live} live files of {written} written");
+    eprintln!("{kills} kills, {compactions} compactions, {written} files written, {live} live");
 }
 
 #[test]

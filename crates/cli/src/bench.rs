@@ -248,6 +248,7 @@ async fn end_to_end(brokers: &str, events: &[Vec<u8>]) -> Result<(), String> {
         health: Default::default(),
         progress: Default::default(),
         input_rate: None,
+        compaction: None,
     };
     let t = Instant::now();
     let stats = ymera_pipeline::run::run(std::sync::Arc::new(p), resolved, opts)

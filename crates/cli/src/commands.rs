@@ -618,6 +618,7 @@ pub async fn run_pipelines(
             health: health.clone(),
             progress: progress.clone(),
             input_rate: input_rate.clone(),
+            compaction: settings.lake.optimize.compaction(),
         };
         let name = p.spec.name.clone();
         let p = Arc::new(p);

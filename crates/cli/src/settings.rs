@@ -42,6 +42,8 @@ pub struct LakeSettings {
     /// Writers checkpoint a table every this many commits, then clean up the log's expired
     /// commits, unless the table sets `delta.checkpointInterval` (default 100).
     pub checkpoint_interval: u64,
+    /// Background compaction by `ymera run`.
+    pub optimize: OptimizeSettings,
 }
 
 impl Default for LakeSettings {
@@ -49,7 +51,59 @@ impl Default for LakeSettings {
         LakeSettings {
             url: "./lake".into(),
             checkpoint_interval: ymera_lake::store::DEFAULT_CHECKPOINT_INTERVAL,
+            optimize: OptimizeSettings::default(),
         }
+    }
+}
+
+/// `lake.optimize.*`: background compaction of each pipeline's tables by the replica that
+/// owns partition 0 of its first topic.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OptimizeSettings {
+    /// On by default.
+    pub enabled: bool,
+    /// Time between passes (the first comes one interval after start).
+    #[serde(with = "ymera_common::units::duration")]
+    pub interval: std::time::Duration,
+    /// Files are packed up to this size.
+    pub target_size: ymera_common::ByteSize,
+    /// A closed partition is compacted once it holds this many smaller files.
+    pub min_files: usize,
+    /// A `dt` partition is closed once its day ended this long ago.
+    #[serde(with = "ymera_common::units::duration")]
+    pub closed_after: std::time::Duration,
+    /// A pass over one table that runs longer is abandoned.
+    #[serde(with = "ymera_common::units::duration")]
+    pub deadline: std::time::Duration,
+}
+
+impl Default for OptimizeSettings {
+    fn default() -> Self {
+        let policy = ymera_lake::maintain::CompactPolicy::default();
+        OptimizeSettings {
+            enabled: true,
+            interval: std::time::Duration::from_secs(30),
+            target_size: ymera_common::ByteSize(policy.target_size),
+            min_files: policy.min_files,
+            closed_after: policy.closed_after,
+            deadline: std::time::Duration::from_secs(15 * 60),
+        }
+    }
+}
+
+impl OptimizeSettings {
+    /// What `ymera run` is told: `None` when compaction is off.
+    pub fn compaction(&self) -> Option<ymera_pipeline::run::Compaction> {
+        self.enabled.then(|| ymera_pipeline::run::Compaction {
+            policy: ymera_lake::maintain::CompactPolicy {
+                target_size: self.target_size.0.max(1 << 20),
+                min_files: self.min_files.max(2),
+                closed_after: self.closed_after,
+            },
+            interval: self.interval.max(std::time::Duration::from_secs(1)),
+            deadline: self.deadline,
+        })
     }
 }
 

@@ -1139,11 +1139,16 @@ pub(crate) mod tests {
     /// The files of offsets `first..=last` of `partition` (one row per offset, `seq` unique
     /// across partitions below 1000 offsets each).
     pub(crate) fn commit_on(partition: i32, first: i64, last: i64) -> TableCommit {
+        commit_at(partition, first, last, 0)
+    }
+
+    /// [`commit_on`] with every `ts` moved `shift_us` later (0: all on 1970-01-01).
+    pub(crate) fn commit_at(partition: i32, first: i64, last: i64, shift_us: i64) -> TableCommit {
         let spec = spec();
         let seq: Vec<i64> = (first..=last)
             .map(|o| o + 1000 * partition as i64)
             .collect();
-        let ts: Vec<i64> = seq.iter().map(|s| s * 1_000_000).collect();
+        let ts: Vec<i64> = seq.iter().map(|s| s * 1_000_000 + shift_us).collect();
         let batch = RecordBatch::try_new(
             spec.schema.clone(),
             vec![

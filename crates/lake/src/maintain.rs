@@ -17,6 +17,8 @@ use deltalake::operations::optimize::OptimizeType;
 use deltalake::operations::vacuum::VacuumMode;
 use deltalake::{DeltaTableError, ObjectStore};
 use futures::TryStreamExt;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::properties::WriterProperties;
 use serde_json::Value;
 
 use crate::delta::{self, classify};
@@ -161,6 +163,13 @@ pub async fn optimize(
         .with_filters(&filters)
         .with_target_size(target)
         .with_max_concurrent_tasks(opts.concurrency.max(1))
+        // row groups of 128k rows (DuckDB's size): what a bin's writer holds in memory
+        .with_writer_properties(
+            WriterProperties::builder()
+                .set_compression(Compression::ZSTD(ZstdLevel::default()))
+                .set_max_row_group_row_count(Some(128 * 1024))
+                .build(),
+        )
         .with_commit_properties(
             CommitProperties::default().with_metadata([(RUN_KEY.to_string(), run.clone().into())]),
         )
@@ -209,6 +218,86 @@ pub async fn optimize(
         )));
     }
     Ok(report)
+}
+
+/// When the background compaction of `ymera run` compacts a table (`lake.optimize.*`).
+#[derive(Debug, Clone)]
+pub struct CompactPolicy {
+    /// Files are packed up to this size; smaller ones are candidates.
+    pub target_size: u64,
+    /// A partition is compacted once it holds at least this many candidates.
+    pub min_files: usize,
+    /// A `dt` partition is closed (compacted) once its day ended this long ago; a table
+    /// without `dt` is one partition, always closed.
+    pub closed_after: std::time::Duration,
+}
+
+impl Default for CompactPolicy {
+    fn default() -> Self {
+        CompactPolicy {
+            target_size: DEFAULT_TARGET_SIZE,
+            min_files: 10,
+            closed_after: std::time::Duration::from_secs(3600),
+        }
+    }
+}
+
+/// Compacts the closed partitions of `dir` when one of them holds `policy.min_files` small
+/// files or more (all closed partitions then, in one run: `dt < <first open day>`); `None`
+/// when nothing qualified or there is no table. One bin at a time.
+pub async fn compact_closed(
+    lake: &Lake,
+    dir: &str,
+    policy: &CompactPolicy,
+) -> Result<Option<Optimized>> {
+    let Some(t) = delta::open(lake, dir).await? else {
+        return Ok(None);
+    };
+    let snapshot = t.snapshot().map_err(|e| delta::delta_err(dir, e))?;
+    let has_dt = snapshot
+        .metadata()
+        .partition_columns()
+        .iter()
+        .any(|c| c == "dt");
+    let first_open = (Utc::now()
+        - chrono::Duration::from_std(policy.closed_after).unwrap_or_default())
+    .date_naive()
+    .format("%Y-%m-%d")
+    .to_string();
+    // small files per partition, of the closed partitions
+    let mut small: HashMap<Vec<(String, Option<String>)>, usize> = HashMap::new();
+    for f in snapshot.log_data() {
+        if f.size() as u64 >= policy.target_size {
+            continue;
+        }
+        let mut key: Vec<(String, Option<String>)> = f.partition_values_map().into_iter().collect();
+        key.sort();
+        let closed = !has_dt
+            || key
+                .iter()
+                .any(|(c, v)| c == "dt" && v.as_deref().is_some_and(|d| d < first_open.as_str()));
+        if closed {
+            *small.entry(key).or_default() += 1;
+        }
+    }
+    if !small.values().any(|n| *n >= policy.min_files.max(2)) {
+        return Ok(None);
+    }
+    drop(t);
+    let predicates = if has_dt {
+        vec![PartitionPredicate {
+            column: "dt".into(),
+            op: "<".into(),
+            value: first_open,
+        }]
+    } else {
+        Vec::new()
+    };
+    let opts = OptimizeOptions {
+        target_size: policy.target_size,
+        concurrency: 1,
+    };
+    optimize(lake, dir, &predicates, &opts).await.map(Some)
 }
 
 /// What vacuum found (and deleted, unless a dry run).
@@ -476,7 +565,7 @@ pub async fn version_at(lake: &Lake, dir: &str, at: DateTime<Utc>) -> Result<u64
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::delta::tests::{commit_on, create_with, lake, rows};
+    use crate::delta::tests::{commit_at, commit_on, create_with, lake, rows};
     use crate::delta::{Committed, Tables, app_id, positions};
 
     /// `n` commits of 10 rows each, alternating partitions 0 and 1: 2 ids, `n` files.
@@ -703,5 +792,52 @@ mod tests {
         }
         let long_ago = Utc::now() - chrono::Duration::days(1);
         assert!(version_at(&lake, "events", long_ago).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn background_compaction_takes_closed_partitions_with_enough_small_files() {
+        let (_tmp, lake) = lake();
+        let mut tables = Tables::new(lake.clone());
+        let policy = CompactPolicy {
+            min_files: 4,
+            ..CompactPolicy::default()
+        };
+        // no table yet: nothing to do
+        assert!(
+            compact_closed(&lake, "events", &policy)
+                .await
+                .unwrap()
+                .is_none()
+        );
+        // 3 small files of a closed day (1970-01-01) and 5 of today (open)
+        ingest(&mut tables, 0, 3).await;
+        let now_us = Utc::now().timestamp_micros();
+        for k in 0..5 {
+            tables
+                .commit(&commit_at(2, k * 10, k * 10 + 9, now_us - 200_000_000))
+                .await
+                .unwrap();
+        }
+        assert!(
+            compact_closed(&lake, "events", &policy)
+                .await
+                .unwrap()
+                .is_none()
+        );
+        // a fourth closed file: the closed day is compacted, today is left alone
+        ingest(&mut tables, 3, 1).await;
+        let done = compact_closed(&lake, "events", &policy)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((done.files_removed, done.files_added), (4, 1), "{done:?}");
+        assert_eq!(done.files_after, 6);
+        assert_eq!(rows(&lake).await, 90);
+        assert!(
+            compact_closed(&lake, "events", &policy)
+                .await
+                .unwrap()
+                .is_none()
+        );
     }
 }

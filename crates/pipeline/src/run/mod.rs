@@ -9,6 +9,7 @@
 //! - a failed publication is retried with backoff and consumption waits meanwhile.
 
 mod alerts;
+mod compact;
 mod process;
 mod publish;
 mod resolver;
@@ -37,6 +38,8 @@ use crate::validate::Pipeline;
 use alerts::TpState;
 use resolver::{CheckpointMap, Held, HeldMap, SinkResolver, Trouble};
 use segment::Segment;
+
+pub use compact::Compaction;
 
 /// Why a pipeline stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -95,6 +98,8 @@ pub struct RunOptions {
     /// Where the source reports its partitions' high watermarks and lag (`ymera run`
     /// records its input rate from them; crate::rate).
     pub input_rate: Option<Arc<crate::rate::InputRate>>,
+    /// Background compaction of the pipeline's tables (`None`: off).
+    pub compaction: Option<Compaction>,
 }
 
 /// Running totals, readable while pipelines run.
@@ -203,6 +208,27 @@ pub async fn run(
             message: format!("cannot start the Kafka consumer: {e}"),
         })?;
     let source = Arc::new(source);
+    // the replica that owns the lead partition compacts (compact.rs)
+    let lead = compact::lead_partition(&src.kafka.topics)
+        .map(|tp| (tp, Arc::new(std::sync::atomic::AtomicBool::new(false))));
+    let _compactor = match (&opts.compaction, &lead) {
+        (Some(how), Some((_, leader))) => {
+            match compact::Compactor::start(
+                name.clone(),
+                opts.lake.clone(),
+                p.tables(),
+                how.clone(),
+                leader.clone(),
+            ) {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    warn!(pipeline = name, error = %e, "cannot start background compaction");
+                    None
+                }
+            }
+        }
+        _ => None,
+    };
     let mut runner = Runner::new(
         p.clone(),
         chain,
@@ -213,6 +239,7 @@ pub async fn run(
         alert_producer,
         dlq_producer,
     );
+    runner.lead = lead;
     let result = runner.drive(&mut events).await;
     if let Err(e) = &result {
         error!(pipeline = name, error = %e, "pipeline stopped");
@@ -310,6 +337,8 @@ struct Runner {
     component: String,
     /// Records with ignored unknown fields already counted in the metric.
     unknown_counted: u64,
+    /// The partition whose owner compacts the tables, and whether this runner owns it.
+    lead: Option<(TopicPartition, Arc<std::sync::atomic::AtomicBool>)>,
 }
 
 impl Runner {
@@ -347,6 +376,17 @@ impl Runner {
             stats: RunStats::default(),
             dlq_producer,
             unknown_counted: 0,
+            lead: None,
+        }
+    }
+
+    /// Tells the compactor whether this runner owns the lead partition now.
+    fn update_lead(&self) {
+        if let Some((tp, leader)) = &self.lead {
+            leader.store(
+                self.parts.contains_key(tp),
+                std::sync::atomic::Ordering::Relaxed,
+            );
         }
     }
 
@@ -372,6 +412,7 @@ impl Runner {
                                 info!(pipeline = self.name(), topic = tp.0, partition = tp.1, "dropped the unpublished segment of a revoked partition");
                             }
                         }
+                        self.update_lead();
                     }
                     Some(SourceEvent::Assigned(starts)) => {
                         // positions now come from the log: so must the next commits' view
@@ -394,6 +435,7 @@ impl Runner {
                             let held = shared.get(&tp).cloned().unwrap_or_default();
                             self.parts.insert(tp, Partition { segment: None, next: start, held, anomaly });
                         }
+                        self.update_lead();
                     }
                     Some(SourceEvent::Idle) | Some(SourceEvent::Stopped) => {
                         self.publish_all().await?;

@@ -78,6 +78,7 @@ fn options(lake: &Lake) -> RunOptions {
         health: Arc::default(),
         progress: Arc::default(),
         input_rate: None,
+        compaction: None,
     }
 }
 

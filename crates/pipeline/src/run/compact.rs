@@ -1,0 +1,140 @@
+//! Background compaction of a pipeline's lake tables while `ymera run` ingests
+//! (`lake.optimize.*`).
+//!
+//! - **One replica compacts**, chosen by Kafka's group membership: the one that owns
+//!   partition 0 of the pipeline's first topic (sorted). No coordinator of our own: after a
+//!   rebalance the new owner takes over, and for a moment two may compact, which Delta's
+//!   conflict checks make safe (the second one's commit fails on the files the first one
+//!   removed, and nothing is lost).
+//! - **Bounded.** It runs on a thread of its own with a single-threaded runtime, one bin at
+//!   a time with 128k-row row groups: at most one core and one output file's worth of
+//!   memory, however busy ingest is; ingest never waits for it.
+//! - **Never blocking ingest's commits.** Compaction commits with `dataChange=false` and
+//!   no txn; delta-rs commits it after any appends that land first, and a writer that reads
+//!   past it goes on without a reload ([`ymera_lake::delta`]).
+//! - A pass that takes longer than [`Compaction::deadline`] is abandoned: files it wrote
+//!   and never committed are orphans that `ymera lake vacuum` deletes.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+use ymera_lake::Lake;
+use ymera_lake::maintain::{CompactPolicy, compact_closed};
+
+/// How `ymera run` compacts in the background.
+#[derive(Debug, Clone)]
+pub struct Compaction {
+    pub policy: CompactPolicy,
+    /// Time between passes (the first pass comes one interval after start).
+    pub interval: Duration,
+    /// A pass over one table that runs longer is abandoned.
+    pub deadline: Duration,
+}
+
+/// The background compactor of one pipeline: a thread that compacts while `leader` says
+/// this replica is the one, until `stop`.
+pub(crate) struct Compactor {
+    thread: Option<std::thread::JoinHandle<()>>,
+    stop: CancellationToken,
+}
+
+impl Compactor {
+    pub(crate) fn start(
+        pipeline: String,
+        lake: Lake,
+        tables: Vec<String>,
+        how: Compaction,
+        leader: Arc<AtomicBool>,
+    ) -> std::io::Result<Compactor> {
+        let stop = CancellationToken::new();
+        let stopped = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("compact-{pipeline}"))
+            .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        warn!(pipeline, error = %e, "cannot start background compaction");
+                        return;
+                    }
+                };
+                rt.block_on(passes(&pipeline, &lake, &tables, &how, &leader, &stopped));
+            })?;
+        Ok(Compactor {
+            thread: Some(thread),
+            stop,
+        })
+    }
+}
+
+impl Drop for Compactor {
+    /// Stops the compactor; a pass in flight is abandoned at its next await, and the thread
+    /// is not waited for (its uncommitted files are vacuum's).
+    fn drop(&mut self) {
+        self.stop.cancel();
+        drop(self.thread.take());
+    }
+}
+
+async fn passes(
+    pipeline: &str,
+    lake: &Lake,
+    tables: &[String],
+    how: &Compaction,
+    leader: &AtomicBool,
+    stop: &CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(how.interval) => {}
+        }
+        if !leader.load(Ordering::Relaxed) {
+            continue;
+        }
+        for table in tables {
+            let started = std::time::Instant::now();
+            let pass = tokio::select! {
+                _ = stop.cancelled() => return,
+                r = tokio::time::timeout(how.deadline, compact_closed(lake, table, &how.policy)) => r,
+            };
+            match pass {
+                Ok(Ok(Some(done))) => {
+                    metrics::counter!("ymera_lake_compactions_total", "pipeline" => pipeline.to_string(), "table" => table.clone()).increment(1);
+                    metrics::counter!("ymera_lake_compacted_files_total", "pipeline" => pipeline.to_string(), "table" => table.clone()).increment(done.files_removed);
+                    info!(
+                        pipeline,
+                        table,
+                        files_before = done.files_before,
+                        files_after = done.files_after,
+                        rows = done.rows_added,
+                        versions = ?done.versions,
+                        elapsed_ms = started.elapsed().as_millis() as u64,
+                        "compacted closed partitions"
+                    );
+                }
+                Ok(Ok(None)) => {}
+                Ok(Err(e)) => {
+                    warn!(pipeline, table, error = %e, "background compaction failed; it tries again next pass")
+                }
+                Err(_) => warn!(
+                    pipeline,
+                    table,
+                    deadline_s = how.deadline.as_secs(),
+                    "background compaction passed its deadline and was abandoned"
+                ),
+            }
+        }
+    }
+}
+
+/// The partition whose owner compacts: partition 0 of the first of `topics` (sorted).
+pub(crate) fn lead_partition(topics: &[String]) -> Option<(String, i32)> {
+    topics.iter().min().map(|t| (t.clone(), 0))
+}
