@@ -174,3 +174,143 @@ fn compaction_vacuum_history_and_time_travel_through_the_cli() {
         "{out:?}"
     );
 }
+
+/// A nullable column added to a pipeline evolves its table: `validate` says so, `run` adds
+/// it with its next commit, older rows read it as null (DuckDB). A column whose type changes
+/// is a `validate` error at the sink's line naming table and column. On tansu.
+#[test]
+fn a_new_column_evolves_the_table_and_a_new_type_is_a_validate_error() {
+    let rt = runtime();
+    let topic = unique("evolve");
+    create_topic(&rt, &topic, 1);
+    produce(&rt, &topic, &(0..300).map(seq_record).collect::<Vec<_>>());
+    let group = unique("g");
+    let yaml = pipeline_yaml("evolve", &topic, &group, "{ path: _dlq/evolve }", "");
+    let dir = pipeline_dir(&yaml);
+    let lake = tempfile::tempdir().unwrap();
+    run_until_idle(dir.path(), lake.path());
+    let validate = |dir: &Path| {
+        ymera()
+            .args(["validate", dir.to_str().unwrap()])
+            .env("YMERA_TEST_BROKERS", brokers())
+            .env("YMERA__LAKE__URL", lake.path())
+            .env("YMERA__LOG__LEVEL", "warn")
+            .output()
+            .unwrap()
+    };
+    // v2 writes a new column
+    let v2 = pipeline_dir(&yaml.replace(
+        "latency_ms > 250 AS slow FROM input",
+        "latency_ms > 250 AS slow, upper(service) AS svc FROM input",
+    ));
+    let out = validate(v2.path());
+    assert!(out.status.success(), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("gains the nullable column(s) `svc`"),
+        "{stderr}"
+    );
+    produce(&rt, &topic, &(300..400).map(seq_record).collect::<Vec<_>>());
+    run_until_idle(v2.path(), lake.path());
+    let script = r#"
+table = sys.argv[1]
+print(con.sql(f"SELECT count(*), count(svc), min(svc) FROM delta_scan('{table}')").fetchall()[0])
+"#;
+    assert_eq!(
+        crate::interop::python(script, &[&lake.path().join("evolve")]),
+        "(400, 100, 'SVC-00')"
+    );
+    // v3 changes `seq` to a string: refused before it runs, at the sink's line
+    let v3 = pipeline_dir(&yaml.replace("SELECT seq,", "SELECT CAST(seq AS VARCHAR) AS seq,"));
+    let out = validate(v3.path());
+    assert_eq!(out.status.code(), Some(78), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let line = yaml.lines().position(|l| l.contains("- lake:")).unwrap() + 1;
+    assert!(
+        stderr.contains(&format!("pipeline.yaml:{line}:")),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(
+            "table `evolve` in the lake has column `seq` as long, the pipeline writes string"
+        ),
+        "{stderr}"
+    );
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let p = e.unwrap().path();
+        let target = to.join(p.file_name().unwrap());
+        if p.is_dir() {
+            copy_dir(&p, &target);
+        } else {
+            std::fs::copy(&p, &target).unwrap();
+        }
+    }
+}
+
+/// A lake written by the pre-Delta release (tests/fixtures/pre-delta-lake.md): `ymera run`
+/// refuses it and names the migration; `ymera lake migrate` converts every table from the
+/// old commit records (the crash leftover no record lists stays out), their offsets as txn
+/// versions, and a second run changes nothing. Read back by DuckDB and deltalake.
+#[test]
+fn a_lake_of_the_previous_release_is_migrated_from_its_commit_records() {
+    let tmp = tempfile::tempdir().unwrap();
+    let lake = tmp.path().join("lake");
+    copy_dir(&repo().join("tests/fixtures/pre-delta-lake"), &lake);
+    let out = ymera()
+        .args(["run", "--stop-when-idle", "1s"])
+        .arg(repo().join("pipelines/user_events.yaml"))
+        .env("YMERA_BROKERS", brokers())
+        .env("YMERA__LAKE__URL", &lake)
+        .env("YMERA__RUN__LISTEN", "127.0.0.1:0")
+        .env("YMERA__LOG__LEVEL", "warn")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("pre-Delta layout") && stderr.contains("ymera lake migrate"),
+        "{stderr}"
+    );
+    // a dry run writes nothing
+    let out = succeeded(lake_cmd(&lake, &["migrate", "--dry-run"]));
+    assert!(
+        out.contains("user_events: would convert (4 files, 18 rows, 2 positions)"),
+        "{out}"
+    );
+    assert!(!lake.join("user_events/_delta_log").exists());
+    let out = succeeded(lake_cmd(&lake, &["migrate"]));
+    for line in [
+        "metric_anomalies: converted (3 files, 4320 rows, 2 positions)",
+        "metric_events: converted (3 files, 4320 rows, 2 positions)",
+        "user_events: converted (4 files, 18 rows, 2 positions)",
+    ] {
+        assert!(out.contains(line), "{out}");
+    }
+    let out = succeeded(lake_cmd(&lake, &["migrate"]));
+    assert_eq!(
+        out.matches("already a Delta table, left alone").count(),
+        3,
+        "{out}"
+    );
+    // other readers see the recorded rows only, and the positions the records ended at
+    let script = r#"
+lake = sys.argv[1]
+n = [con.sql(f"SELECT count(*) FROM delta_scan('{lake}/{t}')").fetchall()[0][0] for t in ("metric_events", "metric_anomalies", "user_events")]
+u = deltalake.DeltaTable(f"{lake}/user_events")
+m = deltalake.DeltaTable(f"{lake}/metric_events")
+print(n, u.transaction_version("ymera:user_events:user-events:0"), u.transaction_version("ymera:user_events:user-events:1"), m.transaction_version("ymera:metric_events:metric-events:1"), u.metadata().partition_columns)
+"#;
+    assert_eq!(
+        crate::interop::python(script, &[&lake]),
+        "[4320, 4320, 18] 1 15 2879 ['dt']"
+    );
+    let out = succeeded(sql(
+        &lake,
+        "SELECT dt, count(*) AS n FROM user_events GROUP BY dt ORDER BY dt",
+    ));
+    assert_eq!(out.trim(), "dt,n\n2026-11-01,9\n2026-11-02,9");
+}

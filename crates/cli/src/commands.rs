@@ -225,6 +225,47 @@ pub async fn warehouse_migrate(settings: &Settings) -> u8 {
 
 /// Checks every warehouse sink against its table; the database is the configured one, or
 /// with `offline` an in-memory SQLite with the migrations applied.
+/// Each lake sink checked against its table when the table exists: a column of another type
+/// or other partition columns is an error at the sink; columns the table will gain are a
+/// warning (schema evolution). An unreachable lake is a warning: the check is skipped.
+async fn lake_diagnostics(
+    settings: &Settings,
+    pipelines: &[Pipeline],
+) -> (Vec<Diagnostic>, Vec<Diagnostic>) {
+    let (mut errors, mut warnings) = (Vec::new(), Vec::new());
+    let lake = match open_lake(settings) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("warning: lake tables not checked: {e}");
+            return (errors, warnings);
+        }
+    };
+    for p in pipelines {
+        for s in &p.sinks {
+            let at = format!("{} ({})", s.path, s.table.table);
+            match ymera_lake::delta::check_table_schema(&lake, &s.table).await {
+                Ok(added) if added.is_empty() => {}
+                Ok(added) => warnings.push(p.diagnostic(
+                    s.at,
+                    &at,
+                    format!(
+                        "table `{}` in the lake gains the nullable column(s) {} with the next commit (its older rows read them as null)",
+                        s.table.table,
+                        added.iter().map(|c| format!("`{c}`")).collect::<Vec<_>>().join(", ")
+                    ),
+                )),
+                Err(e) if e.class() == ymera_common::ErrorClass::User => {
+                    errors.push(p.diagnostic(s.at, &at, e.to_string()))
+                }
+                Err(e) => {
+                    eprintln!("warning: lake table `{}` not checked: {e}", s.table.table);
+                }
+            }
+        }
+    }
+    (errors, warnings)
+}
+
 async fn warehouse_diagnostics(
     settings: &Settings,
     pipelines: &[Pipeline],
@@ -410,6 +451,11 @@ pub async fn validate(
         diags.extend(e);
         warnings.extend(w);
     }
+    if diags.is_empty() && !no_environment {
+        let (e, w) = lake_diagnostics(settings, &pipelines).await;
+        diags.extend(e);
+        warnings.extend(w);
+    }
     for w in &warnings {
         eprintln!("{}", w.as_warning());
     }
@@ -559,6 +605,22 @@ pub async fn run_pipelines(
     migrate_first: bool,
 ) -> Result<Vec<(String, RunStats)>, String> {
     let lake = open_lake(settings)?;
+    // a table still in the pre-Delta layout would be started over from `start`
+    for p in &pipelines {
+        for table in p.tables() {
+            if ymera_lake::migrate::needs_migration(&lake, &p.spec.name, &table)
+                .await
+                .map_err(|e| e.to_string())?
+            {
+                return Err(format!(
+                    "pipeline `{}`: table `{table}` of the lake at {} is in the pre-Delta layout (commit records under _ymera/commits/{}/, no _delta_log): run `ymera lake migrate` first",
+                    p.spec.name,
+                    lake.url(),
+                    p.spec.name
+                ));
+            }
+        }
+    }
     let health = Arc::new(Health::default());
     let shutdown = CancellationToken::new();
     on_signals(shutdown.clone());

@@ -1,4 +1,4 @@
-//! `ymera lake optimize|vacuum|history`: maintenance of the lake's Delta tables
+//! `ymera lake optimize|vacuum|history|migrate`: maintenance of the lake's Delta tables
 //! (interfaces.md "Lake layout"). The work is in `ymera_lake::maintain`; this resolves table
 //! names and prints.
 
@@ -303,4 +303,52 @@ fn history_table(commits: &[maintain::Commit]) -> String {
         line(&mut out, &r.each_ref().map(String::as_str));
     }
     out
+}
+
+/// `ymera lake migrate [--dry-run]`.
+pub async fn migrate(settings: &Settings, dry_run: bool) -> u8 {
+    let lake = match open(settings) {
+        Ok(l) => l,
+        Err(code) => return code,
+    };
+    match ymera_lake::migrate::migrate(&lake, dry_run).await {
+        Ok(done) if done.is_empty() => {
+            println!(
+                "nothing to migrate: the lake at {} has no pre-Delta commit records",
+                lake.url()
+            );
+            EXIT_OK
+        }
+        Ok(done) => {
+            let verb = if dry_run {
+                "would convert"
+            } else {
+                "converted"
+            };
+            for m in done {
+                match m {
+                    ymera_lake::migrate::Migrated::Converted {
+                        table,
+                        files,
+                        rows,
+                        positions,
+                    } => println!(
+                        "{table}: {verb} ({files} files, {rows} rows, {positions} positions)"
+                    ),
+                    ymera_lake::migrate::Migrated::AlreadyDelta { table } => {
+                        println!("{table}: already a Delta table, left alone")
+                    }
+                }
+            }
+            EXIT_OK
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            if e.class() == ymera_common::ErrorClass::User {
+                EXIT_CONFIG
+            } else {
+                EXIT_FAILURE
+            }
+        }
+    }
 }

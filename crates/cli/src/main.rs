@@ -150,7 +150,7 @@ enum Command {
     },
     /// The lake's Delta tables: `optimize` (compact small files), `vacuum` (delete files no
     /// version within the retention needs), `history` (versions, operations, Kafka
-    /// positions).
+    /// positions), `migrate` (a pre-Delta lake to Delta tables).
     Lake {
         #[command(subcommand)]
         action: LakeAction,
@@ -177,6 +177,11 @@ enum Command {
     Train {
         /// The training spec.
         spec: PathBuf,
+        /// Read each lake table as it was: at the Delta versions a registered version's
+        /// manifest recorded (`NAME/VERSION` or `NAME@ALIAS`; its row count and content hash
+        /// are then checked), or at a time (RFC 3339 or `YYYY-MM-DD HH:MM:SS`, UTC).
+        #[arg(long, value_name = "MODEL|TIME")]
+        as_of: Option<String>,
     },
     /// The model registry: versions, manifests, aliases and their history.
     Models {
@@ -361,6 +366,14 @@ enum LakeAction {
         #[arg(long)]
         force: bool,
     },
+    /// Turn a lake of the pre-Delta layout into Delta tables in place, from its commit
+    /// records (`_ymera/commits/`), their offsets as txn versions; tables that already have a
+    /// Delta log are left alone.
+    Migrate {
+        /// Check and report what would be converted; write nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// A table's versions, newest first: time, operation, files and rows added and removed,
     /// and the Kafka positions each commit brought the table to.
     History {
@@ -534,6 +547,7 @@ fn main() -> ExitCode {
                     limit,
                     format,
                 } => lakecmd::history(&settings, &table, limit, format).await,
+                LakeAction::Migrate { dry_run } => lakecmd::migrate(&settings, dry_run).await,
             },
             Command::Warehouse {
                 action: WarehouseAction::Migrate,
@@ -547,7 +561,9 @@ fn main() -> ExitCode {
                 action: AuditAction::Verify { anchor },
             } => keyscmd::audit_verify(&settings, anchor.as_deref()).await,
             Command::Broker { topics } => commands::broker(&topics).await,
-            Command::Train { spec } => modelscmd::train_cmd(&settings, &spec).await,
+            Command::Train { spec, as_of } => {
+                modelscmd::train_cmd(&settings, &spec, as_of.as_deref()).await
+            }
             Command::Serve => modelscmd::serve(&settings).await,
             Command::Forecast(args) => forecastcmd::forecast_cmd(&settings, args).await,
             Command::SimulateScaling(args) => {

@@ -72,15 +72,68 @@ async fn training_analyst(settings: &Settings) -> Result<Analyst, String> {
     crate::sqlcmd::open(&s).await
 }
 
-/// `ymera train SPEC`.
-pub async fn train_cmd(settings: &Settings, spec_path: &Path) -> u8 {
-    match train_spec(settings, spec_path).await {
-        Ok(m) => {
+/// `ymera train SPEC [--as-of MODEL|TIME]`.
+pub async fn train_cmd(settings: &Settings, spec_path: &Path, as_of: Option<&str>) -> u8 {
+    match train_spec_as_of(settings, spec_path, as_of).await {
+        Ok((m, expected)) => {
             print_trained(&m);
-            EXIT_OK
+            match expected {
+                Some(AsOf {
+                    model,
+                    rows,
+                    content_sha256,
+                }) => {
+                    let same = m.lineage.rows == rows && m.lineage.content_sha256 == content_sha256;
+                    println!(
+                        "rebuilt from the table versions of {model} ({}): {} rows ({rows} in its manifest), content hash {}",
+                        m.lineage
+                            .tables
+                            .iter()
+                            .filter_map(|t| Some(format!("{}@v{}", t.name, t.version?)))
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                        m.lineage.rows,
+                        if m.lineage.content_sha256 == content_sha256 {
+                            "matches"
+                        } else {
+                            "differs"
+                        }
+                    );
+                    if same {
+                        EXIT_OK
+                    } else {
+                        eprintln!(
+                            "error: the training set of {model} was not reproduced (its files were vacuumed, or a warehouse table it read changed)"
+                        );
+                        EXIT_FAILURE
+                    }
+                }
+                None => EXIT_OK,
+            }
         }
         Err(code) => code,
     }
+}
+
+/// What `--as-of MODEL` must reproduce.
+struct AsOf {
+    model: String,
+    rows: usize,
+    content_sha256: String,
+}
+
+/// `--as-of`: a time (RFC 3339, `YYYY-MM-DD HH:MM:SS`, a date; UTC).
+fn as_of_time(s: &str) -> Option<chrono::DateTime<chrono::Utc>> {
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
+        return Some(t.with_timezone(&chrono::Utc));
+    }
+    if let Ok(t) = chrono::NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S") {
+        return Some(t.and_utc());
+    }
+    chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d")
+        .ok()
+        .and_then(|d| d.and_hms_opt(0, 0, 0))
+        .map(|t| t.and_utc())
 }
 
 /// Trains `spec_path` and registers the version (a progress bar on a terminal); errors are
@@ -89,6 +142,18 @@ pub async fn train_spec(
     settings: &Settings,
     spec_path: &Path,
 ) -> Result<ymera_models::Manifest, u8> {
+    train_spec_as_of(settings, spec_path, None)
+        .await
+        .map(|(m, _)| m)
+}
+
+/// [`train_spec`] reading the lake as of `as_of` (a model reference: the versions its
+/// manifest recorded, with what they must reproduce; or a time).
+async fn train_spec_as_of(
+    settings: &Settings,
+    spec_path: &Path,
+    as_of: Option<&str>,
+) -> Result<(ymera_models::Manifest, Option<AsOf>), u8> {
     let loaded = match load_spec(spec_path) {
         Ok(l) => l,
         Err(diags) => {
@@ -100,9 +165,55 @@ pub async fn train_spec(
     };
     let registry = open_registry(settings).map_err(|e| fail(EXIT_FAILURE, e))?;
     let lake = crate::commands::open_lake(settings).map_err(|e| fail(EXIT_FAILURE, e))?;
-    let analyst = training_analyst(settings)
+    let mut analyst = training_analyst(settings)
         .await
         .map_err(|e| fail(EXIT_FAILURE, e))?;
+    let mut expected = None;
+    if let Some(at) = as_of {
+        let versions = match as_of_time(at) {
+            Some(t) => analyst
+                .versions_at(t)
+                .await
+                .map_err(|e| fail(EXIT_FAILURE, e.to_string()))?,
+            None => {
+                let (name, v) = parse_ref(at);
+                let v = match v {
+                    Some(v) => v.to_string(),
+                    None => registry
+                        .default_ref(name)
+                        .await
+                        .map_err(|e| fail(exit_for(&e), e.to_string()))?,
+                };
+                let m = registry
+                    .load_resolved(name, &v)
+                    .await
+                    .map_err(|e| fail(exit_for(&e), e.to_string()))?
+                    .manifest;
+                if m.lineage.query.trim() == loaded.spec.data.query.trim() {
+                    expected = Some(AsOf {
+                        model: format!("{name}/{}", m.version),
+                        rows: m.lineage.rows,
+                        content_sha256: m.lineage.content_sha256.clone(),
+                    });
+                } else {
+                    eprintln!(
+                        "warning: the spec's query is not the one {name}/{} was trained with: the tables are read at its versions, but its rows are not compared",
+                        m.version
+                    );
+                }
+                m.lineage
+                    .tables
+                    .iter()
+                    .filter(|t| t.source == "lake")
+                    .filter_map(|t| Some((t.name.clone(), t.version?)))
+                    .collect()
+            }
+        };
+        analyst
+            .pin(&versions)
+            .await
+            .map_err(|e| fail(EXIT_FAILURE, format!("--as-of {at}: {e}")))?;
+    }
     let bar = if std::io::stderr().is_terminal() {
         let b = ProgressBar::new(STAGES.len() as u64);
         b.set_style(
@@ -128,7 +239,7 @@ pub async fn train_spec(
     if let Some(b) = &bar {
         b.finish_and_clear();
     }
-    result.map_err(|e| {
+    result.map(|m| (m, expected)).map_err(|e| {
         eprintln!("error: training {name}: {e}");
         exit_for(&e)
     })

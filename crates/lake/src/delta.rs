@@ -28,7 +28,7 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use bytes::Bytes;
 use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
 use deltalake::kernel::transaction::{CommitData, CommitProperties, TransactionError};
-use deltalake::kernel::{Action, Add, StructType, Transaction};
+use deltalake::kernel::{Action, Add, MetadataExt, StructType, Transaction};
 use deltalake::logstore::{
     CommitOrBytes, LogStore, LogStoreFactory, LogStoreRef, StorageConfig, default_logstore,
     logstore_factories, logstore_with,
@@ -360,6 +360,9 @@ struct Followed {
     checkpoint_interval: u64,
     /// When the log last confirmed this view (load, a commit made or read past).
     touched: std::time::Instant,
+    /// The table's metadata with the columns our writes add, to commit with the next commit
+    /// (schema evolution); `None` when the table already has them.
+    evolve: Option<deltalake::kernel::Metadata>,
 }
 
 /// A view the log has not confirmed for this long is loaded afresh before a commit: another
@@ -414,6 +417,7 @@ impl Followed {
             positions: HashMap::new(),
             checkpoint_interval,
             touched: std::time::Instant::now(),
+            evolve: None,
         }))
     }
 
@@ -782,14 +786,38 @@ impl Tables {
                     })?
                 }
             };
+            let mut t = t;
             let config = t.loaded.table_configuration();
-            check_columns(
+            let added = check_columns(
                 table,
                 &t.loaded.schema(),
                 config.metadata().partition_columns(),
                 &ours,
                 partition_by,
             )?;
+            if !added.is_empty() {
+                // schema evolution: the next commit carries the table's metadata with the
+                // new (nullable) columns after its own
+                let schema = StructType::try_new(
+                    t.loaded
+                        .schema()
+                        .fields()
+                        .cloned()
+                        .chain(added.iter().cloned()),
+                )
+                .map_err(|e| delta_err(table, e))?;
+                let metadata = config
+                    .metadata()
+                    .clone()
+                    .with_schema(&schema)
+                    .map_err(|e| delta_err(table, e))?;
+                info!(
+                    table,
+                    columns = ?added.iter().map(|f| f.name().to_string()).collect::<Vec<_>>(),
+                    "the table gains columns with the next commit"
+                );
+                t.evolve = Some(metadata);
+            }
             self.open.insert(table.to_string(), t);
         }
         self.open
@@ -872,7 +900,11 @@ impl Tables {
                 predicate: None,
             };
             // delta-rs's serialisation of the commit (its commitInfo first, the txns last)
-            let bytes = CommitData::new(adds.clone(), operation, HashMap::new(), txns)
+            let mut actions = adds.clone();
+            if let Some(m) = &t.evolve {
+                actions.insert(0, Action::Metadata(m.clone()));
+            }
+            let bytes = CommitData::new(actions, operation, HashMap::new(), txns)
                 .get_bytes()
                 .map_err(|e| delta_err(&c.table, e))?;
             let mut passed = 0;
@@ -890,6 +922,7 @@ impl Tables {
                     Ok(()) => {
                         t.version = next;
                         t.touched = std::time::Instant::now();
+                        t.evolve = None;
                         for (id, _, last) in &c.txns {
                             t.positions.insert(id.clone(), Some(*last));
                         }
@@ -1046,18 +1079,21 @@ fn check_columns(
     parts: &[String],
     ours: &StructType,
     partition_by: &[String],
-) -> Result<()> {
+) -> Result<Vec<deltalake::kernel::StructField>> {
+    if parts != partition_by {
+        return Err(LakeError::Invalid(format!(
+            "table `{table}` in the lake is partitioned by {parts:?}, the pipeline partitions it by {partition_by:?}; a Delta table keeps its partition columns: write to a new table"
+        )));
+    }
+    let mut added = Vec::new();
     for f in ours.fields() {
         match theirs.field(f.name()) {
-            None => {
-                return Err(LakeError::Invalid(format!(
-                    "table `{table}` in the lake has no column `{}`, which the pipeline writes (schema evolution is not supported yet)",
-                    f.name()
-                )));
-            }
+            // a new column: nullable (every column we write is), so the table evolves and
+            // its older files read it as null
+            None => added.push(f.clone()),
             Some(g) if g.data_type() != f.data_type() => {
                 return Err(LakeError::Invalid(format!(
-                    "table `{table}` in the lake has column `{}` as {}, the pipeline writes {}",
+                    "table `{table}` in the lake has column `{}` as {}, the pipeline writes {}: a column cannot change its type; write it under a new name, or to a new table",
                     f.name(),
                     g.data_type(),
                     f.data_type()
@@ -1066,12 +1102,27 @@ fn check_columns(
             Some(_) => {}
         }
     }
-    if parts != partition_by {
-        return Err(LakeError::Invalid(format!(
-            "table `{table}` in the lake is partitioned by {parts:?}, the pipeline partitions it by {partition_by:?}"
-        )));
-    }
-    Ok(())
+    Ok(added)
+}
+
+/// Checks the columns `spec`'s sink writes against its table in the lake, when the table
+/// exists: the columns the table would gain (schema evolution), or an error naming the
+/// column that cannot be written (another type, other partition columns). Reads metadata
+/// only.
+pub async fn check_table_schema(lake: &Lake, spec: &TableSpec) -> Result<Vec<String>> {
+    let Some(t) = Followed::load(lake, &spec.table).await? else {
+        return Ok(Vec::new());
+    };
+    let ours = delta_schema(&spec.table, &spec.table_schema())?;
+    let config = t.loaded.table_configuration();
+    let added = check_columns(
+        &spec.table,
+        &t.loaded.schema(),
+        config.metadata().partition_columns(),
+        &ours,
+        &spec.partition_by,
+    )?;
+    Ok(added.iter().map(|f| f.name().to_string()).collect())
 }
 
 /// Publishes a data file under `rel` in `table`, or under `rel` with a unique suffix when that
@@ -1522,5 +1573,101 @@ pub(crate) mod tests {
             true,
         )]);
         assert!(delta_schema("t", &schema).is_err());
+    }
+
+    /// `spec()` with a column `note` (Utf8) added, or `seq` as `seq_type`.
+    fn spec_with(extra: bool, seq_type: DataType) -> TableSpec {
+        let mut fields = vec![
+            Field::new(
+                "ts",
+                DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+                false,
+            ),
+            Field::new("seq", seq_type, false),
+        ];
+        if extra {
+            fields.push(Field::new("note", DataType::Utf8, true));
+        }
+        TableSpec {
+            schema: Arc::new(Schema::new(fields)),
+            ..spec()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_new_nullable_column_evolves_the_table_and_a_new_type_is_refused() {
+        use arrow::array::StringArray;
+        let (_tmp, lake) = lake();
+        let mut tables = Tables::new(lake.clone());
+        tables.commit(&commit(0, 9)).await.unwrap();
+        // the pipeline now writes `note` too
+        let spec = spec_with(true, DataType::Int64);
+        assert_eq!(
+            check_table_schema(&lake, &spec).await.unwrap(),
+            vec!["note".to_string()]
+        );
+        let batch = RecordBatch::try_new(
+            spec.schema.clone(),
+            vec![
+                Arc::new(
+                    TimestampMicrosecondArray::from(vec![10_000_000i64, 11_000_000])
+                        .with_timezone("UTC"),
+                ),
+                Arc::new(Int64Array::from(vec![10, 11])),
+                Arc::new(StringArray::from(vec![Some("new"), None])),
+            ],
+        )
+        .unwrap();
+        let mut w = TableWriter::new(spec.clone(), Vec::new()).unwrap();
+        w.write(&batch).unwrap();
+        let seg = crate::SegmentId {
+            topic: "t".into(),
+            partition: 0,
+            first: 10,
+            last: 11,
+        };
+        let c = TableCommit::new(
+            &spec,
+            w.finish(&seg.file_name()).unwrap(),
+            vec![(app_id("p", "t", 0), 10, 11)],
+        );
+        // a writer that had the table open before goes on too
+        assert_eq!(
+            Tables::new(lake.clone()).commit(&c).await.unwrap(),
+            Committed::Version(2)
+        );
+        assert!(check_table_schema(&lake, &spec).await.unwrap().is_empty());
+        assert_eq!(
+            tables.commit(&commit(12, 15)).await.unwrap(),
+            Committed::Version(3)
+        );
+        assert_eq!(rows(&lake).await, 16);
+        let ctx = datafusion::prelude::SessionContext::new();
+        crate::catalog::register_lake_tables(&ctx, &lake)
+            .await
+            .unwrap();
+        let notes = ctx
+            .sql("SELECT count(note) AS n, count(*) AS all_rows FROM events")
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        let n = notes[0]
+            .column(0)
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .unwrap()
+            .value(0);
+        assert_eq!(n, 1, "old files read `note` as null");
+        // a column that changes its type is named
+        let err = check_table_schema(&lake, &spec_with(true, DataType::Utf8))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("column `seq` as long, the pipeline writes string"),
+            "{err}"
+        );
     }
 }

@@ -13,6 +13,7 @@ pub mod delta;
 pub mod error;
 pub mod layout;
 pub mod maintain;
+pub mod migrate;
 pub mod store;
 pub mod writer;
 

@@ -26,6 +26,8 @@ pub struct Sink {
     pub rolling: crate::spec::RollingSpec,
     /// The YAML path of its table (for messages).
     pub path: String,
+    /// Line and column of `table` in the file.
+    pub at: (usize, usize),
 }
 
 /// A warehouse sink, resolved.
@@ -491,6 +493,7 @@ pub async fn check(loaded: &mut Loaded) -> Option<Pipeline> {
             table,
             rolling: l.rolling.clone(),
             path: format!("{at}.table"),
+            at: loaded.positions.locate(&format!("{at}.table")),
         });
     }
 
@@ -534,6 +537,7 @@ pub async fn check(loaded: &mut Loaded) -> Option<Pipeline> {
                 schema: ymera_anomaly::stage::alerts_schema(),
             },
             rolling: alert_rolling.clone(),
+            at: loaded.positions.locate(&at),
             path: at,
         });
     }

@@ -280,6 +280,62 @@ impl Analyst {
         &self.tables
     }
 
+    /// Reads each named lake table at the given version from now on (instead of the
+    /// version the session started with): `train --as-of` rebuilds a training set from
+    /// the versions its manifest recorded.
+    pub async fn pin(&mut self, versions: &[(String, u64)]) -> Result<(), QueryError> {
+        for (name, version) in versions {
+            let i = self
+                .tables
+                .iter()
+                .position(|t| &t.name == name && t.source == Source::Lake)
+                .ok_or_else(|| {
+                    QueryError::Invalid(format!(
+                        "lake table `{name}` is not in the lake any more{}",
+                        self.suggest_table(name)
+                    ))
+                })?;
+            let Some((dir, _)) = self.tables[i].delta.clone() else {
+                continue;
+            };
+            let (provider, _) =
+                ymera_lake::catalog::provider(&self.ctx, &self.lake, name, &dir, Some(*version))
+                    .await
+                    .map_err(|e| QueryError::Invalid(e.to_string()))?
+                    .ok_or_else(|| {
+                        QueryError::Invalid(format!("table `{name}` is gone from the lake"))
+                    })?;
+            self.ctx
+                .deregister_table(name.as_str())
+                .map_err(|e| QueryError::Execution(e.strip_backtrace()))?;
+            self.ctx
+                .register_table(name.as_str(), provider.clone())
+                .map_err(|e| QueryError::Execution(e.strip_backtrace()))?;
+            self.tables[i].schema = provider.schema();
+            self.tables[i].delta = Some((dir, *version));
+        }
+        Ok(())
+    }
+
+    /// The version each lake table had at `at` ([`Analyst::pin`] them to read the lake as
+    /// it was then). Tables created after `at` are left out.
+    pub async fn versions_at(
+        &self,
+        at: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Vec<(String, u64)>, QueryError> {
+        let mut out = Vec::new();
+        for t in &self.tables {
+            if let Some((dir, _)) = &t.delta {
+                match ymera_lake::maintain::version_at(&self.lake, dir, at).await {
+                    Ok(v) => out.push((t.name.clone(), v)),
+                    Err(ymera_lake::LakeError::Invalid(_)) => {}
+                    Err(e) => return Err(QueryError::Execution(e.to_string())),
+                }
+            }
+        }
+        Ok(out)
+    }
+
     pub fn limits(&self) -> Limits {
         self.limits
     }
