@@ -615,6 +615,63 @@ fn train_register_serve_predict_with_reload_tamper_and_kill_9() {
     let out = w.ymera(&["models", "promote", "risk", "2", "--expected", "2"]);
     assert!(!out.status.success(), "a stale --expected must be refused");
     assert!(String::from_utf8_lossy(&out.stderr).contains("not the expected 2"));
+
+    // --- the lake moves on (another tool appends 40 projects' events); `train --as-of
+    // risk/1` reads the table versions its manifest recorded and reproduces its rows
+    let m1 = json_of(&w.ok(&["models", "show", "risk/1"]));
+    let rows1 = m1["lineage"]["rows"].as_u64().unwrap();
+    let v1 = m1["lineage"]["tables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "project_events")
+        .and_then(|t| t["version"].as_u64())
+        .unwrap();
+    let script = r#"
+import pyarrow as pa, pyarrow.compute as pc
+p = sys.argv[1]
+t = deltalake.DeltaTable(p).to_pyarrow_table()
+ids = pc.unique(t.column("project_id"))[:40]
+sub = t.filter(pc.is_in(t.column("project_id"), value_set=ids))
+col = sub.column("project_id")
+new = pc.add(col, 10_000_000) if pa.types.is_integer(col.type) else pa.array(["x" + v for v in col.to_pylist()])
+sub = sub.set_column(sub.schema.get_field_index("project_id"), "project_id", new)
+deltalake.write_deltalake(p, sub, mode="append")
+print(sub.num_rows)
+"#;
+    let table = w.work.path().join("lake/project_events");
+    let appended: u64 = crate::interop::python(script, &[&table]).parse().unwrap();
+    assert!(appended > 0);
+    let count = |q: &str| -> u64 {
+        let out = w.ok(&["sql", "--format", "csv", q]);
+        out.lines().nth(1).unwrap().parse().unwrap()
+    };
+    let now = count("SELECT count(*) FROM project_events");
+    let then = count(&format!(
+        "SELECT count(*) FROM project_events VERSION AS OF {v1}"
+    ));
+    assert_eq!(
+        now - then,
+        appended,
+        "time travel reads the older version's rows"
+    );
+    let out = w.ok(&["train", "models/risk.yaml"]);
+    let latest = out
+        .split("registered risk/")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap()
+        .to_string();
+    let m = json_of(&w.ok(&["models", "show", &format!("risk/{latest}")]));
+    assert!(m["lineage"]["rows"].as_u64().unwrap() > rows1, "{m}");
+    let out = w.ok(&["train", "models/risk.yaml", "--as-of", "risk/1"]);
+    assert!(
+        out.contains(&format!("project_events@v{v1}"))
+            && out.contains(&format!(
+                "{rows1} rows ({rows1} in its manifest), content hash matches"
+            )),
+        "{out}"
+    );
 }
 
 /// Now as RFC 3339, from the system clock (the tests package has no chrono).

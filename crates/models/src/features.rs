@@ -277,7 +277,8 @@ pub struct Dataset {
     /// Rows of the query skipped because a feature, the label or the time was null or not
     /// finite.
     pub skipped: usize,
-    /// sha256 over the raw feature values, labels and times, in query order.
+    /// sha256 over the rows' raw feature values, labels and times: each row hashed, the
+    /// row hashes sorted and hashed, so the same rows in another order give the same hash.
     pub content_sha256: String,
 }
 
@@ -372,7 +373,9 @@ pub fn dataset(
     let mut y = Vec::new();
     let mut times = Vec::new();
     let mut skipped = 0usize;
-    let mut hasher = Sha256::new();
+    // one digest per row, combined in sorted order: the hash names the rows, not the order
+    // the query returned them in
+    let mut row_digests: Vec<[u8; 32]> = Vec::new();
     for batch in batches {
         let n = batch.num_rows();
         let num_cols: Vec<Option<arrow::array::ArrayRef>> = idx
@@ -432,6 +435,7 @@ pub fn dataset(
                     _ => {}
                 }
             }
+            let mut hasher = Sha256::new();
             for c in 0..names.len() {
                 match (&num_cols[c], &text_cols[c]) {
                     (Some(a), _) => {
@@ -454,7 +458,13 @@ pub fn dataset(
                 hasher.update(v.to_le_bytes());
                 y.push(v);
             }
+            row_digests.push(hasher.finalize().into());
         }
+    }
+    row_digests.sort_unstable();
+    let mut hasher = Sha256::new();
+    for d in &row_digests {
+        hasher.update(d);
     }
     let rows = times.len();
     if rows == 0 {
@@ -592,4 +602,53 @@ pub fn by_feature(schema: &FeatureSchema, per_column: &[f64]) -> Vec<(String, f6
         .collect();
     out.sort_by(|a, b| b.1.abs().total_cmp(&a.1.abs()));
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use arrow::array::{Float64Array, Int64Array, StringArray};
+    use arrow::datatypes::{Field, Schema};
+
+    use super::*;
+
+    fn batch(order: &[usize]) -> RecordBatch {
+        let t = [10i64, 20, 30, 40];
+        let x = [1.5, 2.5, 3.5, 4.5];
+        let s = ["a", "b", "a", "c"];
+        let y = [0.0, 1.0, 1.0, 0.0];
+        RecordBatch::try_new(
+            Arc::new(Schema::new(vec![
+                Field::new("t", DataType::Int64, false),
+                Field::new("x", DataType::Float64, false),
+                Field::new("s", DataType::Utf8, false),
+                Field::new("y", DataType::Float64, false),
+            ])),
+            vec![
+                Arc::new(Int64Array::from_iter_values(order.iter().map(|&i| t[i]))),
+                Arc::new(Float64Array::from_iter_values(order.iter().map(|&i| x[i]))),
+                Arc::new(StringArray::from_iter_values(order.iter().map(|&i| s[i]))),
+                Arc::new(Float64Array::from_iter_values(order.iter().map(|&i| y[i]))),
+            ],
+        )
+        .unwrap()
+    }
+
+    fn hash(b: &[RecordBatch]) -> String {
+        dataset(b, None, "t", None, Some(("y", LabelKind::Number)), &[])
+            .unwrap()
+            .content_sha256
+    }
+
+    /// A query without ORDER BY returns its rows in any order (parallel scans): the content
+    /// hash in a manifest must name the rows, not the order they came in.
+    #[test]
+    fn the_content_hash_names_the_rows_whatever_their_order() {
+        let a = hash(&[batch(&[0, 1, 2, 3])]);
+        assert_eq!(a, hash(&[batch(&[3, 1, 0, 2])]));
+        assert_eq!(a, hash(&[batch(&[2, 3]), batch(&[1, 0])]));
+        assert_ne!(a, hash(&[batch(&[0, 1, 2])]));
+        assert_ne!(a, hash(&[batch(&[0, 1, 2, 2])]));
+    }
 }

@@ -88,7 +88,8 @@ pub struct Lineage {
     pub holdout_rows: usize,
     /// Rows of the query skipped for a null or non-finite value.
     pub skipped_rows: usize,
-    /// sha256 over the rows' feature values, labels and times.
+    /// sha256 over the rows' feature values, labels and times (each row hashed, the sorted
+    /// row hashes hashed: independent of the order the query returned them in).
     pub content_sha256: String,
     /// Event-time range of the rows (RFC 3339 when the time column is a timestamp).
     pub time_range: (String, String),
