@@ -80,21 +80,30 @@ fn kill_loop(
     kills
 }
 
-#[test]
-fn kill_9_at_random_moments_loses_and_duplicates_nothing() {
-    let rt = runtime();
-    let topic = unique("crash");
+/// A topic of [`PARTITIONS`] partitions on a fresh `ymera broker`, and the seq pipeline
+/// `name` reading it in chunks of `max_records` (short session, DLQ table), with its lake.
+fn crash_pipeline(
+    name: &str,
+    max_records: usize,
+) -> (DevBroker, String, tempfile::TempDir, tempfile::TempDir) {
+    let topic = unique(name);
     let broker = DevBroker::start(&[(&topic, PARTITIONS)]);
-    let bootstrap = broker.bootstrap.clone();
-    let name = "crash_seq";
     let dir = pipeline_dir(&with_short_session(&pipeline_yaml(
         name,
         &topic,
         &unique("g"),
-        "{ path: _dlq/crash_seq }",
-        "batch: { max_records: 300, max_wait: 200ms }",
+        &format!("{{ path: _dlq/{name} }}"),
+        &format!("batch: {{ max_records: {max_records}, max_wait: 200ms }}"),
     )));
-    let lake = tempfile::tempdir().unwrap();
+    (broker, topic, dir, tempfile::tempdir().unwrap())
+}
+
+#[test]
+fn kill_9_at_random_moments_loses_and_duplicates_nothing() {
+    let rt = runtime();
+    let name = "crash_seq";
+    let (broker, topic, dir, lake) = crash_pipeline(name, 300);
+    let bootstrap = broker.bootstrap.clone();
 
     // a steady stream over all the kills, 44 s in all
     let producer = steady_producer(&bootstrap, &topic, RECORDS);
@@ -144,18 +153,9 @@ fn kill_9_at_random_moments_loses_and_duplicates_nothing() {
 fn kill_9_during_background_compaction_loses_and_duplicates_nothing() {
     const N: i64 = 12_000;
     let rt = runtime();
-    let topic = unique("compact");
-    let broker = DevBroker::start(&[(&topic, PARTITIONS)]);
-    let bootstrap = broker.bootstrap.clone();
     let name = "compact_seq";
-    let dir = pipeline_dir(&with_short_session(&pipeline_yaml(
-        name,
-        &topic,
-        &unique("g"),
-        "{ path: _dlq/compact_seq }",
-        "batch: { max_records: 200, max_wait: 200ms }",
-    )));
-    let lake = tempfile::tempdir().unwrap();
+    let (broker, topic, dir, lake) = crash_pipeline(name, 200);
+    let bootstrap = broker.bootstrap.clone();
     let env = [
         ("YMERA__LAKE__OPTIMIZE__INTERVAL", "1s".into()),
         ("YMERA__LAKE__OPTIMIZE__MIN_FILES", "3".into()),

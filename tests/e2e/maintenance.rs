@@ -314,3 +314,80 @@ print(n, u.transaction_version("ymera:user_events:user-events:0"), u.transaction
     ));
     assert_eq!(out.trim(), "dt,n\n2026-11-01,9\n2026-11-02,9");
 }
+
+/// With default settings (`lake.optimize.*`), `ymera run` compacts the demo pipeline's lake
+/// while it runs: the live file count of `task_events` falls (the first pass comes 30 s
+/// after start), and every row is there once afterwards. On `ymera broker`.
+#[test]
+fn with_default_settings_the_demo_lake_holds_fewer_files_while_ymera_run_runs() {
+    let broker = DevBroker::start(&[("task-events", 2)]);
+    let work = tempfile::tempdir().unwrap();
+    let lake = work.path().join("lake");
+    let pipelines = work.path().join("pipelines");
+    std::fs::create_dir_all(&pipelines).unwrap();
+    std::fs::copy(
+        repo().join("pipelines/task_events.yaml"),
+        pipelines.join("task_events.yaml"),
+    )
+    .unwrap();
+    let rt = runtime();
+    produce_generated(
+        &rt,
+        &broker.bootstrap,
+        &work.path().join("events"),
+        &["--days", "30", "--projects", "60", "--services", "none"],
+        &[("task-events", "task_id")],
+    );
+    let expected = std::fs::read_to_string(work.path().join("events/task-events.jsonl"))
+        .unwrap()
+        .lines()
+        .filter(|l| !l.contains(r#""status":"deleted""#))
+        .count();
+    let mut child = ymera()
+        .arg("run")
+        .arg(&pipelines)
+        .env("YMERA_BROKERS", &broker.bootstrap)
+        .env("YMERA__LAKE__URL", &lake)
+        .env(
+            "YMERA__WAREHOUSE__URL",
+            format!("sqlite://{}/warehouse.db", work.path().display()),
+        )
+        .env(
+            "YMERA__WAREHOUSE__MIGRATIONS",
+            repo().join("sql/migrations"),
+        )
+        .env("YMERA__WAREHOUSE__MIGRATE_ON_START", "true")
+        .env("YMERA__RUN__LISTEN", "127.0.0.1:0")
+        .env("YMERA__LOG__LEVEL", "warn")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let table = lake.join("task_events");
+    let started = std::time::Instant::now();
+    let (mut most, mut now) = (0, 0);
+    while started.elapsed() < std::time::Duration::from_secs(120) {
+        std::thread::sleep(std::time::Duration::from_secs(2));
+        assert!(child.try_wait().unwrap().is_none(), "ymera run exited");
+        now = parquet_files(&table).len();
+        most = most.max(now);
+        if now < most {
+            break;
+        }
+    }
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let status = wait_timeout(&mut child, std::time::Duration::from_secs(60))
+        .expect("ymera run did not stop");
+    assert!(status.success(), "{status}");
+    assert!(now < most, "the live file count never fell: {most} files");
+    let script = r#"
+t = sys.argv[1]
+print(con.sql(f"SELECT count(*), count(DISTINCT event_id) FROM delta_scan('{t}')").fetchall()[0])
+"#;
+    assert_eq!(
+        crate::interop::python(script, &[&table]),
+        format!("({expected}, {expected})")
+    );
+    eprintln!("task_events: {most} live files -> {now}, {expected} rows");
+}

@@ -68,7 +68,8 @@ pub struct OptimizeSettings {
     pub interval: std::time::Duration,
     /// Files are packed up to this size.
     pub target_size: ymera_common::ByteSize,
-    /// A closed partition is compacted once it holds this many smaller files.
+    /// A table is compacted once its closed partitions hold this many files compaction can
+    /// merge (smaller than the target, two or more in a partition).
     pub min_files: usize,
     /// A `dt` partition is closed once its day ended this long ago.
     #[serde(with = "ymera_common::units::duration")]

@@ -225,7 +225,8 @@ pub async fn optimize(
 pub struct CompactPolicy {
     /// Files are packed up to this size; smaller ones are candidates.
     pub target_size: u64,
-    /// A partition is compacted once it holds at least this many candidates.
+    /// A table is compacted once its closed partitions hold at least this many files
+    /// compaction can merge (smaller than the target, two or more in a partition).
     pub min_files: usize,
     /// A `dt` partition is closed (compacted) once its day ended this long ago; a table
     /// without `dt` is one partition, always closed.
@@ -242,9 +243,11 @@ impl Default for CompactPolicy {
     }
 }
 
-/// Compacts the closed partitions of `dir` when one of them holds `policy.min_files` small
-/// files or more (all closed partitions then, in one run: `dt < <first open day>`); `None`
-/// when nothing qualified or there is no table. One bin at a time.
+/// Compacts the closed partitions of `dir` when they hold `policy.min_files` files or more
+/// that compaction can merge (all closed partitions then, in one run: `dt < <first open
+/// day>`); `None` when nothing qualified or there is no table. One bin at a time. Once a
+/// closed partition is down to one file it no longer counts, so a compacted table is not
+/// compacted again until new files arrive.
 pub async fn compact_closed(
     lake: &Lake,
     dir: &str,
@@ -280,7 +283,9 @@ pub async fn compact_closed(
             *small.entry(key).or_default() += 1;
         }
     }
-    if !small.values().any(|n| *n >= policy.min_files.max(2)) {
+    // files compaction can merge: two or more small ones in a closed partition
+    let mergeable: usize = small.values().filter(|n| **n >= 2).sum();
+    if mergeable < policy.min_files.max(2) {
         return Ok(None);
     }
     drop(t);
