@@ -223,8 +223,6 @@ pub async fn warehouse_migrate(settings: &Settings) -> u8 {
     }
 }
 
-/// Checks every warehouse sink against its table; the database is the configured one, or
-/// with `offline` an in-memory SQLite with the migrations applied.
 /// Each lake sink checked against its table when the table exists: a column of another type
 /// or other partition columns is an error at the sink; columns the table will gain are a
 /// warning (schema evolution). An unreachable lake is a warning: the check is skipped.
@@ -266,6 +264,8 @@ async fn lake_diagnostics(
     (errors, warnings)
 }
 
+/// Checks every warehouse sink against its table; the database is the configured one, or
+/// with `offline` an in-memory SQLite with the migrations applied.
 async fn warehouse_diagnostics(
     settings: &Settings,
     pipelines: &[Pipeline],

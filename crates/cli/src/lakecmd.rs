@@ -20,7 +20,11 @@ async fn tables(lake: &Lake, names: &[String]) -> Result<Vec<(String, String)>, 
         .map_err(|e| e.to_string())?
     {
         let store = ymera_lake::delta::log_store(lake, &dir).map_err(|e| e.to_string())?;
-        if store.is_delta_table_location().await.unwrap_or(false) {
+        if store
+            .is_delta_table_location()
+            .await
+            .map_err(|e| format!("`{dir}`: {e}"))?
+        {
             all.push((name, dir));
         }
     }
@@ -118,7 +122,9 @@ pub async fn optimize(
                     .join(", "),
                 started.elapsed().as_secs_f64()
             ),
-            Err(e) if names.is_empty() && e.to_string().contains("is not a partition column") => {
+            Err(e)
+                if names.is_empty() && e.to_string().contains(maintain::NOT_A_PARTITION_COLUMN) =>
+            {
                 println!("{name}: skipped ({e})")
             }
             Err(e) => {

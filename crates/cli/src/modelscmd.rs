@@ -83,7 +83,12 @@ pub async fn train_cmd(settings: &Settings, spec_path: &Path, as_of: Option<&str
                     rows,
                     content_sha256,
                 }) => {
-                    let same = m.lineage.rows == rows && m.lineage.content_sha256 == content_sha256;
+                    let hash = match &content_sha256 {
+                        Some(h) if *h == m.lineage.content_sha256 => "matches",
+                        Some(_) => "differs",
+                        None => "not compared (its manifest hashed the rows in query order)",
+                    };
+                    let same = m.lineage.rows == rows && hash != "differs";
                     println!(
                         "rebuilt from the table versions of {model} ({}): {} rows ({rows} in its manifest), content hash {}",
                         m.lineage
@@ -93,17 +98,13 @@ pub async fn train_cmd(settings: &Settings, spec_path: &Path, as_of: Option<&str
                             .collect::<Vec<_>>()
                             .join(", "),
                         m.lineage.rows,
-                        if m.lineage.content_sha256 == content_sha256 {
-                            "matches"
-                        } else {
-                            "differs"
-                        }
+                        hash
                     );
                     if same {
                         EXIT_OK
                     } else {
                         eprintln!(
-                            "error: the training set of {model} was not reproduced (its files were vacuumed, or a warehouse table it read changed)"
+                            "error: the training set of {model} was not reproduced: a warehouse table it read has changed (they have no versions), or a lake table it read has no version recorded"
                         );
                         EXIT_FAILURE
                     }
@@ -119,21 +120,9 @@ pub async fn train_cmd(settings: &Settings, spec_path: &Path, as_of: Option<&str
 struct AsOf {
     model: String,
     rows: usize,
-    content_sha256: String,
-}
-
-/// `--as-of`: a time (RFC 3339, `YYYY-MM-DD HH:MM:SS`, a date; UTC).
-fn as_of_time(s: &str) -> Option<chrono::DateTime<chrono::Utc>> {
-    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
-        return Some(t.with_timezone(&chrono::Utc));
-    }
-    if let Ok(t) = chrono::NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S") {
-        return Some(t.and_utc());
-    }
-    chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d")
-        .ok()
-        .and_then(|d| d.and_hms_opt(0, 0, 0))
-        .map(|t| t.and_utc())
+    /// `None` when the manifest's hash depended on row order (written before 2026-12-07):
+    /// only the row count can be compared.
+    content_sha256: Option<String>,
 }
 
 /// Trains `spec_path` and registers the version (a progress bar on a terminal); errors are
@@ -170,7 +159,7 @@ async fn train_spec_as_of(
         .map_err(|e| fail(EXIT_FAILURE, e))?;
     let mut expected = None;
     if let Some(at) = as_of {
-        let versions = match as_of_time(at) {
+        let versions = match ymera_query::parse_time(at) {
             Some(t) => analyst
                 .versions_at(t)
                 .await
@@ -193,7 +182,10 @@ async fn train_spec_as_of(
                     expected = Some(AsOf {
                         model: format!("{name}/{}", m.version),
                         rows: m.lineage.rows,
-                        content_sha256: m.lineage.content_sha256.clone(),
+                        content_sha256: m
+                            .lineage
+                            .content_sha256_sorted
+                            .then(|| m.lineage.content_sha256.clone()),
                     });
                 } else {
                     eprintln!(

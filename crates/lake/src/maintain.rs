@@ -6,15 +6,18 @@
 //! never conflicts with ingest: delta-rs commits it after any appends that got in first, and a
 //! writer reading past it sees no txn of its partitions ([`crate::delta`]).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::num::NonZeroU64;
 
 use chrono::{DateTime, TimeZone, Utc};
 use deltalake::DeltaTable;
+use deltalake::kernel::Action;
 use deltalake::kernel::schema::partitions::{FilterValue, filter_literal};
-use deltalake::kernel::transaction::CommitProperties;
+use deltalake::kernel::transaction::{CommitData, CommitProperties};
+use deltalake::logstore::CommitOrBytes;
 use deltalake::operations::optimize::OptimizeType;
 use deltalake::operations::vacuum::VacuumMode;
+use deltalake::protocol::DeltaOperation;
 use deltalake::{DeltaTableError, ObjectStore};
 use futures::TryStreamExt;
 use parquet::basic::{Compression, ZstdLevel};
@@ -24,6 +27,10 @@ use serde_json::Value;
 use crate::delta::{self, classify};
 use crate::error::{LakeError, Result};
 use crate::store::Lake;
+
+/// What an optimize of a table says of a predicate on a column it is not partitioned by
+/// (`ymera lake optimize --where` over every table skips such tables).
+pub const NOT_A_PARTITION_COLUMN: &str = "is not a partition column";
 
 /// The size compaction bin-packs files to unless told otherwise.
 pub const DEFAULT_TARGET_SIZE: u64 = 128 << 20;
@@ -70,7 +77,7 @@ fn invalid_predicate(s: &str) -> LakeError {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Optimized {
     pub table: String,
-    /// Active files and rows before (in the partitions selected) and files after.
+    /// Active files of the whole table before and after.
     pub files_before: u64,
     pub files_after: u64,
     pub files_removed: u64,
@@ -127,8 +134,27 @@ pub async fn optimize(
     predicates: &[PartitionPredicate],
     opts: &OptimizeOptions,
 ) -> Result<Optimized> {
-    let t = load(lake, dir).await?;
+    optimize_table(lake, load(lake, dir).await?, dir, predicates, opts).await
+}
+
+/// [`optimize`] of the loaded table `t`.
+async fn optimize_table(
+    lake: &Lake,
+    t: DeltaTable,
+    dir: &str,
+    predicates: &[PartitionPredicate],
+    opts: &OptimizeOptions,
+) -> Result<Optimized> {
     let before = rows_by_path(&t, dir)?;
+    // the Add action of every file, to put back what a repair must (below)
+    #[allow(deprecated)] // delta-rs wants Arrow arrays here; an Add is what a commit carries
+    let adds: HashMap<String, deltalake::kernel::Add> = t
+        .snapshot()
+        .map_err(|e| delta::delta_err(dir, e))?
+        .log_data()
+        .into_iter()
+        .map(|f| (f.path().into_owned(), f.add_action()))
+        .collect();
     let partition_cols = t
         .snapshot()
         .map_err(|e| delta::delta_err(dir, e))?
@@ -138,7 +164,7 @@ pub async fn optimize(
     for p in predicates {
         if !partition_cols.contains(&p.column) {
             return Err(LakeError::Invalid(format!(
-                "table `{dir}`: `{}` is not a partition column (partition columns: {})",
+                "table `{dir}`: `{}` {NOT_A_PARTITION_COLUMN} (partition columns: {})",
                 p.column,
                 if partition_cols.is_empty() {
                     "none".to_string()
@@ -170,6 +196,8 @@ pub async fn optimize(
                 .set_max_row_group_row_count(Some(128 * 1024))
                 .build(),
         )
+        // a long run commits as it goes, so a deadline that cuts it keeps what it did
+        .with_min_commit_interval(std::time::Duration::from_secs(60))
         .with_commit_properties(
             CommitProperties::default().with_metadata([(RUN_KEY.to_string(), run.clone().into())]),
         )
@@ -187,14 +215,26 @@ pub async fn optimize(
     if metrics.num_files_removed == 0 {
         return Ok(report);
     }
-    // the commits this run made: its mark is in their commitInfo
+    // the commits this run made (its mark is in their commitInfo), and the others'
     let last = after.version().unwrap_or(0);
     let store = delta::log_store(lake, dir)?;
-    for v in (first_version + 1..=last).rev() {
+    let mut theirs_removed: HashSet<String> = HashSet::new();
+    for v in first_version + 1..=last {
         let Some(c) = read_commit(&store, dir, v).await? else {
             continue;
         };
         if c.run.as_deref() != Some(run.as_str()) {
+            theirs_removed.extend(c.removed.iter().cloned());
+            continue;
+        }
+        // delta-rs 1.1 lets a compaction commit after another one that removed the same
+        // files (its conflict checks look only at removes with dataChange=true), and the
+        // rows of those files would then be in the table twice: undo ours first
+        if c.removed.iter().any(|p| theirs_removed.contains(p)) {
+            repair(&store, dir, v, &c, &adds, &theirs_removed).await?;
+            report.files_removed -= c.files_removed.min(report.files_removed);
+            report.files_added -= c.files_added.min(report.files_added);
+            report.files_after = report.files_before + report.files_added - report.files_removed;
             continue;
         }
         report.versions.push(v);
@@ -210,7 +250,6 @@ pub async fn optimize(
             }
         }
     }
-    report.versions.reverse();
     if report.rows_added != report.rows_removed {
         return Err(LakeError::Internal(format!(
             "table `{dir}`: compaction (versions {:?}) removed files holding {} rows and added files holding {}: the table's row count changed; report this with the table's `_delta_log`",
@@ -218,6 +257,86 @@ pub async fn optimize(
         )));
     }
     Ok(report)
+}
+
+/// Undoes our compaction commit `c` (at `version`), which removed files another compaction
+/// had already removed (`theirs_removed`) and so added their rows a second time: one commit
+/// removes the files `c` added and adds back the files `c` removed that the other did not
+/// (still on disk: vacuum keeps removed files for the retention). The table then holds
+/// every row once, as the other compaction left it.
+async fn repair(
+    store: &deltalake::logstore::LogStoreRef,
+    dir: &str,
+    version: u64,
+    c: &Commit,
+    adds: &HashMap<String, deltalake::kernel::Add>,
+    theirs_removed: &HashSet<String>,
+) -> Result<()> {
+    let now = Utc::now().timestamp_millis();
+    let mut actions = Vec::new();
+    for (path, _) in &c.added {
+        actions.push(Action::Remove(deltalake::kernel::Remove {
+            path: path.clone(),
+            deletion_timestamp: Some(now),
+            data_change: false,
+            extended_file_metadata: None,
+            partition_values: None,
+            size: None,
+            deletion_vector: None,
+            tags: None,
+            base_row_id: None,
+            default_row_commit_version: None,
+        }));
+    }
+    for path in c.removed.iter().filter(|p| !theirs_removed.contains(*p)) {
+        let add = adds.get(path).ok_or_else(|| {
+            LakeError::Internal(format!(
+                "table `{dir}`: compaction at version {version} removed `{path}`, which was not in the table it read"
+            ))
+        })?;
+        actions.push(Action::Add(deltalake::kernel::Add {
+            data_change: false,
+            ..add.clone()
+        }));
+    }
+    let operation = DeltaOperation::Optimize {
+        predicate: None,
+        target_size: 0,
+    };
+    let bytes = CommitData::new(actions, operation, HashMap::new(), Vec::new())
+        .get_bytes()
+        .map_err(|e| delta::delta_err(dir, e))?;
+    tracing::warn!(
+        table = dir,
+        version,
+        "another compaction had already compacted some of the same files: undoing ours"
+    );
+    for _ in 0..64 {
+        let next = store
+            .get_latest_version(version)
+            .await
+            .map_err(|e| classify(dir, e))?
+            + 1;
+        match store
+            .write_commit_entry(
+                next,
+                CommitOrBytes::LogBytes(bytes.clone()),
+                uuid::Uuid::new_v4(),
+            )
+            .await
+        {
+            Ok(()) => return Ok(()),
+            Err(deltalake::kernel::transaction::TransactionError::VersionAlreadyExists(_)) => {}
+            Err(e) => return Err(classify(dir, DeltaTableError::Transaction { source: e })),
+        }
+    }
+    Err(LakeError::Delta {
+        table: dir.to_string(),
+        message: format!(
+            "compaction at version {version} duplicated rows another compaction had compacted and could not be undone (too many concurrent commits): remove the files it added"
+        ),
+        external: true,
+    })
 }
 
 /// When the background compaction of `ymera run` compacts a table (`lake.optimize.*`).
@@ -288,7 +407,6 @@ pub async fn compact_closed(
     if mergeable < policy.min_files.max(2) {
         return Ok(None);
     }
-    drop(t);
     let predicates = if has_dt {
         vec![PartitionPredicate {
             column: "dt".into(),
@@ -302,7 +420,9 @@ pub async fn compact_closed(
         target_size: policy.target_size,
         concurrency: 1,
     };
-    optimize(lake, dir, &predicates, &opts).await.map(Some)
+    optimize_table(lake, t, dir, &predicates, &opts)
+        .await
+        .map(Some)
 }
 
 /// What vacuum found (and deleted, unless a dry run).
@@ -311,7 +431,6 @@ pub struct Vacuumed {
     pub table: String,
     /// Files no version within the retention references, relative to the table.
     pub files: Vec<String>,
-    pub dry_run: bool,
 }
 
 /// Deletes the files of `dir` that no version within `retain` references: files compaction
@@ -353,7 +472,6 @@ pub async fn vacuum(
     Ok(Vacuumed {
         table: dir.to_string(),
         files: metrics.files_deleted,
-        dry_run,
     })
 }
 
@@ -533,9 +651,10 @@ fn not_a_table(lake: &Lake, dir: &str) -> LakeError {
     ))
 }
 
-/// The version of `dir` that was current at `at`: the newest commit made at or before it.
-/// An error when `at` is before the oldest version still in the log.
-pub async fn version_at(lake: &Lake, dir: &str, at: DateTime<Utc>) -> Result<u64> {
+/// The version of `dir` that was current at `at`: the newest commit made at or before it;
+/// `None` when the table was created after `at`. An error when `at` is before the oldest
+/// version still in the log (the older ones were cleaned up).
+pub async fn version_at(lake: &Lake, dir: &str, at: DateTime<Utc>) -> Result<Option<u64>> {
     let versions = log_versions(lake, dir).await?;
     let store = delta::log_store(lake, dir)?;
     let time_of = async |v: u64, modified: DateTime<Utc>| -> Result<DateTime<Utc>> {
@@ -548,6 +667,9 @@ pub async fn version_at(lake: &Lake, dir: &str, at: DateTime<Utc>) -> Result<u64
         return Err(LakeError::Invalid(format!("`{dir}` has no commits")));
     };
     let oldest_time = time_of(oldest, oldest_modified).await?;
+    if at < oldest_time && oldest == 0 {
+        return Ok(None);
+    }
     if at < oldest_time {
         return Err(LakeError::Invalid(format!(
             "table `{dir}` has no version as of {at}: its oldest version still in the log, {oldest}, was committed at {oldest_time}"
@@ -564,7 +686,7 @@ pub async fn version_at(lake: &Lake, dir: &str, at: DateTime<Utc>) -> Result<u64
             hi = mid - 1;
         }
     }
-    Ok(versions[lo].0)
+    Ok(Some(versions[lo].0))
 }
 
 #[cfg(test)]
@@ -777,7 +899,10 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("oldest version still in the log, 10"), "{err}");
-        assert_eq!(version_at(&lake, "events", Utc::now()).await.unwrap(), 12);
+        assert_eq!(
+            version_at(&lake, "events", Utc::now()).await.unwrap(),
+            Some(12)
+        );
         assert_eq!(history(&lake, "events", None).await.unwrap().len(), 3);
     }
 
@@ -793,10 +918,14 @@ mod tests {
         }
         // version 0 creates the table; the commit of round i is version i + 1
         for (i, t) in times.iter().enumerate() {
-            assert_eq!(version_at(&lake, "events", *t).await.unwrap(), i as u64 + 1);
+            assert_eq!(
+                version_at(&lake, "events", *t).await.unwrap(),
+                Some(i as u64 + 1)
+            );
         }
         let long_ago = Utc::now() - chrono::Duration::days(1);
-        assert!(version_at(&lake, "events", long_ago).await.is_err());
+        // before the table existed
+        assert_eq!(version_at(&lake, "events", long_ago).await.unwrap(), None);
     }
 
     #[tokio::test]
@@ -844,5 +973,50 @@ mod tests {
                 .unwrap()
                 .is_none()
         );
+    }
+
+    /// delta-rs 1.1 commits a second compaction of files another one already compacted
+    /// (it checks only removes with dataChange=true): without the repair, every row of
+    /// those files would be in the table twice.
+    #[tokio::test]
+    async fn two_compactions_of_the_same_files_leave_every_row_once() {
+        let (_tmp, lake) = lake();
+        let mut tables = Tables::new(lake.clone());
+        ingest(&mut tables, 0, 8).await;
+        // two compactors read the table at the same version
+        let a = crate::delta::open(&lake, "events").await.unwrap().unwrap();
+        let b = crate::delta::open(&lake, "events").await.unwrap().unwrap();
+        let opts = OptimizeOptions::default();
+        let first = optimize_table(&lake, a, "events", &[], &opts)
+            .await
+            .unwrap();
+        assert_eq!(
+            (first.files_removed, first.files_added),
+            (8, 1),
+            "{first:?}"
+        );
+        let second = optimize_table(&lake, b, "events", &[], &opts)
+            .await
+            .unwrap();
+        assert!(second.versions.is_empty(), "{second:?}");
+        assert_eq!(
+            (second.files_removed, second.files_added),
+            (0, 0),
+            "{second:?}"
+        );
+        // `rows` fails on a duplicate
+        assert_eq!(rows(&lake).await, 80);
+        assert_eq!(
+            crate::delta::live_files(&lake, "events")
+                .await
+                .unwrap()
+                .len(),
+            1
+        );
+        assert_eq!(
+            tables.commit(&commit_on(0, 40, 49)).await.unwrap(),
+            Committed::Version(12)
+        );
+        assert_eq!(rows(&lake).await, 90);
     }
 }

@@ -21,9 +21,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use deltalake::kernel::{Action, Add, Transaction};
 use deltalake::operations::create::CreateBuilder;
 use deltalake::protocol::SaveMode;
-use object_store::ObjectStoreExt;
-use object_store::path::Path as StorePath;
-use parquet::file::metadata::ParquetMetaDataReader;
 use serde::Deserialize;
 
 use crate::delta::{self, app_id};
@@ -253,55 +250,72 @@ pub async fn migrate(lake: &Lake, dry_run: bool) -> Result<Vec<Migrated>> {
             }
         }
     }
-    // every table checked before any is written: a bad file stops the whole migration
-    let mut out = Vec::new();
+    // every table checked (its files' footers read) before any is written: a bad file stops
+    // the whole migration
+    let mut checked = Vec::new();
     for (table, plan) in &plans {
-        out.push(convert(lake, table, plan, true).await?);
+        checked.push(check(lake, table, plan).await?);
     }
-    if !dry_run {
-        out.clear();
-        for (table, plan) in &plans {
-            out.push(convert(lake, table, plan, false).await?);
-        }
+    let mut out = Vec::new();
+    for c in checked {
+        out.push(match c {
+            Checked::AlreadyDelta(m) => m,
+            Checked::Ready(m, _) if dry_run => m,
+            Checked::Ready(m, write) => {
+                write.await.map_err(|e| delta::classify(m.table(), e))?;
+                m
+            }
+        });
     }
     Ok(out)
 }
 
 /// Rows of the Parquet file at `path` (lake-relative), from its footer.
 async fn footer_rows(lake: &Lake, path: &str) -> Result<u64> {
-    Ok(footer(lake, path).await?.1.file_metadata().num_rows() as u64)
+    Ok(footer(lake, path).await?.2.file_metadata().num_rows() as u64)
 }
 
-/// The size and footer of the Parquet file at `path` (lake-relative).
+/// The size, modification time and footer of the recorded file at `path` (lake-relative).
 async fn footer(
     lake: &Lake,
     path: &str,
-) -> Result<(u64, parquet::file::metadata::ParquetMetaData, i64)> {
-    let store = lake.store();
-    let location = StorePath::from(path);
-    let meta = store.head(&location).await.map_err(|e| match e {
-        object_store::Error::NotFound { .. } => LakeError::Invalid(format!(
+) -> Result<(
+    u64,
+    i64,
+    std::sync::Arc<parquet::file::metadata::ParquetMetaData>,
+)> {
+    lake.parquet_metadata(path).await?.ok_or_else(|| {
+        LakeError::Invalid(format!(
             "`{path}` is listed in the pre-Delta commit records but is not in the lake: restore it before migrating (nothing was written)"
-        )),
-        e => LakeError::store(path, e),
-    })?;
-    let bytes = lake.get(path).await?;
-    let footer = ParquetMetaDataReader::new()
-        .parse_and_finish(&bytes)
-        .map_err(|e| LakeError::Invalid(format!("`{path}` is not a Parquet file: {e}")))?;
-    Ok((meta.size, footer, meta.last_modified.timestamp_millis()))
+        ))
+    })
 }
 
-async fn convert(lake: &Lake, table: &str, plan: &Plan, dry_run: bool) -> Result<Migrated> {
+/// A table checked for migration: what it becomes, and the commit that makes it so.
+enum Checked {
+    AlreadyDelta(Migrated),
+    Ready(Migrated, CreateBuilder),
+}
+
+impl Migrated {
+    fn table(&self) -> &str {
+        match self {
+            Migrated::Converted { table, .. } | Migrated::AlreadyDelta { table } => table,
+        }
+    }
+}
+
+/// Reads the footers of `plan`'s files and builds version 0 of `table`'s log (not written).
+async fn check(lake: &Lake, table: &str, plan: &Plan) -> Result<Checked> {
     let store = delta::log_store(lake, table)?;
     if store
         .is_delta_table_location()
         .await
         .map_err(|e| delta::classify(table, e))?
     {
-        return Ok(Migrated::AlreadyDelta {
+        return Ok(Checked::AlreadyDelta(Migrated::AlreadyDelta {
             table: table.to_string(),
-        });
+        }));
     }
     let partition_cols = plan.partition_cols.clone().unwrap_or_default();
     let mut schema: Option<(String, arrow::datatypes::SchemaRef)> = None;
@@ -309,7 +323,7 @@ async fn convert(lake: &Lake, table: &str, plan: &Plan, dry_run: bool) -> Result
     let mut total = 0;
     for (relative, rows) in &plan.files {
         let path = format!("{table}/{relative}");
-        let (size, footer, modified) = footer(lake, &path).await?;
+        let (size, modified, footer) = footer(lake, &path).await?;
         let file_rows = footer.file_metadata().num_rows() as u64;
         if file_rows != *rows {
             return Err(LakeError::Invalid(format!(
@@ -366,18 +380,138 @@ async fn convert(lake: &Lake, table: &str, plan: &Plan, dry_run: bool) -> Result
         rows: total,
         positions: plan.txns.len(),
     };
-    if dry_run {
-        return Ok(converted);
-    }
     let columns = delta::delta_schema(table, &logical)?;
-    CreateBuilder::new()
+    let write = CreateBuilder::new()
         .with_log_store(store)
         .with_table_name(table.rsplit('/').next().unwrap_or(table))
         .with_columns(columns.fields().cloned())
         .with_partition_columns(partition_cols)
         .with_save_mode(SaveMode::ErrorIfExists)
-        .with_actions(actions)
-        .await
-        .map_err(|e| delta::classify(table, e))?;
-    Ok(converted)
+        .with_actions(actions);
+    Ok(Checked::Ready(converted, write))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use arrow::array::{Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray};
+    use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+
+    use super::*;
+    use crate::writer::{TableSpec, TableWriter};
+
+    /// Writes one segment of `events` the way the pre-Delta release did: its files, then its
+    /// commit record (`record: false` leaves the record out, as a crash would).
+    async fn old_segment(lake: &Lake, partition: i32, first: i64, svc: &[&str], record: bool) {
+        let spec = TableSpec {
+            table: "events".into(),
+            partition_by: vec!["dt".into(), "svc".into()],
+            event_time: Some("ts".into()),
+            zstd_level: 3,
+            schema: Arc::new(Schema::new(vec![
+                Field::new(
+                    "ts",
+                    DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+                    false,
+                ),
+                Field::new("seq", DataType::Int64, false),
+                Field::new("svc", DataType::Utf8, true),
+            ])),
+        };
+        let n = svc.len() as i64;
+        let batch = RecordBatch::try_new(
+            spec.schema.clone(),
+            vec![
+                Arc::new(
+                    TimestampMicrosecondArray::from_iter_values(
+                        (first..first + n).map(|s| s * 1_000_000),
+                    )
+                    .with_timezone("UTC"),
+                ),
+                Arc::new(Int64Array::from_iter_values(first..first + n)),
+                Arc::new(StringArray::from(svc.to_vec())),
+            ],
+        )
+        .unwrap();
+        let mut w = TableWriter::new(spec, Vec::new()).unwrap();
+        w.write(&batch).unwrap();
+        let seg = SegmentId {
+            topic: "t".into(),
+            partition,
+            first,
+            last: first + n - 1,
+        };
+        let mut files = Vec::new();
+        for f in w.finish(&seg.file_name()).unwrap() {
+            let path = format!("events/{}", f.path);
+            lake.publish(&path, f.bytes.clone()).await.unwrap();
+            files.push(serde_json::json!({"path": path, "rows": f.rows}));
+        }
+        if record {
+            let rec = serde_json::json!({
+                "pipeline": "p", "topic": "t", "partition": partition,
+                "first_offset": first, "last_offset": first + n - 1,
+                "files": files, "committed_at": "2026-01-01T00:00:00Z",
+            });
+            lake.publish(
+                &format!("{COMMITS}/p/{}.json", seg.name()),
+                bytes::Bytes::from(serde_json::to_vec(&rec).unwrap()),
+            )
+            .await
+            .unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn escaped_partition_values_and_leftovers_migrate_from_the_records_only() {
+        let (_tmp, lake) = crate::delta::tests::lake();
+        old_segment(&lake, 0, 0, &["a/b", "c d", "plain"], true).await;
+        old_segment(&lake, 0, 3, &["50%", "x:y"], true).await;
+        old_segment(&lake, 1, 0, &["a/b"], true).await;
+        // a crash between a segment's files and its record
+        old_segment(&lake, 1, 1, &["left", "over"], false).await;
+        assert!(needs_migration(&lake, "p", "events").await.unwrap());
+        let done = migrate(&lake, false).await.unwrap();
+        assert_eq!(
+            done,
+            vec![Migrated::Converted {
+                table: "events".into(),
+                files: 6,
+                rows: 6,
+                positions: 2
+            }]
+        );
+        assert!(!needs_migration(&lake, "p", "events").await.unwrap());
+        let pos =
+            crate::delta::positions(&lake, "events", &[app_id("p", "t", 0), app_id("p", "t", 1)])
+                .await
+                .unwrap();
+        assert_eq!(
+            (pos[&app_id("p", "t", 0)], pos[&app_id("p", "t", 1)]),
+            (4, 0)
+        );
+        let ctx = datafusion::prelude::SessionContext::new();
+        crate::catalog::register_lake_tables(&ctx, &lake)
+            .await
+            .unwrap();
+        let out = ctx
+            .sql("SELECT string_agg(svc, ',' ORDER BY svc) FROM events")
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        let got = arrow::util::pretty::pretty_format_batches(&out)
+            .unwrap()
+            .to_string();
+        assert!(got.contains("50%,a/b,a/b,c d,plain,x:y"), "{got}");
+        // a second run changes nothing
+        assert_eq!(
+            migrate(&lake, false).await.unwrap(),
+            vec![Migrated::AlreadyDelta {
+                table: "events".into()
+            }]
+        );
+    }
 }

@@ -261,6 +261,31 @@ impl Lake {
         got.bytes().await.map_err(|e| LakeError::store(rel, e))
     }
 
+    /// The size, modification time (ms) and footer of the Parquet file at `rel`, reading
+    /// only its tail; `None` when there is no such object.
+    pub async fn parquet_metadata(
+        &self,
+        rel: &str,
+    ) -> Result<Option<(u64, i64, Arc<parquet::file::metadata::ParquetMetaData>)>> {
+        use parquet::arrow::async_reader::{AsyncFileReader, ParquetObjectReader};
+        let path = object_path(rel);
+        let meta = match self.store.head(&path).await {
+            Ok(m) => m,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(LakeError::store(rel, e)),
+        };
+        let footer = ParquetObjectReader::new(self.store.clone(), path)
+            .with_file_size(meta.size)
+            .get_metadata(None)
+            .await
+            .map_err(|e| LakeError::Invalid(format!("`{rel}` is not a Parquet file: {e}")))?;
+        Ok(Some((
+            meta.size,
+            meta.last_modified.timestamp_millis(),
+            footer,
+        )))
+    }
+
     /// Deletes an object; a missing object is not an error.
     pub async fn delete(&self, rel: &str) -> Result<()> {
         match self.store.delete(&object_path(rel)).await {

@@ -91,6 +91,10 @@ pub struct Lineage {
     /// sha256 over the rows' feature values, labels and times (each row hashed, the sorted
     /// row hashes hashed: independent of the order the query returned them in).
     pub content_sha256: String,
+    /// `content_sha256` is independent of row order (false in manifests written before
+    /// 2026-12-07, which hashed the rows in query order).
+    #[serde(default)]
+    pub content_sha256_sorted: bool,
     /// Event-time range of the rows (RFC 3339 when the time column is a timestamp).
     pub time_range: (String, String),
     /// Holdout rows are those with time ≥ this.
@@ -672,6 +676,8 @@ impl Registry {
                 holdout_rows: m.holdout_points,
                 skipped_rows: 0,
                 content_sha256: m.content_sha256,
+                // a series' hash is over its values in time order
+                content_sha256_sorted: false,
                 time_range: m.time_range,
                 holdout_from: String::new(),
             },

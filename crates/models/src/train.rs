@@ -226,6 +226,7 @@ pub async fn train(
             holdout_rows: split.holdout.len(),
             skipped_rows: ds.skipped,
             content_sha256: ds.content_sha256.clone(),
+            content_sha256_sorted: true,
             time_range: (
                 time_text(first, ds.time_is_timestamp),
                 time_text(last, ds.time_is_timestamp),

@@ -318,7 +318,8 @@ impl Analyst {
     }
 
     /// The version each lake table had at `at` ([`Analyst::pin`] them to read the lake as
-    /// it was then). Tables created after `at` are left out.
+    /// it was then). Tables created after `at` are left out; a table whose versions of that
+    /// time were cleaned up from its log is an error naming it.
     pub async fn versions_at(
         &self,
         at: chrono::DateTime<chrono::Utc>,
@@ -327,8 +328,12 @@ impl Analyst {
         for t in &self.tables {
             if let Some((dir, _)) = &t.delta {
                 match ymera_lake::maintain::version_at(&self.lake, dir, at).await {
-                    Ok(v) => out.push((t.name.clone(), v)),
-                    Err(ymera_lake::LakeError::Invalid(_)) => {}
+                    Ok(Some(v)) => out.push((t.name.clone(), v)),
+                    // created after `at`: not part of the lake as it was
+                    Ok(None) => {}
+                    Err(e @ ymera_lake::LakeError::Invalid(_)) => {
+                        return Err(QueryError::Invalid(e.to_string()));
+                    }
                     Err(e) => return Err(QueryError::Execution(e.to_string())),
                 }
             }
@@ -521,7 +526,13 @@ impl Analyst {
                 travel::At::Version(v) => v,
                 travel::At::Time(t) => ymera_lake::maintain::version_at(&self.lake, dir, t)
                     .await
-                    .map_err(|e| QueryError::Invalid(e.to_string()))?,
+                    .map_err(|e| QueryError::Invalid(e.to_string()))?
+                    .ok_or_else(|| {
+                        QueryError::Invalid(format!(
+                            "table `{}` has no version as of {t}: it was created after that",
+                            table.name
+                        ))
+                    })?,
             };
             let name = format!("{}@v{version}", table.name);
             if !snapshots.iter().any(|s| s.name == name) {
@@ -652,6 +663,7 @@ mod deadline;
 mod travel;
 
 pub use deadline::{Cancel, CancelOnDrop};
+pub use travel::parse_time;
 
 #[cfg(test)]
 mod tests;

@@ -93,9 +93,10 @@ pub(crate) fn find(sql: &str, tables: &[Table]) -> Result<Vec<Travel>, QueryErro
                 i + 3
             };
             match significant.get(literal).map(|t| &t.token) {
-                Some(Token::SingleQuotedString(s)) => {
-                    (At::Time(parse_time(&ident, s)?), literal + 1)
-                }
+                Some(Token::SingleQuotedString(s)) => match parse_time(s) {
+                    Some(t) => (At::Time(t), literal + 1),
+                    None => return Err(bad_clause(&ident, &format!("'{s}'"))),
+                },
                 other => return Err(bad_clause(&ident, &describe(other))),
             }
         };
@@ -122,11 +123,12 @@ fn bad_clause(table: &str, what: &str) -> QueryError {
     ))
 }
 
-/// `2026-12-01 10:00:00[.fff]` (UTC), RFC 3339, or a date (its midnight, UTC).
-fn parse_time(table: &str, s: &str) -> Result<DateTime<Utc>, QueryError> {
+/// `2026-12-01 10:00:00[.fff]` (UTC; also with `T` or without seconds), RFC 3339, or a date
+/// (its midnight, UTC): the times time travel and `train --as-of` accept.
+pub fn parse_time(s: &str) -> Option<DateTime<Utc>> {
     let s = s.trim();
     if let Ok(t) = DateTime::parse_from_rfc3339(s) {
-        return Ok(t.with_timezone(&Utc));
+        return Some(t.with_timezone(&Utc));
     }
     for format in [
         "%Y-%m-%d %H:%M:%S%.f",
@@ -134,13 +136,13 @@ fn parse_time(table: &str, s: &str) -> Result<DateTime<Utc>, QueryError> {
         "%Y-%m-%d %H:%M",
     ] {
         if let Ok(t) = NaiveDateTime::parse_from_str(s, format) {
-            return Ok(t.and_utc());
+            return Some(t.and_utc());
         }
     }
-    if let Ok(d) = NaiveDate::parse_from_str(s, "%Y-%m-%d") {
-        return Ok(d.and_hms_opt(0, 0, 0).unwrap_or_default().and_utc());
-    }
-    Err(bad_clause(table, &format!("'{s}'")))
+    NaiveDate::parse_from_str(s, "%Y-%m-%d")
+        .ok()
+        .and_then(|d| d.and_hms_opt(0, 0, 0))
+        .map(|t| t.and_utc())
 }
 
 /// Byte offsets of the tokenizer's (line, column) locations (1-based, columns in chars).

@@ -3,9 +3,11 @@
 //!
 //! - **One replica compacts**, chosen by Kafka's group membership: the one that owns
 //!   partition 0 of the pipeline's first topic (sorted). No coordinator of our own: after a
-//!   rebalance the new owner takes over, and for a moment two may compact, which Delta's
-//!   conflict checks make safe (the second one's commit fails on the files the first one
-//!   removed, and nothing is lost).
+//!   rebalance the new owner takes over, and the old one abandons its pass in flight within
+//!   a second. Should two compactions of the same files still both commit (delta-rs 1.1
+//!   does not refuse the second), the later one sees it in the log and undoes its own
+//!   ([`ymera_lake::maintain`]): those rows are in the table twice only between the two
+//!   commits.
 //! - **Bounded.** It runs on a thread of its own with a single-threaded runtime, one bin at
 //!   a time with 128k-row row groups: at most one core and one output file's worth of
 //!   memory, however busy ingest is; ingest never waits for it.
@@ -102,6 +104,10 @@ async fn passes(
             let started = std::time::Instant::now();
             let pass = tokio::select! {
                 _ = stop.cancelled() => return,
+                _ = lost(leader) => {
+                    info!(pipeline, table, "no longer the compacting replica: the pass in flight is abandoned");
+                    break;
+                }
                 r = tokio::time::timeout(how.deadline, compact_closed(lake, table, &how.policy)) => r,
             };
             match pass {
@@ -131,6 +137,13 @@ async fn passes(
                 ),
             }
         }
+    }
+}
+
+/// Returns once this replica is no longer the compacting one (checked every second).
+async fn lost(leader: &AtomicBool) {
+    while leader.load(Ordering::Relaxed) {
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
 
