@@ -267,22 +267,44 @@ impl Lake {
         &self,
         rel: &str,
     ) -> Result<Option<(u64, i64, Arc<parquet::file::metadata::ParquetMetaData>)>> {
-        use parquet::arrow::async_reader::{AsyncFileReader, ParquetObjectReader};
         let path = object_path(rel);
         let meta = match self.store.head(&path).await {
             Ok(m) => m,
             Err(object_store::Error::NotFound { .. }) => return Ok(None),
             Err(e) => return Err(LakeError::store(rel, e)),
         };
-        let footer = ParquetObjectReader::new(self.store.clone(), path)
-            .with_file_size(meta.size)
-            .get_metadata(None)
+        let not_parquet =
+            |why: String| LakeError::Invalid(format!("`{rel}` is not a Parquet file: {why}"));
+        // the last 8 bytes: the footer's length and `PAR1`; then the footer itself
+        if meta.size < 12 {
+            return Err(not_parquet(format!("{} bytes", meta.size)));
+        }
+        let tail = self
+            .store
+            .get_range(&path, meta.size - 8..meta.size)
             .await
-            .map_err(|e| LakeError::Invalid(format!("`{rel}` is not a Parquet file: {e}")))?;
+            .map_err(|e| LakeError::store(rel, e))?;
+        if &tail[4..] != b"PAR1" {
+            return Err(not_parquet("no PAR1 at its end".into()));
+        }
+        let len = u64::from(u32::from_le_bytes([tail[0], tail[1], tail[2], tail[3]]));
+        if len + 8 > meta.size {
+            return Err(not_parquet(format!(
+                "a footer of {len} bytes in {} bytes",
+                meta.size
+            )));
+        }
+        let footer = self
+            .store
+            .get_range(&path, meta.size - 8 - len..meta.size - 8)
+            .await
+            .map_err(|e| LakeError::store(rel, e))?;
+        let footer = parquet::file::metadata::ParquetMetaDataReader::decode_metadata(&footer)
+            .map_err(|e| not_parquet(e.to_string()))?;
         Ok(Some((
             meta.size,
             meta.last_modified.timestamp_millis(),
-            footer,
+            Arc::new(footer),
         )))
     }
 

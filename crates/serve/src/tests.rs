@@ -71,6 +71,7 @@ async fn registry(dir: &std::path::Path) -> Registry {
             holdout_rows: 0,
             skipped_rows: 0,
             content_sha256: String::new(),
+            content_sha256_sorted: true,
             time_range: (String::new(), String::new()),
             holdout_from: String::new(),
         },
