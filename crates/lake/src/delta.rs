@@ -1166,19 +1166,26 @@ pub(crate) mod tests {
     use arrow::datatypes::TimeUnit;
 
     pub(crate) fn spec() -> TableSpec {
+        spec_with(None, DataType::Int64)
+    }
+
+    /// `events` (`ts`, `seq` as `seq_type`, then `extra` if any), partitioned by `dt`.
+    pub(crate) fn spec_with(extra: Option<Field>, seq_type: DataType) -> TableSpec {
+        let mut fields = vec![
+            Field::new(
+                "ts",
+                DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+                false,
+            ),
+            Field::new("seq", seq_type, false),
+        ];
+        fields.extend(extra);
         TableSpec {
             table: "events".into(),
             partition_by: vec!["dt".into()],
             event_time: Some("ts".into()),
             zstd_level: 3,
-            schema: Arc::new(Schema::new(vec![
-                Field::new(
-                    "ts",
-                    DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
-                    false,
-                ),
-                Field::new("seq", DataType::Int64, false),
-            ])),
+            schema: Arc::new(Schema::new(fields)),
         }
     }
 
@@ -1266,32 +1273,34 @@ pub(crate) mod tests {
         (tmp, lake)
     }
 
-    pub(crate) async fn rows(lake: &Lake) -> usize {
+    /// `sql` over the lake's tables, as `ymera sql` registers them.
+    pub(crate) async fn query(lake: &Lake, sql: &str) -> Vec<RecordBatch> {
         let ctx = datafusion::prelude::SessionContext::new();
         crate::catalog::register_lake_tables(&ctx, lake)
             .await
             .unwrap();
-        let batches = ctx
-            .sql("SELECT count(*) AS n, count(DISTINCT seq) AS d FROM events")
-            .await
-            .unwrap()
-            .collect()
-            .await
-            .unwrap();
-        let n = batches[0]
-            .column(0)
+        ctx.sql(sql).await.unwrap().collect().await.unwrap()
+    }
+
+    /// Column `col` of the first row, an integer.
+    pub(crate) fn int(batches: &[RecordBatch], col: usize) -> i64 {
+        batches[0]
+            .column(col)
             .as_any()
             .downcast_ref::<Int64Array>()
             .unwrap()
-            .value(0);
-        let d = batches[0]
-            .column(1)
-            .as_any()
-            .downcast_ref::<Int64Array>()
-            .unwrap()
-            .value(0);
-        assert_eq!(n, d, "duplicate rows");
-        n as usize
+            .value(0)
+    }
+
+    /// Rows of `events`; fails on a duplicate `seq`.
+    pub(crate) async fn rows(lake: &Lake) -> usize {
+        let b = query(
+            lake,
+            "SELECT count(*) AS n, count(DISTINCT seq) AS d FROM events",
+        )
+        .await;
+        assert_eq!(int(&b, 0), int(&b, 1), "duplicate rows");
+        int(&b, 0) as usize
     }
 
     #[tokio::test]
@@ -1575,23 +1584,8 @@ pub(crate) mod tests {
         assert!(delta_schema("t", &schema).is_err());
     }
 
-    /// `spec()` with a column `note` (Utf8) added, or `seq` as `seq_type`.
-    fn spec_with(extra: bool, seq_type: DataType) -> TableSpec {
-        let mut fields = vec![
-            Field::new(
-                "ts",
-                DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
-                false,
-            ),
-            Field::new("seq", seq_type, false),
-        ];
-        if extra {
-            fields.push(Field::new("note", DataType::Utf8, true));
-        }
-        TableSpec {
-            schema: Arc::new(Schema::new(fields)),
-            ..spec()
-        }
+    fn note() -> Option<Field> {
+        Some(Field::new("note", DataType::Utf8, true))
     }
 
     #[tokio::test]
@@ -1601,7 +1595,7 @@ pub(crate) mod tests {
         let mut tables = Tables::new(lake.clone());
         tables.commit(&commit(0, 9)).await.unwrap();
         // the pipeline now writes `note` too
-        let spec = spec_with(true, DataType::Int64);
+        let spec = spec_with(note(), DataType::Int64);
         assert_eq!(
             check_table_schema(&lake, &spec).await.unwrap(),
             vec!["note".to_string()]
@@ -1642,26 +1636,11 @@ pub(crate) mod tests {
             Committed::Version(3)
         );
         assert_eq!(rows(&lake).await, 16);
-        let ctx = datafusion::prelude::SessionContext::new();
-        crate::catalog::register_lake_tables(&ctx, &lake)
-            .await
-            .unwrap();
-        let notes = ctx
-            .sql("SELECT count(note) AS n, count(*) AS all_rows FROM events")
-            .await
-            .unwrap()
-            .collect()
-            .await
-            .unwrap();
-        let n = notes[0]
-            .column(0)
-            .as_any()
-            .downcast_ref::<Int64Array>()
-            .unwrap()
-            .value(0);
+        let notes = query(&lake, "SELECT count(note) AS n FROM events").await;
+        let n = int(&notes, 0);
         assert_eq!(n, 1, "old files read `note` as null");
         // a column that changes its type is named
-        let err = check_table_schema(&lake, &spec_with(true, DataType::Utf8))
+        let err = check_table_schema(&lake, &spec_with(note(), DataType::Utf8))
             .await
             .unwrap_err()
             .to_string();

@@ -146,15 +146,6 @@ async fn optimize_table(
     opts: &OptimizeOptions,
 ) -> Result<Optimized> {
     let before = rows_by_path(&t, dir)?;
-    // the Add action of every file, to put back what a repair must (below)
-    #[allow(deprecated)] // delta-rs wants Arrow arrays here; an Add is what a commit carries
-    let adds: HashMap<String, deltalake::kernel::Add> = t
-        .snapshot()
-        .map_err(|e| delta::delta_err(dir, e))?
-        .log_data()
-        .into_iter()
-        .map(|f| (f.path().into_owned(), f.add_action()))
-        .collect();
     let partition_cols = t
         .snapshot()
         .map_err(|e| delta::delta_err(dir, e))?
@@ -231,7 +222,7 @@ async fn optimize_table(
         // files (its conflict checks look only at removes with dataChange=true), and the
         // rows of those files would then be in the table twice: undo ours first
         if c.removed.iter().any(|p| theirs_removed.contains(p)) {
-            repair(&store, dir, v, &c, &adds, &theirs_removed).await?;
+            repair(&store, dir, first_version, v, &c, &theirs_removed).await?;
             report.files_removed -= c.files_removed.min(report.files_removed);
             report.files_added -= c.files_added.min(report.files_added);
             report.files_after = report.files_before + report.files_added - report.files_removed;
@@ -267,11 +258,25 @@ async fn optimize_table(
 async fn repair(
     store: &deltalake::logstore::LogStoreRef,
     dir: &str,
+    read_version: u64,
     version: u64,
     c: &Commit,
-    adds: &HashMap<String, deltalake::kernel::Add>,
     theirs_removed: &HashSet<String>,
 ) -> Result<()> {
+    // the Add actions of the files to put back, from the version the compaction read (a
+    // rare path: only here is the table's file list turned into actions)
+    let mut read = DeltaTable::new(store.clone());
+    read.load_version(read_version)
+        .await
+        .map_err(|e| classify(dir, e))?;
+    #[allow(deprecated)] // delta-rs wants Arrow arrays here; an Add is what a commit carries
+    let adds: HashMap<String, deltalake::kernel::Add> = read
+        .snapshot()
+        .map_err(|e| delta::delta_err(dir, e))?
+        .log_data()
+        .into_iter()
+        .map(|f| (f.path().into_owned(), f.add_action()))
+        .collect();
     let now = Utc::now().timestamp_millis();
     let mut actions = Vec::new();
     for (path, _) in &c.added {
@@ -337,6 +342,24 @@ async fn repair(
         ),
         external: true,
     })
+}
+
+/// The newest version of `dir`, listing its log from version `from` on (a cheap check
+/// before a load); `None` when there is no table.
+pub async fn latest_version(lake: &Lake, dir: &str, from: u64) -> Result<Option<u64>> {
+    let store = delta::log_store(lake, dir)?;
+    if !store
+        .is_delta_table_location()
+        .await
+        .map_err(|e| classify(dir, e))?
+    {
+        return Ok(None);
+    }
+    store
+        .get_latest_version(from)
+        .await
+        .map(Some)
+        .map_err(|e| classify(dir, e))
 }
 
 /// When the background compaction of `ymera run` compacts a table (`lake.optimize.*`).

@@ -396,7 +396,7 @@ mod tests {
     use std::sync::Arc;
 
     use arrow::array::{Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray};
-    use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+    use arrow::datatypes::{DataType, Field};
 
     use super::*;
     use crate::writer::{TableSpec, TableWriter};
@@ -405,19 +405,11 @@ mod tests {
     /// commit record (`record: false` leaves the record out, as a crash would).
     async fn old_segment(lake: &Lake, partition: i32, first: i64, svc: &[&str], record: bool) {
         let spec = TableSpec {
-            table: "events".into(),
             partition_by: vec!["dt".into(), "svc".into()],
-            event_time: Some("ts".into()),
-            zstd_level: 3,
-            schema: Arc::new(Schema::new(vec![
-                Field::new(
-                    "ts",
-                    DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
-                    false,
-                ),
-                Field::new("seq", DataType::Int64, false),
-                Field::new("svc", DataType::Utf8, true),
-            ])),
+            ..crate::delta::tests::spec_with(
+                Some(Field::new("svc", DataType::Utf8, true)),
+                DataType::Int64,
+            )
         };
         let n = svc.len() as i64;
         let batch = RecordBatch::try_new(
@@ -491,17 +483,11 @@ mod tests {
             (pos[&app_id("p", "t", 0)], pos[&app_id("p", "t", 1)]),
             (4, 0)
         );
-        let ctx = datafusion::prelude::SessionContext::new();
-        crate::catalog::register_lake_tables(&ctx, &lake)
-            .await
-            .unwrap();
-        let out = ctx
-            .sql("SELECT string_agg(svc, ',' ORDER BY svc) FROM events")
-            .await
-            .unwrap()
-            .collect()
-            .await
-            .unwrap();
+        let out = crate::delta::tests::query(
+            &lake,
+            "SELECT string_agg(svc, ',' ORDER BY svc) FROM events",
+        )
+        .await;
         let got = arrow::util::pretty::pretty_format_batches(&out)
             .unwrap()
             .to_string();

@@ -17,6 +17,7 @@
 //! - A pass that takes longer than [`Compaction::deadline`] is abandoned: files it wrote
 //!   and never committed are orphans that `ymera lake vacuum` deletes.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -24,7 +25,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 use ymera_lake::Lake;
-use ymera_lake::maintain::{CompactPolicy, compact_closed};
+use ymera_lake::maintain::{CompactPolicy, compact_closed, latest_version};
 
 /// How `ymera run` compacts in the background.
 #[derive(Debug, Clone)]
@@ -92,6 +93,11 @@ async fn passes(
     leader: &AtomicBool,
     stop: &CancellationToken,
 ) {
+    // the version at which a table last had nothing to compact: a pass loads a table's whole
+    // file list, so a table that has not moved since is not loaded again
+    // (forgotten when another day closes: that can make a table compactable with no commit)
+    let mut idle: HashMap<&str, u64> = HashMap::new();
+    let mut closed_before = None;
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
@@ -100,7 +106,23 @@ async fn passes(
         if !leader.load(Ordering::Relaxed) {
             continue;
         }
+        let first_open = (chrono::Utc::now()
+            - chrono::Duration::from_std(how.policy.closed_after).unwrap_or_default())
+        .date_naive();
+        if closed_before.replace(first_open) != Some(first_open) {
+            idle.clear();
+        }
         for table in tables {
+            let seen = idle.get(table.as_str()).copied();
+            let latest = match latest_version(lake, table, seen.unwrap_or(0)).await {
+                Ok(Some(v)) if Some(v) != seen => v,
+                // no table yet, or nothing new since the last pass found nothing to do
+                Ok(_) => continue,
+                Err(e) => {
+                    warn!(pipeline, table, error = %e, "background compaction cannot read the table; it tries again next pass");
+                    continue;
+                }
+            };
             let started = std::time::Instant::now();
             let pass = tokio::select! {
                 _ = stop.cancelled() => return,
@@ -125,7 +147,9 @@ async fn passes(
                         "compacted closed partitions"
                     );
                 }
-                Ok(Ok(None)) => {}
+                Ok(Ok(None)) => {
+                    idle.insert(table, latest);
+                }
                 Ok(Err(e)) => {
                     warn!(pipeline, table, error = %e, "background compaction failed; it tries again next pass")
                 }
