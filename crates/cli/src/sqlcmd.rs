@@ -35,16 +35,16 @@ pub async fn sql(
         eprintln!("error: --format parquet writes a file: add --output FILE");
         return EXIT_USAGE;
     }
-    let analyst = match open(settings).await {
-        Ok(a) => a,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return EXIT_FAILURE;
-        }
-    };
     let query = match query {
         Some(q) => q,
         None if std::io::stdin().is_terminal() => {
+            let analyst = match open(settings).await {
+                Ok(a) => a,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return EXIT_FAILURE;
+                }
+            };
             return repl(&analyst, format, output.as_deref()).await;
         }
         None => {
@@ -54,6 +54,13 @@ pub async fn sql(
                 return EXIT_USAGE;
             }
             q
+        }
+    };
+    let analyst = match open_for(settings, &query).await {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return EXIT_FAILURE;
         }
     };
     match run_one(&analyst, &query, format, output.as_deref(), false).await {
@@ -68,26 +75,79 @@ pub async fn sql(
 /// The lake, plus the warehouse when it exists (a missing SQLite file is not created).
 pub async fn open(settings: &Settings) -> Result<Analyst, String> {
     let lake = crate::commands::open_lake(settings)?;
+    let warehouse = connect_warehouse(settings).await;
+    session(&lake, None, warehouse.as_ref(), settings).await
+}
+
+/// [`open`] for one query: only the lake tables it names are loaded, and the warehouse
+/// is left alone when it names lake tables only (start-up is most of a short query's
+/// time). When the text does not tell, or names a table neither has, everything is
+/// opened, so the error is the one `open` gives.
+async fn open_for(settings: &Settings, query: &str) -> Result<Analyst, String> {
+    let lake = crate::commands::open_lake(settings)?;
+    let Some(named) = ymera_query::tables_named_in(query) else {
+        let warehouse = connect_warehouse(settings).await;
+        return session(&lake, None, warehouse.as_ref(), settings).await;
+    };
+    let in_lake: Vec<String> = ymera_lake::catalog::candidates(&lake)
+        .await
+        .map_err(|e| format!("lake: {e}"))?
+        .into_iter()
+        .map(|(name, _)| name)
+        .filter(|name| named.contains(name))
+        .collect();
+    if in_lake.len() == named.len() {
+        return session(&lake, Some(&in_lake), None, settings).await;
+    }
+    let warehouse = connect_warehouse(settings).await;
+    let in_warehouse = match &warehouse {
+        Some(wh) => wh.tables().await.unwrap_or_default(),
+        None => Vec::new(),
+    };
+    if named
+        .iter()
+        .all(|n| in_lake.contains(n) || in_warehouse.contains(n))
+    {
+        session(&lake, Some(&in_lake), warehouse.as_ref(), settings).await
+    } else {
+        session(&lake, None, warehouse.as_ref(), settings).await
+    }
+}
+
+async fn connect_warehouse(settings: &Settings) -> Option<Warehouse> {
     let url = settings.warehouse.url.expose();
     let sqlite_missing = url
         .strip_prefix("sqlite://")
         .map(|p| p.split('?').next().unwrap_or(p))
         .is_some_and(|p| !p.contains(":memory:") && !Path::new(p).exists());
-    let warehouse = if sqlite_missing {
-        None
-    } else {
-        match Warehouse::connect(url).await {
-            Ok(wh) => Some(wh),
-            Err(e) => {
-                eprintln!("warning: warehouse tables unavailable: {e}");
-                None
-            }
+    if sqlite_missing {
+        return None;
+    }
+    match Warehouse::connect(url).await {
+        Ok(wh) => Some(wh),
+        Err(e) => {
+            eprintln!("warning: warehouse tables unavailable: {e}");
+            None
         }
-    };
+    }
+}
+
+async fn session(
+    lake: &ymera_lake::Lake,
+    lake_tables: Option<&[String]>,
+    warehouse: Option<&Warehouse>,
+    settings: &Settings,
+) -> Result<Analyst, String> {
     let limits = settings.sql.limits();
-    let (analyst, warnings) = Analyst::open(&lake, warehouse.as_ref(), limits)
-        .await
-        .map_err(|e| e.to_string())?;
+    let (analyst, warnings) = Analyst::open_some(
+        lake,
+        lake_tables,
+        warehouse,
+        limits,
+        ymera_query::memory_pool(limits.memory),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
     for w in warnings {
         eprintln!("warning: {w}");
     }

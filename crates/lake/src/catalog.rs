@@ -52,9 +52,33 @@ pub async fn candidates(lake: &Lake) -> Result<Vec<(String, String)>> {
 /// directory without a Delta log is skipped with a warning (a lake of the pre-Delta layout,
 /// or stray files).
 pub async fn register_lake_tables(ctx: &SessionContext, lake: &Lake) -> Result<Vec<LakeTable>> {
+    register_some_lake_tables(ctx, lake, None).await
+}
+
+/// [`register_lake_tables`] for the tables named in `only` (all when `None`): a one-shot
+/// query loads the snapshots of the tables it reads, not of the whole lake. Snapshots are
+/// loaded a few at a time (each is a handful of small reads of its log).
+pub async fn register_some_lake_tables(
+    ctx: &SessionContext,
+    lake: &Lake,
+    only: Option<&[String]>,
+) -> Result<Vec<LakeTable>> {
+    use futures::StreamExt;
+    let wanted = candidates(lake)
+        .await?
+        .into_iter()
+        .filter(|(name, _)| only.is_none_or(|only| only.contains(name)));
+    let loaded: Vec<_> = futures::stream::iter(wanted)
+        .map(|(name, dir)| async move {
+            let found = provider(ctx, lake, &name, &dir, None).await;
+            (name, dir, found)
+        })
+        .buffered(8)
+        .collect()
+        .await;
     let mut tables = Vec::new();
-    for (name, dir) in candidates(lake).await? {
-        let Some((provider, table)) = provider(ctx, lake, &name, &dir, None).await? else {
+    for (name, dir, found) in loaded {
+        let Some((provider, table)) = found? else {
             if lake
                 .list(&dir)
                 .await?
@@ -115,6 +139,8 @@ pub async fn provider(
     let provider = table
         .table_provider()
         .with_snapshot(snapshot)
+        // the scan follows the session's Parquet settings (filter pushdown among them)
+        .with_session(Arc::new(ctx.state()))
         .await
         .map_err(|e| delta_err(&e))?;
     Ok(Some((

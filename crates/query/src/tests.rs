@@ -400,3 +400,107 @@ async fn time_travel_reads_a_table_as_of_a_version_and_a_time() {
         .to_string();
     assert!(e.contains("no version as of 2001-01-01"), "{e}");
 }
+
+/// Every Parquet scan of a lake table reads its footer with the session's size hint (the
+/// Delta scan leaves it unset: two reads a file), and the scan follows the session's
+/// Parquet settings (no filter pushed into the reader, no page index).
+#[tokio::test]
+async fn lake_scans_read_footers_in_one_go_and_follow_the_session() {
+    use datafusion::common::tree_node::TreeNode;
+    use datafusion::datasource::physical_plan::ParquetSource;
+    use datafusion::datasource::source::DataSourceExec;
+    let (_dir, lake) = lake(10).await;
+    let a = analyst(&lake, Limits::default()).await;
+    let plan = a
+        .ctx
+        .sql("SELECT count(*) FROM events WHERE id > 3")
+        .await
+        .unwrap()
+        .create_physical_plan()
+        .await
+        .unwrap();
+    let mut sources = Vec::new();
+    plan.apply(|node| {
+        if let Some(exec) = node.downcast_ref::<DataSourceExec>() {
+            if let Some((_, parquet)) = exec.downcast_to_file_source::<ParquetSource>() {
+                sources.push(format!("{parquet:?}"));
+            }
+        }
+        Ok(datafusion::common::tree_node::TreeNodeRecursion::Continue)
+    })
+    .unwrap();
+    assert_eq!(sources.len(), 1, "{sources:?}");
+    let hint = a
+        .ctx
+        .state()
+        .config()
+        .options()
+        .execution
+        .parquet
+        .metadata_size_hint;
+    assert!(hint.is_some_and(|h| h >= 64 * 1024));
+    assert!(
+        sources[0].contains(&format!("metadata_size_hint: {hint:?}")),
+        "{}",
+        sources[0]
+    );
+    let options = a.ctx.state().config().options().clone();
+    assert!(!options.execution.parquet.pushdown_filters);
+    assert!(!options.execution.parquet.enable_page_index);
+    let shown = pretty(
+        &a.query("EXPLAIN SELECT count(*) FROM events WHERE id > 3")
+            .await
+            .unwrap(),
+    );
+    assert!(!shown.contains("pushdown_filters=true"), "{shown}");
+}
+
+/// A one-shot query loads the lake tables it names and no others; what its text cannot
+/// tell opens everything.
+#[tokio::test]
+async fn a_query_names_its_tables() {
+    let named = |sql: &str| crate::tables_named_in(sql);
+    assert_eq!(named("SELECT 1"), Some(vec![]));
+    assert_eq!(
+        named(
+            "WITH x AS (SELECT * FROM events) SELECT * FROM x JOIN big USING (id) JOIN Events e ON true"
+        ),
+        Some(vec!["big".to_string(), "events".to_string()])
+    );
+    assert_eq!(
+        named("SELECT * FROM \"Big\""),
+        Some(vec!["Big".to_string()])
+    );
+    // time travel is rewritten by the query itself: its text opens every table
+    assert_eq!(named("SELECT * FROM events VERSION AS OF 3"), None);
+    assert_eq!(
+        named("EXPLAIN SELECT * FROM big"),
+        Some(vec!["big".to_string()])
+    );
+    assert_eq!(named("SELECT * FROM public.events"), None);
+    assert_eq!(named("SELECT 1; SELECT 2"), None);
+    assert_eq!(named("SELEC 1"), None);
+
+    let (_dir, lake) = lake(10).await;
+    let only = vec!["big".to_string()];
+    let (a, _) = Analyst::open_some(
+        &lake,
+        Some(&only),
+        None,
+        Limits::default(),
+        memory_pool(1 << 26),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        a.tables()
+            .iter()
+            .map(|t| t.name.as_str())
+            .collect::<Vec<_>>(),
+        ["big"]
+    );
+    assert_eq!(
+        scalar(&a.query("SELECT count(*) FROM big").await.unwrap()),
+        10
+    );
+}

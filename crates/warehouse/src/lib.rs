@@ -35,6 +35,7 @@ mod error;
 pub mod provider;
 mod schema;
 mod security;
+mod sqlite_scan;
 mod write;
 
 use std::path::Path;
@@ -91,6 +92,9 @@ enum Pool {
 #[derive(Clone)]
 pub struct Warehouse {
     pool: Pool,
+    /// The database file of a SQLite warehouse (not of an in-memory one): analyst scans
+    /// open it read-only with a connection of their own (`sqlite_scan`).
+    sqlite_file: Option<std::path::PathBuf>,
     /// The URL with any password removed (for messages).
     shown: String,
     /// The key audit rows are signed with (`audit.hmac_key_file`), if any.
@@ -136,6 +140,7 @@ impl Warehouse {
         let unreachable = |e: sqlx::Error| {
             WarehouseError::External(format!("cannot connect to the warehouse {shown}: {e}"))
         };
+        let mut sqlite_file = None;
         let pool = if url.starts_with("sqlite:") {
             let opts = SqliteConnectOptions::from_str(url)
                 .map_err(|e| WarehouseError::User(format!("warehouse.url `{shown}`: {e}")))?
@@ -148,14 +153,20 @@ impl Warehouse {
                 .log_slow_statements(log::LevelFilter::Debug, Duration::from_secs(10));
             // an in-memory database exists once per connection: keep exactly one
             let max = if url.contains(":memory:") { 1 } else { 4 };
-            Pool::Sqlite(
+            let file = opts.get_filename().to_path_buf();
+            let pool = Pool::Sqlite(
                 SqlitePoolOptions::new()
                     .max_connections(max)
                     .acquire_timeout(Duration::from_secs(10))
                     .connect_with(opts)
                     .await
                     .map_err(unreachable)?,
-            )
+            );
+            // an in-memory database has no file to open a second connection on
+            if max > 1 && file.is_file() {
+                sqlite_file = Some(file);
+            }
+            pool
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             let opts = sqlx::postgres::PgConnectOptions::from_str(url)
                 .map_err(|e| WarehouseError::User(format!("warehouse.url `{shown}`: {e}")))?
@@ -175,6 +186,7 @@ impl Warehouse {
         };
         let wh = Warehouse {
             pool,
+            sqlite_file,
             shown,
             audit_key: None,
         };

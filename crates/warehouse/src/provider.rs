@@ -5,8 +5,8 @@
 use std::sync::Arc;
 
 use arrow::array::{
-    ArrayBuilder, ArrayRef, BooleanBuilder, Date32Builder, Float64Builder, Int64Builder,
-    StringBuilder, TimestampMicrosecondBuilder,
+    ArrayRef, BooleanBuilder, Date32Builder, Float64Builder, Int64Builder, StringBuilder,
+    TimestampMicrosecondBuilder,
 };
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
@@ -167,7 +167,7 @@ impl ScanPartition {
     }
 }
 
-enum Builder {
+pub(crate) enum Builder {
     Text(StringBuilder),
     Int(Int64Builder),
     Float(Float64Builder),
@@ -200,24 +200,56 @@ impl Builder {
             Builder::Date(b) => Arc::new(b.finish()),
         }
     }
-
-    fn len(&self) -> usize {
-        match self {
-            Builder::Text(b) => b.len(),
-            Builder::Int(b) => b.len(),
-            Builder::Float(b) => b.len(),
-            Builder::Bool(b) => b.len(),
-            Builder::Ts(b) => b.len(),
-            Builder::Date(b) => b.len(),
-        }
-    }
 }
 
-fn days(d: NaiveDate) -> i32 {
+pub(crate) fn days(d: NaiveDate) -> i32 {
     d.num_days_from_ce() - 719_163
 }
 
 use chrono::Datelike;
+
+/// The builders of one scan and the batch being filled: a batch goes out every
+/// [`BATCH_ROWS`] rows (a scan that reads no column, as `count(*)` does, counts rows).
+pub(crate) struct Batches {
+    pub(crate) builders: Vec<Builder>,
+    schema: SchemaRef,
+    rows: usize,
+}
+
+impl Batches {
+    pub(crate) fn new(kinds: &[SqlKind], schema: SchemaRef) -> Batches {
+        Batches {
+            builders: kinds.iter().map(|k| Builder::new(*k)).collect(),
+            schema,
+            rows: 0,
+        }
+    }
+
+    /// Counts a row whose columns were appended; a full batch, if this row filled one.
+    pub(crate) fn row_done(&mut self) -> DfResult<Option<RecordBatch>> {
+        self.rows += 1;
+        if self.rows >= BATCH_ROWS {
+            self.rest()
+        } else {
+            Ok(None)
+        }
+    }
+
+    /// The rows not sent yet, as a batch, if there are any.
+    pub(crate) fn rest(&mut self) -> DfResult<Option<RecordBatch>> {
+        if self.rows == 0 {
+            return Ok(None);
+        }
+        let cols: Vec<ArrayRef> = self.builders.iter_mut().map(Builder::finish).collect();
+        let opts = arrow::record_batch::RecordBatchOptions::new().with_row_count(Some(self.rows));
+        self.rows = 0;
+        Ok(Some(RecordBatch::try_new_with_options(
+            self.schema.clone(),
+            cols,
+            &opts,
+        )?))
+    }
+}
 
 /// Appends column `i` of a row; the error names the column.
 macro_rules! append_row {
@@ -257,63 +289,55 @@ impl PartitionStream for ScanPartition {
         let kinds: Vec<SqlKind> = self.columns.iter().map(|c| c.1).collect();
         let schema = self.schema.clone();
         let table = self.table.clone();
-        tokio::spawn(async move {
-            let result = async {
-                let mut builders: Vec<Builder> = kinds.iter().map(|k| Builder::new(*k)).collect();
-                let mut rows_without_columns = 0usize;
-                let flush = |builders: &mut Vec<Builder>, n: usize| -> DfResult<RecordBatch> {
-                    let cols: Vec<ArrayRef> = builders.iter_mut().map(Builder::finish).collect();
-                    let opts =
-                        arrow::record_batch::RecordBatchOptions::new().with_row_count(Some(n));
-                    Ok(RecordBatch::try_new_with_options(
-                        schema.clone(),
-                        cols,
-                        &opts,
-                    )?)
-                };
-                macro_rules! drain {
-                    ($stream:expr) => {{
-                        let mut stream = $stream;
-                        while let Some(row) = stream.next().await {
-                            let row = row.map_err(|e| DataFusionError::External(Box::new(e)))?;
-                            for (i, (b, k)) in builders.iter_mut().zip(&kinds).enumerate() {
-                                let r: Result<(), sqlx::Error> = (|| {
-                                    append_row!(&row, i, b, *k);
-                                    Ok(())
-                                })();
-                                r.map_err(|e| {
-                                    DataFusionError::Execution(format!(
-                                        "warehouse table `{table}` column `{}`: {e}",
-                                        schema.field(i).name()
-                                    ))
-                                })?;
-                            }
-                            rows_without_columns += 1;
-                            let n = builders.first().map_or(rows_without_columns, Builder::len);
-                            if n >= BATCH_ROWS {
-                                rows_without_columns = 0;
-                                if tx.send(flush(&mut builders, n)).await.is_err() {
-                                    return Ok(()); // the query stopped reading
+        if let (Pool::Sqlite(_), Some(path)) = (&pool, self.wh.sqlite_file.clone()) {
+            tokio::task::spawn_blocking(move || {
+                crate::sqlite_scan::scan(&path, &sql, &table, &kinds, schema, tx)
+            });
+        } else {
+            tokio::spawn(async move {
+                let result = async {
+                    let mut out = Batches::new(&kinds, schema.clone());
+                    macro_rules! drain {
+                        ($stream:expr) => {{
+                            let mut stream = $stream;
+                            while let Some(row) = stream.next().await {
+                                let row =
+                                    row.map_err(|e| DataFusionError::External(Box::new(e)))?;
+                                for (i, (b, k)) in out.builders.iter_mut().zip(&kinds).enumerate() {
+                                    let r: Result<(), sqlx::Error> = (|| {
+                                        append_row!(&row, i, b, *k);
+                                        Ok(())
+                                    })();
+                                    r.map_err(|e| {
+                                        DataFusionError::Execution(format!(
+                                            "warehouse table `{table}` column `{}`: {e}",
+                                            schema.field(i).name()
+                                        ))
+                                    })?;
+                                }
+                                if let Some(batch) = out.row_done()? {
+                                    if tx.send(Ok(batch)).await.is_err() {
+                                        return Ok(()); // the query stopped reading
+                                    }
                                 }
                             }
-                        }
-                    }};
+                        }};
+                    }
+                    match &pool {
+                        Pool::Sqlite(p) => drain!(sqlx::query(&sql).fetch(p)),
+                        Pool::Postgres(p) => drain!(sqlx::query(&sql).fetch(p)),
+                    }
+                    if let Some(batch) = out.rest()? {
+                        let _ = tx.send(Ok(batch)).await;
+                    }
+                    Ok::<(), DataFusionError>(())
                 }
-                match &pool {
-                    Pool::Sqlite(p) => drain!(sqlx::query(&sql).fetch(p)),
-                    Pool::Postgres(p) => drain!(sqlx::query(&sql).fetch(p)),
+                .await;
+                if let Err(e) = result {
+                    let _ = tx.send(Err(e)).await;
                 }
-                let n = builders.first().map_or(rows_without_columns, Builder::len);
-                if n > 0 {
-                    let _ = tx.send(flush(&mut builders, n)).await;
-                }
-                Ok::<(), DataFusionError>(())
-            }
-            .await;
-            if let Err(e) = result {
-                let _ = tx.send(Err(e)).await;
-            }
-        });
+            });
+        }
         let stream = futures::stream::unfold(rx, |mut rx| async move {
             rx.recv().await.map(|item| (item, rx))
         });

@@ -579,3 +579,79 @@ async fn a_segment_without_rows_still_advances_the_offset() {
         3
     );
 }
+
+/// Analyst scans of a SQLite file go through rusqlite (`sqlite_scan`); an in-memory
+/// database, and PostgreSQL, through sqlx. Both read every value the same way, whatever
+/// form another writer left it in, and a value neither can read is an error naming the
+/// table and column.
+#[tokio::test]
+async fn sqlite_file_scans_read_what_sqlx_reads() {
+    let db = sqlite().await;
+    db.wh
+        .execute(
+            "CREATE TABLE odd (s TEXT, n BIGINT, f DOUBLE PRECISION, b BOOLEAN, ts TIMESTAMPTZ,
+                 local TIMESTAMP WITHOUT TIME ZONE, d DATE, j JSON);
+             INSERT INTO odd VALUES
+              ('a', 1, 1.5, 1, '2026-01-02T03:04:05.123456+00:00', '2026-01-02 03:04:05', '2026-01-02', '{\"k\": 1}'),
+              (NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL),
+              ('é', -7, 2, 0, '2026-01-02 03:04:05', '2026-01-02T03:04:05.5+02:00', '1970-01-01', 'x'),
+              ('x', 0, 0.25, 5, '2026-01-02 03:04:05.5+02:00', '2026-01-02T03:04Z', '2000-02-29', NULL),
+              ('y', 9007199254740993, 1e300, 0, 1767225600, 1767225600, NULL, NULL),
+              ('z', 4, -0.0, 1, 2461042.5, '2026-01-02 03:04', NULL, NULL);",
+        )
+        .await
+        .unwrap();
+    assert!(
+        db.wh.sqlite_file.is_some(),
+        "a file warehouse scans natively"
+    );
+    let mut via_sqlx = db.wh.clone();
+    via_sqlx.sqlite_file = None;
+    let sql = "SELECT s, n, f, b, ts, local, d, j FROM odd ORDER BY n NULLS FIRST";
+    let native = query(&db.wh, sql).await;
+    assert_eq!(native, query(&via_sqlx, sql).await);
+    let text = native.join("\n");
+    for expected in [
+        "| a | 1                | 1.5    | true  | 2026-01-02T03:04:05.123456Z | 2026-01-02T03:04:05Z   | 2026-01-02 | {\"k\": 1} |",
+        "| é | -7               | 2.0    | false | 2026-01-02T03:04:05Z        | 2026-01-02T03:04:05.500Z | 1970-01-01 | x        |",
+        "| x | 0                | 0.25   | true  | 2026-01-02T01:04:05.500Z    | 2026-01-02T03:04:00Z   | 2000-02-29 |          |",
+        "| y | 9007199254740993 | 1e300  | false | 2026-01-01T00:00:00Z        | 2026-01-01T00:00:00Z   |            |          |",
+        // SQLite keeps -0.0 as 0.0; Julian day 2461042.5 is 2026-01-02 00:00 UTC
+        "| z | 4                | 0.0    | true  | 2026-01-02T00:00:00Z        | 2026-01-02T03:04:00Z   |            |          |",
+    ] {
+        assert!(
+            native
+                .iter()
+                .any(|l| l.split_whitespace().eq(expected.split_whitespace())),
+            "{expected}\nnot in\n{text}"
+        );
+    }
+    // count(*) reads no column: rows are counted
+    assert!(
+        query(&db.wh, "SELECT count(*) AS n FROM odd")
+            .await
+            .iter()
+            .any(|l| l.contains("| 6 "))
+    );
+
+    db.wh
+        .execute("INSERT INTO odd (s, ts) VALUES ('bad', 'half past nine')")
+        .await
+        .unwrap();
+    for wh in [&db.wh, &via_sqlx] {
+        let ctx = SessionContext::new();
+        provider::register_tables(&ctx, wh).await.unwrap();
+        let err = ctx
+            .sql("SELECT ts FROM odd")
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("warehouse table `odd` column `ts`") && err.contains("half past nine"),
+            "{err}"
+        );
+    }
+}
