@@ -391,3 +391,66 @@ print(con.sql(f"SELECT count(*), count(DISTINCT event_id) FROM delta_scan('{t}')
     );
     eprintln!("task_events: {most} live files -> {now}, {expected} rows");
 }
+
+/// A one-shot `ymera sql` opens only the tables its statement names (docs/analyst-sql.md
+/// "Speed"), with the answers of opening everything: a lake directory without a Delta log
+/// is no table, so the warehouse table of that name is the one read; lake and warehouse
+/// tables join; an unknown name gets the usual error with its suggestion. No broker.
+#[test]
+fn a_one_shot_query_opens_what_it_names_with_the_answers_of_opening_everything() {
+    use ymera_lake::delta::Tables;
+
+    let tmp = tempfile::tempdir().unwrap();
+    let lake = ymera_lake::Lake::open(tmp.path().to_str().unwrap()).unwrap();
+    let spec = seq_spec("small");
+    runtime().block_on(async {
+        let mut tables = Tables::new(lake.clone());
+        for k in 0..3i64 {
+            tables
+                .commit(&seq_commit(&spec, "oneshot", 0, k * 5, k * 5 + 4))
+                .await
+                .unwrap();
+        }
+        tables.settle().await;
+    });
+    // stray files, no `_delta_log`: listed as a candidate directory, but not a table
+    std::fs::create_dir_all(tmp.path().join("stray")).unwrap();
+    std::fs::write(tmp.path().join("stray/part-0.parquet"), b"not parquet").unwrap();
+    let wh = SqliteWarehouse::new(
+        "tables",
+        "CREATE TABLE stray (n INTEGER NOT NULL);
+         INSERT INTO stray VALUES (1), (2), (3);
+         CREATE TABLE labels (seq INTEGER NOT NULL, label TEXT NOT NULL);
+         INSERT INTO labels VALUES (0, 'zero'), (14, 'fourteen');",
+    );
+    let env = wh.env();
+    succeeded(
+        ymera()
+            .args(["warehouse", "migrate"])
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .output()
+            .unwrap(),
+    );
+    let sql = |q: &str| {
+        ymera()
+            .args(["sql", "--format", "csv", q])
+            .env("YMERA__LAKE__URL", tmp.path())
+            .env("YMERA__LOG__LEVEL", "warn")
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .output()
+            .unwrap()
+    };
+    assert_eq!(succeeded(sql("SELECT count(*) AS n FROM small")), "n\n15\n");
+    assert_eq!(succeeded(sql("SELECT sum(n) AS s FROM stray")), "s\n6\n");
+    assert_eq!(
+        succeeded(sql(
+            "SELECT s.seq, l.label FROM small s JOIN labels l USING (seq) ORDER BY s.seq"
+        )),
+        "seq,label\n0,zero\n14,fourteen\n"
+    );
+    assert_eq!(succeeded(sql("SELECT 1 AS one")), "one\n1\n");
+    let out = sql("SELECT * FROM smal");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("smal") && err.contains("small"), "{err}");
+}

@@ -76,7 +76,9 @@ pub async fn sql(
 pub async fn open(settings: &Settings) -> Result<Analyst, String> {
     let lake = crate::commands::open_lake(settings)?;
     let warehouse = connect_warehouse(settings).await;
-    session(&lake, None, warehouse.as_ref(), settings).await
+    session(&lake, None, warehouse.as_ref(), settings)
+        .await
+        .map(warned)
 }
 
 /// [`open`] for one query: only the lake tables it names are loaded, and the warehouse
@@ -87,7 +89,9 @@ async fn open_for(settings: &Settings, query: &str) -> Result<Analyst, String> {
     let lake = crate::commands::open_lake(settings)?;
     let Some(named) = ymera_query::tables_named_in(query) else {
         let warehouse = connect_warehouse(settings).await;
-        return session(&lake, None, warehouse.as_ref(), settings).await;
+        return session(&lake, None, warehouse.as_ref(), settings)
+            .await
+            .map(warned);
     };
     let in_lake: Vec<String> = ymera_lake::catalog::candidates(&lake)
         .await
@@ -96,22 +100,27 @@ async fn open_for(settings: &Settings, query: &str) -> Result<Analyst, String> {
         .map(|(name, _)| name)
         .filter(|name| named.contains(name))
         .collect();
-    if in_lake.len() == named.len() {
-        return session(&lake, Some(&in_lake), None, settings).await;
+    // a directory is a table only if it holds a Delta log: a name is settled by what the
+    // session registered, not by the listing (the warehouse's table of that name counts)
+    let has_all = |(a, _): &(Analyst, Vec<String>)| {
+        named
+            .iter()
+            .all(|n| a.tables().iter().any(|t| &t.name == n))
+    };
+    if named.iter().all(|n| in_lake.contains(n)) {
+        let opened = session(&lake, Some(&in_lake), None, settings).await?;
+        if has_all(&opened) {
+            return Ok(warned(opened));
+        }
     }
     let warehouse = connect_warehouse(settings).await;
-    let in_warehouse = match &warehouse {
-        Some(wh) => wh.tables().await.unwrap_or_default(),
-        None => Vec::new(),
-    };
-    if named
-        .iter()
-        .all(|n| in_lake.contains(n) || in_warehouse.contains(n))
-    {
-        session(&lake, Some(&in_lake), warehouse.as_ref(), settings).await
-    } else {
-        session(&lake, None, warehouse.as_ref(), settings).await
+    let opened = session(&lake, Some(&in_lake), warehouse.as_ref(), settings).await?;
+    if has_all(&opened) {
+        return Ok(warned(opened));
     }
+    session(&lake, None, warehouse.as_ref(), settings)
+        .await
+        .map(warned)
 }
 
 async fn connect_warehouse(settings: &Settings) -> Option<Warehouse> {
@@ -132,14 +141,16 @@ async fn connect_warehouse(settings: &Settings) -> Option<Warehouse> {
     }
 }
 
+/// A session over `lake_tables` (all when `None`) and the warehouse, with its warnings
+/// (printed by the caller, once, for the session it keeps).
 async fn session(
     lake: &ymera_lake::Lake,
     lake_tables: Option<&[String]>,
     warehouse: Option<&Warehouse>,
     settings: &Settings,
-) -> Result<Analyst, String> {
+) -> Result<(Analyst, Vec<String>), String> {
     let limits = settings.sql.limits();
-    let (analyst, warnings) = Analyst::open_some(
+    Analyst::open_some(
         lake,
         lake_tables,
         warehouse,
@@ -147,11 +158,14 @@ async fn session(
         ymera_query::memory_pool(limits.memory),
     )
     .await
-    .map_err(|e| e.to_string())?;
+    .map_err(|e| e.to_string())
+}
+
+fn warned((analyst, warnings): (Analyst, Vec<String>)) -> Analyst {
     for w in warnings {
         eprintln!("warning: {w}");
     }
-    Ok(analyst)
+    analyst
 }
 
 async fn run_one(

@@ -290,8 +290,23 @@ impl PartitionStream for ScanPartition {
         let schema = self.schema.clone();
         let table = self.table.clone();
         if let (Pool::Sqlite(_), Some(path)) = (&pool, self.wh.sqlite_file.clone()) {
+            let table_name = table.clone();
             tokio::task::spawn_blocking(move || {
-                crate::sqlite_scan::scan(&path, &sql, &table, &kinds, schema, tx)
+                let report = tx.clone();
+                let scan = std::panic::AssertUnwindSafe(|| {
+                    crate::sqlite_scan::scan(&path, &sql, &table, &kinds, schema, tx)
+                });
+                // a panic would otherwise end the stream early: a short result, no error
+                if let Err(panic) = std::panic::catch_unwind(scan) {
+                    let what = panic
+                        .downcast_ref::<&str>()
+                        .map(|s| s.to_string())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_default();
+                    let _ = report.blocking_send(Err(DataFusionError::Internal(format!(
+                        "the scan of warehouse table `{table_name}` failed (a bug in ymera): {what}"
+                    ))));
+                }
             });
         } else {
             tokio::spawn(async move {

@@ -1,8 +1,10 @@
 //! Analyst scans of a SQLite warehouse file: rows are read with rusqlite on a blocking
 //! thread and built into Arrow batches there. Through sqlx every row is a message across
 //! its worker thread's channel (about 1.7 µs a row); here a row costs what SQLite's step
-//! and the column reads cost. Values decode as sqlx decodes them (the same text forms of
-//! a time are accepted), so both paths give the same batches.
+//! and the column reads cost. Values decode as sqlx decodes them: the same storage
+//! classes are accepted for each kind (text only for text, REAL only for a float), and the
+//! same text, integer and Julian-day forms of a time, so both paths give the same batches
+//! or the same refusal.
 
 use std::path::Path;
 use std::time::Duration;
@@ -20,8 +22,9 @@ use crate::schema::SqlKind;
 
 /// Runs `sql` on the SQLite file at `path` (read-only, its own connection) and sends the
 /// rows as batches of `schema` to `tx`. Returns when the rows end, on the first error
-/// (sent too), or as soon as the receiver is gone: a query that stops reading, or runs
-/// past its deadline and is dropped, stops the scan within one batch.
+/// (sent too), or soon after the receiver is gone: a query that stops reading, or runs
+/// past its deadline and is dropped, interrupts the statement (SQLite's progress handler
+/// looks every few thousand instructions), even in the middle of a long step.
 pub(crate) fn scan(
     path: &Path,
     sql: &str,
@@ -43,6 +46,8 @@ pub(crate) fn scan(
         )
         .map_err(sqlite)?;
         conn.busy_timeout(Duration::from_secs(10)).map_err(sqlite)?;
+        let watch = tx.clone();
+        conn.progress_handler(10_000, Some(move || watch.is_closed()));
         let mut stmt = conn.prepare(sql).map_err(sqlite)?;
         let mut rows = stmt.query([]).map_err(sqlite)?;
         let mut out = Batches::new(kinds, schema.clone());
@@ -73,16 +78,15 @@ pub(crate) fn scan(
 }
 
 impl Builder {
-    /// Appends one SQLite value. Storage classes SQLite's affinity can leave in a column
-    /// of the declared kind are converted as sqlx converts them; anything else is an error
-    /// that says what was found.
+    /// Appends one SQLite value when its storage class is one sqlx accepts for the kind;
+    /// anything else is an error that says what was found.
     fn append_sqlite(&mut self, v: ValueRef<'_>, kind: SqlKind) -> Result<(), String> {
         let found = |v: ValueRef<'_>| match v {
             ValueRef::Null => "NULL".to_string(),
-            ValueRef::Integer(i) => format!("the integer {i}"),
-            ValueRef::Real(f) => format!("the real {f}"),
-            ValueRef::Text(t) => format!("the text {:?}", String::from_utf8_lossy(t)),
-            ValueRef::Blob(b) => format!("a blob of {} bytes", b.len()),
+            ValueRef::Integer(i) => format!("the INTEGER {i}"),
+            ValueRef::Real(f) => format!("the REAL {f}"),
+            ValueRef::Text(t) => format!("the TEXT {:?}", String::from_utf8_lossy(t)),
+            ValueRef::Blob(b) => format!("a BLOB of {} bytes", b.len()),
         };
         match (self, v) {
             (Builder::Text(b), ValueRef::Null) => b.append_null(),
@@ -92,11 +96,8 @@ impl Builder {
             (Builder::Ts(b), ValueRef::Null) => b.append_null(),
             (Builder::Date(b), ValueRef::Null) => b.append_null(),
             (Builder::Text(b), ValueRef::Text(t)) => b.append_value(text(t)?),
-            (Builder::Text(b), ValueRef::Integer(i)) => b.append_value(i.to_string()),
-            (Builder::Text(b), ValueRef::Real(f)) => b.append_value(f.to_string()),
             (Builder::Int(b), ValueRef::Integer(i)) => b.append_value(i),
             (Builder::Float(b), ValueRef::Real(f)) => b.append_value(f),
-            (Builder::Float(b), ValueRef::Integer(i)) => b.append_value(i as f64),
             (Builder::Bool(b), ValueRef::Integer(i)) => b.append_value(i != 0),
             (Builder::Ts(b), v) => {
                 let t = match v {
