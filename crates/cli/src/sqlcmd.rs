@@ -93,28 +93,19 @@ async fn open_for(settings: &Settings, query: &str) -> Result<Analyst, String> {
             .await
             .map(warned);
     };
-    let in_lake: Vec<String> = ymera_lake::catalog::candidates(&lake)
-        .await
-        .map_err(|e| format!("lake: {e}"))?
-        .into_iter()
-        .map(|(name, _)| name)
-        .filter(|name| named.contains(name))
-        .collect();
-    // a directory is a table only if it holds a Delta log: a name is settled by what the
-    // session registered, not by the listing (the warehouse's table of that name counts)
+    // the lake session registers the named tables that are Delta tables (one listing of
+    // the lake); a name it lacks may be a warehouse table: then open the warehouse too
     let has_all = |(a, _): &(Analyst, Vec<String>)| {
         named
             .iter()
             .all(|n| a.tables().iter().any(|t| &t.name == n))
     };
-    if named.iter().all(|n| in_lake.contains(n)) {
-        let opened = session(&lake, Some(&in_lake), None, settings).await?;
-        if has_all(&opened) {
-            return Ok(warned(opened));
-        }
+    let opened = session(&lake, Some(&named), None, settings).await?;
+    if has_all(&opened) {
+        return Ok(warned(opened));
     }
     let warehouse = connect_warehouse(settings).await;
-    let opened = session(&lake, Some(&in_lake), warehouse.as_ref(), settings).await?;
+    let opened = session(&lake, Some(&named), warehouse.as_ref(), settings).await?;
     if has_all(&opened) {
         return Ok(warned(opened));
     }
