@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use serde::de::DeserializeOwned;
 use serde_norway::Value;
+use ymera_common::FieldType;
 use ymera_common::yaml::join;
 pub use ymera_common::yaml::{Diagnostic, Positions};
 
@@ -168,6 +169,27 @@ pub fn load_str(loaded: &mut Loaded, text: &str, env: Env<'_>) {
             batch: batch.unwrap_or_default(),
             tests,
         });
+    } else {
+        declared_types(loaded, &map);
+    }
+}
+
+/// The declared field types of `source.schema`, checked on the raw file: the semantic
+/// checks (which check them for a decoded file) do not run when decoding found problems,
+/// and a wrong type name belongs beside those.
+fn declared_types(loaded: &mut Loaded, map: &serde_norway::Mapping) {
+    let Some(Value::Mapping(schema)) = map.get("source").and_then(|s| s.get("schema")) else {
+        return;
+    };
+    for (name, ty) in schema {
+        if let (Some(name), Some(ty)) = (name.as_str(), ty.as_str())
+            && let Err(e) = FieldType::parse_declared(ty)
+        {
+            loaded.error_at(
+                &format!("source.schema.{name}"),
+                format!("field `{name}`: {e}"),
+            );
+        }
     }
 }
 
@@ -236,16 +258,20 @@ fn list<T: DeserializeOwned>(
     }
 }
 
-/// Decodes one section. An unknown key is reported, removed and the decoding retried, so
-/// every unknown key of the section is reported at once; any other error ends the section.
+/// Decodes one section, reporting every bad value in it. Each problem is reported at its
+/// own position, the offending entry removed and the decoding retried: an unknown key goes,
+/// a bad value goes (its field then decodes from its default, or is missing, which is not
+/// reported again: the struct holding it goes instead), and so on until the section
+/// decodes or there is nothing left to remove.
 fn decode<T: DeserializeOwned>(loaded: &mut Loaded, mut value: Value, base: String) -> Option<T> {
     let mut reported = false;
-    for _ in 0..32 {
+    // relative paths of what was removed, so their "missing field" echoes stay silent
+    let mut removed: Vec<String> = Vec::new();
+    for _ in 0..256 {
         let e = match serde_path_to_error::deserialize::<_, T>(value.clone()) {
             Ok(v) => return (!reported).then_some(v),
             Err(e) => e,
         };
-        reported = true;
         let inner = e.path().to_string();
         let mut path = if inner == "." {
             base.clone()
@@ -258,36 +284,55 @@ fn decode<T: DeserializeOwned>(loaded: &mut Loaded, mut value: Value, base: Stri
             .strip_prefix("unknown field `")
             .and_then(|r| r.split('`').next())
             .map(str::to_string);
-        // point at the offending key itself for unknown fields
-        let (line, col) = match &unknown {
-            Some(k) => {
-                // serde_path_to_error's path may already end with the unknown key
-                let ends_with_key = path == *k || path.ends_with(&format!(".{k}"));
-                if !ends_with_key {
-                    path = join(&path, k);
-                }
-                loaded.positions.locate_key(
+        let missing = message
+            .strip_prefix("missing field `")
+            .and_then(|r| r.split('`').next())
+            .map(str::to_string);
+        if let Some(k) = &unknown {
+            // serde_path_to_error's path may already end with the unknown key
+            let ends_with_key = path == *k || path.ends_with(&format!(".{k}"));
+            if !ends_with_key {
+                path = join(&path, k);
+            }
+        }
+        let relative = relative_to(&path, &base);
+        let echo = missing
+            .as_ref()
+            .is_some_and(|k| removed.contains(&join(&relative, k)));
+        if !echo {
+            reported = true;
+            // point at the offending key itself for unknown fields
+            let (line, col) = match &unknown {
+                Some(k) => loaded.positions.locate_key(
                     path.strip_suffix(k.as_str())
                         .map_or("", |p| p.trim_end_matches('.')),
                     k,
-                )
-            }
-            None => loaded.positions.locate(&path),
-        };
-        let d = loaded.at((line, col), path.clone(), message);
-        loaded.diagnostics.push(d);
-        // drop the unknown key and look for more problems in the same section
-        let relative = path
-            .strip_prefix(&base)
-            .unwrap_or(&path)
-            .trim_start_matches('.')
-            .to_string();
-        match unknown {
-            Some(_) if remove_at(&mut value, &relative) => continue,
-            _ => return None,
+                ),
+                None => loaded.positions.locate(&path),
+            };
+            let d = loaded.at((line, col), path.clone(), message);
+            loaded.diagnostics.push(d);
         }
+        // an element of a list goes with its whole list, so later indices keep their
+        // positions; the section itself cannot go
+        let target = match relative.rfind('[') {
+            Some(i) if relative.ends_with(']') => relative[..i].to_string(),
+            _ => relative,
+        };
+        if target.is_empty() || !remove_at(&mut value, &target) {
+            return None;
+        }
+        removed.push(target);
     }
     None
+}
+
+/// `path` relative to the section at `base` (`""` for the section itself).
+fn relative_to(path: &str, base: &str) -> String {
+    path.strip_prefix(base)
+        .unwrap_or(path)
+        .trim_start_matches('.')
+        .to_string()
 }
 
 /// Removes the map entry at `path` (`a.b[2].c`, relative to `value`); false when absent.
