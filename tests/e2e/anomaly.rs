@@ -83,8 +83,7 @@ fn webhook() -> (String, Arc<Mutex<Vec<String>>>) {
             let Ok(mut s) = stream else { continue };
             let mut req = Vec::new();
             let mut buf = [0u8; 4096];
-            loop {
-                let Ok(n) = s.read(&mut buf) else { break };
+            while let Ok(n) = s.read(&mut buf) {
                 if n == 0 {
                     break;
                 }

@@ -97,7 +97,9 @@ fn walk(root: &Path, dir: &Path, files: &mut Vec<String>) -> io::Result<()> {
 /// [`NOT_SOURCES`].
 fn counts(path: &Path, crate_top_level: bool) -> bool {
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-    !name.starts_with('.') && !(crate_top_level && path.is_dir() && NOT_SOURCES.contains(&name))
+    let hidden = name.starts_with('.');
+    let not_source = crate_top_level && path.is_dir() && NOT_SOURCES.contains(&name);
+    !hidden && !not_source
 }
 
 fn sorted_entries(dir: &Path) -> io::Result<Vec<PathBuf>> {

@@ -156,9 +156,9 @@ pub async fn lake_grid(settings: &Settings, args: &ForecastArgs) -> Result<Regul
 
 fn humantime(d: Duration) -> String {
     let s = d.as_secs();
-    if s % 86_400 == 0 {
+    if s.is_multiple_of(86_400) {
         format!("{}d", s / 86_400)
-    } else if s % 3600 == 0 {
+    } else if s.is_multiple_of(3600) {
         format!("{}h", s / 3600)
     } else {
         format!("{}m", s / 60)

@@ -255,9 +255,9 @@ pub fn regularize(s: &Series, step: Option<i64>) -> Result<Regular, SeriesError>
         }
         if i - prev > 1 {
             let (a, b) = (values[prev], values[i]);
-            for j in prev + 1..i {
+            for (j, v) in values.iter_mut().enumerate().take(i).skip(prev + 1) {
                 let f = (j - prev) as f64 / (i - prev) as f64;
-                values[j] = a + (b - a) * f;
+                *v = a + (b - a) * f;
                 gaps_filled += 1;
             }
         }

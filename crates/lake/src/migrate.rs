@@ -80,9 +80,12 @@ struct Plan {
     partition_cols: Option<Vec<String>>,
 }
 
-/// Splits a lake-relative file path into its table directory, the Hive `(column, value)`
+/// A lake-relative file path taken apart: its table directory, the Hive `(column, value)`
 /// pairs of its directories, and the path relative to the table.
-fn split(path: &str) -> Option<(String, Vec<(String, String)>, String)> {
+type SplitPath = (String, Vec<(String, String)>, String);
+
+/// Splits a lake-relative file path (see [`SplitPath`]).
+fn split(path: &str) -> Option<SplitPath> {
     let parts: Vec<&str> = path.split('/').collect();
     let (_, dirs) = parts.split_last()?;
     let hive_from = dirs

@@ -383,15 +383,15 @@ fn stats_json(rows: u64, stats: &mut [ColumnStats]) -> String {
     let mut nulls = serde_json::Map::new();
     for st in stats.iter_mut() {
         nulls.insert(st.name.clone(), st.nulls.into());
-        if let Some(v) = st.min.as_mut().and_then(|m| m.evaluate().ok()) {
-            if let Some(j) = stat_value(&v, false) {
-                min.insert(st.name.clone(), j);
-            }
+        if let Some(v) = st.min.as_mut().and_then(|m| m.evaluate().ok())
+            && let Some(j) = stat_value(&v, false)
+        {
+            min.insert(st.name.clone(), j);
         }
-        if let Some(v) = st.max.as_mut().and_then(|m| m.evaluate().ok()) {
-            if let Some(j) = stat_value(&v, true) {
-                max.insert(st.name.clone(), j);
-            }
+        if let Some(v) = st.max.as_mut().and_then(|m| m.evaluate().ok())
+            && let Some(j) = stat_value(&v, true)
+        {
+            max.insert(st.name.clone(), j);
         }
     }
     serde_json::json!({

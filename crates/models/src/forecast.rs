@@ -450,7 +450,7 @@ fn inverse_normal_cdf(p: f64) -> f64 {
         -3.969683028665376e+01,
         2.209460984245205e+02,
         -2.759285104469687e+02,
-        1.383577518672690e+02,
+        1.383_577_518_672_69e2,
         -3.066479806614716e+01,
         2.506628277459239e+00,
     ];
@@ -500,81 +500,6 @@ pub fn content_sha256(values: &[f64]) -> String {
         h.update(v.to_le_bytes());
     }
     hex::encode(h.finalize())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A daily cycle (288 points a day at 5 minutes) plus a deterministic wiggle.
-    fn diurnal(days: usize) -> Vec<f64> {
-        (0..days * 288)
-            .map(|i| {
-                let phase = (i % 288) as f64 / 288.0 * std::f64::consts::TAU;
-                100.0 + 40.0 * phase.sin() + ((i * 7919) % 13) as f64 * 0.5
-            })
-            .collect()
-    }
-
-    #[test]
-    fn plan_falls_back_with_a_reason() {
-        let p = plan(100, 288);
-        assert_eq!(p.model, "autoets");
-        assert!(p.notes[0].contains("two days (576 points"), "{:?}", p.notes);
-        let p = plan(3 * 288, 288);
-        assert_eq!(
-            (p.model.as_str(), p.periods.clone()),
-            ("mstl+autoets", vec![288])
-        );
-        assert!(p.notes[0].contains("weekly"));
-        assert_eq!(plan(15 * 288, 288).periods, vec![288]);
-        assert_eq!(plan(21 * 288, 288).periods, vec![288, 2016]);
-        assert_eq!(plan(3, 288).model, "naive");
-    }
-
-    #[test]
-    fn mstl_beats_seasonal_naive_on_a_clean_daily_cycle() {
-        let v = diurnal(6);
-        let bt = backtest(&v, 288, 12, 6, 7 * 288).unwrap();
-        assert_eq!(bt.origins, 6);
-        assert!(bt.model.mase < 1.0, "{bt:?}");
-        let f = fit_forecast(&v, 288, 24).unwrap();
-        assert_eq!(f.bands.len(), 24);
-        for i in 0..24 {
-            let b = &f.bands;
-            assert!(
-                b.lo95[i] <= b.lo80[i]
-                    && b.lo80[i] <= b.p50[i]
-                    && b.p50[i] <= b.hi80[i]
-                    && b.hi80[i] <= b.hi95[i]
-            );
-        }
-    }
-
-    #[test]
-    fn seasonal_naive_and_mase_by_hand() {
-        // season 2: forecast repeats the last season
-        let b = seasonal_naive(&[1.0, 2.0, 3.0, 5.0], 2, 3);
-        assert_eq!(b.p50, vec![3.0, 5.0, 3.0]);
-        // season-2 differences: 2, 3 → mean |d| 2.5
-        assert_eq!(naive_scale(&[1.0, 2.0, 3.0, 5.0], 2), 2.5);
-        // shorter than a season + 1 → lag 1: |1|,|1|,|2| → 4/3
-        assert!((naive_scale(&[1.0, 2.0, 3.0, 5.0], 4) - 4.0 / 3.0).abs() < 1e-12);
-    }
-
-    #[test]
-    fn non_finite_history_is_rejected_with_its_index() {
-        let e = fit_forecast(&[1.0, f64::NAN], 288, 3)
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("value[1]"), "{e}");
-    }
-
-    #[test]
-    fn normal_quantile() {
-        assert!((inverse_normal_cdf(0.9) - Z80).abs() < 1e-6);
-        assert!((inverse_normal_cdf(0.975) - Z95).abs() < 1e-6);
-    }
 }
 
 /// The metric names of the autoscaler API and the `metric_events` columns they read.
@@ -810,5 +735,80 @@ pub fn select(plan: Plan, bt: &Backtest) -> (Plan, Accuracy) {
         (p, bt.seasonal_naive.clone())
     } else {
         (plan, bt.model.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A daily cycle (288 points a day at 5 minutes) plus a deterministic wiggle.
+    fn diurnal(days: usize) -> Vec<f64> {
+        (0..days * 288)
+            .map(|i| {
+                let phase = (i % 288) as f64 / 288.0 * std::f64::consts::TAU;
+                100.0 + 40.0 * phase.sin() + ((i * 7919) % 13) as f64 * 0.5
+            })
+            .collect()
+    }
+
+    #[test]
+    fn plan_falls_back_with_a_reason() {
+        let p = plan(100, 288);
+        assert_eq!(p.model, "autoets");
+        assert!(p.notes[0].contains("two days (576 points"), "{:?}", p.notes);
+        let p = plan(3 * 288, 288);
+        assert_eq!(
+            (p.model.as_str(), p.periods.clone()),
+            ("mstl+autoets", vec![288])
+        );
+        assert!(p.notes[0].contains("weekly"));
+        assert_eq!(plan(15 * 288, 288).periods, vec![288]);
+        assert_eq!(plan(21 * 288, 288).periods, vec![288, 2016]);
+        assert_eq!(plan(3, 288).model, "naive");
+    }
+
+    #[test]
+    fn mstl_beats_seasonal_naive_on_a_clean_daily_cycle() {
+        let v = diurnal(6);
+        let bt = backtest(&v, 288, 12, 6, 7 * 288).unwrap();
+        assert_eq!(bt.origins, 6);
+        assert!(bt.model.mase < 1.0, "{bt:?}");
+        let f = fit_forecast(&v, 288, 24).unwrap();
+        assert_eq!(f.bands.len(), 24);
+        for i in 0..24 {
+            let b = &f.bands;
+            assert!(
+                b.lo95[i] <= b.lo80[i]
+                    && b.lo80[i] <= b.p50[i]
+                    && b.p50[i] <= b.hi80[i]
+                    && b.hi80[i] <= b.hi95[i]
+            );
+        }
+    }
+
+    #[test]
+    fn seasonal_naive_and_mase_by_hand() {
+        // season 2: forecast repeats the last season
+        let b = seasonal_naive(&[1.0, 2.0, 3.0, 5.0], 2, 3);
+        assert_eq!(b.p50, vec![3.0, 5.0, 3.0]);
+        // season-2 differences: 2, 3 → mean |d| 2.5
+        assert_eq!(naive_scale(&[1.0, 2.0, 3.0, 5.0], 2), 2.5);
+        // shorter than a season + 1 → lag 1: |1|,|1|,|2| → 4/3
+        assert!((naive_scale(&[1.0, 2.0, 3.0, 5.0], 4) - 4.0 / 3.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn non_finite_history_is_rejected_with_its_index() {
+        let e = fit_forecast(&[1.0, f64::NAN], 288, 3)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("value[1]"), "{e}");
+    }
+
+    #[test]
+    fn normal_quantile() {
+        assert!((inverse_normal_cdf(0.9) - Z80).abs() < 1e-6);
+        assert!((inverse_normal_cdf(0.975) - Z95).abs() < 1e-6);
     }
 }

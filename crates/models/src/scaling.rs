@@ -392,7 +392,9 @@ fn simulate_forecast_run(
 /// `partitions`): every replica then owns as many partitions as every other.
 pub fn even_count(wanted: u32, partitions: u32) -> u32 {
     let n = partitions.max(1);
-    (wanted.clamp(1, n)..=n).find(|d| n % d == 0).unwrap_or(n)
+    (wanted.clamp(1, n)..=n)
+        .find(|d| n.is_multiple_of(*d))
+        .unwrap_or(n)
 }
 
 /// `ceil` for replica counts, forgiving float noise just above an integer.
@@ -807,7 +809,7 @@ mod tests {
         };
 
         let reactive = simulate_reactive(&load, &cfg).unwrap();
-        check(&reactive, 1124.200_601_739, 388.8125, (12, 31, 33));
+        check(&reactive, 1_124.200_601_739, 388.8125, (12, 31, 33));
         assert_eq!(simulate_reactive(&load, &cfg).unwrap(), reactive);
 
         let naive = simulate_forecast(&load, &cfg, &mut SeasonalNaive::default()).unwrap();

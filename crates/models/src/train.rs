@@ -503,6 +503,14 @@ fn reencode(ds: &Dataset, schema: &crate::features::FeatureSchema) -> Result<Mat
     })
 }
 
+/// Forecasters and isolation forests are fitted by `ymera serve`/`ymera forecast` and the
+/// anomaly stage, not from a training spec.
+fn not_from_spec(task: Task) -> ModelError {
+    ModelError::Data(format!(
+        "task `{task}` is not trained from a spec: forecasts are fitted by `ymera forecast` and `ymera serve`, isolation forests by the anomaly stage"
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -521,12 +529,4 @@ mod tests {
         let times2: Vec<i64> = s.holdout.iter().map(|&i| t2[i]).collect();
         assert_eq!(times2, vec![3, 3, 3]);
     }
-}
-
-/// Forecasters and isolation forests are fitted by `ymera serve`/`ymera forecast` and the
-/// anomaly stage, not from a training spec.
-fn not_from_spec(task: Task) -> ModelError {
-    ModelError::Data(format!(
-        "task `{task}` is not trained from a spec: forecasts are fitted by `ymera forecast` and `ymera serve`, isolation forests by the anomaly stage"
-    ))
 }

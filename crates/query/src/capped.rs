@@ -258,7 +258,7 @@ fn output_bytes(kind: Kind, args: &[ColumnarValue], rows: usize, budget: usize) 
     let pos = |v: Option<i64>| v.unwrap_or(0).max(0) as u128;
     let per_row: Box<dyn Fn(usize) -> u128> = match kind {
         Kind::Repeat => {
-            let (s, n) = (lens(args.get(0)), ints(args.get(1)));
+            let (s, n) = (lens(args.first()), ints(args.get(1)));
             Box::new(move |r| pos(s.at(r)) * pos(n.at(r)))
         }
         Kind::Pad => {
@@ -266,7 +266,7 @@ fn output_bytes(kind: Kind, args: &[ColumnarValue], rows: usize, budget: usize) 
             Box::new(move |r| 4 * pos(n.at(r)))
         }
         Kind::ArrayRepeat => {
-            let (x, n) = (element_bytes(args.get(0), rows), ints(args.get(1)));
+            let (x, n) = (element_bytes(args.first(), rows), ints(args.get(1)));
             Box::new(move |r| pos(x.at(r)).max(8) * pos(n.at(r)))
         }
         Kind::ArrayResize => {
@@ -274,14 +274,14 @@ fn output_bytes(kind: Kind, args: &[ColumnarValue], rows: usize, budget: usize) 
             Box::new(move |r| 16 * pos(n.at(r)))
         }
         Kind::Replace => {
-            let (s, from, to) = (lens(args.get(0)), lens(args.get(1)), lens(args.get(2)));
+            let (s, from, to) = (lens(args.first()), lens(args.get(1)), lens(args.get(2)));
             Box::new(move |r| {
                 let s = pos(s.at(r));
                 s + s / pos(from.at(r)).max(1) * pos(to.at(r))
             })
         }
         Kind::RegexpReplace => {
-            let (s, to) = (lens(args.get(0)), lens(args.get(2)));
+            let (s, to) = (lens(args.first()), lens(args.get(2)));
             Box::new(move |r| {
                 let s = pos(s.at(r));
                 s + (s + 1) * pos(to.at(r))
@@ -295,14 +295,14 @@ fn output_bytes(kind: Kind, args: &[ColumnarValue], rows: usize, budget: usize) 
             );
             let (start, stop, step) = if timed {
                 (
-                    nanos(args.get(0)),
+                    nanos(args.first()),
                     nanos(args.get(1)),
                     interval_nanos(args.get(2)),
                 )
             } else if args.len() == 1 {
                 (
                     PerRow::One(Some(0)),
-                    ints(args.get(0)),
+                    ints(args.first()),
                     PerRow::One(Some(1)),
                 )
             } else {
@@ -311,7 +311,7 @@ fn output_bytes(kind: Kind, args: &[ColumnarValue], rows: usize, budget: usize) 
                 } else {
                     PerRow::One(Some(1))
                 };
-                (ints(args.get(0)), ints(args.get(1)), step)
+                (ints(args.first()), ints(args.get(1)), step)
             };
             Box::new(move |r| match (start.at(r), stop.at(r), step.at(r)) {
                 (Some(a), Some(b), Some(s)) => 8 * range_len(a, b, s),

@@ -421,10 +421,10 @@ async fn lake_scans_read_footers_in_one_go_and_follow_the_session() {
         .unwrap();
     let mut sources = Vec::new();
     plan.apply(|node| {
-        if let Some(exec) = node.downcast_ref::<DataSourceExec>() {
-            if let Some((_, parquet)) = exec.downcast_to_file_source::<ParquetSource>() {
-                sources.push(format!("{parquet:?}"));
-            }
+        if let Some(exec) = node.downcast_ref::<DataSourceExec>()
+            && let Some((_, parquet)) = exec.downcast_to_file_source::<ParquetSource>()
+        {
+            sources.push(format!("{parquet:?}"));
         }
         Ok(datafusion::common::tree_node::TreeNodeRecursion::Continue)
     })

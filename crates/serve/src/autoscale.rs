@@ -207,12 +207,15 @@ const FIT_HORIZON_SECS: i64 = 25 * 3600;
 /// The most (service, metric) forecasters one server tracks.
 pub const MAX_ENTRIES: usize = 1024;
 
+/// One forecaster per (service, metric), each behind its own lock.
+type Entries = BTreeMap<(String, String), Arc<tokio::sync::Mutex<Entry>>>;
+
 /// Fitted forecasters, one per (service, metric), refreshed on demand.
 pub struct Autoscaler {
     config: AutoscaleConfig,
     sql: Option<SqlService>,
     registry: Registry,
-    entries: Mutex<BTreeMap<(String, String), Arc<tokio::sync::Mutex<Entry>>>>,
+    entries: Mutex<Entries>,
 }
 
 impl std::fmt::Debug for Autoscaler {
@@ -855,7 +858,7 @@ pub async fn respond(
 
     let observed = e.fit.as_ref().map(|f| f.observed);
     let quality = e.quality.as_ref();
-    let served = quality.map(|q| served_accuracy(q));
+    let served = quality.map(served_accuracy);
     let mase = served.as_ref().map(|a| a.mase);
     let reason = if let Some((ts, _)) =
         observed.filter(|(ts, _)| now - ts > auto.config.stale_after.as_secs() as i64)
@@ -866,7 +869,9 @@ pub async fn respond(
             (now - ts) / 60,
             auto.config.stale_after.as_secs() / 60
         ))
-    } else if let Some(m) = mase.filter(|m| !(m < &auto.config.max_mase)) {
+    } else if let Some(m) =
+        mase.filter(|m| m.partial_cmp(&auto.config.max_mase) != Some(std::cmp::Ordering::Less))
+    {
         Some(format!(
             "poor forecast: recent MASE {m:.2} ≥ {} (the one-day-back naive forecast does as well)",
             auto.config.max_mase

@@ -61,10 +61,10 @@ pub(crate) fn scan(
                     ))
                 })?;
             }
-            if let Some(batch) = out.row_done()? {
-                if tx.blocking_send(Ok(batch)).is_err() {
-                    return Ok(()); // the query stopped reading
-                }
+            if let Some(batch) = out.row_done()?
+                && tx.blocking_send(Ok(batch)).is_err()
+            {
+                return Ok(()); // the query stopped reading
             }
         }
         if let Some(batch) = out.rest()? {
