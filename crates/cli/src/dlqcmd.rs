@@ -298,7 +298,9 @@ pub async fn replay(settings: &Settings, pipeline: &str, dir: &Path, since: Opti
         Err(code) => return code,
     };
     let result = async {
-        let letters = load(settings, &p, since_micros(since)?).await?;
+        let since = since_micros(since)?;
+        // every letter: a replay cut short is finished whatever `--since` says
+        let letters = load(settings, &p, None).await?;
         let lake = crate::commands::open_lake(settings)?;
         let wh = if p.warehouse_sinks.is_empty() {
             None
@@ -314,7 +316,7 @@ pub async fn replay(settings: &Settings, pipeline: &str, dir: &Path, since: Opti
             .filter(|(from, _)| *from == "warehouse")
             .count();
         let letters = letters.into_iter().map(|(_, d)| d).collect();
-        let r = ymera_pipeline::replay::replay(&p, &lake, wh.as_ref(), letters).await?;
+        let r = ymera_pipeline::replay::replay(&p, &lake, wh.as_ref(), letters, since).await?;
         Ok::<_, String>((r, sink_rejects))
     }
     .await;

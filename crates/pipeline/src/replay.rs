@@ -11,7 +11,8 @@
 //!   lists the positions before any sink is written, `<id>.json` after all are. Positions
 //!   of a finished replay are never replayed again; a replay cut short is finished by the
 //!   next one with its own positions and id (tables that hold its txn add nothing and the
-//!   warehouse ledger refuses a second commit), before anything new.
+//!   warehouse ledger refuses a second commit), before anything new, and with all of
+//!   them or not at all (`--since` never narrows it).
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -105,17 +106,21 @@ async fn publish_record(lake: &Lake, r: &ReplayRecord, suffix: &str) -> Result<(
     .map_err(|e| e.to_string())
 }
 
-/// Replays `letters` (decode- and transform-stage dead letters of `p`).
+/// Replays `letters` (decode- and transform-stage dead letters of `p`). `since` (µs since
+/// the epoch) narrows the new work to letters that failed at or after it; a replay cut
+/// short is finished with all its positions whenever they failed, so pass every letter.
 pub async fn replay(
     p: &Pipeline,
     lake: &Lake,
     warehouse: Option<&Warehouse>,
     letters: Vec<DeadLetter>,
+    since: Option<i64>,
 ) -> Result<Replayed, String> {
     let name = &p.spec.name;
     let mut out = Replayed::default();
     let (finished, pending) = records(lake, name).await?;
     let done: BTreeSet<Position> = finished.into_iter().flat_map(|r| r.positions).collect();
+    let started: BTreeSet<&Position> = pending.iter().flat_map(|r| &r.positions).collect();
     // one attempt per source position (a DLQ topic may hold a record twice)
     let mut seen = BTreeSet::new();
     let mut todo = Vec::new();
@@ -124,6 +129,10 @@ pub async fn replay(
             continue;
         }
         let pos = (d.topic.clone(), d.partition, d.offset);
+        // `since` narrows what is new, never what a replay cut short has to finish
+        if since.is_some_and(|s| d.failed_at < s) && !started.contains(&pos) {
+            continue;
+        }
         if !seen.insert(pos.clone()) {
             continue;
         }
@@ -162,7 +171,10 @@ async fn write_replay(
 ) -> Result<(), String> {
     let name = &p.spec.name;
     if todo.is_empty() {
-        return Ok(());
+        return match &resume {
+            None => Ok(()),
+            Some(r) => Err(cut_short(name, r, &BTreeSet::new())),
+        };
     }
 
     // decode and transform with the current pipeline
@@ -213,6 +225,14 @@ async fn write_replay(
         .filter(|i| !failed.contains_key(i))
         .map(|i| todo[i].0.clone())
         .collect();
+    // A replay cut short is finished with exactly the positions it started with, or not at
+    // all: its record marks them all done, so one not written now would be lost.
+    if let Some(r) = &resume {
+        let written: BTreeSet<&Position> = positions.iter().collect();
+        if r.positions.iter().any(|pos| !written.contains(pos)) {
+            return Err(cut_short(name, r, &written));
+        }
+    }
     out.succeeded += positions.len();
     if positions.is_empty() {
         return Ok(());
@@ -317,6 +337,27 @@ async fn write_replay(
     Ok(())
 }
 
+/// Why the replay `r`, cut short, cannot be finished now: of its positions, only `written`
+/// would be written.
+fn cut_short(name: &str, r: &ReplayRecord, written: &BTreeSet<&Position>) -> String {
+    let lacking: Vec<String> = r
+        .positions
+        .iter()
+        .filter(|pos| !written.contains(pos))
+        .map(|(t, part, off)| format!("{t}/{part}@{off}"))
+        .collect();
+    format!(
+        "replay {id} of pipeline `{name}` was cut short and cannot be finished: {n} of its \
+         dead letters ({list}{more}) are no longer in the DLQ or fail again with the current \
+         pipeline, and finishing without them would mark them replayed; nothing was written. \
+         Restore them (or a pipeline that passes them) and run the replay again",
+        id = r.replay_id,
+        n = lacking.len(),
+        list = lacking[..lacking.len().min(5)].join(", "),
+        more = if lacking.len() > 5 { ", …" } else { "" },
+    )
+}
+
 /// Dead letters from rows of the DLQ table schema ([`crate::dlq::schema`]).
 pub fn letters_from_batches(batches: &[RecordBatch]) -> Result<Vec<DeadLetter>, String> {
     use arrow::array::{Array, AsArray};
@@ -371,4 +412,73 @@ pub fn letters_from_batches(batches: &[RecordBatch]) -> Result<Vec<DeadLetter>, 
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::run::tests::{PIPELINE, committed_rows, pipeline_from};
+
+    /// A dead letter of `unit` at offset `offset` that decodes now, failed at `failed_at`.
+    fn letter(offset: i64, failed_at: i64) -> DeadLetter {
+        DeadLetter {
+            key: None,
+            value: Some(format!(r#"{{"id": {offset}, "name": "n{offset}"}}"#).into_bytes()),
+            stage: ErrorStage::Decode,
+            message: "was not JSON then".into(),
+            topic: "events".into(),
+            partition: 0,
+            offset,
+            pipeline: "unit".into(),
+            failed_at,
+        }
+    }
+
+    /// A replay of offsets 1 and 2 started and cut short before any sink was written.
+    async fn cut_short_replay(lake: &Lake) {
+        let r = ReplayRecord {
+            pipeline: "unit".into(),
+            replay_id: "0123456789abcdef01234567".into(),
+            positions: vec![("events".into(), 0, 1), ("events".into(), 0, 2)],
+            replayed_at: "2026-12-01T00:00:00.000000Z".into(),
+        };
+        publish_record(lake, &r, PENDING).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn since_never_narrows_a_replay_cut_short() {
+        let dir = tempfile::tempdir().unwrap();
+        let lake = Lake::open(dir.path().to_str().unwrap()).unwrap();
+        let p = pipeline_from(PIPELINE).await;
+        cut_short_replay(&lake).await;
+        // offset 1 failed long before `since`, offset 2 after it; offset 3 is new and old
+        let letters = vec![letter(1, 1_000), letter(2, 9_000), letter(3, 2_000)];
+        let r = replay(&p, &lake, None, letters, Some(5_000)).await.unwrap();
+        assert_eq!(r.succeeded, 2, "{r:?}");
+        assert_eq!(committed_rows(&lake).await.get("people"), Some(&2));
+        let done = replayed_positions(&lake, "unit").await.unwrap();
+        let want: BTreeSet<Position> = [1, 2].map(|o| ("events".into(), 0, o)).into();
+        assert_eq!(
+            done, want,
+            "offset 3 is older than --since and stays in the DLQ"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_replay_cut_short_whose_letters_are_gone_writes_and_marks_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let lake = Lake::open(dir.path().to_str().unwrap()).unwrap();
+        let p = pipeline_from(PIPELINE).await;
+        cut_short_replay(&lake).await;
+        // offset 1 is no longer in the DLQ
+        let e = replay(&p, &lake, None, vec![letter(2, 9_000)], None)
+            .await
+            .unwrap_err();
+        assert!(
+            e.contains("cut short") && e.contains("events/0@1") && !e.contains("events/0@2"),
+            "{e}"
+        );
+        assert!(replayed_positions(&lake, "unit").await.unwrap().is_empty());
+        assert_eq!(committed_rows(&lake).await.get("people"), None);
+    }
 }

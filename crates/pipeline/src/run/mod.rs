@@ -15,7 +15,7 @@ mod publish;
 mod resolver;
 mod segment;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use std::collections::HashMap;
 use std::sync::Arc;

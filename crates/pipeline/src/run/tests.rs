@@ -10,7 +10,7 @@ use ymera_lake::delta;
 use super::*;
 use crate::load::Loaded;
 
-const PIPELINE: &str = r#"
+pub(crate) const PIPELINE: &str = r#"
 name: unit
 source:
   kafka: { brokers: "127.0.0.1:1", topics: [events], group_id: unit }
@@ -56,7 +56,7 @@ async fn pipeline() -> Arc<Pipeline> {
     pipeline_from(PIPELINE).await
 }
 
-async fn pipeline_from(yaml: &str) -> Arc<Pipeline> {
+pub(crate) async fn pipeline_from(yaml: &str) -> Arc<Pipeline> {
     let mut loaded = Loaded {
         file: "unit.yaml".into(),
         spec: None,
@@ -155,7 +155,7 @@ async fn drive_with(
 
 /// Rows committed per table of the pipeline, read back through SQL over the Delta tables;
 /// refuses duplicate ids.
-async fn committed_rows(lake: &Lake) -> HashMap<String, u64> {
+pub(crate) async fn committed_rows(lake: &Lake) -> HashMap<String, u64> {
     let ctx = datafusion::prelude::SessionContext::new();
     let mut rows = HashMap::new();
     for t in ymera_lake::catalog::register_lake_tables(&ctx, lake)
