@@ -41,8 +41,7 @@ pub struct AnomalyStage {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Notify {
     pub topic: Option<String>,
-    /// (url, timeout)
-    pub webhook: Option<(String, std::time::Duration)>,
+    pub webhook: Option<std::sync::Arc<crate::notify::Webhook>>,
 }
 
 impl Notify {

@@ -135,6 +135,32 @@ pub async fn load(
 
 /// Writes a checkpoint (create-only) and removes all but the newest [`KEEP`] of its
 /// partition.
+/// The checkpoint of `tp` at exactly `next`, if there is one (nothing is deleted).
+pub async fn read_at(
+    lake: &Lake,
+    pipeline: &str,
+    tp: &TopicPartition,
+    next: i64,
+) -> Result<Option<Checkpoint>, LakeError> {
+    let path = object(pipeline, tp, next);
+    if !list(lake, pipeline, tp).await?.contains(&next) {
+        return Ok(None);
+    }
+    let bytes = lake.get(&path).await?;
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|e| LakeError::Internal(format!("{path}: {e}")))
+}
+
+/// Replaces the checkpoint at `c.next_offset` with `c` (published files are never
+/// overwritten: it is deleted, then written). A crash between the two leaves the older
+/// checkpoints, from which a restart runs the records since through the stages again.
+pub async fn replace(lake: &Lake, pipeline: &str, c: &Checkpoint) -> Result<(), LakeError> {
+    let tp = (c.topic.clone(), c.partition);
+    lake.delete(&object(pipeline, &tp, c.next_offset)).await?;
+    save(lake, pipeline, c).await
+}
+
 pub async fn save(lake: &Lake, pipeline: &str, c: &Checkpoint) -> Result<(), LakeError> {
     let tp = (c.topic.clone(), c.partition);
     let bytes = serde_json::to_vec(c)

@@ -198,8 +198,12 @@ pub struct AlertsSpec {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookSpec {
-    /// `http://host[:port]/path` (plain HTTP only).
+    /// `http(s)://host[:port]/path`; logs show only its scheme, host and port.
     pub url: String,
+    /// Signs each body: header `X-Ymera-Signature: sha256=<hex HMAC-SHA256 of
+    /// "<X-Ymera-Timestamp>.<body>">` (default: unsigned). Usually `${VAR}`.
+    #[serde(default)]
+    pub secret: Option<ymera_common::Secret>,
     /// How long one attempt may take (default 5s).
     #[serde(
         default = "default_webhook_timeout",

@@ -707,10 +707,16 @@ fn anomaly_stage(
             notify.topic = Some(t.clone());
         }
         if let Some(w) = &al.webhook {
-            if let Err(e) = crate::notify::split_url(&w.url) {
-                loaded.error_at(&format!("{at}.alerts.webhook.url"), e);
+            match crate::notify::check_url(&w.url) {
+                Ok(url) => {
+                    notify.webhook = Some(std::sync::Arc::new(crate::notify::Webhook {
+                        url,
+                        timeout: w.timeout,
+                        secret: w.secret.clone().filter(|s| !s.expose().is_empty()),
+                    }));
+                }
+                Err(e) => loaded.error_at(&format!("{at}.alerts.webhook.url"), e),
             }
-            notify.webhook = Some((w.url.clone(), w.timeout));
         }
         let micros = |d: std::time::Duration| i64::try_from(d.as_micros()).unwrap_or(i64::MAX);
         ymera_anomaly::alerts::AlertRules {

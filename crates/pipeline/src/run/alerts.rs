@@ -1,14 +1,17 @@
-//! Alerts of anomaly stages: sent to their topic and webhook once the segment that opened
-//! them is committed, and remembered so that none is sent twice.
+//! Alerts of anomaly stages: handed to the notifier ([`crate::notify`]) once the segment
+//! that opened them is committed, and remembered once delivered so that none is sent twice.
+//! The publish path never waits for a delivery.
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use tracing::{info, warn};
 use ymera_ingest::kafka::TopicPartition;
 
-use super::Runner;
+use super::{RunError, Runner};
 use crate::chain::ChainState;
 use crate::checkpoint::{self, Notice};
+use crate::notify::{Job, Outcome, Refused, TOPIC_TIMEOUT};
 
 /// One partition's anomaly state in memory, with its alerts to notify.
 #[derive(Debug, Default)]
@@ -20,83 +23,177 @@ pub(super) struct TpState {
     pub(super) pending: Vec<Notice>,
     /// Ids already notified (the newest `checkpoint::NOTIFIED`).
     pub(super) notified: std::collections::VecDeque<String>,
+    /// Ids of pending alerts with the notifier, their outcome not back yet.
+    pub(super) in_flight: HashSet<String>,
+    /// The offset of the last checkpoint this runner saved, and whether an alert was
+    /// notified since.
+    pub(super) saved_at: Option<i64>,
+    pub(super) notified_since_save: bool,
 }
 
 impl Runner {
-    /// Sends the partition's committed, not yet notified alerts to their stage's topic and
-    /// webhook. A failed notice stays pending and is tried again after the next commit.
-    pub(super) async fn notify_pending(&mut self, tp: &TopicPartition) {
+    /// Hands the partition's committed, not yet notified alerts to the notifier, without
+    /// waiting. One the queue cannot take stays pending and is offered again after the
+    /// next commit.
+    pub(super) fn notify_pending(&mut self, tp: &TopicPartition) {
         let name = self.name().to_string();
-        let Some(st) = self.parts.get_mut(tp).map(|p| &mut p.anomaly) else {
+        let (Some(notifier), Some(st)) = (
+            self.notifier.as_mut(),
+            self.parts.get_mut(tp).map(|p| &mut p.anomaly),
+        ) else {
             return;
         };
-        if st.pending.is_empty() {
-            return;
-        }
-        let mut keep = Vec::new();
-        for n in std::mem::take(&mut st.pending) {
-            if st.notified.contains(&n.alert_id) {
+        let chain = &self.chain;
+        // alerts of a stage that is no longer in the pipeline, or already notified, go
+        st.pending.retain(|n| {
+            !st.notified.contains(&n.alert_id)
+                && chain.anomaly_stages().any(|a| a.config.name == n.stage)
+        });
+        for n in &st.pending {
+            if st.in_flight.contains(&n.alert_id) {
                 continue;
             }
-            let Some(stage) = self
-                .chain
-                .anomaly_stages()
-                .find(|a| a.config.name == n.stage)
-            else {
+            let Some(stage) = chain.anomaly_stages().find(|a| a.config.name == n.stage) else {
                 continue;
             };
-            let body = n.body();
-            let mut ok = true;
-            if let (Some(topic), Some(producer)) = (&stage.notify.topic, &self.alert_producer) {
-                let sent = tokio::time::timeout(
-                    Duration::from_secs(30),
-                    producer.send(topic, Some(n.key.as_bytes()), Some(&body), &[]),
-                )
-                .await;
-                if !matches!(sent, Ok(Ok(_))) {
-                    let error = match sent {
-                        Ok(Err(e)) => e.to_string(),
-                        _ => "timed out".to_string(),
-                    };
+            let job = Job {
+                tp: tp.clone(),
+                alert_id: n.alert_id.clone(),
+                key: n.key.clone(),
+                body: n.body(),
+                topic: stage.notify.topic.clone(),
+                webhook: stage.notify.webhook.clone(),
+            };
+            match notifier.offer(job) {
+                Ok(()) => {
+                    st.in_flight.insert(n.alert_id.clone());
+                }
+                Err(why) => {
+                    if why == Refused::Full {
+                        metrics::counter!("ymera_alert_queue_full_total", "pipeline" => name.clone())
+                            .increment(1);
+                    }
                     warn!(
                         pipeline = name,
-                        alert_topic = topic,
                         alert_id = n.alert_id,
-                        error,
-                        "cannot send an alert to its topic; retrying after the next commit"
+                        "the alert delivery queue is {}; the alert stays pending until the next commit",
+                        if why == Refused::Full {
+                            "full"
+                        } else {
+                            "closed"
+                        }
                     );
-                    ok = false;
+                    break;
                 }
-            }
-            if let (true, Some((url, timeout))) = (ok, &stage.notify.webhook)
-                && let Err(error) = crate::notify::post(url, &body, *timeout).await
-            {
-                warn!(
-                    pipeline = name,
-                    alert_id = n.alert_id,
-                    error,
-                    "cannot post an alert to its webhook; retrying after the next commit"
-                );
-                ok = false;
-            }
-            if ok {
-                if !stage.notify.is_empty() {
-                    info!(
-                        pipeline = name,
-                        stage = n.stage,
-                        alert_id = n.alert_id,
-                        key = n.key,
-                        "alert notified"
-                    );
-                }
-                st.notified.push_back(n.alert_id.clone());
-                while st.notified.len() > checkpoint::NOTIFIED {
-                    st.notified.pop_front();
-                }
-            } else {
-                keep.push(n);
             }
         }
-        st.pending = keep;
+    }
+
+    /// Takes the delivery outcomes that came back, without waiting.
+    pub(super) fn take_outcomes(&mut self) {
+        let outcomes = match self.notifier.as_mut() {
+            Some(n) => n.outcomes(),
+            None => return,
+        };
+        self.apply_outcomes(outcomes);
+    }
+
+    /// Marks delivered alerts notified; a failed one stays pending (offered again after the
+    /// next commit). Outcomes of a partition no longer assigned are dropped: its next
+    /// owner notifies from its checkpoint.
+    fn apply_outcomes(&mut self, outcomes: Vec<Outcome>) {
+        let name = self.name().to_string();
+        for o in outcomes {
+            let Some(st) = self.parts.get_mut(&o.tp).map(|p| &mut p.anomaly) else {
+                continue;
+            };
+            st.in_flight.remove(&o.alert_id);
+            if !o.ok {
+                continue;
+            }
+            if let Some(i) = st.pending.iter().position(|n| n.alert_id == o.alert_id) {
+                let n = st.pending.remove(i);
+                info!(
+                    pipeline = name,
+                    stage = n.stage,
+                    alert_id = n.alert_id,
+                    key = n.key,
+                    "alert notified"
+                );
+            }
+            st.notified.push_back(o.alert_id);
+            while st.notified.len() > checkpoint::NOTIFIED {
+                st.notified.pop_front();
+            }
+            st.notified_since_save = true;
+        }
+    }
+
+    /// How long a clean stop waits for deliveries in flight: the slowest target's timeout.
+    fn settle_time(&self) -> Duration {
+        let mut t = Duration::ZERO;
+        for a in self.chain.anomaly_stages() {
+            if a.notify.topic.is_some() {
+                t = t.max(TOPIC_TIMEOUT);
+            }
+            if let Some(h) = &a.notify.webhook {
+                t = t.max(h.timeout);
+            }
+        }
+        t + Duration::from_secs(1)
+    }
+
+    /// At a clean stop (everything published): offers every pending alert, waits for the
+    /// deliveries (up to the slowest target's timeout), stops the notifier, and records
+    /// what was notified in each partition's last checkpoint, so that a restart does not
+    /// notify it again.
+    pub(super) async fn settle_alerts(&mut self) -> Result<(), RunError> {
+        if self.notifier.is_none() {
+            return Ok(());
+        }
+        let tps: Vec<TopicPartition> = self.parts.keys().cloned().collect();
+        for tp in &tps {
+            self.notify_pending(tp);
+        }
+        let deadline = tokio::time::Instant::now() + self.settle_time();
+        if let Some(n) = self.notifier.as_mut() {
+            let outcomes = n.settle(deadline).await;
+            n.close(deadline).await;
+            self.apply_outcomes(outcomes);
+        }
+        self.notifier = None;
+        for tp in &tps {
+            self.record_notified(tp).await?;
+        }
+        Ok(())
+    }
+
+    /// Rewrites the partition's last checkpoint with the alerts notified since it was
+    /// saved (its state unchanged: the checkpoint is read back as written).
+    async fn record_notified(&mut self, tp: &TopicPartition) -> Result<(), RunError> {
+        let name = self.name().to_string();
+        let Some(st) = self.parts.get_mut(tp).map(|p| &mut p.anomaly) else {
+            return Ok(());
+        };
+        let (Some(at), true) = (st.saved_at, st.notified_since_save) else {
+            return Ok(());
+        };
+        let lake_error = |source| RunError::Lake {
+            pipeline: name.clone(),
+            source,
+        };
+        let Some(mut c) = checkpoint::read_at(&self.opts.lake, &name, tp, at)
+            .await
+            .map_err(lake_error)?
+        else {
+            return Ok(());
+        };
+        c.pending.retain(|n| !st.notified.contains(&n.alert_id));
+        c.notified = st.notified.clone();
+        checkpoint::replace(&self.opts.lake, &name, &c)
+            .await
+            .map_err(lake_error)?;
+        st.notified_since_save = false;
+        Ok(())
     }
 }

@@ -178,6 +178,18 @@ pub async fn run(
     } else {
         None
     };
+    let notifier = if chain.anomaly_stages().any(|a| !a.notify.is_empty()) {
+        Some(
+            crate::notify::Notifier::start(&name, alert_producer.clone()).map_err(|message| {
+                RunError::Source {
+                    pipeline: name.clone(),
+                    message,
+                }
+            })?,
+        )
+    } else {
+        None
+    };
     let resolver = Arc::new(SinkResolver {
         lake: opts.lake.clone(),
         warehouse: warehouse.clone(),
@@ -237,6 +249,7 @@ pub async fn run(
         warehouse,
         (held, checkpoints, trouble),
         alert_producer,
+        notifier,
         dlq_producer,
     );
     runner.lead = lead;
@@ -252,6 +265,12 @@ pub async fn run(
         .filter_map(|(tp, p)| Some((tp.clone(), p.next?)))
         .collect();
     let stats = std::mem::take(&mut runner.stats);
+    // deliveries still in flight after an error stop here (their alerts stay pending in
+    // the checkpoints, notified after the restart)
+    if let Some(mut n) = runner.notifier.take() {
+        n.close(tokio::time::Instant::now() + Duration::from_secs(1))
+            .await;
+    }
     // dropping a producer flushes it: not on a runtime thread
     let dlq_producer = runner.dlq_producer.take();
     let alert_producer = runner.alert_producer.take();
@@ -323,6 +342,8 @@ struct Runner {
     /// What the resolver loaded at assignment.
     checkpoints: CheckpointMap,
     alert_producer: Option<Producer>,
+    /// Delivers committed alerts off the publish path (alerts.rs).
+    notifier: Option<crate::notify::Notifier>,
     decoder: JsonDecoder,
     source: Arc<dyn SourceHandle>,
     /// What the resolver found at assignment, per partition.
@@ -352,6 +373,7 @@ impl Runner {
         warehouse: Option<Warehouse>,
         shared: (HeldMap, CheckpointMap, Trouble),
         alert_producer: Option<Producer>,
+        notifier: Option<crate::notify::Notifier>,
         dlq_producer: Option<(String, Producer)>,
     ) -> Runner {
         let lake = opts.lake.clone();
@@ -368,6 +390,7 @@ impl Runner {
             parts: HashMap::new(),
             checkpoints: shared.1,
             alert_producer,
+            notifier,
             source,
             held_shared: shared.0,
             trouble: shared.2,
@@ -428,6 +451,7 @@ impl Runner {
                                     fresh: Vec::new(),
                                     pending: c.pending,
                                     notified: c.notified,
+                                    ..TpState::default()
                                 }
                             } else {
                                 TpState::default()
@@ -439,10 +463,7 @@ impl Runner {
                     }
                     Some(SourceEvent::Idle) | Some(SourceEvent::Stopped) => {
                         self.publish_all().await?;
-                        let tps: Vec<TopicPartition> = self.parts.keys().cloned().collect();
-                        for tp in tps {
-                            self.notify_pending(&tp).await;
-                        }
+                        self.settle_alerts().await?;
                         return Ok(());
                     }
                     Some(SourceEvent::Fatal(message)) => {
@@ -459,6 +480,7 @@ impl Runner {
                     }
                 },
                 _ = tick.tick() => {
+                    self.take_outcomes();
                     self.publish_due().await?;
                     if source.has_assignment() {
                         self.opts.health.set(&self.component, None);

@@ -113,9 +113,10 @@ impl Runner {
         // before this line restores an older state and runs the records since through the
         // stages again, which finds the same alerts pending
         if ours && self.p.has_state() {
+            self.take_outcomes();
             self.save_checkpoint(tp, seg.last + 1).await?;
         }
-        self.notify_pending(tp).await;
+        self.notify_pending(tp);
         let name = self.name().to_string();
         self.stats.last_commit_at = Some(Instant::now());
         if let Some(next) = self.low_water(tp) {
@@ -156,6 +157,10 @@ impl Runner {
                     pipeline: name.clone(),
                     source,
                 })?;
+        }
+        if let Some(st) = self.parts.get_mut(tp).map(|p| &mut p.anomaly) {
+            st.saved_at = Some(next);
+            st.notified_since_save = false;
         }
         Ok(())
     }

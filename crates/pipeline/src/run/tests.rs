@@ -132,6 +132,18 @@ async fn drive_with(
     held: Held,
     events: Vec<SourceEvent>,
 ) -> (Result<(), RunError>, RunStats) {
+    drive_notifying(p, lake, source, held, events, None).await
+}
+
+/// [`drive_with`] with alerts delivered by `notifier`.
+async fn drive_notifying(
+    p: Arc<Pipeline>,
+    lake: &Lake,
+    source: &Arc<Scripted>,
+    held: Held,
+    events: Vec<SourceEvent>,
+    notifier: Option<crate::notify::Notifier>,
+) -> (Result<(), RunError>, RunStats) {
     let shared: (HeldMap, CheckpointMap, Trouble) = Default::default();
     shared.0.lock().unwrap().insert(tp(), held);
     let mut runner = Runner::new(
@@ -142,6 +154,7 @@ async fn drive_with(
         None,
         shared,
         None,
+        notifier,
         None,
     );
     let (tx, mut rx) = mpsc::channel(events.len() + 1);
@@ -463,4 +476,134 @@ async fn a_writer_that_finds_its_offsets_held_leaves_no_anomaly_state() {
         !has_state().await,
         "a writer whose offsets were already held wrote the state at them"
     );
+}
+
+/// [`ANOMALY_PIPELINE`] whose alerts are posted to `url` (2 s a try); a segment per 5 records.
+fn alerting_pipeline(url: &str) -> String {
+    ANOMALY_PIPELINE
+        .replace(
+            "threshold: 0.9 } }",
+            &format!(
+                "threshold: 0.9, warmup_points: 30 }}, alerts: {{ table: alerts, webhook: {{ url: \"{url}\", timeout: 2s }} }} }}"
+            ),
+        )
+        .replace("max_rows: 1000000", "max_rows: 5")
+}
+
+/// Metrics of key `a` at offsets `offsets`, a minute apart: steady, but 1000 at `spike`.
+fn steady_with_spike(
+    epoch: u64,
+    offsets: std::ops::Range<i64>,
+    spike: std::ops::Range<i64>,
+) -> SourceEvent {
+    let records: Vec<Record> = offsets
+        .map(|o| {
+            let v = if spike.contains(&o) {
+                1000.0
+            } else {
+                10.0 + (o % 3) as f64
+            };
+            Record {
+                key: None,
+                value: Some(
+                    format!(
+                        r#"{{"id": {o}, "name": "a", "ts": "2026-01-01T{:02}:{:02}:00Z", "v": {v}}}"#,
+                        o / 60,
+                        o % 60
+                    )
+                    .into_bytes(),
+                ),
+                offset: o,
+                timestamp_ms: None,
+                headers: Vec::new(),
+            }
+        })
+        .collect();
+    chunk_of(epoch, records)
+}
+
+/// 100 records in chunks of 5 (a commit each), a spike at 40..43 that opens one alert.
+async fn alerting_run(lake: &Lake, url: &str) -> (Result<(), RunError>, std::time::Duration) {
+    let p = pipeline_from(&alerting_pipeline(url)).await;
+    let source = Arc::new(Scripted::default());
+    let epoch = source.fence.assign(&[tp()]).await;
+    let mut events = vec![SourceEvent::Assigned(vec![(tp(), None)])];
+    for from in (0..100).step_by(5) {
+        events.push(steady_with_spike(epoch, from..from + 5, 40..43));
+    }
+    events.push(SourceEvent::Stopped);
+    let notifier = crate::notify::Notifier::start("unit", None).unwrap();
+    let started = Instant::now();
+    let (result, _) = drive_notifying(p, lake, &source, nothing(), events, Some(notifier)).await;
+    (result, started.elapsed())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_black_holed_webhook_never_slows_the_commits() {
+    // accepts every connection and never answers
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = listener.accept().await {
+            held.push(s);
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let lake = Lake::open(dir.path().to_str().unwrap()).unwrap();
+    let (result, took) = alerting_run(&lake, &url).await;
+    result.unwrap();
+    // delivered on the publish path, the alert's 2 s timeout would be paid at each of the
+    // 11 commits after it opened (22 s and more); off it, once at the stop (3 s at most)
+    assert!(took < Duration::from_secs(8), "the run took {took:?}");
+    assert_eq!(
+        positions(&lake).await.0,
+        Some(100),
+        "every record committed"
+    );
+    // not delivered: still pending in the last checkpoint, for the next run to deliver
+    let c = crate::checkpoint::read_at(&lake, "unit", &tp(), 100)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(c.pending.len(), 1, "{:?}", c.pending);
+    assert!(c.notified.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_alert_delivered_before_a_clean_stop_is_recorded_as_notified() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let posts = Arc::new(Mutex::new(0));
+    let counted = posts.clone();
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        while let Ok((mut s, _)) = listener.accept().await {
+            let mut buf = vec![0u8; 65536];
+            let mut req = Vec::new();
+            while !String::from_utf8_lossy(&req).contains("alert_id") {
+                match s.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => req.extend_from_slice(&buf[..n]),
+                }
+            }
+            *counted.lock().unwrap() += 1;
+            let _ = s
+                .write_all(b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n")
+                .await;
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let lake = Lake::open(dir.path().to_str().unwrap()).unwrap();
+    let (result, _) = alerting_run(&lake, &url).await;
+    result.unwrap();
+    assert_eq!(*posts.lock().unwrap(), 1);
+    // the alert opened in the middle: its delivery is recorded by the stop at the latest,
+    // in the last checkpoint, so a restart does not post it again
+    let c = crate::checkpoint::read_at(&lake, "unit", &tp(), 100)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(c.pending.is_empty(), "{:?}", c.pending);
+    assert_eq!(c.notified.len(), 1);
 }
