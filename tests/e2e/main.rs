@@ -14,6 +14,7 @@ mod autoscale;
 mod cli;
 mod dlq;
 mod exactly_once;
+mod gaps;
 mod hostile;
 mod interop;
 mod keys;

@@ -730,6 +730,16 @@ pub async fn run(settings: &Settings, paths: &[PathBuf], stop_when_idle: Option<
     };
     match run_pipelines(settings, pipelines, stop_when_idle, true, false).await {
         Ok(results) => {
+            let mut quarantined = 0;
+            for (name, s) in &results {
+                for ((topic, partition), why) in &s.quarantined {
+                    eprintln!(
+                        "error: pipeline {name}: partition {topic}/{partition} was quarantined: {why}. \
+                         To resume it past the gap on purpose: ymera lake accept-gap {name} --topic {topic} --partition {partition}"
+                    );
+                    quarantined += 1;
+                }
+            }
             for (name, s) in results {
                 info!(
                     pipeline = name,
@@ -740,7 +750,11 @@ pub async fn run(settings: &Settings, paths: &[PathBuf], stop_when_idle: Option<
                     "pipeline stopped"
                 );
             }
-            EXIT_OK
+            if quarantined > 0 {
+                EXIT_FAILURE
+            } else {
+                EXIT_OK
+            }
         }
         Err(e) => {
             eprintln!("error: {e}");

@@ -18,7 +18,7 @@ use crate::settings::Settings;
 use crate::{EXIT_CONFIG, EXIT_FAILURE, EXIT_OK};
 
 /// Finds the pipeline by name (or file) among `dir`'s files, checked.
-async fn find(pipeline: &str, dir: &Path) -> Result<Pipeline, u8> {
+pub(crate) async fn find(pipeline: &str, dir: &Path) -> Result<Pipeline, u8> {
     let paths = if Path::new(pipeline).is_file() {
         vec![PathBuf::from(pipeline)]
     } else {

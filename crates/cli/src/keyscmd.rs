@@ -70,7 +70,7 @@ fn audit_key(settings: &Settings) -> Result<Option<AuditKey>, String> {
 
 /// Appends a CLI action to the audit log; a failure is reported, not fatal (the action
 /// is done).
-async fn audit(
+pub(crate) async fn audit(
     wh: &Warehouse,
     action: &str,
     target: &str,

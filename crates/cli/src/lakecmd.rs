@@ -1,4 +1,4 @@
-//! `ymera lake optimize|vacuum|history|migrate`: maintenance of the lake's Delta tables
+//! `ymera lake optimize|vacuum|history|migrate|accept-gap`: maintenance of the lake's Delta tables
 //! (interfaces.md "Lake layout"). The work is in `ymera_lake::maintain`; this resolves table
 //! names and prints.
 
@@ -357,4 +357,168 @@ pub async fn migrate(settings: &Settings, dry_run: bool) -> u8 {
             }
         }
     }
+}
+
+/// `ymera lake accept-gap PIPELINE --topic T --partition P [--to OFFSET]`: moves the
+/// partition's position in every table of the pipeline (and the warehouse's, when it has
+/// warehouse sinks) to `to` (default: the partition's first offset still in the log), on
+/// purpose, past records that are gone; audited. The records in between are never read.
+pub async fn accept_gap(
+    settings: &Settings,
+    pipeline: &str,
+    dir: &std::path::Path,
+    topic: &str,
+    partition: i32,
+    to: Option<i64>,
+) -> u8 {
+    let p = match crate::dlqcmd::find(pipeline, dir).await {
+        Ok(p) => p,
+        Err(code) => return code,
+    };
+    let lake = match open(settings) {
+        Ok(l) => l,
+        Err(code) => return code,
+    };
+    let name = p.spec.name.clone();
+    if !p.spec.source.kafka.topics.iter().any(|t| t == topic) {
+        eprintln!(
+            "error: pipeline {name} does not read topic `{topic}` (it reads {})",
+            p.spec.source.kafka.topics.join(", ")
+        );
+        return EXIT_CONFIG;
+    }
+    let to = match to {
+        Some(to) if to >= 0 => to,
+        Some(to) => {
+            eprintln!("error: --to {to}: an offset is never negative");
+            return EXIT_CONFIG;
+        }
+        None => match low_watermark(&p, topic, partition).await {
+            Ok(low) => low,
+            Err(e) => {
+                eprintln!(
+                    "error: cannot read where {topic}/{partition} starts ({e}); give the offset to resume at with --to"
+                );
+                return EXIT_FAILURE;
+            }
+        },
+    };
+    let wh = match crate::keyscmd::audit_warehouse(settings).await {
+        Ok(wh) => wh,
+        Err(e) => {
+            eprintln!("error: the warehouse (where the audit log is): {e}");
+            return EXIT_FAILURE;
+        }
+    };
+    let target = format!("{name}/{topic}/{partition}");
+    let result = move_positions(&p, &lake, &wh, topic, partition, to).await;
+    let (outcome, detail) = match &result {
+        Ok(moved) => ("ok", serde_json::json!({ "to": to, "moved": moved })),
+        Err(e) => ("error", serde_json::json!({ "to": to, "error": e })),
+    };
+    crate::keyscmd::audit(&wh, "lake.accept_gap", &target, outcome, detail).await;
+    match result {
+        Ok(moved) => {
+            for m in &moved {
+                println!("{m}");
+            }
+            if moved.is_empty() {
+                println!("{target}: every table already resumes at {to}; nothing to move");
+            } else {
+                println!(
+                    "{target} resumes at offset {to} when next assigned (restart the pipeline's replicas that hold it quarantined)"
+                );
+            }
+            EXIT_OK
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            EXIT_FAILURE
+        }
+    }
+}
+
+/// The first offset of `topic`/`partition` still in the log, from the pipeline's brokers.
+async fn low_watermark(
+    p: &ymera_pipeline::validate::Pipeline,
+    topic: &str,
+    partition: i32,
+) -> Result<i64, String> {
+    let brokers = ymera_ingest::embedded::resolve_brokers(&p.spec.source.kafka.brokers)?;
+    let client = p.spec.source.kafka.client.clone();
+    let topic = topic.to_string();
+    tokio::task::spawn_blocking(move || {
+        ymera_ingest::consume::watermarks(
+            &brokers,
+            &client,
+            &topic,
+            partition,
+            Duration::from_secs(10),
+        )
+    })
+    .await
+    .map_err(|e| e.to_string())?
+    .map(|(low, _)| low)
+    .map_err(|e| e.to_string())
+}
+
+/// Moves the partition's position in each table (and the warehouse) that does not resume
+/// at `to` yet; one line per move. Each move is conditional on the position read just
+/// before it, so a writer committing meanwhile makes it fail rather than be overwritten.
+async fn move_positions(
+    p: &ymera_pipeline::validate::Pipeline,
+    lake: &Lake,
+    wh: &ymera_warehouse::Warehouse,
+    topic: &str,
+    partition: i32,
+    to: i64,
+) -> Result<Vec<String>, String> {
+    let name = &p.spec.name;
+    let id = ymera_lake::delta::app_id(name, topic, partition);
+    let mut moved = Vec::new();
+    for table in p.tables() {
+        let now = ymera_lake::delta::positions(lake, &table, std::slice::from_ref(&id))
+            .await
+            .map_err(|e| e.to_string())?
+            .get(&id)
+            .copied();
+        if now == Some(to - 1) {
+            continue;
+        }
+        let from = now.map_or("nothing".to_string(), |last| format!("offset {}", last + 1));
+        let meta = std::collections::HashMap::from([(
+            "ymera.accept_gap".to_string(),
+            serde_json::json!({ "topic": topic, "partition": partition, "from": now.map(|l| l + 1), "to": to }),
+        )]);
+        // no table yet (None): nothing holds a position there
+        if let Some(version) =
+            ymera_lake::delta::move_position(lake, &table, &id, now, to - 1, meta)
+                .await
+                .map_err(|e| e.to_string())?
+        {
+            moved.push(format!(
+                "table {table}: {topic}/{partition} moved from {from} to offset {to} (version {version})"
+            ));
+        }
+    }
+    if !p.warehouse_sinks.is_empty() {
+        let positions = wh.read_positions(name).await.map_err(|e| e.to_string())?;
+        let now = positions.get(&(topic.to_string(), partition)).copied();
+        if let Some(now) = now.filter(|n| *n != to) {
+            let commit = ymera_warehouse::Commit {
+                pipeline: name.clone(),
+                topic: topic.to_string(),
+                partition,
+                first: now,
+                next: to,
+                writes: Vec::new(),
+                on_reject: ymera_warehouse::OnReject::DeadLetter,
+            };
+            wh.commit(&commit).await.map_err(|e| e.to_string())?;
+            moved.push(format!(
+                "warehouse: {topic}/{partition} moved from offset {now} to offset {to}"
+            ));
+        }
+    }
+    Ok(moved)
 }

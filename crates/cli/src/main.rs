@@ -385,6 +385,26 @@ enum LakeAction {
         #[arg(long, value_enum, default_value = "table")]
         format: lakecmd::HistoryFormat,
     },
+    /// Move a quarantined partition's position past records that are gone (retention,
+    /// truncation, a re-created topic), on purpose: in every table of the pipeline and the
+    /// warehouse, each move conditional on the position read, audited as
+    /// `lake.accept_gap`. It takes effect when the partition is next assigned.
+    AcceptGap {
+        /// Pipeline name (or its YAML file).
+        pipeline: String,
+        /// Directory of the pipeline files.
+        #[arg(long, default_value = "pipelines")]
+        pipelines: PathBuf,
+        /// The partition's topic.
+        #[arg(long)]
+        topic: String,
+        /// The partition.
+        #[arg(long)]
+        partition: i32,
+        /// The offset to resume at (default: the first offset still in the log).
+        #[arg(long)]
+        to: Option<i64>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -548,6 +568,16 @@ fn main() -> ExitCode {
                     format,
                 } => lakecmd::history(&settings, &table, limit, format).await,
                 LakeAction::Migrate { dry_run } => lakecmd::migrate(&settings, dry_run).await,
+                LakeAction::AcceptGap {
+                    pipeline,
+                    pipelines,
+                    topic,
+                    partition,
+                    to,
+                } => {
+                    lakecmd::accept_gap(&settings, &pipeline, &pipelines, &topic, partition, to)
+                        .await
+                }
             },
             Command::Warehouse {
                 action: WarehouseAction::Migrate,

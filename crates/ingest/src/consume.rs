@@ -1,5 +1,6 @@
 //! Reading a whole topic outside any consumer group (assign + read to the high
-//! watermark): for `ymera dlq inspect` and for tests.
+//! watermark): for `ymera dlq inspect` and for tests; a partition's watermarks (for
+//! `ymera lake accept-gap`).
 
 use std::time::{Duration, Instant};
 
@@ -12,6 +13,22 @@ use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::kafka::Record;
+
+/// The (low, high) watermarks of one partition: the first offset still in the log and the
+/// next one to be written. Blocking: call from a blocking context.
+pub fn watermarks(
+    brokers: &str,
+    client: &BTreeMap<String, String>,
+    topic: &str,
+    partition: i32,
+    timeout: Duration,
+) -> Result<(i64, i64), KafkaError> {
+    let consumer: BaseConsumer = connection_config(brokers, client)
+        .set("group.id", "ymera-reader")
+        .set("enable.auto.commit", "false")
+        .create()?;
+    consumer.fetch_watermarks(topic, partition, timeout)
+}
 
 /// Every record of `topic` as (partition, record), read from the beginning up to the high
 /// watermark seen at the start. Blocking: call from a blocking context.

@@ -14,7 +14,7 @@
 //! - the pipeline commits an offset only after every sink made everything below it
 //!   durable ([`KafkaSource::commit`]).
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -93,6 +93,13 @@ pub enum SourceEvent {
     Idle,
     /// A stop was requested: every record read before it was sent.
     Stopped,
+    /// This partition cannot be read on without losing or repeating records (its resume
+    /// position is not in the log: retention, truncation, a re-created topic). Nothing more
+    /// is read from it until it is assigned again; the other partitions go on.
+    Quarantined {
+        tp: TopicPartition,
+        reason: String,
+    },
     /// The source cannot go on without losing or repeating records.
     Fatal(String),
 }
@@ -579,6 +586,8 @@ fn poll_loop(
     // next offset to read per partition, as far as this loop knows
     let mut positions: HashMap<TopicPartition, i64> = HashMap::new();
     let mut pending: VecDeque<SourceEvent> = VecDeque::new();
+    // partitions not read on (SourceEvent::Quarantined), until assigned again
+    let mut quarantined: HashSet<TopicPartition> = HashSet::new();
     let mut paused = false;
     // after Stopped/Idle/Fatal: nothing more is read; polling goes on until close()
     let mut draining = false;
@@ -604,7 +613,7 @@ fn poll_loop(
                 let done = if want_pause {
                     consumer.pause(&assignment)
                 } else {
-                    consumer.resume(&assignment)
+                    consumer.resume(&without(&assignment, &quarantined))
                 };
                 if let Err(e) = done {
                     warn!(pipeline = s.pipeline, error = %e, "cannot pause/resume fetching");
@@ -633,6 +642,7 @@ fn poll_loop(
                 Change::Assigned(starts, epoch) => {
                     for (tp, next) in &starts {
                         buffers.remove(tp);
+                        quarantined.remove(tp);
                         epochs.insert(tp.clone(), epoch);
                         match next {
                             Some(n) => positions.insert(tp.clone(), *n),
@@ -647,6 +657,7 @@ fn poll_loop(
                         buffers.remove(tp);
                         epochs.remove(tp);
                         positions.remove(tp);
+                        quarantined.remove(tp);
                     }
                     pending.push_back(SourceEvent::Revoked(tps));
                 }
@@ -663,12 +674,30 @@ fn poll_loop(
                         | Some(RDKafkaErrorCode::AutoOffsetReset)
                 ) && !draining
                 {
-                    // the resume position is not in the log (topic recreated, log truncated):
-                    // reading from anywhere else would lose or repeat records
-                    pending.push_back(SourceEvent::Fatal(format!(
-                        "the resume position is not in the topic any more ({e}); nothing was read from elsewhere"
-                    )));
-                    draining = true;
+                    // a resume position is not in the log (retention, truncation, a topic
+                    // re-created): reading from anywhere else would lose or repeat records,
+                    // so that partition stops and the others go on
+                    let gaps = out_of_range(consumer, &epochs, &positions, &quarantined);
+                    if gaps.is_empty() {
+                        pending.push_back(SourceEvent::Fatal(format!(
+                            "a resume position is not in the topic any more ({e}), and no \
+                             assigned partition's watermarks say which; nothing was read from elsewhere"
+                        )));
+                        draining = true;
+                    }
+                    for (tp, reason) in gaps {
+                        // what was read before the gap is good: it goes on to the sinks
+                        if let Some(b) = buffers.remove(&tp) {
+                            pending.push_back(SourceEvent::Chunk(chunk(tp.clone(), b)));
+                        }
+                        let mut one = TopicPartitionList::new();
+                        one.add_partition(&tp.0, tp.1);
+                        if let Err(e) = consumer.pause(&one) {
+                            warn!(pipeline = s.pipeline, topic = tp.0, partition = tp.1, error = %e, "cannot pause a quarantined partition (its records are dropped)");
+                        }
+                        quarantined.insert(tp.clone());
+                        pending.push_back(SourceEvent::Quarantined { tp, reason });
+                    }
                 } else {
                     warn!(pipeline = s.pipeline, error = %e, "kafka poll error");
                 }
@@ -680,6 +709,9 @@ fn poll_loop(
                 let Some(&epoch) = epochs.get(&tp) else {
                     continue;
                 };
+                if quarantined.contains(&tp) {
+                    continue;
+                }
                 positions.insert(tp.clone(), msg.offset() + 1);
                 let record = Record::from_message(&msg);
                 let size = record.value.as_ref().map_or(0, Vec::len)
@@ -718,7 +750,7 @@ fn poll_loop(
             && last_idle_check.elapsed() >= Duration::from_secs(1)
         {
             last_idle_check = Instant::now();
-            if !epochs.is_empty() && caught_up(consumer, &epochs, &positions) {
+            if !epochs.is_empty() && caught_up(consumer, &epochs, &positions, &quarantined) {
                 info!(
                     pipeline = s.pipeline,
                     "all assigned partitions caught up and idle"
@@ -740,13 +772,64 @@ fn chunk(tp: TopicPartition, b: Buffer) -> Chunk {
     }
 }
 
-/// True when every assigned partition has been read up to its high watermark.
+/// `list` without the partitions in `out`.
+fn without(list: &TopicPartitionList, out: &HashSet<TopicPartition>) -> TopicPartitionList {
+    let mut kept = TopicPartitionList::new();
+    for e in list.elements() {
+        if !out.contains(&(e.topic().to_string(), e.partition())) {
+            kept.add_partition(e.topic(), e.partition());
+        }
+    }
+    kept
+}
+
+/// The assigned partitions (not yet quarantined) whose next offset is outside the log, each
+/// with why: before its start (retention or truncation removed records never read) or past
+/// its end (the topic was re-created, or truncated).
+fn out_of_range(
+    consumer: &BaseConsumer<Ctx>,
+    epochs: &HashMap<TopicPartition, u64>,
+    positions: &HashMap<TopicPartition, i64>,
+    quarantined: &HashSet<TopicPartition>,
+) -> Vec<(TopicPartition, String)> {
+    let mut out = Vec::new();
+    for tp in epochs.keys().filter(|tp| !quarantined.contains(*tp)) {
+        let Some(&pos) = positions.get(tp) else {
+            continue;
+        };
+        let Ok((low, high)) = consumer.fetch_watermarks(&tp.0, tp.1, Duration::from_secs(5)) else {
+            continue;
+        };
+        if pos < low {
+            out.push((
+                tp.clone(),
+                format!(
+                    "its next offset {pos} is before the log start {low}: offsets {pos}..{low} \
+                     were removed (retention or truncation) before they were read"
+                ),
+            ));
+        } else if pos > high {
+            out.push((
+                tp.clone(),
+                format!(
+                    "its next offset {pos} is past the log end {high}: the topic was re-created \
+                     or truncated"
+                ),
+            ));
+        }
+    }
+    out
+}
+
+/// True when every assigned partition (but the quarantined) has been read up to its high
+/// watermark.
 fn caught_up(
     consumer: &BaseConsumer<Ctx>,
     epochs: &HashMap<TopicPartition, u64>,
     positions: &HashMap<TopicPartition, i64>,
+    quarantined: &HashSet<TopicPartition>,
 ) -> bool {
-    for tp in epochs.keys() {
+    for tp in epochs.keys().filter(|tp| !quarantined.contains(*tp)) {
         let Ok((low, high)) = consumer.fetch_watermarks(&tp.0, tp.1, Duration::from_secs(5)) else {
             return false;
         };

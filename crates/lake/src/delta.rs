@@ -294,6 +294,62 @@ pub async fn positions(
     t.positions(table, app_ids).await
 }
 
+/// Moves the position of `app_id` in `table` from `from` (the txn version it must hold now;
+/// `None`: no txn yet) to `to`, forwards or backwards, in a commit of its own with no data:
+/// only the txn, and `metadata` in its commitInfo (`ymera lake accept-gap`). Refuses when
+/// the position is no longer `from` (a writer moved it meanwhile). `Ok(None)` when there is
+/// no table.
+pub async fn move_position(
+    lake: &Lake,
+    table: &str,
+    app_id: &str,
+    from: Option<i64>,
+    to: i64,
+    metadata: HashMap<String, serde_json::Value>,
+) -> Result<Option<u64>> {
+    let ids = [app_id.to_string()];
+    for _ in 0..10 {
+        let Some(mut t) = Followed::load(lake, table).await? else {
+            return Ok(None);
+        };
+        let now = t.positions(table, &ids).await?.get(app_id).copied();
+        if now != from {
+            return Err(LakeError::Invalid(format!(
+                "table `{table}`: the position of `{app_id}` is {}, not {} any more (a writer \
+                 moved it); nothing was changed",
+                now.map_or("none".into(), |v| v.to_string()),
+                from.map_or("none".into(), |v| v.to_string()),
+            )));
+        }
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        let txns = vec![Transaction::new_with_last_update(app_id, to, Some(now_ms))];
+        let operation = DeltaOperation::Write {
+            mode: SaveMode::Append,
+            partition_by: None,
+            predicate: None,
+        };
+        let bytes = CommitData::new(Vec::new(), operation, metadata.clone(), txns)
+            .get_bytes()
+            .map_err(|e| delta_err(table, e))?;
+        let next = t.version + 1;
+        match t
+            .log_store
+            .write_commit_entry(next, CommitOrBytes::LogBytes(bytes), uuid::Uuid::new_v4())
+            .await
+        {
+            Ok(()) => return Ok(Some(next)),
+            // another commit got in first: read again, and check the position again
+            Err(TransactionError::VersionAlreadyExists(_)) => continue,
+            Err(e) => return Err(classify(table, DeltaTableError::Transaction { source: e })),
+        }
+    }
+    Err(LakeError::Delta {
+        table: table.to_string(),
+        message: "too many concurrent commits while moving a position".into(),
+        external: true,
+    })
+}
+
 /// The data files of the table's latest snapshot (paths relative to the table), sorted;
 /// empty when there is no table. Only these are the table: a listing of the directory also
 /// finds files of commits that never happened.

@@ -82,6 +82,8 @@ pub struct RunStats {
     pub skipped_duplicates: u64,
     /// When the last segment was committed (for throughput figures without idle time).
     pub last_commit_at: Option<Instant>,
+    /// Partitions quarantined at the end of the run, with why.
+    pub quarantined: Vec<(TopicPartition, String)>,
 }
 
 /// How to run.
@@ -403,6 +405,47 @@ impl Runner {
         }
     }
 
+    /// Stops on a partition that cannot be read on without losing or repeating records:
+    /// what was read before is published, and readiness and the metric
+    /// `ymera_partition_quarantined` name it until it is assigned again.
+    async fn quarantine(&mut self, tp: TopicPartition, reason: String) -> Result<(), RunError> {
+        let name = self.name().to_string();
+        if self.parts.contains_key(&tp) {
+            self.publish(&tp).await?;
+        }
+        let what = format!(
+            "partition {}/{} quarantined: {reason}. Nothing more is read from it (nothing was \
+             read from elsewhere); the other partitions go on. To resume it past the gap on \
+             purpose: ymera lake accept-gap {name} --topic {} --partition {}",
+            tp.0, tp.1, tp.0, tp.1
+        );
+        error!(pipeline = name, topic = tp.0, partition = tp.1, "{what}");
+        metrics::gauge!("ymera_partition_quarantined", "pipeline" => name.clone(), "topic" => tp.0.clone(), "partition" => tp.1.to_string())
+            .set(1.0);
+        self.opts
+            .health
+            .set(&self.quarantine_component(&tp), Some(what));
+        self.stats.quarantined.retain(|(q, _)| *q != tp);
+        self.stats.quarantined.push((tp, reason));
+        Ok(())
+    }
+
+    /// A partition revoked or assigned again is no longer quarantined by this runner.
+    fn release(&mut self, tp: &TopicPartition) {
+        let before = self.stats.quarantined.len();
+        self.stats.quarantined.retain(|(q, _)| q != tp);
+        if self.stats.quarantined.len() != before {
+            metrics::gauge!("ymera_partition_quarantined", "pipeline" => self.name().to_string(), "topic" => tp.0.clone(), "partition" => tp.1.to_string())
+                .set(0.0);
+            self.opts.health.set(&self.quarantine_component(tp), None);
+        }
+    }
+
+    /// The readiness component of a quarantined partition.
+    fn quarantine_component(&self, tp: &TopicPartition) -> String {
+        format!("{}/{}/{}", self.component, tp.0, tp.1)
+    }
+
     /// Tells the compactor whether this runner owns the lead partition now.
     fn update_lead(&self) {
         if let Some((tp, leader)) = &self.lead {
@@ -431,6 +474,7 @@ impl Runner {
                     Some(SourceEvent::Chunk(chunk)) => self.on_chunk(chunk).await?,
                     Some(SourceEvent::Revoked(tps)) => {
                         for tp in tps {
+                            self.release(&tp);
                             if self.parts.remove(&tp).is_some_and(|p| p.segment.is_some()) {
                                 info!(pipeline = self.name(), topic = tp.0, partition = tp.1, "dropped the unpublished segment of a revoked partition");
                             }
@@ -444,6 +488,7 @@ impl Runner {
                         let shared = self.held_shared.lock().map(|h| h.clone()).unwrap_or_default();
                         let mut loaded = self.checkpoints.lock().map(|mut c| std::mem::take(&mut *c)).unwrap_or_default();
                         for (tp, start) in starts {
+                            self.release(&tp);
                             let anomaly = if self.p.has_state() {
                                 let c = loaded.remove(&tp).flatten().unwrap_or_default();
                                 TpState {
@@ -466,6 +511,7 @@ impl Runner {
                         self.settle_alerts().await?;
                         return Ok(());
                     }
+                    Some(SourceEvent::Quarantined { tp, reason }) => self.quarantine(tp, reason).await?,
                     Some(SourceEvent::Fatal(message)) => {
                         // publish what was read correctly, then stop
                         self.publish_all().await?;
