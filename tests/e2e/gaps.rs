@@ -114,4 +114,64 @@ fn a_partition_whose_position_left_the_log_is_quarantined_and_the_rest_run_on() 
         !status.success(),
         "a run with a quarantined partition exited 0"
     );
+
+    // the operator accepts the gap: partition 0 resumes at the log's start (offset 0 of the
+    // new topic), audited
+    let warehouse = format!("sqlite://{}/w.db", lake.path().display());
+    let out = ymera()
+        .args([
+            "lake",
+            "accept-gap",
+            name,
+            "--topic",
+            &topic,
+            "--partition",
+            "0",
+        ])
+        .arg("--pipelines")
+        .arg(dir.path())
+        .env("YMERA_TEST_BROKERS", &second.bootstrap)
+        .env("YMERA__LAKE__URL", lake.path())
+        .env("YMERA__WAREHOUSE__URL", &warehouse)
+        .env("YMERA__LOG__LEVEL", "warn")
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "accept-gap failed: {said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        said.contains(&format!("table {name}: {topic}/0 moved from offset "))
+            && said.contains("to offset 0"),
+        "{said}"
+    );
+    let audited = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(format!(
+            "import sqlite3; print(sqlite3.connect('{}/w.db').execute(\"SELECT action, target, outcome FROM _ymera_audit\").fetchall())",
+            lake.path().display()
+        ))
+        .output()
+        .unwrap();
+    let audited = String::from_utf8_lossy(&audited.stdout).to_string();
+    assert!(
+        audited.contains(&format!("('lake.accept_gap', '{name}/{topic}/0', 'ok')")),
+        "{audited}"
+    );
+    // new records of partition 0 are read from there
+    let zeros: Vec<i64> = (0..100).filter(|s| placed[s].0 == 0).collect();
+    let fresh: Vec<(Vec<u8>, Vec<u8>)> = (0..5)
+        .map(|i| {
+            (
+                format!("k{}", zeros[i]).into_bytes(),
+                seq_record(2000 + i as i64).1,
+            )
+        })
+        .collect();
+    produce_to(&rt, &second.bootstrap, &topic, &fresh);
+    run_until_idle_on(&second.bootstrap, dir.path(), lake.path());
+    let p0 = seqs_by_partition(&table).remove(&0).unwrap_or_default();
+    assert!((2000..2005).all(|s| p0.contains(&s)), "{p0:?}");
 }

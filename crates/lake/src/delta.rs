@@ -1395,6 +1395,52 @@ pub(crate) mod tests {
     }
 
     #[tokio::test]
+    async fn a_position_moves_on_purpose_only_from_where_it_is() {
+        let (_tmp, lake) = lake();
+        let mut tables = Tables::new(lake.clone());
+        tables.commit(&commit(0, 9)).await.unwrap();
+        let id = app_id("p", "t", 0);
+        let at = || async {
+            positions(&lake, "events", std::slice::from_ref(&id))
+                .await
+                .unwrap()
+                .get(&id)
+                .copied()
+        };
+        // not from a position it does not hold
+        let err = move_position(&lake, "events", &id, Some(4), -1, HashMap::new())
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("not 4 any more"), "{err}");
+        assert_eq!(at().await, Some(9));
+        // backwards (a re-created topic starts at 0 again), data untouched
+        let meta = HashMap::from([("ymera.accept_gap".to_string(), serde_json::json!({"to": 0}))]);
+        assert_eq!(
+            move_position(&lake, "events", &id, Some(9), -1, meta)
+                .await
+                .unwrap(),
+            Some(2)
+        );
+        assert_eq!(at().await, Some(-1));
+        assert_eq!(rows(&lake).await, 10);
+        // and the next commit of the partition starts there
+        assert_eq!(
+            Tables::new(lake.clone())
+                .commit(&commit(0, 4))
+                .await
+                .unwrap(),
+            Committed::Version(3)
+        );
+        assert_eq!(at().await, Some(4));
+        assert_eq!(
+            move_position(&lake, "nothing", &id, None, 0, HashMap::new())
+                .await
+                .unwrap(),
+            None
+        );
+    }
+
+    #[tokio::test]
     async fn a_zombie_that_loses_the_race_drops_its_segment_and_its_files() {
         let (_tmp, lake) = lake();
         let mut zombie = Tables::new(lake.clone());
