@@ -30,5 +30,6 @@ mod sink_groups;
 #[allow(dead_code)] // `watched_paths` is the build script's
 mod source_hash;
 mod support;
+mod transactional;
 mod warehouse;
 mod warehouse_outage;

@@ -829,26 +829,28 @@ fn caught_up(
     positions: &HashMap<TopicPartition, i64>,
     quarantined: &HashSet<TopicPartition>,
 ) -> bool {
+    // librdkafka's position moves past what no record shows: the commit markers of
+    // transactional producers and aborted records (read_committed), so a topic ending in a
+    // marker is caught up at its high watermark
+    let consumed = consumer.position().ok();
     for tp in epochs.keys().filter(|tp| !quarantined.contains(*tp)) {
         let Ok((low, high)) = consumer.fetch_watermarks(&tp.0, tp.1, Duration::from_secs(5)) else {
             return false;
         };
+        let at = consumed
+            .as_ref()
+            .and_then(|l| l.find_partition(&tp.0, tp.1).map(|e| e.offset()))
+            .and_then(|o| match o {
+                Offset::Offset(o) => Some(o),
+                _ => None,
+            });
         // nothing read and no durable position: where the consumer stands (latest/committed
         // starts), else the log start
-        let pos = match positions.get(tp) {
-            Some(p) => *p,
-            None => consumer
-                .position()
-                .ok()
-                .and_then(|l| l.find_partition(&tp.0, tp.1).map(|e| e.offset()))
-                .and_then(|o| {
-                    if let Offset::Offset(o) = o {
-                        Some(o)
-                    } else {
-                        None
-                    }
-                })
-                .unwrap_or(low),
+        let pos = match (positions.get(tp), at) {
+            (Some(p), Some(a)) => (*p).max(a),
+            (Some(p), None) => *p,
+            (None, Some(a)) => a,
+            (None, None) => low,
         };
         if pos < high {
             return false;

@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use arrow::record_batch::RecordBatch;
-use tracing::warn;
+use tracing::debug;
 use ymera_ingest::kafka::{Chunk, Record, TopicPartition};
 use ymera_lake::TableWriter;
 
@@ -113,14 +113,18 @@ impl Runner {
         };
         let fresh = past(expected, chunk.records);
         self.stats.skipped_duplicates += fresh.skipped;
+        // offsets with no record: a transactional producer's commit markers, aborted
+        // records (read_committed), compacted records; normal, so counted, not warned about
         for (e, got) in fresh.gaps {
-            warn!(
+            metrics::counter!("ymera_source_offsets_without_record_total", "pipeline" => name.clone())
+                .increment((got - e).max(0) as u64);
+            debug!(
                 pipeline = name,
                 topic = tp.0,
                 partition = tp.1,
                 expected = e,
                 got,
-                "offset gap in the source partition"
+                "offsets with no record (transaction markers, aborted or compacted records)"
             );
         }
         let records = fresh.kept;
