@@ -40,6 +40,7 @@ use augurs::ets::AutoETS;
 use augurs::mstl::MSTLModel;
 use augurs::mstl::stlrs::{MstlParams, StlParams};
 use serde::{Deserialize, Serialize};
+use ymera_common::float_exact as exact;
 use ymera_common::series::{Series, infer_step, regularize};
 
 use crate::iforest::{IForestDetector, IForestParams};
@@ -1241,90 +1242,6 @@ impl ForestSlot {
 }
 
 // ---------------------------------------------------------------------------------------
-
-/// Exact f64 (de)serialisation for checkpoints. serde_json's default float parser is not
-/// correctly rounded (about one value in ten comes back one ulp off), which would make a
-/// restored detector drift from the original; in human-readable formats a float is written
-/// as the shortest decimal string that round-trips (`"0.1"`, `"NaN"`) and parsed by the
-/// standard library, which rounds correctly. Binary formats get the plain f64. Plain JSON
-/// numbers are accepted on input too.
-mod exact {
-    use serde::de::Error as _;
-    use serde::{Deserialize, Deserializer, Serialize, Serializer};
-
-    pub(super) fn serialize<S: Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
-        if s.is_human_readable() {
-            s.collect_str(&format_args!("{v:?}"))
-        } else {
-            s.serialize_f64(*v)
-        }
-    }
-
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
-        if d.is_human_readable() {
-            #[derive(Deserialize)]
-            #[serde(untagged)]
-            enum Repr {
-                Text(String),
-                Number(f64),
-            }
-            match Repr::deserialize(d)? {
-                Repr::Text(t) => t
-                    .parse()
-                    .map_err(|_| D::Error::custom(format!("`{t}` is not a float"))),
-                Repr::Number(v) => Ok(v),
-            }
-        } else {
-            f64::deserialize(d)
-        }
-    }
-
-    #[derive(Serialize, Deserialize)]
-    #[serde(transparent)]
-    struct Exact(#[serde(with = "self")] f64);
-
-    /// Sequences of f64 (`Vec`, `VecDeque`).
-    pub(super) mod seq {
-        use super::*;
-
-        pub(in super::super) fn serialize<'a, T, S>(v: &'a T, s: S) -> Result<S::Ok, S::Error>
-        where
-            &'a T: IntoIterator<Item = &'a f64>,
-            S: Serializer,
-        {
-            s.collect_seq(v.into_iter().map(|x| Exact(*x)))
-        }
-
-        pub(in super::super) fn deserialize<'de, T, D>(d: D) -> Result<T, D::Error>
-        where
-            T: FromIterator<f64>,
-            D: Deserializer<'de>,
-        {
-            Ok(Vec::<Exact>::deserialize(d)?
-                .into_iter()
-                .map(|e| e.0)
-                .collect())
-        }
-    }
-
-    /// `Option<f64>`.
-    pub(super) mod opt {
-        use super::*;
-
-        pub(in super::super) fn serialize<S: Serializer>(
-            v: &Option<f64>,
-            s: S,
-        ) -> Result<S::Ok, S::Error> {
-            v.map(Exact).serialize(s)
-        }
-
-        pub(in super::super) fn deserialize<'de, D: Deserializer<'de>>(
-            d: D,
-        ) -> Result<Option<f64>, D::Error> {
-            Ok(Option::<Exact>::deserialize(d)?.map(|e| e.0))
-        }
-    }
-}
 
 #[cfg(test)]
 mod validate_tests {

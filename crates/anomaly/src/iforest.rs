@@ -21,6 +21,7 @@ use std::collections::VecDeque;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize, Serializer};
+use ymera_common::float_exact as exact;
 
 /// Euler–Mascheroni constant γ, for the harmonic-number approximation H(i) ≈ ln(i) + γ.
 const EULER_GAMMA: f64 = 0.577_215_664_9;
@@ -741,7 +742,7 @@ pub struct IForestDetector {
     forest: IsolationForest,
     calibration: Calibration,
     /// The last `window + 1` finite values, oldest first.
-    #[serde(serialize_with = "exact::serialize_seq")]
+    #[serde(serialize_with = "exact::seq::serialize")]
     recent: VecDeque<f64>,
     /// Reused by the feature computation, so that scoring does not allocate.
     #[serde(skip)]
@@ -867,8 +868,8 @@ const TAIL_EXPONENT: f64 = 0.411_408_089_932_221;
 struct Calibration {
     /// Training raw scores at quantiles 0, 0.01, …, 0.90 (91 values, non-decreasing).
     #[serde(
-        serialize_with = "exact::serialize_seq",
-        deserialize_with = "exact::deserialize_seq"
+        serialize_with = "exact::seq::serialize",
+        deserialize_with = "exact::seq::deserialize"
     )]
     quantiles: Vec<f64>,
     /// β: mean excess of the training raw scores over their 90th percentile.
@@ -966,7 +967,7 @@ struct DetectorRepr {
     /// Training raw-score distribution for the score mapping.
     calibration: Calibration,
     /// The last `window + 1` values at most, oldest first.
-    #[serde(deserialize_with = "exact::deserialize_seq")]
+    #[serde(deserialize_with = "exact::seq::deserialize")]
     recent: Vec<f64>,
 }
 
@@ -1015,87 +1016,6 @@ impl TryFrom<DetectorRepr> for IForestDetector {
             recent: buffer,
             scratch: Vec::with_capacity(window),
         })
-    }
-}
-
-/// Serde for `f64` as its shortest round-trip decimal string, parsed back by Rust's exact
-/// parser: serde_json's default number parser can be one ulp off (exact parsing is its
-/// `float_roundtrip` feature, which the workspace does not enable), and a stored model must
-/// score exactly like the fitted one. JSON numbers are accepted too.
-mod exact {
-    use std::fmt;
-
-    use serde::{Deserialize, Deserializer, Serialize, Serializer, de};
-
-    pub(super) fn serialize<S: Serializer>(v: &f64, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_str(&Decimal(*v))
-    }
-
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<f64, D::Error> {
-        deserializer.deserialize_any(DecimalVisitor)
-    }
-
-    pub(super) fn serialize_seq<'a, I, S>(values: &'a I, serializer: S) -> Result<S::Ok, S::Error>
-    where
-        &'a I: IntoIterator<Item = &'a f64>,
-        S: Serializer,
-    {
-        serializer.collect_seq(values.into_iter().map(|&v| Item(v)))
-    }
-
-    pub(super) fn deserialize_seq<'de, D: Deserializer<'de>>(
-        deserializer: D,
-    ) -> Result<Vec<f64>, D::Error> {
-        Ok(Vec::<Item>::deserialize(deserializer)?
-            .into_iter()
-            .map(|i| i.0)
-            .collect())
-    }
-
-    #[derive(Serialize, Deserialize)]
-    #[serde(transparent)]
-    struct Item(#[serde(serialize_with = "serialize", deserialize_with = "deserialize")] f64);
-
-    /// Display is shortest and exact but never uses an exponent; LowerExp (also shortest and
-    /// exact) keeps very small and very large values short.
-    struct Decimal(f64);
-
-    impl fmt::Display for Decimal {
-        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            let v = self.0;
-            if v == 0.0 || (1e-5..1e16).contains(&v.abs()) {
-                write!(f, "{v}")
-            } else {
-                write!(f, "{v:e}")
-            }
-        }
-    }
-
-    struct DecimalVisitor;
-
-    impl de::Visitor<'_> for DecimalVisitor {
-        type Value = f64;
-
-        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            f.write_str("a number or a decimal string")
-        }
-
-        fn visit_str<E: de::Error>(self, s: &str) -> Result<f64, E> {
-            s.parse()
-                .map_err(|_| E::invalid_value(de::Unexpected::Str(s), &self))
-        }
-
-        fn visit_f64<E: de::Error>(self, v: f64) -> Result<f64, E> {
-            Ok(v)
-        }
-
-        fn visit_u64<E: de::Error>(self, v: u64) -> Result<f64, E> {
-            Ok(v as f64)
-        }
-
-        fn visit_i64<E: de::Error>(self, v: i64) -> Result<f64, E> {
-            Ok(v as f64)
-        }
     }
 }
 

@@ -359,18 +359,21 @@ pub async fn migrate(settings: &Settings, dry_run: bool) -> u8 {
     }
 }
 
-/// `ymera lake accept-gap PIPELINE --topic T --partition P [--to OFFSET]`: moves the
-/// partition's position in every table of the pipeline (and the warehouse's, when it has
-/// warehouse sinks) to `to` (default: the partition's first offset still in the log), on
-/// purpose, past records that are gone; audited. The records in between are never read.
+/// `ymera lake accept-gap PIPELINE --topic T --partition P [--to OFFSET] [--force]`: moves
+/// the partition's position in every table of the pipeline (and the warehouse's, when it
+/// has warehouse sinks; and its anomaly checkpoint) to `to` (default: the partition's first
+/// offset still in the log), on purpose, past records that are gone; audited. The records
+/// in between are never read. Refused, unless forced, when no position is outside the log
+/// (there is no gap) or `to` is.
 pub async fn accept_gap(
     settings: &Settings,
     pipeline: &str,
     dir: &std::path::Path,
-    topic: &str,
-    partition: i32,
+    target: (&str, i32),
     to: Option<i64>,
+    force: bool,
 ) -> u8 {
+    let (topic, partition) = target;
     let p = match crate::dlqcmd::find(pipeline, dir).await {
         Ok(p) => p,
         Err(code) => return code,
@@ -387,21 +390,13 @@ pub async fn accept_gap(
         );
         return EXIT_CONFIG;
     }
-    let to = match to {
-        Some(to) if to >= 0 => to,
-        Some(to) => {
-            eprintln!("error: --to {to}: an offset is never negative");
+    let log = watermarks(&p, topic, partition).await;
+    let plan = match plan_gap(&p, &lake, (topic, partition), to, log, force).await {
+        Ok(plan) => plan,
+        Err(e) => {
+            eprintln!("error: {e}");
             return EXIT_CONFIG;
         }
-        None => match low_watermark(&p, topic, partition).await {
-            Ok(low) => low,
-            Err(e) => {
-                eprintln!(
-                    "error: cannot read where {topic}/{partition} starts ({e}); give the offset to resume at with --to"
-                );
-                return EXIT_FAILURE;
-            }
-        },
     };
     let wh = match crate::keyscmd::audit_warehouse(settings).await {
         Ok(wh) => wh,
@@ -410,23 +405,27 @@ pub async fn accept_gap(
             return EXIT_FAILURE;
         }
     };
-    let target = format!("{name}/{topic}/{partition}");
-    let result = move_positions(&p, &lake, &wh, topic, partition, to).await;
+    let at = format!("{name}/{topic}/{partition}");
+    let result = move_positions(&p, &lake, &wh, (topic, partition), &plan).await;
     let (outcome, detail) = match &result {
-        Ok(moved) => ("ok", serde_json::json!({ "to": to, "moved": moved })),
-        Err(e) => ("error", serde_json::json!({ "to": to, "error": e })),
+        Ok(moved) => ("ok", serde_json::json!({ "to": plan.to, "moved": moved })),
+        Err(e) => ("error", serde_json::json!({ "to": plan.to, "error": e })),
     };
-    crate::keyscmd::audit(&wh, "lake.accept_gap", &target, outcome, detail).await;
+    crate::keyscmd::audit(&wh, "lake.accept_gap", &at, outcome, detail).await;
     match result {
         Ok(moved) => {
             for m in &moved {
                 println!("{m}");
             }
             if moved.is_empty() {
-                println!("{target}: every table already resumes at {to}; nothing to move");
+                println!(
+                    "{at}: everything already resumes at {}; nothing to move",
+                    plan.to
+                );
             } else {
                 println!(
-                    "{target} resumes at offset {to} when next assigned (restart the pipeline's replicas that hold it quarantined)"
+                    "{at} resumes at offset {} when next assigned (restart the pipeline's replicas that hold it quarantined)",
+                    plan.to
                 );
             }
             EXIT_OK
@@ -438,12 +437,12 @@ pub async fn accept_gap(
     }
 }
 
-/// The first offset of `topic`/`partition` still in the log, from the pipeline's brokers.
-async fn low_watermark(
+/// The (low, high) watermarks of `topic`/`partition`, from the pipeline's brokers.
+async fn watermarks(
     p: &ymera_pipeline::validate::Pipeline,
     topic: &str,
     partition: i32,
-) -> Result<i64, String> {
+) -> Result<(i64, i64), String> {
     let brokers = ymera_ingest::embedded::resolve_brokers(&p.spec.source.kafka.brokers)?;
     let client = p.spec.source.kafka.client.clone();
     let topic = topic.to_string();
@@ -458,31 +457,92 @@ async fn low_watermark(
     })
     .await
     .map_err(|e| e.to_string())?
-    .map(|(low, _)| low)
     .map_err(|e| e.to_string())
 }
 
-/// Moves the partition's position in each table (and the warehouse) that does not resume
-/// at `to` yet; one line per move. Each move is conditional on the position read just
-/// before it, so a writer committing meanwhile makes it fail rather than be overwritten.
-async fn move_positions(
+/// What accept-gap will do: the offset to resume at and each table's position now (the
+/// txn version: the last offset it holds).
+struct GapPlan {
+    to: i64,
+    tables: Vec<(String, Option<i64>)>,
+}
+
+/// Reads every table's position and decides `to`: refused unless some position is outside
+/// the log `log` (a gap) and `to` inside it, or `force`.
+async fn plan_gap(
     p: &ymera_pipeline::validate::Pipeline,
     lake: &Lake,
-    wh: &ymera_warehouse::Warehouse,
-    topic: &str,
-    partition: i32,
-    to: i64,
-) -> Result<Vec<String>, String> {
-    let name = &p.spec.name;
-    let id = ymera_lake::delta::app_id(name, topic, partition);
-    let mut moved = Vec::new();
+    (topic, partition): (&str, i32),
+    to: Option<i64>,
+    log: Result<(i64, i64), String>,
+    force: bool,
+) -> Result<GapPlan, String> {
+    let id = ymera_lake::delta::app_id(&p.spec.name, topic, partition);
+    let mut tables = Vec::new();
     for table in p.tables() {
         let now = ymera_lake::delta::positions(lake, &table, std::slice::from_ref(&id))
             .await
             .map_err(|e| e.to_string())?
             .get(&id)
             .copied();
-        if now == Some(to - 1) {
+        tables.push((table, now));
+    }
+    let (low, high) = match (log, to, force) {
+        (Ok(log), _, _) => log,
+        (Err(e), Some(to), true) => {
+            eprintln!(
+                "warning: cannot read the log of {topic}/{partition} ({e}); moving to {to} as forced"
+            );
+            return Ok(GapPlan { to, tables });
+        }
+        (Err(e), _, _) => {
+            return Err(format!(
+                "cannot read where the log of {topic}/{partition} starts and ends ({e}): \
+                 give the offset to resume at with --to, and --force"
+            ));
+        }
+    };
+    let to = to.unwrap_or(low);
+    if to < 0 {
+        return Err(format!("--to {to}: an offset is never negative"));
+    }
+    if !force && !(low..=high).contains(&to) {
+        return Err(format!(
+            "--to {to} is outside the log of {topic}/{partition} (offsets {low}..{high}); --force moves there anyway"
+        ));
+    }
+    let outside = tables
+        .iter()
+        .filter_map(|(_, last)| *last)
+        .any(|last| last + 1 < low || last + 1 > high);
+    if !force && !outside {
+        return Err(format!(
+            "no table of pipeline {} resumes outside the log of {topic}/{partition} (offsets \
+             {low}..{high}): there is no gap to accept, and moving a live partition would drop \
+             or repeat records (--force moves it anyway)",
+            p.spec.name
+        ));
+    }
+    Ok(GapPlan { to, tables })
+}
+
+/// Moves the partition's position in each table (and the warehouse, and its anomaly
+/// checkpoint) that does not resume at `plan.to` yet; one line per move. Each table's move
+/// is conditional on the position read in the plan, so a writer committing meanwhile makes
+/// it fail rather than be overwritten.
+async fn move_positions(
+    p: &ymera_pipeline::validate::Pipeline,
+    lake: &Lake,
+    wh: &ymera_warehouse::Warehouse,
+    (topic, partition): (&str, i32),
+    plan: &GapPlan,
+) -> Result<Vec<String>, String> {
+    let name = &p.spec.name;
+    let to = plan.to;
+    let id = ymera_lake::delta::app_id(name, topic, partition);
+    let mut moved = Vec::new();
+    for (table, now) in &plan.tables {
+        if *now == Some(to - 1) {
             continue;
         }
         let from = now.map_or("nothing".to_string(), |last| format!("offset {}", last + 1));
@@ -492,12 +552,26 @@ async fn move_positions(
         )]);
         // no table yet (None): nothing holds a position there
         if let Some(version) =
-            ymera_lake::delta::move_position(lake, &table, &id, now, to - 1, meta)
+            ymera_lake::delta::move_position(lake, table, &id, *now, to - 1, meta)
                 .await
                 .map_err(|e| e.to_string())?
         {
             moved.push(format!(
                 "table {table}: {topic}/{partition} moved from {from} to offset {to} (version {version})"
+            ));
+        }
+    }
+    if p.has_state() {
+        // the detectors keep their state across the gap: their newest checkpoint moves to
+        // `to` (the source would otherwise start at the old one, outside the log)
+        let tp = (topic.to_string(), partition);
+        if let Some(old) = ymera_pipeline::checkpoint::move_to(lake, name, &tp, to)
+            .await
+            .map_err(|e| e.to_string())?
+            .filter(|old| *old != to)
+        {
+            moved.push(format!(
+                "anomaly state: {topic}/{partition}'s checkpoint moved from offset {old} to offset {to}"
             ));
         }
     }

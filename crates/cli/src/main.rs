@@ -404,6 +404,10 @@ enum LakeAction {
         /// The offset to resume at (default: the first offset still in the log).
         #[arg(long)]
         to: Option<i64>,
+        /// Move even when no position is outside the log (no gap), or to an offset outside
+        /// it, or without reading the log: records can then be dropped or read twice.
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -574,9 +578,17 @@ fn main() -> ExitCode {
                     topic,
                     partition,
                     to,
+                    force,
                 } => {
-                    lakecmd::accept_gap(&settings, &pipeline, &pipelines, &topic, partition, to)
-                        .await
+                    lakecmd::accept_gap(
+                        &settings,
+                        &pipeline,
+                        &pipelines,
+                        (&topic, partition),
+                        to,
+                        force,
+                    )
+                    .await
                 }
             },
             Command::Warehouse {

@@ -2,6 +2,7 @@
 //! (values whose `Debug` never shows them) and the declared field types of pipeline schemas.
 
 pub mod error;
+pub mod float_exact;
 pub mod health;
 pub mod schema;
 pub mod secret;

@@ -54,22 +54,28 @@ pub fn read_csv(path: &Path) -> Result<Series, SeriesError> {
     parse_csv(&path.display().to_string(), &text)
 }
 
-/// Parses NAB-layout CSV text; `name` prefixes error messages.
+/// Parses NAB-layout CSV text (the `csv` crate: quoting, CRLF, a BOM); `name` prefixes
+/// error messages, with the 1-based line.
 pub fn parse_csv(name: &str, text: &str) -> Result<Series, SeriesError> {
-    let mut lines = text.lines().enumerate();
-    let header = lines
-        .next()
-        .map(|(_, l)| l.trim().trim_start_matches('\u{feff}').to_ascii_lowercase())
-        .unwrap_or_default();
-    let cols: Vec<&str> = header.split(',').map(str::trim).collect();
+    let mut reader = csv::ReaderBuilder::new()
+        .flexible(true)
+        .trim(csv::Trim::All)
+        .from_reader(text.trim_start_matches('\u{feff}').as_bytes());
+    let header: Vec<String> = reader
+        .headers()
+        .map_err(|e| SeriesError(format!("{name}:1: {e}")))?
+        .iter()
+        .map(str::to_ascii_lowercase)
+        .collect();
     let (ti, vi) = match (
-        cols.iter().position(|c| *c == "timestamp"),
-        cols.iter().position(|c| *c == "value"),
+        header.iter().position(|c| c == "timestamp"),
+        header.iter().position(|c| c == "value"),
     ) {
         (Some(t), Some(v)) => (t, v),
         _ => {
             return Err(SeriesError(format!(
-                "{name}:1: expected the header `timestamp,value`, found `{header}`"
+                "{name}:1: expected the header `timestamp,value`, found `{}`",
+                header.join(",")
             )));
         }
     };
@@ -77,28 +83,30 @@ pub fn parse_csv(name: &str, text: &str) -> Result<Series, SeriesError> {
         name: name.to_string(),
         ..Series::default()
     };
-    for (i, line) in lines {
-        let n = i + 1;
-        if line.trim().is_empty() {
+    for record in reader.records() {
+        let record = record.map_err(|e| {
+            let line = e.position().map_or(0, csv::Position::line);
+            SeriesError(format!("{name}:{line}: {e}"))
+        })?;
+        let n = record.position().map_or(0, csv::Position::line);
+        if record.iter().all(str::is_empty) {
             continue;
         }
-        let fields: Vec<&str> = line.split(',').collect();
-        let (Some(t), Some(v)) = (fields.get(ti), fields.get(vi)) else {
+        let (Some(t), Some(v)) = (record.get(ti), record.get(vi)) else {
             return Err(SeriesError(format!(
                 "{name}:{n}: expected {} fields, found {}",
-                cols.len(),
-                fields.len()
+                header.len(),
+                record.len()
             )));
         };
         let t = parse_ts(t).ok_or_else(|| {
             SeriesError(format!(
-                "{name}:{n}: timestamp `{}` is not `YYYY-MM-DD HH:MM:SS`",
-                t.trim()
+                "{name}:{n}: timestamp `{t}` is not `YYYY-MM-DD HH:MM:SS`"
             ))
         })?;
-        let v: f64 = v.trim().parse().map_err(|_| {
-            SeriesError(format!("{name}:{n}: value `{}` is not a number", v.trim()))
-        })?;
+        let v: f64 = v
+            .parse()
+            .map_err(|_| SeriesError(format!("{name}:{n}: value `{v}` is not a number")))?;
         if !v.is_finite() {
             return Err(SeriesError(format!(
                 "{name}:{n}: value {v} is not finite (row index {})",
@@ -343,6 +351,20 @@ mod tests {
         assert!(e.contains("a.csv:2") && e.contains("yesterday"), "{e}");
         let e = parse_csv("a.csv", "ts,v\n").unwrap_err().to_string();
         assert!(e.contains("a.csv:1"), "{e}");
+        // quoted fields, CRLF line ends, a BOM and a blank line are CSV too
+        let s = parse_csv(
+            "a.csv",
+            "\u{feff}\"timestamp\",\"value\"\r\n\"2014-02-14 14:30:00\",\"1.5\"\r\n\r\n2014-02-14 14:35:00,2\r\n",
+        )
+        .unwrap();
+        assert_eq!(s.values, vec![1.5, 2.0]);
+        let e = parse_csv(
+            "a.csv",
+            "timestamp,value\n2014-02-14 14:30:00,1\n2014-02-14 14:35:00\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("a.csv:3: expected 2 fields, found 1"), "{e}");
     }
 
     #[test]

@@ -176,6 +176,16 @@ impl Fence {
         let guard = self.owned.read().await;
         (guard.get(tp) == Some(&epoch)).then_some(guard)
     }
+
+    /// A guard that keeps `tp` owned (under whatever epoch) while held, or None when this
+    /// consumer does not own it.
+    pub async fn hold_owned(
+        &self,
+        tp: &TopicPartition,
+    ) -> Option<RwLockReadGuard<'_, HashMap<TopicPartition, u64>>> {
+        let guard = self.owned.read().await;
+        guard.contains_key(tp).then_some(guard)
+    }
 }
 
 /// Settings of a Kafka source.
@@ -678,7 +688,11 @@ fn poll_loop(
                     // re-created): reading from anywhere else would lose or repeat records,
                     // so that partition stops and the others go on
                     let gaps = out_of_range(consumer, &epochs, &positions, &quarantined);
-                    if gaps.is_empty() {
+                    if gaps.is_empty() && !quarantined.is_empty() {
+                        // librdkafka reports each partition's error on its own, without
+                        // naming it: one already quarantined (or the same one again)
+                        debug!(pipeline = s.pipeline, error = %e, "out-of-range error of a quarantined partition");
+                    } else if gaps.is_empty() {
                         pending.push_back(SourceEvent::Fatal(format!(
                             "a resume position is not in the topic any more ({e}), and no \
                              assigned partition's watermarks say which; nothing was read from elsewhere"

@@ -133,8 +133,6 @@ pub async fn load(
     Ok(None)
 }
 
-/// Writes a checkpoint (create-only) and removes all but the newest [`KEEP`] of its
-/// partition.
 /// The checkpoint of `tp` at exactly `next`, if there is one (nothing is deleted).
 pub async fn read_at(
     lake: &Lake,
@@ -161,6 +159,34 @@ pub async fn replace(lake: &Lake, pipeline: &str, c: &Checkpoint) -> Result<(), 
     save(lake, pipeline, c).await
 }
 
+/// Moves the partition's newest checkpoint to `to` (`ymera lake accept-gap`): the same
+/// state, resumed at `to`; every other checkpoint of the partition is deleted. Returns the
+/// offset it was at (`None`: the partition has no checkpoint).
+pub async fn move_to(
+    lake: &Lake,
+    pipeline: &str,
+    tp: &TopicPartition,
+    to: i64,
+) -> Result<Option<i64>, LakeError> {
+    let all = list(lake, pipeline, tp).await?;
+    let Some(&newest) = all.last() else {
+        return Ok(None);
+    };
+    if newest != to {
+        let Some(mut c) = read_at(lake, pipeline, tp, newest).await? else {
+            return Ok(None);
+        };
+        c.next_offset = to;
+        replace(lake, pipeline, &c).await?;
+    }
+    for n in all.into_iter().filter(|n| *n != to) {
+        lake.delete(&object(pipeline, tp, n)).await?;
+    }
+    Ok(Some(newest))
+}
+
+/// Writes a checkpoint (create-only) and removes all but the newest [`KEEP`] of its
+/// partition.
 pub async fn save(lake: &Lake, pipeline: &str, c: &Checkpoint) -> Result<(), LakeError> {
     let tp = (c.topic.clone(), c.partition);
     let bytes = serde_json::to_vec(c)
@@ -207,5 +233,37 @@ mod tests {
         assert_eq!(c.next_offset, 40);
         assert_eq!(list(&lake, "p", &tp).await.unwrap(), vec![30, 40]);
         assert!(load(&lake, "p", &tp, Some(5)).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_checkpoint_moved_across_a_gap_keeps_its_state_and_is_the_only_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let lake = Lake::open(dir.path().to_str().unwrap()).unwrap();
+        let tp: TopicPartition = ("t".into(), 0);
+        for next in [5, 9] {
+            let c = Checkpoint {
+                topic: "t".into(),
+                partition: 0,
+                next_offset: next,
+                chain: ChainState::default(),
+                pending: Vec::new(),
+                notified: VecDeque::from([format!("alert-{next}")]),
+            };
+            save(&lake, "p", &c).await.unwrap();
+        }
+        assert_eq!(move_to(&lake, "p", &tp, 40).await.unwrap(), Some(9));
+        assert_eq!(list(&lake, "p", &tp).await.unwrap(), vec![40]);
+        let c = read_at(&lake, "p", &tp, 40).await.unwrap().unwrap();
+        assert_eq!(
+            (c.next_offset, c.notified),
+            (40, VecDeque::from(["alert-9".to_string()]))
+        );
+        // backwards too (a re-created topic), and a partition without any
+        assert_eq!(move_to(&lake, "p", &tp, 0).await.unwrap(), Some(40));
+        assert_eq!(list(&lake, "p", &tp).await.unwrap(), vec![0]);
+        assert_eq!(
+            move_to(&lake, "p", &("t".into(), 1), 3).await.unwrap(),
+            None
+        );
     }
 }

@@ -24,7 +24,7 @@ pub const TOPIC_TIMEOUT: Duration = Duration::from_secs(30);
 /// Alerts waiting for delivery, at most (beyond, they stay pending in the runner).
 pub const QUEUE: usize = 1024;
 /// Deliveries in flight at once.
-const CONCURRENT: usize = 8;
+pub const CONCURRENT: usize = 8;
 /// The signature header: `sha256=<hex HMAC-SHA256 of "<timestamp>.<body>">`.
 pub const SIGNATURE_HEADER: &str = "X-Ymera-Signature";
 /// The signing time, Unix seconds, part of what is signed.
@@ -101,6 +101,8 @@ pub fn signature(secret: &Secret, timestamp: u64, body: &[u8]) -> String {
 #[derive(Debug)]
 pub struct Job {
     pub tp: TopicPartition,
+    /// The caller's tag (which assignment of `tp` offered it), given back in the outcome.
+    pub tag: u64,
     pub alert_id: String,
     pub key: String,
     pub body: Vec<u8>,
@@ -112,6 +114,7 @@ pub struct Job {
 #[derive(Debug)]
 pub struct Outcome {
     pub tp: TopicPartition,
+    pub tag: u64,
     pub alert_id: String,
     pub ok: bool,
 }
@@ -220,19 +223,35 @@ async fn work(
     outcomes: mpsc::UnboundedSender<Outcome>,
 ) {
     let mut running = JoinSet::new();
+    // what each delivery is about, so one that panics still has an outcome (a failure)
+    let mut about: std::collections::HashMap<tokio::task::Id, (TopicPartition, u64, String)> =
+        std::collections::HashMap::new();
     let mut open = true;
     while open || !running.is_empty() {
         tokio::select! {
             job = jobs.recv(), if open && running.len() < CONCURRENT => match job {
                 Some(job) => {
-                    running.spawn(deliver(pipeline.clone(), job, producer.clone(), client.clone()));
+                    let what = (job.tp.clone(), job.tag, job.alert_id.clone());
+                    let task = running.spawn(deliver(pipeline.clone(), job, producer.clone(), client.clone()));
+                    about.insert(task.id(), what);
                 }
                 None => open = false,
             },
-            Some(done) = running.join_next(), if !running.is_empty() => {
-                if let Ok(o) = done {
-                    let _ = outcomes.send(o);
-                }
+            Some(done) = running.join_next_with_id(), if !running.is_empty() => {
+                let outcome = match done {
+                    Ok((id, o)) => {
+                        about.remove(&id);
+                        o
+                    }
+                    Err(e) => {
+                        let Some((tp, tag, alert_id)) = about.remove(&e.id()) else {
+                            continue;
+                        };
+                        warn!(pipeline, alert_id, error = %e, "an alert delivery failed inside (a bug); retrying after the next commit");
+                        Outcome { tp, tag, alert_id, ok: false }
+                    }
+                };
+                let _ = outcomes.send(outcome);
             }
         }
     }
@@ -285,6 +304,7 @@ async fn deliver(
     }
     Outcome {
         tp: job.tp,
+        tag: job.tag,
         alert_id: job.alert_id,
         ok,
     }
@@ -419,6 +439,7 @@ mod tests {
     fn job(alert_id: &str, hook: &Arc<Webhook>) -> Job {
         Job {
             tp: ("events".into(), 0),
+            tag: 0,
             alert_id: alert_id.into(),
             key: "k".into(),
             body: br#"{"alert_id":"a"}"#.to_vec(),

@@ -249,12 +249,7 @@ async fn write_replay(
             }
             let r = ReplayRecord {
                 pipeline: name.clone(),
-                replay_id: h
-                    .finalize()
-                    .iter()
-                    .take(12)
-                    .map(|b| format!("{b:02x}"))
-                    .collect(),
+                replay_id: hex::encode(&h.finalize()[..12]),
                 positions,
                 replayed_at: chrono::Utc::now()
                     .to_rfc3339_opts(chrono::SecondsFormat::Micros, true),

@@ -707,12 +707,19 @@ fn anomaly_stage(
             notify.topic = Some(t.clone());
         }
         if let Some(w) = &al.webhook {
+            if w.secret.as_ref().is_some_and(|s| s.expose().is_empty()) {
+                // an unset variable is an error already; one set to "" would turn signing off
+                loaded.error_at(
+                    &format!("{at}.alerts.webhook.secret"),
+                    "the webhook secret is empty (leave `secret` out for unsigned webhooks)",
+                );
+            }
             match crate::notify::check_url(&w.url) {
                 Ok(url) => {
                     notify.webhook = Some(std::sync::Arc::new(crate::notify::Webhook {
                         url,
                         timeout: w.timeout,
-                        secret: w.secret.clone().filter(|s| !s.expose().is_empty()),
+                        secret: w.secret.clone(),
                     }));
                 }
                 Err(e) => loaded.error_at(&format!("{at}.alerts.webhook.url"), e),

@@ -42,14 +42,23 @@ impl WarehouseError {
             | sqlx::Error::Tls(_)
             | sqlx::Error::Protocol(_) => WarehouseError::External(format!("warehouse {url}: {e}")),
             sqlx::Error::Database(db) => {
-                // SQLite busy/locked and PostgreSQL connection/serialization classes are
-                // transient
                 let code = db.code().map(|c| c.to_string()).unwrap_or_default();
-                let transient = matches!(code.as_str(), "5" | "6" | "517" | "262")
-                    || code.starts_with("08")
-                    || code.starts_with("40")
-                    || code.starts_with("53")
-                    || code.starts_with("57P");
+                let transient = if url.starts_with("sqlite:") {
+                    // SQLite's primary code is the low byte of its extended one: busy,
+                    // locked, an I/O error, a full disk
+                    code.parse::<i32>()
+                        .is_ok_and(|c| matches!(c & 0xff, 5 | 6 | 10 | 13))
+                } else {
+                    // PostgreSQL: connection (08), serialization/deadlock (40), resources
+                    // such as a full disk (53), shutdown (57P), a lock wait past
+                    // lock_timeout (55P03), a statement past statement_timeout (57014)
+                    code.starts_with("08")
+                        || code.starts_with("40")
+                        || code.starts_with("53")
+                        || code.starts_with("57P")
+                        || code == "55P03"
+                        || code == "57014"
+                };
                 if transient {
                     WarehouseError::External(format!("warehouse {url}: {db}"))
                 } else {

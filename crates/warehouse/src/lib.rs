@@ -132,9 +132,18 @@ fn quote(name: &str) -> String {
     format!("\"{name}\"")
 }
 
+/// How long a PostgreSQL statement of ours waits for another session's lock before it
+/// fails (transiently: a commit is retried with backoff, a segment never lost).
+pub const PG_LOCK_TIMEOUT: &str = "30s";
+/// How long a PostgreSQL statement of ours may run.
+pub const PG_STATEMENT_TIMEOUT: &str = "10min";
+
 impl Warehouse {
     /// Connects (`sqlite://path`, `sqlite::memory:`, `postgres://...`) and makes sure the
     /// ledger table exists. A SQLite file is created when missing.
+    /// Connects to `url`. PostgreSQL sessions get `lock_timeout` [`PG_LOCK_TIMEOUT`] and
+    /// `statement_timeout` [`PG_STATEMENT_TIMEOUT`] unless the URL sets them
+    /// (`?options=-c%20lock_timeout%3D5s`).
     pub async fn connect(url: &str) -> Result<Warehouse> {
         let shown = redact(url);
         let unreachable = |e: sqlx::Error| {
@@ -168,8 +177,19 @@ impl Warehouse {
             }
             pool
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            // a statement waiting on another session's lock, or running away, fails in
+            // bounded time (retried like any transient error) instead of stalling the
+            // pipeline and its consumer group; the URL's own `options=-c ...` win
+            let defaults: Vec<(&str, &str)> = [
+                ("lock_timeout", PG_LOCK_TIMEOUT),
+                ("statement_timeout", PG_STATEMENT_TIMEOUT),
+            ]
+            .into_iter()
+            .filter(|(k, _)| !url.contains(k))
+            .collect();
             let opts = sqlx::postgres::PgConnectOptions::from_str(url)
                 .map_err(|e| WarehouseError::User(format!("warehouse.url `{shown}`: {e}")))?
+                .options(defaults)
                 .log_slow_statements(log::LevelFilter::Debug, Duration::from_secs(10));
             Pool::Postgres(
                 PgPoolOptions::new()

@@ -19,7 +19,6 @@
 //!
 //! Roles are plain text here: the vocabulary (`agent`, `analyst`, ...) belongs to `serve`.
 
-use std::io::Read;
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
@@ -127,7 +126,7 @@ impl AuditKey {
         use hmac::{Hmac, Mac};
         let mut mac = Hmac::<Sha256>::new_from_slice(&self.0).expect("HMAC takes any key length");
         mac.update(text.as_bytes());
-        format!("{HMAC_PREFIX}{}", hex(&mac.finalize().into_bytes()))
+        format!("{HMAC_PREFIX}{}", hex::encode(mac.finalize().into_bytes()))
     }
 }
 
@@ -146,29 +145,16 @@ pub struct AuditReport {
     pub last: Option<(i64, String)>,
 }
 
-/// Lowercase hex of `bytes`.
-fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        let _ = write!(s, "{b:02x}");
-    }
-    s
-}
-
 /// SHA-256 of `text` as lowercase hex.
 pub fn sha256_hex(text: &str) -> String {
-    hex(&Sha256::digest(text.as_bytes()))
+    hex::encode(Sha256::digest(text.as_bytes()))
 }
 
-/// `n` bytes from the operating system's CSPRNG.
+/// `n` bytes from the operating system's CSPRNG (getrandom(2) and its kin).
 fn random_bytes(n: usize) -> Result<Vec<u8>> {
-    // the warehouse crate has no RNG dependency; /dev/urandom is the kernel's CSPRNG
-    // (what getrandom(2) reads), always present on the Linux and macOS hosts ymera runs on
     let mut buf = vec![0u8; n];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut buf))
-        .map_err(|e| WarehouseError::External(format!("cannot read /dev/urandom: {e}")))?;
+    getrandom::fill(&mut buf)
+        .map_err(|e| WarehouseError::External(format!("the OS random source failed: {e}")))?;
     Ok(buf)
 }
 
@@ -301,8 +287,8 @@ impl Warehouse {
         );
         // a 48-bit id can collide with an existing one: draw again
         for _ in 0..4 {
-            let id = hex(&random_bytes(6)?);
-            let key = format!("{KEY_PREFIX}{id}_{}", hex(&random_bytes(32)?));
+            let id = hex::encode(random_bytes(6)?);
+            let key = format!("{KEY_PREFIX}{id}_{}", hex::encode(random_bytes(32)?));
             let res = on_pool!(self, p => sqlx::query(&sql)
                 .bind(&id)
                 .bind(sha256_hex(&key))

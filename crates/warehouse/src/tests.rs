@@ -668,3 +668,100 @@ async fn sqlite_file_scans_read_what_sqlx_reads() {
         }
     }
 }
+
+/// A commit that waits on another session's lock fails within `lock_timeout`, as an
+/// external (retried) error, and the retry after the lock is gone commits once. Each
+/// session gets ymera's lock and statement timeouts unless the URL sets its own.
+#[tokio::test]
+async fn postgres_a_locked_table_fails_the_commit_in_bounded_time_and_the_retry_commits_once() {
+    let db = postgres("lock").await;
+    migrated(&db).await;
+    let Pool::Postgres(pool) = &db.wh.pool else {
+        unreachable!()
+    };
+    let shown: String = sqlx::query_scalar("SHOW lock_timeout")
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    assert_eq!(shown, PG_LOCK_TIMEOUT);
+    let shown: String = sqlx::query_scalar("SHOW statement_timeout")
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    assert_eq!(shown, "10min");
+    // the same schema through a URL of its own with a short lock_timeout
+    let url = db.wh.url().to_string();
+    assert!(url.contains("search_path"), "{url}");
+    let short = Warehouse::connect(&format!("{url}%20-c%20lock_timeout%3D1s"))
+        .await
+        .unwrap();
+    let Pool::Postgres(short_pool) = &short.pool else {
+        unreachable!()
+    };
+    let shown: String = sqlx::query_scalar("SHOW lock_timeout")
+        .fetch_one(short_pool)
+        .await
+        .unwrap();
+    assert_eq!(shown, "1s");
+    // another session holds the table
+    let mut locker = pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE tasks IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *locker)
+        .await
+        .unwrap();
+    let c = commit(
+        0,
+        2,
+        Mode::Append,
+        vec![tasks(&[("a", "p", None, 0), ("b", "p", None, 1)])],
+    );
+    let started = std::time::Instant::now();
+    let e = short.commit(&c).await.unwrap_err();
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(e.class(), ymera_common::ErrorClass::External, "{e}");
+    assert!(e.to_string().contains("lock"), "{e}");
+    locker.rollback().await.unwrap();
+    short.commit(&c).await.unwrap();
+    assert_eq!(
+        query(&db.wh, "SELECT count(*) AS n FROM tasks").await[3],
+        "| 2 |"
+    );
+    assert_eq!(
+        db.wh.read_positions("p").await.unwrap()[&("t".to_string(), 0)],
+        2
+    );
+}
+
+/// A full SQLite database (a full disk, as SQLite reports it) is an external error: the
+/// runtime pauses and retries it like the lake's.
+#[tokio::test]
+async fn sqlite_a_full_database_is_a_transient_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/full.db", dir.path().display());
+    let mut conn =
+        <sqlx::SqliteConnection as sqlx::Connection>::connect(&format!("{url}?mode=rwc"))
+            .await
+            .unwrap();
+    sqlx::raw_sql("CREATE TABLE t (x TEXT); PRAGMA max_page_count = 8;")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let mut full = None;
+    for _ in 0..1000 {
+        if let Err(e) = sqlx::query("INSERT INTO t VALUES (?)")
+            .bind("x".repeat(4096))
+            .execute(&mut conn)
+            .await
+        {
+            full = Some(e);
+            break;
+        }
+    }
+    let e = WarehouseError::from_sqlx(full.expect("the database never filled up"), &url);
+    assert_eq!(e.class(), ymera_common::ErrorClass::External, "{e}");
+    assert!(e.to_string().contains("full"), "{e}");
+}

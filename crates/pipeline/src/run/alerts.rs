@@ -13,6 +13,10 @@ use crate::chain::ChainState;
 use crate::checkpoint::{self, Notice};
 use crate::notify::{Job, Outcome, Refused, TOPIC_TIMEOUT};
 
+/// The longest a clean stop waits for alert deliveries; those still queued stay pending
+/// in the checkpoint and are delivered after the restart.
+const MAX_SETTLE: Duration = Duration::from_secs(120);
+
 /// One partition's anomaly state in memory, with its alerts to notify.
 #[derive(Debug, Default)]
 pub(super) struct TpState {
@@ -29,6 +33,9 @@ pub(super) struct TpState {
     /// notified since.
     pub(super) saved_at: Option<i64>,
     pub(super) notified_since_save: bool,
+    /// Which assignment of the partition this state belongs to: outcomes of jobs an
+    /// earlier one offered are not this state's.
+    pub(super) generation: u64,
 }
 
 impl Runner {
@@ -58,6 +65,7 @@ impl Runner {
             };
             let job = Job {
                 tp: tp.clone(),
+                tag: st.generation,
                 alert_id: n.alert_id.clone(),
                 key: n.key.clone(),
                 body: n.body(),
@@ -104,7 +112,12 @@ impl Runner {
     fn apply_outcomes(&mut self, outcomes: Vec<Outcome>) {
         let name = self.name().to_string();
         for o in outcomes {
-            let Some(st) = self.parts.get_mut(&o.tp).map(|p| &mut p.anomaly) else {
+            let Some(st) = self
+                .parts
+                .get_mut(&o.tp)
+                .map(|p| &mut p.anomaly)
+                .filter(|st| st.generation == o.tag)
+            else {
                 continue;
             };
             st.in_flight.remove(&o.alert_id);
@@ -129,7 +142,7 @@ impl Runner {
         }
     }
 
-    /// How long a clean stop waits for deliveries in flight: the slowest target's timeout.
+    /// How long one round of deliveries may take: the slowest target's timeout.
     fn settle_time(&self) -> Duration {
         let mut t = Duration::ZERO;
         for a in self.chain.anomaly_stages() {
@@ -140,7 +153,7 @@ impl Runner {
                 t = t.max(h.timeout);
             }
         }
-        t + Duration::from_secs(1)
+        t
     }
 
     /// At a clean stop (everything published): offers every pending alert, waits for the
@@ -155,7 +168,15 @@ impl Runner {
         for tp in &tps {
             self.notify_pending(tp);
         }
-        let deadline = tokio::time::Instant::now() + self.settle_time();
+        // every queued delivery, each round of them taking up to the slowest target's
+        // timeout, but never more than MAX_SETTLE
+        let rounds = self
+            .notifier
+            .as_ref()
+            .map_or(0, |n| n.in_flight().div_ceil(crate::notify::CONCURRENT))
+            as u32;
+        let wait = (self.settle_time() * rounds + Duration::from_secs(1)).min(MAX_SETTLE);
+        let deadline = tokio::time::Instant::now() + wait;
         if let Some(n) = self.notifier.as_mut() {
             let outcomes = n.settle(deadline).await;
             n.close(deadline).await;
@@ -169,9 +190,14 @@ impl Runner {
     }
 
     /// Rewrites the partition's last checkpoint with the alerts notified since it was
-    /// saved (its state unchanged: the checkpoint is read back as written).
+    /// saved (its state unchanged: the checkpoint is read back as written), while this
+    /// consumer still owns the partition (a new owner may be reading its checkpoints).
     async fn record_notified(&mut self, tp: &TopicPartition) -> Result<(), RunError> {
         let name = self.name().to_string();
+        let fence = self.source.fence();
+        let Some(_owned) = fence.hold_owned(tp).await else {
+            return Ok(());
+        };
         let Some(st) = self.parts.get_mut(tp).map(|p| &mut p.anomaly) else {
             return Ok(());
         };

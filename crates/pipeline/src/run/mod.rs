@@ -346,6 +346,8 @@ struct Runner {
     alert_producer: Option<Producer>,
     /// Delivers committed alerts off the publish path (alerts.rs).
     notifier: Option<crate::notify::Notifier>,
+    /// Assignments handled so far (each partition's state is tagged with its own).
+    assignments: u64,
     decoder: JsonDecoder,
     source: Arc<dyn SourceHandle>,
     /// What the resolver found at assignment, per partition.
@@ -393,6 +395,7 @@ impl Runner {
             checkpoints: shared.1,
             alert_producer,
             notifier,
+            assignments: 0,
             source,
             held_shared: shared.0,
             trouble: shared.2,
@@ -484,18 +487,31 @@ impl Runner {
                     Some(SourceEvent::Assigned(starts)) => {
                         // positions now come from the log: so must the next commits' view
                         self.tables.forget_all();
+                        self.assignments += 1;
                         // the runner continues each partition from where its sinks say
                         let shared = self.held_shared.lock().map(|h| h.clone()).unwrap_or_default();
-                        let mut loaded = self.checkpoints.lock().map(|mut c| std::mem::take(&mut *c)).unwrap_or_default();
                         for (tp, start) in starts {
                             self.release(&tp);
                             let anomaly = if self.p.has_state() {
-                                let c = loaded.remove(&tp).flatten().unwrap_or_default();
+                                // the checkpoint this assignment's resolution chose (not a
+                                // later one's: they queue per partition)
+                                let chosen = self.checkpoints.lock().ok().and_then(|mut q| {
+                                    let front = q.get_mut(&tp).and_then(|q| q.pop_front()).flatten();
+                                    if q.get(&tp).is_some_and(|q| q.is_empty()) {
+                                        q.remove(&tp);
+                                    }
+                                    front
+                                });
+                                let saved_at = chosen.as_ref().map(|c| c.next_offset);
+                                let c = chosen.unwrap_or_default();
                                 TpState {
                                     chain: c.chain,
                                     fresh: Vec::new(),
                                     pending: c.pending,
                                     notified: c.notified,
+                                    // delivered alerts are recorded in it at a clean stop
+                                    saved_at,
+                                    generation: self.assignments,
                                     ..TpState::default()
                                 }
                             } else {

@@ -63,7 +63,11 @@ pub(super) type Trouble = Arc<std::sync::Mutex<Option<String>>>;
 
 /// The anomaly-state checkpoint the resolver chose per assigned partition (`None`: start
 /// from fresh detectors).
-pub(super) type CheckpointMap = Arc<std::sync::Mutex<HashMap<TopicPartition, Option<Checkpoint>>>>;
+/// The checkpoints each assignment's resolution chose, per partition, in the order of the
+/// assignments: the runner takes the front one when it handles that assignment, so
+/// assignments queued behind each other never take (or drop) each other's state.
+pub(super) type CheckpointMap =
+    Arc<std::sync::Mutex<HashMap<TopicPartition, std::collections::VecDeque<Option<Checkpoint>>>>>;
 
 /// Resolves where each assigned partition resumes: each sink group's recorded position,
 /// and the source starts at the lowest (interfaces.md).
@@ -176,10 +180,13 @@ impl SinkResolver {
                 chosen.insert(tp.clone(), c);
                 out.insert(tp, resume);
             }
-            self.checkpoints
+            let mut queued = self
+                .checkpoints
                 .lock()
-                .map_err(|_| "internal: poisoned lock".to_string())?
-                .extend(chosen);
+                .map_err(|_| "internal: poisoned lock".to_string())?;
+            for (tp, c) in chosen {
+                queued.entry(tp).or_default().push_back(c);
+            }
             Ok(out)
         })
     }

@@ -132,20 +132,24 @@ async fn drive_with(
     held: Held,
     events: Vec<SourceEvent>,
 ) -> (Result<(), RunError>, RunStats) {
-    drive_notifying(p, lake, source, held, events, None).await
+    drive_notifying(p, lake, source, (held, None), events, None).await
 }
 
-/// [`drive_with`] with alerts delivered by `notifier`.
+/// [`drive_with`] with alerts delivered by `notifier`, and the anomaly checkpoint the
+/// resolution of the first assignment chose.
 async fn drive_notifying(
     p: Arc<Pipeline>,
     lake: &Lake,
     source: &Arc<Scripted>,
-    held: Held,
+    (held, restored): (Held, Option<crate::checkpoint::Checkpoint>),
     events: Vec<SourceEvent>,
     notifier: Option<crate::notify::Notifier>,
 ) -> (Result<(), RunError>, RunStats) {
     let shared: (HeldMap, CheckpointMap, Trouble) = Default::default();
     shared.0.lock().unwrap().insert(tp(), held);
+    if p.has_state() {
+        shared.1.lock().unwrap().insert(tp(), [restored].into());
+    }
     let mut runner = Runner::new(
         p.clone(),
         p.chain(),
@@ -522,62 +526,66 @@ fn steady_with_spike(
     chunk_of(epoch, records)
 }
 
-/// 100 records in chunks of 5 (a commit each), a spike at 40..43 that opens one alert.
-async fn alerting_run(lake: &Lake, url: &str) -> (Result<(), RunError>, std::time::Duration) {
+/// 100 records in chunks of 5 (a commit each), a spike at `spike` that opens one alert.
+async fn alerting_run(
+    lake: &Lake,
+    url: &str,
+    spike: std::ops::Range<i64>,
+) -> (Result<(), RunError>, std::time::Duration) {
     let p = pipeline_from(&alerting_pipeline(url)).await;
     let source = Arc::new(Scripted::default());
     let epoch = source.fence.assign(&[tp()]).await;
     let mut events = vec![SourceEvent::Assigned(vec![(tp(), None)])];
     for from in (0..100).step_by(5) {
-        events.push(steady_with_spike(epoch, from..from + 5, 40..43));
+        events.push(steady_with_spike(epoch, from..from + 5, spike.clone()));
     }
     events.push(SourceEvent::Stopped);
     let notifier = crate::notify::Notifier::start("unit", None).unwrap();
     let started = Instant::now();
-    let (result, _) = drive_notifying(p, lake, &source, nothing(), events, Some(notifier)).await;
+    let (result, _) =
+        drive_notifying(p, lake, &source, (nothing(), None), events, Some(notifier)).await;
     (result, started.elapsed())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_black_holed_webhook_never_slows_the_commits() {
-    // accepts every connection and never answers
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/hook", listener.local_addr().unwrap());
-    tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((s, _)) = listener.accept().await {
-            held.push(s);
-        }
-    });
-    let dir = tempfile::tempdir().unwrap();
-    let lake = Lake::open(dir.path().to_str().unwrap()).unwrap();
-    let (result, took) = alerting_run(&lake, &url).await;
+/// A run after [`alerting_run`] with nothing new to read: the partition resumes at 100 from
+/// its checkpoint there, and stops.
+async fn idle_rerun(lake: &Lake, url: &str) {
+    let p = pipeline_from(&alerting_pipeline(url)).await;
+    let source = Arc::new(Scripted::default());
+    source.fence.assign(&[tp()]).await;
+    let restored = crate::checkpoint::load(lake, "unit", &tp(), Some(100))
+        .await
+        .unwrap();
+    assert_eq!(restored.as_ref().map(|c| c.next_offset), Some(100));
+    let events = vec![
+        SourceEvent::Assigned(vec![(tp(), Some(100))]),
+        SourceEvent::Stopped,
+    ];
+    let notifier = crate::notify::Notifier::start("unit", None).unwrap();
+    // the sinks (people, alerts, the DLQ) hold everything before 100
+    let held = Held(vec![Some(100); 3]);
+    let (result, _) =
+        drive_notifying(p, lake, &source, (held, restored), events, Some(notifier)).await;
     result.unwrap();
-    // delivered on the publish path, the alert's 2 s timeout would be paid at each of the
-    // 11 commits after it opened (22 s and more); off it, once at the stop (3 s at most)
-    assert!(took < Duration::from_secs(8), "the run took {took:?}");
-    assert_eq!(
-        positions(&lake).await.0,
-        Some(100),
-        "every record committed"
-    );
-    // not delivered: still pending in the last checkpoint, for the next run to deliver
-    let c = crate::checkpoint::read_at(&lake, "unit", &tp(), 100)
+}
+
+/// The checkpoint at 100: (pending alerts, notified alerts).
+async fn alerts_at_100(lake: &Lake) -> (usize, usize) {
+    let c = crate::checkpoint::read_at(lake, "unit", &tp(), 100)
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(c.pending.len(), 1, "{:?}", c.pending);
-    assert!(c.notified.is_empty());
+    (c.pending.len(), c.notified.len())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_alert_delivered_before_a_clean_stop_is_recorded_as_notified() {
+/// A webhook receiver on a free port answering 204; its URL and the number of posts.
+async fn counting_webhook() -> (String, Arc<Mutex<usize>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/hook", listener.local_addr().unwrap());
     let posts = Arc::new(Mutex::new(0));
     let counted = posts.clone();
     tokio::spawn(async move {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
         while let Ok((mut s, _)) = listener.accept().await {
             let mut buf = vec![0u8; 65536];
             let mut req = Vec::new();
@@ -593,17 +601,68 @@ async fn an_alert_delivered_before_a_clean_stop_is_recorded_as_notified() {
                 .await;
         }
     });
+    (url, posts)
+}
+
+/// A webhook that accepts every connection and never answers; its URL.
+async fn black_hole() -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = listener.accept().await {
+            held.push(s);
+        }
+    });
+    url
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_black_holed_webhook_never_slows_the_commits() {
+    let url = black_hole().await;
     let dir = tempfile::tempdir().unwrap();
     let lake = Lake::open(dir.path().to_str().unwrap()).unwrap();
-    let (result, _) = alerting_run(&lake, &url).await;
+    let (result, took) = alerting_run(&lake, &url, 40..43).await;
+    result.unwrap();
+    // delivered on the publish path, the alert's 2 s timeout would be paid at each of the
+    // 11 commits after it opened (22 s and more); off it, once at the stop (3 s at most)
+    assert!(took < Duration::from_secs(8), "the run took {took:?}");
+    assert_eq!(
+        positions(&lake).await.0,
+        Some(100),
+        "every record committed"
+    );
+    // not delivered: still pending in the last checkpoint, for the next run to deliver
+    assert_eq!(alerts_at_100(&lake).await, (1, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_alert_delivered_at_a_clean_stop_is_not_sent_again() {
+    let (url, posts) = counting_webhook().await;
+    let dir = tempfile::tempdir().unwrap();
+    let lake = Lake::open(dir.path().to_str().unwrap()).unwrap();
+    // the spike is in the last segment: its checkpoint is written before the delivery,
+    // so only the stop records it
+    let (result, _) = alerting_run(&lake, &url, 95..98).await;
     result.unwrap();
     assert_eq!(*posts.lock().unwrap(), 1);
-    // the alert opened in the middle: its delivery is recorded by the stop at the latest,
-    // in the last checkpoint, so a restart does not post it again
-    let c = crate::checkpoint::read_at(&lake, "unit", &tp(), 100)
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(c.pending.is_empty(), "{:?}", c.pending);
-    assert_eq!(c.notified.len(), 1);
+    assert_eq!(alerts_at_100(&lake).await, (0, 1));
+    idle_rerun(&lake, &url).await;
+    assert_eq!(*posts.lock().unwrap(), 1, "sent again after a restart");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_alert_left_pending_is_delivered_by_the_next_run_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let lake = Lake::open(dir.path().to_str().unwrap()).unwrap();
+    let (result, _) = alerting_run(&lake, &black_hole().await, 40..43).await;
+    result.unwrap();
+    assert_eq!(alerts_at_100(&lake).await, (1, 0));
+    // the next runs read nothing new: the first delivers it and records that it did
+    let (url, posts) = counting_webhook().await;
+    idle_rerun(&lake, &url).await;
+    assert_eq!(*posts.lock().unwrap(), 1);
+    assert_eq!(alerts_at_100(&lake).await, (0, 1));
+    idle_rerun(&lake, &url).await;
+    assert_eq!(*posts.lock().unwrap(), 1, "sent again by a later run");
 }
