@@ -19,6 +19,7 @@ mod hostile;
 mod interop;
 mod keys;
 mod maintenance;
+mod memory;
 mod models;
 mod operability;
 mod poison;

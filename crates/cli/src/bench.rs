@@ -249,6 +249,7 @@ async fn end_to_end(brokers: &str, events: &[Vec<u8>]) -> Result<(), String> {
         progress: Default::default(),
         input_rate: None,
         compaction: None,
+        memory: None,
     };
     let t = Instant::now();
     let stats = ymera_pipeline::run::run(std::sync::Arc::new(p), resolved, opts)

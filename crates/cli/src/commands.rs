@@ -669,6 +669,9 @@ pub async fn run_pipelines(
     let input_rate = (serve_health && !flush.is_zero()).then(|| {
         ymera_pipeline::rate::InputRate::new(ymera_pipeline::rate::InputRate::member_name())
     });
+    let memory = Arc::new(ymera_pipeline::run::MemoryBudget::new(
+        settings.run.memory_limit.0,
+    ));
     let mut tasks = tokio::task::JoinSet::new();
     for p in pipelines {
         let brokers = embedded::resolve_brokers(&p.spec.source.kafka.brokers)?;
@@ -681,6 +684,7 @@ pub async fn run_pipelines(
             progress: progress.clone(),
             input_rate: input_rate.clone(),
             compaction: settings.lake.optimize.compaction(),
+            memory: Some(memory.clone()),
         };
         let name = p.spec.name.clone();
         let p = Arc::new(p);

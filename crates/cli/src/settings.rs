@@ -286,6 +286,10 @@ pub struct RunSettings {
     /// is at most this old; one file per replica per flush; `0s`: not recorded).
     #[serde(with = "ymera_common::units::duration")]
     pub input_rate_flush: std::time::Duration,
+    /// What the process's pipelines may hold in memory together (default 1GiB): open
+    /// segments of every sink and librdkafka's prefetch. Past it the largest open segments
+    /// are published early, whatever their rolling settings say.
+    pub memory_limit: ymera_common::ByteSize,
 }
 
 impl Default for RunSettings {
@@ -293,6 +297,7 @@ impl Default for RunSettings {
         RunSettings {
             listen: "127.0.0.1:9464".into(),
             input_rate_flush: std::time::Duration::from_secs(60),
+            memory_limit: ymera_common::ByteSize(1024 * 1024 * 1024),
         }
     }
 }

@@ -201,6 +201,10 @@ pub struct SourceSettings {
     pub max_records: usize,
     pub max_bytes: usize,
     pub max_wait: Duration,
+    /// The most record bytes the poll loop buffers over all partitions before it hands
+    /// them on (and, the runner being busy, pauses fetching): `usize::MAX` for no bound
+    /// beyond `max_bytes` per partition.
+    pub max_buffered: usize,
     /// Report [`SourceEvent::Idle`] after this long with nothing new.
     pub stop_when_idle: Option<Duration>,
     /// Where the statistics callback leaves each owned partition's high watermark and lag
@@ -742,6 +746,15 @@ fn poll_loop(
                     && let Some(b) = buffers.remove(&tp)
                 {
                     pending.push_back(SourceEvent::Chunk(chunk(tp, b)));
+                }
+                // over the memory budget's share: everything buffered goes on now, and
+                // fetching pauses until the runner has taken it
+                if s.max_buffered != usize::MAX
+                    && buffers.values().map(|b| b.bytes).sum::<usize>() >= s.max_buffered
+                {
+                    for (tp, b) in buffers.drain() {
+                        pending.push_back(SourceEvent::Chunk(chunk(tp, b)));
+                    }
                 }
             }
         }

@@ -119,6 +119,15 @@ impl TableWriter {
         self.rows
     }
 
+    /// What the writer holds in memory: the encoded file so far (its buffer's capacity)
+    /// and the open row group's buffers, encoded and not (parquet's estimate).
+    pub fn memory(&self) -> u64 {
+        self.writers
+            .values()
+            .map(|f| (f.writer.inner().capacity() + f.writer.memory_size()) as u64)
+            .sum()
+    }
+
     /// Encoded bytes so far, including what is buffered in open row groups.
     pub fn bytes(&self) -> u64 {
         self.writers

@@ -102,6 +102,54 @@ pub struct RunOptions {
     pub input_rate: Option<Arc<crate::rate::InputRate>>,
     /// Background compaction of the pipeline's tables (`None`: off).
     pub compaction: Option<Compaction>,
+    /// The process's memory budget, shared by its pipelines (`None`: none).
+    pub memory: Option<Arc<MemoryBudget>>,
+}
+
+/// One budget per process (`run.memory_limit`) over what its pipelines hold in memory:
+/// open segments (the encoded files and the row groups being built, of every sink, the
+/// DLQ table included) and, through librdkafka's `queued.max.messages.kbytes`, fetched
+/// records. A runner whose commit would take the total past the limit publishes its
+/// largest open segments early, so memory stays near the limit however many partitions
+/// and sinks there are; fetching pauses meanwhile, since the runner does not read.
+#[derive(Debug)]
+pub struct MemoryBudget {
+    limit: u64,
+    held: std::sync::atomic::AtomicU64,
+}
+
+impl MemoryBudget {
+    pub fn new(limit: u64) -> MemoryBudget {
+        MemoryBudget {
+            limit,
+            held: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    pub fn limit(&self) -> u64 {
+        self.limit
+    }
+
+    /// Open segments' bytes over every pipeline of the process.
+    pub fn held(&self) -> u64 {
+        self.held.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Moves one runner's share from `was` to `now`.
+    fn update(&self, was: u64, now: u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        if now >= was {
+            self.held.fetch_add(now - was, Relaxed);
+        } else {
+            self.held.fetch_sub(was - now, Relaxed);
+        }
+    }
+
+    /// librdkafka's prefetch queue per partition (`queued.max.messages.kbytes`) under
+    /// this budget: a sixty-fourth of it, between 1 MiB and librdkafka's default 64 MiB.
+    pub fn fetch_queue_kbytes(&self) -> u64 {
+        (self.limit / 1024 / 64).clamp(1024, 65_536)
+    }
 }
 
 /// Running totals, readable while pipelines run.
@@ -149,10 +197,25 @@ pub async fn run(
             Start::Latest => StartFrom::Latest,
             Start::Committed => StartFrom::Committed,
         },
-        client: src.kafka.client.clone(),
+        client: {
+            let mut client = src.kafka.client.clone();
+            if let Some(m) = &opts.memory {
+                // what librdkafka prefetches per partition, under the budget (the
+                // pipeline's own `client` setting wins)
+                client
+                    .entry("queued.max.messages.kbytes".into())
+                    .or_insert_with(|| m.fetch_queue_kbytes().to_string());
+            }
+            client
+        },
         max_records: p.spec.batch.max_records,
         max_bytes: p.spec.batch.max_bytes.0 as usize,
         max_wait: p.spec.batch.max_wait,
+        // an eighth of the budget for records read and not yet taken by the runner
+        max_buffered: opts
+            .memory
+            .as_ref()
+            .map_or(usize::MAX, |m| (m.limit() / 8).max(1 << 20) as usize),
         stop_when_idle: opts.stop_when_idle,
         probe: opts.input_rate.as_ref().map(|r| r.register(&name)),
     };
@@ -256,6 +319,11 @@ pub async fn run(
     );
     runner.lead = lead;
     let result = runner.drive(&mut events).await;
+    // what this runner still holds is dropped with it
+    if let Some(m) = &runner.opts.memory {
+        m.update(runner.held_bytes, 0);
+        runner.held_bytes = 0;
+    }
     if let Err(e) = &result {
         error!(pipeline = name, error = %e, "pipeline stopped");
         opts.health.set(&component, Some(e.to_string()));
@@ -348,6 +416,8 @@ struct Runner {
     notifier: Option<crate::notify::Notifier>,
     /// Assignments handled so far (each partition's state is tagged with its own).
     assignments: u64,
+    /// This runner's share of the process's memory budget last reported to it.
+    held_bytes: u64,
     decoder: JsonDecoder,
     source: Arc<dyn SourceHandle>,
     /// What the resolver found at assignment, per partition.
@@ -396,6 +466,7 @@ impl Runner {
             alert_producer,
             notifier,
             assignments: 0,
+            held_bytes: 0,
             source,
             held_shared: shared.0,
             trouble: shared.2,
@@ -544,6 +615,7 @@ impl Runner {
                 _ = tick.tick() => {
                     self.take_outcomes();
                     self.publish_due().await?;
+                    self.keep_to_budget().await?;
                     if source.has_assignment() {
                         self.opts.health.set(&self.component, None);
                     } else if !stopping {

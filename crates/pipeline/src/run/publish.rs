@@ -30,6 +30,51 @@ impl Runner {
         Ok(())
     }
 
+    /// An open segment's memory: its sinks' encoded files and row groups being built, and
+    /// its warehouse rows.
+    fn segment_bytes(&self, tp: &TopicPartition) -> u64 {
+        self.segment(tp).map_or(0, |s| {
+            s.tables
+                .iter()
+                .flatten()
+                .map(|p| p.writer.memory())
+                .sum::<u64>()
+                + s.warehouse.as_ref().map_or(0, |w| w.bytes)
+        })
+    }
+
+    /// Keeps the process under its memory budget ([`super::MemoryBudget`]): reports this
+    /// runner's open segments and, while the total is over the limit, publishes the largest
+    /// of them.
+    pub(super) async fn keep_to_budget(&mut self) -> Result<(), RunError> {
+        let Some(budget) = self.opts.memory.clone() else {
+            return Ok(());
+        };
+        loop {
+            let sizes: Vec<(TopicPartition, u64)> = self
+                .parts
+                .iter()
+                .filter(|(_, p)| p.segment.is_some())
+                .map(|(tp, _)| (tp.clone(), self.segment_bytes(tp)))
+                .collect();
+            let now: u64 = sizes.iter().map(|s| s.1).sum();
+            budget.update(self.held_bytes, now);
+            self.held_bytes = now;
+            if budget.held() <= budget.limit() {
+                return Ok(());
+            }
+            let Some((tp, bytes)) = sizes.into_iter().max_by_key(|s| s.1) else {
+                return Ok(());
+            };
+            if bytes == 0 {
+                return Ok(());
+            }
+            metrics::counter!("ymera_memory_budget_publishes_total", "pipeline" => self.name().to_string())
+                .increment(1);
+            self.publish(&tp).await?;
+        }
+    }
+
     pub(super) async fn publish_all(&mut self) -> Result<(), RunError> {
         let all: Vec<TopicPartition> = self
             .parts

@@ -164,7 +164,7 @@ impl Runner {
         if self.is_full(&tp) {
             self.publish(&tp).await?;
         }
-        Ok(())
+        self.keep_to_budget().await
     }
 
     pub(super) fn is_full(&self, tp: &TopicPartition) -> bool {

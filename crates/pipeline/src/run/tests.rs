@@ -79,6 +79,7 @@ fn options(lake: &Lake) -> RunOptions {
         progress: Arc::default(),
         input_rate: None,
         compaction: None,
+        memory: None,
     }
 }
 
@@ -665,4 +666,46 @@ async fn an_alert_left_pending_is_delivered_by_the_next_run_once() {
     assert_eq!(alerts_at_100(&lake).await, (0, 1));
     idle_rerun(&lake, &url).await;
     assert_eq!(*posts.lock().unwrap(), 1, "sent again by a later run");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_the_memory_budget_the_largest_open_segment_is_published_early() {
+    let dir = tempfile::tempdir().unwrap();
+    let lake = Lake::open(dir.path().to_str().unwrap()).unwrap();
+    let p = pipeline().await;
+    let source = Arc::new(Scripted::default());
+    let epoch = source.fence.assign(&[tp()]).await;
+    let budget = Arc::new(MemoryBudget::new(1));
+    let shared: (HeldMap, CheckpointMap, Trouble) = Default::default();
+    shared.0.lock().unwrap().insert(tp(), nothing());
+    let mut opts = options(&lake);
+    opts.memory = Some(budget.clone());
+    let mut runner = Runner::new(
+        p.clone(),
+        p.chain(),
+        opts,
+        source.clone(),
+        None,
+        shared,
+        None,
+        None,
+        None,
+    );
+    let events = vec![
+        SourceEvent::Assigned(vec![(tp(), None)]),
+        chunk(epoch, &[(0, Some("a")), (1, Some("b"))]),
+        chunk(epoch, &[(2, Some("c"))]),
+        SourceEvent::Stopped,
+    ];
+    let (tx, mut rx) = mpsc::channel(events.len());
+    for ev in events {
+        tx.send(ev).await.unwrap();
+    }
+    drop(tx);
+    runner.drive(&mut rx).await.unwrap();
+    // the rolling settings (a million rows, an hour) would have held both chunks in one
+    // segment until the stop; a budget of one byte publishes each chunk as it comes
+    assert_eq!(*source.commits.lock().unwrap(), vec![(tp(), 2), (tp(), 3)]);
+    assert_eq!(runner.held_bytes, 0);
+    assert_eq!(budget.held(), 0);
 }
