@@ -390,19 +390,19 @@ pub async fn accept_gap(
         );
         return EXIT_CONFIG;
     }
-    let log = watermarks(&p, topic, partition).await;
-    let plan = match plan_gap(&p, &lake, (topic, partition), to, log, force).await {
-        Ok(plan) => plan,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return EXIT_CONFIG;
-        }
-    };
     let wh = match crate::keyscmd::audit_warehouse(settings).await {
         Ok(wh) => wh,
         Err(e) => {
             eprintln!("error: the warehouse (where the audit log is): {e}");
             return EXIT_FAILURE;
+        }
+    };
+    let log = watermarks(&p, topic, partition).await;
+    let plan = match plan_gap(&p, &lake, &wh, (topic, partition), to, log, force).await {
+        Ok(plan) => plan,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return EXIT_CONFIG;
         }
     };
     let at = format!("{name}/{topic}/{partition}");
@@ -460,23 +460,35 @@ async fn watermarks(
     .map_err(|e| e.to_string())
 }
 
-/// What accept-gap will do: the offset to resume at and each table's position now (the
-/// txn version: the last offset it holds).
+/// What accept-gap will do.
 struct GapPlan {
+    /// The offset the sinks resume at.
     to: i64,
+    /// Each lake table's position now (the txn version: the last offset it holds).
     tables: Vec<(String, Option<i64>)>,
+    /// The warehouse's next offset now, when the pipeline has warehouse sinks.
+    warehouse: Option<i64>,
+    /// Whether the sinks move (not when only the anomaly checkpoint is outside the log).
+    move_sinks: bool,
+    /// Where the anomaly checkpoint moves, when the pipeline has one.
+    checkpoint_to: Option<i64>,
 }
 
-/// Reads every table's position and decides `to`: refused unless some position is outside
-/// the log `log` (a gap) and `to` inside it, or `force`.
+/// Reads every position of the partition (lake tables, the warehouse, the anomaly
+/// checkpoint) and decides what moves where. Refused, unless `force`, when no position is
+/// outside the log `log` (there is no gap), or `to` is.
 async fn plan_gap(
     p: &ymera_pipeline::validate::Pipeline,
     lake: &Lake,
+    wh: &ymera_warehouse::Warehouse,
     (topic, partition): (&str, i32),
     to: Option<i64>,
     log: Result<(i64, i64), String>,
     force: bool,
 ) -> Result<GapPlan, String> {
+    if let Some(to) = to.filter(|to| *to < 0) {
+        return Err(format!("--to {to}: an offset is never negative"));
+    }
     let id = ymera_lake::delta::app_id(&p.spec.name, topic, partition);
     let mut tables = Vec::new();
     for table in p.tables() {
@@ -487,13 +499,42 @@ async fn plan_gap(
             .copied();
         tables.push((table, now));
     }
+    let warehouse = if p.warehouse_sinks.is_empty() {
+        None
+    } else {
+        wh.read_positions(&p.spec.name)
+            .await
+            .map_err(|e| e.to_string())?
+            .get(&(topic.to_string(), partition))
+            .copied()
+    };
+    let tp = (topic.to_string(), partition);
+    let checkpoint = if p.has_state() {
+        ymera_pipeline::checkpoint::newest(lake, &p.spec.name, &tp)
+            .await
+            .map_err(|e| e.to_string())?
+    } else {
+        None
+    };
+    // every sink's next offset
+    let nexts: Vec<i64> = tables
+        .iter()
+        .filter_map(|(_, last)| last.map(|l| l + 1))
+        .chain(warehouse)
+        .collect();
     let (low, high) = match (log, to, force) {
         (Ok(log), _, _) => log,
         (Err(e), Some(to), true) => {
             eprintln!(
                 "warning: cannot read the log of {topic}/{partition} ({e}); moving to {to} as forced"
             );
-            return Ok(GapPlan { to, tables });
+            return Ok(GapPlan {
+                to,
+                tables,
+                warehouse,
+                move_sinks: true,
+                checkpoint_to: checkpoint.map(|_| to),
+            });
         }
         (Err(e), _, _) => {
             return Err(format!(
@@ -503,33 +544,55 @@ async fn plan_gap(
         }
     };
     let to = to.unwrap_or(low);
-    if to < 0 {
-        return Err(format!("--to {to}: an offset is never negative"));
-    }
     if !force && !(low..=high).contains(&to) {
         return Err(format!(
             "--to {to} is outside the log of {topic}/{partition} (offsets {low}..{high}); --force moves there anyway"
         ));
     }
-    let outside = tables
-        .iter()
-        .filter_map(|(_, last)| *last)
-        .any(|last| last + 1 < low || last + 1 > high);
-    if !force && !outside {
+    let outside = |next: i64| next < low || next > high;
+    let sinks_outside = nexts.iter().any(|n| outside(*n));
+    let checkpoint_outside = checkpoint.is_some_and(outside);
+    if !force && !sinks_outside {
+        if checkpoint_outside {
+            // the sinks are in the log, the detectors' checkpoint is not: only it moves, to
+            // the log's start (at or before the sinks, which then skip what they hold)
+            return Ok(GapPlan {
+                to,
+                tables,
+                warehouse,
+                move_sinks: false,
+                checkpoint_to: Some(low),
+            });
+        }
+        // a move cut short earlier left every sink at `to` already: nothing is missing
+        if !nexts.is_empty() && nexts.iter().all(|n| *n == to) {
+            return Ok(GapPlan {
+                to,
+                tables,
+                warehouse,
+                move_sinks: false,
+                checkpoint_to: None,
+            });
+        }
         return Err(format!(
-            "no table of pipeline {} resumes outside the log of {topic}/{partition} (offsets \
+            "no position of pipeline {} is outside the log of {topic}/{partition} (offsets \
              {low}..{high}): there is no gap to accept, and moving a live partition would drop \
              or repeat records (--force moves it anyway)",
             p.spec.name
         ));
     }
-    Ok(GapPlan { to, tables })
+    Ok(GapPlan {
+        to,
+        tables,
+        warehouse,
+        move_sinks: true,
+        checkpoint_to: checkpoint.map(|_| to),
+    })
 }
 
-/// Moves the partition's position in each table (and the warehouse, and its anomaly
-/// checkpoint) that does not resume at `plan.to` yet; one line per move. Each table's move
-/// is conditional on the position read in the plan, so a writer committing meanwhile makes
-/// it fail rather than be overwritten.
+/// Carries out `plan`; one line per move. Each table's move is conditional on the
+/// position read in the plan, and so is the warehouse's, so a writer committing meanwhile
+/// makes it fail rather than be overwritten.
 async fn move_positions(
     p: &ymera_pipeline::validate::Pipeline,
     lake: &Lake,
@@ -541,7 +604,7 @@ async fn move_positions(
     let to = plan.to;
     let id = ymera_lake::delta::app_id(name, topic, partition);
     let mut moved = Vec::new();
-    for (table, now) in &plan.tables {
+    for (table, now) in plan.tables.iter().filter(|_| plan.move_sinks) {
         if *now == Some(to - 1) {
             continue;
         }
@@ -561,36 +624,32 @@ async fn move_positions(
             ));
         }
     }
-    if p.has_state() {
-        // the detectors keep their state across the gap: their newest checkpoint moves to
-        // `to` (the source would otherwise start at the old one, outside the log)
+    if let Some(now) = plan.warehouse.filter(|now| plan.move_sinks && *now != to) {
+        let commit = ymera_warehouse::Commit {
+            pipeline: name.clone(),
+            topic: topic.to_string(),
+            partition,
+            first: now,
+            next: to,
+            writes: Vec::new(),
+            on_reject: ymera_warehouse::OnReject::DeadLetter,
+        };
+        wh.commit(&commit).await.map_err(|e| e.to_string())?;
+        moved.push(format!(
+            "warehouse: {topic}/{partition} moved from offset {now} to offset {to}"
+        ));
+    }
+    if let Some(at) = plan.checkpoint_to {
+        // the detectors keep their state across the gap: their newest checkpoint moves
+        // (the source would otherwise start at the old one, outside the log)
         let tp = (topic.to_string(), partition);
-        if let Some(old) = ymera_pipeline::checkpoint::move_to(lake, name, &tp, to)
+        if let Some(old) = ymera_pipeline::checkpoint::move_to(lake, name, &tp, at)
             .await
             .map_err(|e| e.to_string())?
-            .filter(|old| *old != to)
+            .filter(|old| *old != at)
         {
             moved.push(format!(
-                "anomaly state: {topic}/{partition}'s checkpoint moved from offset {old} to offset {to}"
-            ));
-        }
-    }
-    if !p.warehouse_sinks.is_empty() {
-        let positions = wh.read_positions(name).await.map_err(|e| e.to_string())?;
-        let now = positions.get(&(topic.to_string(), partition)).copied();
-        if let Some(now) = now.filter(|n| *n != to) {
-            let commit = ymera_warehouse::Commit {
-                pipeline: name.clone(),
-                topic: topic.to_string(),
-                partition,
-                first: now,
-                next: to,
-                writes: Vec::new(),
-                on_reject: ymera_warehouse::OnReject::DeadLetter,
-            };
-            wh.commit(&commit).await.map_err(|e| e.to_string())?;
-            moved.push(format!(
-                "warehouse: {topic}/{partition} moved from offset {now} to offset {to}"
+                "anomaly state: {topic}/{partition}'s checkpoint moved from offset {old} to offset {at}"
             ));
         }
     }

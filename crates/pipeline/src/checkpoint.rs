@@ -159,6 +159,15 @@ pub async fn replace(lake: &Lake, pipeline: &str, c: &Checkpoint) -> Result<(), 
     save(lake, pipeline, c).await
 }
 
+/// The offset of the partition's newest checkpoint (`None`: it has none).
+pub async fn newest(
+    lake: &Lake,
+    pipeline: &str,
+    tp: &TopicPartition,
+) -> Result<Option<i64>, LakeError> {
+    Ok(list(lake, pipeline, tp).await?.last().copied())
+}
+
 /// Moves the partition's newest checkpoint to `to` (`ymera lake accept-gap`): the same
 /// state, resumed at `to`; every other checkpoint of the partition is deleted. Returns the
 /// offset it was at (`None`: the partition has no checkpoint).
@@ -172,15 +181,18 @@ pub async fn move_to(
     let Some(&newest) = all.last() else {
         return Ok(None);
     };
-    if newest != to {
-        let Some(mut c) = read_at(lake, pipeline, tp, newest).await? else {
-            return Ok(None);
-        };
-        c.next_offset = to;
-        replace(lake, pipeline, &c).await?;
-    }
-    for n in all.into_iter().filter(|n| *n != to) {
+    let Some(mut c) = read_at(lake, pipeline, tp, newest).await? else {
+        return Ok(None);
+    };
+    // the others first: what is written last must be the only one left (a save trims
+    // to the newest few, which a move backwards would not be)
+    for n in all.into_iter().filter(|n| *n != newest) {
         lake.delete(&object(pipeline, tp, n)).await?;
+    }
+    if newest != to {
+        c.next_offset = to;
+        save(lake, pipeline, &c).await?;
+        lake.delete(&object(pipeline, tp, newest)).await?;
     }
     Ok(Some(newest))
 }
@@ -260,6 +272,16 @@ mod tests {
         );
         // backwards too (a re-created topic), and a partition without any
         assert_eq!(move_to(&lake, "p", &tp, 0).await.unwrap(), Some(40));
+        assert_eq!(list(&lake, "p", &tp).await.unwrap(), vec![0]);
+        // below every one of a full set of checkpoints (a re-created topic): it survives
+        for next in [50, 60, 70] {
+            let c = Checkpoint {
+                next_offset: next,
+                ..read_at(&lake, "p", &tp, 0).await.unwrap().unwrap()
+            };
+            save(&lake, "p", &c).await.unwrap();
+        }
+        assert_eq!(move_to(&lake, "p", &tp, 0).await.unwrap(), Some(70));
         assert_eq!(list(&lake, "p", &tp).await.unwrap(), vec![0]);
         assert_eq!(
             move_to(&lake, "p", &("t".into(), 1), 3).await.unwrap(),

@@ -177,18 +177,31 @@ impl Warehouse {
             }
             pool
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            let opts = sqlx::postgres::PgConnectOptions::from_str(url)
+                .map_err(|e| WarehouseError::User(format!("warehouse.url `{shown}`: {e}")))?;
             // a statement waiting on another session's lock, or running away, fails in
             // bounded time (retried like any transient error) instead of stalling the
-            // pipeline and its consumer group; the URL's own `options=-c ...` win
+            // pipeline and its consumer group; the URL's or PGOPTIONS' own `-c` settings win
+            let set: Vec<String> = opts
+                .get_options()
+                .unwrap_or("")
+                .split_whitespace()
+                .filter_map(|t| {
+                    let t = t
+                        .strip_prefix("--")
+                        .or_else(|| t.strip_prefix("-c"))
+                        .unwrap_or(t);
+                    t.split_once('=').map(|(k, _)| k.to_string())
+                })
+                .collect();
             let defaults: Vec<(&str, &str)> = [
                 ("lock_timeout", PG_LOCK_TIMEOUT),
                 ("statement_timeout", PG_STATEMENT_TIMEOUT),
             ]
             .into_iter()
-            .filter(|(k, _)| !url.contains(k))
+            .filter(|(k, _)| !set.iter().any(|s| s == k))
             .collect();
-            let opts = sqlx::postgres::PgConnectOptions::from_str(url)
-                .map_err(|e| WarehouseError::User(format!("warehouse.url `{shown}`: {e}")))?
+            let opts = opts
                 .options(defaults)
                 .log_slow_statements(log::LevelFilter::Debug, Duration::from_secs(10));
             Pool::Postgres(

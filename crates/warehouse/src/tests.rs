@@ -703,6 +703,19 @@ async fn postgres_a_locked_table_fails_the_commit_in_bounded_time_and_the_retry_
         .await
         .unwrap();
     assert_eq!(shown, "1s");
+    // a setting whose name merely contains `lock_timeout` leaves the default in place
+    let other = Warehouse::connect(&format!("{url}%20-c%20deadlock_timeout%3D2s"))
+        .await
+        .unwrap();
+    let Pool::Postgres(other_pool) = &other.pool else {
+        unreachable!()
+    };
+    let shown: String = sqlx::query_scalar("SHOW lock_timeout")
+        .fetch_one(other_pool)
+        .await
+        .unwrap();
+    assert_eq!(shown, PG_LOCK_TIMEOUT);
+    other.close().await;
     // another session holds the table
     let mut locker = pool.begin().await.unwrap();
     sqlx::query("LOCK TABLE tasks IN ACCESS EXCLUSIVE MODE")

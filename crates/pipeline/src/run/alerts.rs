@@ -13,9 +13,10 @@ use crate::chain::ChainState;
 use crate::checkpoint::{self, Notice};
 use crate::notify::{Job, Outcome, Refused, TOPIC_TIMEOUT};
 
-/// The longest a clean stop waits for alert deliveries; those still queued stay pending
-/// in the checkpoint and are delivered after the restart.
-const MAX_SETTLE: Duration = Duration::from_secs(120);
+/// The longest a clean stop waits for alert deliveries (within Kubernetes' default 30 s
+/// grace period, which the final offset commit needs too); those still queued stay
+/// pending in the checkpoint and are delivered after the restart.
+const MAX_SETTLE: Duration = Duration::from_secs(20);
 
 /// One partition's anomaly state in memory, with its alerts to notify.
 #[derive(Debug, Default)]

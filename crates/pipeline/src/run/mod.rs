@@ -116,6 +116,10 @@ pub struct RunOptions {
 pub struct MemoryBudget {
     limit: u64,
     held: std::sync::atomic::AtomicU64,
+    /// Runners sharing it: one over its fair share (limit / runners) publishes early, one
+    /// under it does not (another pipeline stuck in retries does not make the others write
+    /// tiny files).
+    runners: std::sync::atomic::AtomicU64,
 }
 
 impl MemoryBudget {
@@ -123,7 +127,18 @@ impl MemoryBudget {
         MemoryBudget {
             limit,
             held: std::sync::atomic::AtomicU64::new(0),
+            runners: std::sync::atomic::AtomicU64::new(0),
         }
+    }
+
+    /// What one runner may hold before it must publish early, with the total over the
+    /// limit.
+    fn fair_share(&self) -> u64 {
+        self.limit
+            / self
+                .runners
+                .load(std::sync::atomic::Ordering::Relaxed)
+                .max(1)
     }
 
     pub fn limit(&self) -> u64 {
@@ -318,10 +333,14 @@ pub async fn run(
         dlq_producer,
     );
     runner.lead = lead;
+    if let Some(m) = &runner.opts.memory {
+        m.runners.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
     let result = runner.drive(&mut events).await;
     // what this runner still holds is dropped with it
     if let Some(m) = &runner.opts.memory {
         m.update(runner.held_bytes, 0);
+        m.runners.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         runner.held_bytes = 0;
     }
     if let Err(e) = &result {

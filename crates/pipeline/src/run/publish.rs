@@ -44,8 +44,8 @@ impl Runner {
     }
 
     /// Keeps the process under its memory budget ([`super::MemoryBudget`]): reports this
-    /// runner's open segments and, while the total is over the limit, publishes the largest
-    /// of them.
+    /// runner's open segments and, while the total is over the limit and this runner holds
+    /// at least its fair share, publishes the largest of them.
     pub(super) async fn keep_to_budget(&mut self) -> Result<(), RunError> {
         let Some(budget) = self.opts.memory.clone() else {
             return Ok(());
@@ -60,7 +60,7 @@ impl Runner {
             let now: u64 = sizes.iter().map(|s| s.1).sum();
             budget.update(self.held_bytes, now);
             self.held_bytes = now;
-            if budget.held() <= budget.limit() {
+            if budget.held() <= budget.limit() || now < budget.fair_share() {
                 return Ok(());
             }
             let Some((tp, bytes)) = sizes.into_iter().max_by_key(|s| s.1) else {
